@@ -1,0 +1,17 @@
+"""Operators: thin wrappers that check their input and call one plain function."""
+
+from __future__ import annotations
+
+from . import shots
+
+modules = (shots,)
+
+
+def register() -> None:
+    for module in modules:
+        module.register()
+
+
+def unregister() -> None:
+    for module in reversed(modules):
+        module.unregister()

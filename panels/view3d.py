@@ -1,0 +1,142 @@
+"""The "Viewfinder" tab in the 3D View sidebar: shots, the active shot, the film's settings."""
+
+from __future__ import annotations
+
+import bpy
+
+from ..core import shots as shots_core
+from ..core.resolution import generation_size
+
+
+def _operator_if_registered(layout: bpy.types.UILayout, idname: str, **kwargs: object) -> bpy.types.OperatorProperties | None:
+    """Draw an operator button; operators from later features may not exist in every build."""
+    module, name = idname.split(".")
+    if not hasattr(getattr(bpy.ops, module), name):
+        return None
+    return layout.operator(idname, **kwargs)
+
+
+class VIEWFINDER_UL_shots(bpy.types.UIList):
+    """Shot list: name, frames, camera, and a warning when the shot cannot be generated."""
+
+    def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index):  # noqa: D102
+        row = layout.row(align=True)
+        row.label(text=item.name, icon="ERROR" if item.problem else "SEQUENCE")
+        sub = row.row(align=True)
+        sub.alignment = "RIGHT"
+        sub.label(text=f"{item.frame_start}–{item.frame_end}")
+        sub.label(text=item.camera.name if item.camera else "—", icon="CAMERA_DATA")
+
+
+class ViewfinderPanel:
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "Viewfinder"
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return context.scene is not None
+
+
+class VIEWFINDER_PT_shots(ViewfinderPanel, bpy.types.Panel):
+    bl_label = "Shots"
+    bl_idname = "VIEWFINDER_PT_shots"
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        settings = context.scene.viewfinder
+        for problem in shots_core.plan_for_scene(context.scene).problems:
+            layout.label(text=problem, icon="ERROR")
+        row = layout.row()
+        row.template_list("VIEWFINDER_UL_shots", "", settings, "shot_list", settings, "active_shot_index", rows=3)
+        col = row.column(align=True)
+        col.operator("viewfinder.add_shot", icon="ADD", text="")
+        col.operator("viewfinder.sync_shots", icon="FILE_REFRESH", text="")
+        col.operator("viewfinder.jump_to_shot", icon="VIEW_CAMERA", text="")
+        row = layout.row(align=True)
+        row.scale_y = 1.3
+        op = _operator_if_registered(row, "viewfinder.generate", text="Generate All", icon="RENDER_ANIMATION")
+        if op is not None:
+            op.shot = ""
+
+
+class VIEWFINDER_PT_shot(ViewfinderPanel, bpy.types.Panel):
+    bl_label = "Shot"
+    bl_idname = "VIEWFINDER_PT_shot"
+    bl_parent_id = "VIEWFINDER_PT_shots"
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        settings = context.scene.viewfinder
+        if not settings.shot_list:
+            layout.label(text="Bind a camera to a marker to make a shot")
+            return
+        shot = settings.shot_list[min(settings.active_shot_index, len(settings.shot_list) - 1)]
+        if shot.problem:
+            box = layout.box()
+            for line in _wrap(shot.problem, 48):
+                box.label(text=line, icon="ERROR" if line is _wrap(shot.problem, 48)[0] else "BLANK1")
+        layout.prop(shot, "prompt", text="")
+        layout.prop(shot, "negative_prompt", text="", icon="REMOVE")
+        layout.use_property_split = True
+        layout.prop(shot, "seed")
+        col = layout.column(align=True)
+        col.prop(shot, "depth_weight")
+        col.prop(shot, "pose_weight")
+        col = layout.column(align=True)
+        col.prop(shot, "control_start")
+        col.prop(shot, "control_end")
+        layout.prop(shot, "coherence")
+        if shot.coherence == "FLOW":
+            layout.prop(shot, "flow_strength")
+            layout.prop(shot, "keyframe_interval")
+        layout.use_property_split = False
+        row = layout.row(align=True)
+        op = _operator_if_registered(row, "viewfinder.render_conditioning", text="Control Maps", icon="IMAGE_ZDEPTH")
+        if op is not None:
+            op.shot = shot.name
+        op = _operator_if_registered(row, "viewfinder.generate", text="Generate Shot", icon="RENDER_STILL")
+        if op is not None:
+            op.shot = shot.name
+
+
+class VIEWFINDER_PT_film(ViewfinderPanel, bpy.types.Panel):
+    bl_label = "Film"
+    bl_idname = "VIEWFINDER_PT_film"
+    bl_parent_id = "VIEWFINDER_PT_shots"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        settings = context.scene.viewfinder
+        layout.prop(settings, "style_prompt", text="Style")
+        layout.use_property_split = True
+        layout.prop(settings, "model")
+        layout.prop(settings, "controlnet_depth")
+        layout.prop(settings, "controlnet_pose")
+        layout.prop(settings, "lora")
+        if settings.lora:
+            layout.prop(settings, "lora_scale")
+        layout.prop(settings, "long_edge")
+        width, height = generation_size(context.scene.render.resolution_x, context.scene.render.resolution_y,
+                                        context.scene.render.pixel_aspect_x, context.scene.render.pixel_aspect_y,
+                                        settings.long_edge)
+        layout.label(text=f"Frames: {width} × {height}")
+        layout.prop(settings, "steps")
+        layout.prop(settings, "guidance_scale")
+        layout.prop(settings, "batch_size")
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    words, lines, line = text.split(), [], ""
+    for word in words:
+        if line and len(line) + len(word) + 1 > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return lines + ([line] if line else [])
+
+
+classes = (VIEWFINDER_UL_shots, VIEWFINDER_PT_shots, VIEWFINDER_PT_shot, VIEWFINDER_PT_film)
+register, unregister = bpy.utils.register_classes_factory(classes)

@@ -1,0 +1,128 @@
+"""Scene settings (`scene.viewfinder`) and per-shot settings.
+
+`scene.viewfinder.shots` reads as the current shot list: it brings the stored
+list in line with the timeline markers before returning it (see core.shots).
+The stored collection is `shot_list`, which UI lists draw.
+"""
+
+from __future__ import annotations
+
+import bpy
+from bpy.props import (
+    BoolProperty,
+    CollectionProperty,
+    EnumProperty,
+    FloatProperty,
+    IntProperty,
+    PointerProperty,
+    StringProperty,
+)
+
+from .core import shots as shots_core
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_CONTROLNET_DEPTH = "lllyasviel/control_v11f1p_sd15_depth"
+DEFAULT_CONTROLNET_POSE = "lllyasviel/control_v11p_sd15_openpose"
+
+COHERENCE_ITEMS = [
+    ("FLOW", "Flow", "Carry each generated frame into the next with the scene's exact motion vectors"),
+    ("INDEPENDENT", "Independent", "Generate each frame on its own with the shot's seed"),
+]
+
+
+class ViewfinderShot(bpy.types.PropertyGroup):
+    """One shot. Name, camera and frame range follow the timeline markers; the rest is the user's."""
+
+    # Synced from the markers (core.shots.sync_shots); editing them has no lasting effect.
+    camera: PointerProperty(name="Camera", type=bpy.types.Object, description="Camera bound to the shot's marker")
+    frame_start: IntProperty(name="Start", description="First frame (the marker's frame)")
+    frame_end: IntProperty(name="End", description="Last frame (the frame before the next camera marker)")
+    has_marker: BoolProperty(default=False, options={"HIDDEN"})
+    marker_frame: IntProperty(default=0, options={"HIDDEN"})
+    problem: StringProperty(name="Problem", description="Why this shot cannot be generated, if it cannot")
+
+    # The user's settings, kept across renames, moves and reloads.
+    prompt: StringProperty(name="Prompt", description="What this shot shows")
+    negative_prompt: StringProperty(name="Negative Prompt", description="What this shot must not show")
+    seed: IntProperty(name="Seed", min=0, description="Noise seed: the same seed and inputs give the same frames")
+    depth_weight: FloatProperty(
+        name="Depth Weight", default=1.0, min=0.0, soft_max=2.0, description="How strongly frames follow the depth map"
+    )
+    pose_weight: FloatProperty(
+        name="Pose Weight", default=1.0, min=0.0, soft_max=2.0, description="How strongly people follow the pose map"
+    )
+    control_start: FloatProperty(
+        name="Control Start", default=0.0, min=0.0, max=1.0, subtype="FACTOR",
+        description="Fraction of denoising steps before the control maps apply",
+    )
+    control_end: FloatProperty(
+        name="Control End", default=1.0, min=0.0, max=1.0, subtype="FACTOR",
+        description="Fraction of denoising steps after which the control maps stop applying",
+    )
+    coherence: EnumProperty(name="Coherence", items=COHERENCE_ITEMS, default="FLOW")
+    flow_strength: FloatProperty(
+        name="Flow Strength", default=0.55, min=0.05, max=1.0, subtype="FACTOR",
+        description="How much each frame may change from the previous frame carried along the motion",
+    )
+    keyframe_interval: IntProperty(
+        name="Keyframe Interval", default=0, min=0,
+        description="Generate a fresh keyframe every N frames (0: only at the first frame and at cuts)",
+    )
+
+
+class ViewfinderSettings(bpy.types.PropertyGroup):
+    """Scene-wide settings: `bpy.context.scene.viewfinder`."""
+
+    shot_list: CollectionProperty(type=ViewfinderShot)
+    shot_archive: CollectionProperty(type=ViewfinderShot, options={"HIDDEN"})
+    active_shot_index: IntProperty(name="Active Shot", default=0, min=0)
+
+    style_prompt: StringProperty(
+        name="Style", description="Appended to every shot's prompt so the whole film keeps one look"
+    )
+    model: StringProperty(
+        name="Base Model", default=DEFAULT_MODEL,
+        description="Hugging Face id, local diffusers folder, or single-file .safetensors checkpoint",
+    )
+    controlnet_depth: StringProperty(
+        name="Depth ControlNet", default=DEFAULT_CONTROLNET_DEPTH, description="Hugging Face id or local folder"
+    )
+    controlnet_pose: StringProperty(
+        name="Pose ControlNet", default=DEFAULT_CONTROLNET_POSE, description="Hugging Face id or local folder"
+    )
+    lora: StringProperty(name="LoRA", subtype="FILE_PATH", description="Optional LoRA (.safetensors)")
+    lora_scale: FloatProperty(name="LoRA Scale", default=1.0, soft_min=0.0, soft_max=2.0)
+    long_edge: IntProperty(
+        name="Long Edge", default=512, min=64, max=4096, step=8,
+        description="Generated frames' long edge in pixels; the short edge follows the scene's aspect ratio",
+    )
+    steps: IntProperty(name="Steps", default=20, min=1, max=150, description="Denoising steps per frame")
+    guidance_scale: FloatProperty(name="Guidance", default=7.5, min=1.0, max=30.0, description="Prompt strength")
+    batch_size: IntProperty(name="Batch Size", default=4, min=1, max=64, description="Frames per batch on the engine")
+
+    @property
+    def shots(self) -> bpy.types.bpy_prop_collection:
+        """The current shot list, in timeline order, each item the shot's settings.
+
+        Brings the stored list in line with the markers first. Where Blender
+        forbids writing (while drawing the UI) the stored list is returned as is.
+        """
+        try:
+            shots_core.sync_shots(self.id_data)
+        except AttributeError:
+            pass  # read-only context: a handler or timer syncs soon after
+        return self.shot_list
+
+
+classes = (ViewfinderShot, ViewfinderSettings)
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(classes)
+
+
+def register() -> None:
+    _register_classes()
+    bpy.types.Scene.viewfinder = PointerProperty(type=ViewfinderSettings)
+
+
+def unregister() -> None:
+    del bpy.types.Scene.viewfinder
+    _unregister_classes()

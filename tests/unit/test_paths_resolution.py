@@ -1,0 +1,64 @@
+"""Project folders and generation resolution: plain Python, no Blender."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers import load
+
+paths = load("core.paths")
+resolution = load("core.resolution")
+
+
+def test_project_next_to_blend(tmp_path):
+    project = paths.project_for(str(tmp_path / "film.blend"), "Scene")
+    assert project.root == tmp_path / "viewfinder" and not project.temporary
+    assert project.conditioning_dir("Shot A") .parent.parent == project.root
+    assert paths.frame_name(7) == "0007.png"
+
+
+def test_unsaved_blend_uses_a_temporary_project_and_says_so():
+    project = paths.project_for("", "Scene")
+    assert project.temporary
+    assert "temporary" in project.describe()
+
+
+def test_output_override_relative_to_blend(tmp_path):
+    project = paths.project_for(str(tmp_path / "film.blend"), "Scene", "renders")
+    assert project.root == tmp_path / "renders" / "film"
+
+
+def test_next_take_index(tmp_path):
+    assert paths.next_take_index(tmp_path / "missing") == 1
+    (tmp_path / "001").mkdir()
+    (tmp_path / "003").mkdir()
+    (tmp_path / "notes").mkdir()
+    assert paths.next_take_index(tmp_path) == 4
+
+
+def test_atomic_write_leaves_no_temp_file(tmp_path):
+    target = tmp_path / "a" / "b.bin"
+    paths.atomic_write_bytes(target, b"data")
+    assert target.read_bytes() == b"data"
+    assert [p.name for p in target.parent.iterdir()] == ["b.bin"]
+
+
+@pytest.mark.parametrize(
+    "res, aspect, long_edge, expected",
+    [
+        ((1920, 1080), (1, 1), 512, (512, 288)),
+        ((1080, 1920), (1, 1), 1024, (576, 1024)),
+        ((1000, 1000), (1, 1), 500, (496, 496)),
+        ((1920, 1080), (2, 1), 512, (512, 144)),
+    ],
+)
+def test_generation_size_keeps_aspect_and_multiples_of_8(res, aspect, long_edge, expected):
+    size = resolution.generation_size(res[0], res[1], aspect[0], aspect[1], long_edge)
+    assert size == expected
+    assert size[0] % 8 == 0 and size[1] % 8 == 0
+
+
+def test_generation_size_rejects_nonsense():
+    with pytest.raises(ValueError, match="long_edge"):
+        resolution.generation_size(1920, 1080, 1, 1, 0)
