@@ -21,10 +21,9 @@ MODULE = "bl_ext.user_default.viewfinder"
 
 def blender_ext_cli() -> Path:
     """Blender's extension validator/builder, shipped inside the bpy wheel."""
-    base = Path(bpy.__file__).parent
-    found = sorted(base.glob("*/scripts/addons_core/bl_pkg/cli/blender_ext.py"))
-    assert found, f"blender_ext.py not found under {base}"
-    return found[0]
+    cli = Path(bpy.utils.system_resource("SCRIPTS")) / "addons_core" / "bl_pkg" / "cli" / "blender_ext.py"
+    assert cli.is_file(), f"Blender's extension builder is missing: {cli}"
+    return cli
 
 
 def build_extension(output_dir: Path) -> Path:
@@ -63,3 +62,13 @@ def scene(vf: ModuleType) -> Iterator["bpy.types.Scene"]:
     """An empty file with the extension enabled."""
     bpy.ops.wm.read_homefile(use_empty=True)
     yield bpy.context.scene
+
+
+@pytest.fixture(scope="session")
+def vfmod(vf: ModuleType):
+    """Import a submodule of the installed extension: `vfmod("core.vse")`."""
+
+    def load(name: str) -> ModuleType:
+        return importlib.import_module(f"{vf.__name__}.{name}")
+
+    return load

@@ -1,0 +1,63 @@
+# Viewfinder: two commands on a fresh clone.
+#   make test   sets up everything and runs all tests
+#   make demo   sets up everything and builds the demo film end to end
+# Setup makes three virtual environments at the repository root:
+#   .venv         Blender 5.0 as a Python module (bpy 5.0.1) for the add-on's tests and the demo
+#   .venv-bpy42   Blender 4.2 LTS (bpy 4.2.23): the add-on's tests again on the oldest supported line
+#   .venv-engine  the generation engine (torch, diffusers, ...): a separate process, as in production
+
+PYTHON ?= python3
+PIP_FLAGS ?= --disable-pip-version-check --quiet
+PYTEST_FLAGS ?= -q
+
+.PHONY: all setup test test-unit test-blender test-blender42 test-engine demo build benchmark clean
+
+all: test
+
+setup: .venv/.installed .venv-bpy42/.installed .venv-engine/.installed
+
+.venv/.installed: requirements/blender-5.0.txt
+	$(PYTHON) -m venv .venv
+	.venv/bin/pip install $(PIP_FLAGS) -r $<
+	touch $@
+
+.venv-bpy42/.installed: requirements/blender-4.2.txt
+	$(PYTHON) -m venv .venv-bpy42
+	.venv-bpy42/bin/pip install $(PIP_FLAGS) -r $<
+	touch $@
+
+.venv-engine/.installed: engine/requirements.txt engine/constraints.txt
+	$(PYTHON) -m venv .venv-engine
+	.venv-engine/bin/pip install $(PIP_FLAGS) -r engine/requirements.txt -c engine/constraints.txt pytest==9.2.0
+	touch $@
+
+# The Blender-side tests start real engine processes with this interpreter.
+export VIEWFINDER_TEST_ENGINE_PYTHON := $(CURDIR)/.venv-engine/bin/python
+
+test: setup test-unit test-engine test-blender test-blender42
+
+test-unit: setup
+	.venv/bin/python -m pytest $(PYTEST_FLAGS) tests/unit
+	.venv-engine/bin/python -m pytest $(PYTEST_FLAGS) tests/unit
+
+test-engine: setup
+	.venv-engine/bin/python -m pytest $(PYTEST_FLAGS) tests/engine
+
+test-blender: setup
+	.venv/bin/python -m pytest $(PYTEST_FLAGS) tests/blender
+
+test-blender42: setup
+	.venv-bpy42/bin/python -m pytest $(PYTEST_FLAGS) tests/blender
+
+build: .venv/.installed
+	.venv/bin/python -c "import bpy, pathlib, subprocess, sys; cli = pathlib.Path(bpy.utils.system_resource('SCRIPTS')) / 'addons_core/bl_pkg/cli/blender_ext.py'; subprocess.run([sys.executable, str(cli), 'validate', '.'], check=True); subprocess.run([sys.executable, str(cli), 'build', '--source-dir', '.', '--output-dir', 'dist'], check=True)"
+
+demo: setup
+	.venv/bin/python demo/run_demo.py
+
+benchmark: setup
+	.venv/bin/python benchmarks/bench_conditioning.py
+	.venv-engine/bin/python benchmarks/bench_engine.py
+
+clean:
+	rm -rf .venv .venv-bpy42 .venv-engine dist build demo/out .pytest_cache

@@ -1,0 +1,108 @@
+"""Takes on disk: `//viewfinder/<shot>/takes/<NNN>/NNNN.png` plus `take.json`.
+
+A take folder is created when its first frame arrives and `take.json` is
+rewritten (atomically) as frames land, so a cancelled or crashed take keeps
+what it finished and says so (`"complete": false`). Plain Python: any thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .paths import atomic_write_bytes, frame_name, next_take_index, take_name
+
+TAKE_FILE = "take.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class TakeInfo:
+    shot: str
+    take: str  # "001"
+    prompt: str
+    style_prompt: str
+    negative_prompt: str
+    seed: int
+    models: dict[str, Any]
+    settings: dict[str, Any]
+    control_hash: str  # hash of the control maps the take followed
+    request_hash: str  # hash of everything that decides the frames
+    frames_total: list[int]
+    frames_done: list[int] = field(default_factory=list)
+    complete: bool = False
+    cancelled: bool = False
+    error: str = ""
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
+    engine: str = ""
+    format: int = FORMAT_VERSION
+
+    def file_names(self) -> list[str]:
+        return [frame_name(f) for f in sorted(self.frames_done)]
+
+
+def request_hash(control_hash: str, models: dict[str, Any], prompts: dict[str, Any], settings: dict[str, Any]) -> str:
+    """Everything that decides a take's frames, hashed: equal hashes mean an identical take."""
+    canonical = json.dumps(
+        {"control": control_hash, "models": models, "prompts": prompts, "settings": settings},
+        sort_keys=True, separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def new_take_dir(takes_dir: Path) -> Path:
+    """Reserve the next take folder (mkdir is atomic: two Blenders never share one)."""
+    takes_dir.mkdir(parents=True, exist_ok=True)
+    while True:
+        candidate = takes_dir / take_name(next_take_index(takes_dir))
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+
+
+def write_take(take_dir: Path, info: TakeInfo) -> None:
+    atomic_write_bytes(take_dir / TAKE_FILE, json.dumps(asdict(info), indent=2).encode("utf-8"))
+
+
+def read_take(take_dir: Path) -> TakeInfo | None:
+    """The take's metadata, or None when the folder holds no readable take.json."""
+    try:
+        data = json.loads((take_dir / TAKE_FILE).read_text("utf-8"))
+        known = {k: v for k, v in data.items() if k in TakeInfo.__dataclass_fields__}
+        return TakeInfo(**known)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def list_takes(takes_dir: Path) -> list[tuple[Path, TakeInfo]]:
+    if not takes_dir.is_dir():
+        return []
+    found = []
+    for folder in sorted(p for p in takes_dir.iterdir() if p.is_dir() and p.name.isdigit()):
+        info = read_take(folder)
+        if info is not None:
+            found.append((folder, info))
+    return found
+
+
+def find_complete_take(takes_dir: Path, wanted_hash: str) -> tuple[Path, TakeInfo] | None:
+    """An existing complete take made from exactly the same request, with all its frames on disk."""
+    for folder, info in reversed(list_takes(takes_dir)):
+        if info.complete and info.request_hash == wanted_hash:
+            if all((folder / frame_name(f)).is_file() for f in info.frames_total):
+                return folder, info
+    return None
+
+
+def find_resumable_take(takes_dir: Path, wanted_hash: str) -> tuple[Path, TakeInfo] | None:
+    """The newest unfinished take of the same request: generation continues it instead of starting over."""
+    for folder, info in reversed(list_takes(takes_dir)):
+        if not info.complete and info.request_hash == wanted_hash:
+            return folder, info
+    return None
