@@ -25,3 +25,7 @@ def register() -> None:
 def unregister() -> None:
     while _registered:
         _registered.pop().unregister()
+    # A disabled add-on leaves no engine process behind.
+    from .core.engine_process import shutdown_engine
+
+    shutdown_engine()

@@ -57,12 +57,14 @@ class VIEWFINDER_AP_preferences(bpy.types.AddonPreferences):
             box.prop(self, "python_path")
             row = box.row()
             row.operator("viewfinder.install_engine", icon="IMPORT")
+            row.operator("viewfinder.restart_engine", icon="FILE_REFRESH")
             box.prop(self, "device")
             box.prop(self, "attention_slicing")
             box.prop(self, "cpu_offload")
         else:
             box.prop(self, "remote_url")
             box.prop(self, "remote_token")
+            box.operator("viewfinder.restart_engine", text="Connect", icon="URL")
         for var in ("VIEWFINDER_ENGINE_URL", "VIEWFINDER_ENGINE_PYTHON"):
             if os.environ.get(var):
                 layout.label(text=f"{var} is set and overrides these settings", icon="INFO")
@@ -81,6 +83,15 @@ class Prefs:
     device: str = "auto"
     attention_slicing: bool = False
     cpu_offload: bool = False
+    engine_venv: str = ""  # where Install Engine puts its virtual environment
+
+
+def engine_venv_dir() -> str:
+    """The extension's user folder for the engine's virtual environment (main thread)."""
+    try:
+        return bpy.utils.extension_path_user(__package__, path="engine-venv", create=False)
+    except (ValueError, AttributeError):  # not running as an extension
+        return ""
 
 
 def get_prefs(context: bpy.types.Context | None = None) -> Prefs:
@@ -88,7 +99,7 @@ def get_prefs(context: bpy.types.Context | None = None) -> Prefs:
     context = context or bpy.context
     addon = context.preferences.addons.get(__package__)
     if addon is None or addon.preferences is None:
-        return Prefs()
+        return Prefs(engine_venv=engine_venv_dir())
     p = addon.preferences
     return Prefs(
         engine_mode=p.engine_mode,
@@ -99,6 +110,7 @@ def get_prefs(context: bpy.types.Context | None = None) -> Prefs:
         device=p.device,
         attention_slicing=p.attention_slicing,
         cpu_offload=p.cpu_offload,
+        engine_venv=engine_venv_dir(),
     )
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from . import shots
+from . import engine, exports, generate, shots, takes
 
-modules = (shots,)
+modules = (shots, generate, takes, exports, engine)
 
 
 def register() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bpy
 
-from ..core.compat import active_strip
+from ..operators.takes import draw_take, selected_take
 
 
 class VIEWFINDER_PT_takes(bpy.types.Panel):
@@ -19,15 +19,11 @@ class VIEWFINDER_PT_takes(bpy.types.Panel):
         return context.scene is not None
 
     def draw(self, context: bpy.types.Context) -> None:
-        layout = self.layout
-        editor = context.scene.sequence_editor
-        strip = active_strip(editor) if editor is not None else None
-        draw_take = getattr(self, "draw_take", None)
-        if strip is None or not strip.get("viewfinder_take"):
-            layout.label(text="Select a Viewfinder take strip")
+        strip = selected_take(context)
+        if strip is None:
+            self.layout.label(text="Select a Viewfinder take strip")
             return
-        if draw_take is not None:
-            draw_take(context, strip)
+        draw_take(self.layout, strip)
 
 
 classes = (VIEWFINDER_PT_takes,)

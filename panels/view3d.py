@@ -125,6 +125,10 @@ class VIEWFINDER_PT_film(ViewfinderPanel, bpy.types.Panel):
         layout.prop(settings, "steps")
         layout.prop(settings, "guidance_scale")
         layout.prop(settings, "batch_size")
+        layout.use_property_split = False
+        row = layout.row(align=True)
+        row.operator("viewfinder.export_storyboard", icon="IMAGE_DATA", text="Storyboard")
+        row.operator("viewfinder.export_animatic", icon="FILE_MOVIE", text="Animatic")
 
 
 def _wrap(text: str, width: int) -> list[str]:

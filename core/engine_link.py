@@ -1,0 +1,41 @@
+"""From the add-on's preferences to a running engine. Any thread (no bpy)."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from .engine_client import EngineClient
+from .engine_install import venv_python
+from .engine_process import get_engine
+
+if TYPE_CHECKING:
+    from ..preferences import Prefs
+
+
+def engine_python(prefs: "Prefs") -> str:
+    """The preference's interpreter, else the one Install Engine made (if it exists)."""
+    if prefs.python_path:
+        return prefs.python_path
+    if prefs.engine_venv:
+        candidate = venv_python(prefs.engine_venv)
+        if candidate.is_file():
+            return str(candidate)
+    return ""
+
+
+def connect(prefs: "Prefs") -> EngineClient:
+    """A client for the engine the preferences (or VIEWFINDER_ENGINE_* variables) name.
+
+    Starts the local engine when needed, which blocks until it is healthy:
+    call from a worker thread in the UI. Raises EngineError with a message
+    that says what to do.
+    """
+    remote = prefs.remote_url if prefs.engine_mode == "REMOTE" else None
+    token = prefs.remote_token if prefs.engine_mode == "REMOTE" else None
+    engine = get_engine(url=remote, token=token, python=engine_python(prefs))
+    return engine.client()
+
+
+def environment_overrides() -> list[str]:
+    return [v for v in ("VIEWFINDER_ENGINE_URL", "VIEWFINDER_ENGINE_PYTHON") if os.environ.get(v)]

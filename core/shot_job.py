@@ -1,0 +1,138 @@
+"""The main-thread ends of generation: scene → `ShotJob`, and `TakeOutcome` → VSE.
+
+Main thread only (reads and writes bpy data).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from . import vse
+from .generate import GenerationError, ShotJob, TakeOutcome, build_maps
+from .paths import Project
+from .resolution import generation_size
+
+if TYPE_CHECKING:
+    import bpy
+
+    from ..preferences import Prefs
+
+log = logging.getLogger(__name__)
+
+
+def generation_settings(scene: "bpy.types.Scene") -> tuple[int, int]:
+    render = scene.render
+    return generation_size(
+        render.resolution_x, render.resolution_y, render.pixel_aspect_x, render.pixel_aspect_y,
+        scene.viewfinder.long_edge,
+    )
+
+
+def collect_shot(
+    scene: "bpy.types.Scene",
+    shot: Any,
+    project: Project,
+    prefs: "Prefs",
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> ShotJob:
+    """Render (or reuse) the shot's control maps and describe its engine job."""
+    from .conditioning import ConditioningError, render_shot  # deferred: heavier module
+
+    if shot.problem:
+        raise GenerationError(f"Shot '{shot.name}': {shot.problem}")
+    settings = scene.viewfinder
+    width, height = generation_settings(scene)
+    conditioning_dir = project.conditioning_dir(shot.name)
+    try:
+        render_shot(scene, shot, conditioning_dir, width=width, height=height, progress=progress, cancel=cancel)
+    except ConditioningError as exc:
+        raise GenerationError(str(exc)) from exc
+    meta = json.loads((conditioning_dir / "meta.json").read_text("utf-8"))
+    maps = build_maps(conditioning_dir, meta)
+    missing = [f for f, m in maps.items() if m["depth"] is None or not Path(m["depth"]).is_file()]
+    if missing:
+        raise GenerationError(
+            f"Shot '{shot.name}': depth maps are missing for frames {missing[:5]}: render its control maps again"
+        )
+
+    models = {
+        "base": _model_path(settings.model),
+        "controlnet_depth": _model_path(settings.controlnet_depth) or None,
+        "controlnet_pose": _model_path(settings.controlnet_pose) or None,
+        "lora": _model_path(settings.lora) or None,
+        "lora_scale": round(float(settings.lora_scale), 4),
+    }
+    prompts = {
+        "prompt": shot.prompt,
+        "style_prompt": settings.style_prompt,
+        "negative_prompt": shot.negative_prompt,
+    }
+    job_settings = {
+        "seed": int(shot.seed),
+        "steps": int(settings.steps),
+        "guidance_scale": round(float(settings.guidance_scale), 4),
+        "width": width,
+        "height": height,
+        "depth_weight": round(float(shot.depth_weight), 4),
+        "pose_weight": round(float(shot.pose_weight), 4),
+        "control_start": round(float(shot.control_start), 4),
+        "control_end": round(float(shot.control_end), 4),
+        "coherence": coherence_settings(shot),
+    }
+    request = {
+        "shot": shot.name,
+        "models": models,
+        **prompts,
+        **job_settings,
+        "batch_size": int(settings.batch_size),
+        "device": prefs.device,
+        "attention_slicing": prefs.attention_slicing,
+        "cpu_offload": prefs.cpu_offload,
+    }
+    frames = sorted(maps)
+    return ShotJob(
+        shot=shot.name, frames=frames, conditioning_dir=conditioning_dir, takes_dir=project.takes_dir(shot.name),
+        maps=maps, request=request, models=models, prompts=prompts, settings=job_settings,
+    )
+
+
+def coherence_settings(shot: Any) -> dict[str, Any]:
+    if shot.coherence == "FLOW":
+        return {
+            "mode": "FLOW",
+            "strength": round(float(shot.flow_strength), 4),
+            "keyframe_interval": int(shot.keyframe_interval),
+        }
+    return {"mode": "INDEPENDENT"}
+
+
+def _model_path(value: str) -> str:
+    """Hub ids pass through; Blender-relative paths (//...) become absolute for the engine."""
+    if not value:
+        return ""
+    if value.startswith("//"):
+        import bpy  # deferred: importable without Blender
+
+        return bpy.path.abspath(value)
+    return value
+
+
+def place_outcome(scene: "bpy.types.Scene", outcome: TakeOutcome) -> Any:
+    """Put a finished take on the VSE; a reused take only gets a strip if it has none."""
+    if not outcome.complete or outcome.take_dir is None or outcome.info is None:
+        return None
+    info = outcome.info
+    take_dir_text = str(outcome.take_dir)
+    existing = [s for s in vse.strips_of_shot(scene, outcome.shot) if s.get(vse.TAKE_KEY) == take_dir_text]
+    if existing:
+        return existing[0]
+    frames = sorted(info.frames_total)
+    return vse.add_take_strip(
+        scene, shot_name=outcome.shot, take_label=info.take, take_dir=outcome.take_dir,
+        frames=frames, file_names=[f"{f:04d}.png" for f in frames],
+    )
