@@ -106,12 +106,14 @@ def export_storyboard(scene: bpy.types.Scene, project: Project, output: Path) ->
         sheet.render.use_sequencer = True
         sheet.render.image_settings.file_format = "PNG"
         sheet.render.image_settings.color_mode = "RGB"
+        # Thumbnails must look like the frames on disk, not like a film-look render.
+        sheet.view_settings.view_transform = "Standard"
+        sheet.view_settings.look = "None"
         strips = strips_of(sheet.sequence_editor_create())
         channel = iter(range(1, 10_000))
         background = strips.new_effect(name="bg", type="COLOR", channel=next(channel), frame_start=1, **_length_kwargs(1))
         background.color = (0.06, 0.06, 0.06)
-        _text(strips, next(channel), f"{Path(bpy.data.filepath).stem or scene.name} — storyboard",
-              x=MARGIN, y=MARGIN, size=32, sheet=(SHEET_WIDTH, height))
+        captions = [(f"{Path(bpy.data.filepath).stem or scene.name}: storyboard", MARGIN, MARGIN, 32, None)]
         for index, row in enumerate(rows):
             top = TITLE_HEIGHT + index * row_h
             for col, image in enumerate(row.images):
@@ -122,10 +124,13 @@ def export_storyboard(scene: bpy.types.Scene, project: Project, output: Path) ->
                     box = strips.new_effect(name="missing", type="COLOR", channel=next(channel), frame_start=1,
                                             **_length_kwargs(1))
                     box.color = (0.2, 0.05, 0.05)
+                    box.blend_type = "ALPHA_OVER"
                     _place(box, left, top, THUMB_WIDTH, thumb_h, (SHEET_WIDTH, height), source=(SHEET_WIDTH, height))
             caption = f"{row.shot}\n{row.lens}, {row.duration}\nframes {row.frames[0]}, {row.frames[1]}, {row.frames[2]}\n{row.prompt}"
-            _text(strips, next(channel), caption, x=MARGIN + 3 * (THUMB_WIDTH + MARGIN), y=top, size=20,
-                  sheet=(SHEET_WIDTH, height), wrap=CAPTION_WIDTH)
+            captions.append((caption, MARGIN + 3 * (THUMB_WIDTH + MARGIN), top, 20, CAPTION_WIDTH))
+        # Text goes on channels above every thumbnail so nothing covers it.
+        for text, x, y, size, wrap in captions:
+            _text(strips, next(channel), text, x=x, y=y, size=size, sheet=(SHEET_WIDTH, height), wrap=wrap)
         output.parent.mkdir(parents=True, exist_ok=True)
         sheet.render.filepath = str(output)
         with bpy.context.temp_override(scene=sheet):
@@ -153,6 +158,7 @@ def _thumbnail(strips: Any, channel: int, image: Path, left: int, top: int, widt
         loaded = bpy.data.images.load(str(image), check_existing=True)
         size = tuple(loaded.size)
     _place(strip, left, top, width, height, sheet, source=(max(1, size[0]), max(1, size[1])))
+    strip.blend_type = "ALPHA_OVER"
 
 
 def _text(strips: Any, channel: int, text: str, *, x: int, y: int, size: int, sheet: tuple[int, int],
@@ -161,7 +167,9 @@ def _text(strips: Any, channel: int, text: str, *, x: int, y: int, size: int, sh
     strip.text = text
     strip.font_size = size
     strip.location = (x / sheet[0], 1.0 - y / sheet[1])
-    for attr, value in (("anchor_x", "LEFT"), ("anchor_y", "TOP"), ("align_x", "LEFT"), ("align_y", "TOP")):
+    strip.blend_type = "ALPHA_OVER"
+    for attr, value in (("anchor_x", "LEFT"), ("anchor_y", "TOP"), ("align_x", "LEFT"), ("align_y", "TOP"),
+                        ("alignment_x", "LEFT")):
         if hasattr(strip, attr):
             setattr(strip, attr, value)
     if wrap:
