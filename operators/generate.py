@@ -10,6 +10,7 @@ finished frame; no strip is placed for an unfinished take.
 
 from __future__ import annotations
 
+import errno
 import logging
 import queue
 import threading
@@ -218,7 +219,11 @@ class VIEWFINDER_OT_generate(bpy.types.Operator):
 
 
 def _message(shot_name: str, exc: BaseException) -> str:
-    text = str(exc) or exc.__class__.__name__
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        where = f" writing {exc.filename}" if exc.filename else ""
+        text = f"the disk is full{where}: free some space, or choose another Output Folder in the preferences"
+    else:
+        text = str(exc) or exc.__class__.__name__
     return text if shot_name in text else f"Shot '{shot_name}': {text}"
 
 

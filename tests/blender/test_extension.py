@@ -1,0 +1,73 @@
+"""The extension as a user gets it: built by Blender's builder, installed, enabled, registered."""
+
+from __future__ import annotations
+
+import importlib
+import zipfile
+
+import bpy
+import pytest
+
+OPERATORS = ("sync_shots", "add_shot", "jump_to_shot")
+
+
+def test_built_zip_holds_the_addon_and_engine_but_no_dev_files(extension_zip):
+    names = zipfile.ZipFile(extension_zip).namelist()
+    assert "blender_manifest.toml" in names and "__init__.py" in names
+    assert any(n.startswith("engine/") for n in names)
+    assert not any(n.startswith(("tests/", ".venv", "benchmarks/", ".git/")) for n in names)
+
+
+def test_extension_is_enabled_with_scene_settings(vf, scene):
+    assert vf.__name__ in bpy.context.preferences.addons
+    settings = scene.viewfinder
+    for attr in ("model", "controlnet_depth", "controlnet_pose", "style_prompt"):
+        assert isinstance(getattr(settings, attr), str)
+    assert settings.model.startswith("stable-diffusion")
+    for name in OPERATORS:
+        assert hasattr(bpy.ops.viewfinder, name)
+
+
+def test_preferences_have_engine_and_output_settings(vf):
+    prefs = bpy.context.preferences.addons[vf.__name__].preferences
+    for attr in ("engine_mode", "python_path", "remote_url", "remote_token", "output_dir"):
+        assert hasattr(prefs, attr)
+
+
+def test_register_unregister_twice_leaves_nothing_behind(vf, scene):
+    addon_utils = importlib.import_module("addon_utils")
+    handlers_before = {name: len(getattr(bpy.app.handlers, name)) for name in ("load_post", "depsgraph_update_post")}
+    for _ in range(2):
+        addon_utils.disable(vf.__name__, default_set=True)
+        assert not hasattr(bpy.types.Scene, "viewfinder")
+        assert not hasattr(bpy.types, "VIEWFINDER_PT_shots")
+        assert not hasattr(bpy.types, "VIEWFINDER_OT_sync_shots")
+        for name, count in handlers_before.items():
+            assert len(getattr(bpy.app.handlers, name)) == count - 1, name
+        addon_utils.enable(vf.__name__, default_set=True)
+        assert hasattr(bpy.types.Scene, "viewfinder")
+        assert bpy.ops.viewfinder.sync_shots.poll()
+    for name, count in handlers_before.items():
+        assert len(getattr(bpy.app.handlers, name)) == count, name
+
+
+def test_poll_explains_why_add_shot_is_disabled(scene):
+    assert not bpy.ops.viewfinder.add_shot.poll()
+
+
+def test_add_shot_binds_active_camera_at_current_frame(scene):
+    from blender_scenes import add_camera
+
+    cam = add_camera(scene, "Cam")
+    bpy.context.view_layer.objects.active = cam
+    scene.frame_current = 12
+    assert bpy.ops.viewfinder.add_shot(name="Opening") == {"FINISHED"}
+    marker = scene.timeline_markers["Opening"]
+    assert marker.frame == 12 and marker.camera == cam
+    assert [s.name for s in scene.viewfinder.shots] == ["Opening"]
+
+
+@pytest.mark.parametrize("name", OPERATORS)
+def test_operators_have_descriptions_for_f3_search(name):
+    rna = getattr(bpy.ops.viewfinder, name).get_rna_type()
+    assert rna.description and rna.name
