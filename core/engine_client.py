@@ -1,0 +1,130 @@
+"""HTTP client for the Viewfinder engine (engine/API.md).
+
+Runs in Blender's Python: stdlib and ``requests`` only, never bpy, torch or ``engine``.
+Every failure is an ``EngineError`` whose message a Blender user can act on. Methods
+block on the network, so call them from a worker thread, not from the UI thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from typing import Any
+
+import requests
+
+logger = logging.getLogger(__name__)
+
+START_HINT = "start it with `python -m engine serve` from the extension folder or check Preferences ▸ Engine"
+
+
+class EngineError(Exception):
+    """An engine failure: ``code`` is machine-readable, ``field`` names the request field."""
+
+    def __init__(self, message: str, code: str = "engine_error", field: str | None = None,
+                 status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.field = field
+        self.status = status
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class EngineClient:
+    """One engine at ``base_url``; thread-safe for independent calls (one Session each)."""
+
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token or None
+        self.timeout = timeout
+
+    # Transport ----------------------------------------------------------------
+
+    def _request(self, method: str, path: str, *, ok: tuple[int, ...] = (200,), **kwargs: Any) -> requests.Response:
+        headers = dict(kwargs.pop("headers", {}) or {})
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        url = self.base_url + path
+        try:
+            response = requests.request(method, url, headers=headers, timeout=self.timeout, **kwargs)
+        except requests.ConnectionError as exc:
+            raise EngineError(f"Viewfinder engine at {self.base_url} is not reachable: {START_HINT}",
+                              code="unreachable") from exc
+        except requests.Timeout as exc:
+            raise EngineError(f"Viewfinder engine at {self.base_url} did not answer within {self.timeout:.0f} s; "
+                              "it may be busy loading a model, try again", code="timeout") from exc
+        if response.status_code in ok:
+            return response
+        raise self._error_from(response)
+
+    def _error_from(self, response: requests.Response) -> EngineError:
+        status = response.status_code
+        try:
+            error = response.json().get("error") or {}
+        except ValueError:
+            error = {}
+        message = error.get("message") or response.text[:300] or f"HTTP {status}"
+        code = error.get("code") or f"http_{status}"
+        if status == 401:
+            message = (f"The Viewfinder engine at {self.base_url} refused the token: set the engine's token in "
+                       "Preferences ▸ Engine or VIEWFINDER_ENGINE_TOKEN")
+            code = "unauthorized"
+        elif status >= 500 and code.startswith("http_"):
+            message = f"The Viewfinder engine at {self.base_url} failed (HTTP {status}): {message}"
+        return EngineError(message, code=code, field=error.get("field"), status=status)
+
+    # API ------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        return self._request("GET", "/health").json()
+
+    def has_blob(self, sha: str) -> bool:
+        return self._request("HEAD", f"/blobs/{sha}", ok=(200, 404)).status_code == 200
+
+    def upload_blob(self, data: bytes) -> str:
+        """Upload ``data`` unless the engine has it already; returns its sha256."""
+        sha = hashlib.sha256(data).hexdigest()
+        if not self.has_blob(sha):
+            self._request("PUT", f"/blobs/{sha}", ok=(200, 201), data=data,
+                          headers={"Content-Type": "application/octet-stream"})
+        return sha
+
+    def upload_file(self, path: str) -> str:
+        with open(path, "rb") as f:
+            return self.upload_blob(f.read())
+
+    def submit(self, job: dict[str, Any]) -> str:
+        """Queue a job (see API.md for the body); returns its id."""
+        return str(self._request("POST", "/jobs", ok=(202,), json=job).json()["id"])
+
+    def submit_full(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Like ``submit`` but returns the whole answer (id, status, cached_frames)."""
+        return self._request("POST", "/jobs", ok=(202,), json=job).json()
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/jobs/{job_id}").json()
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._request("POST", f"/jobs/{job_id}/cancel").json()
+
+    def fetch_frame(self, job_id: str, frame: int, dest_path: str) -> str:
+        """Download a finished frame to ``dest_path`` atomically (temp file + rename)."""
+        response = self._request("GET", f"/jobs/{job_id}/frames/{frame}", stream=True)
+        folder = os.path.dirname(os.path.abspath(dest_path))
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".png")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for chunk in response.iter_content(chunk_size=1 << 16):
+                    f.write(chunk)
+            os.replace(tmp, dest_path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return dest_path

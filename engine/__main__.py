@@ -1,0 +1,113 @@
+"""Command line: ``python -m engine serve|make-tiny-models`` (run from the extension folder)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+
+logger = logging.getLogger("engine")
+
+LOOPBACK_NAMES = {"localhost"}
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def watch_parent(parent_pid: int) -> None:
+    """Stop the engine when the process that started it (Blender) is gone, even after a
+    crash that skipped its clean-up. Runs on a daemon thread."""
+    import signal
+    import threading
+    import time
+
+    def parent_alive() -> bool:
+        if os.name == "nt":
+            import psutil  # on Windows os.kill(pid, 0) would terminate the process
+
+            return bool(psutil.pid_exists(parent_pid))
+        return os.getppid() == parent_pid
+
+    def run() -> None:
+        while parent_alive():
+            time.sleep(2.0)
+        logger.warning("Parent process %d is gone; stopping the engine", parent_pid)
+        signal.raise_signal(signal.SIGTERM)
+
+    threading.Thread(target=run, name="vf-parent-watch", daemon=True).start()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    # Imports here so `make-tiny-models` and `--help` do not need the web stack.
+    import uvicorn
+
+    from .jobs import JobManager
+    from .server import create_app
+    from .storage import Storage, default_data_dir
+
+    # The token may come from the environment so it does not show in `ps` output.
+    token = args.token or os.environ.get("VIEWFINDER_ENGINE_TOKEN") or None
+    if not is_loopback(args.host) and not token:
+        print(f"error: --host {args.host} is reachable from other machines; remote engines require a "
+              "token: add --token <secret> (or set VIEWFINDER_ENGINE_TOKEN)", file=sys.stderr)
+        return 2
+    storage = Storage(args.data_dir or default_data_dir())
+    try:
+        manager = JobManager(storage, default_device=args.device, max_pipelines=args.max_pipelines)
+    except ValueError as exc:
+        print(f"error: --device: {exc}", file=sys.stderr)
+        return 2
+    app = create_app(manager, token)
+    if args.parent_pid:
+        watch_parent(args.parent_pid)
+    logger.info("Viewfinder engine on http://%s:%d, device %s, data %s", args.host, args.port,
+                manager.default_device, storage.root)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), access_log=False)
+    return 0
+
+
+def cmd_make_tiny_models(args: argparse.Namespace) -> int:
+    from .tiny import make_tiny_models
+
+    paths = make_tiny_models(args.dir, preset=args.preset, seed=args.seed)
+    for role, path in paths.items():
+        print(f"{role}: {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine", description="Viewfinder generation engine")
+    parser.add_argument("--log-level", default=os.environ.get("VIEWFINDER_ENGINE_LOG", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP engine")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--token", default=None, help="required for non-loopback hosts")
+    serve.add_argument("--data-dir", default=None, help="blobs and frame cache (default ~/.cache/viewfinder-engine)")
+    serve.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
+    serve.add_argument("--max-pipelines", type=int, default=1, help="loaded model sets kept in memory")
+    serve.add_argument("--parent-pid", type=int, default=None, help="exit when this process exits")
+    serve.set_defaults(func=cmd_serve)
+
+    tiny = sub.add_parser("make-tiny-models", help="write random-weight SD 1.5-layout models, offline")
+    tiny.add_argument("dir")
+    tiny.add_argument("--preset", default="tiny", choices=["tiny", "mid", "sd15"])
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=cmd_make_tiny_models)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,312 @@
+"""Jobs: validated at submit on the HTTP thread, run one at a time on a worker thread.
+
+HTTP handlers only read job fields and set events; they never wait on the model.
+Finished frames go straight to the frame cache on disk, so memory does not grow
+with shot length and a cancelled or failed job keeps every frame it finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import ALGORITHM_VERSION
+from .coherence import CoherenceStrategy, make_strategy
+from .errors import BadRequest, EngineFault, NotFound, OutOfMemory, is_out_of_memory
+from .models import ModelRef, resolve_ref
+from .pipelines import (
+    NET_ORDER, BatchSettings, LoadedModels, PipelineCache, PipelineKey, decode_depth, decode_rgb,
+    dtype_name, encode_png, load_models, resolve_device, run_batch,
+)
+from .schema import FrameSpec, JobRequest
+from .storage import Storage, canonical_hash
+
+logger = logging.getLogger(__name__)
+
+# Test hook: a frame number whose batch raises an out-of-memory error, so the tests
+# can check that the engine reports it and stays up. Unset in normal use.
+FAULT_OOM_FRAME_ENV = "VIEWFINDER_ENGINE_TEST_OOM_FRAME"
+
+
+@dataclass
+class Job:
+    id: str
+    request: JobRequest
+    refs: dict[str, ModelRef | None]
+    lora: ModelRef | None
+    key: PipelineKey
+    frame_keys: dict[int, str]
+    status: str = "queued"
+    phase: str = "queued"
+    detail: dict[str, Any] = field(default_factory=dict)
+    done: dict[int, str] = field(default_factory=dict)
+    cached: list[int] = field(default_factory=list)
+    step: int = 0
+    error: dict[str, Any] | None = None
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    eta_s: float | None = None
+    timings: dict[str, float] = field(default_factory=lambda: {"load_s": 0.0, "model_s": 0.0, "run_s": 0.0})
+    pipeline_reused: bool | None = None
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "shot": self.request.shot, "status": self.status, "phase": self.phase,
+            "detail": dict(self.detail), "frames_total": len(self.frame_keys),
+            "frames_done": len(self.done), "frames": sorted(self.done), "cached_frames": sorted(self.cached),
+            "step": self.step, "steps": self.request.steps, "eta_s": self.eta_s, "error": self.error,
+            "timings": dict(self.timings), "pipeline_reused": self.pipeline_reused,
+        }
+
+
+class JobManager:
+    """The job table, the queue and the single worker thread that owns the models."""
+
+    def __init__(self, storage: Storage, default_device: str = "auto", max_pipelines: int = 1,
+                 max_jobs_kept: int = 200) -> None:
+        self.storage = storage
+        self.default_device = resolve_device(default_device)
+        self.pipelines = PipelineCache(max_pipelines)
+        self.max_jobs_kept = max_jobs_kept
+        self.jobs: dict[str, Job] = {}
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._worker = threading.Thread(target=self._run_worker, name="vf-engine-worker", daemon=True)
+        oom = os.environ.get(FAULT_OOM_FRAME_ENV)
+        self._fault_oom_frame = int(oom) if oom else None
+
+    def start(self) -> None:
+        self._worker.start()
+
+    def stop(self) -> None:
+        for job in list(self.jobs.values()):
+            job.cancel_event.set()
+        self._queue.put(None)
+        self._worker.join(timeout=10)
+
+    def queue_length(self) -> int:
+        return sum(1 for j in self.jobs.values() if j.status in ("queued", "running"))
+
+    # Submit (HTTP thread) -----------------------------------------------------
+
+    def submit(self, request: JobRequest) -> Job:
+        """Check the request against the engine's state, compute cache keys, queue it."""
+        # 1. Models: resolved now so a wrong path is a 400 naming the field.
+        spec = request.models
+        refs: dict[str, ModelRef | None] = {"base": resolve_ref(spec.base, "models.base", "base")}
+        refs["depth"] = resolve_ref(spec.controlnet_depth, "models.controlnet_depth", "controlnet") \
+            if spec.controlnet_depth else None
+        refs["pose"] = resolve_ref(spec.controlnet_pose, "models.controlnet_pose", "controlnet") \
+            if spec.controlnet_pose else None
+        lora = resolve_ref(spec.lora, "models.lora", "lora") if spec.lora else None
+        # 2. Control maps must have been uploaded.
+        for i, frame in enumerate(request.frames):
+            for name in ("depth", "pose"):
+                sha = getattr(frame, name)
+                if sha is not None and not self.storage.has_blob(sha):
+                    raise BadRequest(
+                        f"frames[{i}].{name}: blob {sha} is not on the engine; upload it first with "
+                        f"PUT /blobs/{sha}", field=f"frames[{i}].{name}", code="missing_blob",
+                    )
+        try:
+            device = resolve_device(self.default_device if request.device == "auto" else request.device)
+            strategy = make_strategy(request.coherence)
+        except ValueError as exc:
+            field_name = "device" if "device" in str(exc) else "coherence.mode"
+            raise BadRequest(str(exc), field=field_name) from exc
+        key = PipelineKey(
+            base=refs["base"].identity(), depth=refs["depth"].identity() if refs["depth"] else None,
+            pose=refs["pose"].identity() if refs["pose"] else None,
+            lora=lora.identity() if lora else None, lora_scale=spec.lora_scale if lora else 0.0,
+            device=device, dtype=dtype_name(device), attention_slicing=request.attention_slicing,
+            cpu_offload=request.cpu_offload and device == "cuda",
+        )
+        # 3. Cache keys: frames already made by any earlier job are done before queuing.
+        frame_keys = {f.frame: self.frame_key(request, key, strategy, f) for f in request.frames}
+        job = Job(id=uuid.uuid4().hex[:16], request=request, refs=refs, lora=lora, key=key, frame_keys=frame_keys)
+        for number, fkey in frame_keys.items():
+            if self.storage.has_frame(fkey):
+                job.done[number] = fkey
+                job.cached.append(number)
+        with self._lock:
+            self._forget_old_jobs()
+            self.jobs[job.id] = job
+        if len(job.done) == len(frame_keys):
+            job.status = job.phase = "done"
+            job.finished = time.time()
+        else:
+            self._queue.put(job.id)
+        logger.info("Job %s (%s): %d frames, %d from cache", job.id, request.shot, len(frame_keys), len(job.cached))
+        return job
+
+    @staticmethod
+    def frame_key(request: JobRequest, key: PipelineKey, strategy: CoherenceStrategy, frame: FrameSpec) -> str:
+        """Content hash of everything that decides a frame's pixels, and nothing else.
+
+        Batch size, slicing and offload only change speed and memory, so they are left
+        out: a repeat with another batch size is still a cache hit.
+        """
+        return canonical_hash({
+            "algorithm": ALGORITHM_VERSION,
+            "models": {"base": key.base, "depth": key.depth, "pose": key.pose, "lora": key.lora,
+                       "lora_scale": key.lora_scale},
+            "device": key.device, "dtype": key.dtype,
+            "prompt": request.full_prompt(), "negative_prompt": request.negative_prompt,
+            "seed": request.seed, "steps": request.steps, "guidance_scale": request.guidance_scale,
+            "width": request.width, "height": request.height,
+            "depth_weight": request.depth_weight, "pose_weight": request.pose_weight,
+            "control_start": request.control_start, "control_end": request.control_end,
+            "coherence": request.coherence.model_dump(),
+            "depth": frame.depth if key.depth else None, "pose": frame.pose if key.pose else None,
+            **strategy.cache_inputs(frame),
+        })
+
+    def get(self, job_id: str) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"no job with id '{job_id}' (the engine keeps the last {self.max_jobs_kept} jobs "
+                           "and forgets all jobs when it restarts; resubmit: finished frames come from the cache)",
+                           code="unknown_job")
+        return job
+
+    def cancel(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        job.cancel_event.set()
+        if job.status == "queued":
+            self._finish(job, "cancelled")
+        return job
+
+    def frame_path(self, job_id: str, frame: int) -> Path:
+        job = self.get(job_id)
+        if frame not in job.frame_keys:
+            raise NotFound(f"frame {frame} is not part of job {job_id}", code="unknown_frame")
+        if frame not in job.done:
+            raise NotFound(f"frame {frame} of job {job_id} is not finished yet (status: {job.status})",
+                           code="frame_not_ready")
+        return self.storage.frame_path(job.done[frame])
+
+    def _forget_old_jobs(self) -> None:
+        finished = [j for j in self.jobs.values() if j.status in ("done", "cancelled", "failed")]
+        for job in sorted(finished, key=lambda j: j.created)[: max(0, len(self.jobs) - self.max_jobs_kept + 1)]:
+            del self.jobs[job.id]
+
+    def _finish(self, job: Job, status: str, error: EngineFault | None = None) -> None:
+        job.error = error.to_json() if error else None
+        job.finished = time.time()
+        job.eta_s = 0.0 if status == "done" else None
+        job.phase = status
+        job.status = status
+
+    # Worker thread ------------------------------------------------------------
+
+    def _run_worker(self) -> None:
+        """Worker thread: runs queued jobs one after the other until ``stop``."""
+        while True:
+            job_id = self._queue.get()
+            if job_id is None:
+                return
+            job = self.jobs.get(job_id)
+            if job is None or job.status != "queued":
+                continue
+            try:
+                self._run_job(job)
+            except EngineFault as exc:
+                logger.warning("Job %s failed: %s", job.id, exc.message)
+                self._finish(job, "failed", exc)
+            except Exception as exc:  # noqa: BLE001 - the worker must survive any job
+                if is_out_of_memory(exc):
+                    self.pipelines.drop(job.key)
+                    fault: EngineFault = OutOfMemory(
+                        f"Out of memory on {job.key.device} at {job.request.width}x{job.request.height} with "
+                        f"batch size {job.request.batch_size}. Lower the batch size or the resolution, or turn "
+                        "on attention slicing / CPU offload; finished frames are kept."
+                    )
+                else:
+                    logger.exception("Job %s crashed", job.id)
+                    fault = EngineFault(f"The engine failed on this job: {type(exc).__name__}: {exc}",
+                                        code="engine_error")
+                self._finish(job, "failed", fault)
+
+    def _load(self, job: Job) -> LoadedModels:
+        def progress(phase: str, detail: dict[str, Any]) -> None:
+            job.phase, job.detail = phase, detail
+
+        return load_models(job.key, job.refs, job.lora, progress)
+
+    def _run_job(self, job: Job) -> None:
+        """Worker thread: load (or reuse) the pipeline, then generate the missing frames."""
+        request = job.request
+        job.status, job.phase, job.started = "running", "loading", time.time()
+        # 1. Pipeline: reused when a previous job had the same model settings.
+        t0 = time.perf_counter()
+        models, job.pipeline_reused = self.pipelines.get(job.key, lambda: self._load(job))
+        job.timings["load_s"] = time.perf_counter() - t0
+        job.phase, job.detail = "generating", {}
+        # 2. Plan batches of frames that share the same control nets.
+        strategy = make_strategy(request.coherence)
+        todo = [f for f in request.frames if f.frame not in job.done]
+        settings = BatchSettings(
+            prompt=request.full_prompt(), negative_prompt=request.negative_prompt, steps=request.steps,
+            guidance_scale=request.guidance_scale, width=request.width, height=request.height,
+            weights={"depth": request.depth_weight, "pose": request.pose_weight},
+            control_start=request.control_start, control_end=request.control_end,
+        )
+
+        def active_nets(frame: FrameSpec) -> tuple[str, ...]:
+            return tuple(n for n in NET_ORDER if n in models.nets and getattr(frame, n) is not None)
+
+        run_started = time.perf_counter()
+        generated = 0
+        for batch in strategy.batches(todo, request.batch_size, active_nets):
+            if job.cancel_event.is_set():
+                break
+            # 3. Another job may have produced these frames since submit.
+            batch = [f for f in batch if not self._take_from_cache(job, f)]
+            if not batch:
+                continue
+            nets = active_nets(batch[0])
+            maps = {name: [self._decode(name, getattr(f, name)) for f in batch] for name in nets}
+            if self._fault_oom_frame is not None and any(f.frame == self._fault_oom_frame for f in batch):
+                import torch
+
+                raise torch.OutOfMemoryError("CUDA out of memory (injected by " + FAULT_OOM_FRAME_ENV + ")")
+
+            def on_step(step: int) -> bool:
+                job.step = step
+                return job.cancel_event.is_set()
+
+            images, model_s = run_batch(models, nets, maps, strategy.seeds(batch, request.seed), settings, on_step)
+            job.timings["model_s"] += model_s
+            if images is None:
+                break
+            # 4. Frames to disk as soon as they exist, then mark them done.
+            for frame, image in zip(batch, images):
+                fkey = job.frame_keys[frame.frame]
+                self.storage.put_frame(fkey, encode_png(image))
+                job.done[frame.frame] = fkey
+            generated += len(batch)
+            remaining = len(job.frame_keys) - len(job.done)
+            job.eta_s = (time.perf_counter() - run_started) / generated * remaining
+        job.timings["run_s"] = time.perf_counter() - run_started
+        self._finish(job, "cancelled" if job.cancel_event.is_set() and len(job.done) < len(job.frame_keys)
+                     else "done")
+
+    def _take_from_cache(self, job: Job, frame: FrameSpec) -> bool:
+        fkey = job.frame_keys[frame.frame]
+        if self.storage.has_frame(fkey):
+            job.done[frame.frame] = fkey
+            return True
+        return False
+
+    def _decode(self, name: str, sha: str) -> Any:
+        data = self.storage.read_blob(sha)
+        return decode_depth(data) if name == "depth" else decode_rgb(data)

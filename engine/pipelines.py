@@ -1,0 +1,270 @@
+"""Loaded pipelines, kept in memory between jobs and keyed by their model settings.
+
+One base pipeline plus its ControlNets make a ``LoadedModels``. Frames are run with
+the variant that uses exactly the control maps they have: depth + pose, depth only,
+pose only, or none, so a frame with nobody in it runs without the pose net rather
+than with a black pose map. Variants share every module, so they cost no memory.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .models import ModelRef, Progress, load_base, load_controlnet, load_lora
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+NET_ORDER = ("depth", "pose")
+
+
+def resolve_device(requested: str) -> str:
+    """'auto' picks CUDA, then Apple MPS, then the CPU; an explicit device must exist."""
+    import torch
+
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but torch sees no CUDA GPU; use 'auto' or 'cpu'")
+    if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("device 'mps' was asked for but this machine has no Apple MPS; use 'auto' or 'cpu'")
+    return requested
+
+
+def dtype_name(device: str) -> str:
+    # Half precision on GPUs halves memory and doubles speed; CPUs lack fast fp16 kernels.
+    return "float32" if device == "cpu" else "float16"
+
+
+@dataclass(frozen=True)
+class PipelineKey:
+    base: str
+    depth: str | None
+    pose: str | None
+    lora: str | None
+    lora_scale: float
+    device: str
+    dtype: str
+    attention_slicing: bool
+    cpu_offload: bool
+
+
+@dataclass
+class LoadedModels:
+    """A base pipeline, its ControlNets and the variants built from them."""
+
+    key: PipelineKey
+    base: Any
+    family: str
+    nets: dict[str, Any]
+    variants: dict[tuple[str, ...], Any] = field(default_factory=dict)
+    active: Any = None
+
+    def variant(self, active_nets: tuple[str, ...]) -> Any:
+        """The pipeline that runs with exactly ``active_nets``; worker thread."""
+        if active_nets not in self.variants:
+            if not active_nets:
+                self.variants[active_nets] = self.base
+            else:
+                from diffusers import (
+                    MultiControlNetModel,
+                    StableDiffusionControlNetPipeline,
+                    StableDiffusionXLControlNetPipeline,
+                )
+
+                nets = [self.nets[name] for name in active_nets]
+                controlnet = nets[0] if len(nets) == 1 else MultiControlNetModel(nets)
+                components = dict(self.base.components)
+                components.pop("controlnet", None)
+                if self.family == "sdxl":
+                    pipe = StableDiffusionXLControlNetPipeline(**components, controlnet=controlnet)
+                else:
+                    pipe = StableDiffusionControlNetPipeline(
+                        **components, controlnet=controlnet, requires_safety_checker=False
+                    )
+                pipe.set_progress_bar_config(disable=True)
+                self.variants[active_nets] = pipe
+        pipe = self.variants[active_nets]
+        if self.key.cpu_offload and self.active is not pipe:
+            # Offload hooks live on the shared modules: re-attach them for the variant
+            # about to run so its ControlNets are moved on and off the GPU too.
+            pipe.enable_model_cpu_offload(device=self.key.device)
+        self.active = pipe
+        return pipe
+
+
+def load_models(key: PipelineKey, refs: dict[str, ModelRef | None], lora_ref: ModelRef | None,
+                progress: Progress) -> LoadedModels:
+    """Load the base model and the ControlNets named in ``refs``; worker thread."""
+    import torch
+    from diffusers import UniPCMultistepScheduler
+
+    dtype = getattr(torch, key.dtype)
+    base_ref = refs["base"]
+    assert base_ref is not None
+    base, family = load_base(base_ref, dtype, progress)
+    # UniPC reaches a clean image in 20 steps or fewer, the usual ControlNet recipe.
+    base.scheduler = UniPCMultistepScheduler.from_config(base.scheduler.config)
+    base.set_progress_bar_config(disable=True)
+    nets: dict[str, Any] = {}
+    for name in NET_ORDER:
+        ref = refs.get(name)
+        if ref is not None:
+            nets[name] = load_controlnet(ref, dtype, base.unet.config.cross_attention_dim, progress)
+    if lora_ref is not None:
+        load_lora(base, lora_ref, key.lora_scale)
+    if key.attention_slicing:
+        base.enable_attention_slicing()
+    if not key.cpu_offload:
+        base.to(key.device)
+        for net in nets.values():
+            net.to(key.device)
+    return LoadedModels(key=key, base=base, family=family, nets=nets)
+
+
+class PipelineCache:
+    """Keeps the last ``capacity`` loaded pipelines; used only by the worker thread."""
+
+    def __init__(self, capacity: int = 1) -> None:
+        self.capacity = max(1, capacity)
+        self._items: OrderedDict[PipelineKey, LoadedModels] = OrderedDict()
+
+    def get(self, key: PipelineKey, loader: Callable[[], LoadedModels]) -> tuple[LoadedModels, bool]:
+        """Return (models, was_cached); evicts the oldest before loading a new one."""
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key], True
+        while len(self._items) >= self.capacity:
+            old_key, _ = self._items.popitem(last=False)
+            logger.info("Unloading pipeline %s", old_key.base)
+            _free_memory()
+        models = loader()
+        self._items[key] = models
+        return models, False
+
+    def drop(self, key: PipelineKey) -> None:
+        self._items.pop(key, None)
+        _free_memory()
+
+
+def _free_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# Control maps -------------------------------------------------------------------
+
+
+def decode_depth(png: bytes) -> "torch.Tensor":
+    """16-bit (or 8-bit) grayscale depth PNG -> float tensor (3, H, W) in 0..1.
+
+    Decoded from the full 16 bits: going through an 8-bit PIL mode would band the
+    depth into 256 levels and the ControlNet would draw contour lines.
+    """
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as img:
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            array = np.asarray(img).astype(np.float32) / 65535.0
+        else:
+            array = np.asarray(img.convert("L")).astype(np.float32) / 255.0
+    channel = torch.from_numpy(np.clip(array, 0.0, 1.0))
+    return channel.unsqueeze(0).expand(3, -1, -1).contiguous()
+
+
+def decode_rgb(png: bytes) -> "torch.Tensor":
+    """An OpenPose drawing (RGB PNG) -> float tensor (3, H, W) in 0..1."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as img:
+        array = np.asarray(img.convert("RGB")).astype(np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def encode_png(image: "Image.Image") -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@dataclass
+class BatchSettings:
+    prompt: str
+    negative_prompt: str
+    steps: int
+    guidance_scale: float
+    width: int
+    height: int
+    weights: dict[str, float]
+    control_start: float
+    control_end: float
+
+
+def run_batch(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[str, list["torch.Tensor"]],
+              seeds: Sequence[int], settings: BatchSettings,
+              on_step: Callable[[int], bool]) -> tuple[list["Image.Image"] | None, float]:
+    """Generate one image per seed; returns (images or None if cancelled, model seconds).
+
+    ``on_step(step)`` runs after every denoising step and returns True to cancel, which
+    stops the loop within that step. Worker thread.
+    """
+    import torch
+
+    # 1. Pick the variant that has exactly the nets these frames have maps for.
+    pipe = models.variant(active_nets)
+    n = len(seeds)
+    # 2. One CPU generator per frame: a frame's noise depends on its seed only, not on
+    #    the batch it lands in or the device, which keeps frames reproducible.
+    generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+    kwargs: dict[str, Any] = {}
+    if active_nets:
+        images = [torch.stack(maps[name]) for name in active_nets]
+        scales = [settings.weights[name] for name in active_nets]
+        kwargs = {
+            "image": images[0] if len(images) == 1 else images,
+            "controlnet_conditioning_scale": scales[0] if len(scales) == 1 else scales,
+            "control_guidance_start": settings.control_start,
+            "control_guidance_end": settings.control_end,
+        }
+    cancelled = False
+
+    def callback(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        nonlocal cancelled
+        if on_step(step + 1):
+            cancelled = True
+            pipeline._interrupt = True
+        return tensors
+
+    # 3. Denoise and decode.
+    started = time.perf_counter()
+    result = pipe(
+        prompt=[settings.prompt] * n, negative_prompt=[settings.negative_prompt] * n,
+        num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
+        width=settings.width, height=settings.height, generator=generators,
+        callback_on_step_end=callback, output_type="pil", **kwargs,
+    )
+    model_s = time.perf_counter() - started
+    # An interrupted pipeline still decodes its half-denoised latents: drop them.
+    return (None if cancelled else list(result.images)), model_s

@@ -1,0 +1,115 @@
+"""Request and response models of the HTTP API (see engine/API.md).
+
+Pydantic checks types and ranges; ``JobRequest.check_inputs`` adds the checks that
+need more than one field. Every error names the JSON field and says what to send.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+logger = logging.getLogger(__name__)
+
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_DEPTH = "lllyasviel/control_v11f1p_sd15_depth"
+DEFAULT_POSE = "lllyasviel/control_v11p_sd15_openpose"
+
+
+class _Strict(BaseModel):
+    # Unknown keys are refused rather than ignored: a typo in a setting would
+    # otherwise silently fall back to a default and the frames would look wrong.
+    model_config = ConfigDict(extra="forbid")
+
+
+def _check_sha(value: str | None) -> str | None:
+    if value is not None and not SHA256_RE.match(value):
+        raise ValueError("must be the lowercase hex sha256 of a blob uploaded with PUT /blobs/{sha256}")
+    return value
+
+
+class ModelSpec(_Strict):
+    base: str = Field(DEFAULT_BASE, min_length=1)
+    controlnet_depth: str | None = DEFAULT_DEPTH
+    controlnet_pose: str | None = DEFAULT_POSE
+    lora: str | None = None
+    lora_scale: float = Field(1.0, ge=0.0, le=4.0)
+
+
+class FrameSpec(_Strict):
+    frame: int
+    depth: str | None = None
+    pose: str | None = None
+    flow: str | None = None
+
+    _sha = field_validator("depth", "pose", "flow")(_check_sha)
+
+
+class CoherenceSpec(_Strict):
+    # Only INDEPENDENT is implemented; FLOW (frame t guided by warped frame t-1) plugs
+    # in as another strategy in engine/coherence.py.
+    mode: Literal["INDEPENDENT"] = "INDEPENDENT"
+
+
+class JobRequest(_Strict):
+    shot: str = ""
+    models: ModelSpec = Field(default_factory=ModelSpec)
+    prompt: str = ""
+    style_prompt: str = ""
+    negative_prompt: str = ""
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+    steps: int = Field(20, ge=1, le=200)
+    guidance_scale: float = Field(7.5, ge=0.0, le=50.0)
+    width: int = Field(512, ge=64, le=4096)
+    height: int = Field(512, ge=64, le=4096)
+    batch_size: int = Field(1, ge=1, le=64)
+    depth_weight: float = Field(1.0, ge=0.0, le=2.0)
+    pose_weight: float = Field(1.0, ge=0.0, le=2.0)
+    control_start: float = Field(0.0, ge=0.0, le=1.0)
+    control_end: float = Field(1.0, ge=0.0, le=1.0)
+    coherence: CoherenceSpec = Field(default_factory=CoherenceSpec)
+    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    attention_slicing: bool = False
+    cpu_offload: bool = False
+    frames: list[FrameSpec] = Field(min_length=1)
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, value: int) -> int:
+        if value % 8:
+            raise ValueError(f"must be a multiple of 8 (the VAE works on 8x8 blocks), got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def check_inputs(self) -> "JobRequest":
+        if self.control_start >= self.control_end:
+            raise ValueError(
+                f"control_start ({self.control_start}) must be smaller than control_end ({self.control_end})"
+            )
+        seen: set[int] = set()
+        for frame in self.frames:
+            if frame.frame in seen:
+                raise ValueError(f"frame {frame.frame} appears twice in frames; send each frame once")
+            seen.add(frame.frame)
+        return self
+
+    def full_prompt(self) -> str:
+        """The prompt the model sees: the shot prompt followed by the style prompt."""
+        return ", ".join(p.strip() for p in (self.prompt, self.style_prompt) if p.strip())
+
+
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """Turn a pydantic location ('body', 'frames', 3, 'depth') into 'frames[3].depth'."""
+    out = ""
+    for part in loc:
+        if part == "body" and not out:
+            continue
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "body"

@@ -1,0 +1,178 @@
+"""Random-weight models in the SD 1.5 layout, built offline.
+
+``python -m engine make-tiny-models DIR`` writes ``DIR/sd15`` (a diffusers pipeline
+folder), ``DIR/controlnet-depth`` and ``DIR/controlnet-pose``. They are saved with
+``save_pretrained`` (safetensors) and loaded by the engine through exactly the code
+that loads real models, so tests and the offline demo exercise the real path.
+The tokenizer is built from a byte-level vocabulary written here: nothing comes
+from the Hub.
+
+Presets: ``tiny`` (diffusers' test sizes, ~1 s for 4 frames at 64x64 on a CPU),
+``mid`` (a few million parameters, for the CPU overhead benchmark) and ``sd15``
+(full SD 1.5 UNet/ControlNet/VAE/CLIP-L sizes, random weights, for GPU benchmarks).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Preset:
+    unet_channels: tuple[int, ...]
+    layers_per_block: int
+    attention_head_dim: int
+    norm_num_groups: int
+    cross_attention_dim: int
+    text_layers: int
+    text_heads: int
+    text_intermediate: int
+    text_vocab_size: int
+    vae_channels: tuple[int, ...]
+    vae_layers_per_block: int
+    vae_norm_num_groups: int
+    conditioning_channels: tuple[int, ...]
+    sample_size: int
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        unet_channels=(32, 64), layers_per_block=1, attention_head_dim=8, norm_num_groups=32,
+        cross_attention_dim=32, text_layers=2, text_heads=4, text_intermediate=37,
+        text_vocab_size=1000, vae_channels=(32, 64), vae_layers_per_block=1,
+        vae_norm_num_groups=32, conditioning_channels=(16, 32), sample_size=32,
+    ),
+    "mid": Preset(
+        unet_channels=(64, 128, 256, 256), layers_per_block=1, attention_head_dim=8,
+        norm_num_groups=32, cross_attention_dim=256, text_layers=2, text_heads=4,
+        text_intermediate=512, text_vocab_size=1000, vae_channels=(32, 64, 128, 128),
+        vae_layers_per_block=1, vae_norm_num_groups=32, conditioning_channels=(16, 32, 96, 256),
+        sample_size=32,
+    ),
+    "sd15": Preset(
+        unet_channels=(320, 640, 1280, 1280), layers_per_block=2, attention_head_dim=8,
+        norm_num_groups=32, cross_attention_dim=768, text_layers=12, text_heads=12,
+        text_intermediate=3072, text_vocab_size=49408, vae_channels=(128, 256, 512, 512),
+        vae_layers_per_block=2, vae_norm_num_groups=32, conditioning_channels=(16, 32, 96, 256),
+        sample_size=64,
+    ),
+}
+
+
+def _block_types(n: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """SD 1.5 layout: cross-attention in every block but the deepest."""
+    if n == 2:
+        return ("CrossAttnDownBlock2D", "DownBlock2D"), ("UpBlock2D", "CrossAttnUpBlock2D")
+    down = ("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",)
+    up = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1)
+    return down, up
+
+
+def _byte_symbols() -> list[str]:
+    """GPT-2/CLIP byte-to-unicode table: one printable symbol per byte value."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    codes, extra = [], 0
+    for b in range(256):
+        if b in printable:
+            codes.append(chr(b))
+        else:
+            codes.append(chr(256 + extra))
+            extra += 1
+    return codes
+
+
+def write_tokenizer(folder: Path) -> None:
+    """Write a CLIP BPE tokenizer whose vocabulary is the 256 byte symbols (no merges)."""
+    from transformers import CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    symbols = _byte_symbols()
+    vocab = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    # transformers 5 names these `vocab`/`merges` (4.x: `vocab_file`/`merges_file`).
+    tokenizer = CLIPTokenizer(
+        vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"), model_max_length=77,
+    )
+    tokenizer.save_pretrained(folder)
+
+
+def build_components(preset: Preset, seed: int = 0) -> dict[str, object]:
+    """Build random-weight SD 1.5-layout components; runs on the calling thread."""
+    import torch
+    from diffusers import AutoencoderKL, ControlNetModel, PNDMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    down, up = _block_types(len(preset.unet_channels))
+    unet_kwargs = dict(
+        block_out_channels=preset.unet_channels, layers_per_block=preset.layers_per_block,
+        in_channels=4, down_block_types=down, cross_attention_dim=preset.cross_attention_dim,
+        attention_head_dim=preset.attention_head_dim, norm_num_groups=preset.norm_num_groups,
+    )
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        **unet_kwargs, out_channels=4, up_block_types=up, sample_size=preset.sample_size
+    )
+    controlnets = {}
+    for offset, name in enumerate(("controlnet-depth", "controlnet-pose"), start=1):
+        torch.manual_seed(seed + offset)
+        net = ControlNetModel(**unet_kwargs, conditioning_embedding_out_channels=preset.conditioning_channels)
+        # A new ControlNet starts with zero convolutions, so it would not change the
+        # image at all; random ones make the control maps visible in the frames.
+        for module in (net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out):
+            for param in module.parameters():
+                torch.nn.init.normal_(param, std=0.2)
+        controlnets[name] = net
+    torch.manual_seed(seed + 3)
+    n_vae = len(preset.vae_channels)
+    vae = AutoencoderKL(
+        block_out_channels=preset.vae_channels, in_channels=3, out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n_vae, up_block_types=("UpDecoderBlock2D",) * n_vae,
+        latent_channels=4, layers_per_block=preset.vae_layers_per_block,
+        norm_num_groups=preset.vae_norm_num_groups, sample_size=preset.sample_size * 8,
+    )
+    torch.manual_seed(seed + 4)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        # Ids of <|startoftext|>/<|endoftext|> in the byte vocabulary of write_tokenizer.
+        bos_token_id=512, eos_token_id=513,
+        hidden_size=preset.cross_attention_dim, intermediate_size=preset.text_intermediate,
+        num_attention_heads=preset.text_heads, num_hidden_layers=preset.text_layers,
+        vocab_size=preset.text_vocab_size, max_position_embeddings=77, layer_norm_eps=1e-5,
+    ))
+    # SD 1.5's own scheduler settings, so a tiny pipeline schedules like a real one.
+    scheduler = PNDMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False,
+    )
+    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "scheduler": scheduler, **controlnets}
+
+
+def make_tiny_models(out_dir: str | Path, preset: str = "tiny", seed: int = 0) -> dict[str, Path]:
+    """Write the pipeline and both ControlNets under ``out_dir``; returns their folders."""
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    out = Path(out_dir).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    components = build_components(PRESETS[preset], seed=seed)
+    write_tokenizer(out / "_tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(out / "_tokenizer")
+    pipe = StableDiffusionPipeline(
+        vae=components["vae"], text_encoder=components["text_encoder"], tokenizer=tokenizer,
+        unet=components["unet"], scheduler=components["scheduler"], safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+    )
+    paths = {"base": out / "sd15", "depth": out / "controlnet-depth", "pose": out / "controlnet-pose"}
+    pipe.save_pretrained(paths["base"], safe_serialization=True)
+    components["controlnet-depth"].save_pretrained(paths["depth"], safe_serialization=True)
+    components["controlnet-pose"].save_pretrained(paths["pose"], safe_serialization=True)
+    logger.info("Wrote %s random-weight models to %s", preset, out)
+    return paths

@@ -1,0 +1,71 @@
+"""Helpers shared by the engine tests (control maps, job bodies, polling)."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+SIZE = 64
+OOM_FRAME = 999  # the engine under test fails this frame with an injected out-of-memory error
+
+
+# Control maps -----------------------------------------------------------------------
+
+
+def depth_png(phase: float, size: int = SIZE) -> bytes:
+    """16-bit inverse-depth map: a near sphere-ish blob on a far ramp, moving with ``phase``."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    blob = np.exp(-(((x - 0.3 - 0.4 * phase) ** 2 + (y - 0.5) ** 2) / 0.02))
+    value = np.clip(0.2 * (1 - y) + 0.8 * blob, 0, 1)
+    buf = io.BytesIO()
+    Image.fromarray((value * 65535).astype(np.uint16)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def pose_png(shift: int = 0, size: int = SIZE, black: bool = False) -> bytes:
+    """A stick figure in OpenPose colours (or an all-black map)."""
+    array = np.zeros((size, size, 3), np.uint8)
+    if not black:
+        cx = size // 2 + shift
+        array[10:14, cx - 2 : cx + 2] = (255, 0, 0)
+        array[14:40, cx - 1 : cx + 1] = (0, 255, 0)
+        array[20:22, cx - 12 : cx + 12] = (0, 0, 255)
+        array[40:58, cx - 8 : cx - 6] = (255, 255, 0)
+        array[40:58, cx + 6 : cx + 8] = (255, 0, 255)
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_job(models: dict[str, str], frames: list[dict[str, Any]], **overrides: Any) -> dict[str, Any]:
+    job: dict[str, Any] = {
+        "shot": "test", "prompt": "a red car on a street", "style_prompt": "film still",
+        "negative_prompt": "blurry", "seed": 42, "steps": 3, "guidance_scale": 5.0,
+        "width": SIZE, "height": SIZE, "batch_size": 2, "device": "cpu",
+        "models": {"base": models["base"], "controlnet_depth": models["depth"], "controlnet_pose": models["pose"]},
+        "frames": frames,
+    }
+    job.update(overrides)
+    return job
+
+
+def wait_for(client: Any, job_id: str, timeout: float = 120.0,
+             until: tuple[str, ...] = ("done", "failed", "cancelled")) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = client.status(job_id)
+        if status["status"] in until:
+            return status
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} still {client.status(job_id)} after {timeout} s")
+
+
+def read_png(path: str | Path) -> np.ndarray:
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        return np.asarray(img.convert("RGB")).copy()
