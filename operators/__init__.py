@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from . import engine, exports, generate, shots, takes
+from . import conditioning, engine, exports, generate, shots, takes
 
-modules = (shots, generate, takes, exports, engine)
+modules = (shots, generate, takes, exports, engine, conditioning)
 
 
 def register() -> None:

@@ -6,11 +6,12 @@ units, XY = (position in t−1) − (position in t) and ZW = (position in t) −
 tests/blender/test_conditioning_flow.py). We store both directions in the
 convention image tools use (row 0 at the top, +x right, +y down):
 
+- `flow/NNNN.npy` (backward): for each pixel q of frame N, q + b(q) is where
+  that surface point was in frame N−1. To warp generated frame N−1 into frame
+  N (backward warping), sample frame N−1 at q + b(q): the one file a
+  temporal-coherence step needs per frame.
 - `flow/forward/NNNN.npy`: for each pixel p of frame N, p + f(p) is where that
   surface point is in frame N+1.
-- `flow/backward/NNNN.npy`: for each pixel q of frame N, q + b(q) is where it
-  was in frame N−1. To warp generated frame N−1 into frame N (backward
-  warping), sample frame N−1 at q + backward[N](q).
 
 Plain numpy; runs on any thread.
 """
@@ -22,11 +23,11 @@ import numpy as np
 FORMAT = "npy float32 HxWx2"
 CONVENTION = {
     "format": FORMAT,
-    "forward": "flow/forward/NNNN.npy: pixel offset (dx, dy) from frame N to frame N+1, defined on frame N's pixels",
     "backward": (
-        "flow/backward/NNNN.npy: pixel offset (dx, dy) from frame N to frame N-1, defined on frame N's pixels; "
+        "flow/NNNN.npy: pixel offset (dx, dy) from frame N to frame N-1, defined on frame N's pixels; "
         "to warp frame N-1 into frame N, sample frame N-1 at (x + dx, y + dy)"
     ),
+    "forward": "flow/forward/NNNN.npy: pixel offset (dx, dy) from frame N to frame N+1, defined on frame N's pixels",
     "axes": "+x right, +y down, image pixels, row 0 at the top, pixel centers at integer + 0.5",
     "background": "0 where no geometry",
 }

@@ -31,26 +31,39 @@ class RenderGuard:
     def __init__(self) -> None:
         self._saved: list[tuple[Any, str, Any]] = []
 
+    def remember(self, owner: Any, *names: str) -> None:
+        """Save values before changing any of them: setting one may change others (media_type → file_format)."""
+        for name in names:
+            if owner is not None and hasattr(owner, name) and not self._has(owner, name):
+                self._saved.append((owner, name, getattr(owner, name)))
+
+    def _has(self, owner: Any, name: str) -> bool:
+        return any(o == owner and n == name for o, n, _v in self._saved)
+
     def set(self, owner: Any, name: str, value: Any) -> None:
         if owner is None or not hasattr(owner, name):
             return  # a setting this Blender version does not have
-        self._saved.append((owner, name, getattr(owner, name)))
+        self.remember(owner, name)
         try:
             setattr(owner, name, value)
         except (TypeError, ValueError, AttributeError) as exc:
-            self._saved.pop()
             log.debug("could not set %s.%s: %s", owner, name, exc)
 
     def __enter__(self) -> "RenderGuard":
         return self
 
     def __exit__(self, *exc: object) -> None:
-        while self._saved:
-            owner, name, value = self._saved.pop()
-            try:
-                setattr(owner, name, value)
-            except Exception:  # restore everything else even if one value no longer applies
-                log.exception("could not restore %s.%s", owner, name)
+        saved, self._saved = self._saved[::-1], []
+        # Two passes: some values are only valid once another is back (color_depth '8' needs
+        # file_format 'PNG' first), and a setting that refused its value in pass one takes it in pass two.
+        for attempt in range(2):
+            for owner, name, value in saved:
+                try:
+                    if getattr(owner, name) != value:
+                        setattr(owner, name, value)
+                except Exception:  # restore everything else even if one value does not apply
+                    if attempt == 1:
+                        log.exception("could not restore %s.%s", owner, name)
 
 
 def view_layer_of(scene: "bpy.types.Scene") -> "bpy.types.ViewLayer":
@@ -88,6 +101,7 @@ def configure(guard: RenderGuard, scene: "bpy.types.Scene", camera: "bpy.types.O
         guard.set(render, name, value)
     guard.set(render, "filepath", render.filepath)  # render_frame points it at the temporary folder
     image = render.image_settings
+    guard.remember(image, "media_type", "file_format", "color_depth", "exr_codec", "use_exr_interleave", "color_mode")
     guard.set(image, "media_type", "MULTI_LAYER_IMAGE")  # 5.0+: file formats are grouped by media type
     guard.set(image, "file_format", "OPEN_EXR_MULTILAYER")
     guard.set(image, "color_depth", "32")

@@ -1,0 +1,53 @@
+"""Control maps from the scene: depth, OpenPose, ID masks and optical flow for every frame of a shot.
+
+`render_shot` is what generation calls. It renders headless on the CPU
+(Cycles data passes, see render.py), writes into a temporary sibling folder
+and renames it to `out_dir` only when complete, so an interrupted render never
+leaves a folder that claims completeness. It returns the maps on disk without
+rendering when meta.json's `state` hash (camera, object and pose-bone
+transforms per frame, mesh data, settings) matches the scene.
+
+Files (NNNN = timeline frame):
+    depth/NNNN.png           16-bit inverse depth over the whole shot (depth.py)
+    pose/NNNN.{json,png}     OpenPose JSON + the controlnet-aux drawing, frames with someone visible
+    masks/NNNN.png           16-bit ids, legend in meta.json
+    flow/NNNN.npy            float32 H×W×2 backward flow (frame N → N−1); flow/forward/NNNN.npy forward (flow.py)
+    meta.json                near/far, resolution, camera, frames, conventions, `complete: true` last
+
+Submodules that need bpy are imported by `render_shot` only, so the plain ones
+(png, exr, depth, flow, rigs, openpose_draw) import without Blender.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ConditioningCancelled, ConditioningError, ConditioningResult
+
+__all__ = ["ConditioningCancelled", "ConditioningError", "ConditioningResult", "render_shot"]
+
+
+def render_shot(
+    scene: Any,
+    shot: Any,
+    out_dir: Path,
+    *,
+    width: int,
+    height: int,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    force: bool = False,
+) -> ConditioningResult:
+    """Render a shot's control maps into `out_dir` (its conditioning/ folder). Main thread only.
+
+    `shot` needs `.name .camera .frame_start .frame_end`. `progress(done, total)`
+    is called after each frame; `cancel()` is polled before each frame and
+    raises ConditioningCancelled. `force` re-renders even when the maps are current.
+    Raises ConditioningError (message names the shot/object and the fix) for bad input.
+    """
+    from .pipeline import render_shot_impl
+
+    return render_shot_impl(
+        scene, shot, out_dir, width=width, height=height, progress=progress, cancel=cancel, force=force
+    )

@@ -1,0 +1,162 @@
+"""Operators for control maps: render a shot's maps, and preview them on the VSE."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import bpy
+from bpy.props import BoolProperty, EnumProperty, StringProperty
+
+from ..core import compat
+from ..core.conditioning import ConditioningError, render_shot
+from ..core.resolution import generation_size
+from .common import project_of, report, resolve_shots
+
+log = logging.getLogger(__name__)
+
+PREVIEW_CHANNEL_NAME = "VF control"
+
+
+def shot_size(scene: bpy.types.Scene) -> tuple[int, int]:
+    r = scene.render
+    return generation_size(r.resolution_x, r.resolution_y, r.pixel_aspect_x, r.pixel_aspect_y, scene.viewfinder.long_edge)
+
+
+class VIEWFINDER_OT_render_conditioning(bpy.types.Operator):
+    """Render depth, pose, masks and motion for every frame of a shot from its camera (CPU, headless)"""
+
+    bl_idname = "viewfinder.render_conditioning"
+    bl_label = "Render Control Maps"
+    # No UNDO: writes files, not Blender data (and restores every setting it touches).
+    bl_options = {"REGISTER"}
+
+    shot: StringProperty(name="Shot", description="Shot name; empty: all shots")
+    force: BoolProperty(name="Force", description="Render even when the maps on disk are current")
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        if context.scene is None or not hasattr(context.scene, "viewfinder"):
+            cls.poll_message_set("No scene with Viewfinder settings")
+            return False
+        return True
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        scene = context.scene
+        shots, problem = resolve_shots(scene, self.shot)
+        if problem:
+            report(self, "ERROR", problem)
+            return {"CANCELLED"}
+        project = project_of(context)
+        width, height = shot_size(scene)
+        done: list[str] = []
+        for shot in shots:
+            if shot.problem:
+                report(self, "WARNING", f"Skipped '{shot.name}': {shot.problem}")
+                continue
+            try:
+                result = render_shot(
+                    scene, shot, project.conditioning_dir(shot.name), width=width, height=height, force=self.force
+                )
+            except ConditioningError as exc:
+                report(self, "ERROR", str(exc))
+                return {"CANCELLED"}
+            for warning in result.warnings:
+                report(self, "WARNING", warning)
+            done.append(shot.name)
+        if not done:
+            report(self, "ERROR", "No shot could be rendered (see the warnings)")
+            return {"CANCELLED"}
+        report(self, "INFO", f"Control maps for {len(done)} shot(s) at {width}×{height} in {project.describe()}")
+        return {"FINISHED"}
+
+
+def _runs(frames: list[int]) -> list[list[int]]:
+    """Contiguous runs of frames: an image strip needs one file per frame."""
+    runs: list[list[int]] = []
+    for frame in frames:
+        if runs and frame == runs[-1][-1] + 1:
+            runs[-1].append(frame)
+        else:
+            runs.append([frame])
+    return runs
+
+
+def load_preview(scene: bpy.types.Scene, shot: Any, folder: Path, kind: str) -> list[Any]:
+    """Put a shot's depth or pose maps on the VSE, on a channel of their own above everything else."""
+    frames = [f for f in range(shot.frame_start, shot.frame_end + 1) if (folder / f"{f:04d}.png").is_file()]
+    editor = scene.sequence_editor or scene.sequence_editor_create()
+    strips = compat.strips_of(editor)
+    prefix = f"{PREVIEW_CHANNEL_NAME} {shot.name} "
+    for old in [s for s in strips if s.name.startswith(prefix)]:
+        strips.remove(old)
+    channel = max((s.channel for s in strips), default=0) + 1
+    made = []
+    for index, run in enumerate(_runs(frames)):
+        strip = strips.new_image(
+            name=f"{prefix}{kind.lower()} {index + 1}",
+            filepath=str(folder / f"{run[0]:04d}.png"),
+            channel=channel,
+            frame_start=run[0],
+        )
+        for frame in run[1:]:
+            strip.elements.append(f"{frame:04d}.png")
+        if hasattr(strip, "colorspace_settings"):
+            try:
+                strip.colorspace_settings.name = "Non-Color"  # show the values the model sees
+            except TypeError:
+                pass
+        made.append(strip)
+    return made
+
+
+class VIEWFINDER_OT_preview_conditioning(bpy.types.Operator):
+    """Show the active shot's depth or pose maps on the sequencer, on their own channel"""
+
+    bl_idname = "viewfinder.preview_conditioning"
+    bl_label = "Preview Control Maps"
+    bl_options = {"REGISTER", "UNDO"}
+
+    kind: EnumProperty(
+        name="Map", items=[("DEPTH", "Depth", "Depth maps"), ("POSE", "Pose", "OpenPose drawings")], default="DEPTH"
+    )
+    shot: StringProperty(name="Shot", description="Shot name; empty: the active shot")
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        if context.scene is None or not hasattr(context.scene, "viewfinder"):
+            cls.poll_message_set("No scene with Viewfinder settings")
+            return False
+        return True
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        scene = context.scene
+        settings = scene.viewfinder
+        name = self.shot
+        if not name:
+            shots = list(settings.shots)
+            if not shots:
+                report(self, "ERROR", "No shots: bind a camera to a timeline marker")
+                return {"CANCELLED"}
+            name = shots[min(settings.active_shot_index, len(shots) - 1)].name
+        shots, problem = resolve_shots(scene, name)
+        if problem:
+            report(self, "ERROR", problem)
+            return {"CANCELLED"}
+        shot = shots[0]
+        folder = project_of(context).conditioning_dir(shot.name) / self.kind.lower()
+        if not folder.is_dir():
+            report(self, "ERROR", f"No {self.kind.lower()} maps for '{shot.name}' in {folder.parent}: "
+                   "render them first (Render Control Maps)")
+            return {"CANCELLED"}
+        strips = load_preview(scene, shot, folder, self.kind)
+        if not strips:
+            report(self, "WARNING", f"'{shot.name}' has no {self.kind.lower()} maps (nobody visible?)")
+            return {"CANCELLED"}
+        report(self, "INFO", f"{self.kind.title()} maps of '{shot.name}' on channel {strips[0].channel}")
+        return {"FINISHED"}
+
+
+classes = (VIEWFINDER_OT_render_conditioning, VIEWFINDER_OT_preview_conditioning)
+register, unregister = bpy.utils.register_classes_factory(classes)
