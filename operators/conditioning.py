@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,13 @@ def load_preview(scene: bpy.types.Scene, shot: Any, folder: Path, kind: str) -> 
     return made
 
 
+def _meta(conditioning: Path) -> dict[str, Any]:
+    try:
+        return json.loads((conditioning / "meta.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 class VIEWFINDER_OT_preview_conditioning(bpy.types.Operator):
     """Show the active shot's depth or pose maps on the sequencer, on their own channel"""
 
@@ -145,7 +153,11 @@ class VIEWFINDER_OT_preview_conditioning(bpy.types.Operator):
             report(self, "ERROR", problem)
             return {"CANCELLED"}
         shot = shots[0]
-        folder = project_of(context).conditioning_dir(shot.name) / self.kind.lower()
+        conditioning = project_of(context).conditioning_dir(shot.name)
+        folder = conditioning / self.kind.lower()
+        if self.kind == "POSE" and _meta(conditioning).get("people") == []:
+            report(self, "ERROR", f"'{shot.name}' has no person (no armature mapped to OpenPose), so no pose maps")
+            return {"CANCELLED"}
         if not folder.is_dir():
             report(self, "ERROR", f"No {self.kind.lower()} maps for '{shot.name}' in {folder.parent}: "
                    "render them first (Render Control Maps)")

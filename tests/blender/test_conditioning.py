@@ -222,3 +222,25 @@ def test_bad_input(vf: ModuleType, scene, tmp_path: Path) -> None:
     with pytest.raises(cond.ConditioningError, match="'S' has no frames"):
         cond.render_shot(scene, shot("S", cam, 5, 4), tmp_path / "c", width=W, height=H)
     assert not (tmp_path / "c").exists()
+
+
+def test_operators_render_into_temporary_project_and_preview_on_the_vse(vf: ModuleType, scene, tmp_path: Path) -> None:
+    from blender_scenes import bind_marker
+
+    cam = depth_scene(scene)
+    scene.frame_start, scene.frame_end = 1, 2
+    scene.render.resolution_x, scene.render.resolution_y = 1920, 1080
+    scene.viewfinder.long_edge = 128
+    bind_marker(scene, "Shot A", 1, cam)
+    assert bpy.data.filepath == ""  # unsaved: maps go to a temporary project folder
+    assert bpy.ops.viewfinder.render_conditioning(shot="Shot A", force=True) == {"FINISHED"}
+    project = vf.core.paths.project_for("", scene.name)
+    meta = json.loads((project.conditioning_dir("Shot A") / "meta.json").read_text())
+    assert project.temporary and (meta["width"], meta["height"]) == (128, 72) and meta["frames"] == [1, 2]
+    assert bpy.ops.viewfinder.preview_conditioning(kind="DEPTH", shot="Shot A") == {"FINISHED"}
+    strips = list(vf.core.compat.strips_of(scene.sequence_editor))
+    (strip,) = [s for s in strips if s.name.startswith("VF control Shot A")]
+    assert (strip.frame_final_start, strip.frame_final_end) == (1, 3) and len(strip.elements) == 2
+    # No pose maps without a person: the preview says so instead of adding an empty strip.
+    with pytest.raises(RuntimeError, match="no person"):
+        bpy.ops.viewfinder.preview_conditioning(kind="POSE", shot="Shot A")
