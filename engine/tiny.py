@@ -44,8 +44,10 @@ PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         unet_channels=(32, 64), layers_per_block=1, attention_head_dim=8, norm_num_groups=32,
         cross_attention_dim=32, text_layers=2, text_heads=4, text_intermediate=37,
-        text_vocab_size=1000, vae_channels=(32, 64), vae_layers_per_block=1,
-        vae_norm_num_groups=32, conditioning_channels=(16, 32), sample_size=32,
+        # Three VAE blocks (latents at 1/4 of the image, SD has 1/8): at 64x64 the UNet
+        # attends over 16x16 tokens instead of 32x32, about 6x faster on a CPU.
+        text_vocab_size=1000, vae_channels=(32, 32, 64), vae_layers_per_block=1,
+        vae_norm_num_groups=32, conditioning_channels=(16, 32, 32), sample_size=16,
     ),
     "mid": Preset(
         unet_channels=(64, 128, 256, 256), layers_per_block=1, attention_head_dim=8,

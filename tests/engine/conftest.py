@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine_testlib import OOM_FRAME  # noqa: E402
+from engine_testlib import OOM_FRAME, start_local_engine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -59,15 +59,6 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     subprocess.run([sys.executable, "-m", "engine", "make-tiny-models", str(out)], cwd=ROOT, check=True,
                    capture_output=True, timeout=300)
     return {"base": str(out / "sd15"), "depth": str(out / "controlnet-depth"), "pose": str(out / "controlnet-pose")}
-
-
-def start_local_engine(core: types.SimpleNamespace, data_dir: Path, **env: str) -> Any:
-    engine = core.process.LocalEngine(
-        sys.executable, extension_dir=ROOT, data_dir=str(data_dir), log_path=data_dir / "engine.log",
-        device="cpu", startup_timeout=120, env={"HF_HUB_OFFLINE": "1", **env},
-    )
-    engine.start()
-    return engine
 
 
 @pytest.fixture(scope="session")

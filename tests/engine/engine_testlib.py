@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import io
+import sys
 import time
+import types
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+ROOT = Path(__file__).resolve().parents[2]
 SIZE = 64
 OOM_FRAME = 999  # the engine under test fails this frame with an injected out-of-memory error
+
+
+def start_local_engine(core: types.SimpleNamespace, data_dir: Path, **env: str) -> Any:
+    engine = core.process.LocalEngine(
+        sys.executable, extension_dir=ROOT, data_dir=str(data_dir), log_path=data_dir / "engine.log",
+        device="cpu", startup_timeout=120, env={"HF_HUB_OFFLINE": "1", **env},
+    )
+    engine.start()
+    return engine
 
 
 # Control maps -----------------------------------------------------------------------
