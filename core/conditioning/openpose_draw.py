@@ -41,6 +41,8 @@ _XY_ONE = 1 << _XY_SHIFT
 
 # OpenCV's table of sin(0°…450°) as float literals with 7 decimals.
 _SIN_TABLE = np.array([round(math.sin(math.radians(i)), 7) for i in range(451)], dtype=np.float32)
+_COS_STEPS = _SIN_TABLE[450 - np.arange(361)].astype(np.float64)
+_SIN_STEPS = _SIN_TABLE[np.arange(361)].astype(np.float64)
 
 
 def _cv_round(value: float) -> int:
@@ -64,15 +66,14 @@ def ellipse2poly(center: tuple[int, int], axes: tuple[int, int], angle: int) -> 
         angle -= 360
     alpha = float(_SIN_TABLE[450 - angle])  # cos
     beta = float(_SIN_TABLE[angle])  # sin
-    pts: list[tuple[int, int]] = []
-    prev: tuple[int, int] | None = None
-    for i in range(0, 361):
-        x = axes[0] * float(_SIN_TABLE[450 - i])
-        y = axes[1] * float(_SIN_TABLE[i])
-        pt = (_cv_round(center[0] + x * alpha - y * beta), _cv_round(center[1] + x * beta + y * alpha))
-        if pt != prev:
-            pts.append(pt)
-            prev = pt
+    # All 361 points at once: the same float64 operations, in the same order, as OpenCV's loop.
+    x = axes[0] * _COS_STEPS
+    y = axes[1] * _SIN_STEPS
+    px = np.rint(center[0] + x * alpha - y * beta).astype(np.int64)
+    py = np.rint(center[1] + x * beta + y * alpha).astype(np.int64)
+    keep = np.ones(px.size, dtype=bool)
+    keep[1:] = (px[1:] != px[:-1]) | (py[1:] != py[:-1])  # OpenCV drops consecutive repeats only
+    pts = list(zip(px[keep].tolist(), py[keep].tolist()))
     if len(pts) == 1:
         pts = [center, center]
     return pts
@@ -201,7 +202,13 @@ def fill_convex_poly(img: np.ndarray, v: Sequence[tuple[int, int]], color: Seque
         ymax, xmax, xmin = max(ymax, py), max(xmax, px), min(xmin, px)
         p = (px << (_XY_SHIFT - shift), py << (_XY_SHIFT - shift))
         if shift == 0:
-            _line8(img, (p0[0] >> _XY_SHIFT, p0[1] >> _XY_SHIFT), (p[0] >> _XY_SHIFT, p[1] >> _XY_SHIFT), col)
+            a, b = (p0[0] >> _XY_SHIFT, p0[1] >> _XY_SHIFT), (p[0] >> _XY_SHIFT, p[1] >> _XY_SHIFT)
+            if abs(a[0] - b[0]) <= 1 and abs(a[1] - b[1]) <= 1 and 0 <= min(a[0], b[0]) and max(a[0], b[0]) < w \
+                    and 0 <= min(a[1], b[1]) and max(a[1], b[1]) < h:
+                img[a[1], a[0]] = col  # a one-step edge covers exactly its two ends (fast path, same pixels)
+                img[b[1], b[0]] = col
+            else:
+                _line8(img, a, b, col)
         else:
             _line2(img, [p0[0], p0[1]], [p[0], p[1]], col)
         p0 = p
