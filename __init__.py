@@ -15,9 +15,9 @@ _registered: list = []
 
 
 def register() -> None:
-    from . import handlers, operators, panels, preferences, props
+    from . import handlers, operators, panels, preferences, props, props_pose
 
-    for module in (preferences, props, operators, panels, handlers):
+    for module in (preferences, props, props_pose, operators, panels, handlers):
         module.register()
         _registered.append(module)
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from . import conditioning, engine, exports, generate, shots, takes
+from . import conditioning, engine, exports, generate, pose, shots, takes
 
-modules = (shots, generate, takes, exports, engine, conditioning)
+modules = (shots, conditioning, generate, takes, exports, engine, pose)
 
 
 def register() -> None:

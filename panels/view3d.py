@@ -98,6 +98,13 @@ class VIEWFINDER_PT_shot(ViewfinderPanel, bpy.types.Panel):
         op = _operator_if_registered(row, "viewfinder.generate", text="Generate Shot", icon="RENDER_STILL")
         if op is not None:
             op.shot = shot.name
+        row = layout.row(align=True)
+        for kind, icon in (("DEPTH", "IMAGE_ZDEPTH"), ("POSE", "ARMATURE_DATA")):
+            op = _operator_if_registered(row, "viewfinder.preview_conditioning", text=f"Preview {kind.title()}",
+                                         icon=icon)
+            if op is not None:
+                op.kind = kind
+                op.shot = shot.name
 
 
 class VIEWFINDER_PT_film(ViewfinderPanel, bpy.types.Panel):
@@ -131,6 +138,32 @@ class VIEWFINDER_PT_film(ViewfinderPanel, bpy.types.Panel):
         row.operator("viewfinder.export_animatic", icon="FILE_MOVIE", text="Animatic")
 
 
+class VIEWFINDER_PT_pose(ViewfinderPanel, bpy.types.Panel):
+    bl_label = "Pose Mapping"
+    bl_idname = "VIEWFINDER_PT_pose"
+    bl_parent_id = "VIEWFINDER_PT_shots"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        obj = context.active_object
+        return obj is not None and obj.type == "ARMATURE" and hasattr(obj, "viewfinder_pose")
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        obj = context.active_object
+        settings = obj.viewfinder_pose
+        layout.prop(settings, "is_person")
+        col = layout.column(align=True)
+        for item in settings.bones:
+            row = col.row(align=True)
+            row.label(text=item.name)
+            row.prop_search(item, "bone", obj.data, "bones", text="")
+            row.prop(item, "use_tail", text="", icon="BONE_DATA")
+            row.operator("viewfinder.remove_pose_override", text="", icon="X").keypoint = item.name
+        layout.operator("viewfinder.add_pose_override", icon="ADD")
+
+
 def _wrap(text: str, width: int) -> list[str]:
     words, lines, line = text.split(), [], ""
     for word in words:
@@ -142,5 +175,5 @@ def _wrap(text: str, width: int) -> list[str]:
     return lines + ([line] if line else [])
 
 
-classes = (VIEWFINDER_UL_shots, VIEWFINDER_PT_shots, VIEWFINDER_PT_shot, VIEWFINDER_PT_film)
+classes = (VIEWFINDER_UL_shots, VIEWFINDER_PT_shots, VIEWFINDER_PT_shot, VIEWFINDER_PT_film, VIEWFINDER_PT_pose)
 register, unregister = bpy.utils.register_classes_factory(classes)
