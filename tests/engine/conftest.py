@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The engine package itself, for the in-process unit tests (tests/engine has no __init__).
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
 from engine_testlib import OOM_FRAME, start_local_engine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
