@@ -79,6 +79,7 @@ class VIEWFINDER_OT_generate(bpy.types.Operator):
             report(self, "WARNING", f"Unsaved file: frames go to {project.describe()}")
         try:
             client = engine_link.connect(prefs)
+            client.health()  # fail once, before rendering any control maps
         except Exception as exc:  # EngineError and anything the process start raises
             report(self, "ERROR", str(exc))
             return {"CANCELLED"}

@@ -1,0 +1,186 @@
+"""`make demo`: the whole job on a fresh machine, in headless Blender.
+
+1. Build the extension with Blender's own builder and install it the way a user
+   would (into a throwaway Blender user folder under demo/out/blender-user).
+2. Build the demo film: a small set, a walking character, three shots with
+   different camera moves, and a sound strip made locally.
+3. Generate every shot with the engine (a child process, as in the UI).
+4. Write demo/out/film.blend, storyboard.png and animatic.mp4, and say where.
+
+Models: real ones when they can be had (VIEWFINDER_DEMO_MODEL etc., or the
+defaults when the Hugging Face Hub is reachable), otherwise tiny random-weight
+models, and then the frames are noise: the demo says so plainly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import wave
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "demo" / "out"
+ENGINE_PYTHON = os.environ.get("VIEWFINDER_ENGINE_PYTHON") or str(ROOT / ".venv-engine" / "bin" / "python")
+
+# Blender reads HOME once, at import: point it at a throwaway user folder first.
+_home = Path(tempfile.mkdtemp(prefix="viewfinder-demo-home-"))
+os.environ["HOME"] = str(_home)
+os.environ["XDG_CONFIG_HOME"] = str(_home / ".config")
+
+import bpy  # noqa: E402
+
+sys.path.insert(0, str(ROOT))
+from demo.scene import build_demo_scene  # noqa: E402
+
+
+def say(text: str) -> None:
+    print(f"[demo] {text}", flush=True)
+
+
+def install_extension() -> str:
+    cli = Path(bpy.utils.system_resource("SCRIPTS")) / "addons_core" / "bl_pkg" / "cli" / "blender_ext.py"
+    build = Path(tempfile.mkdtemp(prefix="viewfinder-build-"))
+    zip_path = build / "viewfinder.zip"
+    subprocess.run([sys.executable, str(cli), "build", "--source-dir", str(ROOT), "--output-filepath", str(zip_path)],
+                   check=True, stdout=subprocess.DEVNULL)
+    result = bpy.ops.extensions.package_install_files(repo="user_default", filepath=str(zip_path), enable_on_install=True)
+    if result != {"FINISHED"}:
+        raise SystemExit("Installing the extension into Blender failed")
+    say(f"installed {zip_path.name} into headless Blender {bpy.app.version_string}")
+    return "bl_ext.user_default.viewfinder"
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def choose_models(settings) -> bool:
+    """Set the scene's models; True when they are real."""
+    override = os.environ.get("VIEWFINDER_DEMO_MODEL")
+    if override:
+        settings.model = override
+        settings.controlnet_depth = os.environ.get("VIEWFINDER_DEMO_CONTROLNET_DEPTH", settings.controlnet_depth)
+        settings.controlnet_pose = os.environ.get("VIEWFINDER_DEMO_CONTROLNET_POSE", settings.controlnet_pose)
+        say(f"using the models you named: {settings.model}")
+        return True
+    if hub_reachable():
+        say(f"using the default models (downloaded on first use): {settings.model}")
+        return True
+    tiny = OUT / "tiny-models"
+    if not (tiny / "sd15").is_dir():
+        subprocess.run([ENGINE_PYTHON, "-m", "engine", "make-tiny-models", str(tiny)], cwd=ROOT, check=True,
+                       stdout=subprocess.DEVNULL)
+    settings.model = str(tiny / "sd15")
+    settings.controlnet_depth = str(tiny / "controlnet-depth")
+    settings.controlnet_pose = str(tiny / "controlnet-pose")
+    say("OFFLINE: the Hugging Face Hub cannot be reached, so the demo uses tiny random-weight models.")
+    say("         The frames will be NOISE; the camera moves, takes, storyboard and animatic are real.")
+    say("         For real frames: run `make demo` with internet access, or point it at local models:")
+    say("         VIEWFINDER_DEMO_MODEL=/path/to/sd15 VIEWFINDER_DEMO_CONTROLNET_DEPTH=/path/to/depth "
+        "VIEWFINDER_DEMO_CONTROLNET_POSE=/path/to/openpose make demo")
+    return False
+
+
+def write_tone(path: Path, seconds: float, rate: int = 48000) -> None:
+    """A soft two-note score, made here: the demo needs no downloaded audio."""
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        samples = bytearray()
+        for i in range(int(seconds * rate)):
+            t = i / rate
+            freq = 220.0 if int(t) % 2 == 0 else 277.18
+            samples += struct.pack("<h", int(6000 * math.sin(2 * math.pi * freq * t) * min(1.0, 4 * (t % 1.0))))
+        out.writeframes(bytes(samples))
+
+
+def main() -> int:
+    started = time.time()
+    if OUT.exists():
+        for name in ("film.blend", "film.blend1", "storyboard.png", "animatic.mp4", "viewfinder"):
+            target = OUT / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    OUT.mkdir(parents=True, exist_ok=True)
+    if not Path(ENGINE_PYTHON).is_file() and not os.environ.get("VIEWFINDER_ENGINE_URL"):
+        raise SystemExit(f"No engine interpreter at {ENGINE_PYTHON}: run `make demo` (it sets one up)")
+    os.environ.setdefault("VIEWFINDER_ENGINE_PYTHON", ENGINE_PYTHON)
+
+    # 1. The extension, installed as a user would.
+    install_extension()
+
+    # 2. The film.
+    bpy.ops.wm.read_homefile(use_empty=True)
+    scene = bpy.context.scene
+    build_demo_scene(scene)
+    settings = scene.viewfinder
+    real = choose_models(settings)
+    settings.long_edge = 768 if real else 256
+    settings.steps = 20 if real else 3
+    settings.batch_size = 4
+    settings.style_prompt = "cinematic still, overcast light, muted colours, 35mm film grain"
+    prompts = {
+        "Dolly": "a lone traveller walks down an empty street between old brick buildings",
+        "Pan": "the street seen from the corner, the traveller crossing, shop signs",
+        "Orbit": "close on the traveller, buildings behind, dramatic sky",
+    }
+    for shot in settings.shots:
+        shot.prompt = prompts.get(shot.name, "a street at dusk")
+        shot.negative_prompt = "blurry, deformed, text, watermark"
+    film = OUT / "film.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(film))
+    scene = bpy.context.scene
+    fps = scene.render.fps / scene.render.fps_base
+    tone = OUT / "score.wav"
+    write_tone(tone, (scene.frame_end - scene.frame_start + 1) / fps)
+    editor = scene.sequence_editor_create()
+    strips = editor.strips if hasattr(editor, "strips") else editor.sequences
+    try:
+        strips.new_sound(name="Score", filepath=bpy.path.relpath(str(tone)), channel=1, frame_start=scene.frame_start)
+    except RuntimeError as exc:  # some bpy builds lack audio support
+        say(f"no sound strip: {exc}")
+    say(f"built the demo film: {len(settings.shots)} shots, frames {scene.frame_start}–{scene.frame_end}")
+    for shot in settings.shots:
+        say(f"  {shot.name}: frames {shot.frame_start}–{shot.frame_end}, camera {shot.camera.name}")
+
+    # 3. Generate every shot.
+    if bpy.ops.viewfinder.generate(shot="") != {"FINISHED"}:
+        raise SystemExit("Generation failed: see the messages above")
+    bpy.ops.wm.save_mainfile()
+
+    # 4. Storyboard and animatic.
+    if bpy.ops.viewfinder.export_storyboard(filepath=str(OUT / "storyboard.png")) != {"FINISHED"}:
+        raise SystemExit("The storyboard export failed: see the messages above")
+    if bpy.ops.viewfinder.export_animatic(filepath=str(OUT / "animatic.mp4")) != {"FINISHED"}:
+        raise SystemExit("The animatic export failed: see the messages above")
+
+    say(f"done in {time.time() - started:.0f} s")
+    for name in ("film.blend", "storyboard.png", "animatic.mp4"):
+        say(f"  {OUT / name}")
+    if not real:
+        say("(tiny models: the frames are noise; see above for how to use real models)")
+    return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    # Stop the engine child before Blender's module shuts down.
+    bpy.ops.preferences.addon_disable(module="bl_ext.user_default.viewfinder")
+    sys.exit(code)
