@@ -91,8 +91,9 @@ class LocalEngine:
 
     def __init__(self, python: str, extension_dir: str | Path = EXTENSION_DIR, data_dir: str | None = None,
                  log_path: str | Path | None = None, device: str = "auto", startup_timeout: float = 180.0,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, max_pipelines: int | None = None) -> None:
         self.python = python
+        self.max_pipelines = max_pipelines
         self.extension_dir = Path(extension_dir)
         self.data_dir = data_dir
         self.log_path = Path(log_path) if log_path else Path(
@@ -138,6 +139,8 @@ class LocalEngine:
                    "--device", self.device, "--parent-pid", str(os.getpid())]
             if self.data_dir:
                 cmd += ["--data-dir", self.data_dir]
+            if self.max_pipelines:
+                cmd += ["--max-pipelines", str(self.max_pipelines)]
             env = {**os.environ, **self.env, "VIEWFINDER_ENGINE_TOKEN": self.token, "PYTHONUNBUFFERED": "1"}
             for key in ("VIEWFINDER_ENGINE_URL", "PYTHONHOME", "PYTHONPATH"):
                 # Blender sets PYTHONHOME/PYTHONPATH for its own interpreter; they would

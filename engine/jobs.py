@@ -280,6 +280,8 @@ class JobManager:
 
                 raise torch.OutOfMemoryError("CUDA out of memory (injected by " + FAULT_OOM_FRAME_ENV + ")")
 
+            job.step = 0
+
             def on_step(step: int) -> bool:
                 job.step = step
                 return job.cancel_event.is_set()

@@ -1,7 +1,7 @@
 """Random-weight models in the SD 1.5 layout, built offline.
 
 ``python -m engine make-tiny-models DIR`` writes ``DIR/sd15`` (a diffusers pipeline
-folder), ``DIR/controlnet-depth`` and ``DIR/controlnet-pose``. They are saved with
+folder), ``DIR/controlnet-depth``, ``DIR/controlnet-pose`` and ``DIR/lora.safetensors``. They are saved with
 ``save_pretrained`` (safetensors) and loaded by the engine through exactly the code
 that loads real models, so tests and the offline demo exercise the real path.
 The tokenizer is built from a byte-level vocabulary written here: nothing comes
@@ -155,6 +155,24 @@ def build_components(preset: Preset, seed: int = 0) -> dict[str, object]:
     return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "scheduler": scheduler, **controlnets}
 
 
+def write_lora(pipe: object, path: Path, seed: int = 0, rank: int = 4) -> None:
+    """A random UNet LoRA in the diffusers/kohya-compatible safetensors layout."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = pipe.unet  # type: ignore[attr-defined]
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    generator = torch.Generator().manual_seed(seed + 5)
+    # peft starts lora_B at zero (a no-op LoRA); random B makes the LoRA change frames.
+    layers = {k: torch.randn(v.shape, generator=generator) * 0.5 for k, v in get_peft_model_state_dict(unet).items()}
+    unet.delete_adapters("default")
+    StableDiffusionPipeline.save_lora_weights(path.parent, unet_lora_layers=layers, weight_name=path.name,
+                                              safe_serialization=True)
+
+
 def make_tiny_models(out_dir: str | Path, preset: str = "tiny", seed: int = 0) -> dict[str, Path]:
     """Write the pipeline and both ControlNets under ``out_dir``; returns their folders."""
     from diffusers import StableDiffusionPipeline
@@ -172,8 +190,10 @@ def make_tiny_models(out_dir: str | Path, preset: str = "tiny", seed: int = 0) -
         unet=components["unet"], scheduler=components["scheduler"], safety_checker=None,
         feature_extractor=None, requires_safety_checker=False,
     )
-    paths = {"base": out / "sd15", "depth": out / "controlnet-depth", "pose": out / "controlnet-pose"}
+    paths = {"base": out / "sd15", "depth": out / "controlnet-depth", "pose": out / "controlnet-pose",
+             "lora": out / "lora.safetensors"}
     pipe.save_pretrained(paths["base"], safe_serialization=True)
+    write_lora(pipe, paths["lora"], seed=seed)
     components["controlnet-depth"].save_pretrained(paths["depth"], safe_serialization=True)
     components["controlnet-pose"].save_pretrained(paths["pose"], safe_serialization=True)
     logger.info("Wrote %s random-weight models to %s", preset, out)

@@ -60,7 +60,8 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     out = tmp_path_factory.mktemp("tiny-models")
     subprocess.run([sys.executable, "-m", "engine", "make-tiny-models", str(out)], cwd=ROOT, check=True,
                    capture_output=True, timeout=300)
-    return {"base": str(out / "sd15"), "depth": str(out / "controlnet-depth"), "pose": str(out / "controlnet-pose")}
+    return {"base": str(out / "sd15"), "depth": str(out / "controlnet-depth"), "pose": str(out / "controlnet-pose"),
+            "lora": str(out / "lora.safetensors")}
 
 
 @pytest.fixture(scope="session")

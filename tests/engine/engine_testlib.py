@@ -21,6 +21,8 @@ def start_local_engine(core: types.SimpleNamespace, data_dir: Path, **env: str) 
     engine = core.process.LocalEngine(
         sys.executable, extension_dir=ROOT, data_dir=str(data_dir), log_path=data_dir / "engine.log",
         device="cpu", startup_timeout=120, env={"HF_HUB_OFFLINE": "1", **env},
+        # Tiny models: keep every model set the tests use loaded, so no test pays a reload.
+        max_pipelines=4,
     )
     engine.start()
     return engine

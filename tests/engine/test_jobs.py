@@ -24,7 +24,7 @@ def upload_shot(client: Any, n: int, with_pose: set[int]) -> list[dict[str, Any]
 def test_job_end_to_end(client: Any, tiny_models: dict[str, str], tmp_path: Path) -> None:
     frames = upload_shot(client, 4, with_pose={0, 2})
     answer = client.submit_full(make_job(tiny_models, frames))
-    assert answer["status"] == "queued" and answer["cached_frames"] == []
+    assert answer["status"] in ("queued", "running") and answer["cached_frames"] == []
     status = wait_for(client, answer["id"])
     assert status["status"] == "done", status
     assert status["frames_total"] == status["frames_done"] == 4
@@ -97,14 +97,13 @@ def test_cancel_mid_job_keeps_frames_and_resumes(client: Any, tiny_models: dict[
     deadline = time.monotonic() + 60
     while client.status(job_id)["frames_done"] < 1 and time.monotonic() < deadline:
         time.sleep(0.02)
-    client.cancel(job_id)
-    cancel_at = time.monotonic()
-    status = wait_for(client, job_id, timeout=30)
-    stop_s = time.monotonic() - cancel_at
+    step_at_cancel = client.cancel(job_id)["step"]
+    status = wait_for(client, job_id, timeout=60)
     assert status["status"] == "cancelled", status
     assert 1 <= status["frames_done"] < 8
-    # One tiny step is milliseconds; a whole frame of 20 steps is much longer.
-    assert stop_s < 2.0, f"cancel took {stop_s:.2f} s"
+    # Stopped within one denoising step of the cancel (plus the step being polled),
+    # not at the end of the frame's 20 steps. Counted in steps: the CPU is shared.
+    assert status["step"] - step_at_cancel <= 2, (step_at_cancel, status["step"])
     kept = status["frames"]
     for n in kept:
         assert read_png(client.fetch_frame(job_id, n, str(tmp_path / f"{n}.png"))).std() > 1.0
@@ -125,3 +124,15 @@ def test_cancel_queued_job(client: Any, tiny_models: dict[str, str]) -> None:
     client.cancel(running)
     assert wait_for(client, running)["status"] == "cancelled"
     assert client.status(queued)["frames_done"] == 0
+
+
+def test_lora_changes_frames(client: Any, tiny_models: dict[str, str], tmp_path: Path) -> None:
+    frames = [{"frame": 1, "depth": client.upload_blob(depth_png(0.6)), "pose": None}]
+    images = []
+    for lora in (None, tiny_models["lora"]):
+        job = make_job(tiny_models, frames, seed=808)
+        job["models"]["lora"] = lora
+        status = wait_for(client, client.submit(job))
+        assert status["status"] == "done", status
+        images.append(read_png(client.fetch_frame(status["id"], 1, str(tmp_path / f"{bool(lora)}.png"))))
+    assert np.abs(images[0].astype(np.int16) - images[1]).mean() > 1.0
