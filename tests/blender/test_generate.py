@@ -129,8 +129,7 @@ def test_cancel_keeps_finished_frames_places_no_strip_and_resumes(tmp_path, tiny
     scene = build_film(tmp_path, tiny_models)
     # Slow enough that the cancel lands mid-shot: one frame per batch, many steps.
     scene.viewfinder.batch_size = 1
-    scene.viewfinder.steps = 60
-    scene.viewfinder.long_edge = 128
+    scene.viewfinder.steps = 30
     generate, shot_job, engine_link, prefs_mod = (
         vfmod("core.generate"), vfmod("core.shot_job"), vfmod("core.engine_link"), vfmod("preferences"))
     ops_common = vfmod("operators.common")
