@@ -102,7 +102,8 @@ def install_engine(venv_dir: str | Path, python: str | None = None,
     if constraints and Path(constraints).exists():
         cmd += ["-c", str(constraints)]
     cmd += list(pip_args)
-    expected = max(1, _count_requirements(Path(constraints)) if constraints else _count_requirements(Path(requirements)))
+    listed = Path(constraints) if constraints else Path(requirements)
+    expected = max(1, _count_requirements(listed))
     collected = 0
     fraction = 0.05
     yield InstallProgress(fraction, "Installing the engine's packages (torch is a few GB; this takes a while)")

@@ -22,8 +22,18 @@ from .coherence import CoherenceStrategy, make_strategy
 from .errors import BadRequest, EngineFault, NotFound, OutOfMemory, is_out_of_memory
 from .models import ModelRef, resolve_ref
 from .pipelines import (
-    NET_ORDER, BatchSettings, LoadedModels, PipelineCache, PipelineKey, decode_depth, decode_rgb,
-    dtype_name, encode_png, load_models, resolve_device, run_batch,
+    NET_ORDER,
+    BatchSettings,
+    LoadedModels,
+    PipelineCache,
+    PipelineKey,
+    decode_depth,
+    decode_rgb,
+    dtype_name,
+    encode_png,
+    load_models,
+    resolve_device,
+    run_batch,
 )
 from .schema import FrameSpec, JobRequest
 from .storage import Storage, canonical_hash
@@ -291,7 +301,7 @@ class JobManager:
             if images is None:
                 break
             # 4. Frames to disk as soon as they exist, then mark them done.
-            for frame, image in zip(batch, images):
+            for frame, image in zip(batch, images, strict=True):
                 fkey = job.frame_keys[frame.frame]
                 self.storage.put_frame(fkey, encode_png(image))
                 job.done[frame.frame] = fkey

@@ -137,7 +137,7 @@ class _DownloadWatcher:
         while not self._stop.wait(1.0):
             self.progress("downloading", {"model": self.repo_id, "downloaded_bytes": _repo_bytes(self.repo_id)})
 
-    def __enter__(self) -> "_DownloadWatcher":
+    def __enter__(self) -> _DownloadWatcher:
         self.progress("downloading", {"model": self.repo_id, "downloaded_bytes": _repo_bytes(self.repo_id)})
         self._thread.start()
         return self
@@ -199,7 +199,7 @@ def detect_family(ref: ModelRef, progress: Progress) -> Literal["sd15", "sdxl"]:
     return "sdxl" if "XL" in str(config.get("_class_name", "")) else "sd15"
 
 
-def load_base(ref: ModelRef, dtype: "torch.dtype", progress: Progress) -> tuple[Any, str]:
+def load_base(ref: ModelRef, dtype: torch.dtype, progress: Progress) -> tuple[Any, str]:
     """Load the base text-to-image pipeline; returns (pipeline, family). Worker thread."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
@@ -224,7 +224,7 @@ def load_base(ref: ModelRef, dtype: "torch.dtype", progress: Progress) -> tuple[
     return pipe, family
 
 
-def load_controlnet(ref: ModelRef, dtype: "torch.dtype", cross_attention_dim: int, progress: Progress) -> Any:
+def load_controlnet(ref: ModelRef, dtype: torch.dtype, cross_attention_dim: int, progress: Progress) -> Any:
     """Load one ControlNet and check it fits the base UNet. Worker thread."""
     from diffusers import ControlNetModel
 

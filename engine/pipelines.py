@@ -173,7 +173,7 @@ def _free_memory() -> None:
 # Control maps -------------------------------------------------------------------
 
 
-def decode_depth(png: bytes) -> "torch.Tensor":
+def decode_depth(png: bytes) -> torch.Tensor:
     """16-bit (or 8-bit) grayscale depth PNG -> float tensor (3, H, W) in 0..1.
 
     Decoded from the full 16 bits: going through an 8-bit PIL mode would band the
@@ -192,7 +192,7 @@ def decode_depth(png: bytes) -> "torch.Tensor":
     return channel.unsqueeze(0).expand(3, -1, -1).contiguous()
 
 
-def decode_rgb(png: bytes) -> "torch.Tensor":
+def decode_rgb(png: bytes) -> torch.Tensor:
     """An OpenPose drawing (RGB PNG) -> float tensor (3, H, W) in 0..1."""
     import numpy as np
     import torch
@@ -203,7 +203,7 @@ def decode_rgb(png: bytes) -> "torch.Tensor":
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
-def encode_png(image: "Image.Image") -> bytes:
+def encode_png(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
@@ -222,9 +222,9 @@ class BatchSettings:
     control_end: float
 
 
-def run_batch(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[str, list["torch.Tensor"]],
+def run_batch(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[str, list[torch.Tensor]],
               seeds: Sequence[int], settings: BatchSettings,
-              on_step: Callable[[int], bool]) -> tuple[list["Image.Image"] | None, float]:
+              on_step: Callable[[int], bool]) -> tuple[list[Image.Image] | None, float]:
     """Generate one image per seed; returns (images or None if cancelled, model seconds).
 
     ``on_step(step)`` runs after every denoising step and returns True to cancel, which

@@ -85,7 +85,7 @@ class JobRequest(_Strict):
         return value
 
     @model_validator(mode="after")
-    def check_inputs(self) -> "JobRequest":
+    def check_inputs(self) -> JobRequest:
         if self.control_start >= self.control_end:
             raise ValueError(
                 f"control_start ({self.control_start}) must be smaller than control_end ({self.control_end})"

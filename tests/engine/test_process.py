@@ -34,7 +34,7 @@ def test_determinism_crash_and_restart(core: Any, client: Any, tiny_models: dict
     try:
         fresh = other.client()
         again = run_shot(fresh, tiny_models, tmp_path / "again", seed=2024)
-        assert all(np.array_equal(a, b) for a, b in zip(reference, again))
+        assert all(np.array_equal(a, b) for a, b in zip(reference, again, strict=True))
         # ...and another seed does not (so the comparison above can fail).
         changed = run_shot(fresh, tiny_models, tmp_path / "changed", seed=2025)
         assert not np.array_equal(reference[0], changed[0])
