@@ -117,8 +117,13 @@ def run_engine(args: argparse.Namespace, models: dict[str, str], data_dir: Path)
 def run_baseline(args: argparse.Namespace, models: dict[str, str], device: str) -> float:
     """Seconds for the same frames through bare diffusers, no engine."""
     import torch
-    from diffusers import (ControlNetModel, MultiControlNetModel, StableDiffusionControlNetPipeline,
-                           StableDiffusionPipeline, UniPCMultistepScheduler)
+    from diffusers import (
+        ControlNetModel,
+        MultiControlNetModel,
+        StableDiffusionControlNetPipeline,
+        StableDiffusionPipeline,
+        UniPCMultistepScheduler,
+    )
 
     dtype = torch.float32 if device == "cpu" else torch.float16
     base = StableDiffusionPipeline.from_pretrained(models["base"], dtype=dtype, safety_checker=None,
