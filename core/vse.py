@@ -137,23 +137,43 @@ def use_take(scene: "bpy.types.Scene", strip: Any) -> None:
     strip.mute = False
 
 
-def add_control_strip(
-    scene: "bpy.types.Scene", *, shot_name: str, kind: str, directory: Path, frames: Sequence[int], file_names: Sequence[str]
-) -> Any:
-    """Show a shot's control maps (depth, pose, ...) on their own channel, replacing an older preview of them."""
+def add_control_strips(
+    scene: "bpy.types.Scene", *, shot_name: str, kind: str, directory: Path, frames: Sequence[int]
+) -> list[Any]:
+    """Show a shot's control maps (depth, pose, ...) on a channel of their own, above everything.
+
+    One strip per run of consecutive frames (pose maps skip frames where
+    nobody is visible). An older preview of the same maps is replaced; only
+    strips Viewfinder tagged as its own previews are ever removed.
+    """
+    editor = ensure_editor(scene)
+    strips = strips_of(editor)
     for old in strips_of_shot(scene, shot_name, kind="control"):
         if old.get("viewfinder_control") == kind:
-            strips_of(scene.sequence_editor).remove(old)
-    top = max((s.channel for s in strips_of(ensure_editor(scene))), default=0)
-    channel = free_channel(scene, frames[0], frames[-1], above=top)
-    strip = add_image_sequence(
-        scene, name=f"{shot_name} {kind}", directory=directory, files=file_names, frame_start=frames[0],
-        channel=channel,
-    )
-    strip[KIND_KEY] = "control"
-    strip[SHOT_KEY] = shot_name
-    strip["viewfinder_control"] = kind
-    return strip
+            strips.remove(old)
+    runs: list[list[int]] = []
+    for frame in sorted(frames):
+        if runs and frame == runs[-1][-1] + 1:
+            runs[-1].append(frame)
+        else:
+            runs.append([frame])
+    channel = max((s.channel for s in strips), default=0) + 1
+    made = []
+    for index, run in enumerate(runs):
+        strip = add_image_sequence(
+            scene, name=f"{shot_name} {kind.lower()} {index + 1}", directory=directory,
+            files=[f"{f:04d}.png" for f in run], frame_start=run[0], channel=channel,
+        )
+        strip[KIND_KEY] = "control"
+        strip[SHOT_KEY] = shot_name
+        strip["viewfinder_control"] = kind
+        if hasattr(strip, "colorspace_settings"):
+            try:
+                strip.colorspace_settings.name = "Non-Color"  # show the values the model sees
+            except TypeError:
+                pass
+        made.append(strip)
+    return made
 
 
 def _blend_relative(directory: Path) -> str:

@@ -144,6 +144,7 @@ def main() -> int:
     for shot in settings.shots:
         shot.prompt = prompts.get(shot.name, "a street at dusk")
         shot.negative_prompt = "blurry, deformed, text, watermark"
+        shot.coherence = os.environ.get("VIEWFINDER_DEMO_COHERENCE", "FLOW")
     film = OUT / "film.blend"
     bpy.ops.wm.save_as_mainfile(filepath=str(film))
     scene = bpy.context.scene

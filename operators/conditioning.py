@@ -10,14 +10,13 @@ from typing import Any
 import bpy
 from bpy.props import BoolProperty, EnumProperty, StringProperty
 
-from ..core import compat
+from ..core import vse
 from ..core.conditioning import ConditioningError, render_shot
 from ..core.resolution import generation_size
 from .common import project_of, report, resolve_shots
 
 log = logging.getLogger(__name__)
 
-PREVIEW_CHANNEL_NAME = "VF control"
 
 
 def shot_size(scene: bpy.types.Scene) -> tuple[int, int]:
@@ -73,43 +72,10 @@ class VIEWFINDER_OT_render_conditioning(bpy.types.Operator):
         return {"FINISHED"}
 
 
-def _runs(frames: list[int]) -> list[list[int]]:
-    """Contiguous runs of frames: an image strip needs one file per frame."""
-    runs: list[list[int]] = []
-    for frame in frames:
-        if runs and frame == runs[-1][-1] + 1:
-            runs[-1].append(frame)
-        else:
-            runs.append([frame])
-    return runs
-
-
 def load_preview(scene: bpy.types.Scene, shot: Any, folder: Path, kind: str) -> list[Any]:
     """Put a shot's depth or pose maps on the VSE, on a channel of their own above everything else."""
     frames = [f for f in range(shot.frame_start, shot.frame_end + 1) if (folder / f"{f:04d}.png").is_file()]
-    editor = scene.sequence_editor or scene.sequence_editor_create()
-    strips = compat.strips_of(editor)
-    prefix = f"{PREVIEW_CHANNEL_NAME} {shot.name} "
-    for old in [s for s in strips if s.name.startswith(prefix)]:
-        strips.remove(old)
-    channel = max((s.channel for s in strips), default=0) + 1
-    made = []
-    for index, run in enumerate(_runs(frames)):
-        strip = strips.new_image(
-            name=f"{prefix}{kind.lower()} {index + 1}",
-            filepath=str(folder / f"{run[0]:04d}.png"),
-            channel=channel,
-            frame_start=run[0],
-        )
-        for frame in run[1:]:
-            strip.elements.append(f"{frame:04d}.png")
-        if hasattr(strip, "colorspace_settings"):
-            try:
-                strip.colorspace_settings.name = "Non-Color"  # show the values the model sees
-            except TypeError:
-                pass
-        made.append(strip)
-    return made
+    return vse.add_control_strips(scene, shot_name=shot.name, kind=kind, directory=folder, frames=frames)
 
 
 def _meta(conditioning: Path) -> dict[str, Any]:

@@ -239,7 +239,8 @@ def test_operators_render_into_temporary_project_and_preview_on_the_vse(vf: Modu
     assert project.temporary and (meta["width"], meta["height"]) == (128, 72) and meta["frames"] == [1, 2]
     assert bpy.ops.viewfinder.preview_conditioning(kind="DEPTH", shot="Shot A") == {"FINISHED"}
     strips = list(vf.core.compat.strips_of(scene.sequence_editor))
-    (strip,) = [s for s in strips if s.name.startswith("VF control Shot A")]
+    (strip,) = [s for s in strips if s.get("viewfinder_kind") == "control" and s.get("viewfinder_shot") == "Shot A"]
+    assert strip["viewfinder_control"] == "DEPTH"
     assert (strip.frame_final_start, strip.frame_final_end) == (1, 3) and len(strip.elements) == 2
     # No pose maps without a person: the preview says so instead of adding an empty strip.
     with pytest.raises(RuntimeError, match="no person"):
