@@ -127,7 +127,7 @@ def export_storyboard(scene: bpy.types.Scene, project: Project, output: Path) ->
                     box.blend_type = "ALPHA_OVER"
                     _place(box, left, top, THUMB_WIDTH, thumb_h, (SHEET_WIDTH, height), source=(SHEET_WIDTH, height))
             caption = f"{row.shot}\n{row.lens}, {row.duration}\nframes {row.frames[0]}, {row.frames[1]}, {row.frames[2]}\n{row.prompt}"
-            captions.append((caption, MARGIN + 3 * (THUMB_WIDTH + MARGIN), top, 20, CAPTION_WIDTH))
+            captions.append((caption, MARGIN + 3 * (THUMB_WIDTH + MARGIN), top, 20, CAPTION_WIDTH - 2 * MARGIN))
         # Text goes on channels above every thumbnail so nothing covers it.
         for text, x, y, size, wrap in captions:
             _text(strips, next(channel), text, x=x, y=y, size=size, sheet=(SHEET_WIDTH, height), wrap=wrap)

@@ -27,7 +27,9 @@ import wave
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "demo" / "out"
+OUT = Path(os.environ.get("VIEWFINDER_DEMO_OUT") or ROOT / "demo" / "out")
+# Quick mode (tests): tiny frames and one step, the same pipeline end to end.
+QUICK = os.environ.get("VIEWFINDER_DEMO_QUICK") == "1"
 ENGINE_PYTHON = os.environ.get("VIEWFINDER_ENGINE_PYTHON") or str(ROOT / ".venv-engine" / "bin" / "python")
 
 # Blender reads HOME once, at import: point it at a throwaway user folder first.
@@ -77,7 +79,7 @@ def choose_models(settings) -> bool:
         settings.controlnet_pose = os.environ.get("VIEWFINDER_DEMO_CONTROLNET_POSE", settings.controlnet_pose)
         say(f"using the models you named: {settings.model}")
         return True
-    if hub_reachable():
+    if not QUICK and hub_reachable():
         say(f"using the default models (downloaded on first use): {settings.model}")
         return True
     tiny = OUT / "tiny-models"
@@ -132,8 +134,8 @@ def main() -> int:
     build_demo_scene(scene)
     settings = scene.viewfinder
     real = choose_models(settings)
-    settings.long_edge = 768 if real else 256
-    settings.steps = 20 if real else 3
+    settings.long_edge = 768 if real else (64 if QUICK else 256)
+    settings.steps = 20 if real else (1 if QUICK else 3)
     settings.batch_size = 4
     settings.style_prompt = "cinematic still, overcast light, muted colours, 35mm film grain"
     prompts = {

@@ -60,3 +60,16 @@ def test_gaps_in_frames_are_refused_and_leave_no_strip(scene, vse, tmp_path):
     with pytest.raises(vse.VSEError, match="gaps"):
         vse.add_take_strip(scene, shot_name="A", take_label="001", take_dir=tmp_path / "t", frames=[1, 3], file_names=names)
     assert scene.sequence_editor is None or not strips(scene)
+
+
+def test_use_take_operator_on_the_selected_strip(scene, vse, tmp_path):
+    frames = [1, 2]
+    first = vse.add_take_strip(scene, shot_name="A", take_label="001", take_dir=tmp_path / "001", frames=frames,
+                               file_names=write_frames(tmp_path / "001", frames, 0.1))
+    second = vse.add_take_strip(scene, shot_name="A", take_label="002", take_dir=tmp_path / "002", frames=frames,
+                                file_names=write_frames(tmp_path / "002", frames, 0.9))
+    assert not bpy.ops.viewfinder.use_take.poll()  # nothing selected yet
+    scene.sequence_editor.active_strip = first
+    assert bpy.ops.viewfinder.use_take() == {"FINISHED"}
+    assert not first.mute and second.mute
+    assert bpy.ops.viewfinder.open_take_folder() == {"FINISHED"}

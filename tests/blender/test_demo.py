@@ -1,0 +1,50 @@
+"""`make demo`'s runner end to end (quick mode: tiny frames, one step, the same pipeline)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import bpy
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ENGINE_PYTHON = os.environ.get("VIEWFINDER_TEST_ENGINE_PYTHON") or str(ROOT / ".venv-engine" / "bin" / "python")
+
+pytestmark = [
+    pytest.mark.engine,
+    pytest.mark.skipif(not Path(ENGINE_PYTHON).is_file(), reason="no engine environment: run `make test`"),
+    pytest.mark.skipif(bpy.app.version < (5, 0, 0), reason="make demo runs on Blender 5.0 (.venv)"),
+]
+
+
+def test_demo_writes_film_storyboard_and_animatic(tmp_path, vf):
+    out = tmp_path / "out"
+    env = dict(os.environ, VIEWFINDER_DEMO_OUT=str(out), VIEWFINDER_DEMO_QUICK="1", HF_HUB_OFFLINE="1",
+               VIEWFINDER_ENGINE_PYTHON=ENGINE_PYTHON)
+    env.pop("VIEWFINDER_ENGINE_URL", None)
+    result = subprocess.run([sys.executable, str(ROOT / "demo" / "run_demo.py")], env=env, capture_output=True,
+                            text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "NOISE" in result.stdout  # offline: says plainly the frames are noise
+    for name in ("film.blend", "storyboard.png", "animatic.mp4"):
+        assert (out / name).is_file(), name
+        assert str(out / name) in result.stdout
+
+    # The animatic has one frame per timeline frame (the demo film is frames 1-72).
+    clip = bpy.data.movieclips.load(str(out / "animatic.mp4"))
+    assert clip.frame_duration == 72
+
+    # The storyboard shows three rows of thumbnails (one per shot).
+    image = bpy.data.images.load(str(out / "storyboard.png"))
+    width, height = image.size
+    pixels = np.empty(width * height * 4, dtype=np.float32)
+    image.pixels.foreach_get(pixels)
+    column = pixels.reshape(height, width, 4)[::-1, 30:300, :3]  # the first thumbnail column, top row first
+    background = column[2, 0]
+    filled = (np.abs(column - background).max(axis=2) > 0.02).mean(axis=1) > 0.5
+    rows = int(np.count_nonzero(np.diff(filled.astype(np.int8)) == 1) + filled[0])
+    assert rows == 3
