@@ -1,4 +1,4 @@
-"""Command line: ``python -m engine serve|make-tiny-models`` (run from the extension folder)."""
+"""Command line: ``python -m engine serve|make-tiny-models|metrics`` (run from the extension folder)."""
 
 from __future__ import annotations
 
@@ -83,6 +83,28 @@ def cmd_make_tiny_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .metrics import find_takes, measure_take, take_label
+
+    takes = find_takes([Path(p) for p in args.paths])
+    if not takes:
+        print("error: no take folders (NNNN.png + take.json) under " + ", ".join(args.paths), file=sys.stderr)
+        return 2
+    status = 0
+    for take in takes:
+        try:
+            metrics = measure_take(take, Path(args.conditioning) if args.conditioning else None)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            status = 2
+            continue
+        metrics.take = take_label(take)
+        print(metrics.line(), flush=True)
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine", description="Viewfinder generation engine")
     parser.add_argument("--log-level", default=os.environ.get("VIEWFINDER_ENGINE_LOG", "INFO"))
@@ -103,6 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("--preset", default="tiny", choices=["tiny", "mid", "sd15"])
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=cmd_make_tiny_models)
+
+    metrics = sub.add_parser("metrics", help="warp error and depth fidelity of generated takes, one line per take")
+    metrics.add_argument("paths", nargs="+", help="take folders, shot folders or a viewfinder/ folder")
+    metrics.add_argument("--conditioning", default=None,
+                         help="the shot's conditioning folder (default: <take>/../../conditioning)")
+    metrics.set_defaults(func=cmd_metrics)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

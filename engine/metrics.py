@@ -1,0 +1,182 @@
+"""Take metrics: temporal stability along the exact flow, and fidelity to the depth map.
+
+- **warp error**: for each pair of consecutive frames, frame N-1 warped into frame N along
+  the shot's backward flow, mean absolute difference with frame N (RGB, 0..255) over the
+  pixels the warp carries (``engine.flow.flow_masks``: not disoccluded, not out of frame,
+  not background), averaged over the pairs of the take. Pairs across a cut (fewer than
+  ``CUT_CARRIED_FRACTION`` of the pixels carried) or without flow are skipped and counted.
+  A static shot that does not flicker scores 0; per-frame noise scores high.
+- **depth-edge correlation**: Pearson correlation between the gradient magnitude of the
+  depth map and that of the frame's luminance, both box-blurred over 5 x 5 pixels.
+  Why this proxy: a frame that follows its depth map puts its object boundaries (luminance
+  edges) where the depth jumps; it needs no depth estimator (none can be downloaded in
+  every setting), is cheap, and drops when frames drift away from the maps (e.g. when
+  FLOW carries stale content past moved geometry). Blurring first keeps fine texture, which
+  the depth map does not predict, from dominating. 1 is perfect, 0 unrelated.
+
+Numpy + PIL; runs in the engine's environment: ``python -m engine metrics TAKE_DIR``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .flow import flow_masks, inverse_depth, resize_nearest, warp
+
+logger = logging.getLogger(__name__)
+
+# Below this share of carried pixels, frame N-1 does not explain frame N: a camera cut.
+CUT_CARRIED_FRACTION = 0.5
+
+
+def warp_error(prev: np.ndarray, cur: np.ndarray, flow: np.ndarray, depth_prev: np.ndarray,
+               depth_cur: np.ndarray) -> tuple[float, float]:
+    """(mean |warp(prev) - cur| over carried pixels in 0..255, carried fraction)."""
+    masks = flow_masks(depth_prev, depth_cur, flow)
+    warped, _ = warp(prev.astype(np.float32), flow)
+    carried = masks.carried_fraction()
+    if not masks.valid.any():
+        return float("nan"), carried
+    diff = np.abs(warped - cur.astype(np.float32))[masks.valid]
+    return float(diff.mean()), carried
+
+
+def _box_blur(image: np.ndarray, radius: int) -> np.ndarray:
+    padded = np.pad(image, radius, mode="edge")
+    csum = np.cumsum(np.cumsum(padded, axis=0), axis=1)
+    csum = np.pad(csum, ((1, 0), (1, 0)))
+    k = 2 * radius + 1
+    height, width = image.shape
+    total = csum[k:k + height, k:k + width] - csum[:height, k:k + width] - csum[k:k + height, :width] + csum[:height, :width]
+    return total / (k * k)
+
+
+def _gradient_magnitude(image: np.ndarray) -> np.ndarray:
+    gy, gx = np.gradient(image)
+    return np.hypot(gx, gy)
+
+
+def depth_edge_correlation(frame: np.ndarray, depth: np.ndarray, radius: int = 2) -> float:
+    """Pearson correlation of blurred depth-edge and luminance-edge strength (see module doc)."""
+    v, _ = inverse_depth(depth)
+    height, width = frame.shape[:2]
+    v = resize_nearest(v, height, width)
+    rgb = frame.astype(np.float32) / 255.0
+    luminance = 0.2126 * rgb[..., 0] + 0.7152 * rgb[..., 1] + 0.0722 * rgb[..., 2]
+    a = _gradient_magnitude(_box_blur(v.astype(np.float64), radius)).ravel()
+    b = _gradient_magnitude(_box_blur(luminance.astype(np.float64), radius)).ravel()
+    if a.std() == 0 or b.std() == 0:
+        return 0.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+@dataclass
+class TakeMetrics:
+    take: str
+    frames: int = 0
+    pairs: int = 0
+    skipped_pairs: int = 0
+    warp_errors: list[float] = field(default_factory=list)
+    carried: list[float] = field(default_factory=list)
+    correlations: list[float] = field(default_factory=list)
+
+    @property
+    def warp_error(self) -> float:
+        return float(np.mean(self.warp_errors)) if self.warp_errors else float("nan")
+
+    @property
+    def depth_edge_corr(self) -> float:
+        return float(np.mean(self.correlations)) if self.correlations else float("nan")
+
+    def line(self) -> str:
+        carried = float(np.mean(self.carried)) if self.carried else float("nan")
+        return (f"{self.take}: frames {self.frames}, warp_error {self.warp_error:.2f} /255 over {self.pairs} pairs "
+                f"({carried:.0%} of pixels carried, {self.skipped_pairs} pairs skipped: cut or no flow), "
+                f"depth_edge_corr {self.depth_edge_corr:.3f}")
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def _read_depth(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        array = np.asarray(img)
+    return array.astype(np.uint16) if array.dtype != np.uint16 else array
+
+
+def frame_numbers(take_dir: Path) -> list[int]:
+    return sorted(int(p.stem) for p in take_dir.glob("[0-9]*.png") if p.stem.isdigit())
+
+
+def measure_take(take_dir: Path, conditioning_dir: Path | None = None) -> TakeMetrics:
+    """Both metrics for one take folder (``<shot>/takes/NNN``); maps from ``<shot>/conditioning``.
+
+    Reads two frames at a time: memory does not depend on the take's length.
+    """
+    take_dir = Path(take_dir)
+    cond = Path(conditioning_dir) if conditioning_dir else take_dir.parent.parent / "conditioning"
+    if not (cond / "depth").is_dir():
+        raise ValueError(f"{take_dir}: no control maps at {cond}; pass --conditioning <shot>/conditioning")
+    frames = frame_numbers(take_dir)
+    metrics = TakeMetrics(take=str(take_dir), frames=len(frames))
+    previous: tuple[int, np.ndarray, np.ndarray] | None = None
+    for number in frames:
+        image = _read_rgb(take_dir / f"{number:04d}.png")
+        depth_path = cond / "depth" / f"{number:04d}.png"
+        if not depth_path.is_file():
+            previous = None
+            metrics.skipped_pairs += 1
+            continue
+        depth = _read_depth(depth_path)
+        metrics.correlations.append(depth_edge_correlation(image, depth))
+        flow_path = cond / "flow" / f"{number:04d}.npy"
+        if previous is not None:
+            prev_number, prev_image, prev_depth = previous
+            if prev_number != number - 1 or not flow_path.is_file():
+                metrics.skipped_pairs += 1
+            else:
+                error, carried = warp_error(prev_image, image, np.load(flow_path), prev_depth, depth)
+                if carried < CUT_CARRIED_FRACTION or not np.isfinite(error):
+                    metrics.skipped_pairs += 1
+                else:
+                    metrics.pairs += 1
+                    metrics.warp_errors.append(error)
+                    metrics.carried.append(carried)
+        previous = (number, image, depth)
+    return metrics
+
+
+def find_takes(paths: list[Path]) -> list[Path]:
+    """Take folders under each path: a take folder itself, a shot, or a whole viewfinder/ folder."""
+    found: list[Path] = []
+    for path in paths:
+        path = Path(path)
+        if (path / "take.json").is_file() or (path.is_dir() and frame_numbers(path) and
+                                               (path.parent.parent / "conditioning").is_dir()):
+            found.append(path)
+        else:
+            found.extend(sorted(p.parent for p in path.glob("**/takes/*/take.json")))
+    return found
+
+
+def take_label(take_dir: Path) -> str:
+    info_path = take_dir / "take.json"
+    if info_path.is_file():
+        try:
+            info = json.loads(info_path.read_text("utf-8"))
+            mode = (info.get("settings") or {}).get("coherence", {}).get("mode", "?")
+            return f"{info.get('shot', take_dir.parent.parent.name)} take {info.get('take', take_dir.name)} [{mode}]"
+        except (ValueError, AttributeError):
+            pass
+    return str(take_dir)
