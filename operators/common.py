@@ -42,3 +42,30 @@ def report(operator: bpy.types.Operator, level: str, message: str) -> None:
     operator.report({level}, message)
     if bpy.app.background:
         print(f"Viewfinder {level.lower()}: {message}", file=sys.stderr)
+
+
+class NeedsScene:
+    """Operator mix-in: available when there is a scene with Viewfinder settings."""
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        if context.scene is None or not hasattr(context.scene, "viewfinder"):
+            cls.poll_message_set("No scene with Viewfinder settings")
+            return False
+        return True
+
+
+class NeedsShots:
+    """Operator mix-in: available when the scene has at least one shot."""
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        if context.scene is None or not hasattr(context.scene, "viewfinder"):
+            cls.poll_message_set("No scene with Viewfinder settings")
+            return False
+        # Polls may not write data, so plan from the markers (read-only) rather than
+        # trust the stored list: a marker bound a moment ago by a script counts.
+        if not shots_core.plan_for_scene(context.scene).shots:
+            cls.poll_message_set("No shots: bind a camera to a timeline marker (Marker ▸ Bind Camera to Markers)")
+            return False
+        return True

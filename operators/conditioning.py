@@ -13,7 +13,7 @@ from bpy.props import BoolProperty, EnumProperty, StringProperty
 from ..core import vse
 from ..core.conditioning import ConditioningError, render_shot
 from ..core.resolution import generation_size
-from .common import project_of, report, resolve_shots
+from .common import NeedsScene, project_of, report, resolve_shots
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def shot_size(scene: bpy.types.Scene) -> tuple[int, int]:
     return generation_size(r.resolution_x, r.resolution_y, r.pixel_aspect_x, r.pixel_aspect_y, scene.viewfinder.long_edge)
 
 
-class VIEWFINDER_OT_render_conditioning(bpy.types.Operator):
+class VIEWFINDER_OT_render_conditioning(NeedsScene, bpy.types.Operator):
     """Render depth, pose, masks and motion for every frame of a shot from its camera (CPU, headless)"""
 
     bl_idname = "viewfinder.render_conditioning"
@@ -34,13 +34,6 @@ class VIEWFINDER_OT_render_conditioning(bpy.types.Operator):
 
     shot: StringProperty(name="Shot", description="Shot name; empty: all shots")
     force: BoolProperty(name="Force", description="Render even when the maps on disk are current")
-
-    @classmethod
-    def poll(cls, context: bpy.types.Context) -> bool:
-        if context.scene is None or not hasattr(context.scene, "viewfinder"):
-            cls.poll_message_set("No scene with Viewfinder settings")
-            return False
-        return True
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         scene = context.scene
@@ -85,7 +78,7 @@ def _meta(conditioning: Path) -> dict[str, Any]:
         return {}
 
 
-class VIEWFINDER_OT_preview_conditioning(bpy.types.Operator):
+class VIEWFINDER_OT_preview_conditioning(NeedsScene, bpy.types.Operator):
     """Show the active shot's depth or pose maps on the sequencer, on their own channel"""
 
     bl_idname = "viewfinder.preview_conditioning"
@@ -96,13 +89,6 @@ class VIEWFINDER_OT_preview_conditioning(bpy.types.Operator):
         name="Map", items=[("DEPTH", "Depth", "Depth maps"), ("POSE", "Pose", "OpenPose drawings")], default="DEPTH"
     )
     shot: StringProperty(name="Shot", description="Shot name; empty: the active shot")
-
-    @classmethod
-    def poll(cls, context: bpy.types.Context) -> bool:
-        if context.scene is None or not hasattr(context.scene, "viewfinder"):
-            cls.poll_message_set("No scene with Viewfinder settings")
-            return False
-        return True
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         scene = context.scene

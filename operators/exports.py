@@ -8,10 +8,10 @@ import bpy
 from bpy.props import StringProperty
 
 from ..core.exports import ExportError, export_animatic, export_storyboard
-from .common import project_of, report
+from .common import NeedsShots, project_of, report
 
 
-class VIEWFINDER_OT_export_storyboard(bpy.types.Operator):
+class VIEWFINDER_OT_export_storyboard(NeedsShots, bpy.types.Operator):
     """Write a contact sheet: one row per shot with its first, middle and last frame, lens, duration and prompt"""
 
     bl_idname = "viewfinder.export_storyboard"
@@ -19,13 +19,6 @@ class VIEWFINDER_OT_export_storyboard(bpy.types.Operator):
     bl_options = {"REGISTER"}
 
     filepath: StringProperty(name="File", subtype="FILE_PATH", description="PNG to write; empty: storyboard.png in the project folder")
-
-    @classmethod
-    def poll(cls, context: bpy.types.Context) -> bool:
-        if context.scene is None or not context.scene.viewfinder.shot_list:
-            cls.poll_message_set("No shots: bind a camera to a timeline marker")
-            return False
-        return True
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         project = project_of(context)

@@ -24,7 +24,7 @@ from ..core import engine_link
 from ..core.generate import GenerationError, Progress, TakeOutcome, run_shot
 from ..core.shot_job import collect_shot, place_outcome
 from ..preferences import Prefs, get_prefs
-from .common import project_of, report, resolve_shots
+from .common import NeedsShots, project_of, report, resolve_shots
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def _summary(outcome: TakeOutcome) -> str:
     return f"Shot '{outcome.shot}' failed: {outcome.error}"
 
 
-class VIEWFINDER_OT_generate(bpy.types.Operator):
+class VIEWFINDER_OT_generate(NeedsShots, bpy.types.Operator):
     """Generate takes for a shot (or all shots) and place them on the Sequencer"""
 
     bl_idname = "viewfinder.generate"
@@ -55,16 +55,6 @@ class VIEWFINDER_OT_generate(bpy.types.Operator):
 
     _timer: Any = None
     _thread: threading.Thread | None = None
-
-    @classmethod
-    def poll(cls, context: bpy.types.Context) -> bool:
-        if context.scene is None or not hasattr(context.scene, "viewfinder"):
-            cls.poll_message_set("No scene")
-            return False
-        if not context.scene.viewfinder.shot_list:
-            cls.poll_message_set("No shots: bind a camera to a timeline marker (Marker ▸ Bind Camera to Markers)")
-            return False
-        return True
 
     # -- blocking path ---------------------------------------------------
 

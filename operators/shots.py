@@ -6,22 +6,15 @@ import bpy
 from bpy.props import StringProperty
 
 from ..core import shots as shots_core
-from .common import report
+from .common import NeedsScene, NeedsShots, report
 
 
-class VIEWFINDER_OT_sync_shots(bpy.types.Operator):
+class VIEWFINDER_OT_sync_shots(NeedsScene, bpy.types.Operator):
     """Read the shots again from the camera-bound timeline markers"""
 
     bl_idname = "viewfinder.sync_shots"
     bl_label = "Refresh Shots"
     bl_options = {"REGISTER", "UNDO"}
-
-    @classmethod
-    def poll(cls, context: bpy.types.Context) -> bool:
-        if context.scene is None:
-            cls.poll_message_set("No scene")
-            return False
-        return True
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         scene = context.scene
@@ -67,7 +60,7 @@ class VIEWFINDER_OT_add_shot(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class VIEWFINDER_OT_jump_to_shot(bpy.types.Operator):
+class VIEWFINDER_OT_jump_to_shot(NeedsShots, bpy.types.Operator):
     """Go to the shot's first frame and look through its camera"""
 
     bl_idname = "viewfinder.jump_to_shot"
@@ -75,13 +68,6 @@ class VIEWFINDER_OT_jump_to_shot(bpy.types.Operator):
     bl_options = {"REGISTER", "UNDO"}
 
     shot: StringProperty(name="Shot", description="Shot name; empty: the active shot")
-
-    @classmethod
-    def poll(cls, context: bpy.types.Context) -> bool:
-        if context.scene is None or not context.scene.viewfinder.shot_list:
-            cls.poll_message_set("No shots: bind a camera to a timeline marker")
-            return False
-        return True
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         settings = context.scene.viewfinder

@@ -118,3 +118,10 @@ def test_depsgraph_handler_keeps_list_current(three_shots):
     three_shots.frame_set(2)  # triggers depsgraph_update_post
     names = [s.name for s in three_shots.viewfinder.shot_list]  # stored list, no sync on read
     assert names[0] == "Establishing"
+
+
+def test_operators_see_markers_bound_just_now(scene):
+    """A script binds a marker and calls an operator at once: no handler has run in between."""
+    bind_marker(scene, "Now", 1, add_camera(scene, "C"))
+    assert len(scene.viewfinder.shot_list) == 0  # nothing has synced yet
+    assert bpy.ops.viewfinder.jump_to_shot.poll()
