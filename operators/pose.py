@@ -53,6 +53,14 @@ class VIEWFINDER_OT_remove_pose_override(ArmaturePoll, bpy.types.Operator):
 
     keypoint: StringProperty(name="Keypoint")
 
+    def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
+        if self.keypoint:
+            return self.execute(context)
+        return context.window_manager.invoke_props_dialog(self)  # from F3: ask which one
+
+    def draw(self, context: bpy.types.Context) -> None:
+        self.layout.prop_search(self, "keypoint", context.active_object.viewfinder_pose, "bones")
+
     def execute(self, context: bpy.types.Context) -> set[str]:
         bones = context.active_object.viewfinder_pose.bones
         index = bones.find(self.keypoint)

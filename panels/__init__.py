@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from . import sequencer, view3d
+from . import menus, sequencer, view3d
 
-modules = (view3d, sequencer)
+modules = (view3d, sequencer, menus)
 
 
 def register() -> None:
