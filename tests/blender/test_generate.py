@@ -198,3 +198,25 @@ def test_disk_full_keeps_earlier_takes(tmp_path, tiny_models, monkeypatch, vfmod
     with pytest.raises(RuntimeError, match="disk is full"):
         bpy.ops.viewfinder.generate(shot="Wide")
     assert [(s.name, s.channel) for s in take_strips(scene)] == before
+
+
+def test_disabling_the_addon_stops_the_engine_and_generate_restarts_it(tmp_path, tiny_models, vf, vfmod):
+    import addon_utils
+
+    build_film(tmp_path, tiny_models)
+    engine_process = vfmod("core.engine_process")
+    prefs = vfmod("preferences").get_prefs(bpy.context)
+    vfmod("core.engine_link").connect(prefs).health()
+    process = engine_process._engine.local.process
+    assert process.poll() is None
+    addon_utils.disable(vf.__name__, default_set=True)
+    try:
+        assert process.wait(timeout=30) is not None  # the child is gone with the add-on
+    finally:
+        addon_utils.enable(vf.__name__, default_set=True)
+    # A killed engine is noticed and started again on the next use.
+    client = vfmod("core.engine_link").connect(vfmod("preferences").get_prefs(bpy.context))
+    engine_process._engine.local.process.kill()
+    engine_process._engine.local.process.wait(timeout=30)
+    client = vfmod("core.engine_link").connect(vfmod("preferences").get_prefs(bpy.context))
+    assert client.health()["status"] == "ok"
