@@ -148,7 +148,14 @@ class VIEWFINDER_OT_generate(NeedsShots, bpy.types.Operator):
                 continue
             self._status(context, f"shot {self._total - len(self._pending)} of {self._total}: control maps")
             try:
-                job = collect_shot(context.scene, shot, self._project, self._prefs, cancel=self._cancel.is_set)
+                # Control maps need bpy, so they render here, blocking; the cursor shows progress.
+                base = (self._total - len(self._pending) - 1) / max(1, self._total)
+
+                def maps_progress(done: int, total: int, wm: Any = context.window_manager) -> None:
+                    wm.progress_update(int(100 * (base + 0.1 * done / max(1, total) / max(1, self._total))))
+
+                job = collect_shot(context.scene, shot, self._project, self._prefs, progress=maps_progress,
+                                   cancel=self._cancel.is_set)
             except Exception as exc:
                 report(self, "ERROR", _message(name, exc))
                 continue
