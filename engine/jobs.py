@@ -7,18 +7,22 @@ with shot length and a cancelled or failed job keeps every frame it finished.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import ALGORITHM_VERSION
-from .coherence import CoherenceStrategy, make_strategy
+from .coherence import Carried, CoherenceStrategy, ColorStats, FlowCoherence, color_stats, make_strategy
 from .errors import BadRequest, EngineFault, NotFound, OutOfMemory, is_out_of_memory
 from .models import ModelRef, resolve_ref
 from .pipelines import (
@@ -34,6 +38,7 @@ from .pipelines import (
     load_models,
     resolve_device,
     run_batch,
+    run_img2img,
 )
 from .schema import FrameSpec, JobRequest
 from .storage import Storage, canonical_hash
@@ -119,8 +124,10 @@ class JobManager:
             if spec.controlnet_pose else None
         lora = resolve_ref(spec.lora, "models.lora", "lora") if spec.lora else None
         # 2. Control maps must have been uploaded.
+        # FLOW reads the flow maps too; INDEPENDENT accepts and ignores them.
+        names = ("depth", "pose", "flow") if request.coherence.mode == "FLOW" else ("depth", "pose")
         for i, frame in enumerate(request.frames):
-            for name in ("depth", "pose"):
+            for name in names:
                 sha = getattr(frame, name)
                 if sha is not None and not self.storage.has_blob(sha):
                     raise BadRequest(
@@ -140,8 +147,12 @@ class JobManager:
             device=device, dtype=dtype_name(device), attention_slicing=request.attention_slicing,
             cpu_offload=request.cpu_offload and device == "cuda",
         )
-        # 3. Cache keys: frames already made by any earlier job are done before queuing.
-        frame_keys = {f.frame: self.frame_key(request, key, strategy, f) for f in request.frames}
+        # 3. Cache keys, chained in generation order for FLOW: frames already made by any
+        #    earlier job are done before queuing.
+        frame_keys: dict[int, str] = {}
+        previous_key: str | None = None
+        for f in strategy.order(request.frames):
+            frame_keys[f.frame] = previous_key = self.frame_key(request, key, strategy, f, previous_key)
         job = Job(id=uuid.uuid4().hex[:16], request=request, refs=refs, lora=lora, key=key, frame_keys=frame_keys)
         for number, fkey in frame_keys.items():
             if self.storage.has_frame(fkey):
@@ -159,7 +170,8 @@ class JobManager:
         return job
 
     @staticmethod
-    def frame_key(request: JobRequest, key: PipelineKey, strategy: CoherenceStrategy, frame: FrameSpec) -> str:
+    def frame_key(request: JobRequest, key: PipelineKey, strategy: CoherenceStrategy, frame: FrameSpec,
+                  previous_key: str | None = None) -> str:
         """Content hash of everything that decides a frame's pixels, and nothing else.
 
         Batch size, slicing and offload only change speed and memory, so they are left
@@ -175,9 +187,9 @@ class JobManager:
             "width": request.width, "height": request.height,
             "depth_weight": request.depth_weight, "pose_weight": request.pose_weight,
             "control_start": request.control_start, "control_end": request.control_end,
-            "coherence": request.coherence.model_dump(),
+            "coherence": request.coherence.cache_dump(),
             "depth": frame.depth if key.depth else None, "pose": frame.pose if key.pose else None,
-            **strategy.cache_inputs(frame),
+            **strategy.cache_inputs(frame, previous_key),
         })
 
     def get(self, job_id: str) -> Job:
@@ -275,6 +287,10 @@ class JobManager:
             return tuple(n for n in NET_ORDER if n in models.nets and getattr(frame, n) is not None)
 
         run_started = time.perf_counter()
+        if strategy.sequential:
+            assert isinstance(strategy, FlowCoherence)
+            self._run_flow(job, models, strategy, settings, active_nets, run_started)
+            return
         generated = 0
         for batch in strategy.batches(todo, request.batch_size, active_nets):
             if job.cancel_event.is_set():
@@ -322,3 +338,119 @@ class JobManager:
     def _decode(self, name: str, sha: str) -> Any:
         data = self.storage.read_blob(sha)
         return decode_depth(data) if name == "depth" else decode_rgb(data)
+
+    # FLOW coherence --------------------------------------------------------------
+
+    def _run_flow(self, job: Job, models: LoadedModels, strategy: FlowCoherence, settings: BatchSettings,
+                  active_nets: Callable[[FrameSpec], tuple[str, ...]], run_started: float) -> None:
+        """Worker thread: frames one at a time, each from the previous one warped along the flow.
+
+        Holds O(1) frames: the previous frame is read back from the cache (so a resumed
+        job continues after its last cached frame) and the anchor is kept as colour stats.
+        """
+        request = job.request
+        ordered = strategy.order(request.frames)
+        keyframes: list[int] = []
+        job.detail = {"keyframes": keyframes}
+        anchor: ColorStats | None = None
+        previous: FrameSpec | None = None
+        generated = 0
+        for index, frame in enumerate(ordered):
+            if job.cancel_event.is_set():
+                break
+            # 1. Done already (this job, the cache, or another job since submit).
+            if frame.frame in job.done or self._take_from_cache(job, frame):
+                previous = frame
+                continue
+            if index > 0 and anchor is None and strategy.method.color_match:
+                anchor = color_stats(self._read_frame(job, ordered[0]))
+            # 2. Carry the previous frame along the flow, unless this is a keyframe or a cut.
+            reason = strategy.keyframe_reason(index, frame, previous)
+            carried: Carried | None = None
+            if reason is None:
+                assert previous is not None and frame.flow and frame.depth and previous.depth
+                flow = self._read_flow(frame.flow)
+                if flow is None:
+                    reason = "unreadable flow map"
+                else:
+                    carried = strategy.carry(self._read_frame(job, previous), flow,
+                                             self._read_depth(previous.depth), self._read_depth(frame.depth))
+                    if strategy.is_cut(carried):
+                        reason = f"cut ({carried.masks.carried_fraction():.0%} of pixels carried)"
+                        carried = None
+            if reason is not None:
+                keyframes.append(frame.frame)
+                logger.info("Job %s frame %d: keyframe (%s)", job.id, frame.frame, reason)
+            # 3. Generate: from noise at keyframes, else img2img from the warped frame.
+            nets = active_nets(frame)
+            maps = {name: self._decode(name, getattr(frame, name)) for name in nets}
+            if self._fault_oom_frame is not None and frame.frame == self._fault_oom_frame:
+                import torch
+
+                raise torch.OutOfMemoryError("CUDA out of memory (injected by " + FAULT_OOM_FRAME_ENV + ")")
+            job.step = 0
+
+            def on_step(step: int) -> bool:
+                job.step = step
+                return job.cancel_event.is_set()
+
+            if carried is None:
+                images, model_s = run_batch(models, nets, {n: [m] for n, m in maps.items()}, [request.seed],
+                                            settings, on_step)
+                image = images[0] if images else None
+            else:
+                from PIL import Image
+
+                image, model_s = run_img2img(
+                    models, nets, maps, Image.fromarray(carried.warped), request.coherence.strength, request.seed,
+                    settings, on_step, keep=carried.masks.valid, keep_until=strategy.method.keep_until,
+                )
+            job.timings["model_s"] += model_s
+            if image is None:
+                break
+            # 4. Colour and paste, then to disk at once; the anchor is the shot's first frame.
+            from PIL import Image
+
+            result = strategy.finish(np.asarray(image.convert("RGB")), carried, anchor if index > 0 else None)
+            if index == 0:
+                anchor = color_stats(result)
+            fkey = job.frame_keys[frame.frame]
+            self.storage.put_frame(fkey, encode_png(Image.fromarray(result)))
+            job.done[frame.frame] = fkey
+            previous = frame
+            generated += 1
+            remaining = len(job.frame_keys) - len(job.done)
+            job.eta_s = (time.perf_counter() - run_started) / generated * remaining
+        job.timings["run_s"] = time.perf_counter() - run_started
+        self._finish(job, "cancelled" if job.cancel_event.is_set() and len(job.done) < len(job.frame_keys)
+                     else "done")
+
+    def _read_frame(self, job: Job, frame: FrameSpec) -> np.ndarray:
+        from PIL import Image
+
+        with Image.open(self.storage.frame_path(job.frame_keys[frame.frame])) as img:
+            return np.asarray(img.convert("RGB"))
+
+    def _read_depth(self, sha: str) -> np.ndarray:
+        """The depth map as stored (uint16), for the occlusion check (not the 0..1 tensor)."""
+        from PIL import Image
+
+        with Image.open(io.BytesIO(self.storage.read_blob(sha))) as img:
+            array = np.asarray(img)
+        return array if array.dtype == np.uint16 else array.astype(np.uint16)
+
+    def _read_flow(self, sha: str) -> np.ndarray | None:
+        """A flow blob (.npy, or .npz with one array); None for other formats (then: a keyframe)."""
+        data = self.storage.read_blob(sha)
+        try:
+            loaded = np.load(io.BytesIO(data), allow_pickle=False)
+            if isinstance(loaded, np.lib.npyio.NpzFile):
+                loaded = loaded[loaded.files[0]]
+        except (ValueError, OSError, IndexError) as exc:
+            logger.warning("Flow blob %s is not a .npy array (%s); the frame becomes a keyframe", sha[:12], exc)
+            return None
+        if loaded.ndim != 3 or loaded.shape[2] != 2:
+            logger.warning("Flow blob %s has shape %s, not H x W x 2; the frame becomes a keyframe", sha[:12],
+                           loaded.shape)
+            return None
+        return loaded.astype(np.float32)

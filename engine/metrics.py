@@ -52,7 +52,8 @@ def _box_blur(image: np.ndarray, radius: int) -> np.ndarray:
     csum = np.pad(csum, ((1, 0), (1, 0)))
     k = 2 * radius + 1
     height, width = image.shape
-    total = csum[k:k + height, k:k + width] - csum[:height, k:k + width] - csum[k:k + height, :width] + csum[:height, :width]
+    total = (csum[k:k + height, k:k + width] - csum[:height, k:k + width]
+             - csum[k:k + height, :width] + csum[:height, :width])
     return total / (k * k)
 
 

@@ -71,7 +71,40 @@ class LoadedModels:
     family: str
     nets: dict[str, Any]
     variants: dict[tuple[str, ...], Any] = field(default_factory=dict)
+    img2img_variants: dict[tuple[str, ...], Any] = field(default_factory=dict)
     active: Any = None
+
+    def img2img_variant(self, active_nets: tuple[str, ...]) -> Any:
+        """The img2img pipeline (FLOW coherence) with exactly ``active_nets``; worker thread.
+
+        Built from the text-to-image variant's modules, so it costs no memory.
+        """
+        if active_nets not in self.img2img_variants:
+            from diffusers import (
+                StableDiffusionControlNetImg2ImgPipeline,
+                StableDiffusionImg2ImgPipeline,
+                StableDiffusionXLControlNetImg2ImgPipeline,
+                StableDiffusionXLImg2ImgPipeline,
+            )
+
+            components = dict(self.variant(active_nets).components)
+            if not active_nets:
+                components.pop("controlnet", None)
+                cls = StableDiffusionXLImg2ImgPipeline if self.family == "sdxl" else StableDiffusionImg2ImgPipeline
+            else:
+                cls = (StableDiffusionXLControlNetImg2ImgPipeline if self.family == "sdxl"
+                       else StableDiffusionControlNetImg2ImgPipeline)
+            if self.family != "sdxl":
+                components["requires_safety_checker"] = False
+            pipe = cls(**{k: v for k, v in components.items() if k in _init_params(cls)})
+            pipe.set_progress_bar_config(disable=True)
+            self.img2img_variants[active_nets] = pipe
+        pipe = self.img2img_variants[active_nets]
+        if self.key.cpu_offload and self.active is not pipe:
+            pipe.enable_model_cpu_offload(device=self.key.device)
+        self.active = pipe
+        return pipe
+
 
     def variant(self, active_nets: tuple[str, ...]) -> Any:
         """The pipeline that runs with exactly ``active_nets``; worker thread."""
@@ -104,6 +137,18 @@ class LoadedModels:
             pipe.enable_model_cpu_offload(device=self.key.device)
         self.active = pipe
         return pipe
+
+
+def _init_params(cls: type) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(cls.__init__).parameters)
+
+
+def _call_params(cls: type) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(cls.__call__).parameters)
 
 
 def load_models(key: PipelineKey, refs: dict[str, ModelRef | None], lora_ref: ModelRef | None,
@@ -268,3 +313,78 @@ def run_batch(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[str
     model_s = time.perf_counter() - started
     # An interrupted pipeline still decodes its half-denoised latents: drop them.
     return (None if cancelled else list(result.images)), model_s
+
+
+def run_img2img(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[str, torch.Tensor],
+                init: Image.Image, strength: float, seed: int, settings: BatchSettings,
+                on_step: Callable[[int], bool], keep: Any = None,
+                keep_until: float = 0.0) -> tuple[Image.Image | None, float]:
+    """One frame from ``init`` (the warped previous frame) at ``strength``; FLOW coherence.
+
+    ``keep`` (H x W bool, True where the warp carried the pixel) with ``keep_until`` > 0
+    holds those regions to the warped frame, noised to the current timestep, for the
+    first ``keep_until`` of the denoising steps, so only the marked regions are free to
+    be generated there (RePaint-style latent blending). Worker thread.
+    """
+    import numpy as np
+    import torch
+
+    # 1. The img2img variant with exactly these nets.
+    pipe = models.img2img_variant(active_nets)
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    # img2img runs int(steps * strength) steps; at least one, or diffusers refuses.
+    strength = min(1.0, max(float(strength), (1.0 + 1e-6) / settings.steps))
+    kwargs: dict[str, Any] = {}
+    if active_nets:
+        images = [maps[name].unsqueeze(0) for name in active_nets]
+        scales = [settings.weights[name] for name in active_nets]
+        kwargs = {
+            "control_image": images[0] if len(images) == 1 else images,
+            "controlnet_conditioning_scale": scales[0] if len(scales) == 1 else scales,
+            "control_guidance_start": settings.control_start,
+            "control_guidance_end": settings.control_end,
+        }
+    # 2. Latent blending: the warped frame's latents and a fixed noise, on the latent grid.
+    blend: dict[str, Any] | None = None
+    if keep is not None and keep_until > 0.0:
+        vae = pipe.vae
+        device = getattr(vae, "device", torch.device("cpu"))
+        pixels = torch.from_numpy(np.asarray(init.convert("RGB"), dtype=np.float32) / 127.5 - 1.0)
+        pixels = pixels.permute(2, 0, 1).unsqueeze(0).to(device=device, dtype=vae.dtype)
+        with torch.no_grad():
+            latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+        # A latent cell is held only when all of its 8x8 pixels were carried.
+        mask = torch.from_numpy(np.asarray(keep, dtype=np.float32))[None, None]
+        mask = -torch.nn.functional.max_pool2d(-mask, kernel_size=pipe.vae_scale_factor)
+        noise = torch.randn(latents.shape, generator=torch.Generator(device="cpu").manual_seed(int(seed) + 1))
+        blend = {"latents": latents, "mask": mask.to(device=device, dtype=latents.dtype),
+                 "noise": noise.to(device=device, dtype=latents.dtype), "until": keep_until}
+    cancelled = False
+
+    def callback(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        nonlocal cancelled
+        if on_step(step + 1):
+            cancelled = True
+            pipeline._interrupt = True
+        if blend is not None:
+            timesteps = pipeline.scheduler.timesteps
+            index = int((timesteps == timestep).nonzero()[0][0]) if (timesteps == timestep).any() else -1
+            run = pipeline._num_timesteps
+            if 0 <= index < len(timesteps) - 1 and (step + 1) < blend["until"] * run:
+                held = pipeline.scheduler.add_noise(blend["latents"], blend["noise"], timesteps[index + 1:index + 2])
+                current = tensors["latents"]
+                tensors["latents"] = blend["mask"] * held.to(current.dtype) + (1 - blend["mask"]) * current
+        return tensors
+
+    # 3. Denoise from the noised warped frame and decode.
+    started = time.perf_counter()
+    # Plain img2img takes its size from ``init``; the ControlNet ones also accept width/height.
+    if {"width", "height"} <= _call_params(type(pipe)):
+        kwargs.update(width=settings.width, height=settings.height)
+    result = pipe(
+        prompt=settings.prompt, negative_prompt=settings.negative_prompt, image=init, strength=strength,
+        num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale, generator=generator,
+        callback_on_step_end=callback, output_type="pil", **kwargs,
+    )
+    model_s = time.perf_counter() - started
+    return (None if cancelled else result.images[0]), model_s

@@ -50,9 +50,33 @@ class FrameSpec(_Strict):
 
 
 class CoherenceSpec(_Strict):
-    # Only INDEPENDENT is implemented; FLOW (frame t guided by warped frame t-1) plugs
-    # in as another strategy in engine/coherence.py.
-    mode: Literal["INDEPENDENT"] = "INDEPENDENT"
+    """How the frames of a shot relate (engine/coherence.py, engine/COHERENCE.md).
+
+    INDEPENDENT: every frame on its own with the shot seed. FLOW: each frame starts from
+    the previous generated frame warped along the exact flow (img2img at ``strength``),
+    with fresh keyframes at the first frame, every ``keyframe_interval`` frames (0: never
+    on a schedule), at cuts and where flow is missing.
+    """
+
+    mode: Literal["INDEPENDENT", "FLOW"] = "INDEPENDENT"
+    strength: float = Field(0.55, ge=0.05, le=1.0)
+    keyframe_interval: int = Field(0, ge=0, le=100000)
+    # near/far of the shot's depth maps (conditioning/meta.json): makes the disocclusion
+    # check compare true relative depth; without them it is conservative (marks more).
+    depth_range: tuple[float, float] | None = None
+
+    @model_validator(mode="after")
+    def check_inputs(self) -> CoherenceSpec:
+        if self.depth_range is not None and not 0.0 < self.depth_range[0] <= self.depth_range[1]:
+            raise ValueError(f"depth_range must be [near, far] with 0 < near <= far (meta.json), got "
+                             f"{list(self.depth_range)}")
+        return self
+
+    def cache_dump(self) -> dict[str, object]:
+        """What the frames depend on: INDEPENDENT ignores the FLOW settings."""
+        if self.mode == "INDEPENDENT":
+            return {"mode": "INDEPENDENT"}
+        return self.model_dump()
 
 
 class JobRequest(_Strict):
