@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .flow import flow_masks, inverse_depth, resize_nearest, warp
+from .flow import depth_offset, flow_masks, inverse_depth, resize_nearest, warp
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +35,9 @@ CUT_CARRIED_FRACTION = 0.5
 
 
 def warp_error(prev: np.ndarray, cur: np.ndarray, flow: np.ndarray, depth_prev: np.ndarray,
-               depth_cur: np.ndarray) -> tuple[float, float]:
-    """(mean |warp(prev) - cur| over carried pixels in 0..255, carried fraction)."""
-    masks = flow_masks(depth_prev, depth_cur, flow)
+               depth_cur: np.ndarray, offset: float = 0.0) -> tuple[float, float]:
+    """(mean |warp(prev) - cur| over carried pixels in 0..255, carried fraction); ``offset``: flow.depth_offset."""
+    masks = flow_masks(depth_prev, depth_cur, flow, offset=offset)
     warped, _ = warp(prev.astype(np.float32), flow)
     carried = masks.carried_fraction()
     if not masks.valid.any():
@@ -130,6 +130,10 @@ def measure_take(take_dir: Path, conditioning_dir: Path | None = None) -> TakeMe
     if not (cond / "depth").is_dir():
         raise ValueError(f"{take_dir}: no control maps at {cond}; pass --conditioning <shot>/conditioning")
     frames = frame_numbers(take_dir)
+    offset = 0.0
+    if (cond / "meta.json").is_file():
+        meta = json.loads((cond / "meta.json").read_text("utf-8"))
+        offset = depth_offset(meta.get("near"), meta.get("far"))
     metrics = TakeMetrics(take=str(take_dir), frames=len(frames))
     previous: tuple[int, np.ndarray, np.ndarray] | None = None
     for number in frames:
@@ -147,7 +151,7 @@ def measure_take(take_dir: Path, conditioning_dir: Path | None = None) -> TakeMe
             if prev_number != number - 1 or not flow_path.is_file():
                 metrics.skipped_pairs += 1
             else:
-                error, carried = warp_error(prev_image, image, np.load(flow_path), prev_depth, depth)
+                error, carried = warp_error(prev_image, image, np.load(flow_path), prev_depth, depth, offset)
                 if carried < CUT_CARRIED_FRACTION or not np.isfinite(error):
                     metrics.skipped_pairs += 1
                 else:
