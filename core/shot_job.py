@@ -82,7 +82,7 @@ def collect_shot(
         "pose_weight": round(float(shot.pose_weight), 4),
         "control_start": round(float(shot.control_start), 4),
         "control_end": round(float(shot.control_end), 4),
-        "coherence": coherence_settings(shot),
+        "coherence": coherence_settings(shot, meta),
     }
     request = {
         "shot": shot.name,
@@ -101,14 +101,18 @@ def collect_shot(
     )
 
 
-def coherence_settings(shot: Any) -> dict[str, Any]:
-    if shot.coherence == "FLOW":
-        return {
-            "mode": "FLOW",
-            "strength": round(float(shot.flow_strength), 4),
-            "keyframe_interval": int(shot.keyframe_interval),
-        }
-    return {"mode": "INDEPENDENT"}
+def coherence_settings(shot: Any, meta: dict[str, Any]) -> dict[str, Any]:
+    """The engine's coherence block; FLOW gets the shot's depth range for its disocclusion check."""
+    if shot.coherence != "FLOW":
+        return {"mode": "INDEPENDENT"}
+    settings: dict[str, Any] = {
+        "mode": "FLOW",
+        "strength": round(float(shot.flow_strength), 4),
+        "keyframe_interval": int(shot.keyframe_interval),
+    }
+    if meta.get("near") is not None and meta.get("far") is not None:
+        settings["depth_range"] = [float(meta["near"]), float(meta["far"])]
+    return settings
 
 
 def _model_path(value: str) -> str:

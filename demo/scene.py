@@ -180,7 +180,8 @@ def build_demo_scene(scene: Any) -> None:
         _look(pan, Vector((0.0, -7.0, 1.5)), Vector((x, 0.0, 1.2)), frame)
     orbit = _camera(scene, "Cam.Orbit")
     for frame in range(49, 73, 4):
-        angle = math.radians(-90 + (frame - 49) * 4.0)
+        # A 60° arc: a wider one ends inside Building.04 (the flow jumps and the maps go blank there).
+        angle = math.radians(-90 + (frame - 49) * 2.5)
         x = -2.0 + 4.0 * (frame - 1) / 71.0
         center = Vector((x, 0.0, 1.2))
         _look(orbit, center + Vector((math.cos(angle) * 6.0, math.sin(angle) * 6.0, 1.0)), center, frame)
