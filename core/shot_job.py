@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+MIN_EDGE = 64  # the engine's smallest frame side (8 latent pixels)
+
 
 def generation_settings(scene: "bpy.types.Scene") -> tuple[int, int]:
     render = scene.render
@@ -47,6 +49,16 @@ def collect_shot(
         raise GenerationError(f"Shot '{shot.name}': {shot.problem}")
     settings = scene.viewfinder
     width, height = generation_settings(scene)
+    if min(width, height) < MIN_EDGE:
+        needed = next(
+            edge for edge in range(settings.long_edge, 16 * MIN_EDGE * 8, 8)
+            if min(generation_size(scene.render.resolution_x, scene.render.resolution_y, scene.render.pixel_aspect_x,
+                                   scene.render.pixel_aspect_y, edge)) >= MIN_EDGE
+        )
+        raise GenerationError(
+            f"Long Edge {settings.long_edge} gives {width}×{height} frames, but the models need at least "
+            f"{MIN_EDGE} pixels on each side: set Long Edge to {needed} or more (Viewfinder ▸ Film)"
+        )
     conditioning_dir = project.conditioning_dir(shot.name)
     try:
         render_shot(scene, shot, conditioning_dir, width=width, height=height, progress=progress, cancel=cancel)

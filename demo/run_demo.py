@@ -134,7 +134,7 @@ def main() -> int:
     build_demo_scene(scene)
     settings = scene.viewfinder
     real = choose_models(settings)
-    settings.long_edge = 768 if real else (64 if QUICK else 256)
+    settings.long_edge = 768 if real else (128 if QUICK else 256)
     settings.steps = 20 if real else (1 if QUICK else 3)
     settings.batch_size = 4
     settings.style_prompt = "cinematic still, overcast light, muted colours, 35mm film grain"

@@ -220,3 +220,16 @@ def test_disabling_the_addon_stops_the_engine_and_generate_restarts_it(tmp_path,
     engine_process._engine.local.process.wait(timeout=30)
     client = vfmod("core.engine_link").connect(vfmod("preferences").get_prefs(bpy.context))
     assert client.health()["status"] == "ok"
+
+
+def test_too_small_frames_are_refused_before_any_rendering(tmp_path, tiny_models, vfmod):
+    scene = build_film(tmp_path, tiny_models)
+    scene.render.resolution_x, scene.render.resolution_y = 1920, 1080
+    scene.viewfinder.long_edge = 64  # 64×32 (16:9, rounded to 8): below the models' 64 px
+    size = vfmod("core.resolution").generation_size
+    smallest = min(e for e in range(64, 512, 8) if min(size(1920, 1080, 1, 1, e)) >= 64)
+    assert min(size(1920, 1080, 1, 1, smallest - 8)) < 64
+    with pytest.raises(RuntimeError, match=f"64×32 frames.*Long Edge to {smallest} or more"):
+        bpy.ops.viewfinder.generate(shot="Wide")
+    assert not (tmp_path / "viewfinder" / "Wide" / "conditioning").exists()
+    assert take_strips(scene) == []
