@@ -40,6 +40,14 @@ PROMPTS = {
 }
 
 
+def maps_source(long_edge: int) -> str:
+    """A hash of what the control maps depend on: the demo scene, the conditioning code, the size."""
+    digest = hashlib.sha256(str(long_edge).encode())
+    for path in sorted([ROOT / "demo" / "scene.py", *(ROOT / "core" / "conditioning").glob("*.py")]):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def render_maps(out: Path, long_edge: int) -> None:
     """In Blender's Python: build the demo film and render each shot's control maps under ``out``."""
     home = Path(tempfile.mkdtemp(prefix="vf-bench-home-"))
@@ -69,7 +77,8 @@ def render_maps(out: Path, long_edge: int) -> None:
         shots.append({"name": shot.name, "frames": [shot.frame_start, shot.frame_end]})
         print(f"[bench] maps {shot.name}: frames {shot.frame_start}-{shot.frame_end} at {width}x{height} "
               f"in {time.perf_counter() - started:.1f} s", flush=True)
-    (out / "shots.json").write_text(json.dumps({"width": width, "height": height, "shots": shots}))
+    (out / "shots.json").write_text(json.dumps({"width": width, "height": height, "shots": shots,
+                                                "source": maps_source(long_edge)}))
     bpy.ops.preferences.addon_disable(module=module)
 
 
@@ -214,9 +223,10 @@ def main() -> int:
         render_maps(out, args.long_edge)
         return 0
     # 1. Control maps, in Blender (once per size).
+    # Maps are reused only while the demo scene, the conditioning code and the size are unchanged.
     maps_ok = (out / "shots.json").is_file() and \
-        json.loads((out / "shots.json").read_text()).get("width") is not None
-    if not maps_ok or json.loads((out / "shots.json").read_text())["width"] < 0:
+        json.loads((out / "shots.json").read_text()).get("source") == maps_source(args.long_edge)
+    if not maps_ok:
         out.mkdir(parents=True, exist_ok=True)
         subprocess.run([str(BLENDER_PYTHON), __file__, "--render-maps", "--out", str(out),
                         "--long-edge", str(args.long_edge)], check=True, cwd=ROOT)
