@@ -72,3 +72,23 @@ def vfmod(vf: ModuleType):
         return importlib.import_module(f"{vf.__name__}.{name}")
 
     return load
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny random-weight SD 1.5 + ControlNets, made by the engine's own command."""
+    from blender_scenes import engine_python
+
+    out = tmp_path_factory.mktemp("tiny-models")
+    subprocess.run([engine_python(), "-m", "engine", "make-tiny-models", str(out)], cwd=ROOT, check=True,
+                   capture_output=True, timeout=600)
+    return out
+
+
+@pytest.fixture()
+def local_engine(monkeypatch: pytest.MonkeyPatch, vf: ModuleType) -> None:
+    """Generate starts a local engine child with the test engine interpreter, never a user's engine."""
+    from blender_scenes import engine_python
+
+    monkeypatch.setenv("VIEWFINDER_ENGINE_PYTHON", engine_python())
+    monkeypatch.delenv("VIEWFINDER_ENGINE_URL", raising=False)

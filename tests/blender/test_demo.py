@@ -10,13 +10,13 @@ from pathlib import Path
 import bpy
 import numpy as np
 import pytest
+from blender_scenes import engine_python, needs_engine
 
 ROOT = Path(__file__).resolve().parents[2]
-ENGINE_PYTHON = os.environ.get("VIEWFINDER_TEST_ENGINE_PYTHON") or str(ROOT / ".venv-engine" / "bin" / "python")
+ENGINE_PYTHON = engine_python()
 
 pytestmark = [
-    pytest.mark.engine,
-    pytest.mark.skipif(not Path(ENGINE_PYTHON).is_file(), reason="no engine environment: run `make test`"),
+    *needs_engine(),
     pytest.mark.skipif(bpy.app.version < (5, 0, 0), reason="make demo runs on Blender 5.0 (.venv)"),
 ]
 

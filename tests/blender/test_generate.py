@@ -8,40 +8,13 @@ from __future__ import annotations
 
 import errno
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import bpy
 import pytest
-from blender_scenes import add_camera, bind_marker
+from blender_scenes import add_camera, bind_marker, needs_engine
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def engine_python() -> str | None:
-    candidates = [os.environ.get("VIEWFINDER_TEST_ENGINE_PYTHON", ""), str(ROOT / ".venv-engine" / "bin" / "python")]
-    return next((c for c in candidates if c and Path(c).is_file()), None)
-
-
-pytestmark = [
-    pytest.mark.engine,
-    pytest.mark.skipif(engine_python() is None, reason="no engine environment: run `make test`"),
-]
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("tiny-models")
-    subprocess.run([engine_python(), "-m", "engine", "make-tiny-models", str(out)], cwd=ROOT, check=True,
-                   capture_output=True, timeout=600)
-    return out
-
-
-@pytest.fixture(autouse=True)
-def local_engine(monkeypatch, vf):
-    monkeypatch.setenv("VIEWFINDER_ENGINE_PYTHON", engine_python())
-    monkeypatch.delenv("VIEWFINDER_ENGINE_URL", raising=False)
+pytestmark = needs_engine()
 
 
 def strips(scene):
