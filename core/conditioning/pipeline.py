@@ -152,7 +152,8 @@ def render_shot_impl(
                 person.mask_id = names.get(person.armature.name, -1)
 
             # 4. Per frame: passes → flow, masks, pose now; depth after, once near/far of the whole shot is known.
-            zs: list[np.ndarray] = []
+            # Z buffers wait on disk, not in memory: a two-minute shot must not need
+            # gigabytes before its depth maps can be normalized.
             ranges: list[tuple[float, float] | None] = []
             pose_frames: dict[str, bool] = {}
             for done, frame in enumerate(frames):
@@ -174,7 +175,7 @@ def render_shot_impl(
                         write_png(tmp / "pose" / f"{name}.png", openpose_draw.draw_people(height, width, drawn))
                 else:
                     pose_frames[str(frame)] = False
-                zs.append(z)
+                np.save(scratch / f"z{name}.npy", z)
                 ranges.append(depth.z_range(z))
                 if progress is not None:
                     progress(done + 1, len(frames))
@@ -184,7 +185,8 @@ def render_shot_impl(
         near, far = span if span is not None else (None, None)
         if span is None:
             warnings.append(f"Shot '{shot.name}': the camera sees no geometry, so the depth maps are empty")
-        for frame, z in zip(frames, zs):
+        for frame in frames:
+            z = np.load(scratch / f"z{frame:04d}.npy")
             encoded = depth.encode(z, near, far) if span is not None else np.zeros(z.shape, np.uint16)
             write_png(tmp / "depth" / f"{frame:04d}.png", encoded)
         shutil.rmtree(scratch, ignore_errors=True)
