@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from helpers import load  # noqa: E402
 
 
-def demo_scene() -> "bpy.types.Scene":
+def demo_scene() -> bpy.types.Scene:
     spec = importlib.util.spec_from_file_location("viewfinder_demo_scene", ROOT / "demo" / "scene.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # type: ignore[union-attr]
@@ -41,7 +41,7 @@ def demo_scene() -> "bpy.types.Scene":
     return scene
 
 
-def bench(scene: "bpy.types.Scene", width: int, height: int, frames: list[int], out: Path) -> dict[str, float]:
+def bench(scene: bpy.types.Scene, width: int, height: int, frames: list[int], out: Path) -> dict[str, float]:
     render = load("core.conditioning.render")
     depth = load("core.conditioning.depth")
     flow = load("core.conditioning.flow")

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from ..preferences import Prefs
 
 
-def engine_python(prefs: "Prefs") -> str:
+def engine_python(prefs: Prefs) -> str:
     """The preference's interpreter, else the one Install Engine made (if it exists)."""
     if prefs.python_path:
         return prefs.python_path
@@ -24,7 +24,7 @@ def engine_python(prefs: "Prefs") -> str:
     return ""
 
 
-def connect(prefs: "Prefs") -> EngineClient:
+def connect(prefs: Prefs) -> EngineClient:
     """A client for the engine the preferences (or VIEWFINDER_ENGINE_* variables) name.
 
     Starts the local engine when needed, which blocks until it is healthy:

@@ -10,10 +10,11 @@ output; every output setting it changes is restored. Main thread only.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import bpy
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from . import vse
 from .generate import GenerationError, ShotJob, TakeOutcome, build_maps
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 MIN_EDGE = 64  # the engine's smallest frame side (8 latent pixels)
 
 
-def generation_settings(scene: "bpy.types.Scene") -> tuple[int, int]:
+def generation_settings(scene: bpy.types.Scene) -> tuple[int, int]:
     render = scene.render
     return generation_size(
         render.resolution_x, render.resolution_y, render.pixel_aspect_x, render.pixel_aspect_y,
@@ -34,10 +35,10 @@ def generation_settings(scene: "bpy.types.Scene") -> tuple[int, int]:
 
 
 def collect_shot(
-    scene: "bpy.types.Scene",
+    scene: bpy.types.Scene,
     shot: Any,
     project: Project,
-    prefs: "Prefs",
+    prefs: Prefs,
     *,
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
@@ -138,7 +139,7 @@ def _model_path(value: str) -> str:
     return value
 
 
-def place_outcome(scene: "bpy.types.Scene", outcome: TakeOutcome) -> Any:
+def place_outcome(scene: bpy.types.Scene, outcome: TakeOutcome) -> Any:
     """Put a finished take on the VSE; a reused take only gets a strip if it has none."""
     if not outcome.complete or outcome.take_dir is None or outcome.info is None:
         return None

@@ -16,8 +16,9 @@ from __future__ import annotations
 import logging
 import re
 import zlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import bpy
@@ -147,7 +148,7 @@ def default_seed(shot_name: str) -> int:
 # --- Blender side ----------------------------------------------------------
 
 
-def markers_of(scene: "bpy.types.Scene") -> list[MarkerInfo]:
+def markers_of(scene: bpy.types.Scene) -> list[MarkerInfo]:
     return [
         MarkerInfo(
             m.name,
@@ -159,7 +160,7 @@ def markers_of(scene: "bpy.types.Scene") -> list[MarkerInfo]:
     ]
 
 
-def plan_for_scene(scene: "bpy.types.Scene") -> Plan:
+def plan_for_scene(scene: bpy.types.Scene) -> Plan:
     cam = scene.camera
     return plan_shots(
         markers_of(scene),
@@ -217,7 +218,7 @@ def _match(plan: Plan, stored: Sequence[Any]) -> list[int | None]:
     return result
 
 
-def sync_shots(scene: "bpy.types.Scene") -> bool:
+def sync_shots(scene: bpy.types.Scene) -> bool:
     """Bring `scene.viewfinder.shot_list` in line with the markers.
 
     Returns True when something was written. Writes nothing when the list is
@@ -299,7 +300,7 @@ def _find_object(name: str | None) -> Any:
     return bpy.data.objects.get(name)
 
 
-def scene_problems(scene: "bpy.types.Scene") -> list[str]:
+def scene_problems(scene: bpy.types.Scene) -> list[str]:
     """Scene-level problems (no camera at all) plus each shot's own problem."""
     plan = plan_for_scene(scene)
     return plan.problems + [s.problem for s in plan.shots if s.problem]

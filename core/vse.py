@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .compat import all_strips_of, strips_of
 
@@ -29,7 +30,7 @@ class VSEError(RuntimeError):
     """A strip could not be placed; the message says why and what to do."""
 
 
-def ensure_editor(scene: "bpy.types.Scene") -> Any:
+def ensure_editor(scene: bpy.types.Scene) -> Any:
     if scene.sequence_editor is None:
         scene.sequence_editor_create()
     return scene.sequence_editor
@@ -47,7 +48,7 @@ def _occupied(strips: Iterable[Any], channel: int, start: int, end: int) -> bool
     return False
 
 
-def free_channel(scene: "bpy.types.Scene", start: int, end: int, above: int = 0) -> int:
+def free_channel(scene: bpy.types.Scene, start: int, end: int, above: int = 0) -> int:
     """The lowest channel above `above` with frames [start, end] free."""
     strips = list(strips_of(ensure_editor(scene)))
     for channel in range(max(1, above + 1), MAX_CHANNEL + 1):
@@ -58,7 +59,7 @@ def free_channel(scene: "bpy.types.Scene", start: int, end: int, above: int = 0)
     )
 
 
-def strips_of_shot(scene: "bpy.types.Scene", shot_name: str, kind: str = "take") -> list[Any]:
+def strips_of_shot(scene: bpy.types.Scene, shot_name: str, kind: str = "take") -> list[Any]:
     editor = scene.sequence_editor
     if editor is None:
         return []
@@ -68,7 +69,7 @@ def strips_of_shot(scene: "bpy.types.Scene", shot_name: str, kind: str = "take")
 
 
 def add_image_sequence(
-    scene: "bpy.types.Scene",
+    scene: bpy.types.Scene,
     *,
     name: str,
     directory: Path,
@@ -98,7 +99,7 @@ def add_image_sequence(
 
 
 def add_take_strip(
-    scene: "bpy.types.Scene",
+    scene: bpy.types.Scene,
     *,
     shot_name: str,
     take_label: str,
@@ -129,7 +130,7 @@ def add_take_strip(
     return strip
 
 
-def use_take(scene: "bpy.types.Scene", strip: Any) -> None:
+def use_take(scene: bpy.types.Scene, strip: Any) -> None:
     """Unmute this take and mute the shot's other takes."""
     shot_name = strip.get(SHOT_KEY)
     for other in strips_of_shot(scene, shot_name):
@@ -138,7 +139,7 @@ def use_take(scene: "bpy.types.Scene", strip: Any) -> None:
 
 
 def add_control_strips(
-    scene: "bpy.types.Scene", *, shot_name: str, kind: str, directory: Path, frames: Sequence[int]
+    scene: bpy.types.Scene, *, shot_name: str, kind: str, directory: Path, frames: Sequence[int]
 ) -> list[Any]:
     """Show a shot's control maps (depth, pose, ...) on a channel of their own, above everything.
 

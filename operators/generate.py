@@ -151,7 +151,7 @@ class VIEWFINDER_OT_generate(NeedsShots, bpy.types.Operator):
                 # Control maps need bpy, so they render here, blocking; the cursor shows progress.
                 base = (self._total - len(self._pending) - 1) / max(1, self._total)
 
-                def maps_progress(done: int, total: int, wm: Any = context.window_manager) -> None:
+                def maps_progress(done: int, total: int, wm: Any = context.window_manager, base: float = base) -> None:
                     wm.progress_update(int(100 * (base + 0.1 * done / max(1, total) / max(1, self._total))))
 
                 job = collect_shot(context.scene, shot, self._project, self._prefs, progress=maps_progress,

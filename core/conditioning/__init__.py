@@ -20,8 +20,9 @@ Submodules that need bpy are imported by `render_shot` only, so the plain ones
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import ConditioningCancelled, ConditioningError, ConditioningResult
 

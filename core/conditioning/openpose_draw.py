@@ -15,7 +15,7 @@ None is a keypoint that is not visible. Plain numpy; runs on any thread.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

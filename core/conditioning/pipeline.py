@@ -12,10 +12,10 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import bpy
 import numpy as np
 
 from . import depth, flow, masks, openpose_draw, pose, render

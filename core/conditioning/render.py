@@ -49,7 +49,7 @@ class RenderGuard:
         except (TypeError, ValueError, AttributeError) as exc:
             log.debug("could not set %s.%s: %s", owner, name, exc)
 
-    def __enter__(self) -> "RenderGuard":
+    def __enter__(self) -> RenderGuard:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -66,7 +66,7 @@ class RenderGuard:
                         log.exception("could not restore %s.%s", owner, name)
 
 
-def view_layer_of(scene: "bpy.types.Scene") -> "bpy.types.ViewLayer":
+def view_layer_of(scene: bpy.types.Scene) -> bpy.types.ViewLayer:
     """The view layer we render: the window's one if it belongs to the scene, else the first enabled one."""
     layer = getattr(bpy.context, "view_layer", None)
     if layer is not None and scene.view_layers.get(layer.name) == layer:
@@ -74,7 +74,7 @@ def view_layer_of(scene: "bpy.types.Scene") -> "bpy.types.ViewLayer":
     return next((vl for vl in scene.view_layers if vl.use), scene.view_layers[0])
 
 
-def configure(guard: RenderGuard, scene: "bpy.types.Scene", camera: "bpy.types.Object", width: int, height: int) -> "bpy.types.ViewLayer":
+def configure(guard: RenderGuard, scene: bpy.types.Scene, camera: bpy.types.Object, width: int, height: int) -> bpy.types.ViewLayer:
     """Switch the scene to the minimal data-pass render. Every change goes through `guard`."""
     render = scene.render
     guard.set(scene, "camera", camera)
@@ -148,7 +148,7 @@ def configure(guard: RenderGuard, scene: "bpy.types.Scene", camera: "bpy.types.O
     return layer
 
 
-def render_frame(scene: "bpy.types.Scene", layer: "bpy.types.ViewLayer", frame: int, folder: Path) -> dict[str, np.ndarray]:
+def render_frame(scene: bpy.types.Scene, layer: bpy.types.ViewLayer, frame: int, folder: Path) -> dict[str, np.ndarray]:
     """Render one frame's passes; returns {"z", "vector" (H, W, 4), "index"} with row 0 at the top.
 
     The caller holds a RenderGuard with `configure` applied.

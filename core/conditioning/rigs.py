@@ -10,8 +10,8 @@ Plain Python; runs on any thread.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
 
 BODY_KEYPOINTS = (
     "nose", "neck",

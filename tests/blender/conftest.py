@@ -7,9 +7,9 @@ from __future__ import annotations
 import importlib
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Iterator
 
 import pytest
 
@@ -58,7 +58,7 @@ def vf(extension_zip: Path) -> ModuleType:
 
 
 @pytest.fixture()
-def scene(vf: ModuleType) -> Iterator["bpy.types.Scene"]:
+def scene(vf: ModuleType) -> Iterator[bpy.types.Scene]:
     """An empty file with the extension enabled."""
     bpy.ops.wm.read_homefile(use_empty=True)
     yield bpy.context.scene

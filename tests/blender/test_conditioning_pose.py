@@ -10,7 +10,6 @@ import types
 from pathlib import Path
 from types import ModuleType
 
-import numpy as np
 import pytest
 
 bpy = pytest.importorskip("bpy")

@@ -6,7 +6,6 @@ import importlib
 import zipfile
 
 import bpy
-import pytest
 
 OPERATORS = ("sync_shots", "add_shot", "jump_to_shot")
 

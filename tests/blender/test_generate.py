@@ -34,7 +34,7 @@ def build_film(tmp_path, tiny_models, name="film.blend"):
     scene = bpy.context.scene
     scene.render.resolution_x = scene.render.resolution_y = 100
     scene.frame_start, scene.frame_end = 1, 9
-    for i, x in enumerate((-2.0, 0.0, 2.0)):
+    for x in (-2.0, 0.0, 2.0):
         bpy.ops.mesh.primitive_cube_add(size=1.0, location=(x, 0.0, 0.0))
     for name_, frame, x in (("Wide", 1, 0.0), ("Close", 4, 1.0), ("Reverse", 7, -1.0)):
         cam = add_camera(scene, f"Cam{name_}", location=(x, -8.0, 0.0))

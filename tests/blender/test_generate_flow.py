@@ -10,7 +10,6 @@ import subprocess
 from pathlib import Path
 
 import bpy
-import pytest
 from blender_scenes import add_camera, bind_marker, engine_python, needs_engine
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -112,7 +112,7 @@ def test_scene_without_camera_reports_and_does_not_fail(scene):
 
 
 def test_depsgraph_handler_keeps_list_current(three_shots):
-    three_shots.viewfinder.shots  # sync once
+    _ = three_shots.viewfinder.shots  # sync once
     three_shots.timeline_markers["Wide"].name = "Establishing"
     bpy.context.view_layer.update()
     three_shots.frame_set(2)  # triggers depsgraph_update_post

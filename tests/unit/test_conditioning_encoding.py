@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
 from helpers import load
 
 png = load("core.conditioning.png")
