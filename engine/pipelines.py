@@ -99,12 +99,7 @@ class LoadedModels:
             pipe = cls(**{k: v for k, v in components.items() if k in _init_params(cls)})
             pipe.set_progress_bar_config(disable=True)
             self.img2img_variants[active_nets] = pipe
-        pipe = self.img2img_variants[active_nets]
-        if self.key.cpu_offload and self.active is not pipe:
-            pipe.enable_model_cpu_offload(device=self.key.device)
-        self.active = pipe
-        return pipe
-
+        return self._activate(self.img2img_variants[active_nets])
 
     def variant(self, active_nets: tuple[str, ...]) -> Any:
         """The pipeline that runs with exactly ``active_nets``; worker thread."""
@@ -130,7 +125,10 @@ class LoadedModels:
                     )
                 pipe.set_progress_bar_config(disable=True)
                 self.variants[active_nets] = pipe
-        pipe = self.variants[active_nets]
+        return self._activate(self.variants[active_nets])
+
+    def _activate(self, pipe: Any) -> Any:
+        """Make ``pipe`` the one about to run; worker thread."""
         if self.key.cpu_offload and self.active is not pipe:
             # Offload hooks live on the shared modules: re-attach them for the variant
             # about to run so its ControlNets are moved on and off the GPU too.
