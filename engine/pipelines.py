@@ -281,16 +281,7 @@ def run_batch(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[str
     # 2. One CPU generator per frame: a frame's noise depends on its seed only, not on
     #    the batch it lands in or the device, which keeps frames reproducible.
     generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
-    kwargs: dict[str, Any] = {}
-    if active_nets:
-        images = [torch.stack(maps[name]) for name in active_nets]
-        scales = [settings.weights[name] for name in active_nets]
-        kwargs = {
-            "image": images[0] if len(images) == 1 else images,
-            "controlnet_conditioning_scale": scales[0] if len(scales) == 1 else scales,
-            "control_guidance_start": settings.control_start,
-            "control_guidance_end": settings.control_end,
-        }
+    kwargs = _control_kwargs(active_nets, [torch.stack(maps[name]) for name in active_nets], settings, "image")
     cancelled = False
 
     def callback(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
@@ -313,6 +304,23 @@ def run_batch(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[str
     return (None if cancelled else list(result.images)), model_s
 
 
+def _control_kwargs(active_nets: tuple[str, ...], images: list[Any], settings: BatchSettings,
+                    image_key: str) -> dict[str, Any]:
+    """The ControlNet arguments of a diffusers call: one net passes single values, several pass lists.
+
+    ``image_key`` is "image" for text-to-image and "control_image" for img2img.
+    """
+    if not active_nets:
+        return {}
+    scales = [settings.weights[name] for name in active_nets]
+    return {
+        image_key: images[0] if len(images) == 1 else images,
+        "controlnet_conditioning_scale": scales[0] if len(scales) == 1 else scales,
+        "control_guidance_start": settings.control_start,
+        "control_guidance_end": settings.control_end,
+    }
+
+
 def run_img2img(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[str, torch.Tensor],
                 init: Image.Image, strength: float, seed: int, settings: BatchSettings,
                 on_step: Callable[[int], bool], keep: Any = None,
@@ -332,16 +340,8 @@ def run_img2img(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[s
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     # img2img runs int(steps * strength) steps; at least one, or diffusers refuses.
     strength = min(1.0, max(float(strength), (1.0 + 1e-6) / settings.steps))
-    kwargs: dict[str, Any] = {}
-    if active_nets:
-        images = [maps[name].unsqueeze(0) for name in active_nets]
-        scales = [settings.weights[name] for name in active_nets]
-        kwargs = {
-            "control_image": images[0] if len(images) == 1 else images,
-            "controlnet_conditioning_scale": scales[0] if len(scales) == 1 else scales,
-            "control_guidance_start": settings.control_start,
-            "control_guidance_end": settings.control_end,
-        }
+    kwargs = _control_kwargs(active_nets, [maps[name].unsqueeze(0) for name in active_nets], settings,
+                             "control_image")
     # 2. Latent blending: the warped frame's latents and a fixed noise, on the latent grid.
     blend: dict[str, Any] | None = None
     if keep is not None and keep_until > 0.0:
