@@ -21,29 +21,24 @@ log = logging.getLogger(__name__)
 TIMER_INTERVAL_S = 0.5
 
 
-def _sync_all() -> None:
-    for scene in bpy.data.scenes:
-        try:
-            shots_core.sync_shots(scene)
-        except AttributeError:
-            pass  # writing is not allowed in this context; the next call catches up
-        except Exception:  # a handler must never take Blender down
-            log.exception("Viewfinder could not refresh the shots of scene '%s'", scene.name)
+def _safe_sync(scene: bpy.types.Scene) -> None:
+    try:
+        shots_core.sync_shots(scene)
+    except AttributeError:
+        pass  # writing is not allowed in this context; the next call catches up
+    except Exception:  # a handler must never take Blender down
+        log.exception("Viewfinder could not refresh the shots of scene '%s'", scene.name)
 
 
 @persistent
 def on_load_post(*_args: object) -> None:
-    _sync_all()
+    for scene in bpy.data.scenes:
+        _safe_sync(scene)
 
 
 @persistent
 def on_depsgraph_update_post(scene: bpy.types.Scene, *_args: object) -> None:
-    try:
-        shots_core.sync_shots(scene)
-    except AttributeError:
-        pass
-    except Exception:
-        log.exception("Viewfinder could not refresh the shots of scene '%s'", scene.name)
+    _safe_sync(scene)
 
 
 def _timer() -> float:

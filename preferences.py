@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import bpy
 from bpy.props import BoolProperty, EnumProperty, StringProperty
+
+from .core.engine_link import environment_overrides
 
 
 class VIEWFINDER_AP_preferences(bpy.types.AddonPreferences):
@@ -65,9 +66,8 @@ class VIEWFINDER_AP_preferences(bpy.types.AddonPreferences):
             box.prop(self, "remote_url")
             box.prop(self, "remote_token")
             box.operator("viewfinder.restart_engine", text="Connect", icon="URL")
-        for var in ("VIEWFINDER_ENGINE_URL", "VIEWFINDER_ENGINE_PYTHON"):
-            if os.environ.get(var):
-                layout.label(text=f"{var} is set and overrides these settings", icon="INFO")
+        for var in environment_overrides():
+            layout.label(text=f"{var} is set and overrides these settings", icon="INFO")
         layout.prop(self, "output_dir")
 
 

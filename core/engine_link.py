@@ -38,4 +38,5 @@ def connect(prefs: Prefs) -> EngineClient:
 
 
 def environment_overrides() -> list[str]:
+    """The VIEWFINDER_ENGINE_* variables that are set and take precedence over the preferences."""
     return [v for v in ("VIEWFINDER_ENGINE_URL", "VIEWFINDER_ENGINE_PYTHON") if os.environ.get(v)]

@@ -166,12 +166,10 @@ def run_shot(
     notify(Progress(job.shot, len(done), len(job.frames), message="uploading control maps"))
 
     # 4. Upload the maps by content (the engine skips what it has) and submit.
-    uploaded: dict[Path, str] = {}
     for path, sha in hashes.items():
         if cancelled():
             return _finish(take_dir, info, cancelled=True)
-        uploaded[path] = client.upload_blob(path.read_bytes())
-        if uploaded[path] != sha:
+        if client.upload_blob(path.read_bytes()) != sha:
             raise GenerationError(f"Engine stored control map {path.name} under another hash: upgrade the engine")
     body = dict(job.request)
     body["frames"] = [

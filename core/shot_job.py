@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import vse
 from .generate import GenerationError, ShotJob, TakeOutcome, build_maps
-from .paths import Project
+from .paths import Project, frame_name
 from .resolution import generation_size
 
 if TYPE_CHECKING:
@@ -151,5 +151,5 @@ def place_outcome(scene: bpy.types.Scene, outcome: TakeOutcome) -> Any:
     frames = sorted(info.frames_total)
     return vse.add_take_strip(
         scene, shot_name=outcome.shot, take_label=info.take, take_dir=outcome.take_dir,
-        frames=frames, file_names=[f"{f:04d}.png" for f in frames],
+        frames=frames, file_names=[frame_name(f) for f in frames],
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .compat import all_strips_of, strips_of
+from .paths import frame_name
 
 if TYPE_CHECKING:
     import bpy
@@ -163,7 +164,7 @@ def add_control_strips(
     for index, run in enumerate(runs):
         strip = add_image_sequence(
             scene, name=f"{shot_name} {kind.lower()} {index + 1}", directory=directory,
-            files=[f"{f:04d}.png" for f in run], frame_start=run[0], channel=channel,
+            files=[frame_name(f) for f in run], frame_start=run[0], channel=channel,
         )
         strip[KIND_KEY] = "control"
         strip[SHOT_KEY] = shot_name

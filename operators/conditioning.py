@@ -12,6 +12,7 @@ from bpy.props import BoolProperty, EnumProperty, StringProperty
 
 from ..core import vse
 from ..core.conditioning import ConditioningError, render_shot
+from ..core.paths import frame_name
 from ..core.resolution import generation_size
 from .common import NeedsScene, project_of, report, resolve_shots
 
@@ -67,7 +68,7 @@ class VIEWFINDER_OT_render_conditioning(NeedsScene, bpy.types.Operator):
 
 def load_preview(scene: bpy.types.Scene, shot: Any, folder: Path, kind: str) -> list[Any]:
     """Put a shot's depth or pose maps on the VSE, on a channel of their own above everything else."""
-    frames = [f for f in range(shot.frame_start, shot.frame_end + 1) if (folder / f"{f:04d}.png").is_file()]
+    frames = [f for f in range(shot.frame_start, shot.frame_end + 1) if (folder / frame_name(f)).is_file()]
     return vse.add_control_strips(scene, shot_name=shot.name, kind=kind, directory=folder, frames=frames)
 
 

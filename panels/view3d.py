@@ -8,14 +8,6 @@ from ..core import shots as shots_core
 from ..core.resolution import generation_size
 
 
-def _operator_if_registered(layout: bpy.types.UILayout, idname: str, **kwargs: object) -> bpy.types.OperatorProperties | None:
-    """Draw an operator button; operators from later features may not exist in every build."""
-    module, name = idname.split(".")
-    if not hasattr(getattr(bpy.ops, module), name):
-        return None
-    return layout.operator(idname, **kwargs)
-
-
 class VIEWFINDER_UL_shots(bpy.types.UIList):
     """Shot list: name, frames, camera, and a warning when the shot cannot be generated."""
 
@@ -55,9 +47,7 @@ class VIEWFINDER_PT_shots(ViewfinderPanel, bpy.types.Panel):
         col.operator("viewfinder.jump_to_shot", icon="VIEW_CAMERA", text="")
         row = layout.row(align=True)
         row.scale_y = 1.3
-        op = _operator_if_registered(row, "viewfinder.generate", text="Generate All", icon="RENDER_ANIMATION")
-        if op is not None:
-            op.shot = ""
+        row.operator("viewfinder.generate", text="Generate All", icon="RENDER_ANIMATION").shot = ""
 
 
 class VIEWFINDER_PT_shot(ViewfinderPanel, bpy.types.Panel):
@@ -74,8 +64,8 @@ class VIEWFINDER_PT_shot(ViewfinderPanel, bpy.types.Panel):
         shot = settings.shot_list[min(settings.active_shot_index, len(settings.shot_list) - 1)]
         if shot.problem:
             box = layout.box()
-            for line in _wrap(shot.problem, 48):
-                box.label(text=line, icon="ERROR" if line is _wrap(shot.problem, 48)[0] else "BLANK1")
+            for index, line in enumerate(_wrap(shot.problem, 48)):
+                box.label(text=line, icon="ERROR" if index == 0 else "BLANK1")
         layout.prop(shot, "prompt", text="")
         layout.prop(shot, "negative_prompt", text="", icon="REMOVE")
         layout.use_property_split = True
@@ -92,19 +82,13 @@ class VIEWFINDER_PT_shot(ViewfinderPanel, bpy.types.Panel):
             layout.prop(shot, "keyframe_interval")
         layout.use_property_split = False
         row = layout.row(align=True)
-        op = _operator_if_registered(row, "viewfinder.render_conditioning", text="Control Maps", icon="IMAGE_ZDEPTH")
-        if op is not None:
-            op.shot = shot.name
-        op = _operator_if_registered(row, "viewfinder.generate", text="Generate Shot", icon="RENDER_STILL")
-        if op is not None:
-            op.shot = shot.name
+        row.operator("viewfinder.render_conditioning", text="Control Maps", icon="IMAGE_ZDEPTH").shot = shot.name
+        row.operator("viewfinder.generate", text="Generate Shot", icon="RENDER_STILL").shot = shot.name
         row = layout.row(align=True)
         for kind, icon in (("DEPTH", "IMAGE_ZDEPTH"), ("POSE", "ARMATURE_DATA")):
-            op = _operator_if_registered(row, "viewfinder.preview_conditioning", text=f"Preview {kind.title()}",
-                                         icon=icon)
-            if op is not None:
-                op.kind = kind
-                op.shot = shot.name
+            op = row.operator("viewfinder.preview_conditioning", text=f"Preview {kind.title()}", icon=icon)
+            op.kind = kind
+            op.shot = shot.name
 
 
 class VIEWFINDER_PT_film(ViewfinderPanel, bpy.types.Panel):
