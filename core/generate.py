@@ -58,6 +58,7 @@ class ShotJob:
     models: dict[str, Any]
     prompts: dict[str, str]
     settings: dict[str, Any]
+    uploads: list[Path] = field(default_factory=list)  # other blobs the request names (VIDEO reference images)
 
 
 @dataclass
@@ -171,6 +172,8 @@ def run_shot(
             return _finish(take_dir, info, cancelled=True)
         if client.upload_blob(path.read_bytes()) != sha:
             raise GenerationError(f"Engine stored control map {path.name} under another hash: upgrade the engine")
+    for path in job.uploads:
+        client.upload_blob(path.read_bytes())
     body = dict(job.request)
     body["frames"] = [
         {"frame": frame, **{k: (hashes[p] if p is not None else None) for k, p in job.maps[frame].items()}}
@@ -182,6 +185,9 @@ def run_shot(
     cancel_sent = False
     while True:
         status = client.status(job_id)
+        if status.get("messages") and status["messages"] != info.notes:
+            info.notes = list(status["messages"])
+            takes_core.write_take(take_dir, info)
         for frame in status.get("frames", []):
             if frame not in done:
                 client.fetch_frame(job_id, frame, take_dir / frame_name(frame))

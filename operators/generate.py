@@ -33,7 +33,8 @@ def _summary(outcome: TakeOutcome) -> str:
     if outcome.reused:
         return f"Shot '{outcome.shot}': unchanged, take {outcome.info.take} reused from the cache"
     if outcome.complete:
-        return f"Shot '{outcome.shot}': take {outcome.info.take} ({len(outcome.frames)} frames)"
+        notes = "".join(f"; {note}" for note in outcome.info.notes)
+        return f"Shot '{outcome.shot}': take {outcome.info.take} ({len(outcome.frames)} frames){notes}"
     if outcome.cancelled:
         return (
             f"Shot '{outcome.shot}': cancelled after {len(outcome.frames)} frames "
