@@ -66,7 +66,7 @@ def make_wan_vace(out: Path, preset: str = "tiny", seed: int = 0) -> Path:
     import torch
     from diffusers import (
         AutoencoderKLWan,
-        FlowMatchEulerDiscreteScheduler,
+        UniPCMultistepScheduler,
         WanVACEPipeline,
         WanVACETransformer3DModel,
     )
@@ -86,9 +86,11 @@ def make_wan_vace(out: Path, preset: str = "tiny", seed: int = 0) -> Path:
         vocab_size=len(tokenizer), relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
         decoder_start_token_id=0, **sizes["text"],
     ))
-    # Wan 2.1's scheduler: flow matching with shift 3.0 (480p; 5.0 suits 720p).
-    pipe = WanVACEPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
-                           scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), transformer=transformer)
+    # The scheduler Wan VACE ships with: UniPC on flow sigmas, shift 3.0 (480p; 5.0 suits 720p).
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                        num_train_timesteps=1000, flow_shift=3.0)
+    pipe = WanVACEPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+                           transformer=transformer)
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
 

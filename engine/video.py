@@ -99,9 +99,10 @@ def load_video(key: VideoKey, refs: dict[str, ModelRef | None], progress: Progre
 
         pipe = load_with_fallback(model, load, progress)
         if key.flow_shift is not None:
-            from diffusers import FlowMatchEulerDiscreteScheduler
-
-            pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, shift=key.flow_shift)
+            # Wan's shipped scheduler is UniPC with ``flow_shift``; flow-matching Euler names it ``shift``.
+            config = pipe.scheduler.config
+            name = "flow_shift" if "flow_shift" in config else "shift"
+            pipe.scheduler = type(pipe.scheduler).from_config(config, **{name: key.flow_shift})
     else:
         from diffusers import AnimateDiffControlNetPipeline, DDIMScheduler, MotionAdapter, MultiControlNetModel
 

@@ -135,7 +135,7 @@ def test_cancelled_window_resumes_after_the_last_finished_window(client: Any, ti
 def test_short_shot_is_padded_and_size_rounded_with_messages(client: Any, tiny_models: dict[str, str],
                                                              tmp_path: Path) -> None:
     # 72 is a multiple of 8 but not of 16: generated at 80 and cropped back; 3 frames < 5: padded.
-    job = client.submit(video_job(tiny_models, shot(client, range(1, 4), 72), size=72))
+    job = client.submit(video_job(tiny_models, shot(client, range(1, 4), 72), size=72, flow_shift=5.0))
     status = wait_for(client, job)
     assert status["status"] == "done" and status["frames"] == [1, 2, 3]
     text = " ".join(status["messages"])
