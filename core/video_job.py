@@ -25,8 +25,8 @@ VIDEO_MODELS: dict[str, tuple[str, str]] = {
     "WAN22_VACE_14B": ("WAN_VACE", "linoyts/Wan2.2-VACE-Fun-14B-diffusers"),
     "ANIMATEDIFF": ("ANIMATEDIFF", ""),
 }
-# AnimateDiff's motion modules were trained on 16-frame clips.
-ANIMATEDIFF_WINDOW = 16
+# AnimateDiff: diffusers' sliding 16-frame contexts cover a window; windows of 48 keep memory modest.
+ANIMATEDIFF_WINDOW = 48
 
 
 def effective_generator(settings: Any, shot: Any) -> str:

@@ -35,6 +35,7 @@ PIPELINE_CLASSES = {"WAN_VACE": ("WanVACEPipeline", "0.34"), "ANIMATEDIFF": ("An
 # AnimateDiff: any frame count (motion modules trained on 16), sides multiples of 8.
 FRAME_RULES = {"WAN_VACE": {"factor": 4, "multiple": 16, "min_frames": 5},
                "ANIMATEDIFF": {"factor": 1, "multiple": 8, "min_frames": 8}}
+ANIMATEDIFF_CONTEXT = 16
 # Wan's T5 embedding length (diffusers' default for WanVACEPipeline is 512; Wan was trained with 512).
 MAX_SEQUENCE_LENGTH = 512
 
@@ -131,6 +132,9 @@ def load_video(key: VideoKey, refs: dict[str, ModelRef | None], progress: Progre
                                                 timestep_spacing="linspace", clip_sample=False, steps_offset=1),
         )
         pipe.to(dtype=dtype)
+        # diffusers' sliding context windows (FreeNoise): a window longer than the 16 frames the motion
+        # modules were trained on is denoised in overlapping 16-frame contexts.
+        pipe.enable_free_noise(context_length=ANIMATEDIFF_CONTEXT, context_stride=4)
     pipe.set_progress_bar_config(disable=True)
     if key.cpu_offload:
         pipe.enable_model_cpu_offload(device=key.device)
@@ -140,7 +144,7 @@ def load_video(key: VideoKey, refs: dict[str, ModelRef | None], progress: Progre
 
 
 def encode_prompts(loaded: LoadedVideo, prompt: str, negative_prompt: str) -> tuple[Any, Any]:
-    """(prompt, negative) embeddings, once per job; worker thread.
+    """(prompt, negative) embeddings (Wan) or texts (AnimateDiff), once per job; worker thread.
 
     Wan: the same tokenization and zero padding as ``WanVACEPipeline._get_t5_prompt_embeds``
     minus its ftfy clean-up (the add-on sends clean Unicode), so the engine does not need ftfy.
@@ -149,9 +153,8 @@ def encode_prompts(loaded: LoadedVideo, prompt: str, negative_prompt: str) -> tu
 
     pipe = loaded.pipe
     if loaded.key.pipeline != "WAN_VACE":
-        with torch.no_grad():
-            positive, negative = pipe.encode_prompt(prompt, pipe._execution_device, 1, True, negative_prompt)
-        return positive, negative
+        # AnimateDiff's sliding contexts (FreeNoise) take prompt text, and CLIP encodes in milliseconds.
+        return prompt, negative_prompt
     texts = [" ".join(t.split()) for t in (prompt, negative_prompt)]
     length = min(MAX_SEQUENCE_LENGTH, pipe.tokenizer.model_max_length)
     tokens = pipe.tokenizer(texts, padding="max_length", max_length=length, truncation=True,
@@ -248,7 +251,7 @@ def run_window(loaded: LoadedVideo, inputs: WindowInputs, embeds: tuple[Any, Any
         frames = {n: [Image.fromarray(f) for f in inputs.net_controls[n]] for n in nets}
         conditioning = frames[nets[0]] if len(nets) == 1 else [frames[n] for n in nets]
         result = pipe(
-            prompt_embeds=embeds[0], negative_prompt_embeds=embeds[1], num_frames=length, height=inputs.height,
+            prompt=embeds[0], negative_prompt=embeds[1], num_frames=length, height=inputs.height,
             width=inputs.width, num_inference_steps=steps, guidance_scale=guidance_scale, generator=generator,
             conditioning_frames=conditioning, controlnet_conditioning_scale=conditioning_scale, output_type="np",
             callback_on_step_end=callback,
