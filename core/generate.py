@@ -196,7 +196,7 @@ def run_shot(
                 takes_core.write_take(take_dir, info)
         notify(Progress(
             job.shot, len(done), len(job.frames), int(status.get("step") or 0), int(status.get("steps") or 0),
-            status.get("eta_s"),
+            status.get("eta_s"), message=window_text(status),
         ))
         state = status.get("status")
         if state == "done":
@@ -215,6 +215,14 @@ def run_shot(
             client.cancel(job_id)
             cancel_sent = True
         time.sleep(POLL_INTERVAL_S)
+
+
+def window_text(status: dict[str, Any]) -> str:
+    """'window 2 of 3' while a VIDEO job runs its windows; '' otherwise."""
+    detail = status.get("detail") or {}
+    if status.get("generator") == "VIDEO" and detail.get("window"):
+        return f"window {detail['window']} of {detail.get('windows', '?')}"
+    return ""
 
 
 def _finish(take_dir: Path, info: takes_core.TakeInfo, *, cancelled: bool = False, error: str = "") -> TakeOutcome:

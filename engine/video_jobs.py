@@ -67,6 +67,11 @@ def submit_video(manager: JobManager, request: JobRequest) -> Job:
     refs: dict[str, ModelRef | None]
     if video.pipeline == "WAN_VACE":
         refs = {"video": resolve_ref(video.model, "video.model", "base")}
+        if refs["video"].kind == "file":  # type: ignore[union-attr]
+            raise BadRequest(
+                f"video.model: '{video.model}' is a single .safetensors file; a Wan VACE model is several parts "
+                "(transformer, VAE, text encoder). Give its diffusers folder or Hub id, e.g. "
+                "Wan-AI/Wan2.1-VACE-1.3B-diffusers.", field="video.model", code="incompatible_model")
     else:
         spec = request.models
         refs = {

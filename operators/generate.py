@@ -187,6 +187,8 @@ class VIEWFINDER_OT_generate(NeedsShots, bpy.types.Operator):
     def _show_progress(self, context: bpy.types.Context, p: Progress) -> None:
         index = self._total - len(self._pending)
         text = f"shot {index} of {self._total} ('{p.shot}'): frame {p.frames_done} of {p.frames_total}"
+        if p.message:
+            text += f", {p.message}"
         if p.steps:
             text += f", step {p.step}/{p.steps}"
         if p.eta_s:

@@ -172,6 +172,10 @@ def test_bad_video_requests_name_the_field(client: Any, core: Any, tiny_models: 
     with pytest.raises(engine_error) as info:
         client.submit(video_job(tiny_models, frames, model=str(Path(tiny_models["wan_vace"]) / "nope")))
     assert "video.model" in str(info.value)
+    single = Path(tiny_models["lora"])  # any .safetensors file
+    with pytest.raises(engine_error) as info:
+        client.submit(video_job(tiny_models, frames, model=str(single)))
+    assert "video.model" in str(info.value) and "diffusers folder or Hub id" in str(info.value)
     with pytest.raises(engine_error) as info:
         client.submit(video_job(tiny_models, frames, references=["0" * 64]))
     assert "video.references[0]" in str(info.value) and "upload" in str(info.value)

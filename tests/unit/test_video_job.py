@@ -64,3 +64,9 @@ def test_reference_image_is_sent_by_content_and_a_missing_one_is_named(tmp_path:
     assert video_job.reference_uploads(shot()) == []
     with pytest.raises(generate.GenerationError, match="Reference Image '.*nope.png' does not exist"):
         video_job.reference_uploads(shot(reference_image=str(tmp_path / "nope.png")))
+
+
+def test_progress_names_the_window_of_a_video_job() -> None:
+    status = {"generator": "VIDEO", "detail": {"windows": 3, "window": 2}}
+    assert generate.window_text(status) == "window 2 of 3"
+    assert generate.window_text({"generator": "IMAGE", "detail": {"keyframes": [1]}}) == ""
