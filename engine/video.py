@@ -72,6 +72,11 @@ class VideoKey:
     cpu_offload: bool
     flow_shift: float | None
 
+    @property
+    def base(self) -> str:
+        """The main model, under the name the pipeline cache logs for image keys."""
+        return self.model
+
 
 @dataclass
 class LoadedVideo:

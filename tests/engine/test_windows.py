@@ -83,3 +83,16 @@ def test_padding_the_control_repeats_edges_and_crops_back_exactly() -> None:
     left, top, right, bottom = plan.crop
     assert padded.shape == (48, 80, 3) and (padded[top:bottom, left:right] == both).all()
     assert (padded[0, left:right] == both[0]).all()  # the edge row repeats outward
+
+
+def test_one_pipeline_slot_swaps_video_and_image_models() -> None:
+    """A video model and an image model evict each other from a one-slot cache (the default engine)."""
+    from engine.pipelines import PipelineCache, PipelineKey
+    from engine.video import VideoKey
+
+    cache = PipelineCache(1)
+    video = VideoKey("WAN_VACE", "folder:/m:1", None, None, None, "cpu", "float32", False, None)
+    image = PipelineKey("folder:/sd:1", None, None, None, 0.0, "cpu", "float32", False, False)
+    assert cache.get(video, lambda: "wan") == ("wan", False)
+    assert cache.get(image, lambda: "sd") == ("sd", False)
+    assert cache.get(video, lambda: "wan again") == ("wan again", False)
