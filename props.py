@@ -24,6 +24,25 @@ DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_CONTROLNET_DEPTH = "lllyasviel/control_v11f1p_sd15_depth"
 DEFAULT_CONTROLNET_POSE = "lllyasviel/control_v11p_sd15_openpose"
 
+GENERATOR_ITEMS = [
+    ("IMAGE", "Image", "Per-frame image model (SD 1.5 / SDXL + ControlNets) with the shot's coherence mode"),
+    ("VIDEO", "Video", "A video model (Wan VACE, or AnimateDiff for small GPUs) driven by the same control maps"),
+]
+SHOT_GENERATOR_ITEMS = [("DEFAULT", "Scene Default", "Use the scene's generator (Viewfinder ▸ Film)"), *GENERATOR_ITEMS]
+# Known video models; the ids live in core/video_job.py (VIDEO_MODELS).
+VIDEO_MODEL_ITEMS = [
+    ("WAN21_VACE_1_3B", "Wan 2.1 VACE 1.3B", "Wan-AI/Wan2.1-VACE-1.3B-diffusers: 480p, runs on a consumer GPU"),
+    ("WAN21_VACE_14B", "Wan 2.1 VACE 14B", "Wan-AI/Wan2.1-VACE-14B-diffusers: 480p/720p, needs a large GPU"),
+    ("WAN22_VACE_14B", "Wan 2.2 VACE Fun A14B", "linoyts/Wan2.2-VACE-Fun-14B-diffusers: two experts, large GPU"),
+    ("ANIMATEDIFF", "AnimateDiff ControlNet", "The scene's SD 1.5 model and ControlNets with a motion adapter (8 GB)"),
+    ("CUSTOM", "Custom", "A Wan VACE diffusers folder or Hub id of your own (Video Model)"),
+]
+VIDEO_CONTROL_ITEMS = [
+    ("DEPTH", "Depth", "The shot's depth maps as the control video"),
+    ("POSE", "Pose", "The shot's OpenPose drawings as the control video"),
+    ("DEPTH_POSE", "Depth + Pose", "Pose drawings over the depth maps"),
+]
+
 COHERENCE_ITEMS = [
     ("FLOW", "Flow", "Carry each generated frame into the next with the scene's exact motion vectors"),
     ("INDEPENDENT", "Independent", "Generate each frame on its own with the shot's seed"),
@@ -68,6 +87,11 @@ class ViewfinderShot(bpy.types.PropertyGroup):
         name="Keyframe Interval", default=0, min=0,
         description="Generate a fresh keyframe every N frames (0: only at the first frame and at cuts)",
     )
+    generator: EnumProperty(name="Generator", items=SHOT_GENERATOR_ITEMS, default="DEFAULT")
+    reference_image: StringProperty(
+        name="Reference Image", subtype="FILE_PATH",
+        description="VIDEO: an image of the shot's subject or look (used until the character bible supplies one)",
+    )
 
 
 class ViewfinderSettings(bpy.types.PropertyGroup):
@@ -99,6 +123,25 @@ class ViewfinderSettings(bpy.types.PropertyGroup):
     steps: IntProperty(name="Steps", default=20, min=1, max=150, description="Denoising steps per frame")
     guidance_scale: FloatProperty(name="Guidance", default=7.5, min=1.0, max=30.0, description="Prompt strength")
     batch_size: IntProperty(name="Batch Size", default=4, min=1, max=64, description="Frames per batch on the engine")
+    generator: EnumProperty(name="Generator", items=GENERATOR_ITEMS, default="IMAGE",
+                            description="How shots set to Scene Default are generated")
+    video_model_preset: EnumProperty(name="Video Model", items=VIDEO_MODEL_ITEMS, default="WAN21_VACE_1_3B")
+    video_model: StringProperty(
+        name="Custom Video Model", description="Wan VACE: Hugging Face id or local diffusers folder (safetensors)"
+    )
+    motion_adapter: StringProperty(
+        name="Motion Adapter", default="guoyww/animatediff-motion-adapter-v1-5-3",
+        description="AnimateDiff motion adapter: Hugging Face id or local folder",
+    )
+    video_control: EnumProperty(name="Control Video", items=VIDEO_CONTROL_ITEMS, default="DEPTH")
+    video_window: IntProperty(
+        name="Window", default=81, min=5, max=257,
+        description="Frames per video-model call (Wan: 4k+1, 81 as trained); longer shots run in windows",
+    )
+    video_overlap: IntProperty(
+        name="Overlap", default=8, min=1, max=64,
+        description="Frames of the previous window given to the next one, so windows join without a jump",
+    )
 
     @property
     def shots(self) -> bpy.types.bpy_prop_collection:

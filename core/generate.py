@@ -58,6 +58,7 @@ class ShotJob:
     models: dict[str, Any]
     prompts: dict[str, str]
     settings: dict[str, Any]
+    uploads: list[Path] = field(default_factory=list)  # other blobs the request names (VIDEO reference images)
 
 
 @dataclass
@@ -171,6 +172,8 @@ def run_shot(
             return _finish(take_dir, info, cancelled=True)
         if client.upload_blob(path.read_bytes()) != sha:
             raise GenerationError(f"Engine stored control map {path.name} under another hash: upgrade the engine")
+    for path in job.uploads:
+        client.upload_blob(path.read_bytes())
     body = dict(job.request)
     body["frames"] = [
         {"frame": frame, **{k: (hashes[p] if p is not None else None) for k, p in job.maps[frame].items()}}
@@ -182,6 +185,9 @@ def run_shot(
     cancel_sent = False
     while True:
         status = client.status(job_id)
+        if status.get("messages") and status["messages"] != info.notes:
+            info.notes = list(status["messages"])
+            takes_core.write_take(take_dir, info)
         for frame in status.get("frames", []):
             if frame not in done:
                 client.fetch_frame(job_id, frame, take_dir / frame_name(frame))
@@ -190,7 +196,7 @@ def run_shot(
                 takes_core.write_take(take_dir, info)
         notify(Progress(
             job.shot, len(done), len(job.frames), int(status.get("step") or 0), int(status.get("steps") or 0),
-            status.get("eta_s"),
+            status.get("eta_s"), message=window_text(status),
         ))
         state = status.get("status")
         if state == "done":
@@ -209,6 +215,14 @@ def run_shot(
             client.cancel(job_id)
             cancel_sent = True
         time.sleep(POLL_INTERVAL_S)
+
+
+def window_text(status: dict[str, Any]) -> str:
+    """'window 2 of 3' while a VIDEO job runs its windows; '' otherwise."""
+    detail = status.get("detail") or {}
+    if status.get("generator") == "VIDEO" and detail.get("window"):
+        return f"window {detail['window']} of {detail.get('windows', '?')}"
+    return ""
 
 
 def _finish(take_dir: Path, info: takes_core.TakeInfo, *, cancelled: bool = False, error: str = "") -> TakeOutcome:

@@ -15,6 +15,7 @@ from . import vse
 from .generate import GenerationError, ShotJob, TakeOutcome, build_maps
 from .paths import Project, frame_name
 from .resolution import generation_size
+from .video_job import effective_generator, reference_uploads, video_settings
 
 if TYPE_CHECKING:
     import bpy
@@ -97,6 +98,10 @@ def collect_shot(
         "control_end": round(float(shot.control_end), 4),
         "coherence": coherence_settings(shot, meta),
     }
+    uploads: list[Path] = []
+    if effective_generator(settings, shot) == "VIDEO":
+        job_settings.update(video_settings(settings, shot, meta))
+        uploads = reference_uploads(shot)
     request = {
         "shot": shot.name,
         "models": models,
@@ -110,7 +115,7 @@ def collect_shot(
     frames = sorted(maps)
     return ShotJob(
         shot=shot.name, frames=frames, conditioning_dir=conditioning_dir, takes_dir=project.takes_dir(shot.name),
-        maps=maps, request=request, models=models, prompts=prompts, settings=job_settings,
+        maps=maps, request=request, models=models, prompts=prompts, settings=job_settings, uploads=uploads,
     )
 
 

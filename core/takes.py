@@ -40,6 +40,8 @@ class TakeInfo:
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
     engine: str = ""
     format: int = FORMAT_VERSION
+    # What the engine adjusted (VIDEO: padding a short shot, rounding the size), for the user.
+    notes: list[str] = field(default_factory=list)
 
     def file_names(self) -> list[str]:
         return [frame_name(f) for f in sorted(self.frames_done)]

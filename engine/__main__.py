@@ -78,6 +78,16 @@ def cmd_make_tiny_models(args: argparse.Namespace) -> int:
     from .tiny import make_tiny_models
 
     paths = make_tiny_models(args.dir, preset=args.preset, seed=args.seed)
+    if args.preset == "tiny" and not args.no_video:
+        from .tiny_video import make_tiny_video_models
+
+        paths.update(make_tiny_video_models(args.dir, seed=args.seed))
+    if args.wan_preset:
+        from pathlib import Path
+
+        from .tiny_video import make_wan_vace
+
+        paths["wan_vace_" + args.wan_preset] = make_wan_vace(Path(args.dir).resolve(), args.wan_preset, args.seed)
     for role, path in paths.items():
         print(f"{role}: {path}")
     return 0
@@ -124,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("dir")
     tiny.add_argument("--preset", default="tiny", choices=["tiny", "mid", "sd15"])
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--no-video", action="store_true", help="skip the tiny Wan VACE and motion adapter")
+    tiny.add_argument("--wan-preset", default=None, choices=["tiny", "wan-1.3b"],
+                      help="also write a random-weight Wan VACE of this size (wan-1.3b: GPU throughput)")
     tiny.set_defaults(func=cmd_make_tiny_models)
 
     metrics = sub.add_parser("metrics", help="warp error and depth fidelity of generated takes, one line per take")

@@ -72,6 +72,8 @@ class Job:
     timings: dict[str, float] = field(default_factory=lambda: {"load_s": 0.0, "model_s": 0.0, "run_s": 0.0})
     pipeline_reused: bool | None = None
     cancel_event: threading.Event = field(default_factory=threading.Event)
+    # Adjustments the engine made to the request (VIDEO: padding, rounding), for the user.
+    messages: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -80,6 +82,7 @@ class Job:
             "frames_done": len(self.done), "frames": sorted(self.done), "cached_frames": sorted(self.cached),
             "step": self.step, "steps": self.request.steps, "eta_s": self.eta_s, "error": self.error,
             "timings": dict(self.timings), "pipeline_reused": self.pipeline_reused,
+            "generator": self.request.generator, "messages": list(self.messages),
         }
 
 
@@ -115,6 +118,10 @@ class JobManager:
 
     def submit(self, request: JobRequest) -> Job:
         """Check the request against the engine's state, compute cache keys, queue it."""
+        if request.generator == "VIDEO":
+            from .video_jobs import submit_video
+
+            return self._register(submit_video(self, request))
         # 1. Models: resolved now so a wrong path is a 400 naming the field.
         spec = request.models
         refs: dict[str, ModelRef | None] = {"base": resolve_ref(spec.base, "models.base", "base")}
@@ -167,6 +174,24 @@ class JobManager:
         else:
             self._queue.put(job.id)
         logger.info("Job %s (%s): %d frames, %d from cache", job.id, request.shot, len(frame_keys), len(job.cached))
+        return job
+
+    def _register(self, job: Job) -> Job:
+        """Mark cached frames done, add the job to the table and queue it unless all is cached."""
+        for number, fkey in job.frame_keys.items():
+            if self.storage.has_frame(fkey):
+                job.done[number] = fkey
+                job.cached.append(number)
+        with self._lock:
+            self._forget_old_jobs()
+            self.jobs[job.id] = job
+        if len(job.done) == len(job.frame_keys):
+            job.status = job.phase = "done"
+            job.finished = time.time()
+        else:
+            self._queue.put(job.id)
+        logger.info("Job %s (%s, %s): %d frames, %d from cache", job.id, job.request.shot, job.request.generator,
+                    len(job.frame_keys), len(job.cached))
         return job
 
     @staticmethod
@@ -267,6 +292,11 @@ class JobManager:
     def _run_job(self, job: Job) -> None:
         """Worker thread: load (or reuse) the pipeline, then generate the missing frames."""
         request = job.request
+        if request.generator == "VIDEO":
+            from .video_jobs import run_video
+
+            run_video(self, job)
+            return
         job.status, job.phase, job.started = "running", "loading", time.time()
         # 1. Pipeline: reused when a previous job had the same model settings.
         t0 = time.perf_counter()

@@ -180,7 +180,10 @@ def take_label(take_dir: Path) -> str:
     if info_path.is_file():
         try:
             info = json.loads(info_path.read_text("utf-8"))
-            mode = (info.get("settings") or {}).get("coherence", {}).get("mode", "?")
+            settings = info.get("settings") or {}
+            mode = settings.get("coherence", {}).get("mode", "?")
+            if settings.get("generator") == "VIDEO":
+                mode = f"VIDEO {(settings.get('video') or {}).get('pipeline', 'WAN_VACE')}"
             return f"{info.get('shot', take_dir.parent.parent.name)} take {info.get('take', take_dir.name)} [{mode}]"
         except (ValueError, AttributeError):
             pass

@@ -18,6 +18,8 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_DEPTH = "lllyasviel/control_v11f1p_sd15_depth"
 DEFAULT_POSE = "lllyasviel/control_v11p_sd15_openpose"
+DEFAULT_VIDEO_MODEL = "Wan-AI/Wan2.1-VACE-1.3B-diffusers"
+DEFAULT_MOTION_ADAPTER = "guoyww/animatediff-motion-adapter-v1-5-3"
 
 
 class _Strict(BaseModel):
@@ -79,6 +81,35 @@ class CoherenceSpec(_Strict):
         return self.model_dump()
 
 
+class VideoSpec(_Strict):
+    """How a VIDEO job runs (engine/video.py, API.md "Video jobs").
+
+    ``WAN_VACE``: ``model`` is a Wan VACE diffusers pipeline (1.3B, 14B, Wan 2.2 VACE).
+    ``ANIMATEDIFF``: ``models.base`` (SD 1.5) with its depth/pose ControlNets plus the
+    ``motion_adapter``. Shots longer than ``window`` frames run in windows that overlap by
+    ``overlap`` frames (engine/windows.py); ``references`` are uploaded image blobs (the
+    character bible's, or the shot's reference image).
+    """
+
+    pipeline: Literal["WAN_VACE", "ANIMATEDIFF"] = "WAN_VACE"
+    model: str = Field(DEFAULT_VIDEO_MODEL, min_length=1)
+    motion_adapter: str = Field(DEFAULT_MOTION_ADAPTER, min_length=1)
+    control: Literal["DEPTH", "POSE", "DEPTH_POSE"] = "DEPTH"
+    conditioning_scale: float = Field(1.0, ge=0.0, le=2.0)
+    window: int = Field(81, ge=1, le=1025)
+    overlap: int = Field(8, ge=0, le=1024)
+    blend_frames: int = Field(4, ge=0, le=64)
+    flow_shift: float | None = Field(None, gt=0.0, le=20.0)
+    references: list[str] = Field(default_factory=list, max_length=8)
+
+    @field_validator("references")
+    @classmethod
+    def _shas(cls, value: list[str]) -> list[str]:
+        for sha in value:
+            _check_sha(sha)
+        return value
+
+
 class JobRequest(_Strict):
     shot: str = ""
     models: ModelSpec = Field(default_factory=ModelSpec)
@@ -100,6 +131,9 @@ class JobRequest(_Strict):
     attention_slicing: bool = False
     cpu_offload: bool = False
     frames: list[FrameSpec] = Field(min_length=1)
+    # IMAGE: per-frame image model (coherence applies). VIDEO: a video model (``video``).
+    generator: Literal["IMAGE", "VIDEO"] = "IMAGE"
+    video: VideoSpec = Field(default_factory=VideoSpec)
 
     @field_validator("width", "height")
     @classmethod

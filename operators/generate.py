@@ -33,7 +33,8 @@ def _summary(outcome: TakeOutcome) -> str:
     if outcome.reused:
         return f"Shot '{outcome.shot}': unchanged, take {outcome.info.take} reused from the cache"
     if outcome.complete:
-        return f"Shot '{outcome.shot}': take {outcome.info.take} ({len(outcome.frames)} frames)"
+        notes = "".join(f"; {note}" for note in outcome.info.notes)
+        return f"Shot '{outcome.shot}': take {outcome.info.take} ({len(outcome.frames)} frames){notes}"
     if outcome.cancelled:
         return (
             f"Shot '{outcome.shot}': cancelled after {len(outcome.frames)} frames "
@@ -186,6 +187,8 @@ class VIEWFINDER_OT_generate(NeedsShots, bpy.types.Operator):
     def _show_progress(self, context: bpy.types.Context, p: Progress) -> None:
         index = self._total - len(self._pending)
         text = f"shot {index} of {self._total} ('{p.shot}'): frame {p.frames_done} of {p.frames_total}"
+        if p.message:
+            text += f", {p.message}"
         if p.steps:
             text += f", step {p.step}/{p.steps}"
         if p.eta_s:

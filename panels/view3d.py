@@ -76,8 +76,13 @@ class VIEWFINDER_PT_shot(ViewfinderPanel, bpy.types.Panel):
         col = layout.column(align=True)
         col.prop(shot, "control_start")
         col.prop(shot, "control_end")
-        layout.prop(shot, "coherence")
-        if shot.coherence == "FLOW":
+        layout.prop(shot, "generator")
+        generator = settings.generator if shot.generator == "DEFAULT" else shot.generator
+        if generator == "VIDEO":
+            layout.prop(shot, "reference_image")
+        else:
+            layout.prop(shot, "coherence")
+        if generator != "VIDEO" and shot.coherence == "FLOW":
             layout.prop(shot, "flow_strength")
             layout.prop(shot, "keyframe_interval")
         layout.use_property_split = False
@@ -116,6 +121,16 @@ class VIEWFINDER_PT_film(ViewfinderPanel, bpy.types.Panel):
         layout.prop(settings, "steps")
         layout.prop(settings, "guidance_scale")
         layout.prop(settings, "batch_size")
+        layout.prop(settings, "generator")
+        col = layout.column(heading="Video")
+        col.prop(settings, "video_model_preset")
+        if settings.video_model_preset == "CUSTOM":
+            col.prop(settings, "video_model")
+        elif settings.video_model_preset == "ANIMATEDIFF":
+            col.prop(settings, "motion_adapter")
+        col.prop(settings, "video_control")
+        col.prop(settings, "video_window")
+        col.prop(settings, "video_overlap")
         layout.use_property_split = False
         row = layout.row(align=True)
         row.operator("viewfinder.export_storyboard", icon="IMAGE_DATA", text="Storyboard")

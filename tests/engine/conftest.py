@@ -61,7 +61,8 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     subprocess.run([sys.executable, "-m", "engine", "make-tiny-models", str(out)], cwd=ROOT, check=True,
                    capture_output=True, timeout=300)
     return {"base": str(out / "sd15"), "depth": str(out / "controlnet-depth"), "pose": str(out / "controlnet-pose"),
-            "lora": str(out / "lora.safetensors")}
+            "lora": str(out / "lora.safetensors"), "wan_vace": str(out / "wan-vace"),
+            "motion_adapter": str(out / "motion-adapter")}
 
 
 @pytest.fixture(scope="session")
