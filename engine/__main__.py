@@ -76,13 +76,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_serve_ray(args: argparse.Namespace) -> int:
     """The same HTTP engine on Ray Serve: worker replicas on GPUs, shots in parallel (engine/serve_ray.py)."""
-    try:
-        from .serve_ray import RayEngineConfig, serve_forever
-        from .storage import default_data_dir
-    except ImportError as exc:
-        print(f"error: serve-ray needs Ray Serve ({exc}): pip install -r engine/requirements-ray.txt "
-              "-c engine/constraints-ray.txt", file=sys.stderr)
-        return 2
     token = args.token or os.environ.get("VIEWFINDER_ENGINE_TOKEN") or None
     if not is_loopback(args.host) and not token:
         print(f"error: --host {args.host} is reachable from other machines; remote engines require a "
@@ -93,6 +86,13 @@ def cmd_serve_ray(args: argparse.Namespace) -> int:
         return 2
     if args.max_replicas and args.min_replicas > args.max_replicas:
         print("error: --min-replicas must be at most --max-replicas", file=sys.stderr)
+        return 2
+    try:
+        from .serve_ray import RayEngineConfig, serve_forever
+        from .storage import default_data_dir
+    except ImportError as exc:
+        print(f"error: serve-ray needs Ray Serve ({exc}): pip install -r engine/requirements-ray.txt "
+              "-c engine/constraints.txt -c engine/constraints-ray.txt", file=sys.stderr)
         return 2
     cfg = RayEngineConfig(
         data_dir=str(args.data_dir or default_data_dir()), token=token, replicas=args.replicas,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -86,13 +85,13 @@ def plan_units(batches: Sequence[Sequence[FrameSpec]], sequential: bool, replica
     if sequential or replicas <= 1 or len(frames) < 2 * split_min_frames:
         return [frames]
     count = max(1, min(replicas, len(batches), len(frames) // split_min_frames))
-    per_unit = math.ceil(len(frames) / count)
-    units: list[list[int]] = [[]]
+    # A batch goes to the unit its first frame falls in, were the frames cut in equal parts.
+    units: list[list[int]] = [[] for _ in range(count)]
+    start = 0
     for batch in batches:
-        if units[-1] and len(units[-1]) + len(batch) > per_unit and len(units) < count:
-            units.append([])
-        units[-1].extend(f.frame for f in batch)
-    return units
+        units[min(count - 1, start * count // len(frames))].extend(f.frame for f in batch)
+        start += len(batch)
+    return [unit for unit in units if unit]
 
 
 def unit_status_dir(storage: Storage) -> Path:
