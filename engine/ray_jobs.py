@@ -33,7 +33,7 @@ from .storage import Storage, atomic_write
 
 logger = logging.getLogger(__name__)
 
-POLL_S = 0.1
+POLL_S = 0.2
 # Attempts per unit: a replica death (or a node lost) sends the unit to another replica.
 MAX_ATTEMPTS = 4
 
@@ -230,11 +230,7 @@ class RayJobManager(JobManager):
         self._finish(job, "cancelled" if len(job.done) < len(job.frame_keys) else "done")
 
     def _follow(self, job: RayJob, run_started: float) -> None:
-        """Progress from the shared cache and the units' status files."""
-        for number, fkey in job.frame_keys.items():
-            if number not in job.done and self.storage.has_frame(fkey):
-                job.done[number] = fkey
-        generated = len(job.done) - len(job.cached)
+        """Progress from the units' status files and, for units a replica has taken, the shared cache."""
         running = [u for u in job.units if u.status == "running"]
         for unit in running:
             record = read_unit_status(self.storage, unit.id)
@@ -247,6 +243,15 @@ class RayJobManager(JobManager):
                         job.timings[key] = max(job.timings[key], float(record["timings"][key]))
                 if record.get("pipeline_reused") is not None:
                     job.pipeline_reused = bool(record["pipeline_reused"])
+        # Only frames of units a replica took (or finished): queued jobs cost no disk look-ups.
+        for unit in job.units:
+            if unit.started is None and unit.finished is None:
+                continue
+            for number in unit.frames:
+                fkey = job.frame_keys[number]
+                if number not in job.done and self.storage.has_frame(fkey):
+                    job.done[number] = fkey
+        generated = len(job.done) - len(job.cached)
         if running:
             phases = {u.phase for u in running}
             job.phase = "loading" if phases == {"loading"} else "generating" if "generating" in phases else job.phase

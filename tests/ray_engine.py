@@ -41,8 +41,9 @@ class RayEngine:
     """``python -m engine serve-ray`` with N CPU replicas, started and stopped like a user would."""
 
     def __init__(self, python: str, data_dir: Path, replicas: int = 2, extra_args: tuple[str, ...] = (),
-                 env: dict[str, str] | None = None, startup_timeout: float = 240.0) -> None:
+                 env: dict[str, str] | None = None, startup_timeout: float = 240.0, device: str = "cpu") -> None:
         self.python = python
+        self.device = device
         self.data_dir = data_dir
         self.replicas = replicas
         self.extra_args = extra_args
@@ -62,7 +63,7 @@ class RayEngine:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0",
                **self.env}
         cmd = [self.python, "-m", "engine", "serve-ray", "--replicas", str(self.replicas),
-               "--num-cpus", str(self.replicas), "--cpus-per-replica", "1", "--device", "cpu",
+               "--num-cpus", str(self.replicas), "--cpus-per-replica", "1", "--device", self.device,
                "--max-pipelines", "4", "--port", str(self.port), "--token", self.token,
                "--data-dir", str(self.data_dir / "data"), *self.extra_args]
         with open(self.log_path, "wb") as log:
