@@ -9,7 +9,8 @@ Protocol
    a. start it and wait until /health answers (start-up is reported, not measured);
    b. warm-up: one small job per replica at once (every replica loads its pipeline);
    c. measured: ``--shots`` shots of ``--frames`` frames each (distinct maps, fresh seeds: no
-      cache hits), all submitted at once like Generate All, polled every 20 ms, every frame
+      cache hits), all submitted at once like Generate All, each polled every ``--poll-s`` (0.2 s,
+      as the add-on does), every frame
       fetched as PNG over HTTP; wall time = first submit to last frame fetched; ``--repeats``
       times with fresh seeds, the fastest counts (on a shared machine the others lost time to
       other processes);
@@ -92,7 +93,7 @@ def run_shots(client: Any, args: argparse.Namespace, models: dict[str, str], see
                 for n in status["frames"]:
                     client.fetch_frame(job_id, n, str(out / f"{job_id}-{n:04d}.png"))
                 pending.discard(job_id)
-        time.sleep(0.02)
+        time.sleep(args.poll_s)
     return time.perf_counter() - started
 
 
@@ -117,6 +118,8 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=4)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--poll-s", type=float, default=0.2,
+                        help="status polling interval per job (0.2 s: what the add-on does)")
     parser.add_argument("--repeats", type=int, default=3, help="measured runs per engine; the fastest counts")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2], help="Ray replica counts to run")

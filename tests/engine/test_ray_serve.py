@@ -19,9 +19,8 @@ from typing import Any
 import numpy as np
 import pytest
 from engine_testlib import OOM_FRAME, depth_png, make_job, pose_png, read_png, wait_for
-from test_coherence import npy, png16
 from test_coherence import depth_map as flow_depth_map
-from test_coherence import flow_map
+from test_coherence import flow_map, npy, png16
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ray_engine import RayEngine, ray_missing_reason  # noqa: E402
@@ -167,8 +166,10 @@ def test_killed_replica_mid_job_still_gives_a_complete_correct_take(ray_client: 
     assert status["status"] == "done", status
     assert status["frames"] == [1, 2, 3, 4, 5] and status["frames_done"] == 5
     unit = status["replicas"][0]
-    assert unit["attempts"] == 2 and unit["pid"] != before["replicas"][0]["pid"]
-    assert len(status["events"]) == 1 and "was lost" in status["events"][0], status["events"]
+    # Usually one retry; a second if Serve routed the first retry to the dying replica.
+    assert unit["attempts"] >= 2 and unit["pid"] != before["replicas"][0]["pid"]
+    assert len(status["events"]) == unit["attempts"] - 1, status["events"]
+    assert all("was lost" in e and "sent to another replica" in e for e in status["events"]), status["events"]
     # No finished frame made twice: the second replica took every frame finished before the kill from the cache.
     assert set(before["frames"]) <= set(unit["from_cache"]), (before["frames"], unit)
     # And the take is correct: the very frames one engine makes.
@@ -189,6 +190,38 @@ def test_out_of_memory_fails_that_job_only(ray_client: Any, tiny_models: dict[st
     assert "batch size" in failed["error"]["message"]
     assert done["status"] == "done" and done["frames_done"] == 2
     assert ray_client.health()["status"] == "ok"
+
+
+def test_generate_all_places_takes_in_the_order_jobs_finish(ray_client: Any, core: types.SimpleNamespace,
+                                                            tiny_models: dict[str, str], tmp_path: Path) -> None:
+    """core/generate_all.py: every shot submitted at once; a short shot listed last comes back first."""
+    import importlib
+
+    generate = importlib.import_module("vf_core_under_test.generate")
+    generate_all = importlib.import_module("vf_core_under_test.generate_all")
+
+    def shot_job(name: str, frames: int, steps: int) -> Any:
+        folder = tmp_path / name / "conditioning"
+        (folder / "depth").mkdir(parents=True)
+        maps = {}
+        for k in range(1, frames + 1):
+            path = folder / "depth" / f"{k:04d}.png"
+            path.write_bytes(depth_png(0.05 * k + (0.5 if name == "Short" else 0.0)))
+            maps[k] = {"depth": path, "pose": None, "flow": None}
+        body = make_job(tiny_models, [], shot=name, seed=808, steps=steps, batch_size=1)
+        body.pop("frames")
+        prompts = {"prompt": body["prompt"], "style_prompt": body["style_prompt"],
+                   "negative_prompt": body["negative_prompt"]}
+        return generate.ShotJob(shot=name, frames=list(maps), conditioning_dir=folder, takes_dir=tmp_path / name / "takes",
+                                maps=maps, request=body, models=dict(body["models"]), prompts=prompts,
+                                settings={"seed": 808, "steps": steps})
+
+    jobs = [shot_job("Long", 6, 8), shot_job("Short", 1, 2)]
+    outcomes = list(generate_all.run_shots(jobs, ray_client))
+    assert [o.shot for o in outcomes] == ["Short", "Long"], outcomes
+    for outcome, frames in zip(outcomes, (1, 6)):
+        assert outcome.complete and not outcome.error, outcome
+        assert sorted(p.name for p in outcome.take_dir.glob("*.png")) == [f"{k:04d}.png" for k in range(1, frames + 1)]
 
 
 def wait_until(client: Any, job_id: str, test: Any, timeout: float = 240.0) -> dict[str, Any]:
