@@ -26,9 +26,11 @@ setup: .venv/.installed .venv-bpy42/.installed .venv-engine/.installed
 	.venv-bpy42/bin/pip install $(PIP_FLAGS) -r $<
 	touch $@
 
-.venv-engine/.installed: engine/requirements.txt engine/constraints.txt
+.venv-engine/.installed: engine/requirements.txt engine/constraints.txt engine/requirements-ray.txt engine/constraints-ray.txt
 	$(PYTHON) -m venv .venv-engine
 	.venv-engine/bin/pip install $(PIP_FLAGS) -r engine/requirements.txt -c engine/constraints.txt pytest==9.2.0
+	# Optional for users, installed here so the tests cover it: the engine on Ray Serve (serve-ray).
+	.venv-engine/bin/pip install $(PIP_FLAGS) -r engine/requirements-ray.txt -c engine/constraints.txt -c engine/constraints-ray.txt
 	touch $@
 
 # The Blender-side tests start real engine processes with this interpreter.

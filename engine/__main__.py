@@ -74,6 +74,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve_ray(args: argparse.Namespace) -> int:
+    """The same HTTP engine on Ray Serve: worker replicas on GPUs, shots in parallel (engine/serve_ray.py)."""
+    token = args.token or os.environ.get("VIEWFINDER_ENGINE_TOKEN") or None
+    if not is_loopback(args.host) and not token:
+        print(f"error: --host {args.host} is reachable from other machines; remote engines require a "
+              "token: add --token <secret> (or set VIEWFINDER_ENGINE_TOKEN)", file=sys.stderr)
+        return 2
+    if args.replicas < 1 or args.max_replicas < 0 or args.min_replicas < 0:
+        print("error: --replicas must be at least 1, --min-replicas and --max-replicas at least 0", file=sys.stderr)
+        return 2
+    if args.max_replicas and args.min_replicas > args.max_replicas:
+        print("error: --min-replicas must be at most --max-replicas", file=sys.stderr)
+        return 2
+    try:
+        from .serve_ray import RayEngineConfig, serve_forever
+        from .storage import default_data_dir
+    except ImportError as exc:
+        print(f"error: serve-ray needs Ray Serve ({exc}): pip install -r engine/requirements-ray.txt "
+              "-c engine/constraints.txt -c engine/constraints-ray.txt", file=sys.stderr)
+        return 2
+    cfg = RayEngineConfig(
+        data_dir=str(args.data_dir or default_data_dir()), token=token, replicas=args.replicas,
+        gpus_per_replica=args.gpus_per_replica, cpus_per_replica=args.cpus_per_replica, device=args.device,
+        max_pipelines=args.max_pipelines, split_min_frames=args.split_min_frames,
+        min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+        target_ongoing_requests=args.target_ongoing_requests,
+        upscale_delay_s=args.upscale_delay_s, downscale_delay_s=args.downscale_delay_s,
+    )
+    return serve_forever(cfg, args.host, args.port, address=args.address, num_cpus=args.num_cpus)
+
+
 def cmd_make_tiny_models(args: argparse.Namespace) -> int:
     from .tiny import make_tiny_models
 
@@ -129,6 +160,31 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--max-pipelines", type=int, default=1, help="loaded model sets kept in memory")
     serve.add_argument("--parent-pid", type=int, default=None, help="exit when this process exits")
     serve.set_defaults(func=cmd_serve)
+
+    ray = sub.add_parser("serve-ray", help="run the HTTP engine on Ray Serve, across GPUs (engine/serve_ray.py)")
+    ray.add_argument("--host", default="127.0.0.1")
+    ray.add_argument("--port", type=int, default=8765)
+    ray.add_argument("--token", default=None, help="required for non-loopback hosts")
+    ray.add_argument("--data-dir", default=None,
+                     help="blobs and frame cache, a folder every replica sees (default ~/.cache/viewfinder-engine)")
+    ray.add_argument("--address", default=None,
+                     help="join this Ray cluster (e.g. ray://head:10001 or auto) instead of starting one here")
+    ray.add_argument("--replicas", type=int, default=1, help="worker replicas (fixed, without autoscaling)")
+    ray.add_argument("--gpus-per-replica", type=float, default=0.0, help="GPUs per replica (0: CPU replicas)")
+    ray.add_argument("--cpus-per-replica", type=float, default=1.0,
+                     help="CPUs per replica (also its torch threads on CPU replicas)")
+    ray.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local cluster (default: all)")
+    ray.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
+    ray.add_argument("--max-pipelines", type=int, default=1, help="loaded model sets kept per replica")
+    ray.add_argument("--split-min-frames", type=int, default=8,
+                     help="INDEPENDENT shots with at least twice this many frames are split across replicas")
+    ray.add_argument("--min-replicas", type=int, default=0, help="autoscaling: fewest replicas")
+    ray.add_argument("--max-replicas", type=int, default=0, help="autoscaling: most replicas (0: no autoscaling)")
+    ray.add_argument("--target-ongoing-requests", type=float, default=1.0,
+                     help="autoscaling: units per replica it aims for")
+    ray.add_argument("--upscale-delay-s", type=float, default=5.0)
+    ray.add_argument("--downscale-delay-s", type=float, default=300.0)
+    ray.set_defaults(func=cmd_serve_ray)
 
     tiny = sub.add_parser("make-tiny-models", help="write random-weight SD 1.5-layout models, offline")
     tiny.add_argument("dir")

@@ -89,6 +89,9 @@ class Job:
 class JobManager:
     """The job table, the queue and the single worker thread that owns the models."""
 
+    # Subclasses (engine/serve_ray.py's ingress) may keep more per job.
+    job_class: type[Job] = Job
+
     def __init__(self, storage: Storage, default_device: str = "auto", max_pipelines: int = 1,
                  max_jobs_kept: int = 200) -> None:
         self.storage = storage
@@ -142,7 +145,7 @@ class JobManager:
                         f"PUT /blobs/{sha}", field=f"frames[{i}].{name}", code="missing_blob",
                     )
         try:
-            device = resolve_device(self.default_device if request.device == "auto" else request.device)
+            device = self.resolve_job_device(request.device)
             strategy = make_strategy(request.coherence)
         except ValueError as exc:
             field_name = "device" if "device" in str(exc) else "coherence.mode"
@@ -160,7 +163,7 @@ class JobManager:
         previous_key: str | None = None
         for f in strategy.order(request.frames):
             frame_keys[f.frame] = previous_key = self.frame_key(request, key, strategy, f, previous_key)
-        job = Job(id=uuid.uuid4().hex[:16], request=request, refs=refs, lora=lora, key=key, frame_keys=frame_keys)
+        job = self.job_class(id=uuid.uuid4().hex[:16], request=request, refs=refs, lora=lora, key=key, frame_keys=frame_keys)
         for number, fkey in frame_keys.items():
             if self.storage.has_frame(fkey):
                 job.done[number] = fkey
@@ -193,6 +196,10 @@ class JobManager:
         logger.info("Job %s (%s, %s): %d frames, %d from cache", job.id, job.request.shot, job.request.generator,
                     len(job.frame_keys), len(job.cached))
         return job
+
+    def resolve_job_device(self, requested: str) -> str:
+        """The device a job runs on ('auto': the engine's); ValueError when it does not exist here."""
+        return resolve_device(self.default_device if requested == "auto" else requested)
 
     @staticmethod
     def frame_key(request: JobRequest, key: PipelineKey, strategy: CoherenceStrategy, frame: FrameSpec,

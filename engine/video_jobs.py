@@ -26,7 +26,7 @@ from . import ALGORITHM_VERSION
 from .errors import BadRequest, OutOfMemory, is_out_of_memory
 from .flow import depth_offset, flow_masks, warp
 from .models import ModelRef, resolve_ref
-from .pipelines import dtype_name, encode_png, resolve_device
+from .pipelines import dtype_name, encode_png
 from .schema import JobRequest
 from .storage import canonical_hash
 from .video import (
@@ -59,7 +59,6 @@ def plan_job(request: JobRequest) -> tuple[WindowPlan, SizePlan]:
 
 def submit_video(manager: JobManager, request: JobRequest) -> Job:
     """Check a VIDEO request, plan its windows and chain its cache keys (HTTP thread)."""
-    from .jobs import Job
 
     video = request.video
     # 1. The pipeline must exist in this engine's diffusers; models resolve now (400 naming the field).
@@ -101,7 +100,7 @@ def submit_video(manager: JobManager, request: JobRequest) -> Job:
         raise BadRequest("frames: a VIDEO job needs consecutive frame numbers (one clip); split the shot at the gap",
                          field="frames")
     try:
-        device = resolve_device(manager.default_device if request.device == "auto" else request.device)
+        device = manager.resolve_job_device(request.device)
     except ValueError as exc:
         raise BadRequest(str(exc), field="device") from exc
     key = VideoKey(
@@ -122,7 +121,7 @@ def submit_video(manager: JobManager, request: JobRequest) -> Job:
         previous = window_key(request, key, plan, window, frames, previous)
         for index in range(window.new_start, window.stop):
             frame_keys[frames[index].frame] = canonical_hash({"window": previous, "frame": frames[index].frame})
-    job = Job(id=uuid.uuid4().hex[:16], request=request, refs=refs, lora=None, key=key,  # type: ignore[arg-type]
+    job = manager.job_class(id=uuid.uuid4().hex[:16], request=request, refs=refs, lora=None, key=key,  # type: ignore[arg-type]
               frame_keys=frame_keys)
     job.messages = messages
     job.detail = {"windows": len(plan.windows), "window": 0}

@@ -21,7 +21,8 @@ import bpy
 from bpy.props import StringProperty
 
 from ..core import engine_link
-from ..core.generate import GenerationError, Progress, TakeOutcome, run_shot
+from ..core.generate import GenerationError, Progress, TakeOutcome
+from ..core.generate_all import ShotFailure, run_shots
 from ..core.shot_job import collect_shot, place_outcome
 from ..preferences import Prefs, get_prefs
 from .common import NeedsShots, project_of, report, resolve_shots
@@ -75,15 +76,25 @@ class VIEWFINDER_OT_generate(NeedsShots, bpy.types.Operator):
             report(self, "ERROR", str(exc))
             return {"CANCELLED"}
         failures = 0
+        # 1. Control maps for every shot (bpy, this thread), then 2. every shot's engine job
+        #    at once (a cluster engine runs them side by side); takes placed as jobs finish.
+        jobs = []
         for shot in shots:
             try:
-                job = collect_shot(context.scene, shot, project, prefs)
-                outcome = run_shot(job, client, on_progress=_log_progress)
+                jobs.append(collect_shot(context.scene, shot, project, prefs))
+            except Exception as exc:
+                failures += 1
+                log.debug("control maps failed", exc_info=True)
+                report(self, "ERROR", _message(shot.name, exc))
+        for outcome in run_shots(jobs, client, on_progress=_log_progress):
+            try:
+                if isinstance(outcome, ShotFailure):
+                    raise outcome.error
                 place_outcome(context.scene, outcome)
             except Exception as exc:
                 failures += 1
                 log.debug("generation failed", exc_info=True)
-                report(self, "ERROR", _message(shot.name, exc))
+                report(self, "ERROR", _message(outcome.shot, exc))
                 continue
             if outcome.error:
                 failures += 1
@@ -108,6 +119,8 @@ class VIEWFINDER_OT_generate(NeedsShots, bpy.types.Operator):
         self._messages: queue.Queue = queue.Queue()
         self._cancel = threading.Event()
         self._thread = None
+        self._jobs: list[Any] = []
+        self._fractions: dict[str, float] = {}
         self._results: list[TakeOutcome] = []
         if self._project.temporary:
             report(self, "WARNING", f"Unsaved file: frames go to {self._project.describe()}")
@@ -125,7 +138,9 @@ class VIEWFINDER_OT_generate(NeedsShots, bpy.types.Operator):
             self._status(context, "cancelling…")
         if event.type != "TIMER":
             return {"PASS_THROUGH"}
-        # 1. Drain the worker's messages (main thread: safe to touch bpy).
+        # 1. Drain the worker's messages (main thread: safe to touch bpy); a worker that has
+        #    ended posted all of its messages before, so none is left behind.
+        ended = self._thread is not None and not self._thread.is_alive()
         while True:
             try:
                 message = self._messages.get_nowait()
@@ -137,10 +152,12 @@ class VIEWFINDER_OT_generate(NeedsShots, bpy.types.Operator):
                 self._apply(context, message)
             elif isinstance(message, Exception):
                 report(self, "ERROR", str(message))
-        if self._thread is not None and self._thread.is_alive():
+        if ended:
+            return self._finish(context)
+        if self._thread is not None:
             return {"RUNNING_MODAL"}
-        self._thread = None
-        # 2. Next shot: control maps here (bpy), the engine job on a worker.
+        # 2. Next shot's control maps here (bpy), one shot a tick; then every shot's engine job
+        #    at once on a worker (core/generate_all.py), takes placed as they finish.
         while self._pending and not self._cancel.is_set():
             name = self._pending.pop(0)
             shot = context.scene.viewfinder.shots.get(name)
@@ -160,20 +177,28 @@ class VIEWFINDER_OT_generate(NeedsShots, bpy.types.Operator):
             except Exception as exc:
                 report(self, "ERROR", _message(name, exc))
                 continue
-            self._thread = threading.Thread(target=self._work, args=(job,), name="viewfinder-generate", daemon=True)
-            self._thread.start()
+            self._jobs.append(job)
             return {"RUNNING_MODAL"}
-        return self._finish(context)
+        if not self._jobs or self._cancel.is_set():
+            return self._finish(context)
+        self._status(context, f"{len(self._jobs)} shot(s) sent to the engine")
+        self._thread = threading.Thread(target=self._work, args=(self._jobs,), name="viewfinder-generate",
+                                        daemon=True)
+        self._thread.start()
+        return {"RUNNING_MODAL"}
 
-    def _work(self, job: Any) -> None:
-        """Worker thread: connect, run the engine job, post messages. Never touches bpy."""
+    def _work(self, jobs: list[Any]) -> None:
+        """Worker thread: connect, run every shot's engine job at once, post messages. Never touches bpy."""
         try:
             client = engine_link.connect(self._prefs)
-            outcome = run_shot(job, client, on_progress=self._messages.put, should_cancel=self._cancel.is_set)
-            self._messages.put(outcome)
+            for outcome in run_shots(jobs, client, on_progress=self._messages.put, should_cancel=self._cancel.is_set):
+                if isinstance(outcome, ShotFailure):
+                    self._messages.put(GenerationError(_message(outcome.shot, outcome.error)))
+                else:
+                    self._messages.put(outcome)
         except Exception as exc:
             log.debug("worker failed: %s", traceback.format_exc())
-            self._messages.put(GenerationError(_message(job.shot, exc)))
+            self._messages.put(GenerationError(_message(jobs[0].shot if len(jobs) == 1 else "all", exc)))
 
     def _apply(self, context: bpy.types.Context, outcome: TakeOutcome) -> None:
         self._results.append(outcome)
@@ -185,16 +210,18 @@ class VIEWFINDER_OT_generate(NeedsShots, bpy.types.Operator):
         report(self, "ERROR" if outcome.error else "INFO", _summary(outcome))
 
     def _show_progress(self, context: bpy.types.Context, p: Progress) -> None:
-        index = self._total - len(self._pending)
-        text = f"shot {index} of {self._total} ('{p.shot}'): frame {p.frames_done} of {p.frames_total}"
+        # Shots run at once: the bar is the mean of their fractions, the text the latest news.
+        self._fractions[p.shot] = p.frames_done / p.frames_total if p.frames_total else 0.0
+        running = sum(1 for f in self._fractions.values() if f < 1.0)
+        text = f"'{p.shot}': frame {p.frames_done} of {p.frames_total}"
         if p.message:
             text += f", {p.message}"
         if p.steps:
             text += f", step {p.step}/{p.steps}"
         if p.eta_s:
             text += f", about {int(p.eta_s)} s left"
-        self._status(context, text)
-        done = (index - 1 + (p.frames_done / p.frames_total if p.frames_total else 0)) / max(1, self._total)
+        self._status(context, f"{running} of {self._total} shots running; {text}")
+        done = sum(self._fractions.values()) / max(1, self._total)
         context.window_manager.progress_update(int(100 * done))
 
     def _status(self, context: bpy.types.Context, text: str) -> None:

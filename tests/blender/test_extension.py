@@ -14,7 +14,8 @@ def test_built_zip_holds_the_addon_and_engine_but_no_dev_files(extension_zip):
     names = zipfile.ZipFile(extension_zip).namelist()
     assert "blender_manifest.toml" in names and "__init__.py" in names
     assert any(n.startswith("engine/") for n in names)
-    assert not any(n.startswith(("tests/", ".venv", "benchmarks/", ".git/")) for n in names)
+    assert not any(n.startswith(("tests/", ".venv", "benchmarks/", ".git/", "deploy/")) for n in names)
+    assert "engine/serve_ray.py" in names and "core/generate_all.py" in names
 
 
 def test_extension_is_enabled_with_scene_settings(vf, scene):

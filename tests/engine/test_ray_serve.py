@@ -1,0 +1,235 @@
+"""The engine on Ray Serve (engine/serve_ray.py): a real local Ray cluster with two CPU
+replicas and tiny models, driven over HTTP by the add-on's own client.
+
+One cluster for the whole session (it takes ~30 s to start); it is stopped, and
+``ray stop`` run, at the end. Skipped with the reason when ray[serve] is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from engine_testlib import OOM_FRAME, depth_png, make_job, pose_png, read_png, wait_for
+from test_coherence import depth_map as flow_depth_map
+from test_coherence import flow_map, npy, png16
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ray_engine import RayEngine, ray_missing_reason  # noqa: E402
+
+pytestmark = pytest.mark.engine
+_MISSING = ray_missing_reason(sys.executable)
+if _MISSING:
+    pytest.skip(_MISSING, allow_module_level=True)
+
+
+@pytest.fixture(scope="session")
+def ray_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayEngine]:
+    """serve-ray with two replicas; long INDEPENDENT shots split from 3 frames a unit on."""
+    engine = RayEngine(sys.executable, tmp_path_factory.mktemp("ray-engine"), replicas=2,
+                       extra_args=("--split-min-frames", "3"),
+                       env={"VIEWFINDER_ENGINE_TEST_OOM_FRAME": str(OOM_FRAME)})
+    engine.start()
+    yield engine
+    engine.stop()
+
+
+@pytest.fixture()
+def ray_client(ray_engine: RayEngine, core: types.SimpleNamespace) -> Any:
+    return core.client.EngineClient(ray_engine.url, token=ray_engine.token, timeout=30)
+
+
+def independent_shot(client: Any, n: int, first: int = 1, phase: float = 0.0) -> list[dict[str, Any]]:
+    return [{"frame": first + i, "depth": client.upload_blob(depth_png(phase + i / 10)),
+             "pose": client.upload_blob(pose_png(shift=i)) if i % 2 == 0 else None, "flow": None}
+            for i in range(n)]
+
+
+def flow_shot(client: Any, n: int) -> list[dict[str, Any]]:
+    return [{"frame": k, "depth": client.upload_blob(png16(flow_depth_map(k))), "pose": None,
+             "flow": client.upload_blob(npy(flow_map(k)))} for k in range(1, n + 1)]
+
+
+def frames_of(client: Any, status: dict[str, Any], tmp_path: Path) -> dict[int, np.ndarray]:
+    out = {}
+    for n in status["frames"]:
+        out[n] = read_png(client.fetch_frame(status["id"], n, str(tmp_path / f"{status['id']}-{n}.png")))
+    return out
+
+
+def test_same_contract_as_one_engine(ray_engine: RayEngine, ray_client: Any, core: types.SimpleNamespace,
+                                     tiny_models: dict[str, str]) -> None:
+    health = ray_client.health()
+    assert health["status"] == "ok" and health["device"] == "cpu" and health["auth"] is True
+    # No token or a wrong one: 401 with the same code as one engine.
+    anonymous = core.client.EngineClient(ray_engine.url, token="wrong", timeout=10)
+    with pytest.raises(core.client.EngineError) as info:
+        anonymous.status("0" * 16)
+    assert info.value.code == "unauthorized"
+    # Bad input names the field; unknown jobs and missing blobs too.
+    frames = [{"frame": 1, "depth": "ab" * 32, "pose": None, "flow": None}]
+    with pytest.raises(core.client.EngineError) as info:
+        ray_client.submit(make_job(tiny_models, frames))
+    assert info.value.code == "missing_blob" and info.value.field == "frames[0].depth"
+    with pytest.raises(core.client.EngineError) as info:
+        ray_client.submit(make_job(tiny_models, independent_shot(ray_client, 1), width=60))
+    assert info.value.code == "invalid_field" and info.value.field == "width"
+    with pytest.raises(core.client.EngineError) as info:
+        ray_client.status("f" * 16)
+    assert info.value.code == "unknown_job"
+
+
+def test_two_shots_run_at_once_on_two_replicas(ray_client: Any, tiny_models: dict[str, str]) -> None:
+    jobs = [make_job(tiny_models, independent_shot(ray_client, 2, phase=0.3 * s), shot=f"overlap{s}", seed=300 + s,
+                     steps=6, batch_size=2) for s in range(2)]
+    ids = [ray_client.submit(job) for job in jobs]
+    statuses = [wait_for(ray_client, job_id, timeout=300) for job_id in ids]
+    assert [s["status"] for s in statuses] == ["done", "done"], statuses
+    units = [s["replicas"][0] for s in statuses]
+    assert all(len(s["replicas"]) == 1 for s in statuses)
+    assert units[0]["replica"] != units[1]["replica"], units
+    # Overlap in time: each started before the other finished.
+    assert units[0]["started"] < units[1]["finished"] and units[1]["started"] < units[0]["finished"], units
+    assert all(s["started"] <= s["finished"] for s in statuses)
+
+
+def test_frames_match_the_single_process_engine(ray_client: Any, client: Any, tiny_models: dict[str, str],
+                                                tmp_path: Path) -> None:
+    """INDEPENDENT (split over both replicas) and FLOW (one replica, in order): same pixels, same keys."""
+    requests = {
+        "independent": make_job(tiny_models, independent_shot(ray_client, 6), shot="same", seed=77, batch_size=2),
+        "flow": {**make_job(tiny_models, flow_shot(ray_client, 4), shot="flow", steps=4, batch_size=4, seed=5),
+                 "coherence": {"mode": "FLOW", "strength": 0.5, "keyframe_interval": 0}},
+    }
+    # The single engine has its own data folder: upload the same maps there.
+    independent_shot(client, 6), flow_shot(client, 4)
+    for name, job in requests.items():
+        ray_status = wait_for(ray_client, ray_client.submit(job), timeout=300)
+        one_status = wait_for(client, client.submit(job), timeout=300)
+        assert ray_status["status"] == one_status["status"] == "done", (ray_status, one_status)
+        assert ray_status["frames"] == one_status["frames"] and ray_status["frames_done"] == len(job["frames"])
+        ray_frames, one_frames = frames_of(ray_client, ray_status, tmp_path), frames_of(client, one_status, tmp_path)
+        for number, image in ray_frames.items():
+            assert np.array_equal(image, one_frames[number]), f"{name} frame {number} differs"
+        replicas = {u["replica"] for u in ray_status["replicas"]}
+        if name == "independent":
+            # 6 frames (each its own batch: the pose map comes and goes), split from 3 frames a unit:
+            # two units, on two replicas.
+            assert [u["frames"] for u in ray_status["replicas"]] == [[1, 2, 3], [4, 5, 6]]
+            assert len(replicas) == 2
+        else:
+            assert [u["frames"] for u in ray_status["replicas"]] == [[1, 2, 3, 4]]
+            assert len(ray_status["detail"].get("keyframes", [1])) >= 1
+        # A repeat is answered from the shared cache, whichever replica made the frames.
+        again = ray_client.submit_full(job)
+        assert again["status"] == "done" and again["cached_frames"] == ray_status["frames"]
+
+
+def test_cancel_stops_the_replica_and_keeps_finished_frames(ray_client: Any, tiny_models: dict[str, str]) -> None:
+    job = make_job(tiny_models, independent_shot(ray_client, 8, phase=0.7), shot="cancel", seed=91, steps=12,
+                   batch_size=1)
+    job_id = ray_client.submit(job)
+    wait_until(ray_client, job_id, lambda s: s["frames_done"] >= 1)
+    ray_client.cancel(job_id)
+    status = wait_for(ray_client, job_id, timeout=120)
+    assert status["status"] == "cancelled", status
+    assert 1 <= status["frames_done"] < 8
+    assert all(u["status"] in ("cancelled", "done") for u in status["replicas"]), status["replicas"]
+    # Both replicas are free again: a new job runs at once and finishes.
+    follow = wait_for(ray_client, ray_client.submit(make_job(tiny_models, independent_shot(ray_client, 1, phase=0.9),
+                                                             seed=92)), timeout=120)
+    assert follow["status"] == "done"
+    # Resubmitting the cancelled job only makes the missing frames.
+    resumed = ray_client.submit_full(job)
+    assert set(resumed["cached_frames"]) >= set(status["frames"])
+    assert wait_for(ray_client, resumed["id"], timeout=300)["status"] == "done"
+
+
+def test_killed_replica_mid_job_still_gives_a_complete_correct_take(ray_client: Any, client: Any,
+                                                                    tiny_models: dict[str, str],
+                                                                    tmp_path: Path) -> None:
+    job = make_job(tiny_models, independent_shot(ray_client, 5, phase=0.5), shot="kill", seed=123, steps=8,
+                   batch_size=1)
+    job_id = ray_client.submit(job)
+    before = wait_until(ray_client, job_id, lambda s: s["frames_done"] >= 2 and s["replicas"][0]["pid"])
+    assert before["status"] == "running" and len(before["replicas"]) == 1  # 5 frames < 2 x 3: one unit
+    os.kill(before["replicas"][0]["pid"], signal.SIGKILL)
+    status = wait_for(ray_client, job_id, timeout=300)
+    assert status["status"] == "done", status
+    assert status["frames"] == [1, 2, 3, 4, 5] and status["frames_done"] == 5
+    unit = status["replicas"][0]
+    # Usually one retry; a second if Serve routed the first retry to the dying replica.
+    assert unit["attempts"] >= 2 and unit["pid"] != before["replicas"][0]["pid"]
+    assert len(status["events"]) == unit["attempts"] - 1, status["events"]
+    assert all("was lost" in e and "sent to another replica" in e for e in status["events"]), status["events"]
+    # No finished frame made twice: the second replica took every frame finished before the kill from the cache.
+    assert set(before["frames"]) <= set(unit["from_cache"]), (before["frames"], unit)
+    # And the take is correct: the very frames one engine makes.
+    independent_shot(client, 5, phase=0.5)
+    one = wait_for(client, client.submit(job), timeout=300)
+    ray_frames, one_frames = frames_of(ray_client, status, tmp_path), frames_of(client, one, tmp_path)
+    for number in range(1, 6):
+        assert np.array_equal(ray_frames[number], one_frames[number]), f"frame {number} differs"
+
+
+def test_out_of_memory_fails_that_job_only(ray_client: Any, tiny_models: dict[str, str]) -> None:
+    oom = make_job(tiny_models, [{"frame": OOM_FRAME, "depth": ray_client.upload_blob(depth_png(0.1)), "pose": None}],
+                   shot="oom", seed=5)
+    other = make_job(tiny_models, independent_shot(ray_client, 2, phase=0.2), shot="fine", seed=6)
+    ids = [ray_client.submit(oom), ray_client.submit(other)]
+    failed, done = (wait_for(ray_client, job_id, timeout=300) for job_id in ids)
+    assert failed["status"] == "failed" and failed["error"]["code"] == "out_of_memory", failed
+    assert "batch size" in failed["error"]["message"]
+    assert done["status"] == "done" and done["frames_done"] == 2
+    assert ray_client.health()["status"] == "ok"
+
+
+def test_generate_all_places_takes_in_the_order_jobs_finish(ray_client: Any, core: types.SimpleNamespace,
+                                                            tiny_models: dict[str, str], tmp_path: Path) -> None:
+    """core/generate_all.py: every shot submitted at once; a short shot listed last comes back first."""
+    import importlib
+
+    generate = importlib.import_module("vf_core_under_test.generate")
+    generate_all = importlib.import_module("vf_core_under_test.generate_all")
+
+    def shot_job(name: str, frames: int, steps: int) -> Any:
+        folder = tmp_path / name / "conditioning"
+        (folder / "depth").mkdir(parents=True)
+        maps = {}
+        for k in range(1, frames + 1):
+            path = folder / "depth" / f"{k:04d}.png"
+            path.write_bytes(depth_png(0.05 * k + (0.5 if name == "Short" else 0.0)))
+            maps[k] = {"depth": path, "pose": None, "flow": None}
+        body = make_job(tiny_models, [], shot=name, seed=808, steps=steps, batch_size=1)
+        body.pop("frames")
+        prompts = {"prompt": body["prompt"], "style_prompt": body["style_prompt"],
+                   "negative_prompt": body["negative_prompt"]}
+        return generate.ShotJob(shot=name, frames=list(maps), conditioning_dir=folder, takes_dir=tmp_path / name / "takes",
+                                maps=maps, request=body, models=dict(body["models"]), prompts=prompts,
+                                settings={"seed": 808, "steps": steps})
+
+    jobs = [shot_job("Long", 6, 8), shot_job("Short", 1, 2)]
+    outcomes = list(generate_all.run_shots(jobs, ray_client))
+    assert [o.shot for o in outcomes] == ["Short", "Long"], outcomes
+    for outcome, frames in zip(outcomes, (1, 6)):
+        assert outcome.complete and not outcome.error, outcome
+        assert sorted(p.name for p in outcome.take_dir.glob("*.png")) == [f"{k:04d}.png" for k in range(1, frames + 1)]
+
+
+def wait_until(client: Any, job_id: str, test: Any, timeout: float = 240.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = client.status(job_id)
+        if test(status):
+            return status
+        assert status["status"] in ("queued", "running"), status
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id}: condition not met in {timeout} s: {client.status(job_id)}")
