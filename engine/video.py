@@ -25,7 +25,7 @@ from .errors import BadRequest
 from .models import ModelRef, Progress, load_with_fallback
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 logger = logging.getLogger(__name__)
 
