@@ -30,6 +30,16 @@ COHERENCE_ITEMS = [
 ]
 
 
+class ViewfinderPromptKey(bpy.types.PropertyGroup):
+    """One prompt of a prompt travel: frames blend the prompts by their (animatable) weights."""
+
+    prompt: StringProperty(name="Prompt", description="What the shot shows while this key's weight is up")
+    weight: FloatProperty(
+        name="Weight", default=1.0, min=0.0, soft_max=1.0,
+        description="Share of this prompt on the current frame; key it (I over the field) to make the prompt travel",
+    )
+
+
 class ViewfinderShot(bpy.types.PropertyGroup):
     """One shot. Name, camera and frame range follow the timeline markers; the rest is the user's."""
 
@@ -67,6 +77,15 @@ class ViewfinderShot(bpy.types.PropertyGroup):
     keyframe_interval: IntProperty(
         name="Keyframe Interval", default=0, min=0,
         description="Generate a fresh keyframe every N frames (0: only at the first frame and at cuts)",
+    )
+    # Prompt travel and per-shot guidance (core/anim_sample.py samples them per frame).
+    prompt_keys: CollectionProperty(type=ViewfinderPromptKey, name="Prompt Keys")
+    active_prompt_key_index: IntProperty(name="Active Prompt Key", default=0, min=0)
+    use_guidance_scale: BoolProperty(
+        name="Own Guidance", default=False, description="Use this shot's guidance scale instead of the film's",
+    )
+    guidance_scale: FloatProperty(
+        name="Guidance", default=7.5, min=0.0, max=30.0, description="This shot's prompt strength (animatable)",
     )
 
 
@@ -114,7 +133,7 @@ class ViewfinderSettings(bpy.types.PropertyGroup):
         return self.shot_list
 
 
-classes = (ViewfinderShot, ViewfinderSettings)
+classes = (ViewfinderPromptKey, ViewfinderShot, ViewfinderSettings)
 _register_classes, _unregister_classes = bpy.utils.register_classes_factory(classes)
 
 

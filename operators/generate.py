@@ -77,6 +77,8 @@ class VIEWFINDER_OT_generate(NeedsShots, bpy.types.Operator):
         for shot in shots:
             try:
                 job = collect_shot(context.scene, shot, project, prefs)
+                for warning in job.warnings:  # animated settings: clamped values, all-zero weights
+                    report(self, "WARNING", warning)
                 outcome = run_shot(job, client, on_progress=_log_progress)
                 place_outcome(context.scene, outcome)
             except Exception as exc:
@@ -159,6 +161,8 @@ class VIEWFINDER_OT_generate(NeedsShots, bpy.types.Operator):
             except Exception as exc:
                 report(self, "ERROR", _message(name, exc))
                 continue
+            for warning in job.warnings:  # animated settings: clamped values, all-zero weights
+                report(self, "WARNING", warning)
             self._thread = threading.Thread(target=self._work, args=(job,), name="viewfinder-generate", daemon=True)
             self._thread.start()
             return {"RUNNING_MODAL"}
