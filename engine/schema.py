@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .schedule import check_frame_values
+
 logger = logging.getLogger(__name__)
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -137,9 +139,7 @@ class JobRequest(_Strict):
             if frame.frame in seen:
                 raise ValueError(f"frame {frame.frame} appears twice in frames; send each frame once")
             seen.add(frame.frame)
-        from .schedule import check_frame_values  # per-frame values: engine/schedule.py
-
-        check_frame_values(self)
+        check_frame_values(self)  # per-frame values: engine/schedule.py
         return self
 
     def full_prompt(self) -> str:

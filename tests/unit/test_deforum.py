@@ -81,5 +81,6 @@ def test_bad_json_and_duplicate_frames() -> None:
     bad = deforum.parse('{"prompts": {"0": "a",}}')
     assert bad.empty and "not valid JSON (line 1" in bad.problems[0]
     twice = deforum.parse("0: a\n0: b")
-    assert twice.prompts == [(0, "b")] and twice.problems == ["prompt frame 0 is given twice: the last one ('b') is kept"]
+    assert twice.prompts == [(0, "b")]
+    assert twice.problems == ["prompt frame 0 is given twice: the last one ('b') is kept"]
     assert deforum.parse('{"0": "a", "12": "b"}').prompts == [(0, "a"), (12, "b")]
