@@ -284,7 +284,7 @@ class JobManager:
         models, job.pipeline_reused = self.pipelines.get(job.key, lambda: self._load(job))
         job.timings["load_s"] = time.perf_counter() - t0
         job.phase, job.detail = "generating", {}
-        # 2. Plan batches of frames that share the same control nets.
+        # 2. Plan batches of frames that share the same control nets and per-frame settings.
         strategy = make_strategy(request.coherence)
         todo = [f for f in request.frames if f.frame not in job.done]
         # Per-frame values (engine/schedule.py); prompts encoded once per job when blended.

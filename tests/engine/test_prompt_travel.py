@@ -129,3 +129,26 @@ def test_zero_weights_warn_and_bad_per_frame_fields_are_named(client: Any, tiny_
         bad = {**job, "frames": [{**frames[0], **frame_fields}]}
         with pytest.raises(EngineError, match=field.replace("[", r"\[").replace("]", r"\]")):
             client.submit(bad)
+
+
+def test_prompt_travel_under_flow_carries_blended_frames(client: Any, tiny_models: dict[str, str],
+                                                          tmp_path: Path) -> None:
+    """FLOW frames after the first are img2img from the warped previous frame, with blended embeddings."""
+    from test_coherence import depth_map as moving_depth
+    from test_coherence import flow_map, npy, png16
+
+    frames = [{"frame": n, "depth": client.upload_blob(png16(moving_depth(n))),
+               "flow": client.upload_blob(npy(flow_map(n))) if n > 1 else None} for n in range(1, 5)]
+    flow = make_job({**tiny_models, "pose": None}, frames, seed=31, steps=4,
+                    coherence={"mode": "FLOW", "strength": 0.6})
+    plain_status, plain = run(client, flow, tmp_path)
+    weights = [[1.0, 0.0], [0.5, 0.5], [0.2, 0.8], [0.0, 1.0]]
+    travel = {**flow, "prompt_keys": [flow["prompt"], "the street in flames"],
+              "frames": [{**f, "prompt_weights": w} for f, w in zip(frames, weights)]}
+    status, images = run(client, travel, tmp_path)
+    # Frame 1 is the shot prompt alone (key 0 is the same text): the same frame, from the cache;
+    # frames 2-4 are carried along the flow (no keyframes), each with its own blend.
+    assert plain_status["detail"]["keyframes"] == [1] and status["detail"]["keyframes"] == []
+    assert status["submitted_cached"] == [1] and np.array_equal(images[1], plain[1])
+    for n in (2, 3, 4):
+        assert not np.array_equal(images[n], plain[n]), n
