@@ -138,8 +138,9 @@ class VIEWFINDER_OT_import_deforum(NeedsShots, bpy.types.Operator):
 
     def _source(self) -> tuple[str, str | None]:
         """(where the schedule came from, its text), or (error message, None)."""
-        if self.filepath:
-            path = Path(bpy.path.abspath(self.filepath))
+        path = Path(bpy.path.abspath(self.filepath)) if self.filepath else None
+        # The file browser passes its folder when no file was picked: then the text or pasted schedule.
+        if path is not None and not path.is_dir():
             try:
                 return path.name, path.read_text("utf-8")
             except (OSError, UnicodeDecodeError) as exc:

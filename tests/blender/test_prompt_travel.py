@@ -339,6 +339,13 @@ def test_deforum_settings_import_into_keys_and_curves_and_survive_reload(tmp_pat
     assert curve_points(scene)[base + "pose_weight"] == [(5.0, 0.5), (15.0, 0.25)]
     with pytest.raises(RuntimeError, match="nothing to import"):
         bpy.ops.viewfinder.import_deforum(text="not a schedule at all")
+    # A text in the Text Editor (the file browser's folder, with no file picked, is passed over).
+    bpy.data.texts.new("schedule").write("0:(8), 10:(9)")
+    assert bpy.ops.viewfinder.import_deforum(text_name="schedule", target="guidance_scale",
+                                             filepath=str(tmp_path)) == {"FINISHED"}
+    assert curve_points(scene)[base + "guidance_scale"] == [(5.0, 8.0), (15.0, 9.0)]
+    with pytest.raises(RuntimeError, match="Cannot read the Deforum file .*missing.txt"):
+        bpy.ops.viewfinder.import_deforum(filepath=str(tmp_path / "missing.txt"))
 
     bpy.ops.wm.save_mainfile()
     path = bpy.data.filepath
