@@ -49,6 +49,16 @@ COHERENCE_ITEMS = [
 ]
 
 
+class ViewfinderPromptKey(bpy.types.PropertyGroup):
+    """One prompt of a prompt travel: frames blend the prompts by their (animatable) weights."""
+
+    prompt: StringProperty(name="Prompt", description="What the shot shows while this key's weight is up")
+    weight: FloatProperty(
+        name="Weight", default=1.0, min=0.0, soft_max=1.0,
+        description="Share of this prompt on the current frame; key it (I over the field) to make the prompt travel",
+    )
+
+
 class ViewfinderShot(bpy.types.PropertyGroup):
     """One shot. Name, camera and frame range follow the timeline markers; the rest is the user's."""
 
@@ -91,6 +101,15 @@ class ViewfinderShot(bpy.types.PropertyGroup):
     reference_image: StringProperty(
         name="Reference Image", subtype="FILE_PATH",
         description="VIDEO: an image of the shot's subject or look (used until the character bible supplies one)",
+    )
+    # Prompt travel and per-shot guidance (core/anim_sample.py samples them per frame).
+    prompt_keys: CollectionProperty(type=ViewfinderPromptKey, name="Prompt Keys")
+    active_prompt_key_index: IntProperty(name="Active Prompt Key", default=0, min=0)
+    use_guidance_scale: BoolProperty(
+        name="Own Guidance", default=False, description="Use this shot's guidance scale instead of the film's",
+    )
+    guidance_scale: FloatProperty(
+        name="Guidance", default=7.5, min=0.0, max=30.0, description="This shot's prompt strength (animatable)",
     )
 
 
@@ -157,7 +176,7 @@ class ViewfinderSettings(bpy.types.PropertyGroup):
         return self.shot_list
 
 
-classes = (ViewfinderShot, ViewfinderSettings)
+classes = (ViewfinderPromptKey, ViewfinderShot, ViewfinderSettings)
 _register_classes, _unregister_classes = bpy.utils.register_classes_factory(classes)
 
 

@@ -56,9 +56,12 @@ class ShotJob:
     maps: dict[int, dict[str, Path | None]]  # frame → {"depth": path, "pose": path|None, "flow": path|None}
     request: dict[str, Any]  # engine request body without "frames"
     models: dict[str, Any]
-    prompts: dict[str, str]
+    prompts: dict[str, Any]
     settings: dict[str, Any]
     uploads: list[Path] = field(default_factory=list)  # other blobs the request names (VIDEO reference images)
+    # Animated settings (core/anim_sample.py): frame -> engine fields that differ from the job's.
+    frame_values: dict[int, dict[str, Any]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -176,7 +179,8 @@ def run_shot(
         client.upload_blob(path.read_bytes())
     body = dict(job.request)
     body["frames"] = [
-        {"frame": frame, **{k: (hashes[p] if p is not None else None) for k, p in job.maps[frame].items()}}
+        {"frame": frame, **{k: (hashes[p] if p is not None else None) for k, p in job.maps[frame].items()},
+         **job.frame_values.get(frame, {})}
         for frame in job.frames
     ]
     job_id = client.submit(body)

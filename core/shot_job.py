@@ -113,10 +113,38 @@ def collect_shot(
         "cpu_offload": prefs.cpu_offload,
     }
     frames = sorted(maps)
+    animated = apply_animation(scene, shot, frames, request, prompts, job_settings)
     return ShotJob(
         shot=shot.name, frames=frames, conditioning_dir=conditioning_dir, takes_dir=project.takes_dir(shot.name),
         maps=maps, request=request, models=models, prompts=prompts, settings=job_settings, uploads=uploads,
+        frame_values=animated.per_frame, warnings=animated.warnings,
     )
+
+
+def apply_animation(scene: bpy.types.Scene, shot: Any, frames: list[int], request: dict[str, Any],
+                    prompts: dict[str, Any], job_settings: dict[str, Any]) -> Any:
+    """Sample the shot's animated settings and prompt keys into the request (core/anim_sample.py).
+
+    Job-level values become the shot's first frame's; the take's identity (prompts and
+    settings, hashed into take.json) gains the prompt keys and the per-frame values.
+    """
+    from .anim_sample import SampleError, sample_shot
+
+    try:
+        samples = sample_shot(scene, shot, frames)
+    except SampleError as exc:
+        raise GenerationError(str(exc)) from exc
+    for name, value in samples.job_values.items():
+        if name == "strength":
+            job_settings["coherence"]["strength"] = value
+        else:
+            job_settings[name] = value
+    request.update({k: v for k, v in job_settings.items() if k in request})
+    if samples.prompt_keys:
+        request["prompt_keys"] = prompts["prompt_keys"] = list(samples.prompt_keys)
+    if samples.per_frame:
+        job_settings["per_frame"] = {str(f): v for f, v in sorted(samples.per_frame.items())}
+    return samples
 
 
 def coherence_settings(shot: Any, meta: dict[str, Any]) -> dict[str, Any]:

@@ -20,6 +20,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from . import anim_paths
+
 if TYPE_CHECKING:
     import bpy
 
@@ -235,6 +237,9 @@ def sync_shots(scene: bpy.types.Scene) -> bool:
     matches = _match(plan, stored)
     archive = settings.shot_archive
     keep = {m for m in matches if m is not None}
+    # Where each item's animation goes (core.anim_paths: keys follow their shot).
+    sources: list[tuple[str, int]] = [("shot_archive", a) for a in range(len(archive))]
+    moves: dict[tuple[str, int], tuple[str, int] | None] = {}
 
     # 2. Shots that disappeared keep their settings in the archive, in case the
     #    marker comes back (undo is not the only way users recover).
@@ -242,17 +247,24 @@ def sync_shots(scene: bpy.types.Scene) -> bool:
         item = archive.add()
         _apply(item, _settings_dict(stored[k]))
         item.name = stored[k].name
+        sources.append(("shot_list", k))
         while len(archive) > ARCHIVE_LIMIT:
             archive.remove(0)
+            moves[sources.pop(0)] = None
 
     # 3. Build the new list in timeline order: reuse matched items' settings.
     values: list[dict[str, Any]] = []
-    for shot, match in zip(plan.shots, matches):
+    for position, source in enumerate(sources):
+        moves[source] = ("shot_archive", position)
+    for index, (shot, match) in enumerate(zip(plan.shots, matches)):
         if match is not None:
             values.append(_settings_dict(stored[match]))
+            moves[("shot_list", match)] = ("shot_list", index)
             continue
-        restored = next((a for a in reversed(archive) if a.name == shot.name), None)
-        values.append(_settings_dict(restored) if restored is not None else {"seed": default_seed(shot.name)})
+        restored = next((a for a in reversed(range(len(archive))) if archive[a].name == shot.name), None)
+        if restored is not None:
+            moves[sources[restored]] = ("shot_list", index)
+        values.append(_settings_dict(archive[restored]) if restored is not None else {"seed": default_seed(shot.name)})
 
     stored.clear()
     for shot, saved in zip(plan.shots, values):
@@ -267,6 +279,7 @@ def sync_shots(scene: bpy.types.Scene) -> bool:
         item.problem = shot.problem
     if settings.active_shot_index >= len(stored):
         settings.active_shot_index = max(0, len(stored) - 1)
+    anim_paths.remap(scene, moves)
     return True
 
 
@@ -276,9 +289,14 @@ _SYNCED = {"name", "camera", "frame_start", "frame_end", "has_marker", "marker_f
 def _settings_dict(item: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, prop in item.bl_rna.properties.items():
-        if key == "rna_type" or key in _SYNCED or prop.is_readonly:
+        if key == "rna_type" or key in _SYNCED:
             continue
-        if prop.type in {"COLLECTION", "POINTER"}:
+        if prop.type == "COLLECTION":  # e.g. prompt_keys (RNA calls collections read-only: they are not set whole)
+            out[key] = [_item_dict(entry) for entry in getattr(item, key)]
+            continue
+        if prop.is_readonly:
+            continue
+        if prop.type == "POINTER":
             continue
         value = getattr(item, key)
         if hasattr(value, "__len__") and not isinstance(value, str):
@@ -287,8 +305,21 @@ def _settings_dict(item: Any) -> dict[str, Any]:
     return out
 
 
+def _item_dict(entry: Any) -> dict[str, Any]:
+    """A collection entry's settings, its name included (prompt keys, nested in a shot)."""
+    out = _settings_dict(entry)
+    out["name"] = entry.name
+    return out
+
+
 def _apply(item: Any, values: dict[str, Any]) -> None:
     for key, value in values.items():
+        if isinstance(value, list):
+            collection = getattr(item, key)
+            collection.clear()
+            for entry_values in value:
+                _apply(collection.add(), entry_values)
+            continue
         setattr(item, key, value)
 
 

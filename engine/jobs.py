@@ -40,6 +40,8 @@ from .pipelines import (
     run_batch,
     run_img2img,
 )
+from .prompt_blend import PromptEmbeddings
+from .schedule import FrameValues, frame_values, job_warnings
 from .schema import FrameSpec, JobRequest
 from .storage import Storage, canonical_hash
 
@@ -71,6 +73,7 @@ class Job:
     eta_s: float | None = None
     timings: dict[str, float] = field(default_factory=lambda: {"load_s": 0.0, "model_s": 0.0, "run_s": 0.0})
     pipeline_reused: bool | None = None
+    warnings: list[str] = field(default_factory=list)
     cancel_event: threading.Event = field(default_factory=threading.Event)
     # Adjustments the engine made to the request (VIDEO: padding, rounding), for the user.
     messages: list[str] = field(default_factory=list)
@@ -83,6 +86,7 @@ class Job:
             "step": self.step, "steps": self.request.steps, "eta_s": self.eta_s, "error": self.error,
             "timings": dict(self.timings), "pipeline_reused": self.pipeline_reused,
             "generator": self.request.generator, "messages": list(self.messages),
+            "warnings": list(self.warnings),
         }
 
 
@@ -163,7 +167,10 @@ class JobManager:
         previous_key: str | None = None
         for f in strategy.order(request.frames):
             frame_keys[f.frame] = previous_key = self.frame_key(request, key, strategy, f, previous_key)
-        job = self.job_class(id=uuid.uuid4().hex[:16], request=request, refs=refs, lora=lora, key=key, frame_keys=frame_keys)
+        job = self.job_class(id=uuid.uuid4().hex[:16], request=request, refs=refs, lora=lora, key=key,
+                             frame_keys=frame_keys, warnings=job_warnings(request))
+        for warning in job.warnings:
+            logger.warning("Job %s (%s): %s", job.id, request.shot, warning)
         for number, fkey in frame_keys.items():
             if self.storage.has_frame(fkey):
                 job.done[number] = fkey
@@ -207,19 +214,23 @@ class JobManager:
         """Content hash of everything that decides a frame's pixels, and nothing else.
 
         Batch size, slicing and offload only change speed and memory, so they are left
-        out: a repeat with another batch size is still a cache hit.
+        out: a repeat with another batch size is still a cache hit. Per-frame values
+        (engine/schedule.py) replace the job's under the same names, so a request
+        without them keeps the keys it always had.
         """
+        values = frame_values(request, frame)
+        coherence = request.coherence.cache_dump()
+        if "strength" in coherence:
+            coherence["strength"] = values.strength
         return canonical_hash({
             "algorithm": ALGORITHM_VERSION,
             "models": {"base": key.base, "depth": key.depth, "pose": key.pose, "lora": key.lora,
                        "lora_scale": key.lora_scale},
             "device": key.device, "dtype": key.dtype,
-            "prompt": request.full_prompt(), "negative_prompt": request.negative_prompt,
-            "seed": request.seed, "steps": request.steps, "guidance_scale": request.guidance_scale,
+            "negative_prompt": request.negative_prompt, "steps": request.steps,
             "width": request.width, "height": request.height,
-            "depth_weight": request.depth_weight, "pose_weight": request.pose_weight,
-            "control_start": request.control_start, "control_end": request.control_end,
-            "coherence": request.coherence.cache_dump(),
+            **values.cache_inputs(),
+            "coherence": coherence,
             "depth": frame.depth if key.depth else None, "pose": frame.pose if key.pose else None,
             **strategy.cache_inputs(frame, previous_key),
         })
@@ -310,26 +321,37 @@ class JobManager:
         models, job.pipeline_reused = self.pipelines.get(job.key, lambda: self._load(job))
         job.timings["load_s"] = time.perf_counter() - t0
         job.phase, job.detail = "generating", {}
-        # 2. Plan batches of frames that share the same control nets.
+        # 2. Plan batches of frames that share the same control nets and per-frame settings.
         strategy = make_strategy(request.coherence)
         todo = [f for f in request.frames if f.frame not in job.done]
-        settings = BatchSettings(
-            prompt=request.full_prompt(), negative_prompt=request.negative_prompt, steps=request.steps,
-            guidance_scale=request.guidance_scale, width=request.width, height=request.height,
-            weights={"depth": request.depth_weight, "pose": request.pose_weight},
-            control_start=request.control_start, control_end=request.control_end,
-        )
+        # Per-frame values (engine/schedule.py); prompts encoded once per job when blended.
+        values = {f.frame: frame_values(request, f) for f in request.frames}
+        embeddings = PromptEmbeddings(models.base, request.negative_prompt)
+
+        def settings_for(batch: list[FrameSpec]) -> BatchSettings:
+            first = values[batch[0].frame]
+            return BatchSettings(
+                prompt=first.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
+                guidance_scale=first.guidance_scale, width=request.width, height=request.height,
+                weights={"depth": first.depth_weight, "pose": first.pose_weight},
+                control_start=first.control_start, control_end=first.control_end,
+                prompt_embeds=(embeddings.batch([values[f.frame] for f in batch])
+                               if first.blend is not None else None),
+            )
 
         def active_nets(frame: FrameSpec) -> tuple[str, ...]:
             return tuple(n for n in NET_ORDER if n in models.nets and getattr(frame, n) is not None)
 
+        def group(frame: FrameSpec) -> tuple[object, ...]:
+            return (active_nets(frame), values[frame.frame].batch_group())
+
         run_started = time.perf_counter()
         if strategy.sequential:
             assert isinstance(strategy, FlowCoherence)
-            self._run_flow(job, models, strategy, settings, active_nets, run_started)
+            self._run_flow(job, models, strategy, values, settings_for, active_nets, run_started)
             return
         generated = 0
-        for batch in strategy.batches(todo, request.batch_size, active_nets):
+        for batch in strategy.batches(todo, request.batch_size, group):  # type: ignore[arg-type]
             if job.cancel_event.is_set():
                 break
             # 3. Another job may have produced these frames since submit.
@@ -349,7 +371,8 @@ class JobManager:
                 job.step = step
                 return job.cancel_event.is_set()
 
-            images, model_s = run_batch(models, nets, maps, strategy.seeds(batch, request.seed), settings, on_step)
+            seeds = [values[f.frame].seed for f in batch]
+            images, model_s = run_batch(models, nets, maps, seeds, settings_for(batch), on_step)
             job.timings["model_s"] += model_s
             if images is None:
                 break
@@ -378,7 +401,8 @@ class JobManager:
 
     # FLOW coherence --------------------------------------------------------------
 
-    def _run_flow(self, job: Job, models: LoadedModels, strategy: FlowCoherence, settings: BatchSettings,
+    def _run_flow(self, job: Job, models: LoadedModels, strategy: FlowCoherence, values: dict[int, FrameValues],
+                  settings_for: Callable[[list[FrameSpec]], BatchSettings],
                   active_nets: Callable[[FrameSpec], tuple[str, ...]], run_started: float) -> None:
         """Worker thread: frames one at a time, each from the previous one warped along the flow.
 
@@ -431,15 +455,17 @@ class JobManager:
                 job.step = step
                 return job.cancel_event.is_set()
 
+            own = values[frame.frame]
+            settings = settings_for([frame])
             if carried is None:
-                images, model_s = run_batch(models, nets, {n: [m] for n, m in maps.items()}, [request.seed],
+                images, model_s = run_batch(models, nets, {n: [m] for n, m in maps.items()}, [own.seed],
                                             settings, on_step)
                 image = images[0] if images else None
             else:
                 from PIL import Image
 
                 image, model_s = run_img2img(
-                    models, nets, maps, Image.fromarray(carried.warped), request.coherence.strength, request.seed,
+                    models, nets, maps, Image.fromarray(carried.warped), own.strength, own.seed,
                     settings, on_step, keep=carried.masks.valid, keep_until=strategy.method.keep_until,
                 )
             job.timings["model_s"] += model_s

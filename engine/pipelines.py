@@ -263,6 +263,17 @@ class BatchSettings:
     weights: dict[str, float]
     control_start: float
     control_end: float
+    # Per-frame text embeddings (prompt travel, engine/prompt_blend.py): when set they
+    # replace prompt/negative_prompt, one row per frame of the batch.
+    prompt_embeds: dict[str, Any] | None = None
+
+    def prompt_kwargs(self, n: int | None) -> dict[str, Any]:
+        """The pipeline's prompt arguments: lists for ``n`` frames, or plain strings when ``n`` is None."""
+        if self.prompt_embeds is not None:
+            return dict(self.prompt_embeds)
+        if n is None:
+            return {"prompt": self.prompt, "negative_prompt": self.negative_prompt}
+        return {"prompt": [self.prompt] * n, "negative_prompt": [self.negative_prompt] * n}
 
 
 def run_batch(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[str, list[torch.Tensor]],
@@ -294,7 +305,7 @@ def run_batch(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[str
     # 3. Denoise and decode.
     started = time.perf_counter()
     result = pipe(
-        prompt=[settings.prompt] * n, negative_prompt=[settings.negative_prompt] * n,
+        **settings.prompt_kwargs(n),
         num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
         width=settings.width, height=settings.height, generator=generators,
         callback_on_step_end=callback, output_type="pil", **kwargs,
@@ -380,7 +391,7 @@ def run_img2img(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[s
     if {"width", "height"} <= _call_params(type(pipe)):
         kwargs.update(width=settings.width, height=settings.height)
     result = pipe(
-        prompt=settings.prompt, negative_prompt=settings.negative_prompt, image=init, strength=strength,
+        **settings.prompt_kwargs(None), image=init, strength=strength,
         num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale, generator=generator,
         callback_on_step_end=callback, output_type="pil", **kwargs,
     )

@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .schedule import check_frame_values
+
 logger = logging.getLogger(__name__)
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -47,8 +49,24 @@ class FrameSpec(_Strict):
     depth: str | None = None
     pose: str | None = None
     flow: str | None = None
+    # Per-frame values (animated in Blender); None = the job's value (engine/schedule.py).
+    prompt_weights: list[float] | None = None
+    depth_weight: float | None = Field(None, ge=0.0, le=2.0)
+    pose_weight: float | None = Field(None, ge=0.0, le=2.0)
+    control_start: float | None = Field(None, ge=0.0, le=1.0)
+    control_end: float | None = Field(None, ge=0.0, le=1.0)
+    guidance_scale: float | None = Field(None, ge=0.0, le=50.0)
+    strength: float | None = Field(None, ge=0.05, le=1.0)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
 
     _sha = field_validator("depth", "pose", "flow")(_check_sha)
+
+    @field_validator("prompt_weights")
+    @classmethod
+    def _weights_not_negative(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and any(not 0.0 <= w <= 1000.0 for w in value):
+            raise ValueError(f"prompt weights must be between 0 and 1000, got {value}")
+        return value
 
 
 class CoherenceSpec(_Strict):
@@ -134,6 +152,8 @@ class JobRequest(_Strict):
     # IMAGE: per-frame image model (coherence applies). VIDEO: a video model (``video``).
     generator: Literal["IMAGE", "VIDEO"] = "IMAGE"
     video: VideoSpec = Field(default_factory=VideoSpec)
+    # Prompt travel: frames blend these prompts' text embeddings by their prompt_weights.
+    prompt_keys: list[str] = Field(default_factory=list, max_length=64)
 
     @field_validator("width", "height")
     @classmethod
@@ -153,11 +173,21 @@ class JobRequest(_Strict):
             if frame.frame in seen:
                 raise ValueError(f"frame {frame.frame} appears twice in frames; send each frame once")
             seen.add(frame.frame)
+        check_frame_values(self)  # per-frame values: engine/schedule.py
         return self
 
     def full_prompt(self) -> str:
         """The prompt the model sees: the shot prompt followed by the style prompt."""
         return ", ".join(p.strip() for p in (self.prompt, self.style_prompt) if p.strip())
+
+
+    def keyed_prompt(self, text: str) -> str:
+        """A prompt key as the model sees it: the key's text followed by the constant style prompt.
+
+        The constant parts (style now; the character descriptions once they exist) are
+        appended to every key, so they stay the same across a prompt travel.
+        """
+        return ", ".join(p.strip() for p in (text, self.style_prompt) if p.strip())
 
 
 def field_path(loc: tuple[int | str, ...]) -> str:

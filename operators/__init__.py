@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from . import conditioning, engine, exports, generate, pose, shots, takes
+from . import conditioning, engine, exports, generate, pose, prompt_keys, shots, takes
 
-modules = (shots, conditioning, generate, takes, exports, engine, pose)
+modules = (shots, conditioning, generate, takes, exports, engine, pose, prompt_keys)
 
 
 def register() -> None:

@@ -81,7 +81,10 @@ class VIEWFINDER_OT_generate(NeedsShots, bpy.types.Operator):
         jobs = []
         for shot in shots:
             try:
-                jobs.append(collect_shot(context.scene, shot, project, prefs))
+                job = collect_shot(context.scene, shot, project, prefs)
+                for warning in job.warnings:  # animated settings: clamped values, all-zero weights
+                    report(self, "WARNING", warning)
+                jobs.append(job)
             except Exception as exc:
                 failures += 1
                 log.debug("control maps failed", exc_info=True)
@@ -177,6 +180,8 @@ class VIEWFINDER_OT_generate(NeedsShots, bpy.types.Operator):
             except Exception as exc:
                 report(self, "ERROR", _message(name, exc))
                 continue
+            for warning in job.warnings:  # animated settings: clamped values, all-zero weights
+                report(self, "WARNING", warning)
             self._jobs.append(job)
             return {"RUNNING_MODAL"}
         if not self._jobs or self._cancel.is_set():

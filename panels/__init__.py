@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from . import menus, sequencer, view3d
+from . import menus, prompt_keys, sequencer, view3d
 
-modules = (view3d, sequencer, menus)
+modules = (view3d, prompt_keys, sequencer, menus)
 
 
 def register() -> None:
