@@ -58,6 +58,8 @@ class ShotJob:
     models: dict[str, Any]
     prompts: dict[str, str]
     settings: dict[str, Any]
+    blobs: dict[str, Path] = field(default_factory=dict)  # sha256 → file (reference images) to upload
+    characters: list[dict[str, Any]] = field(default_factory=list)  # [{name, mask_ids}] for take.json
 
 
 @dataclass
@@ -159,6 +161,7 @@ def run_shot(
             style_prompt=job.prompts["style_prompt"], negative_prompt=job.prompts["negative_prompt"],
             seed=int(job.settings["seed"]), models=job.models, settings=job.settings,
             control_hash=c_hash, request_hash=r_hash, frames_total=list(job.frames),
+            characters=list(job.characters),
         )
     info.engine = getattr(client, "base_url", "")
     takes_core.write_take(take_dir, info)
@@ -171,6 +174,11 @@ def run_shot(
             return _finish(take_dir, info, cancelled=True)
         if client.upload_blob(path.read_bytes()) != sha:
             raise GenerationError(f"Engine stored control map {path.name} under another hash: upgrade the engine")
+    for sha, path in job.blobs.items():
+        if cancelled():
+            return _finish(take_dir, info, cancelled=True)
+        if client.upload_blob(path.read_bytes()) != sha:
+            raise GenerationError(f"Reference image {path} changed while it was being sent: generate again")
     body = dict(job.request)
     body["frames"] = [
         {"frame": frame, **{k: (hashes[p] if p is not None else None) for k, p in job.maps[frame].items()}}

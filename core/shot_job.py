@@ -97,6 +97,13 @@ def collect_shot(
         "control_end": round(float(shot.control_end), 4),
         "coherence": coherence_settings(shot, meta),
     }
+    # The character bible and film look (core/characters_scene.py): empty for a film without them.
+    cast = _characters(scene, shot, conditioning_dir, meta, project)
+    models.update(cast["models"])
+    job_settings.update(cast["settings"])
+    if cast["masks"]:
+        for frame, frame_maps in maps.items():
+            frame_maps["mask"] = conditioning_dir / "masks" / frame_name(frame)
     request = {
         "shot": shot.name,
         "models": models,
@@ -111,7 +118,18 @@ def collect_shot(
     return ShotJob(
         shot=shot.name, frames=frames, conditioning_dir=conditioning_dir, takes_dir=project.takes_dir(shot.name),
         maps=maps, request=request, models=models, prompts=prompts, settings=job_settings,
+        blobs=cast["blobs"], characters=cast["characters"],
     )
+
+
+def _characters(scene: bpy.types.Scene, shot: Any, conditioning_dir: Path, meta: dict[str, Any],
+                project: Project) -> dict[str, Any]:
+    from .characters_scene import collect_characters
+
+    try:
+        return collect_characters(scene, conditioning_dir, meta, project.root / "references")
+    except ValueError as exc:  # CharacterError: names the character and the fix
+        raise GenerationError(f"Shot '{shot.name}': {exc}") from exc
 
 
 def coherence_settings(shot: Any, meta: dict[str, Any]) -> dict[str, Any]:

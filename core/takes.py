@@ -40,13 +40,19 @@ class TakeInfo:
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
     engine: str = ""
     format: int = FORMAT_VERSION
+    # The characters sent with the take: [{"name", "mask_ids"}]; the identity metric crops them by mask.
+    characters: list[dict[str, Any]] = field(default_factory=list)
 
     def file_names(self) -> list[str]:
         return [frame_name(f) for f in sorted(self.frames_done)]
 
 
 def request_hash(control_hash: str, models: dict[str, Any], prompts: dict[str, Any], settings: dict[str, Any]) -> str:
-    """Everything that decides a take's frames, hashed: equal hashes mean an identical take."""
+    """Everything that decides a take's frames, hashed: equal hashes mean an identical take.
+
+    `settings` carries the characters block and the film look's references
+    (core/characters_scene.py) when a shot has them, so they are hashed too.
+    """
     canonical = json.dumps(
         {"control": control_hash, "models": models, "prompts": prompts, "settings": settings},
         sort_keys=True, separators=(",", ":"),

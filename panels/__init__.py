@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from . import menus, sequencer, view3d
+from . import characters, menus, sequencer, view3d
 
-modules = (view3d, sequencer, menus)
+modules = (view3d, characters, sequencer, menus)
 
 
 def register() -> None:
