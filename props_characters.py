@@ -22,6 +22,10 @@ DEFAULT_IP_ADAPTER = "h94/IP-Adapter/models/ip-adapter-plus_sd15.safetensors"
 DEFAULT_IMAGE_ENCODER = "h94/IP-Adapter/models/image_encoder"
 
 
+# Blender 4.5+ warns when a "//" path is set on a FILE_PATH property that does not declare it; 4.2 lacks the flag.
+_RELATIVE_PATH = {"PATH_SUPPORTS_BLEND_RELATIVE"} if bpy.app.version >= (4, 5, 0) else set()
+
+
 def _is_armature(_self: object, obj: bpy.types.Object) -> bool:
     return obj.type == "ARMATURE"
 
@@ -69,7 +73,8 @@ class ViewfinderCharacter(bpy.types.PropertyGroup):
         description="How strongly the references hold the character's look inside its mask (IP-Adapter scale)",
     )
     lora: StringProperty(
-        name="LoRA", subtype="FILE_PATH", description="Optional LoRA (.safetensors) trained on this character",
+        name="LoRA", subtype="FILE_PATH", options=_RELATIVE_PATH,
+        description="Optional LoRA (.safetensors) trained on this character",
     )
     lora_scale: FloatProperty(name="LoRA Scale", default=1.0, min=0.0, max=4.0, soft_max=2.0)
     trigger_words: StringProperty(

@@ -88,6 +88,11 @@ def check_reference(character: str, label: str, path: Path, *, who: str = "", wh
         ) from exc
     except OSError as exc:
         raise CharacterError(f"{who}: reference '{label}' cannot be read ({exc.strerror or exc}; {path}): {fix}") from exc
+    check_size(who, label, width, height)
+
+
+def check_size(who: str, label: str, width: int, height: int) -> None:
+    """Refuse a reference above MAX_REFERENCE_PIXELS; `who` starts the message ("Character 'Hero'")."""
     if width * height > MAX_REFERENCE_PIXELS:
         raise CharacterError(
             f"{who}: reference '{label}' is {width}×{height} ({width * height / 1e6:.1f} megapixels), more than "

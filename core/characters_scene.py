@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .characters import CharacterSource, check_reference, file_sha256
+from .characters import CharacterSource, check_reference, check_size, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,11 @@ def problem_of(character: Any) -> str:
 
 
 def image_file(image: Any, cache_dir: Path) -> Path:
-    """A file holding the Blender image's pixels: its own file when it has one, else one written here."""
+    """A file holding the Blender image's pixels: its own file when it has one, else one written here.
+
+    Images without a file larger than MAX_REFERENCE_PIXELS are not written
+    (the caller checks `image.size` first, see `_reference_file`).
+    """
     import bpy  # deferred: importable without Blender
 
     packed = getattr(image, "packed_file", None)
@@ -96,13 +100,21 @@ def _write_pixels(image: Any, cache_dir: Path) -> Path:
         return cache_dir / f"{image.name}-has-no-pixels.png"  # check_reference says it is missing
     pixels = np.empty(width * height * 4, dtype=np.float32)
     image.pixels.foreach_get(pixels)
-    rgba = (np.clip(pixels.reshape(height, width, 4)[::-1], 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
-    data = encode_png(rgba)
+    rgb = (np.clip(pixels.reshape(height, width, 4)[::-1, :, :3], 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+    data = encode_png(np.ascontiguousarray(rgb))
     target = cache_dir / f"{hashlib.sha256(data).hexdigest()}.png"
     if not target.is_file():
         cache_dir.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
     return target
+
+
+def _reference_file(who: str, image: Any, cache_dir: Path) -> Path:
+    """`image_file`, refusing an image without a file that is too large before writing it out."""
+    if getattr(image, "packed_file", None) is None and image.source != "FILE":
+        width, height = image.size
+        check_size(who, image.name, width, height)
+    return image_file(image, cache_dir)
 
 
 def _abspath(value: str) -> str:
@@ -123,7 +135,7 @@ def read_bible(scene: Any, cache_dir: Path) -> list[CharacterSource]:
             if ref.image is None:
                 continue
             label = ref.image.name or f"#{index + 1}"
-            refs.append((label, image_file(ref.image, cache_dir)))
+            refs.append((label, _reference_file(f"Character '{character.name}'", ref.image, cache_dir)))
         sources.append(CharacterSource(
             name=character.name,
             object_names=[o.name for o in character_objects(scene, character)],
@@ -146,8 +158,9 @@ def film_look(scene: Any, cache_dir: Path) -> tuple[dict[str, Any], dict[str, Pa
     for key, image in (("style_reference", settings.style_reference), ("palette_reference", settings.palette_reference)):
         if image is None:
             continue
-        path = image_file(image, cache_dir)
-        check_reference("", image.name, path, who=f"Film look: {key.replace('_', ' ')}",
+        who = f"Film look: {key.replace('_', ' ')}"
+        path = _reference_file(who, image, cache_dir)
+        check_reference("", image.name, path, who=who,
                         where="Viewfinder ▸ Film Look")
         sha = file_sha256(path)
         blobs[sha] = path

@@ -129,7 +129,8 @@ def _characters(scene: bpy.types.Scene, shot: Any, conditioning_dir: Path, meta:
     try:
         return collect_characters(scene, conditioning_dir, meta, project.root / "references")
     except ValueError as exc:  # CharacterError: names the character and the fix
-        raise GenerationError(f"Shot '{shot.name}': {exc}") from exc
+        text = str(exc)
+        raise GenerationError(text if text.startswith(f"Shot '{shot.name}'") else f"Shot '{shot.name}': {text}") from exc
 
 
 def coherence_settings(shot: Any, meta: dict[str, Any]) -> dict[str, Any]:
