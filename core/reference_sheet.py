@@ -1,9 +1,10 @@
 """Make Reference Sheet: a character's front, three-quarter and side views, generated from its own rig.
 
-The character's objects are linked into a throwaway scene with the armature in
-its rest pose (the neutral pose), an orthographic camera steps round it (frame
-1 front, 2 three-quarter, 3 side), and the ordinary conditioning renders exact
-depth and OpenPose maps of those three views. The engine then generates them
+Everything but the character is hidden for the render, the armature is put in
+its rest pose (the neutral pose), an orthographic camera steps round it (the
+current frame front, then three-quarter, then side), and the ordinary
+conditioning renders exact depth and OpenPose maps of those three views; all
+of it is restored afterwards. The engine then generates them
 with the character's description (and LoRA), and the images come back as
 Blender images in `character.sheet`; the user keeps the ones they like as
 references (viewfinder.add_reference). The sheet lives under
@@ -74,36 +75,39 @@ def prepare_sheet(scene: Any, character: Any, project: Project, prefs: Prefs) ->
     size = max(64, settings.long_edge // 8 * 8)
     out = sheet_dir(project, character.name)
 
-    # 2. A throwaway scene holding only the character, in its rest pose, and a camera stepping round it.
-    temp = bpy.data.scenes.new(f"Viewfinder Sheet {character.name}")
-    camera = None
+    # 2. Only the character renders, in its rest pose, seen by a camera stepping round it over three frames.
+    # This happens in the user's scene (everything else hidden for the render, all restored after):
+    # Blender only evaluates the context scene's objects, and the pose maps read evaluated bones.
+    from .conditioning.render import RenderGuard
+
     armature = character.armature
-    saved_pose = armature.data.pose_position if armature is not None else None
+    first = scene.frame_current
+    original_frame, original_camera = scene.frame_current, scene.camera
+    keep = {o.name for o in objects} | ({armature.name} if armature is not None else set())
+    camera = None
     try:
-        temp.render.resolution_x = temp.render.resolution_y = size
-        temp.render.resolution_percentage = 100
-        linked = list(objects) + ([armature] if armature is not None else [])
-        for obj in linked:
-            temp.collection.objects.link(obj)
-        if armature is not None:
-            armature.data.pose_position = "REST"
-        temp.frame_set(1)
-        camera = _sheet_camera(temp, objects, armature)
-        shot = SimpleNamespace(name=f"{character.name} sheet", camera=camera, frame_start=1, frame_end=len(VIEWS))
-        conditioning_dir = out / "conditioning"
-        try:
-            result = render_shot(temp, shot, conditioning_dir, width=size, height=size)
-        except ConditioningError as exc:
-            raise GenerationError(f"Character '{character.name}': {exc}") from exc
-        meta = result.meta
+        with RenderGuard() as guard:
+            for obj in scene.objects:
+                if obj.name not in keep and not obj.hide_render:
+                    guard.set(obj, "hide_render", True)
+            if armature is not None:
+                guard.set(armature.data, "pose_position", "REST")
+            camera = _sheet_camera(scene, objects, armature, first)
+            shot = SimpleNamespace(name=f"{character.name} sheet", camera=camera, frame_start=first,
+                                   frame_end=first + len(VIEWS) - 1)
+            conditioning_dir = out / "conditioning"
+            try:
+                result = render_shot(scene, shot, conditioning_dir, width=size, height=size)
+            except ConditioningError as exc:
+                raise GenerationError(f"Character '{character.name}': {exc}") from exc
+            meta = result.meta
     finally:
-        if armature is not None and saved_pose is not None:
-            armature.data.pose_position = saved_pose
         if camera is not None:
             cam_data = camera.data
             bpy.data.objects.remove(camera)
             bpy.data.cameras.remove(cam_data)
-        bpy.data.scenes.remove(temp)
+        scene.camera = original_camera
+        scene.frame_set(original_frame)
 
     # 3. The engine job: one frame per view, each with its own prompt through the character's region.
     maps = build_maps(conditioning_dir, meta)
@@ -149,39 +153,40 @@ def prepare_sheet(scene: Any, character: Any, project: Project, prefs: Prefs) ->
     return SheetJob(character.name, job)
 
 
-def _sheet_camera(scene: Any, objects: list[Any], armature: Any) -> Any:
-    """An orthographic camera keyed to frame the character from the front (1), three-quarter (2), side (3)."""
+def _sheet_camera(scene: Any, objects: list[Any], armature: Any, first: int) -> Any:
+    """An orthographic camera framing the character from the front (frame `first`), three-quarter, side."""
     import bpy
     from mathutils import Matrix, Vector
 
-    depsgraph = scene.view_layers[0].depsgraph
-    depsgraph.update()
-    points = []
-    for obj in objects:
-        evaluated = obj.evaluated_get(depsgraph)
-        points += [evaluated.matrix_world @ Vector(corner) for corner in evaluated.bound_box]
-    low = Vector((min(p.x for p in points), min(p.y for p in points), min(p.z for p in points)))
-    high = Vector((max(p.x for p in points), max(p.y for p in points), max(p.z for p in points)))
-    center = (low + high) / 2
-    extent = high - low
-    # The character faces its rig's -Y (Blender's meta-rig convention); without a rig, the world's -Y.
-    basis = armature.matrix_world.to_3x3().normalized() if armature is not None else Matrix.Identity(3)
     data = bpy.data.cameras.new("Viewfinder Sheet Camera")
     data.type = "ORTHO"
-    data.ortho_scale = max(extent.x, extent.y, extent.z) * 1.15
-    data.clip_end = max(100.0, extent.length * 10)
     camera = bpy.data.objects.new("Viewfinder Sheet Camera", data)
     camera.rotation_mode = "QUATERNION"
     scene.collection.objects.link(camera)
     scene.camera = camera
-    distance = extent.length * 2 + 1.0
-    for frame, (_view, degrees) in enumerate(VIEWS, start=1):
+    scale = 0.0
+    for frame, (_view, degrees) in enumerate(VIEWS, start=first):
+        # The rig may move between frames (its own animation): frame it where it is at each one.
+        scene.frame_set(frame)
+        depsgraph = bpy.context.evaluated_depsgraph_get()
+        points = []
+        for obj in objects:
+            evaluated = obj.evaluated_get(depsgraph)
+            points += [evaluated.matrix_world @ Vector(corner) for corner in evaluated.bound_box]
+        low = Vector((min(p.x for p in points), min(p.y for p in points), min(p.z for p in points)))
+        high = Vector((max(p.x for p in points), max(p.y for p in points), max(p.z for p in points)))
+        center, extent = (low + high) / 2, high - low
+        scale = max(scale, max(extent.x, extent.y, extent.z) * 1.15)
+        data.clip_end = max(data.clip_end, extent.length * 10, 100.0)
+        # The character faces its rig's -Y (Blender's meta-rig convention); without a rig, the world's -Y.
+        basis = armature.matrix_world.to_3x3().normalized() if armature is not None else Matrix.Identity(3)
         angle = math.radians(degrees)
         direction = basis @ Vector((math.sin(angle), -math.cos(angle), 0.0))  # from the character to the camera
-        camera.location = center + direction * distance
+        camera.location = center + direction * (extent.length * 2 + 1.0)
         camera.rotation_quaternion = (-direction).to_track_quat("-Z", "Y")
         camera.keyframe_insert("location", frame=frame)
         camera.keyframe_insert("rotation_quaternion", frame=frame)
+    data.ortho_scale = scale
     for fcurve in _fcurves(camera):
         for point in fcurve.keyframe_points:
             point.interpolation = "CONSTANT"
