@@ -49,6 +49,7 @@ class CharacterSource:
     lora_scale: float = 1.0
     trigger_words: str = ""
     problem: str = ""  # why it stands for nothing (e.g. its armature was deleted)
+    armature: str = ""  # the rig's name: the mask legend's name for the character (meta.json)
 
 
 @dataclass
@@ -58,9 +59,15 @@ class ShotCharacters:
     characters: list[dict[str, Any]] = field(default_factory=list)
     blobs: dict[str, Path] = field(default_factory=dict)  # sha256 → file to upload
 
+    armatures: dict[str, str] = field(default_factory=dict)  # character name → rig name
+
     def summary(self) -> list[dict[str, Any]]:
-        """What take.json records: name and mask ids per character (the identity metric's crops)."""
-        return [{"name": c["name"], "mask_ids": list(c["mask_ids"])} for c in self.characters]
+        """What take.json records per character: name, mask ids (the identity metric's crops) and rig name.
+
+        The rig name is the legend's name in meta.json, so a run without the bible can be matched to it.
+        """
+        return [{"name": c["name"], "mask_ids": list(c["mask_ids"]), "armature": self.armatures.get(c["name"], "")}
+                for c in self.characters]
 
 
 def file_sha256(path: Path) -> str:
@@ -186,6 +193,7 @@ def shot_characters(
             result.blobs[sha] = path
             shas.append(sha)
         check_lora(source.name, source.lora)
+        result.armatures[source.name] = source.armature
         # The engine appends the trigger words to the description (CharacterSpec.region_prompt).
         result.characters.append({
             "name": source.name,

@@ -58,6 +58,40 @@ def deformed_by(scene: Any, armature: Any) -> list[Any]:
     return sorted((o for o in scene.objects if o.type in RENDERABLE and _owner(o) == armature), key=lambda o: o.name)
 
 
+def add_character_from_selection(scene: Any, selected: list[Any], active: Any) -> tuple[Any, str]:
+    """A new character for the selected armature (and any selected meshes it does not deform)."""
+    armatures = [o for o in selected if o.type == "ARMATURE"]
+    if active is not None and active.type == "ARMATURE":
+        armature = active
+    else:
+        armature = armatures[0] if armatures else None
+    settings = scene.viewfinder
+    if armature is not None:
+        taken = [c.name for c in settings.characters if c.armature == armature]
+        if taken:
+            return None, f"'{armature.name}' is already the character '{taken[0]}'"
+    character = settings.characters.add()
+    character.name = _unique_name(settings.characters, (armature or active or selected[0]).name, character)
+    character.armature = armature
+    if armature is not None:
+        character.armature_name = armature.name
+    deformed = set(deformed_by(scene, armature)) if armature is not None else set()
+    for obj in sorted(selected, key=lambda o: o.name):
+        if obj.type in RENDERABLE and obj not in deformed:
+            character.extra_objects.add().object = obj
+    settings.active_character_index = len(settings.characters) - 1
+    return character, ""
+
+
+def _unique_name(collection: Any, wanted: str, item: Any) -> str:
+    names = {c.name for c in collection if c != item}
+    name, number = wanted, 1
+    while name in names:
+        number += 1
+        name = f"{wanted}.{number:03d}"
+    return name
+
+
 def problem_of(character: Any) -> str:
     """Why a character stands for nothing, in words, or ""."""
     if character.armature is None and character.armature_name:
@@ -130,6 +164,8 @@ def read_bible(scene: Any, cache_dir: Path) -> list[CharacterSource]:
     """Every character of the scene as plain data (objects by current name, references as files)."""
     sources = []
     for character in scene.viewfinder.characters:
+        if character.armature is not None and character.armature_name != character.armature.name:
+            character.armature_name = character.armature.name  # follows renames, for the deleted-rig message
         refs = []
         for index, ref in enumerate(character.references):
             if ref.image is None:
@@ -146,6 +182,7 @@ def read_bible(scene: Any, cache_dir: Path) -> list[CharacterSource]:
             lora_scale=character.lora_scale,
             trigger_words=character.trigger_words,
             problem=problem_of(character),
+            armature=character.armature.name if character.armature is not None else "",
         ))
     return sources
 

@@ -9,7 +9,7 @@ import bpy
 from bpy.props import IntProperty, StringProperty
 
 from ..core import engine_link
-from ..core.characters_scene import RENDERABLE, deformed_by
+from ..core.characters_scene import RENDERABLE, add_character_from_selection, deformed_by
 from ..core.generate import run_shot
 from ..core.reference_sheet import load_sheet, prepare_sheet
 from ..preferences import get_prefs
@@ -23,40 +23,6 @@ def _active_character(context: bpy.types.Context):
     if not settings.characters:
         return None
     return settings.characters[min(settings.active_character_index, len(settings.characters) - 1)]
-
-
-def add_character_from_selection(scene: bpy.types.Scene, selected: list, active) -> tuple[object, str]:
-    """A new character for the selected armature (and any selected meshes it does not deform)."""
-    armatures = [o for o in selected if o.type == "ARMATURE"]
-    if active is not None and active.type == "ARMATURE":
-        armature = active
-    else:
-        armature = armatures[0] if armatures else None
-    settings = scene.viewfinder
-    if armature is not None:
-        taken = [c.name for c in settings.characters if c.armature == armature]
-        if taken:
-            return None, f"'{armature.name}' is already the character '{taken[0]}'"
-    character = settings.characters.add()
-    character.name = _unique_name(settings.characters, (armature or active or selected[0]).name, character)
-    character.armature = armature
-    if armature is not None:
-        character.armature_name = armature.name
-    deformed = set(deformed_by(scene, armature)) if armature is not None else set()
-    for obj in sorted(selected, key=lambda o: o.name):
-        if obj.type in RENDERABLE and obj not in deformed:
-            character.extra_objects.add().object = obj
-    settings.active_character_index = len(settings.characters) - 1
-    return character, ""
-
-
-def _unique_name(collection, wanted: str, item) -> str:
-    names = {c.name for c in collection if c != item}
-    name, number = wanted, 1
-    while name in names:
-        number += 1
-        name = f"{wanted}.{number:03d}"
-    return name
 
 
 class NeedsCharacter:

@@ -96,8 +96,8 @@ def test_request_for_a_two_character_shot(tmp_path, vfmod):
     assert job.request["style_reference"] == style_sha and job.request["style_strength"] == 0.5
     assert job.models["ip_adapter"] == scene.viewfinder.ip_adapter
     assert job.blobs == {hero_sha: ref, style_sha: style}
-    assert job.characters == [{"name": "Hero", "mask_ids": [ids["Hero"]]},
-                              {"name": "Stranger", "mask_ids": [ids["Stranger"]]}]
+    assert job.characters == [{"name": "Hero", "mask_ids": [ids["Hero"]], "armature": "Hero"},
+                              {"name": "Stranger", "mask_ids": [ids["Stranger"]], "armature": "Stranger"}]
     # Every frame sends its mask, and both characters really are in it.
     for frame in job.frames:
         mask = job.maps[frame]["mask"]

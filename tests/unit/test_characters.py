@@ -52,7 +52,7 @@ def test_only_visible_characters_are_sent_with_their_mask_ids_and_reference_hash
         "identity_strength": 0.75, "lora": None, "lora_scale": 1.0, "trigger_words": "hrw",
     }]
     assert block.blobs == {sha: ref}
-    assert block.summary() == [{"name": "Hero", "mask_ids": [2]}]
+    assert block.summary() == [{"name": "Hero", "mask_ids": [2], "armature": ""}]
 
 
 def test_a_character_that_is_not_visible_is_not_checked(tmp_path):
