@@ -61,7 +61,8 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     subprocess.run([sys.executable, "-m", "engine", "make-tiny-models", str(out)], cwd=ROOT, check=True,
                    capture_output=True, timeout=300)
     return {"base": str(out / "sd15"), "depth": str(out / "controlnet-depth"), "pose": str(out / "controlnet-pose"),
-            "lora": str(out / "lora.safetensors")}
+            "lora": str(out / "lora.safetensors"), "ip_adapter": str(out / "ip-adapter.safetensors"),
+            "image_encoder": str(out / "image-encoder")}
 
 
 @pytest.fixture(scope="session")
