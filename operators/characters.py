@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 from pathlib import Path
+from typing import Any
 
 import bpy
 from bpy.props import IntProperty, StringProperty
 
 from ..core import engine_link
 from ..core.characters_scene import RENDERABLE, add_character_from_selection, deformed_by
-from ..core.generate import run_shot
-from ..core.reference_sheet import load_sheet, prepare_sheet
+from ..core.generate import Progress, TakeOutcome, run_shot
+from ..core.reference_sheet import SheetJob, load_sheet, prepare_sheet
 from ..preferences import get_prefs
 from .common import NeedsScene, project_of, report
 
@@ -171,6 +174,9 @@ class VIEWFINDER_OT_make_reference_sheet(NeedsCharacter, bpy.types.Operator):
     # No UNDO: the images are files on disk; the sheet list is refilled on the next run.
     bl_options = {"REGISTER"}
 
+    _timer: Any = None
+    _thread: threading.Thread | None = None
+
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
         if not super().poll(context):
@@ -181,28 +187,109 @@ class VIEWFINDER_OT_make_reference_sheet(NeedsCharacter, bpy.types.Operator):
             return False
         return True
 
-    def execute(self, context: bpy.types.Context) -> set[str]:
+    def _prepare(self, context: bpy.types.Context) -> SheetJob | None:
+        """Main thread: the views' control maps and the engine job, or None after reporting why not."""
         character = _active_character(context)
         project = project_of(context)
-        prefs = get_prefs(context)
+        self._prefs = get_prefs(context)
         if project.temporary:
             report(self, "WARNING", f"Unsaved file: the sheet goes to {project.describe()}")
-        # Blocking: three frames. The engine job itself is the ordinary one (run_shot).
         try:
-            sheet = prepare_sheet(context.scene, character, project, prefs)
-            client = engine_link.connect(prefs)
-            outcome = run_shot(sheet.job, client)
+            return prepare_sheet(context.scene, character, project, self._prefs)
+        except Exception as exc:
+            self._fail(character.name, exc)
+            return None
+
+    def _fail(self, name: str, exc: BaseException) -> None:
+        log.debug("reference sheet failed", exc_info=True)
+        text = str(exc) or exc.__class__.__name__
+        report(self, "ERROR", text if name in text else f"Character '{name}': {text}")
+
+    def _place(self, context: bpy.types.Context, sheet: SheetJob, outcome: TakeOutcome) -> set[str]:
+        try:
             images = load_sheet(context.scene, sheet.character, outcome)
         except Exception as exc:
-            log.debug("reference sheet failed", exc_info=True)
-            text = str(exc) or exc.__class__.__name__
-            if character.name not in text:
-                text = f"Character '{character.name}': {text}"
-            report(self, "ERROR", text)
+            self._fail(sheet.character, exc)
             return {"CANCELLED"}
-        report(self, "INFO", f"Character '{character.name}': reference sheet of {len(images)} views; "
-                             "keep the ones you like (Keep as Reference)")
+        report(self, "INFO", f"Character '{sheet.character}': reference sheet of {len(images)} views; "
+                             "keep the ones you like (Keep)")
         return {"FINISHED"}
+
+    # -- blocking path (scripts, background mode) ---------------------------
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        sheet = self._prepare(context)
+        if sheet is None:
+            return {"CANCELLED"}
+        try:
+            outcome = run_shot(sheet.job, engine_link.connect(self._prefs))
+        except Exception as exc:
+            self._fail(sheet.character, exc)
+            return {"CANCELLED"}
+        return self._place(context, sheet, outcome)
+
+    # -- modal path: the engine job on a worker, the UI stays responsive ----
+
+    def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
+        if bpy.app.background:
+            return self.execute(context)
+        self._sheet = self._prepare(context)
+        if self._sheet is None:
+            return {"CANCELLED"}
+        self._messages: queue.Queue = queue.Queue()
+        self._cancel = threading.Event()
+        self._thread = threading.Thread(target=self._work, name="viewfinder-sheet", daemon=True)
+        self._thread.start()
+        wm = context.window_manager
+        self._timer = wm.event_timer_add(0.2, window=context.window)
+        wm.modal_handler_add(self)
+        self._status(context, "generating")
+        return {"RUNNING_MODAL"}
+
+    def _work(self) -> None:
+        """Worker thread: run the engine job and post the outcome. Never touches bpy."""
+        try:
+            client = engine_link.connect(self._prefs)
+            outcome = run_shot(self._sheet.job, client, should_cancel=self._cancel.is_set,
+                               on_progress=self._messages.put)
+            self._messages.put(outcome)
+        except Exception as exc:
+            self._messages.put(exc)
+
+    def modal(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
+        if event.type == "ESC" and event.value == "PRESS":
+            self._cancel.set()
+            self._status(context, "cancelling…")
+        if event.type != "TIMER":
+            return {"PASS_THROUGH"}
+        while True:
+            try:
+                message = self._messages.get_nowait()
+            except queue.Empty:
+                return {"RUNNING_MODAL"}
+            if isinstance(message, Progress):
+                self._status(context, f"view {message.frames_done} of {message.frames_total}")
+                continue
+            self._end(context)
+            if isinstance(message, Exception):
+                self._fail(self._sheet.character, message)
+                return {"CANCELLED"}
+            return self._place(context, self._sheet, message)
+
+    def _status(self, context: bpy.types.Context, text: str) -> None:
+        if context.workspace is not None:
+            context.workspace.status_text_set(f"Viewfinder reference sheet: {text} — Esc to cancel")
+
+    def _end(self, context: bpy.types.Context) -> None:
+        if self._timer is not None:
+            context.window_manager.event_timer_remove(self._timer)
+            self._timer = None
+        if context.workspace is not None:
+            context.workspace.status_text_set(None)
+
+    def cancel(self, context: bpy.types.Context) -> None:
+        self._cancel.set()
+        self._end(context)
 
 
 classes = (

@@ -57,6 +57,8 @@ class VIEWFINDER_PT_characters(ViewfinderPanel, bpy.types.Panel):
         layout.prop(character, "description", text="", icon="TEXT")
         layout.use_property_split = True
         layout.prop(character, "armature")
+        for index, item in enumerate(character.extra_objects):
+            layout.prop(item, "object", text="Also" if index == 0 else " ")
         layout.prop(character, "collection")
         layout.prop(character, "identity_strength")
         layout.prop(character, "lora")

@@ -80,6 +80,10 @@ def test_request_for_a_two_character_shot(tmp_path, vfmod):
     scene.viewfinder.characters["Hero"].trigger_words = "hrw"
     style = save_png(tmp_path / "style.png", 9, 9, colour=(0.1, 0.2, 0.9))
     scene.viewfinder.style_reference = bpy.data.images.load(str(style))
+    # A palette made in Blender, never saved: written once under the project's references/ folder.
+    palette = bpy.data.images.new("Palette", 4, 2)
+    palette.pixels.foreach_set([0.9, 0.5, 0.1, 1.0] * 8)
+    scene.viewfinder.palette_reference = palette
     characters = vfmod("core.characters")
 
     job = collect(scene, vfmod, "Both")
@@ -94,8 +98,13 @@ def test_request_for_a_two_character_shot(tmp_path, vfmod):
          "references": [], "identity_strength": 0.6, "lora": None, "lora_scale": 1.0, "trigger_words": ""},
     ]
     assert job.request["style_reference"] == style_sha and job.request["style_strength"] == 0.5
+    palette_sha = job.request["palette_reference"]
+    palette_file = job.blobs[palette_sha]
+    assert palette_file.parent == tmp_path / "viewfinder" / "references"
+    assert characters.file_sha256(palette_file) == palette_sha
+    assert vfmod("core.conditioning.png").read_png(palette_file)[0, 0].tolist() == [230, 128, 26]
     assert job.models["ip_adapter"] == scene.viewfinder.ip_adapter
-    assert job.blobs == {hero_sha: ref, style_sha: style}
+    assert job.blobs == {hero_sha: ref, style_sha: style, palette_sha: palette_file}
     assert job.characters == [{"name": "Hero", "mask_ids": [ids["Hero"]], "armature": "Hero"},
                               {"name": "Stranger", "mask_ids": [ids["Stranger"]], "armature": "Stranger"}]
     # Every frame sends its mask, and both characters really are in it.
@@ -108,13 +117,14 @@ def test_request_for_a_two_character_shot(tmp_path, vfmod):
     # The close shot sees only the hero: the stranger is not sent, costs nothing.
     job = collect(scene, vfmod, "Hero")
     assert [c["name"] for c in job.request["characters"]] == ["Hero"]
-    assert job.blobs == {hero_sha: ref, style_sha: style}
+    assert job.blobs == {hero_sha: ref, style_sha: style, palette_sha: palette_file}
 
     # Without an IP-Adapter no reference is sent (the engine could not use it).
     scene.viewfinder.ip_adapter = ""
     job = collect(scene, vfmod, "Hero")
     assert job.request["characters"][0]["references"] == [] and "style_reference" not in job.request
-    assert "ip_adapter" not in job.models and job.blobs == {}
+    assert "ip_adapter" not in job.models and job.blobs == {palette_sha: palette_file}
+    assert job.request["palette_reference"] == palette_sha  # the palette needs no IP-Adapter
 
 
 def test_a_film_without_a_bible_sends_the_request_it_sent_before(tmp_path, vfmod):
@@ -157,6 +167,9 @@ def test_bad_input_is_named_before_anything_is_sent(tmp_path, vfmod, case, patte
 
 def test_reference_operators(tmp_path, vfmod):
     scene = build_cast(tmp_path)
+    for name in ("VIEWFINDER_PT_characters", "VIEWFINDER_PT_film_look", "VIEWFINDER_UL_characters",
+                 "VIEWFINDER_UL_references", "VIEWFINDER_MT_characters"):
+        assert hasattr(bpy.types, name), name
     path = save_png(tmp_path / "hero.png", 8, 8)
     scene.viewfinder.active_character_index = 0
     assert bpy.ops.viewfinder.add_reference(filepath=str(path)) == {"FINISHED"}
