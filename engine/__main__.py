@@ -108,8 +108,10 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 def cmd_identity(args: argparse.Namespace, takes: list) -> int:  # type: ignore[type-arg]
     """Identity similarity per character across shots (engine/identity_metric.py)."""
     from .errors import EngineFault
-    from .identity_metric import default_encoder, identity_lines, load_encoder
+    from .identity_metric import any_characters, default_encoder, identity_lines, load_encoder
 
+    if not any_characters(takes):
+        return 0
     encoder_id = args.identity_encoder or default_encoder(takes)
     if not encoder_id:
         print("identity: skipped (no image encoder in the takes' settings; pass --identity-encoder FOLDER)",

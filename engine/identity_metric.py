@@ -53,6 +53,16 @@ def take_characters(take_dir: Path, meta: dict[str, Any]) -> list[tuple[str, str
     return found
 
 
+def any_characters(takes: list[Path]) -> bool:
+    """True when some take names characters (take.json or the mask legend): then there is a figure to print."""
+    for take in takes:
+        meta_path = take.parent.parent / "conditioning" / "meta.json"
+        meta = json.loads(meta_path.read_text("utf-8")) if meta_path.is_file() else {}
+        if take_characters(take, meta):
+            return True
+    return False
+
+
 def crop_box(mask: np.ndarray, ids: list[int]) -> tuple[int, int, int, int] | None:
     """(top, left, bottom, right) of the pixels with ``ids``; None when fewer than MIN_CROP_PIXELS."""
     inside = np.isin(mask, np.asarray(ids, mask.dtype))
