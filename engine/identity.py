@@ -55,6 +55,10 @@ class IdentityPlan:
         """Load what the job needs and encode its references once. Worker thread."""
         request = self.request
         base, device = models.base, models.key.device
+        if request.characters and models.family != "sd15":
+            raise BadRequest("characters: regional prompts are implemented and tested for SD 1.5 base models only; "
+                             "use an SD 1.5 base model for shots with characters", field="characters",
+                             code="incompatible_model")
         # 1. Palette: the colour anchor of every frame of the film.
         if request.palette_reference:
             self.palette = color_stats(np.asarray(read_image(storage, request.palette_reference)))

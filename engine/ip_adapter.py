@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import BadRequest
+from .errors import BadRequest, EngineFault, is_out_of_memory
 from .models import PICKLE_SUFFIXES, ModelRef, Progress, _fingerprint, load_with_fallback
 
 logger = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def load_ip_adapter(base: Any, ref: IpAdapterRef, device: str, progress: Progres
         load_with_fallback(ref.weights, lambda offline: base.load_ip_adapter(
             where, subfolder=sub, weight_name=name, image_encoder_folder=None, local_files_only=offline), progress)
     except Exception as exc:  # noqa: BLE001
-        if getattr(exc, "status", 0):
+        if is_out_of_memory(exc) or isinstance(exc, EngineFault):
             raise
         raise BadRequest(f"models.ip_adapter: could not load '{ref.weights.value}' "
                          f"({str(exc).splitlines()[0][:200]}); check that it is an IP-Adapter for this base "
