@@ -55,7 +55,7 @@ class RegionState:
     slots: list[IpSlot] = field(default_factory=list)
     # Bounded self-attention (see the module docstring); off = cross-attention masks only.
     bounded_self: bool = field(default_factory=lambda: BOUNDED_SELF_ATTENTION)
-    _cache: dict[tuple[int, str], Any] = field(default_factory=dict)
+    _cache: dict[tuple[Any, ...], Any] = field(default_factory=dict)
 
     def grid(self, tokens: int) -> tuple[int, int]:
         """The (h, w) of an attention layer with ``tokens`` query tokens."""
@@ -79,7 +79,15 @@ class RegionState:
             owners = torch.from_numpy(self.owners.astype(np.int64))
             onehot = F.one_hot(owners, count).permute(0, 3, 1, 2).float()
             self._cache[key] = F.interpolate(onehot, size=(h, w), mode="area").flatten(2)
-        return self._cache[key].to(device=device, dtype=dtype)
+        return self._on(key, device, dtype)
+
+    def _on(self, key: tuple[int, str], device: Any, dtype: Any = None) -> Any:
+        """The cached CPU tensor ``key`` on ``device`` (copied once per call of the pipeline, not per layer)."""
+        moved = (*key, str(device), str(dtype))
+        if moved not in self._cache:
+            tensor = self._cache[key]
+            self._cache[moved] = tensor.to(device=device, dtype=dtype) if dtype is not None else tensor.to(device)
+        return self._cache[moved]
 
     def allowed(self, tokens: int, batch: int, device: Any) -> Any:
         """batch x 1 x tokens x keys bool: which text tokens each query pixel may attend to."""
@@ -94,8 +102,7 @@ class RegionState:
             allowed = (block_of_key[None, None, :] == 0) | (block_of_key[None, None, :] == owner[..., None])
             repeat = batch // allowed.shape[0]
             self._cache[key] = allowed.repeat(repeat, 1, 1).unsqueeze(1)
-        return self._cache[key].to(device)
-
+        return self._on(key, device)
 
     def owner(self, tokens: int) -> Any:
         """n x tokens: who owns each latent cell (most of its area; ties: the background)."""
@@ -110,7 +117,7 @@ class RegionState:
             owner = self.owner(tokens)
             allowed = (owner[:, None, :] == owner[:, :, None]) | (owner[:, None, :] == 0)
             self._cache[key] = allowed.repeat(batch // allowed.shape[0], 1, 1).unsqueeze(1)
-        return self._cache[key].to(device)
+        return self._on(key, device)
 
 
 # Self-attention is bounded only up to this many query tokens (a 64x64 latent, SD 1.5 at 512 px):
