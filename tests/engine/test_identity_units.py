@@ -138,3 +138,31 @@ def test_cross_shot_similarity_uses_pairs_from_different_shots() -> None:
     b = np.array([[0.0, 1.0]])
     assert cross_shot_similarity({"s1": a, "s2": b}) == 0.0  # the identical pair inside s1 does not count
     assert np.isnan(cross_shot_similarity({"s1": a}))
+
+
+def test_style_slot_acts_only_in_style_layers(tiny_models: dict[str, str]) -> None:
+    """InstantStyle: the style image reaches the style transformer only; other layers are untouched."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
+
+    from engine.regional import style_layer_names
+
+    unet = UNet2DConditionModel.from_pretrained(Path(tiny_models["base"]) / "unet")
+    assert style_layer_names(unet) == {"up_blocks.1.attentions.1.transformer_blocks.0.attn1.processor",
+                                       "up_blocks.1.attentions.1.transformer_blocks.0.attn2.processor"}
+    attn = attention()
+    ip_layers = IPAdapterAttnProcessor2_0(hidden_size=32, cross_attention_dim=16, num_tokens=(4,))
+    torch.nn.init.normal_(ip_layers.to_k_ip[0].weight)
+    torch.nn.init.normal_(ip_layers.to_v_ip[0].weight)
+    hidden, text, images = torch.randn(2, 64, 32), torch.randn(2, 77, 16), torch.randn(2, 1, 4, 16)
+    owners = np.zeros((1, 32, 32), np.uint8)
+    outputs = {}
+    for scale in (0.0, 1.0):
+        for style_layer in (False, True):
+            state = RegionState(owners=owners, blocks=0, block_len=77, latent_hw=(8, 8),
+                                slots=[IpSlot(scale, None, style_only=True)])
+            with torch.no_grad():
+                outputs[scale, style_layer] = RegionalAttnProcessor(state, ip_layers, style_layer)(
+                    attn, hidden, (text, [images]))
+    assert torch.equal(outputs[1.0, False], outputs[0.0, False])
+    assert (outputs[1.0, True] - outputs[0.0, True]).abs().mean() > 0.01
