@@ -2,7 +2,8 @@
 
 ``python -m engine make-tiny-models DIR`` writes ``DIR/sd15`` (a diffusers pipeline
 folder), ``DIR/controlnet-depth``, ``DIR/controlnet-pose``, ``DIR/lora.safetensors``,
-``DIR/ip-adapter.safetensors`` and its image encoder ``DIR/image-encoder``. They are saved with
+``DIR/ip-adapter.safetensors`` (and ``ip-adapter-plus.safetensors``, the resampler layout) with their
+image encoder ``DIR/image-encoder``. They are saved with
 ``save_pretrained`` (safetensors) and loaded by the engine through exactly the code
 that loads real models, so tests and the offline demo exercise the real path.
 The tokenizer is built from a byte-level vocabulary written here: nothing comes
@@ -212,6 +213,26 @@ def write_ip_adapter(unet: object, path: Path, encoder_dir: Path, seed: int = 0,
             tensors[f"ip_adapter.{key_id}.{part}.weight"] = torch.randn(hidden, cross, generator=generator) * 0.3
         key_id += 2
     save_file(tensors, str(path))
+    # The "plus" layout (h94 ip-adapter-plus_sd15, the add-on's default): a perceiver resampler
+    # over the encoder's hidden states, 16 image tokens, in the original checkpoint's key names.
+    from diffusers.models.embeddings import IPAdapterPlusImageProjection
+
+    torch.manual_seed(seed + 8)
+    resampler = IPAdapterPlusImageProjection(embed_dims=32, output_dims=cross, hidden_dims=64, depth=4,
+                                             dim_head=64, heads=1, num_queries=16).state_dict()
+    plus = {k: v for k, v in tensors.items() if k.startswith("ip_adapter.")}
+    renames = [("ln0", "0.norm1"), ("ln1", "0.norm2"), ("attn.to_q", "0.to_q"), ("attn.to_out.0", "0.to_out"),
+               ("ff.0", "1.0"), ("ff.1.net.0.proj", "1.1"), ("ff.1.net.2", "1.3")]
+    for key, value in resampler.items():
+        if ".attn.to_k." in key or ".attn.to_v." in key:
+            continue
+        for new, old in renames:
+            key = key.replace(f".{new}.", f".{old}.")
+        plus["image_proj." + key] = value
+    for i in range(4):
+        plus[f"image_proj.layers.{i}.0.to_kv.weight"] = torch.cat(
+            [resampler[f"layers.{i}.attn.to_k.weight"], resampler[f"layers.{i}.attn.to_v.weight"]])
+    save_file(plus, str(path.with_name("ip-adapter-plus.safetensors")))
 
 
 def make_tiny_models(out_dir: str | Path, preset: str = "tiny", seed: int = 0) -> dict[str, Path]:
@@ -233,7 +254,7 @@ def make_tiny_models(out_dir: str | Path, preset: str = "tiny", seed: int = 0) -
     )
     paths = {"base": out / "sd15", "depth": out / "controlnet-depth", "pose": out / "controlnet-pose",
              "lora": out / "lora.safetensors", "ip_adapter": out / "ip-adapter.safetensors",
-             "image_encoder": out / "image-encoder"}
+             "ip_adapter_plus": out / "ip-adapter-plus.safetensors", "image_encoder": out / "image-encoder"}
     pipe.save_pretrained(paths["base"], safe_serialization=True)
     write_lora(pipe, paths["lora"], seed=seed)
     write_ip_adapter(pipe.unet, paths["ip_adapter"], paths["image_encoder"], seed=seed)

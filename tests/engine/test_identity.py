@@ -154,6 +154,21 @@ def test_reference_change_is_concentrated_and_encoded_once(client: Any, tiny_mod
     assert inside_a >= 2.0 * outside_a, (inside_a, inside_b, outside_a)
 
 
+def test_plus_adapter_layout_loads_through_the_same_code(client: Any, tiny_models: dict[str, str],
+                                                         shot: dict[str, Any], tmp_path: Path) -> None:
+    """The default adapter's layout (resampler over hidden states, 16 tokens): references change A's region."""
+    images = []
+    for seed in (31, 32):
+        job = character_job(tiny_models, [shot], a_and_b("a woman", [client.upload_blob(noise_image(seed))]),
+                            seed=250, steps=4)
+        job["models"]["ip_adapter"] = tiny_models["ip_adapter_plus"]
+        status, image = generate(client, job, tmp_path)
+        assert status["identity"]["embeddings_computed"] == 1
+        images.append(image)
+    inside_a, _, outside_a = concentration(*images)
+    assert inside_a > 0.1 and inside_a > outside_a, (inside_a, outside_a)
+
+
 def test_changing_a_reference_regenerates_only_shots_it_appears_in(client: Any, tiny_models: dict[str, str],
                                                                    tmp_path: Path) -> None:
     depth = client.upload_blob(depth_png(0.4))
