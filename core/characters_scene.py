@@ -160,10 +160,13 @@ def _abspath(value: str) -> str:
         else value
 
 
-def read_bible(scene: Any, cache_dir: Path) -> list[CharacterSource]:
-    """Every character of the scene as plain data (objects by current name, references as files)."""
+def read_bible(scene: Any, cache_dir: Path, only: str | None = None) -> list[CharacterSource]:
+    """Every character of the scene (or the one named `only`) as plain data: objects by current name,
+    references as files."""
     sources = []
     for character in scene.viewfinder.characters:
+        if only is not None and character.name != only:
+            continue
         if character.armature is not None and character.armature_name != character.armature.name:
             character.armature_name = character.armature.name  # follows renames, for the deleted-rig message
         refs = []

@@ -35,7 +35,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 VIEWS = (("front", 0.0), ("three-quarter", 45.0), ("side", 90.0))  # degrees round the character, from its front
-SHEET_PROMPT = "character reference sheet, full body, {view} view, neutral pose, plain light grey background"
+# One prompt for the three frames: each frame's maps give its view, and naming views in the prompt
+# invites the model to draw several figures in one frame.
+SHEET_PROMPT = "full body, standing in a neutral pose, plain light grey background, character reference"
 
 
 @dataclass
@@ -66,9 +68,9 @@ def prepare_sheet(scene: Any, character: Any, project: Project, prefs: Prefs) ->
             f"Character '{character.name}' has nothing to draw ({problem}): choose its armature in "
             "Viewfinder ▸ Characters"
         )
-    lora = next((s.lora for s in read_bible(scene, project.root / "references") if s.name == character.name), "")
     try:
-        check_lora(character.name, lora)
+        (source,) = read_bible(scene, project.root / "references", only=character.name)
+        check_lora(character.name, source.lora)
     except ValueError as exc:
         raise GenerationError(str(exc)) from exc
     settings = scene.viewfinder
@@ -109,9 +111,9 @@ def prepare_sheet(scene: Any, character: Any, project: Project, prefs: Prefs) ->
         scene.camera = original_camera
         scene.frame_set(original_frame)
 
-    # 3. The engine job: one frame per view, each with its own prompt through the character's region.
+    # 3. The engine job: one frame per view (the pose and depth maps set the view), the character's
+    # description through its own region.
     maps = build_maps(conditioning_dir, meta)
-    source = next(s for s in read_bible(scene, project.root / "references") if s.name == character.name)
     # The sheet is how references are made: it carries the description and LoRA, no reference images.
     bare = CharacterSource(name=source.name, object_names=[o.name for o in objects], description=source.description,
                            lora=source.lora, lora_scale=source.lora_scale, trigger_words=source.trigger_words)
@@ -127,7 +129,7 @@ def prepare_sheet(scene: Any, character: Any, project: Project, prefs: Prefs) ->
     }
     description = character.description.strip() or character.name
     prompts = {
-        "prompt": f"{description}, " + SHEET_PROMPT.format(view="front, three-quarter and side"),
+        "prompt": f"{description}, {SHEET_PROMPT}",
         "style_prompt": settings.style_prompt,
         "negative_prompt": "several people, cropped, blurry, deformed, text, watermark",
     }
