@@ -166,3 +166,20 @@ def test_style_slot_acts_only_in_style_layers(tiny_models: dict[str, str]) -> No
                     attn, hidden, (text, [images]))
     assert torch.equal(outputs[1.0, False], outputs[0.0, False])
     assert (outputs[1.0, True] - outputs[0.0, True]).abs().mean() > 0.01
+
+
+def test_takes_without_the_bible_are_matched_by_rig_name(tmp_path: Path) -> None:
+    """No characters in take.json (a run without the bible): the legend's character entries give the crops."""
+    from engine.identity_metric import collect_crops, take_characters
+
+    mask = two_character_mask()
+    take = _write_take(tmp_path, "010_pan", {1: np.zeros((64, 64, 3), np.uint8)}, mask)
+    (take / "take.json").write_text(json.dumps({"shot": "010_pan", "take": 1}))
+    meta = {"masks": {"legend": {str(A_ID): {"name": "Hero", "kind": "character", "objects": ["Hero", "Body"]},
+                                 str(B_ID): {"name": "Stranger", "kind": "character"},
+                                 "7": {"name": "Lamp", "kind": "object"}}}}
+    (tmp_path / "010_pan" / "conditioning" / "meta.json").write_text(json.dumps(meta))
+    assert take_characters(take, meta) == [("Hero", "Hero", [A_ID]), ("Stranger", "Stranger", [B_ID])]
+    crops = collect_crops([take])
+    assert set(crops) == {"Hero", "Stranger"}
+    assert crops["Hero"].shots["010_pan"][0].shape == (56, 20, 3)  # the exact box of id 3
