@@ -205,7 +205,18 @@ def shot_characters(
             "lora_scale": round(float(source.lora_scale), 4),
             "trigger_words": source.trigger_words.strip(),
         })
-    # 4. No more characters than the engine keeps apart (per shot, and so per frame: engine/API.md).
+    # 4. One pixel, one owner: an object cannot stand for two characters.
+    owners: dict[int, str] = {}
+    for entry in result.characters:
+        for number in entry["mask_ids"]:
+            if number in owners:
+                what = (legend.get(str(number)) or {}).get("name", f"mask id {number}")
+                raise CharacterError(
+                    f"Characters '{owners[number]}' and '{entry['name']}' both stand for '{what}': "
+                    f"keep it in one of them ({PANEL}: armature, extra objects, collection)"
+                )
+            owners[number] = entry["name"]
+    # 5. No more characters than the engine keeps apart (per shot, and so per frame: engine/API.md).
     if len(result.characters) > MAX_CHARACTERS:
         listed = ", ".join(f"'{c['name']}'" for c in result.characters)
         raise CharacterError(

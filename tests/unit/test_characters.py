@@ -112,6 +112,13 @@ def test_more_characters_than_the_engine_keeps_apart_is_refused():
     assert [c["mask_ids"] for c in block.characters] == [[1], [2], [3], [4]]
 
 
+def test_an_object_in_two_characters_is_refused():
+    sources = [source("Hero", ("Hero.Body",)), source("Double", ("Hero.Hat",))]  # both in the rig "Hero" (id 2)
+    with pytest.raises(characters.CharacterError,
+                       match=r"Characters 'Hero' and 'Double' both stand for 'Hero': keep it in one of them"):
+        characters.shot_characters(sources, meta(), {1: {2}})
+
+
 def test_the_limit_matches_the_engine():
     text = (ROOT / "engine" / "schema.py").read_text()
     assert f"MAX_CHARACTERS = {characters.MAX_CHARACTERS}" in text
