@@ -18,7 +18,9 @@ from bpy.props import (
     StringProperty,
 )
 
+from . import props_characters
 from .core import shots as shots_core
+from .props_characters import DEFAULT_IMAGE_ENCODER, DEFAULT_IP_ADAPTER, ViewfinderCharacter
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_CONTROLNET_DEPTH = "lllyasviel/control_v11f1p_sd15_depth"
@@ -162,6 +164,30 @@ class ViewfinderSettings(bpy.types.PropertyGroup):
         description="Frames of the previous window given to the next one, so windows join without a jump",
     )
 
+    # The character bible and the film look (props_characters.py, core/characters.py).
+    characters: CollectionProperty(type=ViewfinderCharacter)
+    active_character_index: IntProperty(name="Active Character", default=0, min=0)
+    style_reference: PointerProperty(
+        name="Style Reference", type=bpy.types.Image,
+        description="Film-wide style image: its look (not its content) applies to every shot",
+    )
+    style_strength: FloatProperty(
+        name="Style Strength", default=0.5, min=0.0, max=2.0, soft_max=1.0,
+        description="How strongly the style reference's look applies (style-only IP-Adapter scale)",
+    )
+    palette_reference: PointerProperty(
+        name="Palette Reference", type=bpy.types.Image,
+        description="Film-wide palette: every shot's colours are held to this image's",
+    )
+    ip_adapter: StringProperty(
+        name="IP-Adapter", default=DEFAULT_IP_ADAPTER,
+        description="IP-Adapter weights (.safetensors file or hub repo/path); empty: reference images are not used",
+    )
+    image_encoder: StringProperty(
+        name="Image Encoder", default=DEFAULT_IMAGE_ENCODER,
+        description="The IP-Adapter's image encoder (local folder, or hub repo[/subfolder])",
+    )
+
     @property
     def shots(self) -> bpy.types.bpy_prop_collection:
         """The current shot list, in timeline order, each item the shot's settings.
@@ -181,6 +207,7 @@ _register_classes, _unregister_classes = bpy.utils.register_classes_factory(clas
 
 
 def register() -> None:
+    props_characters.register()
     _register_classes()
     bpy.types.Scene.viewfinder = PointerProperty(type=ViewfinderSettings)
 
@@ -188,3 +215,4 @@ def register() -> None:
 def unregister() -> None:
     del bpy.types.Scene.viewfinder
     _unregister_classes()
+    props_characters.unregister()

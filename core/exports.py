@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import bpy
 from . import vse
 from .compat import strips_of
 from .paths import Project, frame_name
-from .takes import list_takes
+from .takes import list_takes, read_take
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ class StoryboardRow:
     lens: str
     duration: str
     prompt: str
+    characters: list[str] = field(default_factory=list)  # the bible's characters sent with the take
 
 
 def _length_kwargs(length: int) -> dict[str, int]:
@@ -72,8 +73,10 @@ def storyboard_rows(scene: bpy.types.Scene, project: Project) -> list[Storyboard
         else:
             lens = f"{cam.lens:.0f}mm"
         count = last - first + 1
+        info = read_take(folder)
         rows.append(StoryboardRow(
             shot.name, picks, images, lens, f"{count} frames ({count / fps:.1f} s)", shot.prompt or "(no prompt)",
+            [c["name"] for c in info.characters] if info is not None else [],
         ))
     return rows
 
@@ -128,6 +131,8 @@ def export_storyboard(scene: bpy.types.Scene, project: Project, output: Path) ->
                     box.blend_type = "ALPHA_OVER"
                     _place(box, left, top, THUMB_WIDTH, thumb_h, (SHEET_WIDTH, height), source=(SHEET_WIDTH, height))
             caption = f"{row.shot}\n{row.lens}, {row.duration}\nframes {row.frames[0]}, {row.frames[1]}, {row.frames[2]}\n{row.prompt}"
+            if row.characters:
+                caption += f"\nwith {', '.join(row.characters)}"
             captions.append((caption, MARGIN + 3 * (THUMB_WIDTH + MARGIN), top, 20, CAPTION_WIDTH - 2 * MARGIN))
         # Text goes on channels above every thumbnail so nothing covers it.
         for text, x, y, size, wrap in captions:

@@ -62,6 +62,8 @@ class ShotJob:
     # Animated settings (core/anim_sample.py): frame -> engine fields that differ from the job's.
     frame_values: dict[int, dict[str, Any]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    blobs: dict[str, Path] = field(default_factory=dict)  # sha256 → file (reference images) to upload
+    characters: list[dict[str, Any]] = field(default_factory=list)  # [{name, mask_ids}] for take.json
 
 
 @dataclass
@@ -163,6 +165,7 @@ def run_shot(
             style_prompt=job.prompts["style_prompt"], negative_prompt=job.prompts["negative_prompt"],
             seed=int(job.settings["seed"]), models=job.models, settings=job.settings,
             control_hash=c_hash, request_hash=r_hash, frames_total=list(job.frames),
+            characters=list(job.characters),
         )
     info.engine = getattr(client, "base_url", "")
     takes_core.write_take(take_dir, info)
@@ -175,8 +178,11 @@ def run_shot(
             return _finish(take_dir, info, cancelled=True)
         if client.upload_blob(path.read_bytes()) != sha:
             raise GenerationError(f"Engine stored control map {path.name} under another hash: upgrade the engine")
-    for path in job.uploads:
-        client.upload_blob(path.read_bytes())
+    for sha, path in job.blobs.items():
+        if cancelled():
+            return _finish(take_dir, info, cancelled=True)
+        if client.upload_blob(path.read_bytes()) != sha:
+            raise GenerationError(f"Reference image {path} changed while it was being sent: generate again")
     body = dict(job.request)
     body["frames"] = [
         {"frame": frame, **{k: (hashes[p] if p is not None else None) for k, p in job.maps[frame].items()},

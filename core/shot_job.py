@@ -99,9 +99,23 @@ def collect_shot(
         "coherence": coherence_settings(shot, meta),
     }
     uploads: list[Path] = []
+    # The character bible and film look (core/characters_scene.py): empty for a film without them.
+    cast = _characters(scene, shot, conditioning_dir, meta, project)
     if effective_generator(settings, shot) == "VIDEO":
         job_settings.update(video_settings(settings, shot, meta))
         uploads = reference_uploads(shot)
+        # A video model takes whole-frame reference images, not regions: the bible's references
+        # stand in for the shot's own when it has none.
+        bible = [sha for c in cast["settings"].get("characters", []) for sha in c.get("references", [])]
+        if not uploads and bible:
+            uploads = [cast["blobs"][sha] for sha in dict.fromkeys(bible)]
+            job_settings["video"]["references"] = list(dict.fromkeys(bible))
+        cast = {**cast, "models": {}, "settings": {}, "masks": False, "blobs": {}}
+    models.update(cast["models"])
+    job_settings.update(cast["settings"])
+    if cast["masks"]:
+        for frame, frame_maps in maps.items():
+            frame_maps["mask"] = conditioning_dir / "masks" / frame_name(frame)
     request = {
         "shot": shot.name,
         "models": models,
@@ -118,6 +132,7 @@ def collect_shot(
         shot=shot.name, frames=frames, conditioning_dir=conditioning_dir, takes_dir=project.takes_dir(shot.name),
         maps=maps, request=request, models=models, prompts=prompts, settings=job_settings, uploads=uploads,
         frame_values=animated.per_frame, warnings=animated.warnings,
+        blobs=cast["blobs"], characters=cast["characters"],
     )
 
 
@@ -145,6 +160,17 @@ def apply_animation(scene: bpy.types.Scene, shot: Any, frames: list[int], reques
     if samples.per_frame:
         job_settings["per_frame"] = {str(f): v for f, v in sorted(samples.per_frame.items())}
     return samples
+
+
+def _characters(scene: bpy.types.Scene, shot: Any, conditioning_dir: Path, meta: dict[str, Any],
+                project: Project) -> dict[str, Any]:
+    from .characters_scene import collect_characters
+
+    try:
+        return collect_characters(scene, conditioning_dir, meta, project.root / "references")
+    except ValueError as exc:  # CharacterError: names the character and the fix
+        text = str(exc)
+        raise GenerationError(text if text.startswith(f"Shot '{shot.name}'") else f"Shot '{shot.name}': {text}") from exc
 
 
 def coherence_settings(shot: Any, meta: dict[str, Any]) -> dict[str, Any]:

@@ -42,13 +42,19 @@ class TakeInfo:
     format: int = FORMAT_VERSION
     # What the engine adjusted (VIDEO: padding a short shot, rounding the size), for the user.
     notes: list[str] = field(default_factory=list)
+    # The characters sent with the take: [{"name", "mask_ids"}]; the identity metric crops them by mask.
+    characters: list[dict[str, Any]] = field(default_factory=list)
 
     def file_names(self) -> list[str]:
         return [frame_name(f) for f in sorted(self.frames_done)]
 
 
 def request_hash(control_hash: str, models: dict[str, Any], prompts: dict[str, Any], settings: dict[str, Any]) -> str:
-    """Everything that decides a take's frames, hashed: equal hashes mean an identical take."""
+    """Everything that decides a take's frames, hashed: equal hashes mean an identical take.
+
+    `settings` carries the characters block and the film look's references
+    (core/characters_scene.py) when a shot has them, so they are hashed too.
+    """
     canonical = json.dumps(
         {"control": control_hash, "models": models, "prompts": prompts, "settings": settings},
         sort_keys=True, separators=(",", ":"),

@@ -2,8 +2,11 @@
 
 1. Build the extension with Blender's own builder and install it the way a user
    would (into a throwaway Blender user folder under demo/out/blender-user).
-2. Build the demo film: a small set, a walking character, three shots with
-   different camera moves, and a sound strip made locally.
+2. Build the demo film: a small set, two walking characters who pass each other
+   in the Pan shot, three shots with different camera moves, and a sound strip
+   made locally. The character bible holds both, with different descriptions;
+   the traveller's reference image is rendered here (VIEWFINDER_DEMO_BIBLE=0
+   builds the same film without the bible, for the identity comparison).
 3. Generate every shot with the engine (a child process, as in the UI).
 4. Write demo/out/film.blend, storyboard.png and animatic.mp4, and say where.
 
@@ -40,7 +43,15 @@ os.environ["XDG_CONFIG_HOME"] = str(_home / ".config")
 import bpy  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
-from demo.scene import build_demo_scene  # noqa: E402
+from demo.scene import build_demo_scene, dress, render_reference  # noqa: E402
+
+BIBLE = os.environ.get("VIEWFINDER_DEMO_BIBLE", "1") != "0"
+CAST = {
+    # character name: (armature, description, coat colour)
+    "Traveller": ("Hero", "a tall young woman with short black hair in a long red coat", (0.7, 0.08, 0.05, 1.0)),
+    "Stranger": ("Stranger", "an old man with a grey beard in a dark green suit and a flat cap",
+                 (0.1, 0.3, 0.12, 1.0)),
+}
 
 
 def say(text: str) -> None:
@@ -83,12 +94,14 @@ def choose_models(settings) -> bool:
         say(f"using the default models (downloaded on first use): {settings.model}")
         return True
     tiny = OUT / "tiny-models"
-    if not (tiny / "sd15").is_dir():
+    if not (tiny / "sd15").is_dir() or not (tiny / "ip-adapter.safetensors").is_file():
         subprocess.run([ENGINE_PYTHON, "-m", "engine", "make-tiny-models", str(tiny)], cwd=ROOT, check=True,
                        stdout=subprocess.DEVNULL)
     settings.model = str(tiny / "sd15")
     settings.controlnet_depth = str(tiny / "controlnet-depth")
     settings.controlnet_pose = str(tiny / "controlnet-pose")
+    settings.ip_adapter = str(tiny / "ip-adapter.safetensors")
+    settings.image_encoder = str(tiny / "image-encoder")
     say("OFFLINE: the Hugging Face Hub cannot be reached, so the demo uses tiny random-weight models.")
     say("         The frames will be NOISE; the camera moves, takes, storyboard and animatic are real.")
     say("         For real frames: run `make demo` with internet access, or point it at local models:")
@@ -111,10 +124,35 @@ def write_tone(path: Path, seconds: float, rate: int = 48000) -> None:
         out.writeframes(bytes(samples))
 
 
+def add_cast(scene) -> None:
+    """The character bible: both characters, and the traveller's reference rendered here."""
+    for rig_name, _description, colour in CAST.values():
+        dress(bpy.data.objects[rig_name], colour)
+    if not BIBLE:
+        say("no character bible (VIEWFINDER_DEMO_BIBLE=0): the comparison run")
+        return
+    for name, (rig_name, description, _colour) in CAST.items():
+        rig = bpy.data.objects[rig_name]
+        bpy.ops.object.select_all(action="DESELECT")
+        rig.select_set(True)
+        bpy.context.view_layer.objects.active = rig
+        if bpy.ops.viewfinder.add_character() != {"FINISHED"}:
+            raise SystemExit(f"Adding the character {name} failed: see the messages above")
+        character = scene.viewfinder.characters[rig_name]
+        character.name = name
+        character.description = description
+    reference = render_reference(bpy.data.objects["Hero"], OUT / "traveller-reference.png")
+    scene.viewfinder.active_character_index = list(scene.viewfinder.characters.keys()).index("Traveller")
+    if bpy.ops.viewfinder.add_reference(filepath=str(reference)) != {"FINISHED"}:
+        raise SystemExit("Adding the traveller's reference failed: see the messages above")
+    say(f"character bible: {', '.join(scene.viewfinder.characters.keys())}; the traveller's reference: {reference}")
+
+
 def main() -> int:
     started = time.time()
     if OUT.exists():
-        for name in ("film.blend", "film.blend1", "storyboard.png", "animatic.mp4", "viewfinder"):
+        for name in ("film.blend", "film.blend1", "storyboard.png", "animatic.mp4", "viewfinder",
+                     "traveller-reference.png"):
             target = OUT / name
             if target.is_dir():
                 shutil.rmtree(target)
@@ -138,9 +176,10 @@ def main() -> int:
     settings.steps = 20 if real else (1 if QUICK else 3)
     settings.batch_size = 4
     settings.style_prompt = "cinematic still, overcast light, muted colours, 35mm film grain"
+    add_cast(scene)
     prompts = {
         "Dolly": "a lone traveller walks down an empty street between old brick buildings",
-        "Pan": "the street seen from the corner, the traveller crossing, shop signs",
+        "Pan": "the street seen from the corner, the traveller and a stranger pass each other, shop signs",
         "Orbit": "close on the traveller, buildings behind, dramatic sky",
     }
     for shot in settings.shots:

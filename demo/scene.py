@@ -1,10 +1,14 @@
-"""The demo film's scene: a small set, one walking character, three shots with different camera moves.
+"""The demo film's scene: a small set, two walking characters, three shots with different camera moves.
 
 `build_demo_scene(scene)` fills an empty scene in well under a second: meshes
 from vertex lists, an armature with Rigify deform-bone names (`DEF-…`, hands
 included) skinning a boxy body through an Armature modifier, keyframed bone
 rotations for a walk, and three cameras bound to the markers "Dolly" (1),
 "Pan" (25) and "Orbit" (49). 24 fps, frames 1–72, 1920×1080.
+
+Two characters: "Hero" (the traveller) walks +X along y=0; "Stranger" walks
+the other way a little further back (y=1.2), so in the Pan shot (25–48) the
+two pass each other around frame 36, the stranger briefly behind the traveller.
 
 Used by `make demo` (demo/run_demo.py) and benchmarks/bench_conditioning.py.
 Runs on Blender's main thread.
@@ -169,6 +173,9 @@ def build_demo_scene(scene: Any) -> None:
     _build_set(scene)
     hero = build_character(scene, "Hero", (-2.0, 0.0, 0.0))
     _animate_walk(hero, 1, 72, (4.0, 0.0))
+    stranger = build_character(scene, "Stranger", (3.0, 1.2, 0.0))
+    stranger.rotation_euler.z = -math.pi / 2  # faces its way: -X (the rig faces its -Y)
+    _animate_walk(stranger, 1, 72, (-6.0, 0.0))
 
     chest = Vector((0.0, 0.0, 1.3))
     dolly = _camera(scene, "Cam.Dolly")
@@ -190,3 +197,60 @@ def build_demo_scene(scene: Any) -> None:
         scene.timeline_markers.new(name, frame=frame).camera = cam
     scene.camera = dolly
     scene.frame_set(1)
+
+
+def dress(rig: Any, colour: tuple[float, float, float, float]) -> None:
+    """Give the character's body one colour (a material, so Workbench and Cycles both show it)."""
+    material = bpy.data.materials.new(f"{rig.name} coat")
+    material.diffuse_color = colour
+    material.use_nodes = True
+    bsdf = material.node_tree.nodes.get("Principled BSDF")
+    if bsdf is not None:
+        bsdf.inputs["Base Color"].default_value = colour
+    for child in rig.children:
+        if child.type == "MESH":
+            child.data.materials.append(material)
+
+
+def render_reference(rig: Any, path: Any, size: int = 256) -> Any:
+    """A front view of the character alone, rendered here (Workbench; Cycles where there is no GPU context).
+
+    The demo's reference image for the traveller: made locally, nothing downloaded. Returns `path`.
+    """
+    scene = bpy.data.scenes.new("Reference")
+    try:
+        scene.render.resolution_x = scene.render.resolution_y = size
+        scene.render.resolution_percentage = 100
+        scene.render.image_settings.file_format = "PNG"
+        scene.render.image_settings.color_mode = "RGB"
+        scene.render.filepath = str(path)
+        scene.view_settings.view_transform = "Standard"
+        for obj in [rig, *rig.children]:
+            scene.collection.objects.link(obj)
+        world = bpy.data.worlds.new("Reference")
+        world.color = (0.8, 0.8, 0.8)
+        scene.world = world
+        scene.frame_set(1)
+        cam = bpy.data.objects.new("Reference Camera", bpy.data.cameras.new("Reference Camera"))
+        cam.data.type = "ORTHO"
+        cam.data.ortho_scale = 2.2
+        base = rig.matrix_world.translation
+        cam.location = base + rig.matrix_world.to_3x3() @ Vector((0.0, -6.0, 0.0)) + Vector((0.0, 0.0, 1.0))
+        cam.rotation_euler = (rig.matrix_world.to_3x3() @ Vector((0.0, 1.0, 0.0))).to_track_quat("-Z", "Y").to_euler()
+        scene.collection.objects.link(cam)
+        scene.camera = cam
+        scene.render.engine = "BLENDER_WORKBENCH"
+        scene.display.shading.light = "STUDIO"
+        scene.display.shading.color_type = "MATERIAL"
+        scene.display.shading.background_type = "WORLD"
+        try:
+            bpy.ops.render.render(write_still=True, scene=scene.name)
+        except RuntimeError:  # no OpenGL context on this machine: the path tracer needs none
+            scene.render.engine = "CYCLES"
+            scene.cycles.samples = 16
+            scene.cycles.device = "CPU"
+            bpy.ops.render.render(write_still=True, scene=scene.name)
+        bpy.data.objects.remove(cam)
+    finally:
+        bpy.data.scenes.remove(scene)
+    return path

@@ -143,7 +143,29 @@ def cmd_metrics(args: argparse.Namespace) -> int:
             continue
         metrics.take = take_label(take)
         print(metrics.line(), flush=True)
-    return status
+    return max(status, cmd_identity(args, takes))
+
+
+def cmd_identity(args: argparse.Namespace, takes: list) -> int:  # type: ignore[type-arg]
+    """Identity similarity per character across shots (engine/identity_metric.py)."""
+    from .errors import EngineFault
+    from .identity_metric import any_characters, default_encoder, identity_lines, load_encoder
+
+    if not any_characters(takes):
+        return 0
+    encoder_id = args.identity_encoder or default_encoder(takes)
+    if not encoder_id:
+        print("identity: skipped (no image encoder in the takes' settings; pass --identity-encoder FOLDER)",
+              flush=True)
+        return 0
+    try:
+        encoder = load_encoder(encoder_id)
+    except EngineFault as exc:
+        print(f"error: --identity-encoder: {exc.message}", file=sys.stderr)
+        return 2
+    for line in identity_lines(takes, encoder, encoder_id, max_crops=args.identity_crops):
+        print(line, flush=True)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     metrics.add_argument("paths", nargs="+", help="take folders, shot folders or a viewfinder/ folder")
     metrics.add_argument("--conditioning", default=None,
                          help="the shot's conditioning folder (default: <take>/../../conditioning)")
+    metrics.add_argument("--identity-encoder", default=None,
+                         help="CLIP vision encoder (folder or Hub id) for the identity figure; default: the "
+                              "takes' IP-Adapter image encoder")
+    metrics.add_argument("--identity-crops", type=int, default=8, help="frames per take cropped per character")
     metrics.set_defaults(func=cmd_metrics)
 
     args = parser.parse_args(argv)

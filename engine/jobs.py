@@ -22,8 +22,11 @@ from typing import Any
 import numpy as np
 
 from . import ALGORITHM_VERSION
+from .characters import FrameRegions, check_characters, frame_regions, identity_cache_inputs
 from .coherence import Carried, CoherenceStrategy, ColorStats, FlowCoherence, color_stats, make_strategy
 from .errors import BadRequest, EngineFault, NotFound, OutOfMemory, is_out_of_memory
+from .identity import IdentityPlan
+from .ip_adapter import IpAdapterRef, resolve_ip_adapter
 from .models import ModelRef, resolve_ref
 from .pipelines import (
     NET_ORDER,
@@ -77,6 +80,10 @@ class Job:
     cancel_event: threading.Event = field(default_factory=threading.Event)
     # Adjustments the engine made to the request (VIDEO: padding, rounding), for the user.
     messages: list[str] = field(default_factory=list)
+    # Issue 9: character LoRAs by name, the IP-Adapter, and what identity conditioning did.
+    char_loras: dict[str, ModelRef | None] = field(default_factory=dict)
+    ip_ref: IpAdapterRef | None = None
+    identity: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -87,6 +94,7 @@ class Job:
             "timings": dict(self.timings), "pipeline_reused": self.pipeline_reused,
             "generator": self.request.generator, "messages": list(self.messages),
             "warnings": list(self.warnings),
+            **({"identity": dict(self.identity)} if self.identity is not None else {}),
         }
 
 
@@ -148,6 +156,12 @@ class JobManager:
                         f"frames[{i}].{name}: blob {sha} is not on the engine; upload it first with "
                         f"PUT /blobs/{sha}", field=f"frames[{i}].{name}", code="missing_blob",
                     )
+        # 2b. Characters, references, masks and the film look (engine/characters.py).
+        char_loras = check_characters(request, self.storage)
+        ip_ref: IpAdapterRef | None = None
+        if spec.ip_adapter and (request.style_reference or any(c.references for c in request.characters)):
+            ip_ref = resolve_ip_adapter(spec.ip_adapter, spec.image_encoder)
+        identity = identity_cache_inputs(request, char_loras, ip_ref.identity() if ip_ref else None)
         try:
             device = self.resolve_job_device(request.device)
             strategy = make_strategy(request.coherence)
@@ -166,9 +180,10 @@ class JobManager:
         frame_keys: dict[int, str] = {}
         previous_key: str | None = None
         for f in strategy.order(request.frames):
-            frame_keys[f.frame] = previous_key = self.frame_key(request, key, strategy, f, previous_key)
+            frame_keys[f.frame] = previous_key = self.frame_key(request, key, strategy, f, previous_key, identity)
         job = self.job_class(id=uuid.uuid4().hex[:16], request=request, refs=refs, lora=lora, key=key,
-                             frame_keys=frame_keys, warnings=job_warnings(request))
+                             frame_keys=frame_keys, warnings=job_warnings(request), char_loras=char_loras,
+                             ip_ref=ip_ref)
         for warning in job.warnings:
             logger.warning("Job %s (%s): %s", job.id, request.shot, warning)
         for number, fkey in frame_keys.items():
@@ -210,18 +225,23 @@ class JobManager:
 
     @staticmethod
     def frame_key(request: JobRequest, key: PipelineKey, strategy: CoherenceStrategy, frame: FrameSpec,
-                  previous_key: str | None = None) -> str:
+                  previous_key: str | None = None, identity: dict[str, Any] | None = None) -> str:
         """Content hash of everything that decides a frame's pixels, and nothing else.
 
         Batch size, slicing and offload only change speed and memory, so they are left
         out: a repeat with another batch size is still a cache hit. Per-frame values
         (engine/schedule.py) replace the job's under the same names, so a request
-        without them keeps the keys it always had.
+        without them keeps the keys it always had. ``identity``
+        (characters.identity_cache_inputs) and the frame's mask enter only when the job
+        has characters or film references, so other jobs keep their keys.
         """
         values = frame_values(request, frame)
         coherence = request.coherence.cache_dump()
         if "strength" in coherence:
             coherence["strength"] = values.strength
+        extra: dict[str, Any] = {}
+        if identity:
+            extra = {"identity": identity, "mask": frame.mask if request.characters else None}
         return canonical_hash({
             "algorithm": ALGORITHM_VERSION,
             "models": {"base": key.base, "depth": key.depth, "pose": key.pose, "lora": key.lora,
@@ -233,6 +253,7 @@ class JobManager:
             "coherence": coherence,
             "depth": frame.depth if key.depth else None, "pose": frame.pose if key.pose else None,
             **strategy.cache_inputs(frame, previous_key),
+            **extra,
         })
 
     def get(self, job_id: str) -> Job:
@@ -320,6 +341,29 @@ class JobManager:
         t0 = time.perf_counter()
         models, job.pipeline_reused = self.pipelines.get(job.key, lambda: self._load(job))
         job.timings["load_s"] = time.perf_counter() - t0
+        # 1b. Identity conditioning, once per job: references encoded, LoRAs mixed, palette read.
+        plan: IdentityPlan | None = None
+        if request.characters or request.style_reference or request.palette_reference:
+            plan = IdentityPlan(request, job.char_loras, job.ip_ref)
+            job.identity = plan.stats
+
+            def progress(phase: str, detail: dict[str, Any]) -> None:
+                job.phase, job.detail = phase, detail
+
+            try:
+                plan.prepare(models, self.storage, progress)
+            except BaseException:
+                plan.release(models)
+                raise
+        try:
+            self._generate(job, models, plan)
+        finally:
+            if plan is not None:
+                plan.release(models)
+
+    def _generate(self, job: Job, models: LoadedModels, plan: IdentityPlan | None) -> None:
+        """Worker thread: generate the frames of ``job`` that are not done yet."""
+        request = job.request
         job.phase, job.detail = "generating", {}
         # 2. Plan batches of frames that share the same control nets and per-frame settings.
         strategy = make_strategy(request.coherence)
@@ -342,13 +386,21 @@ class JobManager:
         def active_nets(frame: FrameSpec) -> tuple[str, ...]:
             return tuple(n for n in NET_ORDER if n in models.nets and getattr(frame, n) is not None)
 
-        def group(frame: FrameSpec) -> tuple[object, ...]:
-            return (active_nets(frame), values[frame.frame].batch_group())
+        # Frames batch with frames that show the same characters: a frame nobody is in costs nothing extra.
+        visible: dict[int, tuple[int, ...]] = {}
+
+        def group(frame: FrameSpec) -> tuple[Any, ...]:
+            if plan is None or not request.characters:
+                return (active_nets(frame), values[frame.frame].batch_group())
+            if frame.frame not in visible:
+                regions = frame_regions(self.storage, request, frame.mask)
+                visible[frame.frame] = regions.visible if regions else ()
+            return (active_nets(frame), values[frame.frame].batch_group(), visible[frame.frame])
 
         run_started = time.perf_counter()
         if strategy.sequential:
             assert isinstance(strategy, FlowCoherence)
-            self._run_flow(job, models, strategy, values, settings_for, active_nets, run_started)
+            self._run_flow(job, models, strategy, values, settings_for, active_nets, run_started, plan)
             return
         generated = 0
         for batch in strategy.batches(todo, request.batch_size, group):  # type: ignore[arg-type]
@@ -372,13 +424,20 @@ class JobManager:
                 return job.cancel_event.is_set()
 
             seeds = [values[f.frame].seed for f in batch]
-            images, model_s = run_batch(models, nets, maps, seeds, settings_for(batch), on_step)
+            settings = settings_for(batch)
+            extra, context = self._identity_batch(job, models, plan, batch, settings)
+            with context:
+                images, model_s = run_batch(models, nets, maps, seeds, settings, on_step, extra=extra)
             job.timings["model_s"] += model_s
             if images is None:
                 break
             # 4. Frames to disk as soon as they exist, then mark them done.
             for frame, image in zip(batch, images, strict=True):
                 fkey = job.frame_keys[frame.frame]
+                if plan is not None and plan.palette is not None:
+                    from PIL import Image
+
+                    image = Image.fromarray(plan.finish(np.asarray(image.convert("RGB"))))
                 self.storage.put_frame(fkey, encode_png(image))
                 job.done[frame.frame] = fkey
             generated += len(batch)
@@ -387,6 +446,25 @@ class JobManager:
         job.timings["run_s"] = time.perf_counter() - run_started
         self._finish(job, "cancelled" if job.cancel_event.is_set() and len(job.done) < len(job.frame_keys)
                      else "done")
+
+    def _identity_batch(self, job: Job, models: LoadedModels, plan: IdentityPlan | None, batch: list[FrameSpec],
+                        settings: BatchSettings) -> tuple[dict[str, Any] | None, Any]:
+        """Pipeline arguments and processor context of the identity conditioning for ``batch``."""
+        import contextlib
+
+        if plan is None:
+            return None, contextlib.nullcontext()
+        regions: list[FrameRegions | None] = [frame_regions(self.storage, job.request, f.mask) for f in batch]
+        extra, context = plan.batch(models, regions, settings.prompt, settings.negative_prompt,
+                                    settings.guidance_scale)
+        if settings.prompt_embeds is not None and "prompt_embeds" in extra:
+            # Prompt travel under regional prompts: the blended shot prompt takes the shot block
+            # (the first 77 tokens); the characters' blocks stay constant across frames.
+            blended = settings.prompt_embeds["prompt_embeds"]
+            embeds = extra["prompt_embeds"].clone()
+            embeds[:, : blended.shape[1]] = blended.to(device=embeds.device, dtype=embeds.dtype)
+            extra["prompt_embeds"] = embeds
+        return extra, context
 
     def _take_from_cache(self, job: Job, frame: FrameSpec) -> bool:
         fkey = job.frame_keys[frame.frame]
@@ -403,7 +481,8 @@ class JobManager:
 
     def _run_flow(self, job: Job, models: LoadedModels, strategy: FlowCoherence, values: dict[int, FrameValues],
                   settings_for: Callable[[list[FrameSpec]], BatchSettings],
-                  active_nets: Callable[[FrameSpec], tuple[str, ...]], run_started: float) -> None:
+                  active_nets: Callable[[FrameSpec], tuple[str, ...]], run_started: float,
+                  plan: IdentityPlan | None = None) -> None:
         """Worker thread: frames one at a time, each from the previous one warped along the flow.
 
         Holds O(1) frames: the previous frame is read back from the cache (so a resumed
@@ -423,7 +502,9 @@ class JobManager:
             if frame.frame in job.done or self._take_from_cache(job, frame):
                 previous = frame
                 continue
-            if index > 0 and anchor is None and strategy.method.color_match:
+            if plan is not None and plan.palette is not None:
+                anchor = plan.palette  # the film's palette, not the shot's first frame (issue 9)
+            elif index > 0 and anchor is None and strategy.method.color_match:
                 anchor = color_stats(self._read_frame(job, ordered[0]))
             # 2. Carry the previous frame along the flow, unless this is a keyframe or a cut.
             reason = strategy.keyframe_reason(index, frame, previous)
@@ -457,25 +538,30 @@ class JobManager:
 
             own = values[frame.frame]
             settings = settings_for([frame])
-            if carried is None:
-                images, model_s = run_batch(models, nets, {n: [m] for n, m in maps.items()}, [own.seed],
-                                            settings, on_step)
-                image = images[0] if images else None
-            else:
-                from PIL import Image
+            extra, context = self._identity_batch(job, models, plan, [frame], settings)
+            with context:
+                if carried is None:
+                    images, model_s = run_batch(models, nets, {n: [m] for n, m in maps.items()}, [own.seed],
+                                                settings, on_step, extra=extra)
+                    image = images[0] if images else None
+                else:
+                    from PIL import Image
 
-                image, model_s = run_img2img(
-                    models, nets, maps, Image.fromarray(carried.warped), own.strength, own.seed,
-                    settings, on_step, keep=carried.masks.valid, keep_until=strategy.method.keep_until,
-                )
+                    image, model_s = run_img2img(
+                        models, nets, maps, Image.fromarray(carried.warped), own.strength, own.seed,
+                        settings, on_step, keep=carried.masks.valid, keep_until=strategy.method.keep_until,
+                        extra=extra,
+                    )
             job.timings["model_s"] += model_s
             if image is None:
                 break
             # 4. Colour and paste, then to disk at once; the anchor is the shot's first frame.
             from PIL import Image
 
-            result = strategy.finish(np.asarray(image.convert("RGB")), carried, anchor if index > 0 else None)
-            if index == 0:
+            palette = plan is not None and plan.palette is not None
+            result = strategy.finish(np.asarray(image.convert("RGB")), carried,
+                                     anchor if index > 0 or palette else None)
+            if index == 0 and not palette:
                 anchor = color_stats(result)
             fkey = job.frame_keys[frame.frame]
             self.storage.put_frame(fkey, encode_png(Image.fromarray(result)))

@@ -73,6 +73,8 @@ class LoadedModels:
     variants: dict[tuple[str, ...], Any] = field(default_factory=dict)
     img2img_variants: dict[tuple[str, ...], Any] = field(default_factory=dict)
     active: Any = None
+    # IP-Adapters loaded into this pipeline, by identity (engine/ip_adapter.py); issue 9.
+    ip_adapters: dict[str, Any] = field(default_factory=dict)
 
     def img2img_variant(self, active_nets: tuple[str, ...]) -> Any:
         """The img2img pipeline (FLOW coherence) with exactly ``active_nets``; worker thread.
@@ -278,11 +280,13 @@ class BatchSettings:
 
 def run_batch(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[str, list[torch.Tensor]],
               seeds: Sequence[int], settings: BatchSettings,
-              on_step: Callable[[int], bool]) -> tuple[list[Image.Image] | None, float]:
+              on_step: Callable[[int], bool],
+              extra: dict[str, Any] | None = None) -> tuple[list[Image.Image] | None, float]:
     """Generate one image per seed; returns (images or None if cancelled, model seconds).
 
     ``on_step(step)`` runs after every denoising step and returns True to cancel, which
-    stops the loop within that step. Worker thread.
+    stops the loop within that step. ``extra``: more pipeline arguments (engine/identity.py);
+    with ``prompt_embeds`` in it, the prompts are not passed as text. Worker thread.
     """
     import torch
 
@@ -304,15 +308,23 @@ def run_batch(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[str
 
     # 3. Denoise and decode.
     started = time.perf_counter()
+    prompts = _prompt_kwargs(extra, settings.prompt_kwargs(n))
     result = pipe(
-        **settings.prompt_kwargs(n),
-        num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
+        **prompts, num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
         width=settings.width, height=settings.height, generator=generators,
         callback_on_step_end=callback, output_type="pil", **kwargs,
     )
     model_s = time.perf_counter() - started
     # An interrupted pipeline still decodes its half-denoised latents: drop them.
     return (None if cancelled else list(result.images)), model_s
+
+
+def _prompt_kwargs(extra: dict[str, Any] | None, prompts: dict[str, Any]) -> dict[str, Any]:
+    """The batch's prompts (text, or prompt-travel embeddings), unless ``extra`` brings its own
+    embeddings (regional prompts, engine/identity.py); ``extra``'s other arguments are added."""
+    if extra and "prompt_embeds" in extra:
+        return dict(extra)
+    return {**prompts, **(extra or {})}
 
 
 def _control_kwargs(active_nets: tuple[str, ...], images: list[Any], settings: BatchSettings,
@@ -335,7 +347,7 @@ def _control_kwargs(active_nets: tuple[str, ...], images: list[Any], settings: B
 def run_img2img(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[str, torch.Tensor],
                 init: Image.Image, strength: float, seed: int, settings: BatchSettings,
                 on_step: Callable[[int], bool], keep: Any = None,
-                keep_until: float = 0.0) -> tuple[Image.Image | None, float]:
+                keep_until: float = 0.0, extra: dict[str, Any] | None = None) -> tuple[Image.Image | None, float]:
     """One frame from ``init`` (the warped previous frame) at ``strength``; FLOW coherence.
 
     ``keep`` (H x W bool, True where the warp carried the pixel) with ``keep_until`` > 0
@@ -390,8 +402,9 @@ def run_img2img(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[s
     # Plain img2img takes its size from ``init``; the ControlNet ones also accept width/height.
     if {"width", "height"} <= _call_params(type(pipe)):
         kwargs.update(width=settings.width, height=settings.height)
+    prompts = _prompt_kwargs(extra, settings.prompt_kwargs(None))
     result = pipe(
-        **settings.prompt_kwargs(None), image=init, strength=strength,
+        **prompts, image=init, strength=strength,
         num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale, generator=generator,
         callback_on_step_end=callback, output_type="pil", **kwargs,
     )

@@ -42,6 +42,10 @@ class ModelSpec(_Strict):
     controlnet_pose: str | None = DEFAULT_POSE
     lora: str | None = None
     lora_scale: float = Field(1.0, ge=0.0, le=4.0)
+    # Issue 9 (engine/IDENTITY.md): an IP-Adapter (.safetensors file, or "<owner>/<repo>/<path>.safetensors"
+    # on the Hub) and its CLIP vision image encoder (folder, or "<owner>/<repo>[/<subfolder>]").
+    ip_adapter: str | None = None
+    image_encoder: str | None = None
 
 
 class FrameSpec(_Strict):
@@ -58,8 +62,10 @@ class FrameSpec(_Strict):
     guidance_scale: float | None = Field(None, ge=0.0, le=50.0)
     strength: float | None = Field(None, ge=0.05, le=1.0)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    # uint16 id mask of the frame (conditioning masks/NNNN.png): which character owns each pixel.
+    mask: str | None = None
 
-    _sha = field_validator("depth", "pose", "flow")(_check_sha)
+    _sha = field_validator("depth", "pose", "flow", "mask")(_check_sha)
 
     @field_validator("prompt_weights")
     @classmethod
@@ -67,6 +73,43 @@ class FrameSpec(_Strict):
         if value is not None and any(not 0.0 <= w <= 1000.0 for w in value):
             raise ValueError(f"prompt weights must be between 0 and 1000, got {value}")
         return value
+
+
+# At most this many characters per shot (and so per frame): each adds a 77-token block to
+# every cross-attention and an IP-Adapter slot; engine/IDENTITY.md.
+MAX_CHARACTERS = 4
+
+
+class CharacterSpec(_Strict):
+    """One character of the bible that is visible somewhere in the shot (engine/IDENTITY.md)."""
+
+    name: str = Field(min_length=1, max_length=200)
+    description: str = ""
+    mask_ids: list[int] = Field(default_factory=list)
+    references: list[str] = Field(default_factory=list, max_length=16)
+    identity_strength: float = Field(0.6, ge=0.0, le=2.0)
+    lora: str | None = None
+    lora_scale: float = Field(1.0, ge=0.0, le=4.0)
+    trigger_words: str = ""
+
+    @field_validator("references")
+    @classmethod
+    def _reference_shas(cls, value: list[str]) -> list[str]:
+        for sha in value:
+            _check_sha(sha)
+        return value
+
+    @field_validator("mask_ids")
+    @classmethod
+    def _ids_in_range(cls, value: list[int]) -> list[int]:
+        for number in value:
+            if not 0 < number < 65536:
+                raise ValueError(f"mask ids are 1..65535 (0 is the background in the uint16 mask), got {number}")
+        return value
+
+    def region_prompt(self) -> str:
+        """The text that conditions this character's region: description and LoRA trigger words."""
+        return ", ".join(p.strip() for p in (self.description, self.trigger_words) if p.strip())
 
 
 class CoherenceSpec(_Strict):
@@ -148,12 +191,19 @@ class JobRequest(_Strict):
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     attention_slicing: bool = False
     cpu_offload: bool = False
+    # Issue 9: characters visible in this shot, the film's style and palette references.
+    characters: list[CharacterSpec] = Field(default_factory=list)
+    style_reference: str | None = None
+    style_strength: float = Field(0.5, ge=0.0, le=2.0)
+    palette_reference: str | None = None
     frames: list[FrameSpec] = Field(min_length=1)
     # IMAGE: per-frame image model (coherence applies). VIDEO: a video model (``video``).
     generator: Literal["IMAGE", "VIDEO"] = "IMAGE"
     video: VideoSpec = Field(default_factory=VideoSpec)
     # Prompt travel: frames blend these prompts' text embeddings by their prompt_weights.
     prompt_keys: list[str] = Field(default_factory=list, max_length=64)
+
+    _ref_sha = field_validator("style_reference", "palette_reference")(_check_sha)
 
     @field_validator("width", "height")
     @classmethod

@@ -1,7 +1,9 @@
 """Random-weight models in the SD 1.5 layout, built offline.
 
 ``python -m engine make-tiny-models DIR`` writes ``DIR/sd15`` (a diffusers pipeline
-folder), ``DIR/controlnet-depth``, ``DIR/controlnet-pose`` and ``DIR/lora.safetensors``. They are saved with
+folder), ``DIR/controlnet-depth``, ``DIR/controlnet-pose``, ``DIR/lora.safetensors``,
+``DIR/ip-adapter.safetensors`` (and ``ip-adapter-plus.safetensors``, the resampler layout) with their
+image encoder ``DIR/image-encoder``. They are saved with
 ``save_pretrained`` (safetensors) and loaded by the engine through exactly the code
 that loads real models, so tests and the offline demo exercise the real path.
 The tokenizer is built from a byte-level vocabulary written here: nothing comes
@@ -173,6 +175,66 @@ def write_lora(pipe: object, path: Path, seed: int = 0, rank: int = 4) -> None:
                                               safe_serialization=True)
 
 
+def write_ip_adapter(unet: object, path: Path, encoder_dir: Path, seed: int = 0, embed_dim: int = 32) -> None:
+    """A random IP-Adapter (the h94 ``ip-adapter_sd15`` layout) and a tiny CLIP vision encoder for it.
+
+    Keys: ``image_proj.proj``/``image_proj.norm`` (4 image tokens) and ``ip_adapter.{i}.to_k_ip/to_v_ip``
+    with ``i`` = 1, 3, 5, ... over the UNet's cross-attention layers in processor order, as diffusers reads them.
+    """
+    import torch
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed + 6)
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, intermediate_size=37, projection_dim=embed_dim, num_hidden_layers=2,
+        num_attention_heads=4, image_size=32, patch_size=4, num_channels=3,
+    ))
+    encoder.save_pretrained(encoder_dir, safe_serialization=True)
+    cross = unet.config.cross_attention_dim  # type: ignore[attr-defined]
+    generator = torch.Generator().manual_seed(seed + 7)
+    tensors = {
+        "image_proj.proj.weight": torch.randn(4 * cross, embed_dim, generator=generator) * 0.5,
+        "image_proj.proj.bias": torch.zeros(4 * cross),
+        "image_proj.norm.weight": torch.ones(cross), "image_proj.norm.bias": torch.zeros(cross),
+    }
+    channels = unet.config.block_out_channels  # type: ignore[attr-defined]
+    key_id = 1
+    for name in unet.attn_processors:  # type: ignore[attr-defined]
+        if not name.endswith("attn2.processor"):
+            continue
+        if name.startswith("mid_block"):
+            hidden = channels[-1]
+        elif name.startswith("up_blocks"):
+            hidden = list(reversed(channels))[int(name[len("up_blocks.")])]
+        else:
+            hidden = channels[int(name[len("down_blocks.")])]
+        for part in ("to_k_ip", "to_v_ip"):
+            tensors[f"ip_adapter.{key_id}.{part}.weight"] = torch.randn(hidden, cross, generator=generator) * 0.3
+        key_id += 2
+    save_file(tensors, str(path))
+    # The "plus" layout (h94 ip-adapter-plus_sd15, the add-on's default): a perceiver resampler
+    # over the encoder's hidden states, 16 image tokens, in the original checkpoint's key names.
+    from diffusers.models.embeddings import IPAdapterPlusImageProjection
+
+    torch.manual_seed(seed + 8)
+    resampler = IPAdapterPlusImageProjection(embed_dims=32, output_dims=cross, hidden_dims=64, depth=4,
+                                             dim_head=64, heads=1, num_queries=16).state_dict()
+    plus = {k: v for k, v in tensors.items() if k.startswith("ip_adapter.")}
+    renames = [("ln0", "0.norm1"), ("ln1", "0.norm2"), ("attn.to_q", "0.to_q"), ("attn.to_out.0", "0.to_out"),
+               ("ff.0", "1.0"), ("ff.1.net.0.proj", "1.1"), ("ff.1.net.2", "1.3")]
+    for key, value in resampler.items():
+        if ".attn.to_k." in key or ".attn.to_v." in key:
+            continue
+        for new, old in renames:
+            key = key.replace(f".{new}.", f".{old}.")
+        plus["image_proj." + key] = value
+    for i in range(4):
+        plus[f"image_proj.layers.{i}.0.to_kv.weight"] = torch.cat(
+            [resampler[f"layers.{i}.attn.to_k.weight"], resampler[f"layers.{i}.attn.to_v.weight"]])
+    save_file(plus, str(path.with_name("ip-adapter-plus.safetensors")))
+
+
 def make_tiny_models(out_dir: str | Path, preset: str = "tiny", seed: int = 0) -> dict[str, Path]:
     """Write the pipeline and both ControlNets under ``out_dir``; returns their folders."""
     from diffusers import StableDiffusionPipeline
@@ -191,9 +253,11 @@ def make_tiny_models(out_dir: str | Path, preset: str = "tiny", seed: int = 0) -
         feature_extractor=None, requires_safety_checker=False,
     )
     paths = {"base": out / "sd15", "depth": out / "controlnet-depth", "pose": out / "controlnet-pose",
-             "lora": out / "lora.safetensors"}
+             "lora": out / "lora.safetensors", "ip_adapter": out / "ip-adapter.safetensors",
+             "ip_adapter_plus": out / "ip-adapter-plus.safetensors", "image_encoder": out / "image-encoder"}
     pipe.save_pretrained(paths["base"], safe_serialization=True)
     write_lora(pipe, paths["lora"], seed=seed)
+    write_ip_adapter(pipe.unet, paths["ip_adapter"], paths["image_encoder"], seed=seed)
     components["controlnet-depth"].save_pretrained(paths["depth"], safe_serialization=True)
     components["controlnet-pose"].save_pretrained(paths["pose"], safe_serialization=True)
     logger.info("Wrote %s random-weight models to %s", preset, out)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from . import conditioning, engine, exports, generate, pose, prompt_keys, shots, takes
+from . import characters, conditioning, engine, exports, generate, pose, prompt_keys, shots, takes
 
-modules = (shots, conditioning, generate, takes, exports, engine, pose, prompt_keys)
+modules = (shots, conditioning, generate, takes, exports, engine, pose, prompt_keys, characters)
 
 
 def register() -> None:

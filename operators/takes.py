@@ -98,6 +98,8 @@ def draw_take(layout: bpy.types.UILayout, strip) -> None:
         if info.negative_prompt:
             col.label(text=f"Negative: {info.negative_prompt}")
         col.label(text=f"Seed: {info.seed}")
+        if info.characters:
+            col.label(text=f"Characters: {', '.join(c['name'] for c in info.characters)}", icon="COMMUNITY")
         col.label(text=f"Model: {info.models.get('base', '?')}")
         col.label(text=f"Made: {info.created}")
     row = layout.row(align=True)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from . import menus, prompt_keys, sequencer, view3d
+from . import characters, menus, prompt_keys, sequencer, view3d
 
-modules = (view3d, prompt_keys, sequencer, menus)
+modules = (view3d, prompt_keys, characters, sequencer, menus)
 
 
 def register() -> None:

@@ -31,6 +31,22 @@ class VIEWFINDER_MT_main(bpy.types.Menu):
         layout.separator()
         layout.operator("viewfinder.add_pose_override", icon="ARMATURE_DATA")
         layout.operator("viewfinder.remove_pose_override", icon="X")
+        layout.separator()
+        layout.menu(VIEWFINDER_MT_characters.bl_idname, icon="COMMUNITY")
+
+
+class VIEWFINDER_MT_characters(bpy.types.Menu):
+    bl_label = "Characters"
+    bl_idname = "VIEWFINDER_MT_characters"
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        layout.operator("viewfinder.add_character", icon="ADD")
+        layout.operator("viewfinder.remove_character", icon="REMOVE")
+        layout.separator()
+        layout.operator("viewfinder.add_reference", icon="IMAGE_DATA")
+        layout.operator("viewfinder.remove_reference", icon="X")
+        layout.operator("viewfinder.make_reference_sheet", icon="OUTLINER_OB_IMAGE")
 
 
 class VIEWFINDER_MT_takes(bpy.types.Menu):
@@ -54,6 +70,11 @@ def _strip_menu(self: bpy.types.Menu, context: bpy.types.Context) -> None:
     self.layout.menu(VIEWFINDER_MT_takes.bl_idname)
 
 
+def _object_menu(self: bpy.types.Menu, context: bpy.types.Context) -> None:
+    self.layout.separator()
+    self.layout.operator("viewfinder.add_character", icon="COMMUNITY")
+
+
 def _marker_menu(self: bpy.types.Menu, context: bpy.types.Context) -> None:
     self.layout.separator()
     self.layout.operator("viewfinder.add_shot", icon="CAMERA_DATA")
@@ -64,8 +85,9 @@ _HOOKS = (
     ("SEQUENCER_MT_strip", _strip_menu),
     ("TIME_MT_marker", _marker_menu),  # the Timeline's Marker menu up to 4.x
     ("DOPESHEET_MT_marker", _marker_menu),  # the Timeline is a Dope Sheet mode from 5.0
+    ("VIEW3D_MT_object", _object_menu),
 )
-classes = (VIEWFINDER_MT_main, VIEWFINDER_MT_takes)
+classes = (VIEWFINDER_MT_characters, VIEWFINDER_MT_main, VIEWFINDER_MT_takes)
 
 
 def register() -> None:

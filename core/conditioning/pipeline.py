@@ -156,6 +156,7 @@ def render_shot_impl(
             # gigabytes before its depth maps can be normalized.
             ranges: list[tuple[float, float] | None] = []
             pose_frames: dict[str, bool] = {}
+            ids_per_frame: dict[str, list[int]] = {}
             for done, frame in enumerate(frames):
                 if cancel is not None and cancel():
                     raise ConditioningCancelled(f"Rendering the control maps of '{shot.name}' was cancelled")
@@ -165,7 +166,10 @@ def render_shot_impl(
                 name = f"{frame:04d}"
                 np.save(tmp / "flow" / "forward" / f"{name}.npy", forward)
                 np.save(tmp / "flow" / f"{name}.npy", backward)
-                write_png(tmp / "masks" / f"{name}.png", np.clip(index, 0, 65535).astype(np.uint16))
+                ids = np.clip(index, 0, 65535).astype(np.uint16)
+                write_png(tmp / "masks" / f"{name}.png", ids)
+                # Which ids each frame shows: characters not in a shot are then known without reading its masks.
+                ids_per_frame[str(frame)] = [int(v) for v in np.unique(ids) if v]
                 if people:
                     found, drawn = pose.frame_people(scene, camera, people, width, height, z, index)
                     pose_frames[str(frame)] = bool(found)
@@ -214,7 +218,7 @@ def render_shot_impl(
             "pose_format": "pose/NNNN.json OpenPose (COCO-18 body, 21-point hands, pixels) + pose/NNNN.png drawing; "
             "frames with nobody visible have neither",
             "masks": {"path": "masks/NNNN.png", "format": "png 16-bit grayscale, value = id, 0 = background",
-                      "legend": legend},
+                      "legend": legend, "ids_per_frame": ids_per_frame},
             "flow": flow.CONVENTION,
             "state": state,
             "render_seconds": round(time.perf_counter() - started, 3),

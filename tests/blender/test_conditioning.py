@@ -207,6 +207,8 @@ def test_masks_and_legend(vf: ModuleType, scene, tmp_path: Path) -> None:
     ids = {entry["name"]: int(key) for key, entry in legend.items()}
     mask = read_png(vf, tmp_path / "c" / "masks" / "0001.png")
     assert mask[36, 10] == ids["Near"] and mask[36, 110] == ids["Back"] and ids["Near"] != ids["Back"]
+    # The ids each frame shows are recorded, so characters not in a shot are known without reading masks.
+    assert meta["masks"]["ids_per_frame"] == {"1": sorted(int(v) for v in set(mask.flatten().tolist()) - {0})}
     assert meta["people"] == [] and meta["pose"] is False and not (tmp_path / "c" / "pose").exists()
 
 

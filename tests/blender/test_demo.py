@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -21,7 +22,7 @@ pytestmark = [
 ]
 
 
-def test_demo_writes_film_storyboard_and_animatic(tmp_path, vf):
+def test_demo_writes_film_storyboard_and_animatic(tmp_path, vf, vfmod):
     out = tmp_path / "out"
     env = dict(os.environ, VIEWFINDER_DEMO_OUT=str(out), VIEWFINDER_DEMO_QUICK="1", HF_HUB_OFFLINE="1",
                VIEWFINDER_ENGINE_PYTHON=ENGINE_PYTHON)
@@ -49,3 +50,21 @@ def test_demo_writes_film_storyboard_and_animatic(tmp_path, vf):
     edges = np.flatnonzero(np.diff(np.concatenate([[0], filled.astype(np.int8), [0]])))
     runs = [end - start for start, end in zip(edges[::2], edges[1::2])]
     assert len([r for r in runs if r >= 20]) == 3, runs  # thumbnails, not the title's text
+
+    # Two characters from the bible: both in the Pan shot's take (and so its storyboard caption), the
+    # traveller with a reference image rendered locally.
+    assert (out / "traveller-reference.png").is_file()
+    bpy.ops.wm.open_mainfile(filepath=str(out / "film.blend"))
+    scene = bpy.context.scene
+    bible = {c.name: c for c in scene.viewfinder.characters}
+    assert sorted(bible) == ["Stranger", "Traveller"]
+    assert bible["Traveller"].description != bible["Stranger"].description
+    assert [Path(bpy.path.abspath(r.image.filepath)).name for r in bible["Traveller"].references] == [
+        "traveller-reference.png"]
+    project = vfmod("operators.common").project_of(bpy.context)
+    rows = {row.shot: row for row in vfmod("core.exports").storyboard_rows(scene, project)}
+    assert sorted(rows["Pan"].characters) == ["Stranger", "Traveller"]
+    take = json.loads((rows["Pan"].images[0].parent / "take.json").read_text())
+    assert sorted(c["name"] for c in take["settings"]["characters"]) == ["Stranger", "Traveller"]
+    (traveller,) = [c for c in take["settings"]["characters"] if c["name"] == "Traveller"]
+    assert len(traveller["references"]) == 1

@@ -62,7 +62,9 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
                    capture_output=True, timeout=300)
     return {"base": str(out / "sd15"), "depth": str(out / "controlnet-depth"), "pose": str(out / "controlnet-pose"),
             "lora": str(out / "lora.safetensors"), "wan_vace": str(out / "wan-vace"),
-            "motion_adapter": str(out / "motion-adapter")}
+            "motion_adapter": str(out / "motion-adapter"), "ip_adapter": str(out / "ip-adapter.safetensors"),
+            "ip_adapter_plus": str(out / "ip-adapter-plus.safetensors"),
+            "image_encoder": str(out / "image-encoder")}
 
 
 @pytest.fixture(scope="session")

@@ -83,3 +83,29 @@ def read_png(path: str | Path) -> np.ndarray:
     with Image.open(path) as img:
         assert img.format == "PNG"
         return np.asarray(img.convert("RGB")).copy()
+
+
+# Characters (issue 9) -----------------------------------------------------------------
+
+A_ID, B_ID = 3, 5  # mask ids of the two test characters
+
+
+def two_character_mask(size: int = SIZE, a: bool = True, b: bool = True) -> np.ndarray:
+    """uint16 id mask: character A (id 3) a left band, B (id 5) a right band, background 0."""
+    mask = np.zeros((size, size), np.uint16)
+    if a:
+        mask[size // 8:, size // 8: size * 7 // 16] = A_ID
+    if b:
+        mask[size // 8:, size * 9 // 16: size * 7 // 8] = B_ID
+    return mask
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def noise_image(seed: int, size: int = 48) -> bytes:
+    """A reference image: random colours (PNG)."""
+    return png_bytes(np.random.default_rng(seed).integers(0, 255, (size, size, 3)).astype(np.uint8))
