@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--parent-pid", type=int, default=None, help="exit when this process exits")
     serve.set_defaults(func=cmd_serve)
 
-    tiny = sub.add_parser("make-tiny-models", help="write random-weight SD 1.5-layout models, offline")
+    tiny = sub.add_parser("make-tiny-models", help="write random-weight SD 1.5-layout models (tiny: also Wan VACE + motion adapter), offline")
     tiny.add_argument("dir")
     tiny.add_argument("--preset", default="tiny", choices=["tiny", "mid", "sd15"])
     tiny.add_argument("--seed", type=int, default=0)
