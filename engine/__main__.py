@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     ray.add_argument("--downscale-delay-s", type=float, default=300.0)
     ray.set_defaults(func=cmd_serve_ray)
 
-    tiny = sub.add_parser("make-tiny-models", help="write random-weight SD 1.5-layout models, offline")
+    tiny = sub.add_parser("make-tiny-models", help="write random-weight SD 1.5-layout models (tiny: also Wan VACE + motion adapter), offline")
     tiny.add_argument("dir")
     tiny.add_argument("--preset", default="tiny", choices=["tiny", "mid", "sd15"])
     tiny.add_argument("--seed", type=int, default=0)

@@ -49,7 +49,9 @@ def check_available(pipeline: str) -> None:
     except ImportError as exc:  # pragma: no cover - the engine cannot start without them
         raise BadRequest(f"video.pipeline: the engine lacks torch or diffusers ({exc})", field="video.pipeline",
                          code="pipeline_unavailable") from exc
-    if not hasattr(diffusers, name):
+    # ``dir`` lists diffusers' lazily imported names without importing them: this runs on the HTTP
+    # thread, and importing the pipeline module (transformers, UMT5) there could take longer than a request.
+    if name not in dir(diffusers):
         raise BadRequest(
             f"video.pipeline: {pipeline} needs diffusers.{name} (diffusers >= {since}), but this engine has "
             f"diffusers {diffusers.__version__} with torch {torch.__version__}. Upgrade the engine's diffusers "
