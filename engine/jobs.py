@@ -72,6 +72,17 @@ class Job:
     timings: dict[str, float] = field(default_factory=lambda: {"load_s": 0.0, "model_s": 0.0, "run_s": 0.0})
     pipeline_reused: bool | None = None
     cancel_event: threading.Event = field(default_factory=threading.Event)
+    step_s: float | None = None  # seconds the last denoising step took
+    _step_at: float = 0.0
+
+    def on_step(self, step: int) -> bool:
+        """Worker thread, after every denoising step: records progress; True asks to cancel."""
+        now = time.perf_counter()
+        if step > 1 and self._step_at:
+            self.step_s = now - self._step_at
+        self._step_at = now
+        self.step = step
+        return self.cancel_event.is_set()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -80,6 +91,7 @@ class Job:
             "frames_done": len(self.done), "frames": sorted(self.done), "cached_frames": sorted(self.cached),
             "step": self.step, "steps": self.request.steps, "eta_s": self.eta_s, "error": self.error,
             "timings": dict(self.timings), "pipeline_reused": self.pipeline_reused,
+            "step_s": None if self.step_s is None else round(self.step_s, 4),
         }
 
 
@@ -151,8 +163,9 @@ class JobManager:
         #    earlier job are done before queuing.
         frame_keys: dict[int, str] = {}
         previous_key: str | None = None
+        shared = self.request_digest(request, key)  # prompts etc. hashed once per job, not per frame
         for f in strategy.order(request.frames):
-            frame_keys[f.frame] = previous_key = self.frame_key(request, key, strategy, f, previous_key)
+            frame_keys[f.frame] = previous_key = self.frame_key(request, key, strategy, f, previous_key, shared)
         job = Job(id=uuid.uuid4().hex[:16], request=request, refs=refs, lora=lora, key=key, frame_keys=frame_keys)
         for number, fkey in frame_keys.items():
             if self.storage.has_frame(fkey):
@@ -171,12 +184,22 @@ class JobManager:
 
     @staticmethod
     def frame_key(request: JobRequest, key: PipelineKey, strategy: CoherenceStrategy, frame: FrameSpec,
-                  previous_key: str | None = None) -> str:
+                  previous_key: str | None = None, shared: str | None = None) -> str:
         """Content hash of everything that decides a frame's pixels, and nothing else.
 
         Batch size, slicing and offload only change speed and memory, so they are left
-        out: a repeat with another batch size is still a cache hit.
+        out: a repeat with another batch size is still a cache hit. ``shared`` is
+        ``request_digest`` computed once for the job (a long prompt is hashed once).
         """
+        return canonical_hash({
+            "request": shared or JobManager.request_digest(request, key),
+            "depth": frame.depth if key.depth else None, "pose": frame.pose if key.pose else None,
+            **strategy.cache_inputs(frame, previous_key),
+        })
+
+    @staticmethod
+    def request_digest(request: JobRequest, key: PipelineKey) -> str:
+        """Hash of the job-wide part of every frame key (everything but the frame's own maps)."""
         return canonical_hash({
             "algorithm": ALGORITHM_VERSION,
             "models": {"base": key.base, "depth": key.depth, "pose": key.pose, "lora": key.lora,
@@ -188,8 +211,6 @@ class JobManager:
             "depth_weight": request.depth_weight, "pose_weight": request.pose_weight,
             "control_start": request.control_start, "control_end": request.control_end,
             "coherence": request.coherence.cache_dump(),
-            "depth": frame.depth if key.depth else None, "pose": frame.pose if key.pose else None,
-            **strategy.cache_inputs(frame, previous_key),
         })
 
     def get(self, job_id: str) -> Job:
@@ -308,9 +329,7 @@ class JobManager:
 
             job.step = 0
 
-            def on_step(step: int) -> bool:
-                job.step = step
-                return job.cancel_event.is_set()
+            on_step = job.on_step
 
             images, model_s = run_batch(models, nets, maps, strategy.seeds(batch, request.seed), settings, on_step)
             job.timings["model_s"] += model_s
@@ -390,9 +409,7 @@ class JobManager:
                 raise torch.OutOfMemoryError("CUDA out of memory (injected by " + FAULT_OOM_FRAME_ENV + ")")
             job.step = 0
 
-            def on_step(step: int) -> bool:
-                job.step = step
-                return job.cancel_event.is_set()
+            on_step = job.on_step
 
             if carried is None:
                 images, model_s = run_batch(models, nets, {n: [m] for n, m in maps.items()}, [request.seed],
@@ -428,6 +445,11 @@ class JobManager:
     def _read_frame(self, job: Job, frame: FrameSpec) -> np.ndarray:
         from PIL import Image
 
+        if not self.storage.has_frame(job.frame_keys[frame.frame]):
+            # Damaged since it was made (and now deleted): resubmitting generates it again.
+            job.done.pop(frame.frame, None)
+            raise EngineFault(f"cached frame {frame.frame} was damaged on the engine's disk and has been deleted; "
+                              "generate again to make it again", code="frame_damaged", status=409)
         with Image.open(self.storage.frame_path(job.frame_keys[frame.frame])) as img:
             return np.asarray(img.convert("RGB"))
 

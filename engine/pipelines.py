@@ -252,6 +252,10 @@ def encode_png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+class Cancelled(Exception):
+    """Raised from the step callback to stop a pipeline call within the step that saw the cancel."""
+
+
 @dataclass
 class BatchSettings:
     prompt: str
@@ -288,17 +292,20 @@ def run_batch(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[str
         nonlocal cancelled
         if on_step(step + 1):
             cancelled = True
-            pipeline._interrupt = True
+            raise Cancelled  # at once: no more steps, and no decode of half-denoised latents
         return tensors
 
     # 3. Denoise and decode.
     started = time.perf_counter()
-    result = pipe(
-        prompt=[settings.prompt] * n, negative_prompt=[settings.negative_prompt] * n,
-        num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
-        width=settings.width, height=settings.height, generator=generators,
-        callback_on_step_end=callback, output_type="pil", **kwargs,
-    )
+    try:
+        result = pipe(
+            prompt=[settings.prompt] * n, negative_prompt=[settings.negative_prompt] * n,
+            num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
+            width=settings.width, height=settings.height, generator=generators,
+            callback_on_step_end=callback, output_type="pil", **kwargs,
+        )
+    except Cancelled:
+        return None, time.perf_counter() - started
     model_s = time.perf_counter() - started
     # An interrupted pipeline still decodes its half-denoised latents: drop them.
     return (None if cancelled else list(result.images)), model_s
@@ -363,7 +370,7 @@ def run_img2img(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[s
         nonlocal cancelled
         if on_step(step + 1):
             cancelled = True
-            pipeline._interrupt = True
+            raise Cancelled  # at once: no more steps, and no decode of half-denoised latents
         if blend is not None:
             timesteps = pipeline.scheduler.timesteps
             index = int((timesteps == timestep).nonzero()[0][0]) if (timesteps == timestep).any() else -1
@@ -379,10 +386,13 @@ def run_img2img(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[s
     # Plain img2img takes its size from ``init``; the ControlNet ones also accept width/height.
     if {"width", "height"} <= _call_params(type(pipe)):
         kwargs.update(width=settings.width, height=settings.height)
-    result = pipe(
-        prompt=settings.prompt, negative_prompt=settings.negative_prompt, image=init, strength=strength,
-        num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale, generator=generator,
-        callback_on_step_end=callback, output_type="pil", **kwargs,
-    )
+    try:
+        result = pipe(
+            prompt=settings.prompt, negative_prompt=settings.negative_prompt, image=init, strength=strength,
+            num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale, generator=generator,
+            callback_on_step_end=callback, output_type="pil", **kwargs,
+        )
+    except Cancelled:
+        return None, time.perf_counter() - started
     model_s = time.perf_counter() - started
     return (None if cancelled else result.images[0]), model_s
