@@ -4,12 +4,15 @@ take folder that is not a take (wrong types in take.json) does not break Generat
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import bpy
 import pytest
 from blender_scenes import needs_engine
-from test_generate import build_film, take_strips
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_generate import build_film, take_strips  # noqa: E402 - the same film as the Generate tests
 
 pytestmark = needs_engine()
 
