@@ -462,12 +462,16 @@ class JobManager:
         return array if array.dtype == np.uint16 else array.astype(np.uint16)
 
     def _read_flow(self, sha: str) -> np.ndarray | None:
-        """A flow blob (.npy, or .npz with one array); None for other formats (then: a keyframe)."""
+        """A flow blob (.npy, as the add-on writes it); None for other formats (then: a keyframe).
+
+        ``.npz`` is not read: a small archive can unpack to hundreds of MB (issue 11); the
+        submit check refuses it first, this is the second line.
+        """
         data = self.storage.read_blob(sha)
         try:
+            if data[:2] == b"PK":
+                raise ValueError("a .npz archive, not a .npy array")
             loaded = np.load(io.BytesIO(data), allow_pickle=False)
-            if isinstance(loaded, np.lib.npyio.NpzFile):
-                loaded = loaded[loaded.files[0]]
         except (ValueError, OSError, IndexError) as exc:
             logger.warning("Flow blob %s is not a .npy array (%s); the frame becomes a keyframe", sha[:12], exc)
             return None
