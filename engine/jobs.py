@@ -331,7 +331,8 @@ class JobManager:
 
             on_step = job.on_step
 
-            images, model_s = run_batch(models, nets, maps, strategy.seeds(batch, request.seed), settings, on_step)
+            images, model_s = run_batch(models, nets, maps, strategy.seeds(batch, request.seed), settings, on_step,
+                                        should_stop=job.cancel_event.is_set)
             job.timings["model_s"] += model_s
             if images is None:
                 break
@@ -413,7 +414,7 @@ class JobManager:
 
             if carried is None:
                 images, model_s = run_batch(models, nets, {n: [m] for n, m in maps.items()}, [request.seed],
-                                            settings, on_step)
+                                            settings, on_step, should_stop=job.cancel_event.is_set)
                 image = images[0] if images else None
             else:
                 from PIL import Image
@@ -421,6 +422,7 @@ class JobManager:
                 image, model_s = run_img2img(
                     models, nets, maps, Image.fromarray(carried.warped), request.coherence.strength, request.seed,
                     settings, on_step, keep=carried.masks.valid, keep_until=strategy.method.keep_until,
+                    should_stop=job.cancel_event.is_set,
                 )
             job.timings["model_s"] += model_s
             if image is None:
