@@ -15,6 +15,8 @@ from typing import Any
 
 import requests
 
+from .frame_check import png_problem
+
 logger = logging.getLogger(__name__)
 
 START_HINT = "start it with `python -m engine serve` from the extension folder or check Preferences ▸ Engine"
@@ -112,16 +114,39 @@ class EngineClient:
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._request("POST", f"/jobs/{job_id}/cancel").json()
 
-    def fetch_frame(self, job_id: str, frame: int, dest_path: str) -> str:
-        """Download a finished frame to ``dest_path`` atomically (temp file + rename)."""
-        response = self._request("GET", f"/jobs/{job_id}/frames/{frame}", stream=True)
+    def whoami(self) -> dict[str, Any]:
+        """Who the engine takes this client's token for; 401 (EngineError) when it does not know it."""
+        return self._request("GET", "/whoami").json()
+
+    def fetch_frame(self, job_id: str, frame: int, dest_path: str, attempts: int = 2) -> str:
+        """Download a finished frame to ``dest_path`` atomically (temp file + rename).
+
+        The file is checked to be a whole PNG before it takes the frame's name: a frame cut
+        short in transit is fetched again, and one that stays broken raises EngineError
+        (``damaged_frame``), so a take never counts a frame it cannot open.
+        """
         folder = os.path.dirname(os.path.abspath(dest_path))
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".png")
+        os.close(fd)
         try:
-            with os.fdopen(fd, "wb") as f:
-                for chunk in response.iter_content(chunk_size=1 << 16):
-                    f.write(chunk)
+            problem: str | None = None
+            for _ in range(max(1, attempts)):
+                response = self._request("GET", f"/jobs/{job_id}/frames/{frame}", stream=True)
+                try:
+                    with open(tmp, "wb") as f:
+                        for chunk in response.iter_content(chunk_size=1 << 16):
+                            f.write(chunk)
+                except requests.RequestException as exc:
+                    problem = f"the download broke off ({type(exc).__name__})"
+                    continue
+                problem = png_problem(tmp)
+                if problem is None:
+                    break
+                logger.warning("Frame %d of job %s arrived damaged (%s); fetching it again", frame, job_id, problem)
+            if problem is not None:
+                raise EngineError(f"Frame {frame} from the engine could not be opened ({problem}); it was not "
+                                  "saved. Generate again to fetch it again.", code="damaged_frame")
             os.replace(tmp, dest_path)
         except BaseException:
             if os.path.exists(tmp):

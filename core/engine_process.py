@@ -18,6 +18,7 @@ import os
 import secrets
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -77,6 +78,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def private_log_dir() -> Path:
+    """A new folder only this user can enter (0700), for the engine's log and port file.
+
+    ``mkdtemp`` picks an unpredictable name and creates it atomically, so no file or
+    symlink another user planted in the temp folder can stand in for it.
+    """
+    return Path(tempfile.mkdtemp(prefix="viewfinder-engine-"))
+
+
+def open_private(path: Path) -> int:
+    """Open a new file for writing that is readable by this user only, never through a symlink."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    return os.open(path, flags, 0o600)
+
+
 def _explain_startup_failure(python: str, log_tail: str) -> str:
     for module in ("torch", "diffusers", "fastapi", "uvicorn", "transformers"):
         if f"No module named '{module}'" in log_tail:
@@ -96,9 +112,8 @@ class LocalEngine:
         self.max_pipelines = max_pipelines
         self.extension_dir = Path(extension_dir)
         self.data_dir = data_dir
-        self.log_path = Path(log_path) if log_path else Path(
-            os.environ.get("TMPDIR", "/tmp") if os.name != "nt" else os.environ.get("TEMP", ".")
-        ) / "viewfinder-engine.log"
+        # The log may name prompts and paths: it lives in a private folder made for this engine.
+        self.log_path = Path(log_path) if log_path else private_log_dir() / "engine.log"
         self.device = device
         self.startup_timeout = startup_timeout
         self.env = dict(env or {})
@@ -133,10 +148,13 @@ class LocalEngine:
             if self.is_alive():
                 return self.client()
             # 1. Launch. The token goes through the environment: argv is visible to
-            #    every user of the machine in `ps`.
-            self.port = free_port()
-            cmd = [self.python, "-m", "engine", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                   "--device", self.device, "--parent-pid", str(os.getpid())]
+            #    every user of the machine in `ps`. The child binds a free port itself and
+            #    writes it to the port file: no other process can take it in between.
+            self.port = None
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            port_file = self.log_path.parent / f"engine-{secrets.token_hex(4)}.port"
+            cmd = [self.python, "-m", "engine", "serve", "--host", "127.0.0.1", "--port", "0",
+                   "--port-file", str(port_file), "--device", self.device, "--parent-pid", str(os.getpid())]
             if self.data_dir:
                 cmd += ["--data-dir", self.data_dir]
             if self.max_pipelines:
@@ -146,8 +164,7 @@ class LocalEngine:
                 # Blender sets PYTHONHOME/PYTHONPATH for its own interpreter; they would
                 # make another Python load Blender's standard library.
                 env.pop(key, None)
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            log = open(self.log_path, "wb")
+            log = os.fdopen(open_private(self.log_path), "wb")
             try:
                 self.process = subprocess.Popen(cmd, cwd=str(self.extension_dir), stdout=log,
                                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
@@ -156,21 +173,42 @@ class LocalEngine:
                                   code="no_python") from exc
             finally:
                 log.close()
-            logger.info("Started engine pid %d on port %d (log %s)", self.process.pid, self.port, self.log_path)
-            # 2. Wait for /health, watching for an early exit.
-            client = EngineClient(self.url, self.token, timeout=2.0)
+            logger.info("Started engine pid %d (log %s)", self.process.pid, self.log_path)
+            # 2. Wait for the port, then for an answer that knows our token, watching for an early exit.
             deadline = time.monotonic() + self.startup_timeout
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
                     raise EngineError(_explain_startup_failure(self.python, self.log_tail()), code="engine_died")
+                if self.port is None:
+                    self.port = _read_port(port_file)
+                    if self.port is None:
+                        time.sleep(0.1)
+                        continue
+                    logger.info("Engine pid %d listens on port %d", self.process.pid, self.port)
                 try:
-                    client.health()
+                    self._check_identity(EngineClient(self.url, self.token, timeout=2.0))
                     return self.client()
-                except EngineError:
+                except EngineError as exc:
+                    if exc.code == "not_our_engine":
+                        self._stop_locked()
+                        raise
                     time.sleep(0.25)
             self._stop_locked()
             raise EngineError(f"The Viewfinder engine did not start within {self.startup_timeout:.0f} s. "
                               f"Last lines of its log ({self.log_path}):\n{self.log_tail()}", code="start_timeout")
+
+    def _check_identity(self, client: EngineClient) -> None:
+        """The engine on our port must accept the token we gave our child: another program
+        listening there (or another user's engine) is refused rather than sent our frames."""
+        try:
+            client.whoami()
+        except EngineError as exc:
+            if exc.code in ("unauthorized", "http_404"):
+                raise EngineError(
+                    f"The program answering on 127.0.0.1:{self.port} is not the engine Viewfinder started (it "
+                    "does not know its token); generate again to start a new one", code="not_our_engine",
+                ) from exc
+            raise
 
     def ensure_running(self) -> EngineClient:
         """The client of a running engine; restarts one that crashed or was killed."""
@@ -199,6 +237,15 @@ class LocalEngine:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=timeout)
+
+
+def _read_port(port_file: Path) -> int | None:
+    """The port the child wrote, once it has bound it; None until then."""
+    try:
+        text = port_file.read_text("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isascii() and text.isdigit() and 0 < int(text) < 65536 else None
 
 
 class Engine:

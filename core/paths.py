@@ -71,7 +71,8 @@ def take_name(index: int) -> str:
 
 def next_take_index(takes_dir: Path) -> int:
     """The next free take number in a shot's takes folder (1 for the first)."""
-    used = [int(p.name) for p in takes_dir.iterdir() if p.is_dir() and p.name.isdigit()] if takes_dir.is_dir() else []
+    used = [int(p.name) for p in takes_dir.iterdir() if p.is_dir() and p.name.isascii() and p.name.isdigit()] \
+        if takes_dir.is_dir() else []
     return max(used, default=0) + 1
 
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .paths import atomic_write_bytes, frame_name, next_take_index, take_name
+
+logger = logging.getLogger(__name__)
 
 TAKE_FILE = "take.json"
 FORMAT_VERSION = 1
@@ -78,21 +81,59 @@ def write_take(take_dir: Path, info: TakeInfo) -> None:
     atomic_write_bytes(take_dir / TAKE_FILE, json.dumps(asdict(info), indent=2).encode("utf-8"))
 
 
+# The JSON type each take.json field must have; a file edited by hand or by another tool
+# with a wrong type is ignored (logged), never a traceback in the middle of a generate.
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "shot": str, "take": str, "prompt": str, "style_prompt": str, "negative_prompt": str, "seed": int,
+    "models": dict, "settings": dict, "control_hash": str, "request_hash": str, "frames_total": list,
+    "frames_done": list, "complete": bool, "cancelled": bool, "error": str, "created": str, "engine": str,
+    "format": int,
+}
+
+
+def _type_problem(data: dict[str, Any]) -> str | None:
+    for key, value in data.items():
+        expected = _FIELD_TYPES.get(key)
+        if expected is None:
+            continue
+        if expected is int and isinstance(value, bool) or not isinstance(value, expected):
+            return f"'{key}' is {type(value).__name__}"
+        if key in ("frames_total", "frames_done") and not all(
+                isinstance(f, int) and not isinstance(f, bool) for f in value):
+            return f"'{key}' holds something other than frame numbers"
+    return None
+
+
 def read_take(take_dir: Path) -> TakeInfo | None:
     """The take's metadata, or None when the folder holds no readable take.json."""
     try:
         data = json.loads((take_dir / TAKE_FILE).read_text("utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        problem = _type_problem(data)
+        if problem is not None:
+            raise ValueError(problem)
         known = {k: v for k, v in data.items() if k in TakeInfo.__dataclass_fields__}
         return TakeInfo(**known)
-    except (OSError, ValueError, TypeError):
+    except OSError:
+        return None
+    except (ValueError, TypeError) as exc:
+        logger.warning("Ignoring %s: %s", take_dir / TAKE_FILE, exc)
         return None
 
 
+def is_take_folder_name(name: str) -> bool:
+    """'001', '1000': ASCII digits only ('١٢' is a digit to str.isdigit but not a take)."""
+    return name.isascii() and name.isdigit()
+
+
 def list_takes(takes_dir: Path) -> list[tuple[Path, TakeInfo]]:
+    """The takes of a shot, oldest first by number ('999' before '1000')."""
     if not takes_dir.is_dir():
         return []
     found = []
-    for folder in sorted(p for p in takes_dir.iterdir() if p.is_dir() and p.name.isdigit()):
+    folders = [p for p in takes_dir.iterdir() if p.is_dir() and is_take_folder_name(p.name)]
+    for folder in sorted(folders, key=lambda p: (int(p.name), p.name)):
         info = read_take(folder)
         if info is not None:
             found.append((folder, info))

@@ -7,6 +7,8 @@ with shot length and a cancelled or failed job keeps every frame it finished.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
 import logging
 import os
@@ -55,6 +57,13 @@ logger = logging.getLogger(__name__)
 FAULT_OOM_FRAME_ENV = "VIEWFINDER_ENGINE_TEST_OOM_FRAME"
 
 
+
+@functools.lru_cache(maxsize=1024)
+def _text_digest(text: str) -> str:
+    """A prompt's digest for cache keys: a long prompt shared by many frames is hashed once."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 @dataclass
 class Job:
     id: str
@@ -84,6 +93,17 @@ class Job:
     char_loras: dict[str, ModelRef | None] = field(default_factory=dict)
     ip_ref: IpAdapterRef | None = None
     identity: dict[str, Any] | None = None
+    step_s: float | None = None  # seconds the last denoising step took
+    _step_at: float = 0.0
+
+    def on_step(self, step: int) -> bool:
+        """Worker thread, after every denoising step: records progress; True asks to cancel."""
+        now = time.perf_counter()
+        if step > 1 and self._step_at:
+            self.step_s = now - self._step_at
+        self._step_at = now
+        self.step = step
+        return self.cancel_event.is_set()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -95,6 +115,7 @@ class Job:
             "generator": self.request.generator, "messages": list(self.messages),
             "warnings": list(self.warnings),
             **({"identity": dict(self.identity)} if self.identity is not None else {}),
+            "step_s": None if self.step_s is None else round(self.step_s, 4),
         }
 
 
@@ -179,8 +200,10 @@ class JobManager:
         #    earlier job are done before queuing.
         frame_keys: dict[int, str] = {}
         previous_key: str | None = None
+        shared = self.request_digest(request, key)  # prompts etc. hashed once per job, not per frame
         for f in strategy.order(request.frames):
-            frame_keys[f.frame] = previous_key = self.frame_key(request, key, strategy, f, previous_key, identity)
+            frame_keys[f.frame] = previous_key = self.frame_key(request, key, strategy, f, previous_key, identity,
+                                                                shared)
         job = self.job_class(id=uuid.uuid4().hex[:16], request=request, refs=refs, lora=lora, key=key,
                              frame_keys=frame_keys, warnings=job_warnings(request), char_loras=char_loras,
                              ip_ref=ip_ref)
@@ -225,17 +248,22 @@ class JobManager:
 
     @staticmethod
     def frame_key(request: JobRequest, key: PipelineKey, strategy: CoherenceStrategy, frame: FrameSpec,
-                  previous_key: str | None = None, identity: dict[str, Any] | None = None) -> str:
+                  previous_key: str | None = None, identity: dict[str, Any] | None = None,
+                  shared: str | None = None) -> str:
         """Content hash of everything that decides a frame's pixels, and nothing else.
 
         Batch size, slicing and offload only change speed and memory, so they are left
-        out: a repeat with another batch size is still a cache hit. Per-frame values
-        (engine/schedule.py) replace the job's under the same names, so a request
-        without them keeps the keys it always had. ``identity``
-        (characters.identity_cache_inputs) and the frame's mask enter only when the job
-        has characters or film references, so other jobs keep their keys.
+        out: a repeat with another batch size is still a cache hit. ``shared`` is
+        ``request_digest`` computed once for the job; a prompt's text enters by its digest,
+        computed once per distinct text (a long prompt is not hashed once per frame).
+        Per-frame values (engine/schedule.py) replace the job's under the same names.
+        ``identity`` (characters.identity_cache_inputs) and the frame's mask enter only
+        when the job has characters or film references, so other jobs keep their keys.
         """
         values = frame_values(request, frame)
+        own = values.cache_inputs()
+        if isinstance(own["prompt"], str):
+            own["prompt"] = _text_digest(own["prompt"])
         coherence = request.coherence.cache_dump()
         if "strength" in coherence:
             coherence["strength"] = values.strength
@@ -243,17 +271,24 @@ class JobManager:
         if identity:
             extra = {"identity": identity, "mask": frame.mask if request.characters else None}
         return canonical_hash({
-            "algorithm": ALGORITHM_VERSION,
-            "models": {"base": key.base, "depth": key.depth, "pose": key.pose, "lora": key.lora,
-                       "lora_scale": key.lora_scale},
-            "device": key.device, "dtype": key.dtype,
-            "negative_prompt": request.negative_prompt, "steps": request.steps,
-            "width": request.width, "height": request.height,
-            **values.cache_inputs(),
+            "request": shared or JobManager.request_digest(request, key),
+            **own,
             "coherence": coherence,
             "depth": frame.depth if key.depth else None, "pose": frame.pose if key.pose else None,
             **strategy.cache_inputs(frame, previous_key),
             **extra,
+        })
+
+    @staticmethod
+    def request_digest(request: JobRequest, key: PipelineKey) -> str:
+        """Hash of the job-wide part of every frame key (what no frame can change)."""
+        return canonical_hash({
+            "algorithm": ALGORITHM_VERSION,
+            "models": {"base": key.base, "depth": key.depth, "pose": key.pose, "lora": key.lora,
+                       "lora_scale": key.lora_scale},
+            "device": key.device, "dtype": key.dtype,
+            "negative_prompt": _text_digest(request.negative_prompt), "steps": request.steps,
+            "width": request.width, "height": request.height,
         })
 
     def get(self, job_id: str) -> Job:
@@ -419,15 +454,14 @@ class JobManager:
 
             job.step = 0
 
-            def on_step(step: int) -> bool:
-                job.step = step
-                return job.cancel_event.is_set()
+            on_step = job.on_step
 
             seeds = [values[f.frame].seed for f in batch]
             settings = settings_for(batch)
             extra, context = self._identity_batch(job, models, plan, batch, settings)
             with context:
-                images, model_s = run_batch(models, nets, maps, seeds, settings, on_step, extra=extra)
+                images, model_s = run_batch(models, nets, maps, seeds, settings, on_step, extra=extra,
+                                            should_stop=job.cancel_event.is_set)
             job.timings["model_s"] += model_s
             if images is None:
                 break
@@ -532,9 +566,7 @@ class JobManager:
                 raise torch.OutOfMemoryError("CUDA out of memory (injected by " + FAULT_OOM_FRAME_ENV + ")")
             job.step = 0
 
-            def on_step(step: int) -> bool:
-                job.step = step
-                return job.cancel_event.is_set()
+            on_step = job.on_step
 
             own = values[frame.frame]
             settings = settings_for([frame])
@@ -542,7 +574,8 @@ class JobManager:
             with context:
                 if carried is None:
                     images, model_s = run_batch(models, nets, {n: [m] for n, m in maps.items()}, [own.seed],
-                                                settings, on_step, extra=extra)
+                                                settings, on_step, extra=extra,
+                                                should_stop=job.cancel_event.is_set)
                     image = images[0] if images else None
                 else:
                     from PIL import Image
@@ -550,7 +583,7 @@ class JobManager:
                     image, model_s = run_img2img(
                         models, nets, maps, Image.fromarray(carried.warped), own.strength, own.seed,
                         settings, on_step, keep=carried.masks.valid, keep_until=strategy.method.keep_until,
-                        extra=extra,
+                        extra=extra, should_stop=job.cancel_event.is_set,
                     )
             job.timings["model_s"] += model_s
             if image is None:
@@ -577,6 +610,11 @@ class JobManager:
     def _read_frame(self, job: Job, frame: FrameSpec) -> np.ndarray:
         from PIL import Image
 
+        if not self.storage.has_frame(job.frame_keys[frame.frame]):
+            # Damaged since it was made (and now deleted): resubmitting generates it again.
+            job.done.pop(frame.frame, None)
+            raise EngineFault(f"cached frame {frame.frame} was damaged on the engine's disk and has been deleted; "
+                              "generate again to make it again", code="frame_damaged", status=409)
         with Image.open(self.storage.frame_path(job.frame_keys[frame.frame])) as img:
             return np.asarray(img.convert("RGB"))
 
@@ -589,12 +627,16 @@ class JobManager:
         return array if array.dtype == np.uint16 else array.astype(np.uint16)
 
     def _read_flow(self, sha: str) -> np.ndarray | None:
-        """A flow blob (.npy, or .npz with one array); None for other formats (then: a keyframe)."""
+        """A flow blob (.npy, as the add-on writes it); None for other formats (then: a keyframe).
+
+        ``.npz`` is not read: a small archive can unpack to hundreds of MB (issue 11); the
+        submit check refuses it first, this is the second line.
+        """
         data = self.storage.read_blob(sha)
         try:
+            if data[:2] == b"PK":
+                raise ValueError("a .npz archive, not a .npy array")
             loaded = np.load(io.BytesIO(data), allow_pickle=False)
-            if isinstance(loaded, np.lib.npyio.NpzFile):
-                loaded = loaded[loaded.files[0]]
         except (ValueError, OSError, IndexError) as exc:
             logger.warning("Flow blob %s is not a .npy array (%s); the frame becomes a keyframe", sha[:12], exc)
             return None

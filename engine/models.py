@@ -58,6 +58,73 @@ def _stable_hash(value: object) -> str:
     return hashlib.sha256(repr(value).encode()).hexdigest()[:16]
 
 
+# Policy: which models this engine may load (``serve --allow-models``, ``--no-hub``) ----------
+
+_allowed: set[str] | None = None
+_hub = True
+ALLOWED_LIBRARIES = {"diffusers", "transformers", None}
+
+
+def set_policy(allowed: set[str] | None = None, hub: bool = True) -> None:
+    """Pin the models a (shared) engine may load, and whether it may reach the Hub."""
+    global _allowed, _hub
+    _allowed = None if allowed is None else {_normalize(a) for a in allowed}
+    _hub = hub
+
+
+def read_allow_list(path: str) -> set[str]:
+    """One Hub id or path per line; '#' starts a comment."""
+    entries = {line.split("#", 1)[0].strip() for line in Path(path).read_text("utf-8").splitlines()}
+    entries.discard("")
+    if not entries:
+        raise ValueError(f"{path} lists no models")
+    return entries
+
+
+def _normalize(value: str) -> str:
+    text = value.strip()
+    if HUB_ID_RE.match(text) and not os.path.exists(os.path.expanduser(text)):
+        return text
+    return str(Path(os.path.expanduser(text)).resolve())
+
+
+def _not_usable(value: str, field: str) -> ModelUnavailable:
+    """One message for every path that cannot be used, so an answer never tells a client
+    whether a path exists on the engine machine, or what it is."""
+    return ModelUnavailable(
+        f"{field}: '{value}' is not a usable model on the engine machine. Give a local diffusers folder, a "
+        ".safetensors file, or a Hugging Face Hub id like 'owner/name'.", field=field,
+    )
+
+
+def _ships_code(path: Path) -> str | None:
+    """Why a model folder would run code of its own when loaded, or None.
+
+    diffusers can import a custom pipeline or component named in model_index.json, and
+    transformers code listed under ``auto_map``; the pinned versions refuse most of it
+    by default, but the engine refuses such a folder itself, whatever the versions.
+    """
+    import json
+
+    for file in path.rglob("*"):
+        if file.suffix.lower() in (".py", ".pyc", ".so", ".pyd") and file.is_file():
+            return f"it ships code ({file.name})"
+    for config in [path / "model_index.json", *path.rglob("config.json")]:
+        try:
+            data = json.loads(config.read_text("utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(data, dict):
+            continue
+        if "custom_pipeline" in data or "auto_map" in data:
+            return f"{config.name} names custom code"
+        if config.name == "model_index.json":
+            for value in data.values():
+                if isinstance(value, list) and len(value) == 2 and value[0] not in ALLOWED_LIBRARIES:
+                    return f"model_index.json loads a component from '{value[0]}'"
+    return None
+
+
 def resolve_ref(value: str, field: str, role: Literal["base", "controlnet", "lora"]) -> ModelRef:
     """Classify ``value`` as a Hub id, folder or file; raise a 4xx error naming ``field``.
 
@@ -74,33 +141,31 @@ def resolve_ref(value: str, field: str, role: Literal["base", "controlnet", "lor
             "model (most model sites offer one) or a diffusers folder.",
             field=field, code="unsafe_model_format",
         )
-    # 2. Something on disk.
+    # 2. The allow-list of a shared engine, before anything looks at the disk.
+    if _allowed is not None and _normalize(text) not in _allowed:
+        raise EngineFault(f"{field}: '{value}' is not one of the models this engine allows (its --allow-models "
+                          "list); ask whoever runs the engine", code="model_not_allowed", status=403, field=field)
+    # 3. Something on disk. Every refusal reads the same, whatever is (or is not) there.
     if path.exists():
         if path.is_file():
             if suffix != ".safetensors":
-                raise BadRequest(f"{field}: '{value}' is a file but not a .safetensors checkpoint", field=field)
+                raise _not_usable(value, field)
             return ModelRef("file", str(path.resolve()), field, _fingerprint(path))
-        if role == "lora":
-            raise BadRequest(f"{field}: a LoRA must be a .safetensors file, '{value}' is a folder", field=field)
         marker = "model_index.json" if role == "base" else "config.json"
-        if not (path / marker).is_file():
-            raise BadRequest(
-                f"{field}: folder '{value}' has no {marker}, so it is not a diffusers "
-                f"{'pipeline' if role == 'base' else 'ControlNet'} folder",
-                field=field,
-            )
+        if role == "lora" or not (path / marker).is_file():
+            raise _not_usable(value, field)
+        code = _ships_code(path)
+        if code is not None:
+            raise BadRequest(f"{field}: '{value}' is refused because {code}; the engine loads only plain "
+                             "diffusers folders with .safetensors weights", field=field, code="unsafe_model_code")
         return ModelRef("folder", str(path.resolve()), field, _fingerprint(path))
-    # 3. A path that does not exist (absolute, relative with ./, ~, a file suffix).
+    # 4. A path that does not exist (absolute, relative with ./, ~, a file suffix).
     looks_like_path = (
         path.is_absolute() or text.startswith((".", "~")) or "\\" in text or suffix == ".safetensors"
         or text.count("/") > 1 or role == "lora"
     )
     if looks_like_path or not HUB_ID_RE.match(text):
-        raise ModelUnavailable(
-            f"{field}: '{value}' does not exist on the engine machine. Give an existing local "
-            "diffusers folder, a .safetensors file, or a Hugging Face Hub id like 'owner/name'.",
-            field=field,
-        )
+        raise _not_usable(value, field)
     return ModelRef("hub", text, field)
 
 
@@ -171,7 +236,7 @@ def load_with_fallback(ref: ModelRef, load: Callable[[bool], Any], progress: Pro
     except Exception as exc:  # noqa: BLE001 - classified below, re-raised as a user message
         if is_out_of_memory(exc) or isinstance(exc, EngineFault):
             raise
-        if ref.kind != "hub" or os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "True"):
+        if ref.kind != "hub" or not _hub or os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "True"):
             raise _unavailable(ref, exc) from exc
         logger.info("%s '%s' is not cached (%s); downloading", ref.field, ref.value, exc)
     try:

@@ -254,6 +254,38 @@ def encode_png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+class Cancelled(Exception):
+    """Raised from the step callback to stop a pipeline call within the step that saw the cancel."""
+
+
+def cancel_hooks(pipe: Any, should_stop: Callable[[], bool] | None) -> list[Any]:
+    """Check for a cancel before every UNet and ControlNet block, not only between steps.
+
+    At large sizes on a CPU one step can take minutes; with these hooks a cancel takes
+    effect within one block of the network. Returns the hook handles to remove.
+    """
+    if should_stop is None:
+        return []
+
+    def check(module: Any, args: Any) -> None:
+        if should_stop():
+            raise Cancelled
+
+    handles = []
+    for name in ("unet", "controlnet"):
+        model = getattr(pipe, name, None)
+        nets = getattr(model, "nets", None) or ([model] if model is not None else [])
+        for net in nets:
+            for attribute in ("down_blocks", "mid_block", "up_blocks", "controlnet_down_blocks"):
+                blocks = getattr(net, attribute, None)
+                if blocks is None:
+                    continue
+                for block in (blocks if hasattr(blocks, "__iter__") else [blocks]):
+                    if hasattr(block, "register_forward_pre_hook"):
+                        handles.append(block.register_forward_pre_hook(check))
+    return handles
+
+
 @dataclass
 class BatchSettings:
     prompt: str
@@ -281,7 +313,8 @@ class BatchSettings:
 def run_batch(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[str, list[torch.Tensor]],
               seeds: Sequence[int], settings: BatchSettings,
               on_step: Callable[[int], bool],
-              extra: dict[str, Any] | None = None) -> tuple[list[Image.Image] | None, float]:
+              extra: dict[str, Any] | None = None,
+              should_stop: Callable[[], bool] | None = None) -> tuple[list[Image.Image] | None, float]:
     """Generate one image per seed; returns (images or None if cancelled, model seconds).
 
     ``on_step(step)`` runs after every denoising step and returns True to cancel, which
@@ -303,17 +336,24 @@ def run_batch(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[str
         nonlocal cancelled
         if on_step(step + 1):
             cancelled = True
-            pipeline._interrupt = True
+            raise Cancelled  # at once: no more steps, and no decode of half-denoised latents
         return tensors
 
     # 3. Denoise and decode.
     started = time.perf_counter()
     prompts = _prompt_kwargs(extra, settings.prompt_kwargs(n))
-    result = pipe(
-        **prompts, num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
-        width=settings.width, height=settings.height, generator=generators,
-        callback_on_step_end=callback, output_type="pil", **kwargs,
-    )
+    hooks = cancel_hooks(pipe, should_stop)
+    try:
+        result = pipe(
+            **prompts, num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
+            width=settings.width, height=settings.height, generator=generators,
+            callback_on_step_end=callback, output_type="pil", **kwargs,
+        )
+    except Cancelled:
+        return None, time.perf_counter() - started
+    finally:
+        for hook in hooks:
+            hook.remove()
     model_s = time.perf_counter() - started
     # An interrupted pipeline still decodes its half-denoised latents: drop them.
     return (None if cancelled else list(result.images)), model_s
@@ -347,7 +387,8 @@ def _control_kwargs(active_nets: tuple[str, ...], images: list[Any], settings: B
 def run_img2img(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[str, torch.Tensor],
                 init: Image.Image, strength: float, seed: int, settings: BatchSettings,
                 on_step: Callable[[int], bool], keep: Any = None,
-                keep_until: float = 0.0, extra: dict[str, Any] | None = None) -> tuple[Image.Image | None, float]:
+                keep_until: float = 0.0, extra: dict[str, Any] | None = None,
+                should_stop: Callable[[], bool] | None = None) -> tuple[Image.Image | None, float]:
     """One frame from ``init`` (the warped previous frame) at ``strength``; FLOW coherence.
 
     ``keep`` (H x W bool, True where the warp carried the pixel) with ``keep_until`` > 0
@@ -386,7 +427,7 @@ def run_img2img(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[s
         nonlocal cancelled
         if on_step(step + 1):
             cancelled = True
-            pipeline._interrupt = True
+            raise Cancelled  # at once: no more steps, and no decode of half-denoised latents
         if blend is not None:
             timesteps = pipeline.scheduler.timesteps
             index = int((timesteps == timestep).nonzero()[0][0]) if (timesteps == timestep).any() else -1
@@ -403,10 +444,17 @@ def run_img2img(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[s
     if {"width", "height"} <= _call_params(type(pipe)):
         kwargs.update(width=settings.width, height=settings.height)
     prompts = _prompt_kwargs(extra, settings.prompt_kwargs(None))
-    result = pipe(
-        **prompts, image=init, strength=strength,
-        num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale, generator=generator,
-        callback_on_step_end=callback, output_type="pil", **kwargs,
-    )
+    hooks = cancel_hooks(pipe, should_stop)
+    try:
+        result = pipe(
+            **prompts, image=init, strength=strength,
+            num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale, generator=generator,
+            callback_on_step_end=callback, output_type="pil", **kwargs,
+        )
+    except Cancelled:
+        return None, time.perf_counter() - started
+    finally:
+        for hook in hooks:
+            hook.remove()
     model_s = time.perf_counter() - started
     return (None if cancelled else result.images[0]), model_s

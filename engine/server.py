@@ -4,32 +4,55 @@ touch the job table and the disk; the model runs on the JobManager's worker thre
 from __future__ import annotations
 
 import logging
-import secrets
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import __version__
-from .errors import BadRequest, EngineFault
-from .jobs import JobManager
+from . import __version__, limits
+from .auth import DEFAULT_OWNER, Tokens
+from .errors import BadRequest, EngineFault, NotFound
+from .front_door import LOOPBACK_HOSTS, FrontDoor, fault_from_exception
+from .jobs import Job, JobManager
 from .schema import SHA256_RE, JobRequest, field_path
 
 logger = logging.getLogger(__name__)
 
-MAX_BLOB_BYTES = 512 * 1024 * 1024
+MAX_BLOB_BYTES = limits.blob_limit()
 
 
 def _error(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": {"code": code, "message": message, "field": field}})
 
 
-def create_app(manager: JobManager, token: str | None) -> FastAPI:
-    """Build the app around a JobManager; starts its worker with the app, stops it after."""
+def _invalid(errors: list[dict[str, Any]]) -> EngineFault:
+    """The first pydantic error as a fault naming its field (the same for FastAPI and manual parsing)."""
+    first = errors[0]
+    loc = tuple(first.get("loc", ()))
+    if first.get("type") == "json_invalid":
+        return BadRequest(f"the body is not valid JSON: {first.get('msg')}", field="body", code="invalid_json")
+    # A model-level check (check_inputs) has no field in loc; its message names it.
+    name = field_path(loc)
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    return EngineFault(f"{name}: {message}", code="invalid_field", status=422, field=name)
+
+
+def create_app(manager: JobManager, token: str | None | Tokens, *, loopback_only: bool = False,
+               max_jobs_per_token: int = limits.MAX_ACTIVE_JOBS_PER_TOKEN) -> Any:
+    """Build the app around a JobManager; starts its worker with the app, stops it after.
+
+    ``token`` is one token or a ``Tokens`` table (a token per person, who then owns their
+    jobs). The result is the FastAPI app behind the front door (engine/front_door.py);
+    ``loopback_only`` turns on the Host-header check of a loopback engine.
+    """
+    tokens = token if isinstance(token, Tokens) else Tokens.single(token)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -37,20 +60,13 @@ def create_app(manager: JobManager, token: str | None) -> FastAPI:
         yield
         manager.stop()
 
-    app = FastAPI(title="Viewfinder engine", version=__version__, lifespan=lifespan)
-
-    def require_token(request: Request) -> None:
-        if not token:
-            return
-        header = request.headers.get("authorization", "")
-        given = header[7:] if header.lower().startswith("bearer ") else ""
-        # compare_digest: a plain == leaks the token's prefix through response timing.
-        if not given or not secrets.compare_digest(given.encode(), token.encode()):
-            raise EngineFault(
-                "missing or wrong engine token: send 'Authorization: Bearer <token>' with the token the "
-                "engine was started with (Preferences ▸ Engine ▸ Token, or VIEWFINDER_ENGINE_TOKEN)",
-                code="unauthorized", status=401,
-            )
+    # No /docs, /redoc or /openapi.json: API.md is the reference, and a shared engine
+    # should not describe itself to whoever reaches the port.
+    app = FastAPI(title="Viewfinder engine", version=__version__, lifespan=lifespan, docs_url=None,
+                  redoc_url=None, openapi_url=None)
+    owners: dict[str, str] = {}  # job id -> the name of the token that submitted it
+    owners_lock = threading.Lock()
+    checked_maps: set[tuple[str, str, int, int]] = set()  # (sha, kind, width, height) whose header fits
 
     @app.exception_handler(EngineFault)
     async def on_fault(request: Request, exc: EngineFault) -> JSONResponse:
@@ -58,58 +74,127 @@ def create_app(manager: JobManager, token: str | None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first: dict[str, Any] = exc.errors()[0]
-        loc = tuple(first.get("loc", ()))
-        if first.get("type") == "json_invalid":
-            return _error(400, "invalid_json", f"the body is not valid JSON: {first.get('msg')}", "body")
-        # A model-level check (check_inputs) has no field in loc; its message names it.
-        name = field_path(loc)
-        message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
-        return _error(422, "invalid_field", f"{name}: {message}", name)
+        fault = _invalid(list(exc.errors()))
+        return _error(fault.status, fault.code, fault.message, fault.field)
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _error(exc.status_code, "http_error", str(exc.detail))
 
+    @app.exception_handler(Exception)
+    async def on_crash(request: Request, exc: Exception) -> JSONResponse:
+        fault = fault_from_exception(exc)
+        logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return _error(fault.status, fault.code, fault.message, fault.field)
+
+    def owner_of(request: Request) -> str:
+        return str(request.scope.get("state", {}).get("owner", DEFAULT_OWNER))
+
+    def own_job(request: Request, job_id: str) -> Job:
+        """The job, if the caller's token submitted it; someone else's job is 'unknown'."""
+        job = manager.get(job_id)
+        if owners.get(job_id, DEFAULT_OWNER) != owner_of(request):
+            raise NotFound(f"no job with id '{job_id}' for this token", code="unknown_job")
+        return job
+
+    # An async handler runs on the event loop, so /health answers even when every
+    # worker thread is busy with uploads or submits.
     @app.get("/health")
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:
         return {"status": "ok", "version": __version__, "device": manager.default_device,
-                "queue": manager.queue_length(), "auth": bool(token)}
+                "queue": manager.queue_length(), "auth": bool(tokens)}
 
-    auth = [Depends(require_token)]
+    @app.get("/whoami")
+    async def whoami(request: Request) -> dict[str, Any]:
+        """Who the token belongs to: the add-on checks with it that the engine is the one it started."""
+        return {"owner": owner_of(request), "version": __version__}
 
-    @app.head("/blobs/{sha}", dependencies=auth)
+    @app.head("/blobs/{sha}")
     def head_blob(sha: str) -> Response:
+        if not SHA256_RE.match(sha):
+            return Response(status_code=400)
         return Response(status_code=200 if manager.storage.has_blob(sha) else 404)
 
-    @app.put("/blobs/{sha}", dependencies=auth, status_code=201)
+    @app.put("/blobs/{sha}", status_code=201)
     async def put_blob(sha: str, request: Request) -> dict[str, Any]:
         if not SHA256_RE.match(sha):
             raise BadRequest("the blob id in the URL must be a lowercase hex sha256", field="sha256")
-        data = await request.body()
-        if len(data) > MAX_BLOB_BYTES:
-            raise BadRequest(f"blob is larger than {MAX_BLOB_BYTES} bytes", field="body")
-        if not manager.storage.put_blob(sha, data):
-            raise BadRequest("the body's sha256 does not match the one in the URL; resend the blob",
-                             field="sha256", code="hash_mismatch")
-        return {"sha256": sha, "size": len(data)}
+        # Streamed to a temp file, counted and hashed as it arrives: memory stays flat.
+        with manager.storage.blob_writer(sha, MAX_BLOB_BYTES) as writer:
+            async for chunk in request.stream():
+                if not writer.write(chunk):
+                    raise limits.TooLarge(f"the blob is larger than the engine's limit of {MAX_BLOB_BYTES} bytes")
+            if not writer.commit():
+                raise BadRequest("the body's sha256 does not match the one in the URL; resend the blob",
+                                 field="sha256", code="hash_mismatch")
+            return {"sha256": sha, "size": writer.size}
 
-    @app.post("/jobs", dependencies=auth, status_code=202)
-    def submit(request: JobRequest) -> dict[str, Any]:
-        job = manager.submit(request)
+    def check_maps(job: JobRequest) -> None:
+        """Each uploaded map's pixel size against the job's, from its header only."""
+        kinds = ("depth", "pose", "flow") if job.coherence.mode == "FLOW" else ("depth", "pose")
+        for i, frame in enumerate(job.frames):
+            for kind in kinds:
+                sha = getattr(frame, kind)
+                if sha is None or (sha, kind, job.width, job.height) in checked_maps:
+                    continue
+                if not manager.storage.has_blob(sha):
+                    continue  # JobManager.submit names the missing blob
+                head = manager.storage.read_blob_head(sha, limits.HEADER_BYTES)
+                limits.check_map(head, kind, job.width, job.height, f"frames[{i}].{kind}")
+                if len(checked_maps) > 200_000:
+                    checked_maps.clear()
+                checked_maps.add((sha, kind, job.width, job.height))
+
+    def submit_body(body: bytes, owner: str) -> dict[str, Any]:
+        """Threadpool: parse, check limits and maps, then queue; never on the event loop."""
+        try:
+            job_request = JobRequest.model_validate_json(body)
+        except ValidationError as exc:
+            raise _invalid(list(exc.errors())) from None
+        limits.check_request(job_request)
+        check_maps(job_request)
+        with owners_lock:
+            for gone in [j for j in owners if j not in manager.jobs]:
+                del owners[gone]
+            active = sum(1 for j, o in owners.items()
+                         if o == owner and manager.jobs[j].status in ("queued", "running"))
+            if active >= max_jobs_per_token:
+                raise EngineFault(f"this token already has {active} jobs queued or running (the limit is "
+                                  f"{max_jobs_per_token}); wait for one to finish or cancel one",
+                                  code="queue_full", status=429)
+            job = manager.submit(job_request)
+            owners[job.id] = owner
         return {"id": job.id, "status": job.status, "cached_frames": sorted(job.cached),
                 "frames_total": len(job.frame_keys)}
 
-    @app.get("/jobs/{job_id}", dependencies=auth)
-    def status(job_id: str) -> dict[str, Any]:
-        return manager.get(job_id).to_json()
+    @app.post("/jobs", status_code=202)
+    async def submit(request: Request) -> dict[str, Any]:
+        body = await request.body()  # bounded by the front door
+        return await run_in_threadpool(submit_body, body, owner_of(request))
 
-    @app.post("/jobs/{job_id}/cancel", dependencies=auth)
-    def cancel(job_id: str) -> dict[str, Any]:
+    @app.get("/jobs/{job_id}")
+    def status(job_id: str, request: Request) -> dict[str, Any]:
+        return own_job(request, job_id).to_json()
+
+    @app.post("/jobs/{job_id}/cancel")
+    def cancel(job_id: str, request: Request) -> dict[str, Any]:
+        own_job(request, job_id)
         return manager.cancel(job_id).to_json()
 
-    @app.get("/jobs/{job_id}/frames/{frame}", dependencies=auth)
-    def frame(job_id: str, frame: int) -> FileResponse:
-        return FileResponse(manager.frame_path(job_id, frame), media_type="image/png")
+    @app.get("/jobs/{job_id}/frames/{frame}")
+    def frame(job_id: str, frame: int, request: Request) -> FileResponse:
+        job = own_job(request, job_id)
+        path = manager.frame_path(job_id, frame)
+        # A frame damaged on disk is never served: it is dropped, and generated again on resubmit.
+        if not manager.storage.has_frame(path.stem):
+            job.done.pop(frame, None)
+            raise EngineFault(f"frame {frame} was damaged on the engine's disk and has been deleted; generate "
+                              "again and the engine makes it again", code="frame_damaged", status=409)
+        return FileResponse(path, media_type="image/png")
 
-    return app
+    if loopback_only:
+        allowed: set[str] | None = set(LOOPBACK_HOSTS)
+    else:
+        allowed = None
+    return FrontDoor(app, tokens, json_limit=limits.MAX_JSON_BYTES, blob_limit=MAX_BLOB_BYTES,
+                     allowed_hosts=allowed)

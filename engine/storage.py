@@ -3,7 +3,9 @@
 Layout: ``blobs/<sha256>`` (control maps as uploaded) and
 ``cache/<key[:2]>/<key>.png`` (finished frames by content key). Every write goes to a
 temporary file first and is renamed into place, so a crash never leaves half a file
-that a later job would take for a finished one.
+that a later job would take for a finished one. What is read back is verified anyway
+(a disk can still damage a file): blobs by their sha256, frames by a full PNG check,
+and a damaged file is deleted so that it is uploaded or generated again.
 """
 
 from __future__ import annotations
@@ -13,8 +15,13 @@ import json
 import logging
 import os
 import tempfile
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +50,66 @@ def canonical_hash(value: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+TMP_PREFIX = ".tmp-"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_problem(path: Path) -> str | None:
+    """Why the PNG at ``path`` cannot be used, or None when it is whole.
+
+    Walks every chunk checking its CRC and inflates the image data to its end, which
+    catches a truncated or zero-byte file and flipped bits, without building pixels.
+    """
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != PNG_SIGNATURE:
+                return "not a PNG (damaged or empty file)"
+            inflater = zlib.decompressobj()
+            seen_idat = False
+            while True:
+                head = f.read(8)
+                if len(head) < 8:
+                    return "truncated (no IEND chunk)"
+                length = int.from_bytes(head[:4], "big")
+                kind = head[4:8]
+                data = f.read(length)
+                crc = f.read(4)
+                if len(data) < length or len(crc) < 4:
+                    return "truncated"
+                if zlib.crc32(kind + data) != int.from_bytes(crc, "big"):
+                    return f"bad checksum in chunk {kind.decode('latin-1')!r}"
+                if kind == b"IDAT":
+                    seen_idat = True
+                    inflater.decompress(data, 1 << 16)
+                    while inflater.unconsumed_tail:
+                        inflater.decompress(inflater.unconsumed_tail, 1 << 16)
+                elif kind == b"IEND":
+                    if not seen_idat or not inflater.eof:
+                        return "image data incomplete"
+                    return None
+    except zlib.error as exc:
+        return f"image data does not inflate ({exc})"
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+
+
+@dataclass
+class CacheReport:
+    """What ``verify``/``prune`` looked at and what they removed."""
+
+    files: int = 0
+    bytes: int = 0
+    damaged: int = 0
+    evicted: int = 0
+    evicted_bytes: int = 0
+    temporary: int = 0
+
+    def line(self) -> str:
+        return (f"{self.files} files, {self.bytes / 1024**2:.1f} MiB kept; {self.damaged} damaged removed, "
+                f"{self.evicted} evicted ({self.evicted_bytes / 1024**2:.1f} MiB), {self.temporary} "
+                "temporary files removed")
+
+
 class Storage:
     """Blobs and cached frames. Thread-safe: files are only ever replaced atomically."""
 
@@ -52,6 +119,9 @@ class Storage:
         self.cache = self.root / "cache"
         for folder in (self.blobs, self.cache):
             folder.mkdir(parents=True, exist_ok=True)
+        # (path, size, mtime_ns) of frames already checked whole: each is read once per run.
+        self._verified: dict[str, tuple[int, int]] = {}
+        self._verified_lock = threading.Lock()
 
     # Blobs ---------------------------------------------------------------
     def blob_path(self, sha: str) -> Path:
@@ -59,6 +129,10 @@ class Storage:
 
     def has_blob(self, sha: str) -> bool:
         return self.blob_path(sha).is_file()
+
+    def blob_writer(self, sha: str, limit: int) -> BlobWriter:
+        """A temp file in the blob folder that hashes and counts while it is written."""
+        return BlobWriter(self, sha, limit)
 
     def put_blob(self, sha: str, data: bytes) -> bool:
         """Store ``data`` under ``sha``; False when the bytes do not hash to ``sha``."""
@@ -69,16 +143,194 @@ class Storage:
         return True
 
     def read_blob(self, sha: str) -> bytes:
-        return self.blob_path(sha).read_bytes()
+        """The blob's bytes, checked against its sha256; a damaged blob is deleted and refused."""
+        path = self.blob_path(sha)
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != sha:
+            logger.warning("Blob %s is damaged on disk; deleting it", sha[:12])
+            _unlink(path)
+            from .errors import EngineFault
+
+            raise EngineFault(
+                f"control map {sha} was damaged on the engine's disk and has been deleted; generate again and "
+                "the add-on uploads it again", code="damaged_blob", status=409,
+            )
+        touch(path)
+        return data
+
+    def read_blob_head(self, sha: str, size: int) -> bytes:
+        """The first ``size`` bytes of a blob (a header), without reading the rest."""
+        with open(self.blob_path(sha), "rb") as f:
+            return f.read(size)
 
     # Frame cache ---------------------------------------------------------
     def frame_path(self, key: str) -> Path:
         return self.cache / key[:2] / f"{key}.png"
 
     def has_frame(self, key: str) -> bool:
-        return self.frame_path(key).is_file()
+        """True when the frame is cached and whole; a damaged one is deleted (and so regenerated)."""
+        path = self.frame_path(key)
+        try:
+            stat = path.stat()
+        except OSError:
+            return False
+        stamp = (stat.st_size, stat.st_mtime_ns)
+        with self._verified_lock:
+            if self._verified.get(key) == stamp:
+                return True
+        problem = png_problem(path)
+        if problem is not None:
+            logger.warning("Cached frame %s is damaged (%s); deleting it so it is generated again", key[:12],
+                           problem)
+            _unlink(path)
+            with self._verified_lock:
+                self._verified.pop(key, None)
+            return False
+        touch(path)
+        stat = path.stat()
+        with self._verified_lock:
+            self._verified[key] = (stat.st_size, stat.st_mtime_ns)
+        return True
 
     def put_frame(self, key: str, png: bytes) -> Path:
         path = self.frame_path(key)
         atomic_write(path, png)
         return path
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def touch(path: Path) -> None:
+    """Mark a file as used now: the least recently used files are evicted first."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
+class BlobWriter:
+    """Writes an uploaded blob while it streams in: counted against ``limit``, hashed,
+    renamed into place only when the hash matches. Use as a context manager."""
+
+    def __init__(self, storage: Storage, sha: str, limit: int) -> None:
+        self.storage = storage
+        self.sha = sha
+        self.limit = limit
+        self.size = 0
+        self._hash = hashlib.sha256()
+        fd, self._tmp = tempfile.mkstemp(dir=storage.blobs, prefix=TMP_PREFIX)
+        self._file: BinaryIO = os.fdopen(fd, "wb")
+
+    def write(self, chunk: bytes) -> bool:
+        """Append a chunk; False (and nothing written) once the blob passes the limit."""
+        self.size += len(chunk)
+        if self.size > self.limit:
+            return False
+        self._hash.update(chunk)
+        self._file.write(chunk)
+        return True
+
+    def commit(self) -> bool:
+        """Rename into place; False when the bytes do not hash to the sha in the URL."""
+        self._file.close()
+        if self._hash.hexdigest() != self.sha:
+            return False
+        os.replace(self._tmp, self.storage.blob_path(self.sha))
+        return True
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._file.closed:
+            self._file.close()
+        _unlink(Path(self._tmp))
+
+
+# Maintenance: `python -m engine cache verify|prune`, and at engine start ------------------------
+
+TEMP_GRACE_S = 3600.0  # a temp file older than this is no write in progress
+
+
+def _files(storage: Storage) -> Iterator[tuple[str, Path]]:
+    for path in storage.blobs.iterdir():
+        yield "blob", path
+    for sub in storage.cache.iterdir():
+        if sub.is_dir():
+            for path in sub.iterdir():
+                yield "frame", path
+
+
+def clean_temporary(storage: Storage, older_than_s: float = 0.0) -> int:
+    """Delete temp files left by a crash mid-write; returns how many."""
+    removed = 0
+    now = time.time()
+    for _, path in _files(storage):
+        if path.name.startswith(TMP_PREFIX):
+            try:
+                if now - path.stat().st_mtime >= older_than_s:
+                    path.unlink()
+                    removed += 1
+            except OSError:
+                pass
+    return removed
+
+
+def verify(storage: Storage) -> CacheReport:
+    """Check every blob against its sha256 and every frame as a PNG; delete the damaged."""
+    report = CacheReport(temporary=clean_temporary(storage, TEMP_GRACE_S))
+    for kind, path in list(_files(storage)):
+        if path.name.startswith(TMP_PREFIX) or not path.is_file():
+            continue
+        if kind == "blob":
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+            problem = None if digest.hexdigest() == path.name else "sha256 does not match"
+        else:
+            problem = png_problem(path)
+        if problem is not None:
+            logger.warning("%s %s is damaged (%s); deleted", kind, path.name, problem)
+            _unlink(path)
+            report.damaged += 1
+            continue
+        report.files += 1
+        report.bytes += path.stat().st_size
+    return report
+
+
+def prune(storage: Storage, quota_bytes: int, keep_recent_s: float = 600.0) -> CacheReport:
+    """Evict the least recently used blobs and frames until the total is within ``quota_bytes``.
+
+    Files used in the last ``keep_recent_s`` are kept (a running job may need them).
+    """
+    report = CacheReport(temporary=clean_temporary(storage, TEMP_GRACE_S))
+    entries: list[tuple[float, int, Path]] = []
+    for _, path in _files(storage):
+        if path.name.startswith(TMP_PREFIX):
+            continue
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        entries.append((stat.st_mtime, stat.st_size, path))
+    total = sum(size for _, size, _ in entries)
+    now = time.time()
+    for mtime, size, path in sorted(entries, key=lambda e: e[0]):
+        if total <= quota_bytes:
+            break
+        if now - mtime < keep_recent_s:
+            break
+        _unlink(path)
+        total -= size
+        report.evicted += 1
+        report.evicted_bytes += size
+    report.files = len(entries) - report.evicted
+    report.bytes = total
+    return report

@@ -47,9 +47,11 @@ def test_resolve_ref(tmp_path) -> None:  # type: ignore[no-untyped-def]
     weights.write_bytes(b"x")
     ref = resolve_ref(str(weights), "models.base", "base")
     assert ref.kind == "file" and ref.fingerprint
-    with pytest.raises(BadRequest) as info:
+    # A folder that is not a diffusers pipeline reads like any unusable path (issue 11: answers
+    # never tell a client what exists on the engine machine).
+    with pytest.raises(ModelUnavailable) as info:
         resolve_ref(str(tmp_path), "models.base", "base")
-    assert "model_index.json" in info.value.message and info.value.field == "models.base"
+    assert "not a usable model" in info.value.message and info.value.field == "models.base"
     with pytest.raises(ModelUnavailable):
         resolve_ref("not a model id", "models.base", "base")
     for name in ("x.ckpt", "x.bin", "x.pt", "x.pth"):

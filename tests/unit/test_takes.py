@@ -52,3 +52,51 @@ def test_request_hash_depends_on_every_part():
                 takes.request_hash("c", {"m": 2}, {"p": "a"}, {"s": 1}),
                 takes.request_hash("c", {"m": 1}, {"p": "b"}, {"s": 1}),
                 takes.request_hash("c", {"m": 1}, {"p": "a"}, {"s": 2})}) == 5
+
+
+def test_take_json_with_wrong_types_is_ignored_not_raised(tmp_path):
+    import json
+
+    folder = takes.new_take_dir(tmp_path)
+    for bad in ({"complete": "yes"}, {"frames_total": "1-3"}, {"frames_done": [1, "2"]}, {"seed": True},
+                {"request_hash": 7}, [1, 2], "text"):
+        data = bad if not isinstance(bad, dict) else {**json.loads(json.dumps(make_info().__dict__)), **bad}
+        (folder / "take.json").write_text(json.dumps(data))
+        assert takes.read_take(folder) is None, bad
+        assert takes.list_takes(tmp_path) == []
+        assert takes.find_resumable_take(tmp_path, "r") is None
+
+
+def test_take_folders_are_ascii_numbers_sorted_by_value(tmp_path):
+    paths = load("core.paths")
+    for name in ("998", "999", "1000", "1001"):
+        (tmp_path / name).mkdir()
+        takes.write_take(tmp_path / name, make_info(take=name))
+    (tmp_path / "\u0661\u0662\u0663\u0664").mkdir()  # Arabic-Indic digits: str.isdigit() is True
+    (tmp_path / "\u0661\u0662\u0663\u0664" / "take.json").write_text("{}")
+    assert [f.name for f, _ in takes.list_takes(tmp_path)] == ["998", "999", "1000", "1001"]
+    assert paths.next_take_index(tmp_path) == 1002
+    assert takes.new_take_dir(tmp_path).name == "1002"
+    # The newest unfinished take is the highest number, not the last string ("999" > "1001").
+    assert takes.find_resumable_take(tmp_path, "r")[0].name == "1001"
+
+
+def test_frame_check_catches_truncated_empty_and_flipped_pngs(tmp_path):
+    import struct
+    import zlib
+
+    check = load("core.frame_check")
+    raw = b"".join(b"\0" + bytes(range(48)) for _ in range(16))  # 16 rows of 16 RGB pixels
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 16, 16, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    path = tmp_path / "f.png"
+    path.write_bytes(png)
+    assert check.png_problem(path) is None
+    for damaged in (b"", png[: len(png) // 2], png[:-12], png[:40] + bytes([png[40] ^ 1]) + png[41:]):
+        path.write_bytes(damaged)
+        assert check.png_problem(path) is not None, len(damaged)
+    assert check.png_problem(tmp_path / "missing.png").startswith("unreadable")

@@ -1,0 +1,260 @@
+"""Issue 11, a shared engine started from the command line as a studio would: a token per
+person (jobs belong to whoever submitted them), TLS, an allow-list with Hub downloads off,
+a bounded queue per token, temp files cleaned at start, the cache CLI; and the local
+engine's private log folder, reported port and identity check."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from engine_testlib import ROOT, depth_png, make_job, read_png
+
+ALICE = "alice-token-0123456789abcdef"
+BOB = "bob-token-0123456789abcdef00"
+
+
+def make_cert(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1, made with the openssl command line."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+class Served:
+    def __init__(self, process: subprocess.Popen[bytes], port: int, scheme: str, data_dir: Path, log: Path) -> None:
+        self.process, self.port, self.scheme, self.data_dir, self.log = process, port, scheme, data_dir, log
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+
+def serve(tmp: Path, *args: str, scheme: str = "http", timeout: float = 120.0) -> Served:
+    data_dir = tmp / "data"
+    port_file = tmp / "port"
+    log = tmp / "engine.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("VIEWFINDER_ENGINE_TOKEN", None)
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "engine", "serve", "--port", "0", "--port-file",
+                                    str(port_file), "--data-dir", str(data_dir), "--device", "cpu", *args],
+                                   cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()
+        if port_file.exists():
+            return Served(process, int(port_file.read_text()), scheme, data_dir, log)
+        time.sleep(0.1)
+    process.kill()
+    raise AssertionError("engine did not report its port: " + log.read_text())
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, str]) -> Iterator[Served]:
+    tmp = tmp_path_factory.mktemp("shared")
+    tokens = tmp / "tokens"
+    tokens.write_text(f"# a token per person\nalice:{ALICE}\nbob: {BOB}\n")
+    allow = tmp / "allow"
+    allow.write_text("\n".join([tiny_models["base"], tiny_models["depth"], tiny_models["pose"]]) + "\n")
+    cert, key = make_cert(tmp)
+    # A crash left temp files behind: they are gone once the engine is up.
+    for path in (tmp / "data" / "blobs" / ".tmp-orphan", tmp / "data" / "cache" / "ab" / ".tmp-orphan.png"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half")
+    served = serve(tmp, "--token-file", str(tokens), "--tls-cert", str(cert), "--tls-key", str(key),
+                   "--allow-models", str(allow), "--no-hub", "--max-jobs-per-token", "2", scheme="https")
+    served.cert = cert  # type: ignore[attr-defined]
+    wait_health(served)
+    yield served
+    os.environ.pop("REQUESTS_CA_BUNDLE", None)
+    served.process.terminate()
+    served.process.wait(timeout=30)
+
+
+def wait_health(served: Served) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            requests.get(served.url + "/health", verify=str(served.cert), timeout=2)  # type: ignore[attr-defined]
+            return
+        except requests.RequestException:
+            time.sleep(0.2)
+    raise AssertionError(served.log.read_text())
+
+
+def as_user(core: Any, served: Served, token: str) -> Any:
+    os.environ["REQUESTS_CA_BUNDLE"] = str(served.cert)  # type: ignore[attr-defined]
+    return core.client.EngineClient(served.url, token, timeout=30)
+
+
+def test_tls_and_orphaned_temp_files(shared: Served) -> None:
+    health = requests.get(shared.url + "/health", verify=str(shared.cert), timeout=10).json()  # type: ignore
+    assert health["auth"] is True
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{shared.port}/health", timeout=10)  # no clear text on this port
+    assert not list(shared.data_dir.rglob(".tmp-*"))
+
+
+def test_jobs_belong_to_their_token_and_queues_are_bounded(core: Any, shared: Served,
+                                                           tiny_models: dict[str, str], tmp_path: Path) -> None:
+    alice, bob = as_user(core, shared, ALICE), as_user(core, shared, BOB)
+    assert (alice.whoami()["owner"], bob.whoami()["owner"]) == ("alice", "bob")
+    depth = alice.upload_blob(depth_png(0.3))
+    job = make_job(tiny_models, [{"frame": 1, "depth": depth, "pose": None}], steps=2, seed=11)
+    job_id = alice.submit(job)
+    for call in (lambda: bob.status(job_id), lambda: bob.cancel(job_id),
+                 lambda: bob.fetch_frame(job_id, 1, str(tmp_path / "stolen.png"))):
+        with pytest.raises(core.client.EngineError) as info:
+            call()
+        assert (info.value.status, info.value.code) == (404, "unknown_job")
+    deadline = time.monotonic() + 120
+    while alice.status(job_id)["status"] not in ("done", "failed"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert alice.status(job_id)["status"] == "done"
+    alice.fetch_frame(job_id, 1, str(tmp_path / "mine.png"))
+    assert read_png(tmp_path / "mine.png").shape == (64, 64, 3)
+    assert not (tmp_path / "stolen.png").exists()
+    # Bob's queue holds two jobs; the third waits for one of them. Alice is not affected.
+    slow = make_job(tiny_models, [{"frame": n, "depth": depth, "pose": None} for n in range(1, 40)], steps=50)
+    first, second = bob.submit({**slow, "seed": 1}), bob.submit({**slow, "seed": 2})
+    with pytest.raises(core.client.EngineError) as info:
+        bob.submit({**slow, "seed": 3})
+    assert (info.value.status, info.value.code) == (429, "queue_full")
+    third = alice.submit({**slow, "seed": 4})
+    for client, ids in ((bob, (first, second)), (alice, (third,))):
+        for one in ids:
+            client.cancel(one)
+
+
+def test_allow_list_and_no_hub(core: Any, shared: Served, tiny_models: dict[str, str]) -> None:
+    alice = as_user(core, shared, ALICE)
+    for field, value in (("lora", tiny_models["lora"]), ("base", "stable-diffusion-v1-5/stable-diffusion-v1-5")):
+        job = make_job(tiny_models, [{"frame": 1}])
+        job["models"][field] = value
+        with pytest.raises(core.client.EngineError) as info:
+            alice.submit(job)
+        assert (info.value.status, info.value.code, info.value.field) == (403, "model_not_allowed", f"models.{field}")
+
+
+def test_remote_host_needs_tls_or_an_explicit_proxy_flag(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "engine", "serve", "--host", "0.0.0.0", "--token", "x" * 20,
+                             "--data-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--tls-cert" in result.stderr and "--allow-plain-http" in result.stderr
+    bad = tmp_path / "tokens"
+    bad.write_text("alice:short\n")
+    result = subprocess.run([sys.executable, "-m", "engine", "serve", "--token-file", str(bad), "--data-dir",
+                             str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "line 1" in result.stderr and "16 characters" in result.stderr
+
+
+def test_cache_cli_verify_and_prune(tmp_path: Path) -> None:
+    import hashlib
+
+    data = tmp_path / "data"
+    good = b"good blob"
+    (data / "blobs").mkdir(parents=True)
+    (data / "blobs" / hashlib.sha256(good).hexdigest()).write_bytes(good)
+    (data / "blobs" / ("0" * 64)).write_bytes(b"damaged")
+    (data / "cache" / "ab").mkdir(parents=True)
+    frame = depth_png(0.5)
+    for n in range(4):
+        path = data / "cache" / "ab" / f"ab{n:062d}.png"
+        path.write_bytes(frame)
+        os.utime(path, (1000 + n, 1000 + n))  # frame 0 least recently used
+    (data / "cache" / "ab" / ("ab" + "9" * 62 + ".png")).write_bytes(frame[: len(frame) // 2])
+
+    def cli(*args: str) -> str:
+        result = subprocess.run([sys.executable, "-m", "engine", "cache", *args, "--data-dir", str(data)], cwd=ROOT,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert "2 damaged removed" in cli("verify")
+    assert sorted(p.name[:4] for p in (data / "cache" / "ab").iterdir()) == ["ab00"] * 4
+    out = cli("prune", "--quota", str(2 * len(frame) + len(good)))
+    assert "2 evicted" in out
+    left = sorted(p.name for p in (data / "cache" / "ab").iterdir())
+    assert left == [f"ab{n:062d}.png" for n in (2, 3)]
+
+
+# 6. The local engine ----------------------------------------------------------------------------
+
+
+def test_local_engine_log_is_private_and_port_reported(core: Any, tmp_path: Path) -> None:
+    local = core.process.LocalEngine(sys.executable, extension_dir=ROOT, data_dir=str(tmp_path / "d"),
+                                     device="cpu", startup_timeout=120, env={"HF_HUB_OFFLINE": "1"})
+    try:
+        client = local.start()
+        folder = local.log_path.parent
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        assert stat.S_IMODE(local.log_path.stat().st_mode) == 0o600
+        assert folder.name.startswith("viewfinder-engine-")  # a fresh mkdtemp folder, not a fixed name
+        assert client.whoami()["owner"] == "default"
+        assert [p.suffix for p in folder.iterdir() if p.suffix == ".port"] == [".port"]
+    finally:
+        local.stop()
+
+
+class _Impostor(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802
+        code = 200 if self.path == "/health" else 401
+        body = b'{"status": "ok"}' if code == 200 else b'{"error": {"code": "unauthorized"}}'
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_another_program_on_the_port_is_not_taken_for_our_engine(core: Any) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Impostor)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        local = core.process.LocalEngine(sys.executable)
+        local.port = server.server_address[1]
+        with pytest.raises(core.client.EngineError) as info:
+            local._check_identity(core.client.EngineClient(local.url, local.token, timeout=5))
+        assert info.value.code == "not_our_engine" and "not the engine Viewfinder started" in info.value.message
+    finally:
+        server.shutdown()
+
+
+class _Truncating(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802
+        body = depth_png(0.2)[:200]
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_client_never_saves_a_frame_it_cannot_open(core: Any, tmp_path: Path) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Truncating)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = core.client.EngineClient(f"http://127.0.0.1:{server.server_address[1]}", "t")
+        with pytest.raises(core.client.EngineError) as info:
+            client.fetch_frame("job", 1, str(tmp_path / "0001.png"))
+        assert info.value.code == "damaged_frame" and "truncated" in info.value.message
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        server.shutdown()
