@@ -7,6 +7,8 @@ on the tiny pipeline.
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from engine import ALGORITHM_VERSION
@@ -27,16 +29,25 @@ def request(frames: list[dict], **kwargs) -> JobRequest:  # type: ignore[no-unty
 
 
 def test_frames_without_own_values_keep_their_cache_keys() -> None:
-    """The key formula of a plain request is pinned: per-frame support changed no existing key."""
+    """The key formula of a plain request is pinned; a frame sending the job's own values is the same frame."""
     req = request([{"frame": 1, "depth": SHA}], seed=3, depth_weight=0.5,
                   coherence={"mode": "FLOW", "strength": 0.4})
     strategy = make_strategy(req.coherence)
-    old_formula = canonical_hash({
+    # The job-wide part is hashed once per job (issue 11: a long prompt is not hashed per frame),
+    # texts by their digest; the frame's own values keep the names the key always used.
+    def digest(text: str) -> str:
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    job_part = canonical_hash({
         "algorithm": ALGORITHM_VERSION,
         "models": {"base": "b", "depth": "d", "pose": None, "lora": None, "lora_scale": 0.0},
         "device": "cpu", "dtype": "float32",
-        "prompt": "a street, pencil", "negative_prompt": "",
-        "seed": 3, "steps": 20, "guidance_scale": 7.5, "width": 512, "height": 512,
+        "negative_prompt": digest(""), "steps": 20, "width": 512, "height": 512,
+    })
+    old_formula = canonical_hash({
+        "request": job_part,
+        "prompt": digest("a street, pencil"),
+        "seed": 3, "guidance_scale": 7.5,
         "depth_weight": 0.5, "pose_weight": 1.0, "control_start": 0.0, "control_end": 1.0,
         "coherence": req.coherence.cache_dump(),
         "depth": SHA, "pose": None,
