@@ -216,7 +216,9 @@ def test_generate_all_places_takes_in_the_order_jobs_finish(ray_client: Any, cor
                                 maps=maps, request=body, models=dict(body["models"]), prompts=prompts,
                                 settings={"seed": 808, "steps": steps})
 
-    jobs = [shot_job("Long", 6, 8), shot_job("Short", 1, 2)]
+    # Long is ~70x the work of Short, so a replica that must first load its pipeline for Short still
+    # returns Short first on a loaded machine.
+    jobs = [shot_job("Long", 6, 24), shot_job("Short", 1, 2)]
     outcomes = list(generate_all.run_shots(jobs, ray_client))
     assert [o.shot for o in outcomes] == ["Short", "Long"], outcomes
     for outcome, frames in zip(outcomes, (1, 6)):
