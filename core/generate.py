@@ -183,6 +183,10 @@ def run_shot(
             return _finish(take_dir, info, cancelled=True)
         if client.upload_blob(path.read_bytes()) != sha:
             raise GenerationError(f"Reference image {path} changed while it was being sent: generate again")
+    for path in job.uploads:  # VIDEO reference images, named in the request by their sha256
+        if cancelled():
+            return _finish(take_dir, info, cancelled=True)
+        client.upload_blob(path.read_bytes())
     body = dict(job.request)
     body["frames"] = [
         {"frame": frame, **{k: (hashes[p] if p is not None else None) for k, p in job.maps[frame].items()},
