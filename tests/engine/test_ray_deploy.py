@@ -60,10 +60,14 @@ def test_cache_writes_are_atomic_across_processes(tmp_path: Path) -> None:
     for w in writers:
         w.start()
     seen: set[tuple[int, int]] = set()
+    # Read the file itself: has_frame would (rightly) delete these non-PNG test payloads as damaged.
+    path = storage.frame_path(key)
     while any(w.is_alive() for w in writers):
-        if storage.has_frame(key):
-            data = storage.frame_path(key).read_bytes()
-            seen.add((len(data), len(set(data))))
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            continue
+        seen.add((len(data), len(set(data))))
     for w in writers:
         w.join()
         assert w.exitcode == 0
