@@ -3,7 +3,7 @@ with two replicas, in one run.
 
 Protocol
 1. Random-weight models of a preset (``python -m engine make-tiny-models --preset``).
-2. For each engine (``single``: ``python -m engine serve``; ``ray-1`` / ``ray-2``: ``python -m
+2. For each engine, each in its own session (``single``: ``python -m engine serve``; ``ray-1`` / ``ray-2``: ``python -m
    engine serve-ray --replicas N``, a local Ray cluster of N CPUs, one torch thread per
    replica, OMP_NUM_THREADS=1 everywhere):
    a. start it and wait until /health answers (start-up is reported, not measured);
@@ -44,7 +44,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from ray_engine import RayEngine, ray_missing_reason  # noqa: E402
+from ray_engine import RayEngine, free_port, ray_missing_reason  # noqa: E402
 
 
 def load_client_module() -> Any:
@@ -54,7 +54,7 @@ def load_client_module() -> Any:
     package = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = package
     spec.loader.exec_module(package)
-    return importlib.import_module("vf_core_scale.engine_client"), importlib.import_module("vf_core_scale.engine_process")
+    return importlib.import_module("vf_core_scale.engine_client")
 
 
 def png(array: np.ndarray) -> bytes:
@@ -143,7 +143,7 @@ def main() -> int:
     if missing:
         print(f"error: {missing}", file=sys.stderr)
         return 2
-    client_mod, process_mod = load_client_module()
+    client_mod = load_client_module()
     work = Path(tempfile.mkdtemp(prefix="vf-bench-scale-"))
     # 1. Models.
     models_dir = Path(args.models_dir) if args.models_dir else work / "models"
@@ -152,15 +152,26 @@ def main() -> int:
                        cwd=ROOT, check=True, capture_output=True)
     models = {"base": str(models_dir / "sd15"), "depth": str(models_dir / "controlnet-depth")}
     results: dict[str, Any] = {}
-    # 2. One engine process.
-    single = process_mod.LocalEngine(sys.executable, extension_dir=ROOT, data_dir=str(work / "single"),
-                                     log_path=work / "single.log", device=args.device,
-                                     env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
-    client = single.start()
+    # 2. One engine process, in its own session like the Ray cluster below: where the kernel
+    #    shares CPU by session (autogroup), both then get the same share of a busy machine.
+    port, token = free_port(), "bench-scale"
+    with open(work / "single.log", "wb") as log:
+        single = subprocess.Popen(
+            [sys.executable, "-m", "engine", "serve", "--port", str(port), "--token", token, "--device", args.device,
+             "--data-dir", str(work / "single")], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
     try:
+        client = client_mod.EngineClient(f"http://127.0.0.1:{port}", token=token, timeout=60)
+        for _ in range(240):
+            try:
+                client.health()
+                break
+            except Exception:  # noqa: BLE001 - not listening yet
+                time.sleep(0.5)
         results["single"] = measure("single", client, args, models, 1, work / "out-single")
     finally:
-        single.stop()
+        single.terminate()
+        single.wait(timeout=60)
     # 3. Ray Serve, N replicas (a fresh local cluster each, N CPUs, one torch thread per replica).
     for n in args.replicas:
         extra = ("--gpus-per-replica", str(args.gpus_per_replica)) if args.gpus_per_replica else ()

@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,7 @@ class Unit:
     phase: str = "queued"
     step: int = 0
     from_cache: list[int] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
     response: Any = None
 
     def to_json(self) -> dict[str, Any]:
@@ -208,7 +209,7 @@ class RayJobManager(JobManager):
         failure: EngineFault | None = None
         while True:
             finished = all(f.done() for f in futures)
-            self._follow(job, run_started)
+            self._follow(job, run_started, final=finished)
             for f in futures:
                 if f.done() and f.exception() is not None and failure is None:
                     exc = f.exception()
@@ -221,7 +222,8 @@ class RayJobManager(JobManager):
                         unit.response.cancel()
             if finished:
                 break
-            time.sleep(POLL_S)
+            # Wakes as soon as every unit has ended (or one failed), else after POLL_S.
+            wait(futures, timeout=POLL_S, return_when=FIRST_EXCEPTION)
         # 3. Result: the first failure wins; else done unless cancelled before the end.
         job.timings["run_s"] = time.perf_counter() - run_started
         for unit in job.units:
@@ -231,7 +233,7 @@ class RayJobManager(JobManager):
             raise failure
         self._finish(job, "cancelled" if len(job.done) < len(job.frame_keys) else "done")
 
-    def _follow(self, job: RayJob, run_started: float) -> None:
+    def _follow(self, job: RayJob, run_started: float, final: bool = False) -> None:
         """Progress from the units' status files and, for units a replica has taken, the shared cache."""
         running = [u for u in job.units if u.status == "running"]
         for unit in running:
@@ -254,6 +256,10 @@ class RayJobManager(JobManager):
                 if number not in job.done and self.storage.has_frame(fkey):
                     job.done[number] = fkey
         generated = len(job.done) - len(job.cached)
+        if final:
+            # The units' own figures: model time summed over replicas, the longest load.
+            job.timings["model_s"] = max(job.timings["model_s"], sum(u.timings.get("model_s", 0.0) for u in job.units))
+            job.timings["load_s"] = max([job.timings["load_s"], *(u.timings.get("load_s", 0.0) for u in job.units)])
         if running:
             phases = {u.phase for u in running}
             job.phase = "loading" if phases == {"loading"} else "generating" if "generating" in phases else job.phase
@@ -299,6 +305,7 @@ class RayJobManager(JobManager):
             unit.replica, unit.pid = result.get("replica", unit.replica), result.get("pid", unit.pid)
             # Frames the replica found finished (by an earlier attempt or another job) and did not redo.
             unit.from_cache = [n for n in result.get("cached_frames", []) if n in set(unit.frames)]
+            unit.timings = {k: float(v) for k, v in (result.get("timings") or {}).items()}
             if result.get("status") == "failed":
                 error = result.get("error") or {}
                 code = error.get("code", "engine_error")

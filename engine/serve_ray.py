@@ -34,7 +34,8 @@ from .storage import Storage
 logger = logging.getLogger(__name__)
 
 APP_NAME = "viewfinder"
-UNIT_STATUS_S = 0.2
+UNIT_STATUS_S = 0.2  # how often a running unit's status file is rewritten
+UNIT_POLL_S = 0.01  # how often a replica looks whether its unit has ended
 
 
 # max_ongoing_requests=1: a replica runs one unit at a time (one GPU, one model run); others
@@ -78,11 +79,15 @@ class Worker:
                 "phase": job.phase, "step": job.step, "frames_done": len(job.done),
                 "timings": job.timings, "pipeline_reused": job.pipeline_reused})
 
-        # 2. Wait on the local worker thread, publishing progress for the ingress.
+        # 2. Wait on the local worker thread, publishing progress for the ingress. A short wait
+        #    between looks: the replica takes its next unit as soon as this one returns.
         try:
+            last = 0.0
             while job.status not in ("done", "failed", "cancelled"):
-                record()
-                await asyncio.sleep(UNIT_STATUS_S)
+                if time.monotonic() - last >= UNIT_STATUS_S:
+                    record()
+                    last = time.monotonic()
+                await asyncio.sleep(UNIT_POLL_S)
         except asyncio.CancelledError:
             # Cancelled by the ingress (the user's cancel): stop at the next step and free the replica.
             self.manager.cancel(job.id)
@@ -145,6 +150,8 @@ def serve_forever(cfg: RayEngineConfig, host: str, port: int, address: str | Non
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
     else:
+        # Ray runs its workers at nice 15 below its own agents; here the replicas are the work.
+        os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=100 * 1024 * 1024,
                  runtime_env=runtime_env, log_to_driver=False)
     stop = threading.Event()

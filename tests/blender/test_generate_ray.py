@@ -62,7 +62,7 @@ def test_generate_all_on_ray_places_every_take(tmp_path, tiny_models, on_ray) ->
     # Jobs went to the engine together: some shot's first frame arrived before another's last.
     # (One after the other, every shot would start after the previous one ended.)
     ordered = sorted(spans)
-    assert any(later[0] < earlier[1] for earlier, later in zip(ordered, ordered[1:])), spans
+    assert any(later[0] < earlier[1] for earlier, later in zip(ordered, ordered[1:])), (spans, on_ray.log_tail())
 
     # Again: unchanged shots come straight from the take cache, still three strips.
     assert bpy.ops.viewfinder.generate(shot="") == {"FINISHED"}
