@@ -43,6 +43,7 @@ def variants() -> dict[str, tuple[dict, object | None]]:
         "FLOW + keyframe every 24": ({**flow, "keyframe_interval": 24}, before),
         "FLOW + bicubic + detail split": (flow, split),
         "FLOW + bicubic + detail split + 25% fresh detail": (flow, replace(split, fresh_detail=0.25)),
+        "FLOW + bicubic + detail split + 10% fresh detail": (flow, replace(split, fresh_detail=0.1)),
         "FLOW + bicubic + detail split + detail match": (flow, replace(split, detail_match=True)),
         "FLOW + bicubic + split + 25% fresh + match": (flow, replace(split, fresh_detail=0.25, detail_match=True)),
         "FLOW + ... + stretch-aware paste": (flow, replace(split, fresh_detail=0.25, detail_match=True,

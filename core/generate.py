@@ -58,6 +58,7 @@ class ShotJob:
     models: dict[str, Any]
     prompts: dict[str, str]
     settings: dict[str, Any]
+    tier: str = ""  # take.json "tier" of a new take ("final": Finalize Take)
 
 
 @dataclass
@@ -158,7 +159,7 @@ def run_shot(
             shot=job.shot, take=take_dir.name, prompt=job.prompts["prompt"],
             style_prompt=job.prompts["style_prompt"], negative_prompt=job.prompts["negative_prompt"],
             seed=int(job.settings["seed"]), models=job.models, settings=job.settings,
-            control_hash=c_hash, request_hash=r_hash, frames_total=list(job.frames),
+            control_hash=c_hash, request_hash=r_hash, frames_total=list(job.frames), tier=job.tier,
         )
     info.engine = getattr(client, "base_url", "")
     takes_core.write_take(take_dir, info)

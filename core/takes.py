@@ -40,6 +40,7 @@ class TakeInfo:
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
     engine: str = ""
     format: int = FORMAT_VERSION
+    tier: str = ""  # "final" for a take made by Finalize Take (core/finalize.py); "" for generated takes
 
     def file_names(self) -> list[str]:
         return [frame_name(f) for f in sorted(self.frames_done)]

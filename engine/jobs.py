@@ -24,6 +24,8 @@ import numpy as np
 from . import ALGORITHM_VERSION
 from .coherence import Carried, CoherenceStrategy, ColorStats, FlowCoherence, color_stats, make_strategy
 from .errors import BadRequest, EngineFault, NotFound, OutOfMemory, is_out_of_memory
+from .finalize import cache_inputs as finalize_inputs
+from .finalize import finalize_strategy, run_finalize
 from .models import ModelRef, resolve_ref
 from .pipelines import (
     NET_ORDER,
@@ -42,6 +44,7 @@ from .pipelines import (
 )
 from .schema import FrameSpec, JobRequest
 from .storage import Storage, canonical_hash
+from .upscale import check_upscaler_path
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +129,8 @@ class JobManager:
         # 2. Control maps must have been uploaded.
         # FLOW reads the flow maps too; INDEPENDENT accepts and ignores them.
         names = ("depth", "pose", "flow") if request.coherence.mode == "FLOW" else ("depth", "pose")
+        if request.finalize is not None:  # Finalize Take (engine/finalize.py): flow and the approved frames
+            names = ("depth", "pose", "flow", "source")
         for i, frame in enumerate(request.frames):
             for name in names:
                 sha = getattr(frame, name)
@@ -136,7 +141,9 @@ class JobManager:
                     )
         try:
             device = resolve_device(self.default_device if request.device == "auto" else request.device)
-            strategy = make_strategy(request.coherence)
+            strategy = make_strategy(request.coherence) if request.finalize is None else finalize_strategy(request)
+            if request.finalize is not None:
+                check_upscaler_path(request.finalize.upscaler)
         except ValueError as exc:
             field_name = "device" if "device" in str(exc) else "coherence.mode"
             raise BadRequest(str(exc), field=field_name) from exc
@@ -190,6 +197,7 @@ class JobManager:
             "coherence": request.coherence.cache_dump(),
             "depth": frame.depth if key.depth else None, "pose": frame.pose if key.pose else None,
             **strategy.cache_inputs(frame, previous_key),
+            **({"finalize": finalize_inputs(request, frame)} if request.finalize is not None else {}),
         })
 
     def get(self, job_id: str) -> Job:
@@ -287,6 +295,9 @@ class JobManager:
             return tuple(n for n in NET_ORDER if n in models.nets and getattr(frame, n) is not None)
 
         run_started = time.perf_counter()
+        if request.finalize is not None:
+            run_finalize(self, job, models, settings, active_nets, run_started)
+            return
         if strategy.sequential:
             assert isinstance(strategy, FlowCoherence)
             self._run_flow(job, models, strategy, settings, active_nets, run_started)

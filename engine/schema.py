@@ -45,8 +45,22 @@ class FrameSpec(_Strict):
     depth: str | None = None
     pose: str | None = None
     flow: str | None = None
+    # Finalize Take only: the approved take's frame (PNG blob) to enlarge and detail.
+    source: str | None = None
 
-    _sha = field_validator("depth", "pose", "flow")(_check_sha)
+    _sha = field_validator("depth", "pose", "flow", "source")(_check_sha)
+
+
+class FinalizeSpec(_Strict):
+    """Finalize Take (engine/finalize.py): enlarge each frame's ``source`` to width x height, then detail it.
+
+    ``upscaler``: a .safetensors super-resolution model on the engine machine (spandrel reads
+    Real-ESRGAN, SwinIR, HAT, ...), or None for plain Lanczos resizing. ``detail_strength``:
+    img2img strength of the detail pass guided by the control maps at the new size; 0 skips it.
+    """
+
+    upscaler: str | None = None
+    detail_strength: float = Field(0.3, ge=0.0, le=1.0)
 
 
 class CoherenceSpec(_Strict):
@@ -100,6 +114,8 @@ class JobRequest(_Strict):
     attention_slicing: bool = False
     cpu_offload: bool = False
     frames: list[FrameSpec] = Field(min_length=1)
+    # Finalize Take: set to enlarge and detail an approved take (every frame has a ``source``).
+    finalize: FinalizeSpec | None = None
 
     @field_validator("width", "height")
     @classmethod
@@ -119,6 +135,16 @@ class JobRequest(_Strict):
             if frame.frame in seen:
                 raise ValueError(f"frame {frame.frame} appears twice in frames; send each frame once")
             seen.add(frame.frame)
+        return self
+
+    @model_validator(mode="after")
+    def check_finalize(self) -> JobRequest:
+        if self.finalize is None:
+            return self
+        for i, frame in enumerate(self.frames):
+            if frame.source is None:
+                raise ValueError(f"frames[{i}].source: a finalize job needs the approved frame {frame.frame} "
+                                 "(upload its PNG with PUT /blobs/{sha256})")
         return self
 
     def full_prompt(self) -> str:

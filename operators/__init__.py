@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from . import conditioning, engine, exports, generate, pose, shots, takes
+from . import conditioning, engine, exports, finalize, generate, pose, shots, takes
 
-modules = (shots, conditioning, generate, takes, exports, engine, pose)
+modules = (shots, conditioning, generate, takes, exports, engine, pose, finalize)
 
 
 def register() -> None:
