@@ -46,6 +46,8 @@ def variants() -> dict[str, tuple[dict, object | None]]:
         "FLOW + bicubic + detail split + 10% fresh detail": (flow, replace(split, fresh_detail=0.1)),
         "FLOW + bicubic + detail split + detail match": (flow, replace(split, detail_match=True)),
         "FLOW + bicubic + split + 25% fresh + match": (flow, replace(split, fresh_detail=0.25, detail_match=True)),
+        "FLOW + bicubic + split + 5% fresh + match": (flow, replace(split, fresh_detail=0.05, detail_match=True)),
+        "FLOW + bicubic + split radius 1 + match": (flow, replace(split, split_radius=1, detail_match=True)),
         "FLOW + ... + stretch-aware paste": (flow, replace(split, fresh_detail=0.25, detail_match=True,
                                                             stretch_paste=True)),
         "FLOW default": (flow, FLOW_METHOD),

@@ -112,7 +112,7 @@ BLURRY_FLOW_METHOD = FlowMethod(keep_until=1.0, paste=0.75, color_match=True)
 # Chosen in COHERENCE.md. The benchmark swaps it in-process to compare variants; it is
 # part of every FLOW cache key, so variants never share cached frames.
 FLOW_METHOD = FlowMethod(keep_until=1.0, paste=0.75, color_match=True, resample="cubic", split_radius=2,
-                         fresh_detail=0.25, detail_match=True)
+                         fresh_detail=0.05, detail_match=True)
 
 
 # Low-pass radius of the detail split and of the anchor's detail level.
