@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import vse
 from .generate import GenerationError, ShotJob, TakeOutcome, build_maps
 from .paths import Project, frame_name
 from .shot_job import _model_path, coherence_settings
