@@ -232,7 +232,9 @@ def take_label(take_dir: Path) -> str:
         try:
             info = json.loads(info_path.read_text("utf-8"))
             mode = (info.get("settings") or {}).get("coherence", {}).get("mode", "?")
-            return f"{info.get('shot', take_dir.parent.parent.name)} take {info.get('take', take_dir.name)} [{mode}]"
+            tier = f", {info['tier']}" if info.get("tier") else ""  # "final": made by Finalize Take
+            return (f"{info.get('shot', take_dir.parent.parent.name)} take {info.get('take', take_dir.name)} "
+                    f"[{mode}{tier}]")
         except (ValueError, AttributeError):
             pass
     return str(take_dir)
