@@ -84,7 +84,7 @@ def render_maps(out: Path, long_edge: int) -> None:
 
 def variants() -> dict[str, tuple[dict, object | None]]:
     """name -> (coherence request, FlowMethod override)."""
-    from engine.coherence import FLOW_METHOD, FlowMethod
+    from engine.coherence import BLURRY_FLOW_METHOD, FLOW_METHOD, FlowMethod
 
     flow = {"mode": "FLOW", "strength": 0.55, "keyframe_interval": 0}
     plain = FlowMethod(keep_until=0.0, paste=0.0, color_match=True)
@@ -98,6 +98,7 @@ def variants() -> dict[str, tuple[dict, object | None]]:
         "FLOW img2img + paste 0.75 + latent blend": (flow, replace(pasted, keep_until=1.0)),
         "FLOW img2img + paste 0.75, no colour match": (flow, replace(pasted, color_match=False)),
         "FLOW img2img + paste 0.75, keyframe every 12": ({**flow, "keyframe_interval": 12}, pasted),
+        "FLOW before sharp FLOW (bilinear warp, plain paste)": (flow, BLURRY_FLOW_METHOD),
         "FLOW default": (flow, FLOW_METHOD),
     }
 
@@ -168,22 +169,26 @@ def generate_and_measure(out: Path, models_dir: Path, steps: int, only: list[str
                     (take / "conditioning").symlink_to(cond)
                 for n, key in job.done.items():
                     shutil.copyfile(storage.frame_path(key), take_dir / f"{n:04d}.png")
-                (take_dir / "take.json").write_text(json.dumps({"shot": shot["name"], "take": "001",
-                                                                "settings": {"coherence": spec}}))
-                metrics = measure_take(take_dir)
                 keyframes = (job.detail or {}).get("keyframes")
+                (take_dir / "take.json").write_text(json.dumps({"shot": shot["name"], "take": "001",
+                                                                "settings": {"coherence": spec},
+                                                                "keyframes": keyframes or []}))
+                metrics = measure_take(take_dir)
                 rows.append({"variant": name, "shot": shot["name"], "frames": metrics.frames,
                              "warp_error": metrics.warp_error, "depth_edge_corr": metrics.depth_edge_corr,
-                             "pairs": metrics.pairs, "keyframes": keyframes, "seconds": time.perf_counter() - started,
+                             "sharpness_kept": metrics.sharpness_kept, "pairs": metrics.pairs, "keyframes": keyframes, "seconds": time.perf_counter() - started,
                              "errors": metrics.warp_errors, "corrs": metrics.correlations})
                 print(f"[bench] {name:26s} {shot['name']:6s} warp_error {metrics.warp_error:6.2f}  "
-                      f"depth_edge_corr {metrics.depth_edge_corr:.3f}  keyframes {keyframes}  "
+                      f"depth_edge_corr {metrics.depth_edge_corr:.3f}  sharpness_kept {metrics.sharpness_kept:.2f}  "
+                      f"keyframes {keyframes}  "
                       f"{rows[-1]['seconds']:.1f} s", flush=True)
             shot_rows = [r for r in rows if r["variant"] == name]
             errors = [e for r in shot_rows for e in r["errors"]]
             corrs = [c for r in shot_rows for c in r["corrs"]]
             rows.append({"variant": name, "shot": "all", "frames": sum(r["frames"] for r in shot_rows),
                          "warp_error": float(np.mean(errors)), "depth_edge_corr": float(np.mean(corrs)),
+                         "sharpness_kept": float(np.average([r["sharpness_kept"] for r in shot_rows],
+                                                            weights=[r["frames"] for r in shot_rows])),
                          "pairs": len(errors), "keyframes": None, "seconds": sum(r["seconds"] for r in shot_rows),
                          "errors": [], "corrs": []})
     finally:
@@ -196,15 +201,15 @@ def table(rows: list[dict], settings: str) -> str:
     base = {r["shot"]: r for r in rows if r["variant"] == "INDEPENDENT"}
     lines = [f"Settings: {settings}", "",
              "| variant | shot | frames | warp error (/255, lower is steadier) | vs INDEPENDENT | "
-             "depth-edge corr (higher follows the map) | minus INDEPENDENT |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+             "depth-edge corr (higher follows the map) | minus INDEPENDENT | sharpness kept |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         b = base.get(r["shot"])
         ratio = f"{r['warp_error'] / b['warp_error']:.2f}x" if b else ""
         # An absolute difference: with tiny models both correlations sit near 0, where a ratio means nothing.
         corr = f"{r['depth_edge_corr'] - b['depth_edge_corr']:+.3f}" if b else ""
         lines.append(f"| {r['variant']} | {r['shot']} | {r['frames']} | {r['warp_error']:.2f} | {ratio} | "
-                     f"{r['depth_edge_corr']:.3f} | {corr} |")
+                     f"{r['depth_edge_corr']:.3f} | {corr} | {r.get('sharpness_kept', float('nan')):.2f} |")
     return "\n".join(lines)
 
 

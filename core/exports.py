@@ -211,8 +211,38 @@ def output_settings(scene: bpy.types.Scene) -> Iterator[None]:
                 log.warning("could not restore render setting %s", name)
 
 
+def final_strip(scene: bpy.types.Scene, shot_name: str) -> Any:
+    """The shot's newest final take strip (Finalize Take), or None when the shot has only drafts."""
+    finals = [s for s in vse.strips_of_shot(scene, shot_name) if s.get("viewfinder_tier") in ("final", "finalized")]
+    return max(finals, key=lambda s: s.channel) if finals else None
+
+
+def draft_shots(scene: bpy.types.Scene) -> list[str]:
+    """Shots with takes on the Sequencer but no final take: the animatic shows them at draft size."""
+    return [shot.name for shot in scene.viewfinder.shots
+            if vse.strips_of_shot(scene, shot.name) and final_strip(scene, shot.name) is None]
+
+
+@contextmanager
+def final_takes_in_use(scene: bpy.types.Scene) -> Iterator[None]:
+    """For the length of an export, each shot with a final take shows it (other takes muted); mutes restored."""
+    saved = []
+    for shot in scene.viewfinder.shots:
+        final = final_strip(scene, shot.name)
+        if final is None:
+            continue
+        for strip in vse.strips_of_shot(scene, shot.name):
+            saved.append((strip, strip.mute))
+            strip.mute = strip != final
+    try:
+        yield
+    finally:
+        for strip, mute in saved:
+            strip.mute = mute
+
+
 def export_animatic(scene: bpy.types.Scene, output: Path) -> Path:
-    """Render the scene's VSE edit, with its sound, to an H.264/AAC MP4."""
+    """Render the scene's VSE edit, with its sound, to an H.264/AAC MP4; final takes where shots have one."""
     editor = scene.sequence_editor
     if editor is None or not any(not s.mute for s in strips_of(editor)):
         raise ExportError("The Sequencer has no strips to render: generate takes first")
@@ -234,7 +264,7 @@ def export_animatic(scene: bpy.types.Scene, output: Path) -> Path:
         ffmpeg.audio_channels = "STEREO"
         render.use_file_extension = False
         render.filepath = str(output)
-        with bpy.context.temp_override(scene=scene):
+        with bpy.context.temp_override(scene=scene), final_takes_in_use(scene):
             bpy.ops.render.render(animation=True, scene=scene.name)
     if not output.is_file() or output.stat().st_size == 0:
         raise ExportError(f"Blender did not write {output}: check the folder and free disk space")

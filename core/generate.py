@@ -64,6 +64,7 @@ class ShotJob:
     warnings: list[str] = field(default_factory=list)
     blobs: dict[str, Path] = field(default_factory=dict)  # sha256 → file (reference images) to upload
     characters: list[dict[str, Any]] = field(default_factory=list)  # [{name, mask_ids}] for take.json
+    tier: str = ""  # take.json "tier" of a new take ("final": Finalize Take)
 
 
 @dataclass
@@ -165,7 +166,7 @@ def run_shot(
             style_prompt=job.prompts["style_prompt"], negative_prompt=job.prompts["negative_prompt"],
             seed=int(job.settings["seed"]), models=job.models, settings=job.settings,
             control_hash=c_hash, request_hash=r_hash, frames_total=list(job.frames),
-            characters=list(job.characters),
+            characters=list(job.characters), tier=job.tier,
         )
     info.engine = getattr(client, "base_url", "")
     takes_core.write_take(take_dir, info)

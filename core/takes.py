@@ -47,6 +47,7 @@ class TakeInfo:
     notes: list[str] = field(default_factory=list)
     # The characters sent with the take: [{"name", "mask_ids"}]; the identity metric crops them by mask.
     characters: list[dict[str, Any]] = field(default_factory=list)
+    tier: str = ""  # "final" for a take made by Finalize Take (core/finalize.py); "" for generated takes
 
     def file_names(self) -> list[str]:
         return [frame_name(f) for f in sorted(self.frames_done)]

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .flow import FlowMasks, depth_offset, flow_masks, warp
+from .flow import FlowMasks, area_scale, depth_offset, flow_masks, warp
 from .schema import CoherenceSpec, FrameSpec
 
 logger = logging.getLogger(__name__)
@@ -91,22 +91,67 @@ class FlowMethod:
     radius: int = 1
     # Below this share of carried pixels, frame N-1 does not explain frame N: a cut.
     cut_fraction: float = 0.5
+    # Sharp FLOW (COHERENCE.md, "Sharp FLOW"). Resampling of the carried frame: "linear"
+    # (bilinear) or "cubic" (Catmull-Rom, loses far less detail per warp).
+    resample: str = "linear"
+    # Detail split: 0 = off; else carried pixels take their low frequencies (a triangle
+    # low-pass of this radius) from the paste mix and their high frequencies from
+    # ``detail`` below, so pasting no longer averages detail away.
+    split_radius: int = 0
+    # Share of the high band's energy taken from the newly generated frame (re-injected
+    # detail); the rest comes from the warped frame, mixed so that energies add up to 1.
+    fresh_detail: float = 0.0
+    # High band of carried pixels scaled (up only, at most 2x) to the first frame's level.
+    detail_match: bool = False
+    # Paste weight lowered where the warp stretches frame N-1 (``flow.area_scale`` < 1).
+    stretch_paste: bool = False
 
 
+# The method before "Sharp FLOW": bilinear warp, plain paste. Its detail fades along the shot.
+BLURRY_FLOW_METHOD = FlowMethod(keep_until=1.0, paste=0.75, color_match=True)
 # Chosen in COHERENCE.md. The benchmark swaps it in-process to compare variants; it is
 # part of every FLOW cache key, so variants never share cached frames.
-FLOW_METHOD = FlowMethod(keep_until=1.0, paste=0.75, color_match=True)
+FLOW_METHOD = FlowMethod(keep_until=1.0, paste=0.75, color_match=True, resample="cubic", split_radius=2,
+                         fresh_detail=0.05, detail_match=True)
+
+
+# Low-pass radius of the detail split and of the anchor's detail level.
+DETAIL_RADIUS = 2
 
 
 @dataclass
 class ColorStats:
     mean: np.ndarray
     std: np.ndarray
+    # RMS of the high band (``high_band``) of the anchor frame: the detail level FLOW keeps.
+    detail: float = 0.0
 
 
 def color_stats(image: np.ndarray) -> ColorStats:
     pixels = image.reshape(-1, image.shape[-1]).astype(np.float32)
-    return ColorStats(pixels.mean(axis=0), pixels.std(axis=0))
+    detail = float(np.sqrt(np.mean(high_band(image.astype(np.float32), DETAIL_RADIUS) ** 2)))
+    return ColorStats(pixels.mean(axis=0), pixels.std(axis=0), detail)
+
+
+def _box(image: np.ndarray, radius: int, axis: int) -> np.ndarray:
+    pad = [(0, 0)] * image.ndim
+    pad[axis] = (radius + 1, radius)
+    csum = np.cumsum(np.pad(image, pad, mode="edge"), axis=axis)
+    size = image.shape[axis]
+    k = 2 * radius + 1
+    return (np.take(csum, np.arange(k, k + size), axis=axis) - np.take(csum, np.arange(size), axis=axis)) / k
+
+
+def low_pass(image: np.ndarray, radius: int) -> np.ndarray:
+    """Two box filters of ``radius`` along each axis: a triangle filter, whose response is never negative."""
+    out = image.astype(np.float32)
+    for _ in range(2):
+        out = _box(_box(out, radius, 0), radius, 1)
+    return out
+
+
+def high_band(image: np.ndarray, radius: int) -> np.ndarray:
+    return image.astype(np.float32) - low_pass(image, radius)
 
 
 def match_color(image: np.ndarray, anchor: ColorStats) -> np.ndarray:
@@ -123,6 +168,7 @@ class Carried:
 
     warped: np.ndarray  # H x W x 3 uint8
     masks: FlowMasks
+    area: np.ndarray | None = None  # flow.area_scale, when the method lowers the paste where the warp stretches
 
 
 class FlowCoherence:
@@ -169,8 +215,9 @@ class FlowCoherence:
     def carry(self, previous_image: np.ndarray, flow: np.ndarray, depth_prev: np.ndarray,
               depth_cur: np.ndarray) -> Carried:
         masks = flow_masks(depth_prev, depth_cur, flow, offset=self.offset, radius=self.method.radius)
-        warped, _ = warp(previous_image.astype(np.float32), flow)
-        return Carried(np.clip(np.rint(warped), 0, 255).astype(np.uint8), masks)
+        warped, _ = warp(previous_image.astype(np.float32), flow, order=self.method.resample)
+        scale = area_scale(flow) if self.method.stretch_paste else None
+        return Carried(np.clip(np.rint(warped), 0, 255).astype(np.uint8), masks, scale)
 
     def is_cut(self, carried: Carried) -> bool:
         return carried.masks.carried_fraction() < self.method.cut_fraction
@@ -182,8 +229,35 @@ class FlowCoherence:
             out = match_color(out, anchor)
         if carried is not None and self.method.paste > 0.0:
             weight = self.method.paste * carried.masks.valid[..., None].astype(np.float32)
-            out = np.rint(weight * carried.warped + (1.0 - weight) * out).astype(np.uint8)
+            if carried.area is not None:
+                weight = weight * np.clip(carried.area, 0.0, 1.0)[..., None]
+            if self.method.split_radius <= 0:
+                return np.rint(weight * carried.warped + (1.0 - weight) * out).astype(np.uint8)
+            out = self._split_paste(out, carried, weight, anchor)
         return out
+
+    def _split_paste(self, generated: np.ndarray, carried: Carried, weight: np.ndarray,
+                     anchor: ColorStats | None) -> np.ndarray:
+        """Carried pixels: low band pasted at ``weight``, high band from the warped and generated frames.
+
+        Averaging two frames whose fine detail does not line up (the generated one and the
+        warped one) cancels that detail; repeated over a shot it is the blur FLOW showed.
+        Mixing the high bands as a*warped + b*generated with a^2 + b^2 = 1 keeps their
+        energy instead; ``detail_match`` then restores what the resampling lost, up to the
+        first frame's level.
+        """
+        radius = self.method.split_radius
+        warped = carried.warped.astype(np.float32)
+        gen = generated.astype(np.float32)
+        mixed = weight * warped + (1.0 - weight) * gen
+        fresh = float(np.clip(self.method.fresh_detail, 0.0, 1.0))
+        detail = np.sqrt(1.0 - fresh) * high_band(warped, radius) + np.sqrt(fresh) * high_band(gen, radius)
+        valid = carried.masks.valid
+        if self.method.detail_match and anchor is not None and anchor.detail > 0 and valid.any():
+            level = float(np.sqrt(np.mean(detail[valid] ** 2)))
+            detail *= float(np.clip(anchor.detail / max(level, 1e-3), 1.0, 2.0))
+        result = np.where(valid[..., None], low_pass(mixed, radius) + detail, gen)
+        return np.clip(np.rint(result), 0, 255).astype(np.uint8)
 
 
 def make_strategy(spec: CoherenceSpec) -> CoherenceStrategy:

@@ -27,6 +27,8 @@ from . import ALGORITHM_VERSION
 from .characters import FrameRegions, check_characters, frame_regions, identity_cache_inputs
 from .coherence import Carried, CoherenceStrategy, ColorStats, FlowCoherence, color_stats, make_strategy
 from .errors import BadRequest, EngineFault, NotFound, OutOfMemory, is_out_of_memory
+from .finalize import cache_inputs as finalize_inputs
+from .finalize import finalize_strategy, run_finalize
 from .identity import IdentityPlan
 from .ip_adapter import IpAdapterRef, resolve_ip_adapter
 from .models import ModelRef, resolve_ref
@@ -49,6 +51,7 @@ from .prompt_blend import PromptEmbeddings
 from .schedule import FrameValues, frame_values, job_warnings
 from .schema import FrameSpec, JobRequest
 from .storage import Storage, canonical_hash
+from .upscale import check_upscaler_path
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +172,8 @@ class JobManager:
         # 2. Control maps must have been uploaded.
         # FLOW reads the flow maps too; INDEPENDENT accepts and ignores them.
         names = ("depth", "pose", "flow") if request.coherence.mode == "FLOW" else ("depth", "pose")
+        if request.finalize is not None:  # Finalize Take (engine/finalize.py): flow and the approved frames
+            names = ("depth", "pose", "flow", "source")
         for i, frame in enumerate(request.frames):
             for name in names:
                 sha = getattr(frame, name)
@@ -185,7 +190,9 @@ class JobManager:
         identity = identity_cache_inputs(request, char_loras, ip_ref.identity() if ip_ref else None)
         try:
             device = self.resolve_job_device(request.device)
-            strategy = make_strategy(request.coherence)
+            strategy = make_strategy(request.coherence) if request.finalize is None else finalize_strategy(request)
+            if request.finalize is not None:
+                check_upscaler_path(request.finalize.upscaler)
         except ValueError as exc:
             field_name = "device" if "device" in str(exc) else "coherence.mode"
             raise BadRequest(str(exc), field=field_name) from exc
@@ -277,6 +284,7 @@ class JobManager:
             "depth": frame.depth if key.depth else None, "pose": frame.pose if key.pose else None,
             **strategy.cache_inputs(frame, previous_key),
             **extra,
+            **({"finalize": finalize_inputs(request, frame)} if request.finalize is not None else {}),
         })
 
     @staticmethod
@@ -433,6 +441,9 @@ class JobManager:
             return (active_nets(frame), values[frame.frame].batch_group(), visible[frame.frame])
 
         run_started = time.perf_counter()
+        if request.finalize is not None:
+            run_finalize(self, job, models, settings_for(todo[:1] or request.frames[:1]), active_nets, run_started)
+            return
         if strategy.sequential:
             assert isinstance(strategy, FlowCoherence)
             self._run_flow(job, models, strategy, values, settings_for, active_nets, run_started, plan)

@@ -194,10 +194,11 @@ class RayJobManager(JobManager):
             return tuple(n for n in nets if getattr(frame, n) is not None)
 
         todo = [f for f in request.frames if f.frame not in job.done]
-        # A video job's windows chain from first to last: one unit, on one replica, like FLOW.
-        sequential = strategy.sequential or request.generator == "VIDEO"
-        batches = [todo] if request.generator == "VIDEO" else list(
-            strategy.batches(todo, request.batch_size, active_nets))
+        # A video job's windows and a finalize job's frames chain from first to last: one unit,
+        # on one replica, like FLOW.
+        chained = request.generator == "VIDEO" or request.finalize is not None
+        sequential = strategy.sequential or chained
+        batches = [todo] if chained else list(strategy.batches(todo, request.batch_size, active_nets))
         plan = plan_units(batches, sequential, self.replicas, self.split_min_frames)
         job.units = [Unit(id=f"{job.id}-{i}", frames=frames) for i, frames in enumerate(plan)]
         # Running from here on (a cancel now stops the units); the phase stays "queued" until a
@@ -272,7 +273,8 @@ class RayJobManager(JobManager):
         """Unit thread: one Serve call per attempt; a lost replica means another attempt."""
         request = job.request
         frames = set(unit.frames)
-        sequential = make_strategy(request.coherence).sequential or request.generator == "VIDEO"
+        sequential = (make_strategy(request.coherence).sequential or request.generator == "VIDEO"
+                      or request.finalize is not None)
         body = request if sequential else request.model_copy(
             update={"frames": [f for f in request.frames if f.frame in frames]})
         payload = body.model_dump(mode="json")

@@ -64,8 +64,10 @@ class FrameSpec(_Strict):
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     # uint16 id mask of the frame (conditioning masks/NNNN.png): which character owns each pixel.
     mask: str | None = None
+    # Finalize Take only: the approved take's frame (PNG blob) to enlarge and detail.
+    source: str | None = None
 
-    _sha = field_validator("depth", "pose", "flow", "mask")(_check_sha)
+    _sha = field_validator("depth", "pose", "flow", "mask", "source")(_check_sha)
 
     @field_validator("prompt_weights")
     @classmethod
@@ -110,6 +112,18 @@ class CharacterSpec(_Strict):
     def region_prompt(self) -> str:
         """The text that conditions this character's region: description and LoRA trigger words."""
         return ", ".join(p.strip() for p in (self.description, self.trigger_words) if p.strip())
+
+
+class FinalizeSpec(_Strict):
+    """Finalize Take (engine/finalize.py): enlarge each frame's ``source`` to width x height, then detail it.
+
+    ``upscaler``: a .safetensors super-resolution model on the engine machine (spandrel reads
+    Real-ESRGAN, SwinIR, HAT, ...), or None for plain Lanczos resizing. ``detail_strength``:
+    img2img strength of the detail pass guided by the control maps at the new size; 0 skips it.
+    """
+
+    upscaler: str | None = None
+    detail_strength: float = Field(0.3, ge=0.0, le=1.0)
 
 
 class CoherenceSpec(_Strict):
@@ -204,6 +218,8 @@ class JobRequest(_Strict):
     prompt_keys: list[str] = Field(default_factory=list, max_length=64)
 
     _ref_sha = field_validator("style_reference", "palette_reference")(_check_sha)
+    # Finalize Take: set to enlarge and detail an approved take (every frame has a ``source``).
+    finalize: FinalizeSpec | None = None
 
     @field_validator("width", "height")
     @classmethod
@@ -224,6 +240,16 @@ class JobRequest(_Strict):
                 raise ValueError(f"frame {frame.frame} appears twice in frames; send each frame once")
             seen.add(frame.frame)
         check_frame_values(self)  # per-frame values: engine/schedule.py
+        return self
+
+    @model_validator(mode="after")
+    def check_finalize(self) -> JobRequest:
+        if self.finalize is None:
+            return self
+        for i, frame in enumerate(self.frames):
+            if frame.source is None:
+                raise ValueError(f"frames[{i}].source: a finalize job needs the approved frame {frame.frame} "
+                                 "(upload its PNG with PUT /blobs/{sha256})")
         return self
 
     def full_prompt(self) -> str:

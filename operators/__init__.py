@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from . import characters, conditioning, engine, exports, generate, pose, prompt_keys, shots, takes
+from . import characters, conditioning, engine, exports, finalize, generate, pose, prompt_keys, shots, takes
 
-modules = (shots, conditioning, generate, takes, exports, engine, pose, prompt_keys, characters)
+modules = (shots, conditioning, generate, takes, exports, engine, pose, prompt_keys, characters, finalize)
 
 
 def register() -> None:

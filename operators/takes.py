@@ -106,6 +106,7 @@ def draw_take(layout: bpy.types.UILayout, strip) -> None:
     row.operator("viewfinder.use_take", icon="CHECKMARK")
     row.operator("viewfinder.regenerate_take", icon="FILE_REFRESH")
     layout.operator("viewfinder.open_take_folder", icon="FILE_FOLDER")
+    layout.operator("viewfinder.finalize_take", icon="ZOOM_IN")
 
 
 classes = (VIEWFINDER_OT_use_take, VIEWFINDER_OT_regenerate_take, VIEWFINDER_OT_open_take_folder)

@@ -1,0 +1,146 @@
+"""Finalize Take: an approved take enlarged to delivery size, detailed, and kept coherent over time.
+
+Per frame, in timeline order (a job whose ``finalize`` is set; engine/API.md):
+1. **Enlarge** the approved frame (``frames[i].source``) to width x height: a
+   super-resolution model (``finalize.upscaler``, read by spandrel from .safetensors) then
+   Lanczos to the exact size, or Lanczos alone (engine/upscale.py).
+2. **Detail pass**: img2img from the enlarged frame at ``finalize.detail_strength`` (low:
+   0.3), guided by the control maps rendered at the new size. Only its high band is kept
+   (frequencies finer than the approved frame's pixels, a low-pass of radius = the
+   enlargement factor): the approved take decides what is in the frame, the pass adds detail.
+3. **FLOW-guided**: the previous finished frame is warped along the flow into this one and
+   pasted over the carried pixels with the sharp FLOW method (bicubic warp, detail split,
+   engine/COHERENCE.md), so the added detail does not flicker; keyframes at the first frame,
+   cuts and missing flow as in generation. No colour match: the approved frame sets colour.
+
+Frames chain their cache keys like FLOW, so a cancelled finalize resumes after its last
+finished frame. Runs on the worker thread; holds one frame pair at a time.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .coherence import FLOW_METHOD, Carried, ColorStats, FlowCoherence, FlowMethod, color_stats, high_band, low_pass
+from .models import _fingerprint
+from .upscale import check_upscaler_path, enlarge, load_upscaler
+
+if TYPE_CHECKING:
+    from .jobs import Job, JobManager
+    from .pipelines import BatchSettings, LoadedModels
+    from .schema import FrameSpec, JobRequest
+
+logger = logging.getLogger(__name__)
+
+# The sharp FLOW method without colour matching (the approved frame sets colour) and
+# without latent blending (the detail pass starts from the enlarged approved frame).
+FINALIZE_METHOD: FlowMethod = replace(FLOW_METHOD, color_match=False, keep_until=0.0)
+
+
+def finalize_strategy(request: JobRequest) -> FlowCoherence:
+    """Finalize always runs frame by frame along the flow, whatever ``coherence.mode`` says."""
+    return FlowCoherence(request.coherence, FINALIZE_METHOD)
+
+
+def cache_inputs(request: JobRequest, frame: FrameSpec) -> dict[str, Any]:
+    """What a finalized frame depends on beyond the generation settings (part of its cache key)."""
+    assert request.finalize is not None
+    path = check_upscaler_path(request.finalize.upscaler)
+    return {"source": frame.source, "detail_strength": request.finalize.detail_strength,
+            "upscaler": f"{path}:{_fingerprint(path)}" if path else None}
+
+
+def _read_png(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def run_finalize(manager: JobManager, job: Job, models: LoadedModels, settings: BatchSettings,
+                 active_nets: Callable[[FrameSpec], tuple[str, ...]], run_started: float) -> None:
+    """Worker thread: the steps of the module docstring for every frame not already cached."""
+    from PIL import Image
+
+    from .pipelines import encode_png, run_img2img
+
+    request = job.request
+    spec = request.finalize
+    assert spec is not None
+    strategy = finalize_strategy(request)
+    upscaler_path: Path | None = check_upscaler_path(spec.upscaler)
+    upscaler = load_upscaler(upscaler_path, job.key.device) if upscaler_path else None
+    ordered = strategy.order(request.frames)
+    keyframes: list[int] = []
+    job.detail = {"keyframes": keyframes, "upscaler": upscaler.name if upscaler else "Lanczos resize"}
+    anchor: ColorStats | None = None
+    previous: FrameSpec | None = None
+    generated = 0
+    for index, frame in enumerate(ordered):
+        if job.cancel_event.is_set():
+            break
+        # 0. Done already (this job, the cache, or another job since submit).
+        if frame.frame in job.done or manager._take_from_cache(job, frame):
+            previous = frame
+            continue
+        if index > 0 and anchor is None:
+            anchor = color_stats(manager._read_frame(job, ordered[0]))
+        # 1. Enlarge the approved frame.
+        started = time.perf_counter()
+        assert frame.source is not None
+        source = _read_png(manager.storage.read_blob(frame.source))
+        big = enlarge(source, request.width, request.height, upscaler)
+        radius = max(1, round(request.width / source.shape[1]))
+        job.timings["upscale_s"] = job.timings.get("upscale_s", 0.0) + time.perf_counter() - started
+        # 2. Carry the previous finished frame along the flow (as FLOW generation does).
+        reason = strategy.keyframe_reason(index, frame, previous)
+        carried: Carried | None = None
+        if reason is None:
+            assert previous is not None and frame.flow and frame.depth and previous.depth
+            flow = manager._read_flow(frame.flow)
+            if flow is None:
+                reason = "unreadable flow map"
+            else:
+                carried = strategy.carry(manager._read_frame(job, previous), flow,
+                                         manager._read_depth(previous.depth), manager._read_depth(frame.depth))
+                if strategy.is_cut(carried):
+                    reason, carried = "cut", None
+        if reason is not None:
+            keyframes.append(frame.frame)
+        # 3. Detail pass guided by the maps at the new size; 0 strength keeps the enlarged frame.
+        detailed = big
+        if spec.detail_strength > 0.0:
+            nets = active_nets(frame)
+            maps = {name: manager._decode(name, getattr(frame, name)) for name in nets}
+            job.step = 0
+
+            def on_step(step: int) -> bool:
+                job.step = step
+                return job.cancel_event.is_set()
+
+            image, model_s = run_img2img(models, nets, maps, Image.fromarray(big), spec.detail_strength,
+                                         request.seed, settings, on_step)
+            job.timings["model_s"] += model_s
+            if image is None:
+                break
+            band = high_band(np.asarray(image.convert("RGB")), radius)
+            detailed = np.clip(np.rint(low_pass(big, radius) + band), 0, 255).astype(np.uint8)
+        # 4. Paste the carried frame (sharp FLOW), then to disk at once.
+        result = strategy.finish(detailed, carried, anchor if index > 0 else None)
+        fkey = job.frame_keys[frame.frame]
+        manager.storage.put_frame(fkey, encode_png(Image.fromarray(result)))
+        job.done[frame.frame] = fkey
+        previous = frame
+        generated += 1
+        job.eta_s = (time.perf_counter() - run_started) / generated * (len(job.frame_keys) - len(job.done))
+    job.timings["run_s"] = time.perf_counter() - run_started
+    manager._finish(job, "cancelled" if job.cancel_event.is_set() and len(job.done) < len(job.frame_keys)
+                    else "done")
