@@ -16,23 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from .characters import CharacterSource, check_reference, check_size, file_sha256
+from .conditioning.masks import RENDERABLE, owner_of
 
 log = logging.getLogger(__name__)
 
-RENDERABLE = {"MESH", "CURVE", "SURFACE", "META", "FONT", "CURVES", "POINTCLOUD", "VOLUME"}
-
-
 def _owner(obj: Any) -> Any:
-    """The armature that deforms or carries `obj`, else None (same rule as the mask legend)."""
-    for mod in getattr(obj, "modifiers", ()):
-        if mod.type == "ARMATURE" and mod.object is not None:
-            return mod.object
-    parent = obj.parent
-    while parent is not None:
-        if parent.type == "ARMATURE":
-            return parent
-        parent = parent.parent
-    return None
+    """The armature that deforms or carries `obj`, else None (the mask legend's rule: conditioning/masks.py)."""
+    owner = owner_of(obj)
+    return None if owner is obj else owner
 
 
 def character_objects(scene: Any, character: Any) -> list[Any]:

@@ -216,20 +216,7 @@ class JobManager:
                              ip_ref=ip_ref)
         for warning in job.warnings:
             logger.warning("Job %s (%s): %s", job.id, request.shot, warning)
-        for number, fkey in frame_keys.items():
-            if self.storage.has_frame(fkey):
-                job.done[number] = fkey
-                job.cached.append(number)
-        with self._lock:
-            self._forget_old_jobs()
-            self.jobs[job.id] = job
-        if len(job.done) == len(frame_keys):
-            job.status = job.phase = "done"
-            job.finished = time.time()
-        else:
-            self._queue.put(job.id)
-        logger.info("Job %s (%s): %d frames, %d from cache", job.id, request.shot, len(frame_keys), len(job.cached))
-        return job
+        return self._register(job)
 
     def _register(self, job: Job) -> Job:
         """Mark cached frames done, add the job to the table and queue it unless all is cached."""

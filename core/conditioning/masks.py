@@ -14,11 +14,11 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-_RENDERABLE = {"MESH", "CURVE", "SURFACE", "META", "FONT", "CURVES", "POINTCLOUD", "VOLUME"}
+RENDERABLE = {"MESH", "CURVE", "SURFACE", "META", "FONT", "CURVES", "POINTCLOUD", "VOLUME"}
 MAX_ID = 32767  # pass_index is a short
 
 
-def _owner(obj: Any) -> Any:
+def owner_of(obj: Any) -> Any:
     """The armature that deforms or carries `obj`, else `obj` itself."""
     for mod in getattr(obj, "modifiers", ()):
         if mod.type == "ARMATURE" and mod.object is not None:
@@ -36,9 +36,9 @@ def assign_ids(scene: Any) -> tuple[dict[Any, int], dict[str, dict[str, Any]]]:
     groups: dict[str, list[Any]] = {}
     owners: dict[str, Any] = {}
     for obj in scene.objects:
-        if obj.type not in _RENDERABLE or obj.hide_render:
+        if obj.type not in RENDERABLE or obj.hide_render:
             continue
-        owner = _owner(obj)
+        owner = owner_of(obj)
         groups.setdefault(owner.name, []).append(obj)
         owners[owner.name] = owner
     ids: dict[Any, int] = {}
