@@ -127,6 +127,36 @@ def test_request_for_a_two_character_shot(tmp_path, vfmod):
     assert job.request["palette_reference"] == palette_sha  # the palette needs no IP-Adapter
 
 
+def test_a_video_shot_takes_the_bible_references_of_its_characters(tmp_path, vfmod):
+    """VIDEO models take whole-frame reference images: a shot without its own gets its characters' ones."""
+    scene = build_cast(tmp_path)
+    ref = save_png(tmp_path / "hero.png", 12, 10)
+    add_reference(scene.viewfinder.characters["Hero"], ref)
+    palette = bpy.data.images.new("Palette", 4, 2)
+    scene.viewfinder.palette_reference = palette
+    scene.viewfinder.shots["Both"].generator = "VIDEO"
+    hero_sha = vfmod("core.characters").file_sha256(ref)
+
+    job = collect(scene, vfmod, "Both")
+    assert job.request["generator"] == "VIDEO"
+    assert job.request["video"]["references"] == [hero_sha]
+    assert job.uploads == [ref]
+    # No regional block for a video model: no characters, masks, film-look fields or IP-Adapter.
+    for key in ("characters", "style_reference", "palette_reference"):
+        assert key not in job.request
+    assert "ip_adapter" not in job.models and job.blobs == {}
+    assert all("mask" not in maps for maps in job.maps.values())
+    # The take still records who is in it, for the identity metric.
+    assert [c["name"] for c in job.characters] == ["Hero", "Stranger"]
+
+    # The shot's own reference image wins over the bible's.
+    own = save_png(tmp_path / "own.png", 8, 8, colour=(0.3, 0.6, 0.2))
+    scene.viewfinder.shots["Both"].reference_image = str(own)
+    job = collect(scene, vfmod, "Both")
+    assert job.request["video"]["references"] == [vfmod("core.characters").file_sha256(own)]
+    assert job.uploads == [own]
+
+
 def test_a_film_without_a_bible_sends_the_request_it_sent_before(tmp_path, vfmod):
     scene = build_cast(tmp_path)
     scene.viewfinder.characters.clear()
