@@ -58,6 +58,7 @@ class VIEWFINDER_MT_takes(bpy.types.Menu):
         layout.operator("viewfinder.use_take", icon="CHECKMARK")
         layout.operator("viewfinder.regenerate_take", icon="FILE_REFRESH")
         layout.operator("viewfinder.open_take_folder", icon="FILE_FOLDER")
+        layout.operator("viewfinder.finalize_take", icon="ZOOM_IN")
 
 
 def _render_menu(self: bpy.types.Menu, context: bpy.types.Context) -> None:
