@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import queue
+import threading
+from typing import Any
 
 import bpy
-from bpy.props import EnumProperty, FloatProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, StringProperty
 
 from ..core import engine_link
 from ..core.finalize import DETAIL_STRENGTH, collect_finalize, place_final
-from ..core.generate import run_shot
+from ..core.generate import Progress, TakeOutcome, run_shot
 from ..preferences import get_prefs
 from .common import project_of, report
 from .generate import _log_progress, _message, _summary
@@ -33,8 +36,14 @@ class VIEWFINDER_OT_finalize_take(TakePoll, bpy.types.Operator):
     detail_strength: FloatProperty(name="Detail", default=DETAIL_STRENGTH, min=0.0, max=1.0,
                                    description="Strength of the detail pass guided by the control maps; 0: upscale only")
 
+    # Set by invoke: a click in the UI runs modal (Esc cancels); scripts calling execute block, as Generate does.
+    interactive: BoolProperty(default=False, options={"HIDDEN", "SKIP_SAVE"})
+
     def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
+        self.interactive = not bpy.app.background
         return context.window_manager.invoke_props_dialog(self)
+
+    _timer: Any = None
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         strip = selected_take(context)
@@ -50,6 +59,9 @@ class VIEWFINDER_OT_finalize_take(TakePoll, bpy.types.Operator):
             return {"CANCELLED"}
         for note in plan.notes:
             report(self, "WARNING", note)
+        if self.interactive and context.window is not None:
+            return self._start_modal(context, plan, prefs)
+        # Scripts and background mode (farms: timers never fire there): run to completion.
         try:
             context.window_manager.progress_begin(0, 100)
             outcome = run_shot(plan.job, client, on_progress=_log_progress)
@@ -59,11 +71,81 @@ class VIEWFINDER_OT_finalize_take(TakePoll, bpy.types.Operator):
             return {"CANCELLED"}
         finally:
             context.window_manager.progress_end()
+        return self._report(plan, outcome)
+
+    def _report(self, plan: Any, outcome: TakeOutcome) -> set[str]:
         if outcome.error or outcome.cancelled:
             report(self, "ERROR", _summary(outcome).replace("Generate again", "Finalize again"))
             return {"CANCELLED"}
         report(self, "INFO", f"{_summary(outcome)}: final at {plan.width}×{plan.height}")
         return {"FINISHED"}
+
+    # -- UI path: the engine job on a worker, the interface stays responsive, Esc cancels ----
+
+    def _start_modal(self, context: bpy.types.Context, plan: Any, prefs: Any) -> set[str]:
+        self._plan = plan
+        self._messages: queue.Queue = queue.Queue()
+        self._cancel = threading.Event()
+        self._thread = threading.Thread(target=self._work, args=(plan.job, prefs), name="viewfinder-finalize",
+                                        daemon=True)
+        self._thread.start()
+        wm = context.window_manager
+        self._timer = wm.event_timer_add(0.2, window=context.window)
+        wm.modal_handler_add(self)
+        self._status(context, "starting")
+        return {"RUNNING_MODAL"}
+
+    def _work(self, job: Any, prefs: Any) -> None:
+        """Worker thread: run the finalize job and post progress and the outcome. Never touches bpy."""
+        try:
+            outcome = run_shot(job, engine_link.connect(prefs), on_progress=self._messages.put,
+                               should_cancel=self._cancel.is_set)
+            self._messages.put(outcome)
+        except Exception as exc:
+            self._messages.put(exc)
+
+    def modal(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
+        if event.type == "ESC" and event.value == "PRESS":
+            self._cancel.set()  # the engine stops within a step; finished frames stay for a resume
+            self._status(context, "cancelling…")
+        if event.type != "TIMER":
+            return {"PASS_THROUGH"}
+        while True:
+            try:
+                message = self._messages.get_nowait()
+            except queue.Empty:
+                return {"RUNNING_MODAL"}
+            if isinstance(message, Progress):
+                text = f"frame {message.frames_done} of {message.frames_total}"
+                if message.steps:
+                    text += f", step {message.step}/{message.steps}"
+                self._status(context, text)
+                continue
+            self._end(context)
+            if isinstance(message, Exception):
+                report(self, "ERROR", _message(self._plan.job.shot, message))
+                return {"CANCELLED"}
+            try:
+                place_final(context.scene, message)
+            except Exception as exc:
+                report(self, "ERROR", _message(self._plan.job.shot, exc))
+                return {"CANCELLED"}
+            return self._report(self._plan, message)
+
+    def _status(self, context: bpy.types.Context, text: str) -> None:
+        if context.workspace is not None:
+            context.workspace.status_text_set(f"Viewfinder Finalize Take: {text} — Esc to cancel")
+
+    def _end(self, context: bpy.types.Context) -> None:
+        if self._timer is not None:
+            context.window_manager.event_timer_remove(self._timer)
+            self._timer = None
+        if context.workspace is not None:
+            context.workspace.status_text_set(None)
+
+    def cancel(self, context: bpy.types.Context) -> None:
+        self._cancel.set()
+        self._end(context)
 
 
 classes = (VIEWFINDER_OT_finalize_take,)
