@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,7 @@ from ..core.characters_scene import RENDERABLE, add_character_from_selection, de
 from ..core.generate import Progress, TakeOutcome, run_shot
 from ..core.reference_sheet import SheetJob, load_sheet, prepare_sheet
 from ..preferences import get_prefs
-from .common import NeedsScene, project_of, report
+from .common import EngineJobModal, NeedsScene, project_of, report
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +163,7 @@ class VIEWFINDER_OT_remove_reference(NeedsCharacter, bpy.types.Operator):
         return {"FINISHED"}
 
 
-class VIEWFINDER_OT_make_reference_sheet(NeedsCharacter, bpy.types.Operator):
+class VIEWFINDER_OT_make_reference_sheet(NeedsCharacter, EngineJobModal, bpy.types.Operator):
     """Generate front, three-quarter and side views of the active character from its own rig in a neutral pose.
     Keep the ones you like as references"""
 
@@ -173,9 +171,6 @@ class VIEWFINDER_OT_make_reference_sheet(NeedsCharacter, bpy.types.Operator):
     bl_label = "Make Reference Sheet"
     # No UNDO: the images are files on disk; the sheet list is refilled on the next run.
     bl_options = {"REGISTER"}
-
-    _timer: Any = None
-    _thread: threading.Thread | None = None
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
@@ -228,7 +223,9 @@ class VIEWFINDER_OT_make_reference_sheet(NeedsCharacter, bpy.types.Operator):
             return {"CANCELLED"}
         return self._place(context, sheet, outcome)
 
-    # -- modal path: the engine job on a worker, the UI stays responsive ----
+    # -- modal path: the engine job on a worker (common.EngineJobModal), the UI stays responsive ----
+
+    status_label = "Viewfinder reference sheet"
 
     def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
         if bpy.app.background:
@@ -236,61 +233,16 @@ class VIEWFINDER_OT_make_reference_sheet(NeedsCharacter, bpy.types.Operator):
         self._sheet = self._prepare(context)
         if self._sheet is None:
             return {"CANCELLED"}
-        self._messages: queue.Queue = queue.Queue()
-        self._cancel = threading.Event()
-        self._thread = threading.Thread(target=self._work, name="viewfinder-sheet", daemon=True)
-        self._thread.start()
-        wm = context.window_manager
-        self._timer = wm.event_timer_add(0.2, window=context.window)
-        wm.modal_handler_add(self)
-        self._status(context, "generating")
-        return {"RUNNING_MODAL"}
+        return self.start_engine_job(context, self._sheet.job, self._prefs, "generating")
 
-    def _work(self) -> None:
-        """Worker thread: run the engine job and post the outcome. Never touches bpy."""
-        try:
-            client = engine_link.connect(self._prefs)
-            outcome = run_shot(self._sheet.job, client, should_cancel=self._cancel.is_set,
-                               on_progress=self._messages.put)
-            self._messages.put(outcome)
-        except Exception as exc:
-            self._messages.put(exc)
+    def progress_text(self, progress: Progress) -> str:
+        return f"view {progress.frames_done} of {progress.frames_total}"
 
-    def modal(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
-        if event.type == "ESC" and event.value == "PRESS":
-            self._cancel.set()
-            self._status(context, "cancelling…")
-        if event.type != "TIMER":
-            return {"PASS_THROUGH"}
-        while True:
-            try:
-                message = self._messages.get_nowait()
-            except queue.Empty:
-                return {"RUNNING_MODAL"}
-            if isinstance(message, Progress):
-                self._status(context, f"view {message.frames_done} of {message.frames_total}")
-                continue
-            self._end(context)
-            if isinstance(message, Exception):
-                self._fail(self._sheet.character, message)
-                return {"CANCELLED"}
-            return self._place(context, self._sheet, message)
-
-    def _status(self, context: bpy.types.Context, text: str) -> None:
-        if context.workspace is not None:
-            context.workspace.status_text_set(f"Viewfinder reference sheet: {text} — Esc to cancel")
-
-    def _end(self, context: bpy.types.Context) -> None:
-        if self._timer is not None:
-            context.window_manager.event_timer_remove(self._timer)
-            self._timer = None
-        if context.workspace is not None:
-            context.workspace.status_text_set(None)
-
-    def cancel(self, context: bpy.types.Context) -> None:
-        self._cancel.set()
-        self._end(context)
-
+    def job_finished(self, context: bpy.types.Context, message: Any) -> set[str]:
+        if isinstance(message, Exception):
+            self._fail(self._sheet.character, message)
+            return {"CANCELLED"}
+        return self._place(context, self._sheet, message)
 
 classes = (
     VIEWFINDER_OT_add_character,

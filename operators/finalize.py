@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 from typing import Any
 
 import bpy
@@ -14,14 +12,14 @@ from ..core import engine_link
 from ..core.finalize import DETAIL_STRENGTH, collect_finalize, place_final
 from ..core.generate import Progress, TakeOutcome, run_shot
 from ..preferences import get_prefs
-from .common import project_of, report
+from .common import EngineJobModal, project_of, report
 from .generate import _log_progress, _message, _summary
 from .takes import TakePoll, selected_take, take_dir_of
 
 log = logging.getLogger(__name__)
 
 
-class VIEWFINDER_OT_finalize_take(TakePoll, bpy.types.Operator):
+class VIEWFINDER_OT_finalize_take(TakePoll, EngineJobModal, bpy.types.Operator):
     """Make a final take of the selected take at 2x or 4x (up to the scene's output size): upscaled, detailed along the control maps, coherent over time"""
 
     bl_idname = "viewfinder.finalize_take"
@@ -42,8 +40,6 @@ class VIEWFINDER_OT_finalize_take(TakePoll, bpy.types.Operator):
     def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
         self.interactive = not bpy.app.background
         return context.window_manager.invoke_props_dialog(self)
-
-    _timer: Any = None
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         strip = selected_take(context)
@@ -80,73 +76,28 @@ class VIEWFINDER_OT_finalize_take(TakePoll, bpy.types.Operator):
         report(self, "INFO", f"{_summary(outcome)}: final at {plan.width}×{plan.height}")
         return {"FINISHED"}
 
-    # -- UI path: the engine job on a worker, the interface stays responsive, Esc cancels ----
+    # -- UI path: the engine job on a worker (common.EngineJobModal), Esc cancels ----
+
+    status_label = "Viewfinder Finalize Take"
 
     def _start_modal(self, context: bpy.types.Context, plan: Any, prefs: Any) -> set[str]:
         self._plan = plan
-        self._messages: queue.Queue = queue.Queue()
-        self._cancel = threading.Event()
-        self._thread = threading.Thread(target=self._work, args=(plan.job, prefs), name="viewfinder-finalize",
-                                        daemon=True)
-        self._thread.start()
-        wm = context.window_manager
-        self._timer = wm.event_timer_add(0.2, window=context.window)
-        wm.modal_handler_add(self)
-        self._status(context, "starting")
-        return {"RUNNING_MODAL"}
+        return self.start_engine_job(context, plan.job, prefs, "starting")
 
-    def _work(self, job: Any, prefs: Any) -> None:
-        """Worker thread: run the finalize job and post progress and the outcome. Never touches bpy."""
+    def progress_text(self, progress: Progress) -> str:
+        text = f"frame {progress.frames_done} of {progress.frames_total}"
+        return text + (f", step {progress.step}/{progress.steps}" if progress.steps else "")
+
+    def job_finished(self, context: bpy.types.Context, message: Any) -> set[str]:
+        if isinstance(message, Exception):
+            report(self, "ERROR", _message(self._plan.job.shot, message))
+            return {"CANCELLED"}
         try:
-            outcome = run_shot(job, engine_link.connect(prefs), on_progress=self._messages.put,
-                               should_cancel=self._cancel.is_set)
-            self._messages.put(outcome)
+            place_final(context.scene, message)
         except Exception as exc:
-            self._messages.put(exc)
-
-    def modal(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
-        if event.type == "ESC" and event.value == "PRESS":
-            self._cancel.set()  # the engine stops within a step; finished frames stay for a resume
-            self._status(context, "cancelling…")
-        if event.type != "TIMER":
-            return {"PASS_THROUGH"}
-        while True:
-            try:
-                message = self._messages.get_nowait()
-            except queue.Empty:
-                return {"RUNNING_MODAL"}
-            if isinstance(message, Progress):
-                text = f"frame {message.frames_done} of {message.frames_total}"
-                if message.steps:
-                    text += f", step {message.step}/{message.steps}"
-                self._status(context, text)
-                continue
-            self._end(context)
-            if isinstance(message, Exception):
-                report(self, "ERROR", _message(self._plan.job.shot, message))
-                return {"CANCELLED"}
-            try:
-                place_final(context.scene, message)
-            except Exception as exc:
-                report(self, "ERROR", _message(self._plan.job.shot, exc))
-                return {"CANCELLED"}
-            return self._report(self._plan, message)
-
-    def _status(self, context: bpy.types.Context, text: str) -> None:
-        if context.workspace is not None:
-            context.workspace.status_text_set(f"Viewfinder Finalize Take: {text} — Esc to cancel")
-
-    def _end(self, context: bpy.types.Context) -> None:
-        if self._timer is not None:
-            context.window_manager.event_timer_remove(self._timer)
-            self._timer = None
-        if context.workspace is not None:
-            context.workspace.status_text_set(None)
-
-    def cancel(self, context: bpy.types.Context) -> None:
-        self._cancel.set()
-        self._end(context)
-
+            report(self, "ERROR", _message(self._plan.job.shot, exc))
+            return {"CANCELLED"}
+        return self._report(self._plan, message)
 
 classes = (VIEWFINDER_OT_finalize_take,)
 register, unregister = bpy.utils.register_classes_factory(classes)
