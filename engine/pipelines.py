@@ -342,21 +342,31 @@ def run_batch(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[str
     # 3. Denoise and decode.
     started = time.perf_counter()
     prompts = _prompt_kwargs(extra, settings.prompt_kwargs(n))
+    result = _call_cancellable(
+        pipe, should_stop, **prompts, num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
+        width=settings.width, height=settings.height, generator=generators,
+        callback_on_step_end=callback, output_type="pil", **kwargs,
+    )
+    model_s = time.perf_counter() - started
+    if result is None:
+        return None, model_s
+    # An interrupted pipeline still decodes its half-denoised latents: drop them.
+    return (None if cancelled else list(result.images)), model_s
+
+
+def _call_cancellable(pipe: Any, should_stop: Callable[[], bool] | None, **kwargs: Any) -> Any:
+    """``pipe(**kwargs)`` with cancel checked inside each step (``cancel_hooks``); None when it stopped there.
+
+    The hooks come off again whatever happens, so a later call of a shared module is not stopped.
+    """
     hooks = cancel_hooks(pipe, should_stop)
     try:
-        result = pipe(
-            **prompts, num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
-            width=settings.width, height=settings.height, generator=generators,
-            callback_on_step_end=callback, output_type="pil", **kwargs,
-        )
+        return pipe(**kwargs)
     except Cancelled:
-        return None, time.perf_counter() - started
+        return None
     finally:
         for hook in hooks:
             hook.remove()
-    model_s = time.perf_counter() - started
-    # An interrupted pipeline still decodes its half-denoised latents: drop them.
-    return (None if cancelled else list(result.images)), model_s
 
 
 def _prompt_kwargs(extra: dict[str, Any] | None, prompts: dict[str, Any]) -> dict[str, Any]:
@@ -444,17 +454,12 @@ def run_img2img(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[s
     if {"width", "height"} <= _call_params(type(pipe)):
         kwargs.update(width=settings.width, height=settings.height)
     prompts = _prompt_kwargs(extra, settings.prompt_kwargs(None))
-    hooks = cancel_hooks(pipe, should_stop)
-    try:
-        result = pipe(
-            **prompts, image=init, strength=strength,
-            num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale, generator=generator,
-            callback_on_step_end=callback, output_type="pil", **kwargs,
-        )
-    except Cancelled:
-        return None, time.perf_counter() - started
-    finally:
-        for hook in hooks:
-            hook.remove()
+    result = _call_cancellable(
+        pipe, should_stop, **prompts, image=init, strength=strength,
+        num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale, generator=generator,
+        callback_on_step_end=callback, output_type="pil", **kwargs,
+    )
     model_s = time.perf_counter() - started
+    if result is None:
+        return None, model_s
     return (None if cancelled else result.images[0]), model_s
