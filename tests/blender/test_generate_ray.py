@@ -46,6 +46,9 @@ def on_ray(ray_engine: RayEngine, monkeypatch: pytest.MonkeyPatch, vfmod) -> Ray
 def test_generate_all_on_ray_places_every_take(tmp_path, tiny_models, on_ray) -> None:
     scene = build_film(tmp_path, tiny_models)
     scene.viewfinder.batch_size = 1  # frames arrive one by one: shots visibly interleave
+    # Enough work per frame that each job outlasts the add-on's 0.2 s polling: with two-step
+    # frames, jobs of ~0.3 s could finish between polls and look sequential (seen once on 4.2).
+    scene.viewfinder.steps = 12
     assert bpy.ops.viewfinder.generate(shot="") == {"FINISHED"}
     takes = take_strips(scene)
     assert [(s.name, s.frame_final_start, s.frame_final_end - 1) for s in takes] == [
