@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -28,23 +28,6 @@ from .flow import FlowMasks, area_scale, depth_offset, flow_masks, warp
 from .schema import CoherenceSpec, FrameSpec
 
 logger = logging.getLogger(__name__)
-
-
-class CoherenceStrategy(Protocol):
-    sequential: bool
-
-    def order(self, frames: Sequence[FrameSpec]) -> list[FrameSpec]:
-        """The order frames are generated in, which is also the order cache keys chain in."""
-
-    def cache_inputs(self, frame: FrameSpec, previous_key: str | None) -> dict[str, Any]:
-        """Extra per-frame inputs of the cache key beyond maps, prompts and settings."""
-
-    def batches(self, frames: Sequence[FrameSpec], batch_size: int,
-                group: Callable[[FrameSpec], tuple[str, ...]]) -> Iterator[list[FrameSpec]]:
-        """Frames to run together; every frame of a batch has the same ``group``."""
-
-    def seeds(self, batch: Sequence[FrameSpec], shot_seed: int) -> list[int]:
-        """One seed per frame of ``batch``."""
 
 
 class IndependentCoherence:
@@ -194,9 +177,6 @@ class FlowCoherence:
         for frame in self.order(frames):
             yield [frame]
 
-    def seeds(self, batch: Sequence[FrameSpec], shot_seed: int) -> list[int]:
-        return [shot_seed] * len(batch)
-
     def keyframe_reason(self, index: int, frame: FrameSpec, previous: FrameSpec | None) -> str | None:
         """Why frame number ``index`` of the shot starts from noise, or None when it is carried."""
         if previous is None:
@@ -258,6 +238,11 @@ class FlowCoherence:
             detail *= float(np.clip(anchor.detail / max(level, 1e-3), 1.0, 2.0))
         result = np.where(valid[..., None], low_pass(mixed, radius) + detail, gen)
         return np.clip(np.rint(result), 0, 255).astype(np.uint8)
+
+
+# INDEPENDENT or FLOW: both give the generation order and a frame's cache inputs; the engine's run
+# functions (engine/jobs.py) batch INDEPENDENT frames and run FLOW frames shot by shot.
+CoherenceStrategy = IndependentCoherence | FlowCoherence
 
 
 def make_strategy(spec: CoherenceSpec) -> CoherenceStrategy:

@@ -120,14 +120,10 @@ def run_finalize(manager: JobManager, job: Job, models: LoadedModels, settings: 
         if spec.detail_strength > 0.0:
             nets = active_nets(frame)
             maps = {name: manager._decode(name, getattr(frame, name)) for name in nets}
+            manager.before_denoise(job, [frame])
             job.step = 0
-
-            def on_step(step: int) -> bool:
-                job.step = step
-                return job.cancel_event.is_set()
-
             image, model_s = run_img2img(models, nets, maps, Image.fromarray(big), spec.detail_strength,
-                                         request.seed, settings, on_step)
+                                         request.seed, settings, job.on_step)
             job.timings["model_s"] += model_s
             if image is None:
                 break
@@ -141,6 +137,4 @@ def run_finalize(manager: JobManager, job: Job, models: LoadedModels, settings: 
         previous = frame
         generated += 1
         job.eta_s = (time.perf_counter() - run_started) / generated * (len(job.frame_keys) - len(job.done))
-    job.timings["run_s"] = time.perf_counter() - run_started
-    manager._finish(job, "cancelled" if job.cancel_event.is_set() and len(job.done) < len(job.frame_keys)
-                    else "done")
+    manager._complete(job, run_started)

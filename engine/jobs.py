@@ -11,13 +11,11 @@ import functools
 import hashlib
 import io
 import logging
-import os
 import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,15 @@ import numpy as np
 
 from . import ALGORITHM_VERSION
 from .characters import FrameRegions, check_characters, frame_regions, identity_cache_inputs
-from .coherence import Carried, CoherenceStrategy, ColorStats, FlowCoherence, color_stats, make_strategy
+from .coherence import (
+    Carried,
+    CoherenceStrategy,
+    ColorStats,
+    FlowCoherence,
+    IndependentCoherence,
+    color_stats,
+    make_strategy,
+)
 from .errors import BadRequest, EngineFault, NotFound, OutOfMemory, is_out_of_memory
 from .finalize import cache_inputs as finalize_inputs
 from .finalize import finalize_strategy, run_finalize
@@ -41,7 +47,6 @@ from .pipelines import (
     decode_depth,
     decode_rgb,
     dtype_name,
-    encode_png,
     load_models,
     resolve_device,
     run_batch,
@@ -52,14 +57,9 @@ from .schedule import FrameValues, frame_values, job_warnings
 from .schema import FrameSpec, JobRequest
 from .storage import Storage, canonical_hash
 from .upscale import check_upscaler_path
+from .writer import FrameWriter
 
 logger = logging.getLogger(__name__)
-
-# Test hook: a frame number whose batch raises an out-of-memory error, so the tests
-# can check that the engine reports it and stays up. Unset in normal use.
-FAULT_OOM_FRAME_ENV = "VIEWFINDER_ENGINE_TEST_OOM_FRAME"
-
-
 
 @functools.lru_cache(maxsize=1024)
 def _text_digest(text: str) -> str:
@@ -122,6 +122,146 @@ class Job:
         }
 
 
+class Shot:
+    """One job's frames as a run function sees them: per-frame values, nets, pipeline settings, progress."""
+
+    def __init__(self, manager: JobManager, job: Job, models: LoadedModels, plan: IdentityPlan | None) -> None:
+        request = job.request
+        self.manager, self.job, self.models, self.plan = manager, job, models, plan
+        job.phase, job.detail = "generating", {}
+        # Per-frame values (engine/schedule.py); prompts encoded once per job when blended.
+        self.values: dict[int, FrameValues] = {f.frame: frame_values(request, f) for f in request.frames}
+        self.embeddings = PromptEmbeddings(models.base, request.negative_prompt)
+        self.run_started = time.perf_counter()
+        self.generated = 0
+        self._visible: dict[int, tuple[int, ...]] = {}
+
+    def settings(self, batch: list[FrameSpec]) -> BatchSettings:
+        request = self.job.request
+        first = self.values[batch[0].frame]
+        return BatchSettings(
+            prompt=first.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
+            guidance_scale=first.guidance_scale, width=request.width, height=request.height,
+            weights={"depth": first.depth_weight, "pose": first.pose_weight},
+            control_start=first.control_start, control_end=first.control_end,
+            prompt_embeds=(self.embeddings.batch([self.values[f.frame] for f in batch])
+                           if first.blend is not None else None),
+        )
+
+    def nets(self, frame: FrameSpec) -> tuple[str, ...]:
+        return tuple(n for n in NET_ORDER if n in self.models.nets and getattr(frame, n) is not None)
+
+    def group(self, frame: FrameSpec) -> tuple[Any, ...]:
+        """Frames batch with frames that show the same characters: a frame nobody is in costs nothing extra."""
+        request = self.job.request
+        if self.plan is None or not request.characters:
+            return (self.nets(frame), self.values[frame.frame].batch_group())
+        if frame.frame not in self._visible:
+            regions = frame_regions(self.manager.storage, request, frame.mask)
+            self._visible[frame.frame] = regions.visible if regions else ()
+        return (self.nets(frame), self.values[frame.frame].batch_group(), self._visible[frame.frame])
+
+    def made(self, frames: list[FrameSpec]) -> None:
+        """``frames`` handed to the writer: progress and the time left."""
+        self.generated += len(frames)
+        job = self.job
+        remaining = len(job.frame_keys) - len(job.done.keys() | {f.frame for f in frames})
+        job.eta_s = (time.perf_counter() - self.run_started) / self.generated * remaining
+
+
+@dataclass
+class FlowStep:
+    """A FLOW shot's next frame: from noise (``carried`` None: a keyframe) or from the warped previous frame."""
+
+    shot: FlowShot
+    index: int
+    frame: FrameSpec
+    carried: Carried | None
+
+
+class FlowShot(Shot):
+    """A FLOW shot's place in its frames: the previous frame, the colour anchor, the keyframes so far."""
+
+    def __init__(self, shot: Shot) -> None:
+        self.__dict__.update(shot.__dict__)
+        self.strategy = FlowCoherence(self.job.request.coherence)
+        self.ordered = self.strategy.order(self.job.request.frames)
+        self.position = 0
+        self.previous: FrameSpec | None = None
+        self.anchor: ColorStats | None = None
+        self.keyframes: list[int] = []
+
+    def next_step(self) -> FlowStep | None:
+        """The next frame to generate, carried along the flow; None when the shot is finished or cancelled."""
+        manager, job, strategy = self.manager, self.job, self.strategy
+        while self.position < len(self.ordered):
+            if job.cancel_event.is_set():
+                return None
+            index, frame = self.position, self.ordered[self.position]
+            self.position += 1
+            # 1. Done already (this job, the cache, or another job since submit).
+            if frame.frame in job.done or manager._take_from_cache(job, frame):
+                self.previous = frame
+                continue
+            if self.plan is not None and self.plan.palette is not None:
+                self.anchor = self.plan.palette  # the film's palette, not the shot's first frame (issue 9)
+            elif index > 0 and self.anchor is None and strategy.method.color_match:
+                self.anchor = color_stats(manager._read_frame(job, self.ordered[0]))
+            # 2. Carry the previous frame along the flow, unless this is a keyframe or a cut.
+            reason = strategy.keyframe_reason(index, frame, self.previous)
+            carried: Carried | None = None
+            if reason is None:
+                previous = self.previous
+                assert previous is not None and frame.flow and frame.depth and previous.depth
+                flow = manager._read_flow(frame.flow)
+                if flow is None:
+                    reason = "unreadable flow map"
+                else:
+                    carried = strategy.carry(manager._read_frame(job, previous), flow,
+                                             manager._read_depth(previous.depth), manager._read_depth(frame.depth))
+                    if strategy.is_cut(carried):
+                        reason = f"cut ({carried.masks.carried_fraction():.0%} of pixels carried)"
+                        carried = None
+            if reason is not None:
+                self.keyframes.append(frame.frame)
+                logger.info("Job %s frame %d: keyframe (%s)", job.id, frame.frame, reason)
+            return FlowStep(self, index, frame, carried)
+        return None
+
+    def finish(self, step: FlowStep, image: Any) -> None:
+        """Colour and paste the generated frame, then hand it to the writer."""
+        palette = self.plan is not None and self.plan.palette is not None
+        result = self.strategy.finish(np.asarray(image.convert("RGB")), step.carried,
+                                      self.anchor if step.index > 0 or palette else None)
+        if step.index == 0 and not palette:
+            self.anchor = color_stats(result)
+        self.manager.writer.put(self.job, step.frame.frame, self.job.frame_keys[step.frame.frame], result)
+        self.previous = step.frame
+        self.made([step.frame])
+
+
+def flow_batches(steps: list[FlowStep], batch_size: int) -> list[list[FlowStep]]:
+    """FLOW frames (one per shot) that can share a pipeline call, up to ``batch_size`` a call.
+
+    Shared: keyframe or carried, the control nets, the per-frame settings but the prompt,
+    the strength and the method. A shot with identity conditioning or blended prompts
+    runs alone.
+    """
+    groups: dict[tuple[Any, ...], list[list[FlowStep]]] = {}
+    for step in steps:
+        values = step.shot.values[step.frame.frame]
+        if step.shot.plan is not None or values.blend is not None:
+            key: tuple[Any, ...] = (id(step),)
+        else:
+            key = (step.carried is None, step.shot.nets(step.frame), values.batch_group()[2:],
+                   None if step.carried is None else values.strength, step.shot.strategy.method)
+        batches = groups.setdefault(key, [[]])
+        if len(batches[-1]) >= batch_size:
+            batches.append([])
+        batches[-1].append(step)
+    return [batch for batches in groups.values() for batch in batches]
+
+
 class JobManager:
     """The job table, the queue and the single worker thread that owns the models."""
 
@@ -138,8 +278,7 @@ class JobManager:
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._lock = threading.Lock()
         self._worker = threading.Thread(target=self._run_worker, name="vf-engine-worker", daemon=True)
-        oom = os.environ.get(FAULT_OOM_FRAME_ENV)
-        self._fault_oom_frame = int(oom) if oom else None
+        self.writer = FrameWriter(storage)
 
     def start(self) -> None:
         self._worker.start()
@@ -325,7 +464,11 @@ class JobManager:
     # Worker thread ------------------------------------------------------------
 
     def _run_worker(self) -> None:
-        """Worker thread: runs queued jobs one after the other until ``stop``."""
+        """Worker thread: runs queued jobs one after the other until ``stop``.
+
+        Queued FLOW jobs that can share pipeline calls with the job taken run interleaved
+        with it (``_flow_companions``); a failure fails every job of the group.
+        """
         while True:
             job_id = self._queue.get()
             if job_id is None:
@@ -334,23 +477,74 @@ class JobManager:
             if job is None or job.status != "queued":
                 continue
             try:
-                self._run_job(job)
-            except EngineFault as exc:
-                logger.warning("Job %s failed: %s", job.id, exc.message)
-                self._finish(job, "failed", exc)
+                self._run_job(job, self._flow_companions([job]))
             except Exception as exc:  # noqa: BLE001 - the worker must survive any job
-                if is_out_of_memory(exc):
-                    self.pipelines.drop(job.key)
-                    fault: EngineFault = OutOfMemory(
-                        f"Out of memory on {job.key.device} at {job.request.width}x{job.request.height} with "
-                        f"batch size {job.request.batch_size}. Lower the batch size or the resolution, or turn "
-                        "on attention slicing / CPU offload; finished frames are kept."
-                    )
-                else:
-                    logger.exception("Job %s crashed", job.id)
-                    fault = EngineFault(f"The engine failed on this job: {type(exc).__name__}: {exc}",
-                                        code="engine_error")
-                self._finish(job, "failed", fault)
+                fault = self._fault(job, exc)
+                try:
+                    self.writer.wait()  # frames finished before the failure are kept and listed
+                except Exception:  # noqa: BLE001
+                    logger.exception("Frames of job %s could not be written", job.id)
+                # The job and the FLOW jobs interleaved with it: all that this worker was running.
+                for member in [job, *(j for j in list(self.jobs.values()) if j.status == "running")]:
+                    if member.status not in ("done", "cancelled", "failed"):
+                        self._finish(member, "failed", fault)
+
+    def _fault(self, job: Job, exc: Exception) -> EngineFault:
+        """What a job that raised ``exc`` reports; out of memory drops the pipeline so the next job reloads it."""
+        if isinstance(exc, EngineFault):
+            logger.warning("Job %s failed: %s", job.id, exc.message)
+            return exc
+        if is_out_of_memory(exc):
+            self.pipelines.drop(job.key)
+            return OutOfMemory(
+                f"Out of memory on {job.key.device} at {job.request.width}x{job.request.height} with "
+                f"batch size {job.request.batch_size}. Lower the batch size or the resolution, or turn "
+                "on attention slicing / CPU offload; finished frames are kept."
+            )
+        logger.exception("Job %s crashed", job.id, exc_info=exc)
+        return EngineFault(f"The engine failed on this job: {type(exc).__name__}: {exc}", code="engine_error")
+
+    def before_denoise(self, job: Job, frames: list[FrameSpec]) -> None:
+        """Called with every job's frames just before their pipeline call; does nothing here.
+
+        A test seam: the engine tests inject faults (out of memory on a given frame) by
+        overriding it (tests/engine/seams/sitecustomize.py), outside the production path.
+        """
+
+    @staticmethod
+    def _interleavable(job: Job) -> bool:
+        """A FLOW shot whose frames may share pipeline calls with another shot's (no identity conditioning)."""
+        request = job.request
+        return (request.generator != "VIDEO" and request.coherence.mode == "FLOW" and request.finalize is None
+                and not (request.characters or request.style_reference or request.palette_reference))
+
+    def _flow_companions(self, running: list[Job]) -> list[Job]:
+        """Queued FLOW jobs to interleave with ``running`` (the first one's models, size and steps), up to
+        its batch size in all.
+
+        Taken in submission order and marked running; shots that share a frame's cache key are
+        left to run after (they then take those frames from the cache).
+        """
+        job = running[0]
+        request = job.request
+        if not self._interleavable(job) or len(running) >= request.batch_size:
+            return []
+        keys = {key for member in running for key in member.frame_keys.values()}
+        chosen: list[Job] = []
+        with self._lock:
+            for other in sorted(self.jobs.values(), key=lambda j: j.created):
+                if len(running) + len(chosen) >= request.batch_size:
+                    break
+                if other.status != "queued" or not self._interleavable(other):
+                    continue
+                same = (other.key == job.key and other.request.steps == request.steps
+                        and (other.request.width, other.request.height) == (request.width, request.height))
+                if not same or keys & set(other.frame_keys.values()):
+                    continue
+                keys |= set(other.frame_keys.values())
+                other.status = "running"
+                chosen.append(other)
+        return chosen
 
     def _load(self, job: Job) -> LoadedModels:
         def progress(phase: str, detail: dict[str, Any]) -> None:
@@ -358,8 +552,11 @@ class JobManager:
 
         return load_models(job.key, job.refs, job.lora, progress)
 
-    def _run_job(self, job: Job) -> None:
-        """Worker thread: load (or reuse) the pipeline, then generate the missing frames."""
+    def _run_job(self, job: Job, companions: list[Job] | None = None) -> None:
+        """Worker thread: load (or reuse) the pipeline, then generate the missing frames.
+
+        ``companions``: FLOW jobs interleaved with ``job`` (``_flow_companions``).
+        """
         request = job.request
         if request.generator == "VIDEO":
             from .video_jobs import run_video
@@ -386,95 +583,68 @@ class JobManager:
                 plan.release(models)
                 raise
         try:
-            self._generate(job, models, plan)
+            self._generate(job, models, plan, companions)
         finally:
             if plan is not None:
                 plan.release(models)
 
-    def _generate(self, job: Job, models: LoadedModels, plan: IdentityPlan | None) -> None:
-        """Worker thread: generate the frames of ``job`` that are not done yet."""
+    def _generate(self, job: Job, models: LoadedModels, plan: IdentityPlan | None,
+                  companions: list[Job] | None = None) -> None:
+        """Worker thread: generate the frames of ``job`` (and its FLOW companions) that are not done yet."""
         request = job.request
-        job.phase, job.detail = "generating", {}
-        # 2. Plan batches of frames that share the same control nets and per-frame settings.
-        strategy = make_strategy(request.coherence)
-        todo = [f for f in request.frames if f.frame not in job.done]
-        # Per-frame values (engine/schedule.py); prompts encoded once per job when blended.
-        values = {f.frame: frame_values(request, f) for f in request.frames}
-        embeddings = PromptEmbeddings(models.base, request.negative_prompt)
-
-        def settings_for(batch: list[FrameSpec]) -> BatchSettings:
-            first = values[batch[0].frame]
-            return BatchSettings(
-                prompt=first.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
-                guidance_scale=first.guidance_scale, width=request.width, height=request.height,
-                weights={"depth": first.depth_weight, "pose": first.pose_weight},
-                control_start=first.control_start, control_end=first.control_end,
-                prompt_embeds=(embeddings.batch([values[f.frame] for f in batch])
-                               if first.blend is not None else None),
-            )
-
-        def active_nets(frame: FrameSpec) -> tuple[str, ...]:
-            return tuple(n for n in NET_ORDER if n in models.nets and getattr(frame, n) is not None)
-
-        # Frames batch with frames that show the same characters: a frame nobody is in costs nothing extra.
-        visible: dict[int, tuple[int, ...]] = {}
-
-        def group(frame: FrameSpec) -> tuple[Any, ...]:
-            if plan is None or not request.characters:
-                return (active_nets(frame), values[frame.frame].batch_group())
-            if frame.frame not in visible:
-                regions = frame_regions(self.storage, request, frame.mask)
-                visible[frame.frame] = regions.visible if regions else ()
-            return (active_nets(frame), values[frame.frame].batch_group(), visible[frame.frame])
-
-        run_started = time.perf_counter()
+        shot = Shot(self, job, models, plan)
         if request.finalize is not None:
-            run_finalize(self, job, models, settings_for(todo[:1] or request.frames[:1]), active_nets, run_started)
+            todo = [f for f in request.frames if f.frame not in job.done]
+            run_finalize(self, job, models, shot.settings(todo[:1] or request.frames[:1]), shot.nets,
+                         shot.run_started)
             return
-        if strategy.sequential:
-            assert isinstance(strategy, FlowCoherence)
-            self._run_flow(job, models, strategy, values, settings_for, active_nets, run_started, plan)
+        if request.coherence.mode == "FLOW":
+            self._run_flow([FlowShot(shot), *(self._flow_shot(other, models) for other in companions or [])])
             return
-        generated = 0
-        for batch in strategy.batches(todo, request.batch_size, group):  # type: ignore[arg-type]
+        self._run_batched(shot)
+
+    def _run_batched(self, shot: Shot) -> None:
+        """Worker thread: INDEPENDENT frames, up to ``batch_size`` per pipeline call.
+
+        Frames share a call when they have the same control nets, per-frame settings and
+        visible characters (``Shot.group``).
+        """
+        job, request, plan = shot.job, shot.job.request, shot.plan
+        todo = [f for f in request.frames if f.frame not in job.done]
+        for batch in IndependentCoherence(request.coherence).batches(todo, request.batch_size, shot.group):
+            # 1. A cancel between batches stops here; one within a step stops the call (4.).
             if job.cancel_event.is_set():
                 break
-            # 3. Another job may have produced these frames since submit.
+            # 2. Another job may have produced these frames since submit.
             batch = [f for f in batch if not self._take_from_cache(job, f)]
             if not batch:
                 continue
-            nets = active_nets(batch[0])
+            # 3. Inputs: control maps, seeds, prompts, identity conditioning.
+            nets = shot.nets(batch[0])
             maps = {name: [self._decode(name, getattr(f, name)) for f in batch] for name in nets}
-            if self._fault_oom_frame is not None and any(f.frame == self._fault_oom_frame for f in batch):
-                import torch
-
-                raise torch.OutOfMemoryError("CUDA out of memory (injected by " + FAULT_OOM_FRAME_ENV + ")")
-
+            self.before_denoise(job, batch)
+            settings = shot.settings(batch)
+            extra, context = self._identity_batch(job, shot.models, plan, batch, settings)
+            # 4. Denoise and decode; progress and cancel per step (callbacks.CancelCallback).
             job.step = 0
-
-            on_step = job.on_step
-
-            seeds = [values[f.frame].seed for f in batch]
-            settings = settings_for(batch)
-            extra, context = self._identity_batch(job, models, plan, batch, settings)
             with context:
-                images, model_s = run_batch(models, nets, maps, seeds, settings, on_step, extra=extra,
-                                            should_stop=job.cancel_event.is_set)
+                images, model_s = run_batch(shot.models, nets, maps, [shot.values[f.frame].seed for f in batch],
+                                            settings, job.on_step, extra=extra, should_stop=job.cancel_event.is_set)
             job.timings["model_s"] += model_s
             if images is None:
                 break
-            # 4. Frames to disk as soon as they exist, then mark them done.
+            # 5. The film palette, then to the writer: PNG encoding overlaps the next batch's denoising.
             for frame, image in zip(batch, images, strict=True):
-                fkey = job.frame_keys[frame.frame]
+                pixels = np.asarray(image.convert("RGB"))
                 if plan is not None and plan.palette is not None:
-                    from PIL import Image
+                    pixels = plan.finish(pixels)
+                self.writer.put(job, frame.frame, job.frame_keys[frame.frame], pixels)
+            shot.made(batch)
+        self._complete(job, shot.run_started)
 
-                    image = Image.fromarray(plan.finish(np.asarray(image.convert("RGB"))))
-                self.storage.put_frame(fkey, encode_png(image))
-                job.done[frame.frame] = fkey
-            generated += len(batch)
-            remaining = len(job.frame_keys) - len(job.done)
-            job.eta_s = (time.perf_counter() - run_started) / generated * remaining
+    def _complete(self, job: Job, run_started: float) -> None:
+        """Worker thread: the job's frames written, its run time recorded, done (or cancelled part way)."""
+        self.writer.wait()
         job.timings["run_s"] = time.perf_counter() - run_started
         self._finish(job, "cancelled" if job.cancel_event.is_set() and len(job.done) < len(job.frame_keys)
                      else "done")
@@ -511,103 +681,100 @@ class JobManager:
 
     # FLOW coherence --------------------------------------------------------------
 
-    def _run_flow(self, job: Job, models: LoadedModels, strategy: FlowCoherence, values: dict[int, FrameValues],
-                  settings_for: Callable[[list[FrameSpec]], BatchSettings],
-                  active_nets: Callable[[FrameSpec], tuple[str, ...]], run_started: float,
-                  plan: IdentityPlan | None = None) -> None:
-        """Worker thread: frames one at a time, each from the previous one warped along the flow.
+    def _run_flow(self, shots: list[FlowShot]) -> None:
+        """Worker thread: FLOW frames, each from its shot's previous frame warped along the flow.
 
-        Holds O(1) frames: the previous frame is read back from the cache (so a resumed
-        job continues after its last cached frame) and the anchor is kept as colour stats.
+        A shot's frames are sequential, but frame t of several shots (jobs interleaved by
+        ``_run_worker``) can denoise in one batch. Holds O(1) frames per shot: the previous
+        frame is read back from the cache or the writer (so a resumed job continues after its
+        last cached frame) and the anchor is kept as colour stats. Frames and cache keys are
+        those of the shots run one after another.
         """
-        request = job.request
-        ordered = strategy.order(request.frames)
-        keyframes: list[int] = []
-        job.detail = {"keyframes": keyframes}
-        anchor: ColorStats | None = None
-        previous: FrameSpec | None = None
-        generated = 0
-        for index, frame in enumerate(ordered):
-            if job.cancel_event.is_set():
-                break
-            # 1. Done already (this job, the cache, or another job since submit).
-            if frame.frame in job.done or self._take_from_cache(job, frame):
-                previous = frame
-                continue
-            if plan is not None and plan.palette is not None:
-                anchor = plan.palette  # the film's palette, not the shot's first frame (issue 9)
-            elif index > 0 and anchor is None and strategy.method.color_match:
-                anchor = color_stats(self._read_frame(job, ordered[0]))
-            # 2. Carry the previous frame along the flow, unless this is a keyframe or a cut.
-            reason = strategy.keyframe_reason(index, frame, previous)
-            carried: Carried | None = None
-            if reason is None:
-                assert previous is not None and frame.flow and frame.depth and previous.depth
-                flow = self._read_flow(frame.flow)
-                if flow is None:
-                    reason = "unreadable flow map"
+        models = shots[0].models
+        batch_size = shots[0].job.request.batch_size
+        active = list(shots)
+        while active:
+            # 1. FLOW jobs queued since join, up to the batch size (at their first frame).
+            if shots[0].plan is None:
+                active += [self._flow_shot(job, models) for job in self._flow_companions([s.job for s in active])]
+            for shot in active:
+                shot.job.detail = {"keyframes": shot.keyframes, "shots_interleaved": len(active)}
+            # 2. Every shot's next frame, carried along the flow unless a keyframe or a cut;
+            #    a shot that is finished or cancelled completes here.
+            steps: list[FlowStep] = []
+            for shot in list(active):
+                step = shot.next_step()
+                if step is None:
+                    active.remove(shot)
+                    self._complete(shot.job, shot.run_started)
                 else:
-                    carried = strategy.carry(self._read_frame(job, previous), flow,
-                                             self._read_depth(previous.depth), self._read_depth(frame.depth))
-                    if strategy.is_cut(carried):
-                        reason = f"cut ({carried.masks.carried_fraction():.0%} of pixels carried)"
-                        carried = None
-            if reason is not None:
-                keyframes.append(frame.frame)
-                logger.info("Job %s frame %d: keyframe (%s)", job.id, frame.frame, reason)
-            # 3. Generate: from noise at keyframes, else img2img from the warped frame.
-            nets = active_nets(frame)
-            maps = {name: self._decode(name, getattr(frame, name)) for name in nets}
-            if self._fault_oom_frame is not None and frame.frame == self._fault_oom_frame:
-                import torch
+                    steps.append(step)
+            # 3. Frames that can share a pipeline call, up to the batch size.
+            for batch in flow_batches(steps, batch_size):
+                # 4. Denoise: from noise at keyframes, else img2img from the warped frames.
+                images = self._denoise_flow(batch, models)
+                if images is None:
+                    continue  # every job of the batch was cancelled: step 2 completes them
+                # 5. Colour and paste, then to the writer; the anchor is the shot's first frame.
+                for step, image in zip(batch, images, strict=True):
+                    step.shot.finish(step, image)
 
-                raise torch.OutOfMemoryError("CUDA out of memory (injected by " + FAULT_OOM_FRAME_ENV + ")")
+    def _flow_shot(self, job: Job, models: LoadedModels) -> FlowShot:
+        """A FLOW job joining an interleaved run (it has no identity conditioning: ``_interleavable``)."""
+        job.status, job.phase, job.started, job.pipeline_reused = "running", "generating", time.time(), True
+        return FlowShot(Shot(self, job, models, None))
+
+    def _denoise_flow(self, batch: list[FlowStep], models: LoadedModels) -> list[Any] | None:
+        """One pipeline call for ``batch`` (frames of different shots); None when all its jobs were cancelled."""
+        from PIL import Image
+
+        first = batch[0]
+        jobs = [step.shot.job for step in batch]
+        frames = [step.frame for step in batch]
+        nets = first.shot.nets(first.frame)
+        maps = {name: [self._decode(name, getattr(f, name)) for f in frames] for name in nets}
+        for step in batch:
+            self.before_denoise(step.shot.job, [step.frame])
+        settings = first.shot.settings([first.frame])
+        extra, context = self._identity_batch(first.shot.job, models, first.shot.plan, frames[:1], settings)
+        if len(batch) > 1:  # other shots' prompts (plans and blended prompts never share a call: flow_batches)
+            settings = replace(settings, prompt=[step.shot.values[step.frame.frame].prompt for step in batch],
+                               negative_prompt=[job.request.negative_prompt for job in jobs])
+        for job in jobs:
             job.step = 0
 
-            on_step = job.on_step
+        def on_step(step: int) -> bool:  # progress for every job; stops when all of them cancelled
+            return all([job.on_step(step) for job in jobs])
 
-            own = values[frame.frame]
-            settings = settings_for([frame])
-            extra, context = self._identity_batch(job, models, plan, [frame], settings)
-            with context:
-                if carried is None:
-                    images, model_s = run_batch(models, nets, {n: [m] for n, m in maps.items()}, [own.seed],
-                                                settings, on_step, extra=extra,
-                                                should_stop=job.cancel_event.is_set)
-                    image = images[0] if images else None
-                else:
-                    from PIL import Image
+        def should_stop() -> bool:
+            return all(job.cancel_event.is_set() for job in jobs)
 
-                    image, model_s = run_img2img(
-                        models, nets, maps, Image.fromarray(carried.warped), own.strength, own.seed,
-                        settings, on_step, keep=carried.masks.valid, keep_until=strategy.method.keep_until,
-                        extra=extra, should_stop=job.cancel_event.is_set,
-                    )
-            job.timings["model_s"] += model_s
-            if image is None:
-                break
-            # 4. Colour and paste, then to disk at once; the anchor is the shot's first frame.
-            from PIL import Image
-
-            palette = plan is not None and plan.palette is not None
-            result = strategy.finish(np.asarray(image.convert("RGB")), carried,
-                                     anchor if index > 0 or palette else None)
-            if index == 0 and not palette:
-                anchor = color_stats(result)
-            fkey = job.frame_keys[frame.frame]
-            self.storage.put_frame(fkey, encode_png(Image.fromarray(result)))
-            job.done[frame.frame] = fkey
-            previous = frame
-            generated += 1
-            remaining = len(job.frame_keys) - len(job.done)
-            job.eta_s = (time.perf_counter() - run_started) / generated * remaining
-        job.timings["run_s"] = time.perf_counter() - run_started
-        self._finish(job, "cancelled" if job.cancel_event.is_set() and len(job.done) < len(job.frame_keys)
-                     else "done")
+        seeds = [step.shot.values[step.frame.frame].seed for step in batch]
+        with context:
+            if first.carried is None:
+                images, model_s = run_batch(models, nets, maps, seeds, settings, on_step, extra=extra,
+                                            should_stop=should_stop)
+            else:
+                carried = [step.carried for step in batch]
+                single = len(batch) == 1
+                images, model_s = run_img2img(
+                    models, nets, {n: m[0] for n, m in maps.items()} if single else maps,
+                    Image.fromarray(carried[0].warped) if single else [Image.fromarray(c.warped) for c in carried],
+                    first.shot.values[first.frame.frame].strength, seeds[0] if single else seeds, settings, on_step,
+                    keep=carried[0].masks.valid if single else [c.masks.valid for c in carried],
+                    keep_until=first.shot.strategy.method.keep_until, extra=extra, should_stop=should_stop,
+                )
+                images = None if images is None else [images] if single else images
+        for job in jobs:
+            job.timings["model_s"] += model_s / len(jobs)
+        return images
 
     def _read_frame(self, job: Job, frame: FrameSpec) -> np.ndarray:
         from PIL import Image
 
+        pending = self.writer.pending(job.frame_keys[frame.frame])
+        if pending is not None:  # handed to the writer, not yet on disk
+            return pending
         if not self.storage.has_frame(job.frame_keys[frame.frame]):
             # Damaged since it was made (and now deleted): resubmitting generates it again.
             job.done.pop(frame.frame, None)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .callbacks import CancelCallback, LatentBlendCallback
 from .models import ModelRef, Progress, load_base, load_controlnet, load_lora
 
 if TYPE_CHECKING:
@@ -254,42 +255,11 @@ def encode_png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-class Cancelled(Exception):
-    """Raised from the step callback to stop a pipeline call within the step that saw the cancel."""
-
-
-def cancel_hooks(pipe: Any, should_stop: Callable[[], bool] | None) -> list[Any]:
-    """Check for a cancel before every UNet and ControlNet block, not only between steps.
-
-    At large sizes on a CPU one step can take minutes; with these hooks a cancel takes
-    effect within one block of the network. Returns the hook handles to remove.
-    """
-    if should_stop is None:
-        return []
-
-    def check(module: Any, args: Any) -> None:
-        if should_stop():
-            raise Cancelled
-
-    handles = []
-    for name in ("unet", "controlnet"):
-        model = getattr(pipe, name, None)
-        nets = getattr(model, "nets", None) or ([model] if model is not None else [])
-        for net in nets:
-            for attribute in ("down_blocks", "mid_block", "up_blocks", "controlnet_down_blocks"):
-                blocks = getattr(net, attribute, None)
-                if blocks is None:
-                    continue
-                for block in (blocks if hasattr(blocks, "__iter__") else [blocks]):
-                    if hasattr(block, "register_forward_pre_hook"):
-                        handles.append(block.register_forward_pre_hook(check))
-    return handles
-
-
 @dataclass
 class BatchSettings:
-    prompt: str
-    negative_prompt: str
+    # One text for the whole batch, or one per frame (FLOW shots interleaved into one batch).
+    prompt: str | list[str]
+    negative_prompt: str | list[str]
     steps: int
     guidance_scale: float
     width: int
@@ -305,6 +275,8 @@ class BatchSettings:
         """The pipeline's prompt arguments: lists for ``n`` frames, or plain strings when ``n`` is None."""
         if self.prompt_embeds is not None:
             return dict(self.prompt_embeds)
+        if isinstance(self.prompt, list):
+            return {"prompt": list(self.prompt), "negative_prompt": list(self.negative_prompt)}
         if n is None:
             return {"prompt": self.prompt, "negative_prompt": self.negative_prompt}
         return {"prompt": [self.prompt] * n, "negative_prompt": [self.negative_prompt] * n}
@@ -318,8 +290,9 @@ def run_batch(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[str
     """Generate one image per seed; returns (images or None if cancelled, model seconds).
 
     ``on_step(step)`` runs after every denoising step and returns True to cancel, which
-    stops the loop within that step. ``extra``: more pipeline arguments (engine/identity.py);
-    with ``prompt_embeds`` in it, the prompts are not passed as text. Worker thread.
+    stops the loop within that step (``callbacks.CancelCallback``). ``extra``: more pipeline
+    arguments (engine/identity.py); with ``prompt_embeds`` in it, the prompts are not passed
+    as text. Worker thread.
     """
     import torch
 
@@ -330,43 +303,14 @@ def run_batch(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[str
     #    the batch it lands in or the device, which keeps frames reproducible.
     generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
     kwargs = _control_kwargs(active_nets, [torch.stack(maps[name]) for name in active_nets], settings, "image")
-    cancelled = False
-
-    def callback(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-        nonlocal cancelled
-        if on_step(step + 1):
-            cancelled = True
-            raise Cancelled  # at once: no more steps, and no decode of half-denoised latents
-        return tensors
-
     # 3. Denoise and decode.
     started = time.perf_counter()
     prompts = _prompt_kwargs(extra, settings.prompt_kwargs(n))
-    result = _call_cancellable(
-        pipe, should_stop, **prompts, num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
-        width=settings.width, height=settings.height, generator=generators,
-        callback_on_step_end=callback, output_type="pil", **kwargs,
+    result = CancelCallback(on_step, should_stop).call(
+        pipe, **prompts, num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
+        width=settings.width, height=settings.height, generator=generators, output_type="pil", **kwargs,
     )
-    model_s = time.perf_counter() - started
-    if result is None:
-        return None, model_s
-    # An interrupted pipeline still decodes its half-denoised latents: drop them.
-    return (None if cancelled else list(result.images)), model_s
-
-
-def _call_cancellable(pipe: Any, should_stop: Callable[[], bool] | None, **kwargs: Any) -> Any:
-    """``pipe(**kwargs)`` with cancel checked inside each step (``cancel_hooks``); None when it stopped there.
-
-    The hooks come off again whatever happens, so a later call of a shared module is not stopped.
-    """
-    hooks = cancel_hooks(pipe, should_stop)
-    try:
-        return pipe(**kwargs)
-    except Cancelled:
-        return None
-    finally:
-        for hook in hooks:
-            hook.remove()
+    return (None if result is None else list(result.images)), time.perf_counter() - started
 
 
 def _prompt_kwargs(extra: dict[str, Any] | None, prompts: dict[str, Any]) -> dict[str, Any]:
@@ -395,71 +339,75 @@ def _control_kwargs(active_nets: tuple[str, ...], images: list[Any], settings: B
 
 
 def run_img2img(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[str, torch.Tensor],
-                init: Image.Image, strength: float, seed: int, settings: BatchSettings,
-                on_step: Callable[[int], bool], keep: Any = None,
+                init: Image.Image | Sequence[Image.Image], strength: float, seed: int | Sequence[int],
+                settings: BatchSettings, on_step: Callable[[int], bool], keep: Any = None,
                 keep_until: float = 0.0, extra: dict[str, Any] | None = None,
-                should_stop: Callable[[], bool] | None = None) -> tuple[Image.Image | None, float]:
-    """One frame from ``init`` (the warped previous frame) at ``strength``; FLOW coherence.
+                should_stop: Callable[[], bool] | None = None) -> tuple[Any, float]:
+    """Frames from ``init`` (the warped previous frames) at ``strength``; FLOW coherence.
 
+    One frame (``init`` an image, ``seed`` an int, ``maps`` one tensor per net, ``keep`` one
+    mask): returns (image or None if cancelled, model seconds). A batch (``init`` a list,
+    ``seed`` a list, ``maps`` one list per net, ``keep`` a list of masks or None): returns
+    (list of images or None, seconds); each frame's noise comes from its own seed, as alone.
     ``keep`` (H x W bool, True where the warp carried the pixel) with ``keep_until`` > 0
     holds those regions to the warped frame, noised to the current timestep, for the
     first ``keep_until`` of the denoising steps, so only the marked regions are free to
-    be generated there (RePaint-style latent blending). Worker thread.
+    be generated there (``callbacks.LatentBlendCallback``). Worker thread.
     """
+    import torch
+
+    single = not isinstance(init, (list, tuple))
+    inits: list[Image.Image] = [init] if single else list(init)  # type: ignore[list-item]
+    seeds = [int(seed)] if single else [int(s) for s in seed]  # type: ignore[union-attr, arg-type]
+    keeps = [keep] if single else list(keep or [None] * len(inits))
+    n = len(inits)
+    # 1. The img2img variant with exactly these nets.
+    pipe = models.img2img_variant(active_nets)
+    generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+    # img2img runs int(steps * strength) steps; at least one, or diffusers refuses.
+    strength = min(1.0, max(float(strength), (1.0 + 1e-6) / settings.steps))
+    images = [maps[name].unsqueeze(0) if single else torch.stack(maps[name]) for name in active_nets]
+    kwargs = _control_kwargs(active_nets, images, settings, "control_image")
+    # 2. Latent blending: the warped frames' latents and a fixed noise, on the latent grid.
+    callbacks = []
+    if keep_until > 0.0 and any(k is not None for k in keeps):
+        callbacks.append(_latent_blend(pipe, inits, keeps, seeds, keep_until))
+    # 3. Denoise from the noised warped frames and decode.
+    started = time.perf_counter()
+    # Plain img2img takes its size from ``init``; the ControlNet ones also accept width/height.
+    if {"width", "height"} <= _call_params(type(pipe)):
+        kwargs.update(width=settings.width, height=settings.height)
+    prompts = _prompt_kwargs(extra, settings.prompt_kwargs(None if single else n))
+    result = CancelCallback(on_step, should_stop).call(
+        pipe, **prompts, image=inits[0] if single else inits, strength=strength,
+        num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
+        generator=generators[0] if single else generators, output_type="pil", callbacks=callbacks, **kwargs,
+    )
+    model_s = time.perf_counter() - started
+    if result is None:
+        return None, model_s
+    return (result.images[0] if single else list(result.images)), model_s
+
+
+def _latent_blend(pipe: Any, inits: list[Image.Image], keeps: list[Any], seeds: list[int],
+                  until: float) -> LatentBlendCallback:
+    """The blend callback for a batch: each frame's latents, mask (all 0 where it has none) and noise."""
     import numpy as np
     import torch
 
-    # 1. The img2img variant with exactly these nets.
-    pipe = models.img2img_variant(active_nets)
-    generator = torch.Generator(device="cpu").manual_seed(int(seed))
-    # img2img runs int(steps * strength) steps; at least one, or diffusers refuses.
-    strength = min(1.0, max(float(strength), (1.0 + 1e-6) / settings.steps))
-    kwargs = _control_kwargs(active_nets, [maps[name].unsqueeze(0) for name in active_nets], settings,
-                             "control_image")
-    # 2. Latent blending: the warped frame's latents and a fixed noise, on the latent grid.
-    blend: dict[str, Any] | None = None
-    if keep is not None and keep_until > 0.0:
-        vae = pipe.vae
-        device = getattr(vae, "device", torch.device("cpu"))
+    vae = pipe.vae
+    device = getattr(vae, "device", torch.device("cpu"))
+    rows: dict[str, list[Any]] = {"latents": [], "mask": [], "noise": []}
+    for init, keep, seed in zip(inits, keeps, seeds, strict=True):
         pixels = torch.from_numpy(np.asarray(init.convert("RGB"), dtype=np.float32) / 127.5 - 1.0)
         pixels = pixels.permute(2, 0, 1).unsqueeze(0).to(device=device, dtype=vae.dtype)
         with torch.no_grad():
             latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
         # A latent cell is held only when all of its 8x8 pixels were carried.
-        mask = torch.from_numpy(np.asarray(keep, dtype=np.float32))[None, None]
-        mask = -torch.nn.functional.max_pool2d(-mask, kernel_size=pipe.vae_scale_factor)
+        held = np.zeros(init.size[::-1], dtype=np.float32) if keep is None else np.asarray(keep, dtype=np.float32)
+        mask = -torch.nn.functional.max_pool2d(-torch.from_numpy(held)[None, None], kernel_size=pipe.vae_scale_factor)
         noise = torch.randn(latents.shape, generator=torch.Generator(device="cpu").manual_seed(int(seed) + 1))
-        blend = {"latents": latents, "mask": mask.to(device=device, dtype=latents.dtype),
-                 "noise": noise.to(device=device, dtype=latents.dtype), "until": keep_until}
-    cancelled = False
-
-    def callback(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-        nonlocal cancelled
-        if on_step(step + 1):
-            cancelled = True
-            raise Cancelled  # at once: no more steps, and no decode of half-denoised latents
-        if blend is not None:
-            timesteps = pipeline.scheduler.timesteps
-            index = int((timesteps == timestep).nonzero()[0][0]) if (timesteps == timestep).any() else -1
-            run = pipeline._num_timesteps
-            if 0 <= index < len(timesteps) - 1 and (step + 1) < blend["until"] * run:
-                held = pipeline.scheduler.add_noise(blend["latents"], blend["noise"], timesteps[index + 1:index + 2])
-                current = tensors["latents"]
-                tensors["latents"] = blend["mask"] * held.to(current.dtype) + (1 - blend["mask"]) * current
-        return tensors
-
-    # 3. Denoise from the noised warped frame and decode.
-    started = time.perf_counter()
-    # Plain img2img takes its size from ``init``; the ControlNet ones also accept width/height.
-    if {"width", "height"} <= _call_params(type(pipe)):
-        kwargs.update(width=settings.width, height=settings.height)
-    prompts = _prompt_kwargs(extra, settings.prompt_kwargs(None))
-    result = _call_cancellable(
-        pipe, should_stop, **prompts, image=init, strength=strength,
-        num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale, generator=generator,
-        callback_on_step_end=callback, output_type="pil", **kwargs,
-    )
-    model_s = time.perf_counter() - started
-    if result is None:
-        return None, model_s
-    return (None if cancelled else result.images[0]), model_s
+        rows["latents"].append(latents)
+        rows["mask"].append(mask.to(device=device, dtype=latents.dtype))
+        rows["noise"].append(noise.to(device=device, dtype=latents.dtype))
+    return LatentBlendCallback(**{name: torch.cat(parts) for name, parts in rows.items()}, until=until)

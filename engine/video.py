@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .callbacks import CancelCallback
 from .errors import BadRequest
 from .models import ModelRef, Progress, load_with_fallback
 
@@ -223,7 +224,7 @@ def run_window(loaded: LoadedVideo, inputs: WindowInputs, embeds: tuple[Any, Any
     """Generate one window; returns (L uint8 frames at the generation size, or None if cancelled; seconds).
 
     ``on_step(step)`` runs after each denoising step and returns True to cancel, which stops
-    the loop within that step (diffusers' ``_interrupt``). Worker thread.
+    the loop within that step (``callbacks.CancelCallback``). Worker thread.
     """
     import torch
     from PIL import Image
@@ -231,40 +232,30 @@ def run_window(loaded: LoadedVideo, inputs: WindowInputs, embeds: tuple[Any, Any
     pipe = loaded.pipe
     length = len(inputs.controls)
     generator = torch.Generator(device="cpu").manual_seed(int(inputs.seed))
-    cancelled = False
-
-    def callback(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-        nonlocal cancelled
-        if on_step(step + 1):
-            cancelled = True
-            pipeline._interrupt = True
-        return tensors
-
+    cancel = CancelCallback(on_step)
     started = time.perf_counter()
     if loaded.key.pipeline == "WAN_VACE":
         # 1. Kept frames are given (mask black), the rest generated under the control video (mask white).
         video = [Image.fromarray(f) for f in inputs.kept] + [Image.fromarray(f) for f in inputs.controls[len(inputs.kept):]]
         mask = [Image.new("L", (inputs.width, inputs.height), 0 if i < len(inputs.kept) else 255) for i in range(length)]
-        result = pipe(
-            video=video, mask=mask, reference_images=inputs.references or None,
+        result = cancel.call(
+            pipe, video=video, mask=mask, reference_images=inputs.references or None,
             conditioning_scale=conditioning_scale, height=inputs.height, width=inputs.width, num_frames=length,
             num_inference_steps=steps, guidance_scale=guidance_scale, generator=generator,
             prompt_embeds=embeds[0], negative_prompt_embeds=embeds[1], output_type="np",
-            callback_on_step_end=callback,
         )
     else:
         # 1. AnimateDiff has no kept-frame input: the seam is blended along the flow afterwards.
         nets = [n for n in ("depth", "pose") if getattr(loaded.key, n)]
         frames = {n: [Image.fromarray(f) for f in inputs.net_controls[n]] for n in nets}
         conditioning = frames[nets[0]] if len(nets) == 1 else [frames[n] for n in nets]
-        result = pipe(
-            prompt=embeds[0], negative_prompt=embeds[1], num_frames=length, height=inputs.height,
+        result = cancel.call(
+            pipe, prompt=embeds[0], negative_prompt=embeds[1], num_frames=length, height=inputs.height,
             width=inputs.width, num_inference_steps=steps, guidance_scale=guidance_scale, generator=generator,
             conditioning_frames=conditioning, controlnet_conditioning_scale=conditioning_scale, output_type="np",
-            callback_on_step_end=callback,
         )
     seconds = time.perf_counter() - started
-    if cancelled:
+    if result is None:
         return None, seconds
     video_out = np.asarray(result.frames[0])
     return [np.clip(np.rint(f * 255.0), 0, 255).astype(np.uint8) for f in video_out], seconds

@@ -193,18 +193,10 @@ def run_video(manager: JobManager, job: Job) -> None:
                 embeds = encode_prompts(loaded, request.full_prompt(), request.negative_prompt)
             # 3. The window's inputs: kept frames from the cache, controls padded to size and length.
             inputs = _window_inputs(manager, job, window, frames, size, references)
-            if manager._fault_oom_frame is not None and any(f.frame == manager._fault_oom_frame for f in new):
-                import torch
-
-                raise torch.OutOfMemoryError("CUDA out of memory (injected by VIEWFINDER_ENGINE_TEST_OOM_FRAME)")
+            manager.before_denoise(job, new)
             job.step = 0
-
-            def on_step(step: int) -> bool:
-                job.step = step
-                return job.cancel_event.is_set()
-
             out, seconds = run_window(loaded, inputs, embeds, request.steps, request.guidance_scale,
-                                      video.conditioning_scale, on_step)
+                                      video.conditioning_scale, job.on_step)
             job.timings["model_s"] += seconds
             if out is None:
                 break
@@ -225,15 +217,13 @@ def run_video(manager: JobManager, job: Job) -> None:
             generated += len(new)
             remaining = len(job.frame_keys) - len(job.done)
             job.eta_s = (time.perf_counter() - run_started) / generated * remaining
-        job.timings["run_s"] = time.perf_counter() - run_started
     except Exception as exc:
         if not is_out_of_memory(exc):
             raise
         manager.pipelines.drop(job.key)  # type: ignore[arg-type]
         length = window.length if window is not None else plan.window
         raise OutOfMemory(out_of_memory_message(request, job.key.device, length)) from exc
-    manager._finish(job, "cancelled" if job.cancel_event.is_set() and len(job.done) < len(job.frame_keys)
-                    else "done")
+    manager._complete(job, run_started)
 
 
 def _window_inputs(manager: JobManager, job: Job, window: Window, frames: list[Any], size: SizePlan,

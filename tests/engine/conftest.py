@@ -23,7 +23,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # The engine package itself, for the in-process unit tests (tests/engine has no __init__).
 sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
-from engine_testlib import OOM_FRAME, start_local_engine  # noqa: E402
+from engine_testlib import fault_env, fault_python, start_local_engine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -70,8 +70,8 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def engine(core: types.SimpleNamespace, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """One engine process for the session, with the out-of-memory test hook on frame 999."""
-    local = start_local_engine(core, tmp_path_factory.mktemp("engine-data"),
-                               VIEWFINDER_ENGINE_TEST_OOM_FRAME=str(OOM_FRAME))
+    data = tmp_path_factory.mktemp("engine-data")
+    local = start_local_engine(core, data, python=fault_python(data), **fault_env())
     yield local
     local.stop()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import sys
 import time
 import types
@@ -17,9 +18,28 @@ SIZE = 64
 OOM_FRAME = 999  # the engine under test fails this frame with an injected out-of-memory error
 
 
-def start_local_engine(core: types.SimpleNamespace, data_dir: Path, **env: str) -> Any:
+SEAMS = ROOT / "tests" / "engine" / "seams"
+
+
+def fault_env() -> dict[str, str]:
+    """Environment of an engine under test that fails ``OOM_FRAME`` (the test seam in tests/engine/seams)."""
+    path = [str(SEAMS), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {"VIEWFINDER_ENGINE_TEST_OOM_FRAME": str(OOM_FRAME), "PYTHONPATH": os.pathsep.join(path)}
+
+
+def fault_python(folder: Path) -> str:
+    """An interpreter for ``LocalEngine`` (which drops PYTHONPATH, as Blender sets its own) that runs
+    this Python with the test seam on its path; needs ``fault_env``'s OOM frame in the environment."""
+    script = folder / "python-with-seams"
+    script.write_text(f'#!/bin/sh\nPYTHONPATH="{SEAMS}" exec "{sys.executable}" "$@"\n')
+    script.chmod(0o755)
+    return str(script)
+
+
+def start_local_engine(core: types.SimpleNamespace, data_dir: Path, python: str = sys.executable,
+                       **env: str) -> Any:
     engine = core.process.LocalEngine(
-        sys.executable, extension_dir=ROOT, data_dir=str(data_dir), log_path=data_dir / "engine.log",
+        python, extension_dir=ROOT, data_dir=str(data_dir), log_path=data_dir / "engine.log",
         device="cpu", startup_timeout=120, env={"HF_HUB_OFFLINE": "1", **env},
         # Tiny models: keep every model set the tests use loaded, so no test pays a reload.
         max_pipelines=4,

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from engine_testlib import OOM_FRAME, depth_png, make_job, pose_png, read_png, wait_for
+from engine_testlib import OOM_FRAME, depth_png, fault_env, make_job, pose_png, read_png, wait_for
 from test_coherence import depth_map as flow_depth_map
 from test_coherence import flow_map, npy, png16
 
@@ -36,7 +36,7 @@ def ray_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayEngine]:
     """serve-ray with two replicas; long INDEPENDENT shots split from 3 frames a unit on."""
     engine = RayEngine(sys.executable, tmp_path_factory.mktemp("ray-engine"), replicas=2,
                        extra_args=("--split-min-frames", "3"),
-                       env={"VIEWFINDER_ENGINE_TEST_OOM_FRAME": str(OOM_FRAME)})
+                       env=fault_env())
     engine.start()
     yield engine
     engine.stop()
