@@ -104,15 +104,7 @@ def run_finalize(manager: JobManager, job: Job, models: LoadedModels, settings: 
         reason = strategy.keyframe_reason(index, frame, previous)
         carried: Carried | None = None
         if reason is None:
-            assert previous is not None and frame.flow and frame.depth and previous.depth
-            flow = manager._read_flow(frame.flow)
-            if flow is None:
-                reason = "unreadable flow map"
-            else:
-                carried = strategy.carry(manager._read_frame(job, previous), flow,
-                                         manager._read_depth(previous.depth), manager._read_depth(frame.depth))
-                if strategy.is_cut(carried):
-                    reason, carried = "cut", None
+            carried, reason = manager.carry(job, strategy, frame, previous)
         if reason is not None:
             keyframes.append(frame.frame)
         # 3. Detail pass guided by the maps at the new size; 0 strength keeps the enlarged frame.

@@ -182,8 +182,8 @@ class FlowStep:
 class FlowShot(Shot):
     """A FLOW shot's place in its frames: the previous frame, the colour anchor, the keyframes so far."""
 
-    def __init__(self, shot: Shot) -> None:
-        self.__dict__.update(shot.__dict__)
+    def __init__(self, manager: JobManager, job: Job, models: LoadedModels, plan: IdentityPlan | None) -> None:
+        super().__init__(manager, job, models, plan)
         self.strategy = FlowCoherence(self.job.request.coherence)
         self.ordered = self.strategy.order(self.job.request.frames)
         self.position = 0
@@ -211,17 +211,7 @@ class FlowShot(Shot):
             reason = strategy.keyframe_reason(index, frame, self.previous)
             carried: Carried | None = None
             if reason is None:
-                previous = self.previous
-                assert previous is not None and frame.flow and frame.depth and previous.depth
-                flow = manager._read_flow(frame.flow)
-                if flow is None:
-                    reason = "unreadable flow map"
-                else:
-                    carried = strategy.carry(manager._read_frame(job, previous), flow,
-                                             manager._read_depth(previous.depth), manager._read_depth(frame.depth))
-                    if strategy.is_cut(carried):
-                        reason = f"cut ({carried.masks.carried_fraction():.0%} of pixels carried)"
-                        carried = None
+                carried, reason = manager.carry(job, strategy, frame, self.previous)
             if reason is not None:
                 self.keyframes.append(frame.frame)
                 logger.info("Job %s frame %d: keyframe (%s)", job.id, frame.frame, reason)
@@ -592,16 +582,16 @@ class JobManager:
                   companions: list[Job] | None = None) -> None:
         """Worker thread: generate the frames of ``job`` (and its FLOW companions) that are not done yet."""
         request = job.request
-        shot = Shot(self, job, models, plan)
         if request.finalize is not None:
+            shot = Shot(self, job, models, plan)
             todo = [f for f in request.frames if f.frame not in job.done]
             run_finalize(self, job, models, shot.settings(todo[:1] or request.frames[:1]), shot.nets,
                          shot.run_started)
-            return
-        if request.coherence.mode == "FLOW":
-            self._run_flow([FlowShot(shot), *(self._flow_shot(other, models) for other in companions or [])])
-            return
-        self._run_batched(shot)
+        elif request.coherence.mode == "FLOW":
+            self._run_flow([FlowShot(self, job, models, plan),
+                            *(self._flow_shot(other, models) for other in companions or [])])
+        else:
+            self._run_batched(Shot(self, job, models, plan))
 
     def _run_batched(self, shot: Shot) -> None:
         """Worker thread: INDEPENDENT frames, up to ``batch_size`` per pipeline call.
@@ -697,8 +687,9 @@ class JobManager:
             # 1. FLOW jobs queued since join, up to the batch size (at their first frame).
             if shots[0].plan is None:
                 active += [self._flow_shot(job, models) for job in self._flow_companions([s.job for s in active])]
-            for shot in active:
-                shot.job.detail = {"keyframes": shot.keyframes, "shots_interleaved": len(active)}
+            for shot in active:  # the most shots it shared calls with
+                shared = max(len(active), shot.job.detail.get("shots_interleaved", 1))
+                shot.job.detail = {"keyframes": shot.keyframes, "shots_interleaved": shared}
             # 2. Every shot's next frame, carried along the flow unless a keyframe or a cut;
             #    a shot that is finished or cancelled completes here.
             steps: list[FlowStep] = []
@@ -722,7 +713,7 @@ class JobManager:
     def _flow_shot(self, job: Job, models: LoadedModels) -> FlowShot:
         """A FLOW job joining an interleaved run (it has no identity conditioning: ``_interleavable``)."""
         job.status, job.phase, job.started, job.pipeline_reused = "running", "generating", time.time(), True
-        return FlowShot(Shot(self, job, models, None))
+        return FlowShot(self, job, models, None)
 
     def _denoise_flow(self, batch: list[FlowStep], models: LoadedModels) -> list[Any] | None:
         """One pipeline call for ``batch`` (frames of different shots); None when all its jobs were cancelled."""
@@ -768,6 +759,19 @@ class JobManager:
         for job in jobs:
             job.timings["model_s"] += model_s / len(jobs)
         return images
+
+    def carry(self, job: Job, strategy: FlowCoherence, frame: FrameSpec,
+              previous: FrameSpec | None) -> tuple[Carried | None, str | None]:
+        """``previous`` (generated) warped along ``frame``'s flow, or (None, why) when ``frame`` is a keyframe."""
+        assert previous is not None and frame.flow and frame.depth and previous.depth
+        flow = self._read_flow(frame.flow)
+        if flow is None:
+            return None, "unreadable flow map"
+        carried = strategy.carry(self._read_frame(job, previous), flow, self._read_depth(previous.depth),
+                                 self._read_depth(frame.depth))
+        if strategy.is_cut(carried):
+            return None, f"cut ({carried.masks.carried_fraction():.0%} of pixels carried)"
+        return carried, None
 
     def _read_frame(self, job: Job, frame: FrameSpec) -> np.ndarray:
         from PIL import Image
