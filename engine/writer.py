@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 class FrameWriter:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
-        self._queue: queue.Queue[tuple[Any, int, str] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[Any, int, str, np.ndarray] | None] = queue.Queue()
         self._pending: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
         self._error: BaseException | None = None
@@ -41,7 +41,7 @@ class FrameWriter:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="vf-frame-writer", daemon=True)
                 self._thread.start()
-        self._queue.put((job, number, key))
+        self._queue.put((job, number, key, pixels))
 
     def pending(self, key: str) -> np.ndarray | None:
         """The pixels of a frame handed over and not yet on disk, else None."""
@@ -63,9 +63,7 @@ class FrameWriter:
             try:
                 if item is None:
                     return
-                job, number, key = item
-                with self._lock:
-                    pixels = self._pending[key]
+                job, number, key, pixels = item
                 try:
                     self.storage.put_frame(key, encode_png(Image.fromarray(pixels)))
                     job.done[number] = key
@@ -73,6 +71,8 @@ class FrameWriter:
                     logger.warning("Frame %d of job %s could not be written: %s", number, job.id, exc)
                     self._error = self._error or exc
                 with self._lock:
-                    self._pending.pop(key, None)
+                    # Frames with equal keys (equal inputs) may be in flight together: the last one clears it.
+                    if self._pending.get(key) is pixels:
+                        del self._pending[key]
             finally:
                 self._queue.task_done()

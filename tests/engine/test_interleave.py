@@ -98,3 +98,25 @@ def test_interleaved_flow_shots_with_stock_kernels_keep_keys(tmp_path: Path, tin
     # Stock CPU kernels round differently by batch size: measured 1/255 here (2/255 over 8-frame shots,
     # the difference carried along the flow); more would be an engine fault, not rounding.
     assert bench_interleave.max_difference(sequential, interleaved) <= 3
+
+
+def test_writer_writes_frames_with_equal_keys_and_serves_them_until_written(tmp_path: Path) -> None:
+    """Frames of equal inputs share a key (INDEPENDENT, one seed, one map): each is written and marked done."""
+    import types
+
+    import numpy as np
+
+    from engine.storage import Storage
+    from engine.writer import FrameWriter
+
+    storage = Storage(tmp_path)
+    writer = FrameWriter(storage)
+    job = types.SimpleNamespace(id="j", done={})
+    pixels = np.full((8, 8, 3), 7, np.uint8)
+    for number in (1, 2, 3):
+        writer.put(job, number, "k" * 64, pixels)
+    got = writer.pending("k" * 64)
+    assert got is None or (got == 7).all()
+    writer.wait()
+    assert job.done == {1: "k" * 64, 2: "k" * 64, 3: "k" * 64}
+    assert writer.pending("k" * 64) is None and storage.has_frame("k" * 64)
