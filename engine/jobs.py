@@ -374,8 +374,6 @@ class JobManager:
         models, job.pipeline_reused = self.pipelines.get(job.key, lambda: self._load(job))
         job.timings["load_s"] = time.perf_counter() - t0
         models.timings = job.timings  # where a compile warm-up is reported
-        # Characters read the separate Q/K/V projections (LoRAs, regional processors): unfused.
-        models.set_fused(not (request.characters or request.style_reference))
         # 1b. Identity conditioning, once per job: references encoded, LoRAs mixed, palette read.
         plan: IdentityPlan | None = None
         if request.characters or request.style_reference or request.palette_reference:

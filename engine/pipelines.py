@@ -149,7 +149,8 @@ class LoadedModels:
     # GPU path: attention processors saved before fusing QKV (to unfuse for character jobs),
     # the call shapes already compiled, the compile failure (then eager), and the running job's
     # timings, where the compile warm-up is reported (``compile_warmup_s``).
-    unfused: list[tuple[Any, dict[str, Any]]] = field(default_factory=list)
+    unfused: list[tuple[Any, dict[str, Any], dict[str, Any]]] = field(default_factory=list)
+    fused: bool = False
     compiled_shapes: set[tuple[Any, ...]] = field(default_factory=set)
     compile_error: str | None = None
     timings: dict[str, float] | None = None
@@ -157,18 +158,18 @@ class LoadedModels:
     def set_fused(self, fused: bool) -> None:
         """Fused or separate QKV projections; worker thread, between calls.
 
-        Character LoRAs (PEFT layers on to_q/to_k/to_v) and the regional / IP-Adapter processors
-        (engine/regional.py) read the separate projections, which a fused to_qkv would bypass, so
-        jobs with characters run unfused. The fused weights are made once at load (after the base
-        LoRA is fused in) and PEFT keeps the base weights as they were, so re-fusing is only a
-        processor swap.
+        LoRA adapters (character LoRAs, engine/identity.py; distillation LoRAs) are PEFT layers
+        on to_q/to_k/to_v, which a fused to_qkv would bypass: ``_call_models`` runs unfused
+        while the UNet has adapters. The fused weights are made once at load (after the base
+        LoRA is fused in) and PEFT keeps the base weights as they were, so switching is only a
+        processor swap, with the same processor objects (a compiled graph is not invalidated
+        by new ones).
         """
-        if not self.key.fused_qkv:
+        if not self.unfused or fused == self.fused:
             return
-        from diffusers.models.attention_processor import FusedAttnProcessor2_0
-
-        for module, processors in self.unfused:
-            module.set_attn_processor(FusedAttnProcessor2_0() if fused else processors)
+        for module, plain, fused_processors in self.unfused:
+            module.set_attn_processor(fused_processors if fused else plain)
+        self.fused = fused
 
     def eager(self, reason: str) -> None:
         """Leave compiled mode for good (this pipeline): one warning, the job goes on eagerly."""
@@ -293,9 +294,6 @@ def attention_kinds(module: Any) -> set[str]:
     return {type(p).__name__ for p in module.attn_processors.values()}
 
 
-SDPA_PROCESSORS = {"AttnProcessor2_0", "FusedAttnProcessor2_0"}
-
-
 def speed_up(models: LoadedModels) -> None:
     """The GPU path on a loaded pipeline: SDPA attention, channels-last, fused QKV, compile.
 
@@ -332,7 +330,8 @@ def speed_up(models: LoadedModels) -> None:
                 if isinstance(sub, Attention):
                     sub.fuse_projections(fuse=True)
             module.set_attn_processor(FusedAttnProcessor2_0())
-            models.unfused.append((module, saved))
+            models.unfused.append((module, saved, module.attn_processors))
+            models.fused = True
     # 4. torch.compile, in place (the pipelines keep their modules); it compiles at the first
     #    call of each shape, which run_batch / run_img2img time as the warm-up.
     if key.compile:
@@ -549,6 +548,9 @@ def _call_models(models: LoadedModels, pipe: Any, should_stop: Callable[[], bool
     working compiler on this machine, an unsupported op), the pipeline drops to eager mode with
     one warning and the call runs again from the same noise, so the job does not fail.
     """
+    # Separate projections while LoRA adapters are loaded (set_fused); regional and IP-Adapter
+    # processors (engine/regional.py) read to_q/to_k/to_v themselves, which stay in place.
+    models.set_fused(not getattr(models.base.unet, "peft_config", None))
     if not models.compiled_modules():
         return _call_cancellable(pipe, should_stop, **kwargs)
     gens = kwargs.get("generator")

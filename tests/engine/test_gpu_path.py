@@ -159,13 +159,13 @@ def test_sdpa_attention_and_the_options_give_the_plain_frames(tiny_models: dict[
         models = load_models(key, {"base": base, "depth": depth, "pose": None}, None, lambda *a: None)
         want = {"FusedAttnProcessor2_0"} if fuse else {"AttnProcessor2_0"}
         assert attention_kinds(models.base.unet) == want and attention_kinds(models.nets["depth"]) == want
-        models.set_fused(False)  # what a job with characters does
+        models.set_fused(False)  # what a call with LoRA adapters loaded does
         assert attention_kinds(models.base.unet) == {"AttnProcessor2_0"}
 
 
 def test_fused_qkv_unfuses_for_characters(tiny_models: dict[str, str], tmp_path: Path) -> None:
-    """A character LoRA lives on to_q/to_k/to_v, which a fused to_qkv would bypass: such jobs run
-    unfused, and the plain job after them is fused again with the same frames."""
+    """A character LoRA lives on to_q/to_k/to_v, which a fused to_qkv would bypass: calls run
+    unfused while the UNet has adapters, and the plain job after them is fused again."""
     from engine.pipelines import SpeedOptions
 
     bodies = [plain_body(tiny_models), character_body(tiny_models), plain_body(tiny_models, seed=8)]
