@@ -150,26 +150,28 @@ class LoadedModels:
     # the call shapes already compiled, the compile failure (then eager), and the running job's
     # timings, where the compile warm-up is reported (``compile_warmup_s``).
     unfused: list[tuple[Any, dict[str, Any], dict[str, Any]]] = field(default_factory=list)
-    fused: bool = False
     compiled_shapes: set[tuple[Any, ...]] = field(default_factory=set)
     compile_error: str | None = None
     timings: dict[str, float] | None = None
 
     def set_fused(self, fused: bool) -> None:
-        """Fused or separate QKV projections; worker thread, between calls.
+        """Fused or separate QKV projections; worker thread, before a call.
 
         LoRA adapters (character LoRAs, engine/identity.py; distillation LoRAs) are PEFT layers
         on to_q/to_k/to_v, which a fused to_qkv would bypass: ``_call_models`` runs unfused
-        while the UNet has adapters. The fused weights are made once at load (after the base
-        LoRA is fused in) and PEFT keeps the base weights as they were, so switching is only a
-        processor swap, with the same processor objects (a compiled graph is not invalidated
-        by new ones).
+        while the UNet has adapters. Only the stock processors are swapped, so processors a job
+        installed for the call (regional prompts, IP-Adapter: engine/regional.py, which read
+        to_q/to_k/to_v themselves) stay. The fused weights are made once at load (after the base
+        LoRA is fused in) and PEFT keeps the base weights, so switching is only a processor swap,
+        with the same processor objects (a compiled graph is not invalidated by new ones).
         """
-        if not self.unfused or fused == self.fused:
-            return
         for module, plain, fused_processors in self.unfused:
-            module.set_attn_processor(fused_processors if fused else plain)
-        self.fused = fused
+            current = module.attn_processors
+            source, target = (plain, fused_processors) if fused else (fused_processors, plain)
+            wanted = {name: target[name] if name in source and proc is source[name] else proc
+                      for name, proc in current.items()}
+            if any(wanted[name] is not current[name] for name in current):
+                module.set_attn_processor(wanted)
 
     def eager(self, reason: str) -> None:
         """Leave compiled mode for good (this pipeline): one warning, the job goes on eagerly."""
@@ -331,7 +333,6 @@ def speed_up(models: LoadedModels) -> None:
                     sub.fuse_projections(fuse=True)
             module.set_attn_processor(FusedAttnProcessor2_0())
             models.unfused.append((module, saved, module.attn_processors))
-            models.fused = True
     # 4. torch.compile, in place (the pipelines keep their modules); it compiles at the first
     #    call of each shape, which run_batch / run_img2img time as the warm-up.
     if key.compile:
