@@ -224,3 +224,32 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(tiny_models: dict[
     assert [j.status for j in jobs] == ["done", "done"]
     assert np.array_equal(images[0], eager[0])
     assert all("compile_warmup_s" not in j.timings for j in jobs)
+
+
+def test_compile_preference_reaches_the_engine_command(core: Any) -> None:
+    """The add-on's Compile preference starts the local engine with --compile; changing it replaces the engine."""
+    import sys
+
+    try:
+        plain = core.process.get_engine(python=sys.executable)
+        compiled = core.process.get_engine(python=sys.executable, compile_models=True)
+        assert compiled is not plain and compiled.local.compile_models and not plain.local.compile_models
+        assert core.process.get_engine(python=sys.executable, compile_models=True) is compiled
+    finally:
+        core.process.shutdown_engine()
+
+
+def test_bad_speed_settings_stop_the_engine_at_start_naming_them(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from engine_testlib import ROOT
+
+    env = {**os.environ, "VIEWFINDER_ENGINE_FUSE_QKV": "maybe"}
+    done = subprocess.run([sys.executable, "-m", "engine", "serve", "--port", "0", "--data-dir", str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "VIEWFINDER_ENGINE_FUSE_QKV='maybe': use auto, 0 or 1" in done.stderr
+    done = subprocess.run([sys.executable, "-m", "engine", "serve", "--precision", "fp8"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--precision" in done.stderr
