@@ -567,10 +567,10 @@ def _call_models(models: LoadedModels, pipe: Any, should_stop: Callable[[], bool
     try:
         result = _call_cancellable(pipe, should_stop, **kwargs)
     except Exception as exc:
-        from .errors import is_out_of_memory
+        from .errors import EngineFault, is_out_of_memory
 
-        if not first or is_out_of_memory(exc):
-            raise
+        if not first or is_out_of_memory(exc) or isinstance(exc, EngineFault):
+            raise  # a request's own error or memory: not the compiler's
         models.eager(_failure(exc))
         for generator, state in zip(gens, states, strict=True):
             generator.set_state(state)
