@@ -48,6 +48,11 @@ class VIEWFINDER_AP_preferences(bpy.types.AddonPreferences):
     )
     attention_slicing: BoolProperty(name="Attention Slicing", description="Less GPU memory, a little slower")
     cpu_offload: BoolProperty(name="CPU Offload", description="Much less GPU memory, slower: for small GPUs")
+    compile_models: BoolProperty(
+        name="Compile (torch.compile)",
+        description="Faster frames on a GPU after a warm-up of a minute or more per image size (shown in the job's "
+        "timings); eager mode if compiling fails. Changing it restarts the local engine at the next job",
+    )
 
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
@@ -62,6 +67,7 @@ class VIEWFINDER_AP_preferences(bpy.types.AddonPreferences):
             box.prop(self, "device")
             box.prop(self, "attention_slicing")
             box.prop(self, "cpu_offload")
+            box.prop(self, "compile_models")
         else:
             box.prop(self, "remote_url")
             box.prop(self, "remote_token")
@@ -83,6 +89,7 @@ class Prefs:
     device: str = "auto"
     attention_slicing: bool = False
     cpu_offload: bool = False
+    compile_models: bool = False
     engine_venv: str = ""  # where Install Engine puts its virtual environment
 
 
@@ -110,6 +117,7 @@ def get_prefs(context: bpy.types.Context | None = None) -> Prefs:
         device=p.device,
         attention_slicing=p.attention_slicing,
         cpu_offload=p.cpu_offload,
+        compile_models=p.compile_models,
         engine_venv=engine_venv_dir(),
     )
 

@@ -33,7 +33,8 @@ def connect(prefs: Prefs) -> EngineClient:
     """
     remote = prefs.remote_url if prefs.engine_mode == "REMOTE" else None
     token = prefs.remote_token if prefs.engine_mode == "REMOTE" else None
-    engine = get_engine(url=remote, token=token, python=engine_python(prefs))
+    local = {"compile_models": True} if getattr(prefs, "compile_models", False) else {}
+    engine = get_engine(url=remote, token=token, python=engine_python(prefs), **local)
     return engine.client()
 
 

@@ -107,8 +107,10 @@ class LocalEngine:
 
     def __init__(self, python: str, extension_dir: str | Path = EXTENSION_DIR, data_dir: str | None = None,
                  log_path: str | Path | None = None, device: str = "auto", startup_timeout: float = 180.0,
-                 env: dict[str, str] | None = None, max_pipelines: int | None = None) -> None:
+                 env: dict[str, str] | None = None, max_pipelines: int | None = None,
+                 compile_models: bool = False) -> None:
         self.python = python
+        self.compile_models = compile_models  # torch.compile in the engine (the Compile preference)
         self.max_pipelines = max_pipelines
         self.extension_dir = Path(extension_dir)
         self.data_dir = data_dir
@@ -159,6 +161,8 @@ class LocalEngine:
                 cmd += ["--data-dir", self.data_dir]
             if self.max_pipelines:
                 cmd += ["--max-pipelines", str(self.max_pipelines)]
+            if self.compile_models:
+                cmd += ["--compile"]
             env = {**os.environ, **self.env, "VIEWFINDER_ENGINE_TOKEN": self.token, "PYTHONUNBUFFERED": "1"}
             for key in ("VIEWFINDER_ENGINE_URL", "PYTHONHOME", "PYTHONPATH"):
                 # Blender sets PYTHONHOME/PYTHONPATH for its own interpreter; they would
@@ -253,6 +257,7 @@ class Engine:
 
     def __init__(self, config: EngineConfig, **local_kwargs: object) -> None:
         self.config = config
+        self.local_kwargs = local_kwargs
         self.local = LocalEngine(config.python, **local_kwargs) if config.python else None  # type: ignore[arg-type]
 
     @property
@@ -282,7 +287,7 @@ def get_engine(url: str | None = None, token: str | None = None, python: str | N
     global _engine
     config = resolve_config(url, token, python)
     with _engine_lock:
-        if _engine is None or _engine.config != config:
+        if _engine is None or _engine.config != config or _engine.local_kwargs != local_kwargs:
             if _engine is not None:
                 _engine.stop()
             _engine = Engine(config, **local_kwargs)

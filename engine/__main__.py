@@ -165,7 +165,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if removed:
         logger.info("Removed %d temporary files left by an earlier run", removed)
     try:
-        manager = JobManager(storage, default_device=args.device, max_pipelines=args.max_pipelines)
+        speed = speed_options(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        manager = JobManager(storage, default_device=args.device, max_pipelines=args.max_pipelines, speed=speed)
     except ValueError as exc:
         print(f"error: --device: {exc}", file=sys.stderr)
         return 2
@@ -190,6 +195,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
                             limit_concurrency=args.max_connections)
     uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def speed_options(args: argparse.Namespace) -> object:
+    """The GPU path's options: the VIEWFINDER_ENGINE_* variables, then --precision / --compile."""
+    import dataclasses
+
+    from .pipelines import SpeedOptions
+
+    speed = SpeedOptions.from_env()
+    if args.precision:
+        speed = dataclasses.replace(speed, precision=args.precision)
+    if args.compile:
+        speed = dataclasses.replace(speed, compile=args.compile)
+    return speed
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
@@ -326,6 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--max-jobs-per-token", type=int, default=16, help="queued + running jobs per token")
     serve.add_argument("--max-connections", type=int, default=256,
                        help="open connections served at once; more are answered 503")
+    serve.add_argument("--precision", default=None, choices=["auto", "fp16", "bf16", "fp32"],
+                       help="model precision (default auto: fp16 on GPUs, fp32 on the CPU)")
+    serve.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                       help="torch.compile the UNet and ControlNets (backend, default inductor): faster after a "
+                       "warm-up of a minute or more per image size; falls back to eager if it fails")
     serve.set_defaults(func=cmd_serve)
 
     ray = sub.add_parser("serve-ray", help="run the HTTP engine on Ray Serve, across GPUs (engine/serve_ray.py)")

@@ -85,6 +85,10 @@ class CancelCallback(PipelineCallback):
                 model = getattr(pipe, name, None)
                 nets = getattr(model, "nets", None) or ([model] if model is not None else [])
                 for net in nets:
+                    if getattr(net, "_compiled_call_impl", None) is not None:
+                        # Python hooks inside a compiled graph would break it at every block and
+                        # recompile at every call: compiled nets stop at the end of a step instead.
+                        continue
                     for attribute in ("down_blocks", "mid_block", "up_blocks", "controlnet_down_blocks"):
                         blocks = getattr(net, attribute, None)
                         if blocks is None:

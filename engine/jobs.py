@@ -44,9 +44,9 @@ from .pipelines import (
     LoadedModels,
     PipelineCache,
     PipelineKey,
+    SpeedOptions,
     decode_depth,
     decode_rgb,
-    dtype_name,
     load_models,
     resolve_device,
     run_batch,
@@ -259,8 +259,9 @@ class JobManager:
     job_class: type[Job] = Job
 
     def __init__(self, storage: Storage, default_device: str = "auto", max_pipelines: int = 1,
-                 max_jobs_kept: int = 200) -> None:
+                 max_jobs_kept: int = 200, speed: SpeedOptions | None = None) -> None:
         self.storage = storage
+        self.speed = speed or SpeedOptions()  # the GPU path's options (engine/pipelines.py)
         self.default_device = resolve_device(default_device)
         self.pipelines = PipelineCache(max_pipelines)
         self.max_jobs_kept = max_jobs_kept
@@ -329,8 +330,9 @@ class JobManager:
             base=refs["base"].identity(), depth=refs["depth"].identity() if refs["depth"] else None,
             pose=refs["pose"].identity() if refs["pose"] else None,
             lora=lora.identity() if lora else None, lora_scale=spec.lora_scale if lora else 0.0,
-            device=device, dtype=dtype_name(device), attention_slicing=request.attention_slicing,
+            device=device, attention_slicing=request.attention_slicing,
             cpu_offload=request.cpu_offload and device == "cuda",
+            **self.speed.key_fields(device, request.cpu_offload and device == "cuda"),
         )
         # 3. Cache keys, chained in generation order for FLOW: frames already made by any
         #    earlier job are done before queuing.
@@ -558,6 +560,7 @@ class JobManager:
         t0 = time.perf_counter()
         models, job.pipeline_reused = self.pipelines.get(job.key, lambda: self._load(job))
         job.timings["load_s"] = time.perf_counter() - t0
+        models.timings = job.timings  # where a compile warm-up is reported
         # 1b. Identity conditioning, once per job: references encoded, LoRAs mixed, palette read.
         plan: IdentityPlan | None = None
         if request.characters or request.style_reference or request.palette_reference:

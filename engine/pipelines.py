@@ -45,9 +45,78 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
-def dtype_name(device: str) -> str:
-    # Half precision on GPUs halves memory and doubles speed; CPUs lack fast fp16 kernels.
-    return "float32" if device == "cpu" else "float16"
+PRECISIONS = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+
+
+def dtype_name(device: str, precision: str = "auto") -> str:
+    """The torch dtype name for ``precision`` ('auto': by device) on ``device``.
+
+    'auto': fp32 on the CPU, fp16 elsewhere (half the memory, tensor cores). On this project's
+    CPU bf16 ran the mid-preset UNet 1.2x faster than fp32 (README, Benchmarks), but it changes
+    the frames (mean 0.7 levels of 255 on the tiny models) and so every cached frame's key:
+    fp32 stays the CPU default, bf16 is ``--precision bf16``. On CUDA fp16 against bf16 is not
+    measured (no GPU was lent): fp16 is the default because SD 1.5 is usually run in it; the GPU
+    benchmark protocol in the README compares both.
+    """
+    if precision == "auto":
+        return "float32" if device == "cpu" else "float16"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of auto, {', '.join(PRECISIONS)}; got {precision!r}")
+    return PRECISIONS[precision]
+
+
+# Test hook: makes torch.compile fail at its first call, as it does on a machine without a working
+# compiler toolchain, so the tests can check the fallback to eager mode. Unset in normal use.
+FAULT_COMPILE_ENV = "VIEWFINDER_ENGINE_TEST_COMPILE_FAIL"
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    """The GPU path's engine-wide options (``python -m engine serve --precision/--compile``, or the
+    ``VIEWFINDER_ENGINE_*`` variables below). None: the device's default (on for CUDA, off elsewhere).
+
+    Only ``precision`` changes frames beyond float rounding, and it enters the cache keys (as the
+    dtype). Channels-last, fused QKV and compile give the same frames within a tolerance
+    (tests/engine/test_gpu_path.py), so like the batch size they stay out of the keys.
+    """
+
+    precision: str = "auto"
+    channels_last: bool | None = None
+    fuse_qkv: bool | None = None
+    compile: str = ""  # a torch.compile backend ("inductor"), or "" for eager
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> SpeedOptions:
+        """VIEWFINDER_ENGINE_PRECISION=auto|fp16|bf16|fp32, VIEWFINDER_ENGINE_COMPILE=0|1|<backend>,
+        VIEWFINDER_ENGINE_CHANNELS_LAST / VIEWFINDER_ENGINE_FUSE_QKV=auto|0|1; ValueError naming a bad one."""
+        import os
+
+        env = dict(os.environ if env is None else env)
+
+        def switch(name: str) -> bool | None:
+            value = env.get(name, "auto").strip().lower()
+            if value not in ("auto", "", "0", "1", "on", "off", "true", "false"):
+                raise ValueError(f"{name}={value!r}: use auto, 0 or 1")
+            return None if value in ("auto", "") else value in ("1", "on", "true")
+
+        precision = env.get("VIEWFINDER_ENGINE_PRECISION", "auto").strip().lower() or "auto"
+        dtype_name("cpu", precision)  # raises for an unknown one
+        compile_value = env.get("VIEWFINDER_ENGINE_COMPILE", "0").strip()
+        backend = "" if compile_value.lower() in ("", "0", "off", "false") else (
+            "inductor" if compile_value.lower() in ("1", "on", "true") else compile_value)
+        return cls(precision=precision, channels_last=switch("VIEWFINDER_ENGINE_CHANNELS_LAST"),
+                   fuse_qkv=switch("VIEWFINDER_ENGINE_FUSE_QKV"), compile=backend)
+
+    def key_fields(self, device: str, cpu_offload: bool = False) -> dict[str, Any]:
+        """The PipelineKey fields these options give a job on ``device``."""
+        gpu = device == "cuda"
+        return {
+            "dtype": dtype_name(device, self.precision),
+            "channels_last": gpu if self.channels_last is None else self.channels_last,
+            "fused_qkv": gpu if self.fuse_qkv is None else self.fuse_qkv,
+            # Offload hooks move modules between devices inside the call: no compile there.
+            "compile": "" if cpu_offload else self.compile,
+        }
 
 
 @dataclass(frozen=True)
@@ -61,6 +130,10 @@ class PipelineKey:
     dtype: str
     attention_slicing: bool
     cpu_offload: bool
+    # The GPU path (SpeedOptions); the defaults are the plain path, so older keys are unchanged.
+    channels_last: bool = False
+    fused_qkv: bool = False
+    compile: str = ""
 
 
 @dataclass
@@ -76,6 +149,44 @@ class LoadedModels:
     active: Any = None
     # IP-Adapters loaded into this pipeline, by identity (engine/ip_adapter.py); issue 9.
     ip_adapters: dict[str, Any] = field(default_factory=dict)
+    # GPU path: attention processors saved before fusing QKV (to unfuse for character jobs),
+    # the call shapes already compiled, the compile failure (then eager), and the running job's
+    # timings, where the compile warm-up is reported (``compile_warmup_s``).
+    unfused: list[tuple[Any, dict[str, Any], dict[str, Any]]] = field(default_factory=list)
+    compiled_shapes: set[tuple[Any, ...]] = field(default_factory=set)
+    compile_error: str | None = None
+    timings: dict[str, float] | None = None
+
+    def set_fused(self, fused: bool) -> None:
+        """Fused or separate QKV projections; worker thread, before a call.
+
+        LoRA adapters (character LoRAs, engine/identity.py; distillation LoRAs) are PEFT layers
+        on to_q/to_k/to_v, which a fused to_qkv would bypass: ``_call_models`` runs unfused
+        while the UNet has adapters. Only the stock processors are swapped, so processors a job
+        installed for the call (regional prompts, IP-Adapter: engine/regional.py, which read
+        to_q/to_k/to_v themselves) stay. The fused weights are made once at load (after the base
+        LoRA is fused in) and PEFT keeps the base weights, so switching is only a processor swap,
+        with the same processor objects (a compiled graph is not invalidated by new ones).
+        """
+        for module, plain, fused_processors in self.unfused:
+            current = module.attn_processors
+            source, target = (plain, fused_processors) if fused else (fused_processors, plain)
+            wanted = {name: target[name] if name in source and proc is source[name] else proc
+                      for name, proc in current.items()}
+            if any(wanted[name] is not current[name] for name in current):
+                module.set_attn_processor(wanted)
+
+    def eager(self, reason: str) -> None:
+        """Leave compiled mode for good (this pipeline): one warning, the job goes on eagerly."""
+        if self.compile_error is None:
+            logger.warning("torch.compile failed (%s); running eagerly (same frames, slower). Turn the "
+                           "Compile preference off to skip the attempt.", reason)
+        self.compile_error = reason
+        for module in self.compiled_modules():
+            module._compiled_call_impl = None
+
+    def compiled_modules(self) -> list[Any]:
+        return [m for m in [self.base.unet, *self.nets.values()] if getattr(m, "_compiled_call_impl", None)]
 
     def img2img_variant(self, active_nets: tuple[str, ...]) -> Any:
         """The img2img pipeline (FLOW coherence) with exactly ``active_nets``; worker thread.
@@ -178,7 +289,81 @@ def load_models(key: PipelineKey, refs: dict[str, ModelRef | None], lora_ref: Mo
         base.to(key.device)
         for net in nets.values():
             net.to(key.device)
-    return LoadedModels(key=key, base=base, family=family, nets=nets)
+    models = LoadedModels(key=key, base=base, family=family, nets=nets)
+    speed_up(models)
+    return models
+
+
+def attention_kinds(module: Any) -> set[str]:
+    """The class names of ``module``'s attention processors."""
+    return {type(p).__name__ for p in module.attn_processors.values()}
+
+
+def speed_up(models: LoadedModels) -> None:
+    """The GPU path on a loaded pipeline: SDPA attention, channels-last, fused QKV, compile.
+
+    Each step is what its key field asks for; with the defaults only the SDPA check runs.
+    """
+    import os
+
+    import torch
+
+    key = models.key
+    modules = [models.base.unet, *models.nets.values()]
+    # 1. Scaled-dot-product attention (flash / memory-efficient kernels), diffusers' default:
+    #    checked, and set where a model came with the plain processor. Slicing keeps its own.
+    if not key.attention_slicing:
+        from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+        for module in modules:
+            if any(type(p) is AttnProcessor for p in module.attn_processors.values()):
+                logger.info("Setting SDPA attention on %s", type(module).__name__)
+                module.set_attn_processor(AttnProcessor2_0())
+    # 2. Channels-last: convolutions in NHWC, the layout the GPU's tensor cores want.
+    if key.channels_last:
+        for module in modules:
+            module.to(memory_format=torch.channels_last)
+    # 3. One matmul for Q, K and V (K and V for cross-attention).
+    if key.fused_qkv and not key.attention_slicing:
+        from diffusers.models.attention_processor import Attention, FusedAttnProcessor2_0
+
+        for module in modules:
+            saved = module.attn_processors
+            if any("Added" in type(p).__name__ for p in saved.values()):
+                continue  # diffusers cannot fuse added KV projections
+            for sub in module.modules():
+                if isinstance(sub, Attention):
+                    sub.fuse_projections(fuse=True)
+            module.set_attn_processor(FusedAttnProcessor2_0())
+            models.unfused.append((module, saved, module.attn_processors))
+    # 4. torch.compile, in place (the pipelines keep their modules); it compiles at the first
+    #    call of each shape, which run_batch / run_img2img time as the warm-up.
+    if key.compile:
+        backend: Any = key.compile
+        if os.environ.get(FAULT_COMPILE_ENV):
+            def backend(gm: Any, example_inputs: Any) -> Any:  # noqa: ARG001
+                raise RuntimeError("compiler failure injected by " + FAULT_COMPILE_ENV)
+        try:
+            for module in modules:
+                module.compile(backend=backend)
+        except Exception as exc:  # noqa: BLE001 - any compile failure means eager mode
+            models.eager(_failure(exc))
+
+
+def _failure(exc: BaseException) -> str:
+    """A one-line reason for a compile failure: the outer error and the one at its root."""
+    root = exc
+    for _ in range(10):  # dynamo keeps the backend's own error as ``inner_exception``
+        inner = getattr(root, "inner_exception", None) or root.__cause__
+        if not isinstance(inner, BaseException) or inner is root:
+            break
+        root = inner
+
+    def line(e: BaseException) -> str:
+        text = next((t.strip() for t in str(e).splitlines() if t.strip()), "")
+        return f"{type(e).__name__}: {text[:200]}"
+
+    return line(exc) if root is exc else f"{type(exc).__name__} ({line(root)})"
 
 
 class PipelineCache:
@@ -306,11 +491,52 @@ def run_batch(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[str
     # 3. Denoise and decode.
     started = time.perf_counter()
     prompts = _prompt_kwargs(extra, settings.prompt_kwargs(n))
-    result = CancelCallback(on_step, should_stop).call(
-        pipe, **prompts, num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
-        width=settings.width, height=settings.height, generator=generators, output_type="pil", **kwargs,
+    result = _call_models(
+        models, pipe, CancelCallback(on_step, should_stop), **prompts, num_inference_steps=settings.steps,
+        guidance_scale=settings.guidance_scale, width=settings.width, height=settings.height, generator=generators,
+        output_type="pil", **kwargs,
     )
     return (None if result is None else list(result.images)), time.perf_counter() - started
+
+
+def _call_models(models: LoadedModels, pipe: Any, cancel: CancelCallback, **kwargs: Any) -> Any:
+    """``cancel.call(pipe, **kwargs)`` on ``models``' pipeline, with the compile warm-up timed and reported.
+
+    With compiled nets, the first call of each shape compiles; its seconds go to the job's
+    ``timings["compile_warmup_s"]`` (they are in ``model_s`` too). If that first call fails (no
+    working compiler on this machine, an unsupported op), the pipeline drops to eager mode with
+    one warning and the call runs again from the same noise, so the job does not fail.
+    """
+    # Separate projections while LoRA adapters are loaded (set_fused); regional and IP-Adapter
+    # processors (engine/regional.py) read to_q/to_k/to_v themselves, which stay in place.
+    models.set_fused(not getattr(models.base.unet, "peft_config", None))
+    if not models.compiled_modules():
+        return cancel.call(pipe, **kwargs)
+    gens = kwargs.get("generator")
+    gens = gens if isinstance(gens, list) else [gens] if gens is not None else []
+    states = [g.get_state() for g in gens]
+    image = kwargs.get("image")
+    size = (kwargs.get("width"), kwargs.get("height")) if "width" in kwargs else getattr(image, "size", None)
+    shape = (id(pipe), size, max(1, len(gens)), float(kwargs.get("guidance_scale", 1.0)) > 1.0)
+    first = shape not in models.compiled_shapes
+    started = time.perf_counter()
+    try:
+        result = cancel.call(pipe, **kwargs)
+    except Exception as exc:
+        from .errors import EngineFault, is_out_of_memory
+
+        if not first or is_out_of_memory(exc) or isinstance(exc, EngineFault):
+            raise  # a request's own error or memory: not the compiler's
+        models.eager(_failure(exc))
+        for generator, state in zip(gens, states, strict=True):
+            generator.set_state(state)
+        return cancel.call(pipe, **kwargs)
+    if first and result is not None:
+        models.compiled_shapes.add(shape)
+        if models.timings is not None:
+            models.timings["compile_warmup_s"] = (models.timings.get("compile_warmup_s", 0.0)
+                                                  + time.perf_counter() - started)
+    return result
 
 
 def _prompt_kwargs(extra: dict[str, Any] | None, prompts: dict[str, Any]) -> dict[str, Any]:
@@ -378,8 +604,8 @@ def run_img2img(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[s
     if {"width", "height"} <= _call_params(type(pipe)):
         kwargs.update(width=settings.width, height=settings.height)
     prompts = _prompt_kwargs(extra, settings.prompt_kwargs(None if single else n))
-    result = CancelCallback(on_step, should_stop).call(
-        pipe, **prompts, image=inits[0] if single else inits, strength=strength,
+    result = _call_models(
+        models, pipe, CancelCallback(on_step, should_stop), **prompts, image=inits[0] if single else inits, strength=strength,
         num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
         generator=generators[0] if single else generators, output_type="pil", callbacks=callbacks, **kwargs,
     )

@@ -30,7 +30,7 @@ def test_extension_is_enabled_with_scene_settings(vf, scene):
 
 def test_preferences_have_engine_and_output_settings(vf):
     prefs = bpy.context.preferences.addons[vf.__name__].preferences
-    for attr in ("engine_mode", "python_path", "remote_url", "remote_token", "output_dir"):
+    for attr in ("engine_mode", "python_path", "remote_url", "remote_token", "output_dir", "compile_models"):
         assert hasattr(prefs, attr)
 
 
