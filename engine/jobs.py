@@ -26,6 +26,8 @@ import numpy as np
 from . import ALGORITHM_VERSION
 from .characters import FrameRegions, check_characters, frame_regions, identity_cache_inputs
 from .coherence import Carried, CoherenceStrategy, ColorStats, FlowCoherence, color_stats, make_strategy
+from .draft import DraftTier, check_draft, draft_request
+from .draft import cache_inputs as draft_inputs
 from .errors import BadRequest, EngineFault, NotFound, OutOfMemory, is_out_of_memory
 from .finalize import cache_inputs as finalize_inputs
 from .finalize import finalize_strategy, run_finalize
@@ -161,6 +163,9 @@ class JobManager:
             from .video_jobs import submit_video
 
             return self._register(submit_video(self, request))
+        # 0. Draft tier (engine/draft.py): its references checked, its steps and guidance in the request.
+        check_draft(request)
+        request = draft_request(request)
         # 1. Models: resolved now so a wrong path is a 400 naming the field.
         spec = request.models
         refs: dict[str, ModelRef | None] = {"base": resolve_ref(spec.base, "models.base", "base")}
@@ -284,6 +289,8 @@ class JobManager:
             "device": key.device, "dtype": key.dtype,
             "negative_prompt": _text_digest(request.negative_prompt), "steps": request.steps,
             "width": request.width, "height": request.height,
+            # Draft frames only: final jobs keep the keys they always had.
+            **({"draft": draft_inputs(request)} if request.tier == "draft" else {}),
         })
 
     def get(self, job_id: str) -> Job:
@@ -371,25 +378,32 @@ class JobManager:
         t0 = time.perf_counter()
         models, job.pipeline_reused = self.pipelines.get(job.key, lambda: self._load(job))
         job.timings["load_s"] = time.perf_counter() - t0
+
+        def progress(phase: str, detail: dict[str, Any]) -> None:
+            job.phase, job.detail = phase, detail
+
+        # 1a. Draft tier: distillation LoRA, scheduler and tiny VAE swapped in for this job only.
+        draft = DraftTier.enter(request, models, progress) if request.tier == "draft" else None
         # 1b. Identity conditioning, once per job: references encoded, LoRAs mixed, palette read.
         plan: IdentityPlan | None = None
         if request.characters or request.style_reference or request.palette_reference:
-            plan = IdentityPlan(request, job.char_loras, job.ip_ref)
+            plan = IdentityPlan(request, job.char_loras, job.ip_ref, keep_adapters=draft.adapters if draft else [])
             job.identity = plan.stats
-
-            def progress(phase: str, detail: dict[str, Any]) -> None:
-                job.phase, job.detail = phase, detail
 
             try:
                 plan.prepare(models, self.storage, progress)
             except BaseException:
                 plan.release(models)
+                if draft is not None:
+                    draft.release(models)
                 raise
         try:
             self._generate(job, models, plan)
         finally:
             if plan is not None:
                 plan.release(models)
+            if draft is not None:
+                draft.release(models)
 
     def _generate(self, job: Job, models: LoadedModels, plan: IdentityPlan | None) -> None:
         """Worker thread: generate the frames of ``job`` that are not done yet."""

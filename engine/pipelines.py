@@ -75,6 +75,8 @@ class LoadedModels:
     active: Any = None
     # IP-Adapters loaded into this pipeline, by identity (engine/ip_adapter.py); issue 9.
     ip_adapters: dict[str, Any] = field(default_factory=dict)
+    # Other modules loaded beside this pipeline (the draft tier's tiny VAEs: engine/draft.py).
+    extras: dict[str, Any] = field(default_factory=dict)
 
     def img2img_variant(self, active_nets: tuple[str, ...]) -> Any:
         """The img2img pipeline (FLOW coherence) with exactly ``active_nets``; worker thread.
@@ -424,7 +426,10 @@ def run_img2img(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[s
         pixels = torch.from_numpy(np.asarray(init.convert("RGB"), dtype=np.float32) / 127.5 - 1.0)
         pixels = pixels.permute(2, 0, 1).unsqueeze(0).to(device=device, dtype=vae.dtype)
         with torch.no_grad():
-            latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+            encoded = vae.encode(pixels)
+            # AutoencoderTiny (draft tier) returns latents, not a distribution.
+            latents = (encoded.latent_dist.mean if hasattr(encoded, "latent_dist") else encoded.latents) \
+                * vae.config.scaling_factor
         # A latent cell is held only when all of its 8x8 pixels were carried.
         mask = torch.from_numpy(np.asarray(keep, dtype=np.float32))[None, None]
         mask = -torch.nn.functional.max_pool2d(-mask, kernel_size=pipe.vae_scale_factor)
