@@ -141,11 +141,17 @@ class DraftTier:
         return [(self.adapter, self.adapter_scale)] if self.adapter else []
 
     @classmethod
-    def enter(cls, request: JobRequest, models: Any, progress: Progress) -> DraftTier:
-        """Load the LoRA, swap the scheduler and (if asked) the VAE on every pipeline variant."""
+    def enter(cls, request: JobRequest, models: Any, job: Any) -> DraftTier:
+        """Load the LoRA, swap the scheduler and (if asked) the VAE on every pipeline variant.
+
+        ``job`` (engine/jobs.Job) shows the loading and downloading in its phase and detail.
+        """
         from diffusers import LCMScheduler, TCDScheduler
 
         from .identity import load_lora_adapter
+
+        def progress(phase: str, detail: dict[str, Any]) -> None:
+            job.phase, job.detail = phase, detail
 
         tier = cls(request.draft)
         spec, base, family = request.draft, models.base, models.family

@@ -204,10 +204,11 @@ def load_lora_adapter(base: Any, family: str, ref: ModelRef, name: str, label: s
                          field=field_name, code="incompatible_model")
     width, unet_width = lora_cross_width(shapes), int(base.unet.config.cross_attention_dim)
     if width is not None and width != unet_width:
-        made_for = FAMILY_OF_WIDTH.get(width, f"a model with text width {width}")
+        made_for = FAMILY_OF_WIDTH.get(width, "another model family")
         raise BadRequest(f"{label} '{ref.value}' was made for {made_for} (cross-attention width {width}), but the "
-                         f"base model is {base_label} (width {unet_width}); use a LoRA made for {base_label}, or "
-                         "change the base model", field=field_name, code="incompatible_model")
+                         f"base model is {base_label} (width {unet_width}); use a LoRA made for the base model's "
+                         f"family ({base_label}), or change the base model", field=field_name,
+                         code="incompatible_model")
     try:
         base.load_lora_weights(ref.value, adapter_name=name)
     except Exception as exc:  # noqa: BLE001 - reported to the user as a bad LoRA

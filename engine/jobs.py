@@ -378,17 +378,16 @@ class JobManager:
         t0 = time.perf_counter()
         models, job.pipeline_reused = self.pipelines.get(job.key, lambda: self._load(job))
         job.timings["load_s"] = time.perf_counter() - t0
-
-        def progress(phase: str, detail: dict[str, Any]) -> None:
-            job.phase, job.detail = phase, detail
-
         # 1a. Draft tier: distillation LoRA, scheduler and tiny VAE swapped in for this job only.
-        draft = DraftTier.enter(request, models, progress) if request.tier == "draft" else None
+        draft = DraftTier.enter(request, models, job) if request.tier == "draft" else None
         # 1b. Identity conditioning, once per job: references encoded, LoRAs mixed, palette read.
         plan: IdentityPlan | None = None
         if request.characters or request.style_reference or request.palette_reference:
             plan = IdentityPlan(request, job.char_loras, job.ip_ref, keep_adapters=draft.adapters if draft else [])
             job.identity = plan.stats
+
+            def progress(phase: str, detail: dict[str, Any]) -> None:
+                job.phase, job.detail = phase, detail
 
             try:
                 plan.prepare(models, self.storage, progress)

@@ -120,6 +120,11 @@ def test_draft_take_and_final_from_it(truck: dict[str, Any], vfmod: Any, local_e
     assert strip.transform.scale_x == pytest.approx(2.0)
     takes = vfmod("core.takes")
     assert takes.take_tier(takes.read_take(draft_dir)) == "draft"
+    # The Sequencer sidebar shows the tier and offers Final from This Draft (drawn into a recording layout:
+    # background Blender draws no UI).
+    sidebar = Layout()
+    vfmod("panels.takes").draw_take(sidebar, strip)
+    assert ("label", "Tier: Draft") in sidebar.calls and ("operator", "viewfinder.final_from_draft") in sidebar.calls
     # 2. The shot's prompt edited after the draft: the final keeps the draft's.
     shot.prompt = "something else entirely"
     scene.sequence_editor.active_strip = strip
@@ -144,3 +149,24 @@ def test_draft_take_and_final_from_it(truck: dict[str, Any], vfmod: Any, local_e
     with pytest.raises(RuntimeError, match=r"frame size changed since draft take 001 .*256×144.*192×\d+"):
         bpy.ops.viewfinder.final_from_draft()
     assert sorted(p.name for p in truck["takes"].iterdir()) == ["001", "002"]
+    sidebar = Layout()
+    vfmod("panels.takes").draw_take(sidebar, new)
+    assert ("label", "Tier: Final") in sidebar.calls and ("operator", "viewfinder.final_from_draft") not in sidebar.calls
+
+
+class Layout:
+    """Records what a panel draws: ("label", text) and ("operator", idname), from every row and column."""
+
+    def __init__(self, calls: list[tuple[str, str]] | None = None) -> None:
+        self.calls = [] if calls is None else calls
+
+    def label(self, text: str = "", **_: Any) -> None:
+        self.calls.append(("label", text))
+
+    def operator(self, idname: str, **_: Any) -> None:
+        self.calls.append(("operator", idname))
+
+    def row(self, **_: Any) -> Layout:
+        return Layout(self.calls)
+
+    column = row
