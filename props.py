@@ -45,6 +45,17 @@ VIDEO_CONTROL_ITEMS = [
     ("DEPTH_POSE", "Depth + Pose", "Pose drawings over the depth maps"),
 ]
 
+# Generation tiers (issue 15; README "Drafts"): take.json and requests use "draft" / "final".
+TIER_ITEMS = [
+    ("FINAL", "Final", "The full path: the scene's steps and guidance at full size"),
+    ("DRAFT", "Draft", "A few-step distilled path (LCM or TCD LoRA, ControlNets kept): seconds, to iterate on blocking"),
+]
+SHOT_TIER_ITEMS = [("DEFAULT", "Scene Default", "Use the scene's tier (Viewfinder ▸ Film)"), *TIER_ITEMS]
+DRAFT_SCHEDULER_ITEMS = [
+    ("LCM", "LCM", "LCM-LoRA with the LCM scheduler (latent-consistency/lcm-lora-*)"),
+    ("TCD", "TCD", "TCD LoRA with the TCD scheduler (h1t/TCD-*): more detail at the same steps"),
+]
+
 COHERENCE_ITEMS = [
     ("FLOW", "Flow", "Carry each generated frame into the next with the scene's exact motion vectors"),
     ("INDEPENDENT", "Independent", "Generate each frame on its own with the shot's seed"),
@@ -113,6 +124,8 @@ class ViewfinderShot(bpy.types.PropertyGroup):
     guidance_scale: FloatProperty(
         name="Guidance", default=7.5, min=0.0, max=30.0, description="This shot's prompt strength (animatable)",
     )
+    tier: EnumProperty(name="Tier", items=SHOT_TIER_ITEMS, default="DEFAULT",
+                       description="Draft or final generation for this shot (Scene Default: the film's tier)")
 
 
 class ViewfinderSettings(bpy.types.PropertyGroup):
@@ -162,6 +175,24 @@ class ViewfinderSettings(bpy.types.PropertyGroup):
     video_overlap: IntProperty(
         name="Overlap", default=8, min=1, max=64,
         description="Frames of the previous window given to the next one, so windows join without a jump",
+    )
+    # Draft tier (core/shot_job.draft_block; engine/draft.py).
+    tier: EnumProperty(name="Tier", items=TIER_ITEMS, default="FINAL",
+                       description="How shots set to Scene Default are generated: draft (seconds) or final")
+    draft_scheduler: EnumProperty(name="Draft Method", items=DRAFT_SCHEDULER_ITEMS, default="LCM")
+    draft_steps: IntProperty(name="Draft Steps", default=4, min=1, max=50, description="Denoising steps of a draft")
+    draft_guidance: FloatProperty(name="Draft Guidance", default=1.0, min=0.0, max=10.0,
+                                  description="Prompt strength of a draft; 1 or less turns guidance off (fastest)")
+    draft_half_size: BoolProperty(name="Half Size", default=False,
+                                  description="Drafts at half the long edge (control maps rendered at that size)")
+    draft_tiny_vae: BoolProperty(name="Tiny VAE", default=False,
+                                 description="Decode drafts with a tiny VAE (TAESD): faster, slightly softer")
+    draft_lora: StringProperty(
+        name="Draft LoRA", subtype="FILE_PATH",
+        description="LCM/TCD LoRA: .safetensors file or Hub id; empty: the one made for the base model's family",
+    )
+    draft_tiny_vae_model: StringProperty(
+        name="Tiny VAE Model", description="AutoencoderTiny folder or Hub id; empty: madebyollin/taesd (taesdxl)",
     )
 
     # The character bible and the film look (props_characters.py, core/characters.py).

@@ -212,13 +212,17 @@ def output_settings(scene: bpy.types.Scene) -> Iterator[None]:
 
 
 def final_strip(scene: bpy.types.Scene, shot_name: str) -> Any:
-    """The shot's newest final take strip (Finalize Take), or None when the shot has only drafts."""
-    finals = [s for s in vse.strips_of_shot(scene, shot_name) if s.get("viewfinder_tier") in ("final", "finalized")]
+    """The shot's newest finalized take strip (Finalize Take), or None when the shot has none.
+
+    Only Finalize Take tags strips ("finalized"); "final" is how it tagged them before
+    generation had draft/final tiers (.blend files saved then).
+    """
+    finals = [s for s in vse.strips_of_shot(scene, shot_name) if s.get("viewfinder_tier") in ("finalized", "final")]
     return max(finals, key=lambda s: s.channel) if finals else None
 
 
-def draft_shots(scene: bpy.types.Scene) -> list[str]:
-    """Shots with takes on the Sequencer but no final take: the animatic shows them at draft size."""
+def unfinalized_shots(scene: bpy.types.Scene) -> list[str]:
+    """Shots with takes on the Sequencer but no finalized take: the animatic shows them at generation size."""
     return [shot.name for shot in scene.viewfinder.shots
             if vse.strips_of_shot(scene, shot.name) and final_strip(scene, shot.name) is None]
 

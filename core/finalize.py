@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from .generate import GenerationError, ShotJob, TakeOutcome, build_maps
 from .paths import Project, frame_name
 from .shot_job import _model_path, coherence_settings
-from .takes import TakeInfo, read_take
+from .takes import FINALIZED, TakeInfo, read_take, take_tier
 
 if TYPE_CHECKING:
     import bpy
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FINAL_TIER = "final"
+FINALIZED_TIER = FINALIZED  # take.json "tier" and the strip's "viewfinder_tier" of a Finalize Take take
 PICKLE_SUFFIXES = {".ckpt", ".bin", ".pt", ".pth", ".pkl", ".pickle"}  # as the engine's models.PICKLE_SUFFIXES
 FACTORS = (2, 4)
 DETAIL_STRENGTH = 0.3
@@ -138,7 +138,7 @@ def collect_finalize(scene: bpy.types.Scene, take_dir: Path, project: Project, p
     coherence["mode"] = "FLOW"
     finalize = {"upscaler": _model_path(upscaler) or None, "detail_strength": round(float(detail_strength), 4)}
     settings = {**info.settings, "width": new_w, "height": new_h, "coherence": coherence, "finalize": finalize,
-                "source_take": info.take, "tier": FINAL_TIER}
+                "source_take": info.take, "tier": FINALIZED_TIER}
     request = {
         "shot": info.shot, "models": info.models, "prompt": info.prompt, "style_prompt": info.style_prompt,
         "negative_prompt": info.negative_prompt, "seed": int(info.seed),
@@ -151,7 +151,7 @@ def collect_finalize(scene: bpy.types.Scene, take_dir: Path, project: Project, p
     prompts = {"prompt": info.prompt, "style_prompt": info.style_prompt, "negative_prompt": info.negative_prompt}
     job = ShotJob(shot=info.shot, frames=list(info.frames_total), conditioning_dir=conditioning_dir,
                   takes_dir=take_dir.parent, maps=maps, request=request, models=info.models, prompts=prompts,
-                  settings=settings, tier=FINAL_TIER)
+                  settings=settings, tier=FINALIZED_TIER)
     return FinalizePlan(job, new_w, new_h, notes)
 
 
@@ -163,7 +163,7 @@ def place_final(scene: bpy.types.Scene, outcome: TakeOutcome) -> Any:
     if strip is None or outcome.info is None:
         return strip
     fit_strip(scene, strip, int(outcome.info.settings["width"]), int(outcome.info.settings["height"]))
-    strip["viewfinder_tier"] = FINAL_TIER
+    strip["viewfinder_tier"] = FINALIZED_TIER
     return strip
 
 
@@ -178,4 +178,5 @@ def fit_strip(scene: bpy.types.Scene, strip: Any, width: int, height: int) -> No
 
 
 def is_final(info: TakeInfo | None) -> bool:
-    return info is not None and getattr(info, "tier", "") in (FINAL_TIER, "finalized")
+    """A Finalize Take take (older take.json files say "final" for it: ``takes.take_tier``)."""
+    return take_tier(info) == FINALIZED_TIER

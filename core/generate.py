@@ -64,7 +64,7 @@ class ShotJob:
     warnings: list[str] = field(default_factory=list)
     blobs: dict[str, Path] = field(default_factory=dict)  # sha256 → file (reference images) to upload
     characters: list[dict[str, Any]] = field(default_factory=list)  # [{name, mask_ids}] for take.json
-    tier: str = ""  # take.json "tier" of a new take ("final": Finalize Take)
+    tier: str = ""  # take.json "tier" of a new take: takes.DRAFT, FINAL or FINALIZED (Finalize Take)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from . import vse
 from .generate import GenerationError, ShotJob, TakeOutcome, build_maps
 from .paths import Project, frame_name
 from .resolution import generation_size
+from .takes import DRAFT, FINAL
 from .video_job import effective_generator, reference_uploads, video_settings
 
 if TYPE_CHECKING:
@@ -43,8 +44,12 @@ def collect_shot(
     *,
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    tier: str | None = None,
 ) -> ShotJob:
-    """Render (or reuse) the shot's control maps and describe its engine job."""
+    """Render (or reuse) the shot's control maps and describe its engine job.
+
+    ``tier`` ("draft" or "final") overrides the shot's and the scene's tier setting.
+    """
     from .conditioning import ConditioningError, render_shot  # deferred: heavier module
 
     if shot.problem:
@@ -61,7 +66,14 @@ def collect_shot(
             f"Long Edge {settings.long_edge} gives {width}×{height} frames, but the models need at least "
             f"{MIN_EDGE} pixels on each side: set Long Edge to {needed} or more (Viewfinder ▸ Film)"
         )
+    # The generation tier (README "Drafts"); half-size drafts get their own maps beside the full-size ones.
+    tier, tier_warnings = (tier, []) if tier else effective_tier(settings, shot)
+    final_size = [width, height]
+    if tier == DRAFT and settings.draft_half_size:
+        width, height = half_size(width, height)
     conditioning_dir = project.conditioning_dir(shot.name)
+    if [width, height] != final_size:
+        conditioning_dir = project.shot_dir(shot.name) / f"conditioning-{width}x{height}"
     try:
         render_shot(scene, shot, conditioning_dir, width=width, height=height, progress=progress, cancel=cancel)
     except ConditioningError as exc:
@@ -128,12 +140,46 @@ def collect_shot(
     }
     frames = sorted(maps)
     animated = apply_animation(scene, shot, frames, request, prompts, job_settings)
+    if tier == DRAFT:  # final takes keep the settings (and so the request hash) they always had
+        block = draft_block(settings)
+        request.update(tier=DRAFT, draft=block)
+        job_settings.update(tier=DRAFT, draft={**block, "final_size": final_size})
     return ShotJob(
         shot=shot.name, frames=frames, conditioning_dir=conditioning_dir, takes_dir=project.takes_dir(shot.name),
         maps=maps, request=request, models=models, prompts=prompts, settings=job_settings, uploads=uploads,
-        frame_values=animated.per_frame, warnings=animated.warnings,
-        blobs=cast["blobs"], characters=cast["characters"],
+        frame_values=animated.per_frame, warnings=[*tier_warnings, *animated.warnings],
+        blobs=cast["blobs"], characters=cast["characters"], tier=tier,
     )
+
+
+def effective_tier(settings: Any, shot: Any) -> tuple[str, list[str]]:
+    """("draft" or "final", warnings): the shot's tier, or the scene's for Scene Default.
+
+    The draft tier is a path of the Image generator: a Video shot runs at the final tier, with a warning.
+    """
+    tier = (settings.tier if shot.tier == "DEFAULT" else shot.tier).lower()
+    if tier == DRAFT and effective_generator(settings, shot) == "VIDEO":
+        return FINAL, [f"Shot '{shot.name}': the draft tier is for the Image generator; this Video shot is "
+                       "generated at the final tier"]
+    return tier, []
+
+
+def half_size(width: int, height: int) -> tuple[int, int]:
+    """Half of each side in multiples of 8, or the size itself where half would go below the models' minimum."""
+    half = (width // 2 // 8 * 8, height // 2 // 8 * 8)
+    return half if min(half) >= MIN_EDGE else (width, height)
+
+
+def draft_block(settings: Any) -> dict[str, Any]:
+    """The engine's ``draft`` request block (engine/schema.DraftSpec) from the scene's draft settings."""
+    return {
+        "scheduler": settings.draft_scheduler,
+        "steps": int(settings.draft_steps),
+        "guidance_scale": round(float(settings.draft_guidance), 4),
+        "lora": _model_path(settings.draft_lora) or None,
+        "tiny_vae": bool(settings.draft_tiny_vae),
+        "tiny_vae_model": (_model_path(settings.draft_tiny_vae_model) or None) if settings.draft_tiny_vae else None,
+    }
 
 
 def apply_animation(scene: bpy.types.Scene, shot: Any, frames: list[int], request: dict[str, Any],
@@ -208,7 +254,12 @@ def place_outcome(scene: bpy.types.Scene, outcome: TakeOutcome) -> Any:
     if existing:
         return existing[0]
     frames = sorted(info.frames_total)
-    return vse.add_take_strip(
+    strip = vse.add_take_strip(
         scene, shot_name=outcome.shot, take_label=info.take, take_dir=outcome.take_dir,
         frames=frames, file_names=[frame_name(f) for f in frames],
     )
+    # A half-size draft is shown at the size its final will have.
+    final_size = (info.settings.get("draft") or {}).get("final_size")
+    if final_size and int(info.settings.get("width") or 0) and final_size[0] != info.settings["width"]:
+        strip.transform.scale_x = strip.transform.scale_y = final_size[0] / int(info.settings["width"])
+    return strip

@@ -22,6 +22,12 @@ logger = logging.getLogger(__name__)
 TAKE_FILE = "take.json"
 FORMAT_VERSION = 1
 
+# A take's tier (take.json "tier"; README "Drafts"): how its frames were made.
+DRAFT = "draft"  # the few-step distilled generation path (engine/draft.py)
+FINAL = "final"  # the full generation path
+FINALIZED = "finalized"  # Finalize Take: a take enlarged and re-detailed (core/finalize.py)
+TIERS = (DRAFT, FINAL, FINALIZED)
+
 
 @dataclass
 class TakeInfo:
@@ -47,10 +53,25 @@ class TakeInfo:
     notes: list[str] = field(default_factory=list)
     # The characters sent with the take: [{"name", "mask_ids"}]; the identity metric crops them by mask.
     characters: list[dict[str, Any]] = field(default_factory=list)
-    tier: str = ""  # "final" for a take made by Finalize Take (core/finalize.py); "" for generated takes
+    tier: str = ""  # DRAFT, FINAL or FINALIZED; read it with take_tier() (older files: "" or "final")
 
     def file_names(self) -> list[str]:
         return [frame_name(f) for f in sorted(self.frames_done)]
+
+
+def take_tier(info: TakeInfo | None) -> str:
+    """The take's tier, also for take.json files written before generation had tiers.
+
+    Those have "" (a generated take: the full path) or "final" for a Finalize Take take,
+    which records its source take in ``settings`` ("finalized" now).
+    """
+    if info is None:
+        return ""
+    if info.tier in (DRAFT, FINALIZED):
+        return info.tier
+    if "finalize" in info.settings or "source_take" in info.settings:
+        return FINALIZED
+    return FINAL
 
 
 def request_hash(control_hash: str, models: dict[str, Any], prompts: dict[str, Any], settings: dict[str, Any]) -> str:
@@ -88,7 +109,7 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "shot": str, "take": str, "prompt": str, "style_prompt": str, "negative_prompt": str, "seed": int,
     "models": dict, "settings": dict, "control_hash": str, "request_hash": str, "frames_total": list,
     "frames_done": list, "complete": bool, "cancelled": bool, "error": str, "created": str, "engine": str,
-    "format": int,
+    "format": int, "tier": str,
 }
 
 

@@ -42,6 +42,8 @@ class IdentityPlan:
     style_slot: int | None = None
     palette: ColorStats | None = None
     adapters: list[str] = field(default_factory=list)
+    # Adapters of the job that stay active beside the characters' (the draft tier's LoRA, engine/draft.py).
+    keep_adapters: list[tuple[str, float]] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=lambda: {"embeddings_computed": 0, "images_encoded": 0,
                                                            "regional_batches": 0, "plain_batches": 0})
 
@@ -93,6 +95,7 @@ class IdentityPlan:
                 self.adapters.append(name)
             wanted.append((name, character.lora_scale))
         if wanted:
+            wanted += self.keep_adapters
             base.set_adapters([n for n, _ in wanted], [s for _, s in wanted])
 
     def release(self, models: Any) -> None:
@@ -160,15 +163,52 @@ class IdentityPlan:
 
 def _load_character_lora(base: Any, family: str, ref: ModelRef, name: str, who: str, field_name: str) -> None:
     """Load a character's LoRA as adapter ``name``; another family's LoRA is a 400 naming the character."""
+    load_lora_adapter(base, family, ref, name, f"Character '{who}': LoRA", field_name)
+
+
+# Cross-attention width of the UNet families, to name a LoRA's family in messages.
+FAMILY_OF_WIDTH = {768: "SD 1.5", 1024: "SD 2.x", 2048: "SDXL"}
+
+
+def lora_cross_width(keys_shapes: dict[str, tuple[int, ...]]) -> int | None:
+    """The text width a LoRA's cross-attention key projection was trained for, from its tensor shapes.
+
+    Reads diffusers/peft (``attn2.to_k.lora_A``, ``attn2.to_k.lora.down``) and kohya
+    (``attn2_to_k.lora_down``) layouts; None when the LoRA has no such layer.
+    """
+    import re
+
+    pattern = re.compile(r"attn2[._]to_k[._](lora_A|lora_down|lora\.down)\.weight$")
+    for key, shape in keys_shapes.items():
+        if pattern.search(key) and len(shape) == 2:
+            return int(shape[1])
+    return None
+
+
+def load_lora_adapter(base: Any, family: str, ref: ModelRef, name: str, label: str, field_name: str) -> None:
+    """Load a LoRA file as the named adapter ``name`` (not fused: ``delete_adapters`` restores the UNet exactly).
+
+    A LoRA made for another model family (SDXL on SD 1.5, or the reverse) is a 400 whose message starts
+    with ``label`` and names both families; so is one whose layers match nothing in the UNet.
+    """
     from safetensors import safe_open
 
     with safe_open(ref.value, framework="pt") as f:
-        keys = list(f.keys())
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    keys = list(shapes)
+    base_label = {"sd15": "SD 1.5", "sdxl": "SDXL"}.get(family, family)
     sdxl_keys = any("text_encoder_2" in k or k.startswith("lora_te2_") for k in keys)
     if (family == "sd15" and sdxl_keys):
-        raise BadRequest(f"Character '{who}': LoRA '{ref.value}' was trained for SDXL but the base model is SD 1.5; "
+        raise BadRequest(f"{label} '{ref.value}' was trained for SDXL but the base model is SD 1.5; "
                          "use a LoRA made for the base model's family, or change the base model",
                          field=field_name, code="incompatible_model")
+    width, unet_width = lora_cross_width(shapes), int(base.unet.config.cross_attention_dim)
+    if width is not None and width != unet_width:
+        made_for = FAMILY_OF_WIDTH.get(width, "another model family")
+        raise BadRequest(f"{label} '{ref.value}' was made for {made_for} (cross-attention width {width}), but the "
+                         f"base model is {base_label} (width {unet_width}); use a LoRA made for the base model's "
+                         f"family ({base_label}), or change the base model", field=field_name,
+                         code="incompatible_model")
     try:
         base.load_lora_weights(ref.value, adapter_name=name)
     except Exception as exc:  # noqa: BLE001 - reported to the user as a bad LoRA
@@ -177,7 +217,12 @@ def _load_character_lora(base: Any, family: str, ref: ModelRef, name: str, who: 
         with contextlib.suppress(Exception):
             base.delete_adapters([name])
         raise BadRequest(
-            f"Character '{who}': could not apply LoRA '{ref.value}' ({str(exc).splitlines()[0][:200]}). It was "
+            f"{label} '{ref.value}': could not apply it ({str(exc).splitlines()[0][:200]}). It was "
             f"probably trained for another model family than the base model ({family}); use a LoRA made for it.",
             field=field_name, code="incompatible_model",
         ) from exc
+    if name not in (getattr(base.unet, "peft_config", None) or {}):
+        with contextlib.suppress(Exception):
+            base.delete_adapters([name])
+        raise BadRequest(f"{label} '{ref.value}': none of its layers match the base model's UNet ({base_label}); "
+                         "use a LoRA made for this model family", field=field_name, code="incompatible_model")

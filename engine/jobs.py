@@ -32,6 +32,8 @@ from .coherence import (
     color_stats,
     make_strategy,
 )
+from .draft import DraftTier, check_draft, draft_request
+from .draft import cache_inputs as draft_inputs
 from .errors import BadRequest, EngineFault, NotFound, OutOfMemory, is_out_of_memory
 from .finalize import cache_inputs as finalize_inputs
 from .finalize import finalize_strategy, run_finalize
@@ -291,6 +293,9 @@ class JobManager:
             from .video_jobs import submit_video
 
             return self._register(submit_video(self, request))
+        # 0. Draft tier (engine/draft.py): its references checked, its steps and guidance in the request.
+        check_draft(request)
+        request = draft_request(request)
         # 1. Models: resolved now so a wrong path is a 400 naming the field.
         spec = request.models
         refs: dict[str, ModelRef | None] = {"base": resolve_ref(spec.base, "models.base", "base")}
@@ -415,6 +420,8 @@ class JobManager:
             "device": key.device, "dtype": key.dtype,
             "negative_prompt": _text_digest(request.negative_prompt), "steps": request.steps,
             "width": request.width, "height": request.height,
+            # Draft frames only: final jobs keep the keys they always had.
+            **({"draft": draft_inputs(request)} if request.tier == "draft" else {}),
         })
 
     def get(self, job_id: str) -> Job:
@@ -530,7 +537,9 @@ class JobManager:
                 if other.status != "queued" or not self._interleavable(other):
                     continue
                 same = (other.key == job.key and other.request.steps == request.steps
-                        and (other.request.width, other.request.height) == (request.width, request.height))
+                        and (other.request.width, other.request.height) == (request.width, request.height)
+                        # the draft tier swaps scheduler, LoRA and VAE for the whole call (engine/draft.py)
+                        and (other.request.tier, other.request.draft) == (request.tier, request.draft))
                 if not same or keys & set(other.frame_keys.values()):
                     continue
                 keys |= set(other.frame_keys.values())
@@ -561,10 +570,12 @@ class JobManager:
         models, job.pipeline_reused = self.pipelines.get(job.key, lambda: self._load(job))
         job.timings["load_s"] = time.perf_counter() - t0
         models.timings = job.timings  # where a compile warm-up is reported
+        # 1a. Draft tier: distillation LoRA, scheduler and tiny VAE swapped in for this job only.
+        draft = DraftTier.enter(request, models, job) if request.tier == "draft" else None
         # 1b. Identity conditioning, once per job: references encoded, LoRAs mixed, palette read.
         plan: IdentityPlan | None = None
         if request.characters or request.style_reference or request.palette_reference:
-            plan = IdentityPlan(request, job.char_loras, job.ip_ref)
+            plan = IdentityPlan(request, job.char_loras, job.ip_ref, keep_adapters=draft.adapters if draft else [])
             job.identity = plan.stats
 
             def progress(phase: str, detail: dict[str, Any]) -> None:
@@ -574,12 +585,16 @@ class JobManager:
                 plan.prepare(models, self.storage, progress)
             except BaseException:
                 plan.release(models)
+                if draft is not None:
+                    draft.release(models)
                 raise
         try:
             self._generate(job, models, plan, companions)
         finally:
             if plan is not None:
                 plan.release(models)
+            if draft is not None:
+                draft.release(models)
 
     def _generate(self, job: Job, models: LoadedModels, plan: IdentityPlan | None,
                   companions: list[Job] | None = None) -> None:

@@ -235,7 +235,12 @@ def take_label(take_dir: Path) -> str:
             mode = settings.get("coherence", {}).get("mode", "?")
             if settings.get("generator") == "VIDEO":
                 mode = f"VIDEO {(settings.get('video') or {}).get('pipeline', 'WAN_VACE')}"
-            tier = f", {info['tier']}" if info.get("tier") else ""  # "final": made by Finalize Take
+            # Tiers (README "Drafts"): draft, final (not printed: the usual), finalized (Finalize Take;
+            # take.json files from before generation tiers say "final" for it and keep settings.finalize).
+            tier = info.get("tier") or "final"
+            if tier == "final" and ("finalize" in settings or "source_take" in settings):
+                tier = "finalized"
+            tier = "" if tier == "final" else f", {tier}"
             return (f"{info.get('shot', take_dir.parent.parent.name)} take {info.get('take', take_dir.name)} "
                     f"[{mode}{tier}]")
         except (ValueError, AttributeError):

@@ -215,10 +215,15 @@ class _DownloadWatcher:
 def _unavailable(ref: ModelRef, exc: BaseException) -> ModelUnavailable:
     reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
     if ref.kind == "hub":
+        # "<owner>/<repo>/<path>" names one file of a repository (a LoRA, an IP-Adapter): say which.
+        parts = ref.value.split("/")
+        repo, file = "/".join(parts[:2]), "/".join(parts[2:])
+        command = f"hf download {repo}" + (f" {file}" if file else "")
         how = (
-            f"It is not in the Hugging Face cache ({_hub_cache_dir()}) and could not be downloaded. "
-            f"Check the id on https://huggingface.co/{ref.value}, connect the engine machine to the "
-            f"internet once (or run `hf download {ref.value}` there), or give a local folder instead."
+            f"{f'Its file {file} is' if file else 'It is'} not in the Hugging Face cache ({_hub_cache_dir()}) and "
+            f"could not be downloaded. Check the id on https://huggingface.co/{repo}, connect the engine machine "
+            f"to the internet once (or run `{command}` there; older huggingface_hub: `huggingface-cli download "
+            f"{command[len('hf download '):]}`), or give a local {'file' if file else 'folder'} instead."
         )
     else:
         how = "Check that the file or folder is a complete, uncorrupted diffusers model."

@@ -187,6 +187,8 @@ class LoadedModels:
 
     def compiled_modules(self) -> list[Any]:
         return [m for m in [self.base.unet, *self.nets.values()] if getattr(m, "_compiled_call_impl", None)]
+    # Other modules loaded beside this pipeline (the draft tier's tiny VAEs: engine/draft.py).
+    extras: dict[str, Any] = field(default_factory=dict)
 
     def img2img_variant(self, active_nets: tuple[str, ...]) -> Any:
         """The img2img pipeline (FLOW coherence) with exactly ``active_nets``; worker thread.
@@ -628,7 +630,10 @@ def _latent_blend(pipe: Any, inits: list[Image.Image], keeps: list[Any], seeds: 
         pixels = torch.from_numpy(np.asarray(init.convert("RGB"), dtype=np.float32) / 127.5 - 1.0)
         pixels = pixels.permute(2, 0, 1).unsqueeze(0).to(device=device, dtype=vae.dtype)
         with torch.no_grad():
-            latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+            encoded = vae.encode(pixels)
+            # AutoencoderTiny (draft tier) returns latents, not a distribution.
+            latents = (encoded.latent_dist.mean if hasattr(encoded, "latent_dist") else encoded.latents) \
+                * vae.config.scaling_factor
         # A latent cell is held only when all of its 8x8 pixels were carried.
         held = np.zeros(init.size[::-1], dtype=np.float32) if keep is None else np.asarray(keep, dtype=np.float32)
         mask = -torch.nn.functional.max_pool2d(-torch.from_numpy(held)[None, None], kernel_size=pipe.vae_scale_factor)

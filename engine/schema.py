@@ -126,6 +126,26 @@ class FinalizeSpec(_Strict):
     detail_strength: float = Field(0.3, ge=0.0, le=1.0)
 
 
+class DraftSpec(_Strict):
+    """The draft tier (engine/draft.py, API.md "Draft tier"): a few-step distilled path, ControlNets kept.
+
+    ``lora``: the distillation LoRA (LCM-LoRA or TCD LoRA): a local .safetensors file, or a Hub id
+    ``<owner>/<repo>`` (its ``pytorch_lora_weights.safetensors``) or ``<owner>/<repo>/<path>.safetensors``;
+    None picks the one made for the base model's family and ``scheduler``. ``steps`` and
+    ``guidance_scale`` replace the job's. ``tiny_vae``: decode with a tiny VAE (diffusers
+    AutoencoderTiny, safetensors); ``tiny_vae_model`` None picks madebyollin/taesd or taesdxl.
+    Half-size drafts are the client's choice of width/height (maps rendered at that size).
+    """
+
+    lora: str | None = None
+    lora_scale: float = Field(1.0, ge=0.0, le=4.0)
+    scheduler: Literal["LCM", "TCD"] = "LCM"
+    steps: int = Field(4, ge=1, le=50)
+    guidance_scale: float = Field(1.0, ge=0.0, le=50.0)
+    tiny_vae: bool = False
+    tiny_vae_model: str | None = None
+
+
 class CoherenceSpec(_Strict):
     """How the frames of a shot relate (engine/coherence.py, engine/COHERENCE.md).
 
@@ -220,6 +240,9 @@ class JobRequest(_Strict):
     _ref_sha = field_validator("style_reference", "palette_reference")(_check_sha)
     # Finalize Take: set to enlarge and detail an approved take (every frame has a ``source``).
     finalize: FinalizeSpec | None = None
+    # Generation tier (issue 15): "final" is the full path; "draft" the few-step distilled one (``draft``).
+    tier: Literal["draft", "final"] = "final"
+    draft: DraftSpec = Field(default_factory=DraftSpec)
 
     @field_validator("width", "height")
     @classmethod
@@ -250,6 +273,14 @@ class JobRequest(_Strict):
             if frame.source is None:
                 raise ValueError(f"frames[{i}].source: a finalize job needs the approved frame {frame.frame} "
                                  "(upload its PNG with PUT /blobs/{sha256})")
+        return self
+
+    @model_validator(mode="after")
+    def check_tier(self) -> JobRequest:
+        if self.tier == "draft" and self.generator != "IMAGE":
+            raise ValueError("tier: the draft tier runs the IMAGE generator only; send tier 'final' for VIDEO jobs")
+        if self.tier == "draft" and self.finalize is not None:
+            raise ValueError("tier: Finalize Take makes final frames; send tier 'final' with finalize")
         return self
 
     def full_prompt(self) -> str:

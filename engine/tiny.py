@@ -3,7 +3,8 @@
 ``python -m engine make-tiny-models DIR`` writes ``DIR/sd15`` (a diffusers pipeline
 folder), ``DIR/controlnet-depth``, ``DIR/controlnet-pose``, ``DIR/lora.safetensors``,
 ``DIR/ip-adapter.safetensors`` (and ``ip-adapter-plus.safetensors``, the resampler layout) with their
-image encoder ``DIR/image-encoder``. They are saved with
+image encoder ``DIR/image-encoder``, and the draft tier's ``DIR/lcm-lora.safetensors`` (kohya layout, as
+latent-consistency/lcm-lora-sdv1-5) and ``DIR/tiny-vae`` (an AutoencoderTiny). They are saved with
 ``save_pretrained`` (safetensors) and loaded by the engine through exactly the code
 that loads real models, so tests and the offline demo exercise the real path.
 The tokenizer is built from a byte-level vocabulary written here: nothing comes
@@ -175,6 +176,46 @@ def write_lora(pipe: object, path: Path, seed: int = 0, rank: int = 4) -> None:
                                               safe_serialization=True)
 
 
+def write_draft_lora(unet: object, path: Path, seed: int = 0, rank: int = 4) -> None:
+    """A random distillation LoRA in the kohya layout of latent-consistency/lcm-lora-sdv1-5.
+
+    Keys ``lora_unet_<module path with _>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha`` over
+    the UNet's attention projections, as the real file has them (it adds the convolutions too);
+    diffusers converts them when loading, exactly as for the real one. Small weights: a LoRA that
+    nudges the UNet, as a distillation LoRA does, rather than one that replaces its output.
+    """
+    import torch
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",  # type: ignore[attr-defined]
+                                target_modules=["to_k", "to_q", "to_v", "to_out.0"]), adapter_name="draft")
+    state = get_peft_model_state_dict(unet, adapter_name="draft")  # 'down_blocks.0...attn1.to_q.lora_A.weight'
+    unet.delete_adapters("draft")  # type: ignore[attr-defined]
+    generator = torch.Generator().manual_seed(seed + 9)
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in sorted(state.items()):
+        module, part = key.rsplit(".lora_", 1)
+        name = "lora_unet_" + module.replace(".", "_")
+        direction = "lora_down" if part.startswith("A") else "lora_up"
+        tensors[f"{name}.{direction}.weight"] = (torch.randn(value.shape, generator=generator) * 0.1).contiguous()
+        tensors[f"{name}.alpha"] = torch.tensor(float(rank))
+    save_file(tensors, str(path))
+
+
+def write_tiny_vae(preset: Preset, folder: Path, seed: int = 0) -> None:
+    """A random AutoencoderTiny (the TAESD layout) whose latents match the preset's VAE (4 channels, same scale)."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    blocks = len(preset.vae_channels)  # one down/up-sampling fewer than blocks, as the VAE
+    torch.manual_seed(seed + 10)
+    vae = AutoencoderTiny(encoder_block_out_channels=(16,) * blocks, decoder_block_out_channels=(16,) * blocks,
+                          num_encoder_blocks=(1,) * blocks, num_decoder_blocks=(1,) * blocks, latent_channels=4)
+    vae.save_pretrained(folder, safe_serialization=True)
+
+
 def write_ip_adapter(unet: object, path: Path, encoder_dir: Path, seed: int = 0, embed_dim: int = 32) -> None:
     """A random IP-Adapter (the h94 ``ip-adapter_sd15`` layout) and a tiny CLIP vision encoder for it.
 
@@ -254,10 +295,13 @@ def make_tiny_models(out_dir: str | Path, preset: str = "tiny", seed: int = 0) -
     )
     paths = {"base": out / "sd15", "depth": out / "controlnet-depth", "pose": out / "controlnet-pose",
              "lora": out / "lora.safetensors", "ip_adapter": out / "ip-adapter.safetensors",
-             "ip_adapter_plus": out / "ip-adapter-plus.safetensors", "image_encoder": out / "image-encoder"}
+             "ip_adapter_plus": out / "ip-adapter-plus.safetensors", "image_encoder": out / "image-encoder",
+             "draft_lora": out / "lcm-lora.safetensors", "tiny_vae": out / "tiny-vae"}
     pipe.save_pretrained(paths["base"], safe_serialization=True)
     write_lora(pipe, paths["lora"], seed=seed)
     write_ip_adapter(pipe.unet, paths["ip_adapter"], paths["image_encoder"], seed=seed)
+    write_draft_lora(pipe.unet, paths["draft_lora"], seed=seed)
+    write_tiny_vae(PRESETS[preset], paths["tiny_vae"], seed=seed)
     components["controlnet-depth"].save_pretrained(paths["depth"], safe_serialization=True)
     components["controlnet-pose"].save_pretrained(paths["pose"], safe_serialization=True)
     from .upscale import write_upscalers

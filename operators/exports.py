@@ -7,7 +7,7 @@ from pathlib import Path
 import bpy
 from bpy.props import StringProperty
 
-from ..core.exports import ExportError, draft_shots, export_animatic, export_storyboard
+from ..core.exports import ExportError, export_animatic, export_storyboard, unfinalized_shots
 from .common import NeedsShots, project_of, report
 
 
@@ -56,9 +56,9 @@ class VIEWFINDER_OT_export_animatic(bpy.types.Operator):
             report(self, "ERROR", str(exc))
             return {"CANCELLED"}
         report(self, "INFO", f"Animatic written to {path}")
-        drafts = draft_shots(context.scene)
-        if drafts:
-            report(self, "WARNING", f"Not finalized (draft takes in the animatic): {', '.join(drafts)}; "
+        shots = unfinalized_shots(context.scene)
+        if shots:
+            report(self, "WARNING", f"Not finalized (takes at generation size in the animatic): {', '.join(shots)}; "
                                     "select a take and use Finalize Take for delivery size")
         return {"FINISHED"}
 

@@ -1,4 +1,4 @@
-"""Operators on take strips in the Sequencer: use this take, regenerate, open the folder."""
+"""Operators on take strips in the Sequencer: use this take, regenerate, open the folder, final from this draft."""
 
 from __future__ import annotations
 
@@ -6,13 +6,19 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import bpy
+from bpy.props import BoolProperty
 
-from ..core import vse
+from ..core import engine_link, vse
 from ..core.compat import active_strip
-from ..core.takes import read_take
-from .common import report
+from ..core.drafts import collect_final_from_draft
+from ..core.generate import run_shot
+from ..core.shot_job import place_outcome
+from ..preferences import get_prefs
+from .common import EngineJobModal, project_of, report
+from .generate import _log_progress, _message, _summary
 
 
 def selected_take(context: bpy.types.Context):
@@ -84,30 +90,56 @@ class VIEWFINDER_OT_open_take_folder(TakePoll, bpy.types.Operator):
         return {"FINISHED"}
 
 
-def draw_take(layout: bpy.types.UILayout, strip) -> None:
-    """The take's metadata and actions, for the Sequencer sidebar."""
-    info = read_take(take_dir_of(strip))
-    layout.label(text=strip.name, icon="SEQUENCE")
-    if info is None:
-        layout.label(text="take.json is missing or unreadable", icon="ERROR")
-    else:
-        col = layout.column(align=True)
-        col.label(text=f"Prompt: {info.prompt or '—'}")
-        if info.style_prompt:
-            col.label(text=f"Style: {info.style_prompt}")
-        if info.negative_prompt:
-            col.label(text=f"Negative: {info.negative_prompt}")
-        col.label(text=f"Seed: {info.seed}")
-        if info.characters:
-            col.label(text=f"Characters: {', '.join(c['name'] for c in info.characters)}", icon="COMMUNITY")
-        col.label(text=f"Model: {info.models.get('base', '?')}")
-        col.label(text=f"Made: {info.created}")
-    row = layout.row(align=True)
-    row.operator("viewfinder.use_take", icon="CHECKMARK")
-    row.operator("viewfinder.regenerate_take", icon="FILE_REFRESH")
-    layout.operator("viewfinder.open_take_folder", icon="FILE_FOLDER")
-    layout.operator("viewfinder.finalize_take", icon="ZOOM_IN")
+class VIEWFINDER_OT_final_from_draft(TakePoll, EngineJobModal, bpy.types.Operator):
+    """Generate the selected draft take again at the final tier: same seed, prompts and settings, full steps and size"""
+
+    bl_idname = "viewfinder.final_from_draft"
+    bl_label = "Final from This Draft"
+    bl_options = {"REGISTER"}
+
+    # Set by invoke: a click in the UI runs modal (Esc cancels); scripts calling execute block, as Generate does.
+    interactive: BoolProperty(default=False, options={"HIDDEN", "SKIP_SAVE"})
+    status_label = "Viewfinder Final from Draft"
+
+    def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
+        self.interactive = not bpy.app.background
+        return self.execute(context)
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        strip = selected_take(context)
+        prefs = get_prefs(context)
+        try:
+            client = engine_link.connect(prefs)
+            client.health()
+            job = collect_final_from_draft(context.scene, take_dir_of(strip), project_of(context), prefs)
+        except Exception as exc:  # GenerationError, EngineError, the engine process start
+            report(self, "ERROR", _message(strip.get(vse.SHOT_KEY, strip.name), exc))
+            return {"CANCELLED"}
+        for warning in job.warnings:
+            report(self, "WARNING", warning)
+        self._shot = job.shot
+        if self.interactive and context.window is not None:
+            return self.start_engine_job(context, job, prefs, "starting")
+        # Scripts and background mode (timers never fire there): run to completion.
+        try:
+            outcome = run_shot(job, client, on_progress=_log_progress)
+        except Exception as exc:
+            report(self, "ERROR", _message(job.shot, exc))
+            return {"CANCELLED"}
+        return self.job_finished(context, outcome)
+
+    def job_finished(self, context: bpy.types.Context, message: Any) -> set[str]:
+        if isinstance(message, Exception):
+            report(self, "ERROR", _message(self._shot, message))
+            return {"CANCELLED"}
+        if message.error or message.cancelled:
+            report(self, "ERROR", _summary(message).replace("Generate again", "Final from This Draft again"))
+            return {"CANCELLED"}
+        place_outcome(context.scene, message)
+        report(self, "INFO", f"{_summary(message)}: final of the draft")
+        return {"FINISHED"}
 
 
-classes = (VIEWFINDER_OT_use_take, VIEWFINDER_OT_regenerate_take, VIEWFINDER_OT_open_take_folder)
+classes = (VIEWFINDER_OT_use_take, VIEWFINDER_OT_regenerate_take, VIEWFINDER_OT_open_take_folder,
+           VIEWFINDER_OT_final_from_draft)
 register, unregister = bpy.utils.register_classes_factory(classes)

@@ -57,6 +57,7 @@ class VIEWFINDER_MT_takes(bpy.types.Menu):
         layout = self.layout
         layout.operator("viewfinder.use_take", icon="CHECKMARK")
         layout.operator("viewfinder.regenerate_take", icon="FILE_REFRESH")
+        layout.operator("viewfinder.final_from_draft", icon="RENDER_STILL")
         layout.operator("viewfinder.open_take_folder", icon="FILE_FOLDER")
         layout.operator("viewfinder.finalize_take", icon="ZOOM_IN")
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import bpy
 
-from ..operators.takes import draw_take, selected_take
+from ..operators.takes import selected_take
+from .takes import draw_take
 
 
 class VIEWFINDER_PT_takes(bpy.types.Panel):

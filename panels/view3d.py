@@ -78,6 +78,8 @@ class VIEWFINDER_PT_shot(ViewfinderPanel, bpy.types.Panel):
         col.prop(shot, "control_end")
         layout.prop(shot, "generator")
         generator = settings.generator if shot.generator == "DEFAULT" else shot.generator
+        if generator != "VIDEO":
+            layout.prop(shot, "tier")
         if generator == "VIDEO":
             layout.prop(shot, "reference_image")
         else:
@@ -122,6 +124,16 @@ class VIEWFINDER_PT_film(ViewfinderPanel, bpy.types.Panel):
         layout.prop(settings, "guidance_scale")
         layout.prop(settings, "batch_size")
         layout.prop(settings, "generator")
+        col = layout.column(heading="Draft")
+        col.prop(settings, "tier")
+        col.prop(settings, "draft_scheduler")
+        col.prop(settings, "draft_steps")
+        col.prop(settings, "draft_guidance")
+        col.prop(settings, "draft_half_size")
+        col.prop(settings, "draft_tiny_vae")
+        col.prop(settings, "draft_lora")
+        if settings.draft_tiny_vae:
+            col.prop(settings, "draft_tiny_vae_model")
         col = layout.column(heading="Video")
         col.prop(settings, "video_model_preset")
         if settings.video_model_preset == "CUSTOM":

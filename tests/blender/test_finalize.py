@@ -67,10 +67,10 @@ def test_finalize_take_makes_a_2x_final_take_above_the_approved_one(approved: di
                                                                     capfd: pytest.CaptureFixture[str]) -> None:
     scene, strip = approved["scene"], approved["strip"]
     assert bpy.ops.viewfinder.finalize_take(factor="2", upscaler=approved["upscaler"]) == {"FINISHED"}
-    # 1. A new take folder marked final, every frame at 2x.
+    # 1. A new take folder marked finalized, every frame at 2x.
     final_dir = approved["takes"] / "002"
     info = json.loads((final_dir / "take.json").read_text())
-    assert info["complete"] and info["tier"] == "final" and info["settings"]["source_take"] == "001"
+    assert info["complete"] and info["tier"] == "finalized" and info["settings"]["source_take"] == "001"
     assert info["settings"]["finalize"]["upscaler"] == approved["upscaler"]
     assert [read_size(final_dir / f"{n:04d}.png") for n in (1, 2, 3)] == [(256, 144)] * 3
     # 2. Its strip covers the same frames, one channel above, the approved one muted, scaled to fit 384x216.
@@ -78,10 +78,10 @@ def test_finalize_take_makes_a_2x_final_take_above_the_approved_one(approved: di
     assert old == strip and old.mute and not new.mute and new.channel > old.channel
     assert (new.frame_final_start, new.frame_final_end) == (strip.frame_final_start, strip.frame_final_end)
     assert new.transform.scale_x == pytest.approx(1.5) and new.transform.scale_y == pytest.approx(1.5)
-    assert new["viewfinder_tier"] == "final"
+    assert new["viewfinder_tier"] == "finalized"
     # 3. The animatic now uses the final take for this shot: no drafts left to report.
     exports = vfmod("core.exports")
-    assert exports.draft_shots(scene) == [] and exports.final_strip(scene, "Truck") == new
+    assert exports.unfinalized_shots(scene) == [] and exports.final_strip(scene, "Truck") == new
     # 4. 4x would be 512x288, above the scene's 384x216: capped, with the reason.
     scene.sequence_editor.active_strip = strip
     capfd.readouterr()
@@ -126,7 +126,7 @@ def test_cancelled_finalize_resumes_where_it_stopped(approved: dict[str, Any], v
                                 should_cancel=lambda: bool(seen) and seen[-1] >= 1)
     assert outcome.cancelled and 1 <= len(outcome.frames) < 3
     info = json.loads((outcome.take_dir / "take.json").read_text())
-    assert not info["complete"] and info["cancelled"] and info["tier"] == "final"
+    assert not info["complete"] and info["cancelled"] and info["tier"] == "finalized"
     kept = sorted(p.name for p in outcome.take_dir.glob("*.png"))
     # The same request again continues the same take folder; the engine serves the finished frames.
     resumed = generate.run_shot(plan.job, client)

@@ -64,7 +64,8 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
             "lora": str(out / "lora.safetensors"), "wan_vace": str(out / "wan-vace"),
             "motion_adapter": str(out / "motion-adapter"), "ip_adapter": str(out / "ip-adapter.safetensors"),
             "ip_adapter_plus": str(out / "ip-adapter-plus.safetensors"),
-            "image_encoder": str(out / "image-encoder")}
+            "image_encoder": str(out / "image-encoder"), "draft_lora": str(out / "lcm-lora.safetensors"),
+            "tiny_vae": str(out / "tiny-vae")}
 
 
 @pytest.fixture(scope="session")

@@ -100,3 +100,19 @@ def test_frame_check_catches_truncated_empty_and_flipped_pngs(tmp_path):
         path.write_bytes(damaged)
         assert check.png_problem(path) is not None, len(damaged)
     assert check.png_problem(tmp_path / "missing.png").startswith("unreadable")
+
+
+def test_take_tiers_also_of_files_written_before_generation_tiers(tmp_path):
+    """draft/final/finalized as written now; "" (a generated take) and "final" with a source take (Finalize
+    Take before issue 15) as older take.json files have them; a tier of the wrong type is refused."""
+    assert takes.take_tier(make_info(tier="draft")) == "draft"
+    assert takes.take_tier(make_info(tier="final")) == "final"
+    assert takes.take_tier(make_info(tier="finalized")) == "finalized"
+    assert takes.take_tier(make_info(tier="")) == "final"
+    old_finalize = make_info(tier="final", settings={"source_take": "001", "finalize": {"upscaler": None}})
+    assert takes.take_tier(old_finalize) == "finalized"
+    assert takes.take_tier(None) == ""
+    takes.write_take(tmp_path, make_info(tier="draft"))
+    assert takes.take_tier(takes.read_take(tmp_path)) == "draft"
+    (tmp_path / "take.json").write_text((tmp_path / "take.json").read_text().replace('"tier": "draft"', '"tier": 3'))
+    assert takes.read_take(tmp_path) is None
