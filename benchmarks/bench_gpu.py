@@ -37,9 +37,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engine import ROOT, depth_map, load_core, png  # noqa: E402
 
-# (b): the draft tier. Until the draft tier (i15draft) is merged, emulated with the FLOPs it has:
-# 4 steps without CFG. At merge, the one line to switch to:  DRAFT = {"tier": "draft", "draft": {"steps": 4}}
-DRAFT: dict[str, Any] = {"steps": 4, "guidance_scale": 1.0}
+# (b): the draft tier (engine/draft.py): LCM scheduler, 4 steps, no CFG, with the random-weight
+# distillation LoRA that make-tiny-models writes for the preset's UNet (``lora`` set in main()).
+DRAFT: dict[str, Any] = {"tier": "draft", "draft": {"steps": 4, "scheduler": "LCM"}}
 FINAL: dict[str, Any] = {"steps": 25, "guidance_scale": 7.5}
 PROMPT, NEGATIVE = "a car chase at night, film still", "blurry"
 
@@ -152,6 +152,7 @@ def main() -> int:
             subprocess.run([sys.executable, "-m", "engine", "make-tiny-models", str(models_dir), "--preset",
                             args.preset, "--no-video"], cwd=ROOT, check=True, capture_output=True)
         models = {"base": str(models_dir / "sd15"), "depth": str(models_dir / "controlnet-depth")}
+        DRAFT["draft"]["lora"] = str(models_dir / "lcm-lora.safetensors")
         result: dict[str, Any] = {"preset": args.preset, "size": args.size, "frames": args.frames,
                                   "batch_size": args.batch_size, "precision": args.precision,
                                   "compile": args.compile, "machine": platform.machine()}
