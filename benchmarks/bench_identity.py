@@ -155,8 +155,9 @@ class Bench:
 
     def report(self, label: str, pairs: list[tuple[np.ndarray, np.ndarray]], seconds: list[float]) -> None:
         a_in, b_in, out_a, ratio = self.figures(pairs)
+        cost = f"  model {np.mean(seconds) * 1000:7.1f} ms/frame" if seconds else ""
         print(f"{label:46s} inside A {a_in:6.2f}  inside B {b_in:6.2f}  outside A "
-              f"{out_a:6.2f}  ratio {ratio:6.2f}  model {np.mean(seconds) * 1000:7.1f} ms/frame", flush=True)
+              f"{out_a:6.2f}  ratio {ratio:6.2f}{cost}", flush=True)
 
     def description_pairs(self, seeds: int, method: str, wrap: Any = None,
                           **extra: Any) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[float]]:
