@@ -35,7 +35,25 @@ logger = logging.getLogger(__name__)
 
 APP_NAME = "viewfinder"
 UNIT_STATUS_S = 0.2  # how often a running unit's status file is rewritten
-UNIT_POLL_S = 0.01  # how often a replica looks whether its unit has ended
+# A local cluster (serve-ray without --address): Ray's metrics and task events feed only the
+# dashboard, which is not started.
+LOCAL_SYSTEM_CONFIG = {"enable_metrics_collection": False, "task_events_report_interval_ms": 0}
+LOGGING = {"enable_access_log": False}
+
+
+class _WorkerJobManager(JobManager):
+    """A replica's JobManager that wakes the replica's event loop when a job ends, so the
+    replica returns its unit at once without looking every few milliseconds."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ended: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Event]] = {}
+
+    def _finish(self, job: Any, status: str, error: EngineFault | None = None) -> None:
+        super()._finish(job, status, error)
+        waiter = self.ended.get(job.id)
+        if waiter is not None:
+            waiter[0].call_soon_threadsafe(waiter[1].set)
 
 
 # max_ongoing_requests=1: a replica runs one unit at a time (one GPU, one model run); others
@@ -55,7 +73,7 @@ class Worker:
             # One torch thread per reserved CPU: replicas on one machine do not fight for cores.
             torch.set_num_threads(max(1, int(cfg.cpus_per_replica)))
         self.storage = Storage(cfg.data_dir)
-        self.manager = JobManager(self.storage, default_device=device, max_pipelines=cfg.max_pipelines)
+        self.manager = _WorkerJobManager(self.storage, default_device=device, max_pipelines=cfg.max_pipelines)
         self.manager.start()
         self.replica = serve.get_replica_context().replica_id.unique_id
         logger.info("Worker replica %s (pid %d) on %s", self.replica, os.getpid(), self.manager.default_device)
@@ -72,6 +90,8 @@ class Worker:
             return {"status": "failed", "error": exc.to_json(), "http_status": exc.status,
                     "replica": self.replica, "pid": os.getpid()}
         started = time.time()
+        ended = asyncio.Event()
+        self.manager.ended[job.id] = (asyncio.get_running_loop(), ended)
 
         def record() -> None:
             write_unit_status(self.storage, unit_id, {
@@ -79,21 +99,24 @@ class Worker:
                 "phase": job.phase, "step": job.step, "frames_done": len(job.done),
                 "timings": job.timings, "pipeline_reused": job.pipeline_reused})
 
-        # 2. Wait on the local worker thread, publishing progress for the ingress. A short wait
-        #    between looks: the replica takes its next unit as soon as this one returns.
+        # 2. Wait on the local worker thread, publishing progress for the ingress every
+        #    UNIT_STATUS_S; the job's end wakes this at once, so the replica takes its next unit
+        #    without delay.
         try:
-            last = 0.0
             while job.status not in ("done", "failed", "cancelled"):
-                if time.monotonic() - last >= UNIT_STATUS_S:
-                    record()
-                    last = time.monotonic()
-                await asyncio.sleep(UNIT_POLL_S)
+                record()
+                try:
+                    await asyncio.wait_for(ended.wait(), UNIT_STATUS_S)
+                except asyncio.TimeoutError:
+                    pass
         except asyncio.CancelledError:
             # Cancelled by the ingress (the user's cancel): stop at the next step and free the replica.
             self.manager.cancel(job.id)
             while job.status not in ("done", "failed", "cancelled"):
                 await asyncio.sleep(0.05)
             raise
+        finally:
+            self.manager.ended.pop(job.id, None)
         record()
         return {**job.to_json(), "replica": self.replica, "pid": os.getpid()}
 
@@ -152,15 +175,20 @@ def serve_forever(cfg: RayEngineConfig, host: str, port: int, address: str | Non
     else:
         # Ray runs its workers at nice 15 below its own agents; here the replicas are the work.
         os.environ.setdefault("RAY_worker_niceness", "0")
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        # A lean cluster: no metrics, no task events (both only feed the dashboard, which is off),
+        # so Ray's own processes leave the cores to the replicas (README "Many GPUs").
         ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=100 * 1024 * 1024,
-                 runtime_env=runtime_env, log_to_driver=False)
+                 runtime_env=runtime_env, log_to_driver=False, _system_config=LOCAL_SYSTEM_CONFIG)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
         # 2. The HTTP proxy on host:port, and the application at "/".
-        serve.start(http_options={"host": host, "port": port})
-        serve.run(build_app(asdict(cfg)), name=APP_NAME, route_prefix="/", blocking=False)
+        # No access log: a line per request in the proxy and the ingress, ~20 a second while
+        # the add-on polls; the engine logs jobs itself.
+        serve.start(http_options={"host": host, "port": port}, logging_config=LOGGING)
+        serve.run(build_app(asdict(cfg)), name=APP_NAME, route_prefix="/", blocking=False, logging_config=LOGGING)
         logger.info("Viewfinder engine on Ray Serve at http://%s:%d: %s replica(s), %s GPU(s) each, data %s",
                     host, port, cfg.replicas if cfg.max_replicas <= 0 else f"{cfg.min_replicas}-{cfg.max_replicas}",
                     cfg.gpus_per_replica, cfg.data_dir)
