@@ -35,10 +35,6 @@ logger = logging.getLogger(__name__)
 
 APP_NAME = "viewfinder"
 UNIT_STATUS_S = 0.2  # how often a running unit's status file is rewritten
-# A local cluster (serve-ray without --address): Ray's metrics and task events feed only the
-# dashboard, which is not started.
-LOCAL_SYSTEM_CONFIG = {"enable_metrics_collection": False, "task_events_report_interval_ms": 0}
-LOGGING = {"enable_access_log": False}
 
 
 class _WorkerJobManager(JobManager):
@@ -175,20 +171,15 @@ def serve_forever(cfg: RayEngineConfig, host: str, port: int, address: str | Non
     else:
         # Ray runs its workers at nice 15 below its own agents; here the replicas are the work.
         os.environ.setdefault("RAY_worker_niceness", "0")
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        # A lean cluster: no metrics, no task events (both only feed the dashboard, which is off),
-        # so Ray's own processes leave the cores to the replicas (README "Many GPUs").
         ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=100 * 1024 * 1024,
-                 runtime_env=runtime_env, log_to_driver=False, _system_config=LOCAL_SYSTEM_CONFIG)
+                 runtime_env=runtime_env, log_to_driver=False)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
         # 2. The HTTP proxy on host:port, and the application at "/".
-        # No access log: a line per request in the proxy and the ingress, ~20 a second while
-        # the add-on polls; the engine logs jobs itself.
-        serve.start(http_options={"host": host, "port": port}, logging_config=LOGGING)
-        serve.run(build_app(asdict(cfg)), name=APP_NAME, route_prefix="/", blocking=False, logging_config=LOGGING)
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(build_app(asdict(cfg)), name=APP_NAME, route_prefix="/", blocking=False)
         logger.info("Viewfinder engine on Ray Serve at http://%s:%d: %s replica(s), %s GPU(s) each, data %s",
                     host, port, cfg.replicas if cfg.max_replicas <= 0 else f"{cfg.min_replicas}-{cfg.max_replicas}",
                     cfg.gpus_per_replica, cfg.data_dir)
