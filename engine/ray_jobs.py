@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -147,6 +148,10 @@ class RayJobManager(JobManager):
         self.replicas = replicas
         self.split_min_frames = split_min_frames
         self._pool = ThreadPoolExecutor(max_workers=256, thread_name_prefix="vf-ray-job")
+        # One unit in Serve per replica: a unit is sent when a replica is free. Serve's router
+        # holds the others and looks again after a backoff that grows to 0.5 s, leaving the
+        # replica idle between units (README "Many GPUs").
+        self._slots = threading.Semaphore(max(1, replicas))
 
     def resolve_job_device(self, requested: str) -> str:
         if requested in ("auto", self.default_device):
@@ -282,10 +287,12 @@ class RayJobManager(JobManager):
             if job.cancel_event.is_set():
                 unit.status = "cancelled"
                 return
+            if not self._slots.acquire(timeout=POLL_S):
+                continue
             unit.attempts += 1
             unit.status = "running"
-            unit.response = self.call_unit(unit.id, payload)
             try:
+                unit.response = self.call_unit(unit.id, payload)
                 result: dict[str, Any] = unit.response.result()
             except Exception as exc:  # noqa: BLE001 - sorted below
                 if is_request_cancelled(exc) or job.cancel_event.is_set() and not is_replica_lost(exc):
@@ -303,6 +310,8 @@ class RayJobManager(JobManager):
                 job.events.append(event)
                 unit.replica = unit.pid = None
                 continue
+            finally:
+                self._slots.release()
             unit.status, unit.finished = result.get("status", "failed"), time.time()
             unit.replica, unit.pid = result.get("replica", unit.replica), result.get("pid", unit.pid)
             # Frames the replica found finished (by an earlier attempt or another job) and did not redo.

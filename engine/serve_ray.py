@@ -35,7 +35,21 @@ logger = logging.getLogger(__name__)
 
 APP_NAME = "viewfinder"
 UNIT_STATUS_S = 0.2  # how often a running unit's status file is rewritten
-UNIT_POLL_S = 0.01  # how often a replica looks whether its unit has ended
+
+
+class _WorkerJobManager(JobManager):
+    """A replica's JobManager that wakes the replica's event loop when a job ends, so the
+    replica returns its unit at once without looking every few milliseconds."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ended: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Event]] = {}
+
+    def _finish(self, job: Any, status: str, error: EngineFault | None = None) -> None:
+        super()._finish(job, status, error)
+        waiter = self.ended.get(job.id)
+        if waiter is not None:
+            waiter[0].call_soon_threadsafe(waiter[1].set)
 
 
 # max_ongoing_requests=1: a replica runs one unit at a time (one GPU, one model run); others
@@ -55,7 +69,7 @@ class Worker:
             # One torch thread per reserved CPU: replicas on one machine do not fight for cores.
             torch.set_num_threads(max(1, int(cfg.cpus_per_replica)))
         self.storage = Storage(cfg.data_dir)
-        self.manager = JobManager(self.storage, default_device=device, max_pipelines=cfg.max_pipelines)
+        self.manager = _WorkerJobManager(self.storage, default_device=device, max_pipelines=cfg.max_pipelines)
         self.manager.start()
         self.replica = serve.get_replica_context().replica_id.unique_id
         logger.info("Worker replica %s (pid %d) on %s", self.replica, os.getpid(), self.manager.default_device)
@@ -72,6 +86,8 @@ class Worker:
             return {"status": "failed", "error": exc.to_json(), "http_status": exc.status,
                     "replica": self.replica, "pid": os.getpid()}
         started = time.time()
+        ended = asyncio.Event()
+        self.manager.ended[job.id] = (asyncio.get_running_loop(), ended)
 
         def record() -> None:
             write_unit_status(self.storage, unit_id, {
@@ -79,21 +95,24 @@ class Worker:
                 "phase": job.phase, "step": job.step, "frames_done": len(job.done),
                 "timings": job.timings, "pipeline_reused": job.pipeline_reused})
 
-        # 2. Wait on the local worker thread, publishing progress for the ingress. A short wait
-        #    between looks: the replica takes its next unit as soon as this one returns.
+        # 2. Wait on the local worker thread, publishing progress for the ingress every
+        #    UNIT_STATUS_S; the job's end wakes this at once, so the replica takes its next unit
+        #    without delay.
         try:
-            last = 0.0
             while job.status not in ("done", "failed", "cancelled"):
-                if time.monotonic() - last >= UNIT_STATUS_S:
-                    record()
-                    last = time.monotonic()
-                await asyncio.sleep(UNIT_POLL_S)
+                record()
+                try:
+                    await asyncio.wait_for(ended.wait(), UNIT_STATUS_S)
+                except asyncio.TimeoutError:
+                    pass
         except asyncio.CancelledError:
             # Cancelled by the ingress (the user's cancel): stop at the next step and free the replica.
             self.manager.cancel(job.id)
             while job.status not in ("done", "failed", "cancelled"):
                 await asyncio.sleep(0.05)
             raise
+        finally:
+            self.manager.ended.pop(job.id, None)
         record()
         return {**job.to_json(), "replica": self.replica, "pid": os.getpid()}
 

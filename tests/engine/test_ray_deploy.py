@@ -4,19 +4,24 @@ racing across processes, the KubeRay manifest and the serve-ray command line."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import multiprocessing
 import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from engine_testlib import depth_png, make_job
 
 from engine.coherence import make_strategy
 from engine.ray_config import RayEngineConfig
-from engine.ray_jobs import plan_units
-from engine.schema import CoherenceSpec, FrameSpec
+from engine.ray_jobs import RayJobManager, plan_units
+from engine.schema import CoherenceSpec, FrameSpec, JobRequest
 from engine.storage import Storage
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,6 +48,52 @@ def test_units_are_whole_batches_split_evenly_over_replicas() -> None:
     assert plan_units(batches(40, 1), False, 1, 8) == [list(range(1, 41))]
     assert plan_units(batches(40, 4, "FLOW"), True, 4, 8) == [list(range(1, 41))]
     assert plan_units([], False, 2, 8) == []
+
+
+def test_a_unit_goes_to_serve_only_when_a_replica_is_free(tmp_path: Path, tiny_models: dict[str, str]) -> None:
+    """Four one-unit jobs on two replicas: never more than two units in Serve at once (Serve's
+    router would hold the others and look again only after a backoff), and all four finish."""
+    storage = Storage(tmp_path)
+    lock = threading.Lock()
+    in_flight, most, sent = [0], [0], []
+
+    class Call:
+        """A Serve call: the 'replica' makes the unit's frames in 0.1 s."""
+
+        def __init__(self, unit_id: str, payload: dict[str, Any]) -> None:
+            self.unit_id = unit_id
+            with lock:
+                in_flight[0] += 1
+                most[0] = max(most[0], in_flight[0])
+                sent.append(unit_id)
+
+        def result(self) -> dict[str, Any]:
+            time.sleep(0.1)
+            job = manager.jobs[self.unit_id.rsplit("-", 1)[0]]
+            for key in job.frame_keys.values():
+                storage.put_frame(key, depth_png(0.2))
+            with lock:
+                in_flight[0] -= 1
+            return {"status": "done", "timings": {"model_s": 0.1}}
+
+        def cancel(self) -> None:
+            pass
+
+    manager = RayJobManager(storage, call_unit=Call, worker_device="cpu", replicas=2)
+    manager.start()
+    try:
+        depth = depth_png(0.1)
+        sha = hashlib.sha256(depth).hexdigest()
+        assert storage.put_blob(sha, depth)
+        jobs = [manager.submit(JobRequest.model_validate(make_job(
+            tiny_models, [{"frame": 1, "depth": sha}], shot=f"s{i}", seed=i))) for i in range(4)]
+        deadline = time.monotonic() + 30
+        while any(j.status not in ("done", "failed", "cancelled") for j in jobs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        manager.stop()
+    assert [j.status for j in jobs] == ["done"] * 4, [j.error for j in jobs]
+    assert len(sent) == 4 and most[0] == 2
 
 
 def _hammer(root: str, key: str, byte: int, rounds: int) -> None:
