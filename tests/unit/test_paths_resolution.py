@@ -16,6 +16,13 @@ def test_project_next_to_blend(tmp_path):
     assert paths.frame_name(7) == "0007.png"
 
 
+def test_folder_names_are_safe_and_distinct():
+    assert paths.folder_name("Shot_01") == "Shot_01"
+    a, b = paths.folder_name("a/b"), paths.folder_name("a:b")
+    assert "/" not in a and ":" not in b and a != b
+    assert paths.folder_name("..") not in {"", ".", ".."}
+
+
 def test_unsaved_blend_uses_a_temporary_project_and_says_so():
     project = paths.project_for("", "Scene")
     assert project.temporary
