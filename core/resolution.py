@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+MIN_EDGE = 64  # the engine's smallest frame side (8 latent pixels)
+
 
 def generation_size(
     resolution_x: int, resolution_y: int, pixel_aspect_x: float, pixel_aspect_y: float, long_edge: int
@@ -25,9 +27,6 @@ def generation_size(
         return max(8, int(round(value * scale / 8.0)) * 8)
 
     return snap(width), snap(height)
-
-
-MIN_EDGE = 64  # the engine's smallest frame side (8 latent pixels)
 
 
 def scene_size(scene: Any, long_edge: int | None = None) -> tuple[int, int]:

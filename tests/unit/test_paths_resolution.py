@@ -67,3 +67,21 @@ def test_generation_size_keeps_aspect_and_multiples_of_8(res, aspect, long_edge,
 def test_generation_size_rejects_nonsense():
     with pytest.raises(ValueError, match="long_edge"):
         resolution.generation_size(1920, 1080, 1, 1, 0)
+
+
+def scene_of(width, height, long_edge, aspect=(1.0, 1.0)):
+    from types import SimpleNamespace
+
+    render = SimpleNamespace(resolution_x=width, resolution_y=height, pixel_aspect_x=aspect[0],
+                             pixel_aspect_y=aspect[1])
+    return SimpleNamespace(render=render, viewfinder=SimpleNamespace(long_edge=long_edge))
+
+
+def test_scene_size_reads_the_scene_and_names_the_smallest_long_edge_that_works():
+    scene = scene_of(1920, 1080, 512, aspect=(2.0, 1.0))  # anamorphic: displayed 3840x1080
+    assert resolution.scene_size(scene) == (512, 144)
+    assert resolution.scene_size(scene, 256) == (256, 72)
+    wide = scene_of(400, 100, 128)  # 128x32: too thin for the engine
+    assert resolution.scene_size(wide) == (128, 32)
+    assert resolution.smallest_long_edge(wide) == 240 and resolution.scene_size(wide, 240) == (240, 64)
+    assert min(resolution.scene_size(wide, 232)) < resolution.MIN_EDGE  # one step less is too thin
