@@ -20,7 +20,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-# --- Model defaults: the scene properties start from these, and so does the engine ---------------
+# --- Model defaults: the scene properties start from these; the engine's schema has the same ones
+# for what it defaults (not the IP-Adapter, which it only loads when a request names one). ---------
 DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_CONTROLNET_DEPTH = "lllyasviel/control_v11f1p_sd15_depth"
 DEFAULT_CONTROLNET_POSE = "lllyasviel/control_v11p_sd15_openpose"
