@@ -24,8 +24,10 @@ TIMER_INTERVAL_S = 0.5
 def _safe_sync(scene: bpy.types.Scene) -> None:
     try:
         shots_core.sync_shots(scene)
-    except AttributeError:
-        pass  # writing is not allowed in this context; the next call catches up
+    except AttributeError as exc:
+        if not shots_core.write_refused(exc):  # a bug in the sync: say so below
+            log.exception("Viewfinder could not refresh the shots of scene '%s'", scene.name)
+        # else: writing is not allowed in this context; the next call catches up
     except Exception:  # a handler must never take Blender down
         log.exception("Viewfinder could not refresh the shots of scene '%s'", scene.name)
 

@@ -20,11 +20,15 @@ from bpy.props import (
 
 from . import props_characters
 from .core import shots as shots_core
-from .props_characters import DEFAULT_IMAGE_ENCODER, DEFAULT_IP_ADAPTER, ViewfinderCharacter
-
-DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-DEFAULT_CONTROLNET_DEPTH = "lllyasviel/control_v11f1p_sd15_depth"
-DEFAULT_CONTROLNET_POSE = "lllyasviel/control_v11p_sd15_openpose"
+from .core.request import (  # the add-on's one copy of the model defaults
+    DEFAULT_BASE,
+    DEFAULT_CONTROLNET_DEPTH,
+    DEFAULT_CONTROLNET_POSE,
+    DEFAULT_IMAGE_ENCODER,
+    DEFAULT_IP_ADAPTER,
+    DEFAULT_MOTION_ADAPTER,
+)
+from .props_characters import ViewfinderCharacter
 
 GENERATOR_ITEMS = [
     ("IMAGE", "Image", "Per-frame image model (SD 1.5 / SDXL + ControlNets) with the shot's coherence mode"),
@@ -139,7 +143,7 @@ class ViewfinderSettings(bpy.types.PropertyGroup):
         name="Style", description="Appended to every shot's prompt so the whole film keeps one look"
     )
     model: StringProperty(
-        name="Base Model", default=DEFAULT_MODEL,
+        name="Base Model", default=DEFAULT_BASE,
         description="Hugging Face id, local diffusers folder, or single-file .safetensors checkpoint",
     )
     controlnet_depth: StringProperty(
@@ -164,7 +168,7 @@ class ViewfinderSettings(bpy.types.PropertyGroup):
         name="Custom Video Model", description="Wan VACE: Hugging Face id or local diffusers folder (safetensors)"
     )
     motion_adapter: StringProperty(
-        name="Motion Adapter", default="guoyww/animatediff-motion-adapter-v1-5-3",
+        name="Motion Adapter", default=DEFAULT_MOTION_ADAPTER,
         description="AnimateDiff motion adapter: Hugging Face id or local folder",
     )
     video_control: EnumProperty(name="Control Video", items=VIDEO_CONTROL_ITEMS, default="DEPTH")
@@ -228,8 +232,10 @@ class ViewfinderSettings(bpy.types.PropertyGroup):
         """
         try:
             shots_core.sync_shots(self.id_data)
-        except AttributeError:
-            pass  # read-only context: a handler or timer syncs soon after
+        except AttributeError as exc:
+            if not shots_core.write_refused(exc):
+                raise
+            # read-only context: a handler or timer syncs soon after
         return self.shot_list
 
 

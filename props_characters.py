@@ -17,11 +17,6 @@ from bpy.props import (
     StringProperty,
 )
 
-# The contract's defaults (i9-contract.md): IP-Adapter Plus for SD 1.5 and its ViT-H image encoder.
-DEFAULT_IP_ADAPTER = "h94/IP-Adapter/models/ip-adapter-plus_sd15.safetensors"
-DEFAULT_IMAGE_ENCODER = "h94/IP-Adapter/models/image_encoder"
-
-
 # Blender 4.5+ warns when a "//" path is set on a FILE_PATH property that does not declare it; 4.2 lacks the flag.
 _RELATIVE_PATH = {"PATH_SUPPORTS_BLEND_RELATIVE"} if bpy.app.version >= (4, 5, 0) else set()
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .generate import GenerationError, ShotJob
 from .paths import Project
+from .request import JobRequest
 from .takes import DRAFT, FINAL, read_take, take_tier
 
 if TYPE_CHECKING:
@@ -59,7 +60,9 @@ def collect_final_from_draft(scene: bpy.types.Scene, take_dir: Path, project: Pr
     settings = {**recorded, "width": size[0], "height": size[1]}
     prompts = {**job.prompts, "prompt": info.prompt, "style_prompt": info.style_prompt,
                "negative_prompt": info.negative_prompt}
-    request = {**job.request, "models": info.models, **{k: v for k, v in prompts.items() if k != "prompt_keys"},
-               **{k: v for k, v in settings.items() if k != "per_frame"}}
+    merged = {**job.request.to_dict(), **{k: v for k, v in prompts.items() if k != "prompt_keys"},
+              **{k: v for k, v in settings.items() if k != "per_frame"}}
+    merged.pop("models")
+    request = JobRequest.from_parts(merged.pop("shot"), info.models, {}, merged)
     return dataclasses.replace(job, request=request, models=info.models, prompts=prompts, settings=settings,
                                frame_values={int(f): v for f, v in per_frame.items()}, tier=FINAL)

@@ -96,10 +96,6 @@ class EngineClient:
                           headers={"Content-Type": "application/octet-stream"})
         return sha
 
-    def upload_file(self, path: str) -> str:
-        with open(path, "rb") as f:
-            return self.upload_blob(f.read())
-
     def submit(self, job: dict[str, Any]) -> str:
         """Queue a job (see API.md for the body); returns its id."""
         return str(self._request("POST", "/jobs", ok=(202,), json=job).json()["id"])

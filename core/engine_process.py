@@ -260,10 +260,6 @@ class Engine:
         self.local_kwargs = local_kwargs
         self.local = LocalEngine(config.python, **local_kwargs) if config.python else None  # type: ignore[arg-type]
 
-    @property
-    def is_local(self) -> bool:
-        return self.local is not None
-
     def client(self, timeout: float = 30.0) -> EngineClient:
         """A client for a running engine, starting or restarting the local one (blocking)."""
         if self.local is not None:

@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .generate import GenerationError, ShotJob, TakeOutcome, build_maps
+from .conditioning.manifest import build_maps
+from .generate import GenerationError, ShotJob, TakeOutcome
 from .paths import Project, frame_name
-from .shot_job import _model_path, coherence_settings
+from .request import CoherenceSpec, FinalizeSpec, JobRequest, ModelSpec
+from .shot_job import _model_path, coherence_settings, prefs_fields
 from .takes import FINALIZED, TakeInfo, read_take, take_tier
 
 if TYPE_CHECKING:
@@ -122,12 +124,12 @@ def collect_finalize(scene: bpy.types.Scene, take_dir: Path, project: Project, p
         notes.append(f"Shot '{info.shot}': control maps of frames {gone[:5]} at {new_w}×{new_h} were deleted: "
                      "re-rendered")
     try:
-        render_shot(scene, shot, conditioning_dir, width=new_w, height=new_h, force=bool(gone))
+        result = render_shot(scene, shot, conditioning_dir, width=new_w, height=new_h, force=bool(gone))
     except ConditioningError as exc:
         raise GenerationError(str(exc)) from exc
-    meta = json.loads((conditioning_dir / "meta.json").read_text("utf-8"))
+    meta = result.meta
     maps: dict[int, dict[str, Path | None]] = {}
-    all_maps = build_maps(conditioning_dir, meta)
+    all_maps = result.maps
     for frame in info.frames_total:
         if frame not in all_maps:
             raise GenerationError(f"Shot '{info.shot}' no longer covers frame {frame} of take {info.take}: "
@@ -139,15 +141,14 @@ def collect_finalize(scene: bpy.types.Scene, take_dir: Path, project: Project, p
     finalize = {"upscaler": _model_path(upscaler) or None, "detail_strength": round(float(detail_strength), 4)}
     settings = {**info.settings, "width": new_w, "height": new_h, "coherence": coherence, "finalize": finalize,
                 "source_take": info.take, "tier": FINALIZED_TIER}
-    request = {
-        "shot": info.shot, "models": info.models, "prompt": info.prompt, "style_prompt": info.style_prompt,
-        "negative_prompt": info.negative_prompt, "seed": int(info.seed),
+    request = JobRequest(
+        shot=info.shot, models=ModelSpec(**info.models), prompt=info.prompt, style_prompt=info.style_prompt,
+        negative_prompt=info.negative_prompt, seed=int(info.seed),
         **{k: info.settings[k] for k in ("steps", "guidance_scale", "depth_weight", "pose_weight",
                                          "control_start", "control_end") if k in info.settings},
-        "width": new_w, "height": new_h, "coherence": coherence, "finalize": finalize,
-        "batch_size": 1, "device": prefs.device, "attention_slicing": prefs.attention_slicing,
-        "cpu_offload": prefs.cpu_offload,
-    }
+        width=new_w, height=new_h, coherence=CoherenceSpec(**coherence), finalize=FinalizeSpec(**finalize),
+        batch_size=1, **prefs_fields(prefs),
+    )
     prompts = {"prompt": info.prompt, "style_prompt": info.style_prompt, "negative_prompt": info.negative_prompt}
     job = ShotJob(shot=info.shot, frames=list(info.frames_total), conditioning_dir=conditioning_dir,
                   takes_dir=take_dir.parent, maps=maps, request=request, models=info.models, prompts=prompts,

@@ -22,6 +22,7 @@ from typing import Any
 
 from . import takes as takes_core
 from .paths import frame_name
+from .request import JobRequest, frame_entries
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class ShotJob:
     conditioning_dir: Path
     takes_dir: Path
     maps: dict[int, dict[str, Path | None]]  # frame → {"depth": path, "pose": path|None, "flow": path|None}
-    request: dict[str, Any]  # engine request body without "frames"
+    request: JobRequest  # the engine request without "frames" (core/request.py)
     models: dict[str, Any]
     prompts: dict[str, Any]
     settings: dict[str, Any]
@@ -80,30 +81,6 @@ class TakeOutcome:
     @property
     def complete(self) -> bool:
         return self.info is not None and self.info.complete
-
-
-def build_maps(conditioning_dir: Path, meta: dict[str, Any]) -> dict[int, dict[str, Path | None]]:
-    """Per frame, the control-map files the engine gets (pose only where someone is visible)."""
-    pose_frames = {str(k): bool(v) for k, v in (meta.get("pose_frames") or {}).items()}
-    maps: dict[int, dict[str, Path | None]] = {}
-    for frame in meta["frames"]:
-        depth = conditioning_dir / "depth" / frame_name(frame)
-        pose = conditioning_dir / "pose" / frame_name(frame)
-        flow = _flow_file(conditioning_dir, frame)
-        maps[frame] = {
-            "depth": depth,
-            "pose": pose if pose_frames.get(str(frame)) and pose.is_file() else None,
-            "flow": flow,
-        }
-    return maps
-
-
-def _flow_file(conditioning_dir: Path, frame: int) -> Path | None:
-    for ext in ("npy", "npz", "exr"):
-        candidate = conditioning_dir / "flow" / frame_name(frame, ext)
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def file_sha256(path: Path) -> str:
@@ -188,12 +165,7 @@ def run_shot(
         if cancelled():
             return _finish(take_dir, info, cancelled=True)
         client.upload_blob(path.read_bytes())
-    body = dict(job.request)
-    body["frames"] = [
-        {"frame": frame, **{k: (hashes[p] if p is not None else None) for k, p in job.maps[frame].items()},
-         **job.frame_values.get(frame, {})}
-        for frame in job.frames
-    ]
+    body = job.request.body(frame_entries(job.frames, job.maps, hashes, job.frame_values))
     job_id = client.submit(body)
 
     # 5. Poll, fetching frames as they finish, until done, failed or cancelled.

@@ -7,13 +7,14 @@ Runs on any thread (no bpy access here: callers pass in what they read).
 from __future__ import annotations
 
 import os
+import re
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .shots import folder_name
-
 PROJECT_FOLDER = "viewfinder"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,15 @@ def project_for(blend_filepath: str, scene_name: str, output_override: str = "")
 
 def _stem(blend_filepath: str, scene_name: str) -> str:
     return folder_name(Path(blend_filepath).stem if blend_filepath else scene_name)
+
+
+def folder_name(shot_name: str) -> str:
+    """A file-system-safe folder name for a shot, stable for a given name."""
+    cleaned = _UNSAFE.sub("_", shot_name).strip("._") or "shot"
+    if cleaned != shot_name:
+        # Keep names that differ only in unsafe characters apart.
+        cleaned = f"{cleaned}_{zlib.crc32(shot_name.encode('utf-8')) & 0xFFFF:04x}"
+    return cleaned
 
 
 def frame_name(frame: int, ext: str = "png") -> str:

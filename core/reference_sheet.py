@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 from .characters import CharacterSource, check_lora, shot_characters
 from .characters_scene import character_objects, problem_of, read_bible
-from .generate import GenerationError, ShotJob, TakeOutcome, build_maps
-from .paths import Project, frame_name
-from .shots import folder_name
+from .generate import GenerationError, ShotJob, TakeOutcome
+from .paths import Project, folder_name, frame_name
+from .request import JobRequest
+from .resolution import generation_size
 
 if TYPE_CHECKING:
     from ..preferences import Prefs
@@ -58,7 +59,7 @@ def prepare_sheet(scene: Any, character: Any, project: Project, prefs: Prefs) ->
     import bpy
 
     from .conditioning import ConditioningError, render_shot
-    from .shot_job import _model_path
+    from .shot_job import prefs_fields, scene_models
 
     # 1. Check inputs.
     objects = character_objects(scene, character)
@@ -74,7 +75,7 @@ def prepare_sheet(scene: Any, character: Any, project: Project, prefs: Prefs) ->
     except ValueError as exc:
         raise GenerationError(str(exc)) from exc
     settings = scene.viewfinder
-    size = max(64, settings.long_edge // 8 * 8)
+    size, _ = generation_size(1, 1, 1.0, 1.0, max(64, settings.long_edge))  # square frames at Long Edge
     out = sheet_dir(project, character.name)
 
     # 2. Only the character renders, in its rest pose, seen by a camera stepping round it over three frames.
@@ -102,7 +103,7 @@ def prepare_sheet(scene: Any, character: Any, project: Project, prefs: Prefs) ->
                 result = render_shot(scene, shot, conditioning_dir, width=size, height=size)
             except ConditioningError as exc:
                 raise GenerationError(f"Character '{character.name}': {exc}") from exc
-            meta = result.meta
+            meta, maps = result.meta, {frame: dict(files) for frame, files in result.maps.items()}
     finally:
         if camera is not None:
             cam_data = camera.data
@@ -113,20 +114,13 @@ def prepare_sheet(scene: Any, character: Any, project: Project, prefs: Prefs) ->
 
     # 3. The engine job: one frame per view (the pose and depth maps set the view), the character's
     # description through its own region.
-    maps = build_maps(conditioning_dir, meta)
     # The sheet is how references are made: it carries the description and LoRA, no reference images.
     bare = CharacterSource(name=source.name, object_names=[o.name for o in objects], description=source.description,
                            lora=source.lora, lora_scale=source.lora_scale, trigger_words=source.trigger_words)
     from .characters import frame_ids
 
     block = shot_characters([bare], meta, frame_ids(conditioning_dir, meta))
-    models = {
-        "base": _model_path(settings.model),
-        "controlnet_depth": _model_path(settings.controlnet_depth) or None,
-        "controlnet_pose": _model_path(settings.controlnet_pose) or None,
-        "lora": _model_path(settings.lora) or None,
-        "lora_scale": round(float(settings.lora_scale), 4),
-    }
+    models = scene_models(settings)
     description = character.description.strip() or character.name
     prompts = {
         "prompt": f"{description}, {SHEET_PROMPT}",
@@ -142,11 +136,8 @@ def prepare_sheet(scene: Any, character: Any, project: Project, prefs: Prefs) ->
         job_settings["characters"] = block.characters
         for frame, frame_maps in maps.items():
             frame_maps["mask"] = conditioning_dir / "masks" / frame_name(frame)
-    request = {
-        "shot": f"{character.name} sheet", "models": models, **prompts, **job_settings,
-        "batch_size": int(settings.batch_size), "device": prefs.device,
-        "attention_slicing": prefs.attention_slicing, "cpu_offload": prefs.cpu_offload,
-    }
+    request = JobRequest.from_parts(f"{character.name} sheet", models, prompts, job_settings,
+                                    batch_size=int(settings.batch_size), **prefs_fields(prefs))
     job = ShotJob(
         shot=f"{character.name} sheet", frames=sorted(maps), conditioning_dir=conditioning_dir,
         takes_dir=out / "takes", maps=maps, request=request, models=models, prompts=prompts,

@@ -1,6 +1,10 @@
-"""Generation resolution from the scene's output aspect and a long-edge setting. Plain Python."""
+"""Generation resolution from the scene's output aspect and a long-edge setting. Plain Python (attribute reads)."""
 
 from __future__ import annotations
+
+from typing import Any
+
+MIN_EDGE = 64  # the engine's smallest frame side (8 latent pixels)
 
 
 def generation_size(
@@ -23,3 +27,21 @@ def generation_size(
         return max(8, int(round(value * scale / 8.0)) * 8)
 
     return snap(width), snap(height)
+
+
+def scene_size(scene: Any, long_edge: int | None = None) -> tuple[int, int]:
+    """The frames' (width, height) for a scene: its output aspect at Long Edge (or ``long_edge``).
+
+    The one computation generation, the control maps and the panel's readout share.
+    """
+    render = scene.render
+    edge = scene.viewfinder.long_edge if long_edge is None else long_edge
+    return generation_size(render.resolution_x, render.resolution_y, render.pixel_aspect_x, render.pixel_aspect_y,
+                           edge)
+
+
+def smallest_long_edge(scene: Any) -> int:
+    """The smallest Long Edge from the scene's own that gives both sides at least MIN_EDGE pixels."""
+    start = max(8, scene.viewfinder.long_edge)
+    return next((edge for edge in range(start, 16 * MIN_EDGE * 8, 8) if min(scene_size(scene, edge)) >= MIN_EDGE),
+                16 * MIN_EDGE * 8)

@@ -5,16 +5,16 @@ Main thread only (reads and writes bpy data).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import vse
-from .generate import GenerationError, ShotJob, TakeOutcome, build_maps
+from .generate import GenerationError, ShotJob, TakeOutcome
 from .paths import Project, frame_name
-from .resolution import generation_size
+from .request import DraftSpec, JobRequest
+from .resolution import MIN_EDGE, scene_size, smallest_long_edge
 from .takes import DRAFT, FINAL
 from .video_job import effective_generator, reference_uploads, video_settings
 
@@ -24,16 +24,6 @@ if TYPE_CHECKING:
     from ..preferences import Prefs
 
 log = logging.getLogger(__name__)
-
-MIN_EDGE = 64  # the engine's smallest frame side (8 latent pixels)
-
-
-def generation_settings(scene: bpy.types.Scene) -> tuple[int, int]:
-    render = scene.render
-    return generation_size(
-        render.resolution_x, render.resolution_y, render.pixel_aspect_x, render.pixel_aspect_y,
-        scene.viewfinder.long_edge,
-    )
 
 
 def collect_shot(
@@ -55,16 +45,11 @@ def collect_shot(
     if shot.problem:
         raise GenerationError(f"Shot '{shot.name}': {shot.problem}")
     settings = scene.viewfinder
-    width, height = generation_settings(scene)
+    width, height = scene_size(scene)
     if min(width, height) < MIN_EDGE:
-        needed = next(
-            edge for edge in range(settings.long_edge, 16 * MIN_EDGE * 8, 8)
-            if min(generation_size(scene.render.resolution_x, scene.render.resolution_y, scene.render.pixel_aspect_x,
-                                   scene.render.pixel_aspect_y, edge)) >= MIN_EDGE
-        )
         raise GenerationError(
             f"Long Edge {settings.long_edge} gives {width}×{height} frames, but the models need at least "
-            f"{MIN_EDGE} pixels on each side: set Long Edge to {needed} or more (Viewfinder ▸ Film)"
+            f"{MIN_EDGE} pixels on each side: set Long Edge to {smallest_long_edge(scene)} or more (Viewfinder ▸ Film)"
         )
     # The generation tier (README "Drafts"); half-size drafts get their own maps beside the full-size ones.
     tier, tier_warnings = (tier, []) if tier else effective_tier(settings, shot)
@@ -75,24 +60,19 @@ def collect_shot(
     if [width, height] != final_size:
         conditioning_dir = project.shot_dir(shot.name) / f"conditioning-{width}x{height}"
     try:
-        render_shot(scene, shot, conditioning_dir, width=width, height=height, progress=progress, cancel=cancel)
+        result = render_shot(scene, shot, conditioning_dir, width=width, height=height, progress=progress,
+                             cancel=cancel)
     except ConditioningError as exc:
         raise GenerationError(str(exc)) from exc
-    meta = json.loads((conditioning_dir / "meta.json").read_text("utf-8"))
-    maps = build_maps(conditioning_dir, meta)
+    meta = result.meta
+    maps = {frame: dict(files) for frame, files in result.maps.items()}
     missing = [f for f, m in maps.items() if m["depth"] is None or not Path(m["depth"]).is_file()]
     if missing:
         raise GenerationError(
             f"Shot '{shot.name}': depth maps are missing for frames {missing[:5]}: render its control maps again"
         )
 
-    models = {
-        "base": _model_path(settings.model),
-        "controlnet_depth": _model_path(settings.controlnet_depth) or None,
-        "controlnet_pose": _model_path(settings.controlnet_pose) or None,
-        "lora": _model_path(settings.lora) or None,
-        "lora_scale": round(float(settings.lora_scale), 4),
-    }
+    models = scene_models(settings)
     prompts = {
         "prompt": shot.prompt,
         "style_prompt": settings.style_prompt,
@@ -128,21 +108,13 @@ def collect_shot(
     if cast["masks"]:
         for frame, frame_maps in maps.items():
             frame_maps["mask"] = conditioning_dir / "masks" / frame_name(frame)
-    request = {
-        "shot": shot.name,
-        "models": models,
-        **prompts,
-        **job_settings,
-        "batch_size": int(settings.batch_size),
-        "device": prefs.device,
-        "attention_slicing": prefs.attention_slicing,
-        "cpu_offload": prefs.cpu_offload,
-    }
     frames = sorted(maps)
-    animated = apply_animation(scene, shot, frames, request, prompts, job_settings)
+    animated = apply_animation(scene, shot, frames, prompts, job_settings)
+    request = JobRequest.from_parts(shot.name, models, prompts, job_settings, batch_size=int(settings.batch_size),
+                                    **prefs_fields(prefs))
     if tier == DRAFT:  # final takes keep the settings (and so the request hash) they always had
         block = draft_block(settings)
-        request.update(tier=DRAFT, draft=block)
+        request.tier, request.draft = DRAFT, DraftSpec(**block)
         job_settings.update(tier=DRAFT, draft={**block, "final_size": final_size})
     return ShotJob(
         shot=shot.name, frames=frames, conditioning_dir=conditioning_dir, takes_dir=project.takes_dir(shot.name),
@@ -182,9 +154,9 @@ def draft_block(settings: Any) -> dict[str, Any]:
     }
 
 
-def apply_animation(scene: bpy.types.Scene, shot: Any, frames: list[int], request: dict[str, Any],
-                    prompts: dict[str, Any], job_settings: dict[str, Any]) -> Any:
-    """Sample the shot's animated settings and prompt keys into the request (core/anim_sample.py).
+def apply_animation(scene: bpy.types.Scene, shot: Any, frames: list[int], prompts: dict[str, Any],
+                    job_settings: dict[str, Any]) -> Any:
+    """Sample the shot's animated settings and prompt keys into the job's parts (core/anim_sample.py).
 
     Job-level values become the shot's first frame's; the take's identity (prompts and
     settings, hashed into take.json) gains the prompt keys and the per-frame values.
@@ -200,9 +172,8 @@ def apply_animation(scene: bpy.types.Scene, shot: Any, frames: list[int], reques
             job_settings["coherence"]["strength"] = value
         else:
             job_settings[name] = value
-    request.update({k: v for k, v in job_settings.items() if k in request})
     if samples.prompt_keys:
-        request["prompt_keys"] = prompts["prompt_keys"] = list(samples.prompt_keys)
+        prompts["prompt_keys"] = list(samples.prompt_keys)
     if samples.per_frame:
         job_settings["per_frame"] = {str(f): v for f, v in sorted(samples.per_frame.items())}
     return samples
@@ -231,6 +202,22 @@ def coherence_settings(shot: Any, meta: dict[str, Any]) -> dict[str, Any]:
     if meta.get("near") is not None and meta.get("far") is not None:
         settings["depth_range"] = [float(meta["near"]), float(meta["far"])]
     return settings
+
+
+def scene_models(settings: Any) -> dict[str, Any]:
+    """The request's ``models`` from the film settings (take.json keeps the same dict)."""
+    return {
+        "base": _model_path(settings.model),
+        "controlnet_depth": _model_path(settings.controlnet_depth) or None,
+        "controlnet_pose": _model_path(settings.controlnet_pose) or None,
+        "lora": _model_path(settings.lora) or None,
+        "lora_scale": round(float(settings.lora_scale), 4),
+    }
+
+
+def prefs_fields(prefs: Prefs) -> dict[str, Any]:
+    """The request fields the add-on preferences set: where and how the engine runs the job."""
+    return {"device": prefs.device, "attention_slicing": prefs.attention_slicing, "cpu_offload": prefs.cpu_offload}
 
 
 def _model_path(value: str) -> str:

@@ -14,7 +14,6 @@ Runs on Blender's main thread (sync_shots writes RNA data).
 from __future__ import annotations
 
 import logging
-import re
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -130,18 +129,6 @@ def plan_shots(
     return plan
 
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def folder_name(shot_name: str) -> str:
-    """A file-system-safe folder name for a shot, stable for a given name."""
-    cleaned = _UNSAFE.sub("_", shot_name).strip("._") or "shot"
-    if cleaned != shot_name:
-        # Keep names that differ only in unsafe characters apart.
-        cleaned = f"{cleaned}_{zlib.crc32(shot_name.encode('utf-8')) & 0xFFFF:04x}"
-    return cleaned
-
-
 def default_seed(shot_name: str) -> int:
     """A distinct, reproducible starting seed per shot."""
     return zlib.crc32(shot_name.encode("utf-8")) & 0x7FFFFFFF
@@ -218,6 +205,15 @@ def _match(plan: Plan, stored: Sequence[Any]) -> list[int | None]:
                 result[si] = candidates[0]
                 taken.add(candidates[0])
     return result
+
+
+def write_refused(exc: AttributeError) -> bool:
+    """True when Blender refused to write ID data in a read-only context (drawing the UI), not for a bug.
+
+    Blender says "Writing to ID classes in this context is not allowed: ..."; any other
+    AttributeError raised inside the sync is a real error and must surface.
+    """
+    return "in this context is not allowed" in str(exc)
 
 
 def sync_shots(scene: bpy.types.Scene) -> bool:

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from .generate import GenerationError, file_sha256
+from .request import DEFAULT_VIDEO_MODEL
 
 log = logging.getLogger(__name__)
 
 # Preset → (engine pipeline, model id). ANIMATEDIFF uses the scene's SD 1.5 model and ControlNets.
 VIDEO_MODELS: dict[str, tuple[str, str]] = {
-    "WAN21_VACE_1_3B": ("WAN_VACE", "Wan-AI/Wan2.1-VACE-1.3B-diffusers"),
+    "WAN21_VACE_1_3B": ("WAN_VACE", DEFAULT_VIDEO_MODEL),
     "WAN21_VACE_14B": ("WAN_VACE", "Wan-AI/Wan2.1-VACE-14B-diffusers"),
     "WAN22_VACE_14B": ("WAN_VACE", "linoyts/Wan2.2-VACE-Fun-14B-diffusers"),
     "ANIMATEDIFF": ("ANIMATEDIFF", ""),

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_CHANNEL = 128
-TAKE_KEY = "viewfinder_take"  # custom property on take strips: the take folder, relative when possible
+TAKE_KEY = "viewfinder_take"  # custom property on take strips: the take folder's absolute path
 SHOT_KEY = "viewfinder_shot"
 KIND_KEY = "viewfinder_kind"  # "take" or "control"
 

@@ -13,16 +13,11 @@ from bpy.props import BoolProperty, EnumProperty, StringProperty
 from ..core import vse
 from ..core.conditioning import ConditioningError, render_shot
 from ..core.paths import frame_name
-from ..core.resolution import generation_size
+from ..core.resolution import scene_size
 from .common import NeedsScene, project_of, report, resolve_shots
 
 log = logging.getLogger(__name__)
 
-
-
-def shot_size(scene: bpy.types.Scene) -> tuple[int, int]:
-    r = scene.render
-    return generation_size(r.resolution_x, r.resolution_y, r.pixel_aspect_x, r.pixel_aspect_y, scene.viewfinder.long_edge)
 
 
 class VIEWFINDER_OT_render_conditioning(NeedsScene, bpy.types.Operator):
@@ -43,7 +38,7 @@ class VIEWFINDER_OT_render_conditioning(NeedsScene, bpy.types.Operator):
             report(self, "ERROR", problem)
             return {"CANCELLED"}
         project = project_of(context)
-        width, height = shot_size(scene)
+        width, height = scene_size(scene)
         done: list[str] = []
         for shot in shots:
             if shot.problem:

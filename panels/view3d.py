@@ -5,7 +5,7 @@ from __future__ import annotations
 import bpy
 
 from ..core import shots as shots_core
-from ..core.resolution import generation_size
+from ..core.resolution import scene_size
 
 
 class VIEWFINDER_UL_shots(bpy.types.UIList):
@@ -116,9 +116,7 @@ class VIEWFINDER_PT_film(ViewfinderPanel, bpy.types.Panel):
         if settings.lora:
             layout.prop(settings, "lora_scale")
         layout.prop(settings, "long_edge")
-        width, height = generation_size(context.scene.render.resolution_x, context.scene.render.resolution_y,
-                                        context.scene.render.pixel_aspect_x, context.scene.render.pixel_aspect_y,
-                                        settings.long_edge)
+        width, height = scene_size(context.scene)
         layout.label(text=f"Frames: {width} × {height}")
         layout.prop(settings, "steps")
         layout.prop(settings, "guidance_scale")

@@ -14,8 +14,11 @@ Files (NNNN = timeline frame):
     flow/NNNN.npy            float32 H×W×2 backward flow (frame N → N−1); flow/forward/NNNN.npy forward (flow.py)
     meta.json                near/far, resolution, camera, frames, conventions, `complete: true` last
 
+`render_shot` returns a `ConditioningResult`: meta.json's contents and the per-frame
+manifest of the files the engine gets (`maps`, manifest.py), so callers never re-read the folder.
+
 Submodules that need bpy are imported by `render_shot` only, so the plain ones
-(png, exr, depth, flow, rigs, openpose_draw) import without Blender.
+(png, exr, depth, flow, rigs, openpose_draw, manifest) import without Blender.
 """
 
 from __future__ import annotations

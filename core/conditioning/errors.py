@@ -25,3 +25,5 @@ class ConditioningResult:
     people: list[str]  # armature names mapped to OpenPose
     warnings: list[str] = field(default_factory=list)
     reused: bool = False  # True when the maps on disk were already current
+    # Per frame, the control-map files the engine gets (manifest.build_maps): {"depth", "pose", "flow"}.
+    maps: dict[int, dict[str, Path | None]] = field(default_factory=dict)

@@ -2,8 +2,8 @@
 
 Blender's vector pass holds, per pixel of frame t and in Blender's y-up pixel
 units, XY = (position in t−1) − (position in t) and ZW = (position in t) −
-(position in t+1) (measured against an analytic camera pan in
-tests/blender/test_conditioning_flow.py). We store both directions in the
+(position in t+1) (measured against an analytic camera truck and pan in
+tests/blender/test_conditioning.py). We store both directions in the
 convention image tools use (row 0 at the top, +x right, +y down):
 
 - `flow/NNNN.npy` (backward): for each pixel q of frame N, q + b(q) is where

@@ -20,6 +20,7 @@ import numpy as np
 
 from . import depth, flow, masks, openpose_draw, pose, render
 from .errors import ConditioningCancelled, ConditioningError, ConditioningResult
+from .manifest import build_maps
 from .png import write_png
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ def _result(out_dir: Path, meta: dict[str, Any], warnings: list[str], reused: bo
         people=list(meta["people"]),
         warnings=warnings,
         reused=reused,
+        maps=build_maps(out_dir, meta),
     )
 
 

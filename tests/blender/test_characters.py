@@ -91,14 +91,14 @@ def test_request_for_a_two_character_shot(tmp_path, vfmod):
     legend = meta["masks"]["legend"]
     ids = {entry["name"]: int(key) for key, entry in legend.items()}
     hero_sha, style_sha = characters.file_sha256(ref), characters.file_sha256(style)
-    assert job.request["characters"] == [
+    assert job.request.to_dict()["characters"] == [
         {"name": "Hero", "description": "a tall woman in a red coat", "mask_ids": [ids["Hero"]],
          "references": [hero_sha], "identity_strength": 0.6, "lora": None, "lora_scale": 1.0, "trigger_words": "hrw"},
         {"name": "Stranger", "description": "an old man in a grey suit", "mask_ids": [ids["Stranger"]],
          "references": [], "identity_strength": 0.6, "lora": None, "lora_scale": 1.0, "trigger_words": ""},
     ]
-    assert job.request["style_reference"] == style_sha and job.request["style_strength"] == 0.5
-    palette_sha = job.request["palette_reference"]
+    assert job.request.to_dict()["style_reference"] == style_sha and job.request.to_dict()["style_strength"] == 0.5
+    palette_sha = job.request.to_dict()["palette_reference"]
     palette_file = job.blobs[palette_sha]
     assert palette_file.parent == tmp_path / "viewfinder" / "references"
     assert characters.file_sha256(palette_file) == palette_sha
@@ -116,15 +116,15 @@ def test_request_for_a_two_character_shot(tmp_path, vfmod):
 
     # The close shot sees only the hero: the stranger is not sent, costs nothing.
     job = collect(scene, vfmod, "Hero")
-    assert [c["name"] for c in job.request["characters"]] == ["Hero"]
+    assert [c["name"] for c in job.request.to_dict()["characters"]] == ["Hero"]
     assert job.blobs == {hero_sha: ref, style_sha: style, palette_sha: palette_file}
 
     # Without an IP-Adapter no reference is sent (the engine could not use it).
     scene.viewfinder.ip_adapter = ""
     job = collect(scene, vfmod, "Hero")
-    assert job.request["characters"][0]["references"] == [] and "style_reference" not in job.request
+    assert job.request.to_dict()["characters"][0]["references"] == [] and "style_reference" not in job.request.to_dict()
     assert "ip_adapter" not in job.models and job.blobs == {palette_sha: palette_file}
-    assert job.request["palette_reference"] == palette_sha  # the palette needs no IP-Adapter
+    assert job.request.to_dict()["palette_reference"] == palette_sha  # the palette needs no IP-Adapter
 
 
 def test_a_video_shot_takes_the_bible_references_of_its_characters(tmp_path, vfmod):
@@ -138,12 +138,12 @@ def test_a_video_shot_takes_the_bible_references_of_its_characters(tmp_path, vfm
     hero_sha = vfmod("core.characters").file_sha256(ref)
 
     job = collect(scene, vfmod, "Both")
-    assert job.request["generator"] == "VIDEO"
-    assert job.request["video"]["references"] == [hero_sha]
+    assert job.request.to_dict()["generator"] == "VIDEO"
+    assert job.request.to_dict()["video"]["references"] == [hero_sha]
     assert job.uploads == [ref]
     # No regional block for a video model: no characters, masks, film-look fields or IP-Adapter.
     for key in ("characters", "style_reference", "palette_reference"):
-        assert key not in job.request
+        assert key not in job.request.to_dict()
     assert "ip_adapter" not in job.models and job.blobs == {}
     assert all("mask" not in maps for maps in job.maps.values())
     # The take still records who is in it, for the identity metric.
@@ -153,7 +153,7 @@ def test_a_video_shot_takes_the_bible_references_of_its_characters(tmp_path, vfm
     own = save_png(tmp_path / "own.png", 8, 8, colour=(0.3, 0.6, 0.2))
     scene.viewfinder.shots["Both"].reference_image = str(own)
     job = collect(scene, vfmod, "Both")
-    assert job.request["video"]["references"] == [vfmod("core.characters").file_sha256(own)]
+    assert job.request.to_dict()["video"]["references"] == [vfmod("core.characters").file_sha256(own)]
     assert job.uploads == [own]
 
 
@@ -162,7 +162,7 @@ def test_a_film_without_a_bible_sends_the_request_it_sent_before(tmp_path, vfmod
     scene.viewfinder.characters.clear()
     job = collect(scene, vfmod, "Both")
     for key in ("characters", "style_reference", "palette_reference", "style_strength"):
-        assert key not in job.request
+        assert key not in job.request.to_dict()
     assert "ip_adapter" not in job.models and job.blobs == {}
     assert all("mask" not in maps for maps in job.maps.values())
 

@@ -119,7 +119,7 @@ def test_cancelled_finalize_resumes_where_it_stopped(approved: dict[str, Any], v
     project = vfmod("operators.common").project_of(bpy.context)
     plan = finalize.collect_finalize(approved["scene"], approved["takes"] / "001", project, prefs, factor=2,
                                      detail_strength=0.9)
-    plan.job.request["steps"] = 12  # slow enough to cancel mid-take
+    plan.job.request.steps = 12  # slow enough to cancel mid-take
     client = engine_link.connect(prefs)
     seen: list[int] = []
     outcome = generate.run_shot(plan.job, client, on_progress=lambda p: seen.append(p.frames_done),

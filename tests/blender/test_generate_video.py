@@ -61,9 +61,9 @@ def test_200_frame_video_shot_through_three_windows_lands_on_the_vse(tmp_path: P
     # The request the add-on sends: the video block, the reference image uploaded by content.
     shot_job, prefs_mod, ops_common = vfmod("core.shot_job"), vfmod("preferences"), vfmod("operators.common")
     job = shot_job.collect_shot(scene, shot, ops_common.project_of(bpy.context), prefs_mod.get_prefs(bpy.context))
-    assert job.request["generator"] == "VIDEO" and job.uploads == [tmp_path / "ref.png"]
-    assert job.request["video"]["model"] == str(tiny_models / "wan-vace")
-    assert len(job.request["video"]["references"][0]) == 64 and job.frames == list(range(1, 201))
+    assert job.request.to_dict()["generator"] == "VIDEO" and job.uploads == [tmp_path / "ref.png"]
+    assert job.request.to_dict()["video"]["model"] == str(tiny_models / "wan-vace")
+    assert len(job.request.to_dict()["video"]["references"][0]) == 64 and job.frames == list(range(1, 201))
 
     assert bpy.ops.viewfinder.generate(shot="Long") == {"FINISHED"}
     (strip,) = take_strips(scene)

@@ -125,3 +125,22 @@ def test_operators_see_markers_bound_just_now(scene):
     bind_marker(scene, "Now", 1, add_camera(scene, "C"))
     assert len(scene.viewfinder.shot_list) == 0  # nothing has synced yet
     assert bpy.ops.viewfinder.jump_to_shot.poll()
+
+
+def test_the_shots_property_hides_only_blenders_read_only_refusal(three_shots, vfmod, monkeypatch):
+    """Drawing the UI may not write ID data: that is waited out. Any other AttributeError is a bug and surfaces."""
+    shots_core = vfmod("core.shots")
+    assert len(three_shots.viewfinder.shots) == 3  # synced once, while writing is allowed
+
+    def refused(scene):
+        raise AttributeError("Writing to ID classes in this context is not allowed: Scene, Scene datablock, "
+                             "error setting ViewfinderShot.name")
+
+    def broken(scene):
+        return scene.viewfinder.no_such_setting
+
+    monkeypatch.setattr(shots_core, "sync_shots", refused)
+    assert [s.name for s in three_shots.viewfinder.shots] == ["Wide", "Close", "Reverse"]  # the stored list
+    monkeypatch.setattr(shots_core, "sync_shots", broken)
+    with pytest.raises(AttributeError, match="no_such_setting"):
+        _ = three_shots.viewfinder.shots

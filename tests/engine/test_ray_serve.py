@@ -199,6 +199,7 @@ def test_generate_all_places_takes_in_the_order_jobs_finish(ray_client: Any, cor
 
     generate = importlib.import_module("vf_core_under_test.generate")
     generate_all = importlib.import_module("vf_core_under_test.generate_all")
+    request = importlib.import_module("vf_core_under_test.request")
 
     def shot_job(name: str, frames: int, steps: int) -> Any:
         folder = tmp_path / name / "conditioning"
@@ -212,8 +213,10 @@ def test_generate_all_places_takes_in_the_order_jobs_finish(ray_client: Any, cor
         body.pop("frames")
         prompts = {"prompt": body["prompt"], "style_prompt": body["style_prompt"],
                    "negative_prompt": body["negative_prompt"]}
+        typed = request.JobRequest.from_parts(name, body["models"], {}, {k: v for k, v in body.items()
+                                                                     if k not in ("shot", "models")})
         return generate.ShotJob(shot=name, frames=list(maps), conditioning_dir=folder, takes_dir=tmp_path / name / "takes",
-                                maps=maps, request=body, models=dict(body["models"]), prompts=prompts,
+                                maps=maps, request=typed, models=dict(body["models"]), prompts=prompts,
                                 settings={"seed": 808, "steps": steps})
 
     # Long is ~70x the work of Short, so a replica that must first load its pipeline for Short still

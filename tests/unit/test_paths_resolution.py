@@ -16,6 +16,13 @@ def test_project_next_to_blend(tmp_path):
     assert paths.frame_name(7) == "0007.png"
 
 
+def test_folder_names_are_safe_and_distinct():
+    assert paths.folder_name("Shot_01") == "Shot_01"
+    a, b = paths.folder_name("a/b"), paths.folder_name("a:b")
+    assert "/" not in a and ":" not in b and a != b
+    assert paths.folder_name("..") not in {"", ".", ".."}
+
+
 def test_unsaved_blend_uses_a_temporary_project_and_says_so():
     project = paths.project_for("", "Scene")
     assert project.temporary
@@ -60,3 +67,21 @@ def test_generation_size_keeps_aspect_and_multiples_of_8(res, aspect, long_edge,
 def test_generation_size_rejects_nonsense():
     with pytest.raises(ValueError, match="long_edge"):
         resolution.generation_size(1920, 1080, 1, 1, 0)
+
+
+def scene_of(width, height, long_edge, aspect=(1.0, 1.0)):
+    from types import SimpleNamespace
+
+    render = SimpleNamespace(resolution_x=width, resolution_y=height, pixel_aspect_x=aspect[0],
+                             pixel_aspect_y=aspect[1])
+    return SimpleNamespace(render=render, viewfinder=SimpleNamespace(long_edge=long_edge))
+
+
+def test_scene_size_reads_the_scene_and_names_the_smallest_long_edge_that_works():
+    scene = scene_of(1920, 1080, 512, aspect=(2.0, 1.0))  # anamorphic: displayed 3840x1080
+    assert resolution.scene_size(scene) == (512, 144)
+    assert resolution.scene_size(scene, 256) == (256, 72)
+    wide = scene_of(400, 100, 128)  # 128x32: too thin for the engine
+    assert resolution.scene_size(wide) == (128, 32)
+    assert resolution.smallest_long_edge(wide) == 240 and resolution.scene_size(wide, 240) == (240, 64)
+    assert min(resolution.scene_size(wide, 232)) < resolution.MIN_EDGE  # one step less is too thin

@@ -59,13 +59,6 @@ def test_duplicate_shot_names_are_flagged():
     assert all("Two shots are named 'A'" in s.problem for s in plan.shots)
 
 
-def test_folder_names_are_safe_and_distinct():
-    assert shots.folder_name("Shot_01") == "Shot_01"
-    a, b = shots.folder_name("a/b"), shots.folder_name("a:b")
-    assert "/" not in a and ":" not in b and a != b
-    assert shots.folder_name("..") not in {"", ".", ".."}
-
-
 def test_default_seed_is_stable_and_differs_per_name():
     assert shots.default_seed("A") == shots.default_seed("A")
     assert shots.default_seed("A") != shots.default_seed("B")

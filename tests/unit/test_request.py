@@ -1,0 +1,86 @@
+"""The typed engine request (core/request.py): what it sends, and that it matches the engine's schema."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import ROOT, load
+
+request = load("core.request")
+
+
+def engine_schema():
+    pytest.importorskip("pydantic")  # every venv `make setup` builds has it; a bare interpreter may not
+    sys.path.insert(0, str(ROOT))
+    try:
+        return importlib.import_module("engine.schema")
+    finally:
+        sys.path.remove(str(ROOT))
+
+
+def models() -> dict:
+    return {"base": "sd15", "controlnet_depth": "depth", "controlnet_pose": None, "lora": None, "lora_scale": 1.0}
+
+
+def test_unset_optional_fields_are_not_sent_but_a_refused_controlnet_is():
+    job = request.JobRequest.from_parts(
+        "A", models(), {"prompt": "p", "style_prompt": "", "negative_prompt": ""},
+        {"seed": 3, "steps": 2, "guidance_scale": 7.5, "width": 128, "height": 72, "depth_weight": 1.0,
+         "pose_weight": 1.0, "control_start": 0.0, "control_end": 1.0, "coherence": {"mode": "INDEPENDENT"},
+         "per_frame": {"2": {"seed": 4}}},
+        batch_size=4, device="cpu", attention_slicing=False, cpu_offload=False)
+    body = job.to_dict()
+    # The order and keys the add-on sent before the request was typed (the engine's cache keys depend on values).
+    assert list(body) == ["shot", "models", "prompt", "style_prompt", "negative_prompt", "seed", "steps",
+                          "guidance_scale", "width", "height", "depth_weight", "pose_weight", "control_start",
+                          "control_end", "coherence", "batch_size", "device", "attention_slicing", "cpu_offload"]
+    assert body["models"] == models()  # None for the pose ControlNet is sent: omitting it means the default one
+    assert body["coherence"] == {"mode": "INDEPENDENT"}
+    assert job.body([{"frame": 1}]) == {**body, "frames": [{"frame": 1}]}
+    assert "per_frame" not in json.dumps(body)  # take.json's per-frame values travel in the frames
+
+
+def test_an_unknown_setting_is_refused_when_the_request_is_built():
+    with pytest.raises(TypeError, match="colour"):
+        request.JobRequest.from_parts("A", models(), {}, {"colour": "red"})
+    with pytest.raises(TypeError, match="strenght"):
+        request.JobRequest.from_parts("A", models(), {}, {"coherence": {"mode": "FLOW", "strenght": 0.5}})
+
+
+def test_frame_entries_send_each_map_by_hash_and_the_frames_own_values():
+    depth, flow = Path("/c/depth/0001.png"), Path("/c/flow/0002.npy")
+    maps = {1: {"depth": depth, "pose": None, "flow": None}, 2: {"depth": depth, "pose": None, "flow": flow}}
+    entries = request.frame_entries([1, 2], maps, {depth: "d" * 64, flow: "f" * 64}, {2: {"seed": 9}})
+    assert entries == [{"frame": 1, "depth": "d" * 64, "pose": None, "flow": None},
+                       {"frame": 2, "depth": "d" * 64, "pose": None, "flow": "f" * 64, "seed": 9}]
+
+
+def test_the_add_on_model_defaults_are_the_engines():
+    schema = engine_schema()
+    assert (request.DEFAULT_BASE, request.DEFAULT_CONTROLNET_DEPTH, request.DEFAULT_CONTROLNET_POSE) == (
+        schema.DEFAULT_BASE, schema.DEFAULT_DEPTH, schema.DEFAULT_POSE)
+    assert (request.DEFAULT_VIDEO_MODEL, request.DEFAULT_MOTION_ADAPTER) == (
+        schema.DEFAULT_VIDEO_MODEL, schema.DEFAULT_MOTION_ADAPTER)
+    # What an empty ModelSpec sends is what the engine assumes when nothing is sent.
+    assert schema.ModelSpec().model_dump() == {**request.ModelSpec().to_dict(), "ip_adapter": None,
+                                               "image_encoder": None}
+
+
+def test_every_typed_spec_has_only_fields_the_engine_knows():
+    """A field the engine does not have would be refused (extra="forbid"): catch it here, not at submit."""
+    schema = engine_schema()
+    pairs = [(request.ModelSpec, schema.ModelSpec), (request.CoherenceSpec, schema.CoherenceSpec),
+             (request.CharacterSpec, schema.CharacterSpec), (request.VideoSpec, schema.VideoSpec),
+             (request.FinalizeSpec, schema.FinalizeSpec), (request.JobRequest, schema.JobRequest)]
+    from dataclasses import fields
+
+    for ours, theirs in pairs:
+        extra = {f.name for f in fields(ours)} - set(theirs.model_fields)
+        assert not extra, f"{ours.__name__} has fields the engine's {theirs.__name__} lacks: {extra}"
+    # The engine fields the add-on never sends are only these (frames: added by run_shot).
+    missing = set(schema.JobRequest.model_fields) - {f.name for f in fields(request.JobRequest)}
+    assert missing == {"frames"}
