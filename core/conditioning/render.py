@@ -97,9 +97,9 @@ OVERRIDE_NAME = "Viewfinder Data Passes"
 
 def _nodes(tree: Any, seen: set[int]) -> Any:
     """Every node of a node tree, node groups included (each group once)."""
-    if tree is None or id(tree) in seen:
+    if tree is None or tree.as_pointer() in seen:
         return
-    seen.add(id(tree))
+    seen.add(tree.as_pointer())
     for node in tree.nodes:
         yield node
         if getattr(node, "node_tree", None) is not None:
