@@ -162,7 +162,7 @@ def depth_estimator(frames: int) -> dict[str, Any] | None:
     if not Path(python).exists():
         print(f"no engine python at {python}: set VIEWFINDER_TEST_ENGINE_PYTHON to compare with the depth estimator")
         return None
-    threads = str(os.cpu_count() or 1)
+    threads = str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     proc = subprocess.run(
         [python, str(ROOT / "benchmarks" / "depth_estimator_time.py"), "--frames", str(frames)],

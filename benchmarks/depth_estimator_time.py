@@ -1,13 +1,13 @@
 """Milliseconds per frame of the Depth Anything Small architecture (random weights) on the CPU.
 
-    .venv-engine/bin/python benchmarks/depth_estimator_time.py [--frames N] [--height 294] [--width 518]
+    .venv-engine/bin/python benchmarks/depth_estimator_time.py [--frames N] [--height 294] [--width 518] [--threads N]
 
 What a user would otherwise run to get a depth map per frame: the monocular estimator
 `bench_conditioning.py` compares the control maps against (it runs this in a subprocess,
 in the same run). The architecture of HF's `depth-anything/Depth-Anything-V2-Small-hf`
 config: a DINOv2-small backbone (hidden 384, 12 layers, 6 heads, patch 14, features
 from layers 3/6/9/12), DPT neck [48, 96, 192, 384], fusion 64; weights are random (the
-cost does not depend on them). Torch uses as many threads as the machine has cores.
+cost does not depend on them). Torch uses as many threads as the process may use cores.
 Every call is timed, the first one included; model construction is not. Prints one
 JSON line: {"ms_per_frame", "first_ms", "cpu_ms_per_frame" (CPU time of all threads,
 less sensitive to the machine's load), "frames", "threads", "params_m", ...}.
@@ -26,12 +26,13 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--height", type=int, default=294)
     parser.add_argument("--width", type=int, default=518)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: the cores this process may use)")
     args = parser.parse_args()
 
     import torch
     from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
 
-    threads = os.cpu_count() or 1
+    threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     backbone = Dinov2Config(
