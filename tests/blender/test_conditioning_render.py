@@ -9,8 +9,8 @@ and the material list are the user's again afterwards.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import math
+import sys
 import types
 from pathlib import Path
 from types import ModuleType
@@ -21,16 +21,11 @@ import pytest
 bpy = pytest.importorskip("bpy")
 from blender_scenes import add_camera  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_conditioning_pose import demo_module as _load_demo  # noqa: E402 - the demo scene builder, loaded once
+
 W, H = 96, 64
-
-
-@functools.cache
-def demo_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("viewfinder_demo_scene", ROOT / "demo" / "scene.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+demo_module = functools.cache(_load_demo)
 
 
 def box(scene, name: str, location, size: float = 1.0):
@@ -83,11 +78,17 @@ def street(scene) -> bpy.types.Object:
     return cam
 
 
-def passes(render: ModuleType, scene, cam, frames, tmp: Path, *, flat: bool, persistent: bool = True) -> list[dict]:
+def passes(
+    render: ModuleType, scene, cam, frames, tmp: Path, *, flat: bool = True, persistent: bool = True, own: bool = False,
+) -> list[dict]:
+    """The frames' passes with configure()'s settings; `flat`: whether configure chose the flat override;
+    `own`: render with the scene's own materials anyway (the override taken off after configure)."""
     with render.RenderGuard() as guard:
         layer = render.configure(guard, scene, cam, W, H)
         override = layer.material_override
         assert (override is not None and override.name == render.OVERRIDE_NAME) == flat
+        if own:
+            guard.set(layer, "material_override", None)
         if not persistent:
             guard.set(scene.render, "use_persistent_data", False)
         return [render.render_frame(scene, layer, frame, tmp) for frame in frames]
@@ -103,13 +104,8 @@ def test_flat_override_gives_the_same_passes_as_the_scenes_materials(vf: ModuleT
     render = vfmod("core.conditioning.render")
     cam = street(scene)
     assert render.why_materials_matter(scene) is None
-    fast = passes(render, scene, cam, [1, 3], tmp_path, flat=True)
-    # The same frames with the scene's own materials (the override taken off again after configure).
-    with render.RenderGuard() as guard:
-        layer = render.configure(guard, scene, cam, W, H)
-        guard.set(layer, "material_override", None)
-        own = [render.render_frame(scene, layer, frame, tmp_path) for frame in (1, 3)]
-    assert_same(fast, own)
+    fast = passes(render, scene, cam, [1, 3], tmp_path)
+    assert_same(fast, passes(render, scene, cam, [1, 3], tmp_path, own=True))
     assert set(np.unique(fast[0]["index"])) == {0, 1, 2, 3, 4}  # every box seen, ground is 0
     assert np.isfinite(fast[0]["z"]).all() and (fast[0]["z"] < 100).mean() > 0.5
     assert np.abs(fast[1]["vector"][..., :2]).max() > 0.5  # the camera moved
@@ -192,21 +188,14 @@ def test_see_through_surfaces_give_the_same_depth_and_masks(vf: ModuleType, vfmo
     cam = street(scene)
     front = add_front(scene, kind)
     assert render.why_materials_matter(scene) is None
-    flat = passes(render, scene, cam, [1, 2], tmp_path, flat=True)
-    with render.RenderGuard() as guard:
-        layer = render.configure(guard, scene, cam, W, H)
-        guard.set(layer, "material_override", None)
-        own = [render.render_frame(scene, layer, frame, tmp_path) for frame in (1, 2)]
+    flat = passes(render, scene, cam, [1, 2], tmp_path)
+    own = passes(render, scene, cam, [1, 2], tmp_path, own=True)
     for f, o in zip(flat, own, strict=True):
         np.testing.assert_array_equal(f["z"], o["z"])
         np.testing.assert_array_equal(f["index"], o["index"])
         assert (f["index"] == 9).sum() > 500  # the box is in the masks
     front.data.materials[0] = material("Opaque")
-    with render.RenderGuard() as guard:
-        layer = render.configure(guard, scene, cam, W, H)
-        guard.set(layer, "material_override", None)
-        opaque = [render.render_frame(scene, layer, frame, tmp_path) for frame in (1, 2)]
-    assert_same(flat, opaque)
+    assert_same(flat, passes(render, scene, cam, [1, 2], tmp_path, own=True))
     assert np.abs(flat[1]["vector"][flat[1]["index"] == 9]).max() > 0.5
 
 
@@ -221,9 +210,9 @@ def test_persistent_data_follows_an_animated_armature(vf: ModuleType, vfmod, sce
     demo._mesh_object(scene, "Ground", [(-9, -9, 0), (9, -9, 0), (9, 9, 0), (-9, 9, 0)], [(0, 1, 2, 3)])
     cam = add_camera(scene, "Cam", location=(0.0, -6.0, 1.0), rotation=(math.radians(90), 0, 0))
     frames = [1, 2, 4, 7]
-    fresh = [passes(render, scene, cam, [f], tmp_path, flat=True, persistent=False)[0] for f in reversed(frames)]
+    fresh = [passes(render, scene, cam, [f], tmp_path, persistent=False)[0] for f in reversed(frames)]
     fresh.reverse()
-    persistent = passes(render, scene, cam, frames, tmp_path, flat=True)
+    persistent = passes(render, scene, cam, frames, tmp_path)
     assert scene.render.use_persistent_data is False  # the user's value again
     assert_same(persistent, fresh)
     # It did move: the body's mask changes shape, and its pixels carry motion vectors.
