@@ -1,7 +1,13 @@
 """Render the data passes (Z, Vector, Object Index) with Cycles on the CPU, leaving the user's settings as they were.
 
 One Cycles render per frame at 1 sample with bounces, denoising and pixel
-filtering off gives exact per-pixel data (no colour is needed). Output goes to
+filtering off gives exact per-pixel data (no colour is needed). Almost all of a
+frame's cost is tracing and shading its pixels (the per-frame sync is a few
+milliseconds with persistent data), so the scene renders with one flat material
+that has no closures: no shading, no light sampling, the same Z, Vector and
+Object Index to the bit. Only where a material changes which surface those
+passes see (true displacement, holdout; see `why_materials_matter`) do the
+user's own materials render, at the old cost. Output goes to
 an uncompressed multi-layer EXR in a temporary folder, never the user's output
 path; `exr.read_exr` reads it back.
 
@@ -14,6 +20,7 @@ Runs on Blender's main thread (bpy).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +37,11 @@ class RenderGuard:
 
     def __init__(self) -> None:
         self._saved: list[tuple[Any, str, Any]] = []
+        self._cleanups: list[Callable[[], None]] = []
+
+    def on_exit(self, cleanup: Callable[[], None]) -> None:
+        """Run `cleanup` once every setting is back (e.g. remove a datablock a setting pointed to)."""
+        self._cleanups.append(cleanup)
 
     def remember(self, owner: Any, *names: str) -> None:
         """Save values before changing any of them: setting one may change others (media_type → file_format)."""
@@ -64,6 +76,12 @@ class RenderGuard:
                 except Exception:  # restore everything else even if one value does not apply
                     if attempt == 1:
                         log.exception("could not restore %s.%s", owner, name)
+        cleanups, self._cleanups = self._cleanups[::-1], []
+        for cleanup in cleanups:
+            try:
+                cleanup()
+            except Exception:
+                log.exception("cleanup after the data-pass render failed")
 
 
 def view_layer_of(scene: bpy.types.Scene) -> bpy.types.ViewLayer:
@@ -74,10 +92,81 @@ def view_layer_of(scene: bpy.types.Scene) -> bpy.types.ViewLayer:
     return next((vl for vl in scene.view_layers if vl.use), scene.view_layers[0])
 
 
+OVERRIDE_NAME = "Viewfinder Data Passes"
+
+
+def _nodes(tree: Any, seen: set[int]) -> Any:
+    """Every node of a node tree, node groups included (each group once)."""
+    if tree is None or tree.as_pointer() in seen:
+        return
+    seen.add(tree.as_pointer())
+    for node in tree.nodes:
+        yield node
+        if getattr(node, "node_tree", None) is not None:
+            yield from _nodes(node.node_tree, seen)
+
+
+def _material_reason(material: Any) -> str | None:
+    tree = getattr(material, "node_tree", None)
+    if tree is None or (bpy.app.version < (5, 0) and not material.use_nodes):
+        return None  # the plain diffuse colour (from 5.0 materials always use their nodes)
+    # 4.1+ has the method on the material, 4.0 and before on material.cycles.
+    method = getattr(material, "displacement_method", None) or getattr(material.cycles, "displacement_method", "BUMP")
+    for node in _nodes(tree, set()):
+        if node.bl_idname == "ShaderNodeHoldout":
+            return f"material '{material.name}' has a Holdout shader"
+        if node.bl_idname == "ShaderNodeOutputMaterial" and method != "BUMP":
+            displacement = node.inputs.get("Displacement")
+            if displacement is not None and displacement.is_linked:
+                return f"material '{material.name}' displaces its surface"
+    return None
+
+
+def why_materials_matter(scene: bpy.types.Scene) -> str | None:
+    """Why the data passes need the scene's own materials (a reason to show), or None when a flat one is exact.
+
+    With no transparent bounces, Z and Object Index are those of the first surface a camera
+    ray hits whatever its shader (transparent, alpha, glass, volume or ray portal alike), so a
+    flat material gives the same values. Two kinds of shading change them: true displacement
+    moves the surface, and a holdout removes it from the passes. The Vector pass of a
+    see-through surface is scaled by its opacity with its own shader (0 for alpha 0 over
+    a moving object); the flat material gives it the motion its Z and mask already show.
+    Materials that geometry nodes may assign are not in the slots, so with a geometry-nodes
+    modifier every material in the file is checked.
+    """
+    materials: dict[str, Any] = {}
+    every = False
+    for obj in scene.objects:
+        if obj.type == "VOLUME":
+            return f"'{obj.name}' is a volume object"
+        every = every or any(mod.type == "NODES" for mod in getattr(obj, "modifiers", ()))
+        for slot in getattr(obj, "material_slots", ()):
+            if slot.material is not None:
+                materials[slot.material.name_full] = slot.material
+    if every:
+        materials.update((m.name_full, m) for m in bpy.data.materials)
+    for material in materials.values():
+        reason = _material_reason(material)
+        if reason is not None:
+            return reason
+    return None
+
+
+def _flat_material() -> bpy.types.Material:
+    """A material with an output node and nothing else: no closures, so Cycles neither shades nor samples lights."""
+    material = bpy.data.materials.new(OVERRIDE_NAME)
+    if bpy.app.version < (5, 0):
+        material.use_nodes = True  # from 5.0 materials always have nodes
+    material.node_tree.nodes.clear()
+    material.node_tree.nodes.new("ShaderNodeOutputMaterial")
+    return material
+
+
 def configure(guard: RenderGuard, scene: bpy.types.Scene, camera: bpy.types.Object, width: int, height: int) -> bpy.types.ViewLayer:
     """Switch the scene to the minimal data-pass render. Every change goes through `guard`."""
     render = scene.render
     guard.set(scene, "camera", camera)
+    guard.set(scene, "world", None)  # the background adds nothing to the data passes; no world light to build
     guard.set(render, "engine", "CYCLES")
     for name, value in (
         ("resolution_x", width),
@@ -129,6 +218,8 @@ def configure(guard: RenderGuard, scene: bpy.types.Scene, camera: bpy.types.Obje
         ("filter_width", 0.01),
         ("use_camera_cull", False),
         ("use_distance_cull", False),
+        ("use_guiding", False),  # path guiding trains on shading the data passes do not need
+        ("use_light_tree", False),  # no light is sampled for the data passes: nothing to build per frame
     ):
         guard.set(cycles, name, value)
 
@@ -141,10 +232,17 @@ def configure(guard: RenderGuard, scene: bpy.types.Scene, camera: bpy.types.Obje
         ("use_pass_vector", True),
         ("use_pass_object_index", True),
         ("samples", 0),
-        ("material_override", None),
     ):
         guard.set(layer, name, value)
     guard.set(getattr(layer, "cycles", None), "use_denoising", False)
+    reason = why_materials_matter(scene)
+    if reason is None:
+        flat = _flat_material()
+        guard.on_exit(lambda: bpy.data.materials.remove(flat))
+        guard.set(layer, "material_override", flat)
+    else:
+        log.info("control maps render with the scene's materials (slower): %s", reason)
+        guard.set(layer, "material_override", None)
     return layer
 
 

@@ -158,6 +158,9 @@ def snapshot(scene) -> dict:
     out["frame"] = scene.frame_current
     out["camera"] = scene.camera.name if scene.camera else None
     out["pass_index"] = {o.name: o.pass_index for o in scene.objects}
+    out["world"] = scene.world.name if scene.world else None
+    out["material_override"] = [vl.material_override.name if vl.material_override else None for vl in scene.view_layers]
+    out["materials"] = sorted(m.name for m in bpy.data.materials)
     out["locations"] = {o.name: tuple(o.matrix_world.translation) for o in scene.objects}
     return out
 
@@ -174,6 +177,8 @@ def test_user_settings_identical_before_and_after(vf: ModuleType, scene, tmp_pat
     scene.cycles.samples = 77
     scene.view_layers[0].use_pass_z = False
     scene.objects["Near"].pass_index = 5
+    scene.world = bpy.data.worlds.new("User World")
+    scene.view_layers[0].material_override = bpy.data.materials.new("User Clay")
     scene.frame_set(7)
     before = snapshot(scene)
     cond.render_shot(scene, shot("S", cam, 1, 2), tmp_path / "c", width=W, height=H)
