@@ -10,7 +10,7 @@ from .engine_install import venv_python
 from .engine_process import get_engine
 
 if TYPE_CHECKING:
-    from ..preferences import Prefs
+    from .prefs import Prefs
 
 
 def engine_python(prefs: Prefs) -> str:

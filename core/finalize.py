@@ -24,7 +24,7 @@ from .takes import TakeInfo, read_take
 if TYPE_CHECKING:
     import bpy
 
-    from ..preferences import Prefs
+    from .prefs import Prefs
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from .paths import Project, frame_name
 from .shots import folder_name
 
 if TYPE_CHECKING:
-    from ..preferences import Prefs
+    from .prefs import Prefs
 
 log = logging.getLogger(__name__)
 
