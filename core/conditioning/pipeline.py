@@ -12,7 +12,10 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -357,12 +360,51 @@ class ShotRender:
         self.phase = "done"
 
 
+class RenderNeeded(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by `render_shot` inside `stepwise()`: the caller steps ``render`` itself, then asks again."""
+
+    def __init__(self, render: ShotRender) -> None:
+        super().__init__(f"control maps of '{render.shot_name}' to render")
+        self.render = render
+
+
+@dataclass
+class _Stepwise:
+    hold_settings: bool
+    result: ConditioningResult | None
+
+
+_STEPWISE: ContextVar[_Stepwise | None] = ContextVar("viewfinder_stepwise", default=None)
+
+
+@contextmanager
+def stepwise(result: ConditioningResult | None = None, *, hold_settings: bool = False) -> Iterator[None]:
+    """Within this block `render_shot` renders nothing: it answers ``result`` when that is the
+    folder asked for, and otherwise raises `RenderNeeded` with a `ShotRender` (inputs checked).
+
+    So a caller that renders step by step (core/generate_run.py) can run code that calls
+    `render_shot` (`shot_job.collect_shot`) twice: once to get its checks and the render to
+    step, once with the finished maps.
+    """
+    token = _STEPWISE.set(_Stepwise(hold_settings, result))
+    try:
+        yield
+    finally:
+        _STEPWISE.reset(token)
+
+
 def render_shot_impl(
     scene: Any, shot: Any, out_dir: Path, *, width: int, height: int,
     progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
     force: bool = False,
 ) -> ConditioningResult:
     """The whole shot in one call: a loop over `ShotRender`'s steps, settings held throughout."""
+    mode = _STEPWISE.get()
+    if mode is not None:
+        if mode.result is not None and mode.result.out_dir == Path(out_dir):
+            return mode.result
+        raise RenderNeeded(ShotRender(scene, shot, out_dir, width=width, height=height, force=force,
+                                      hold_settings=mode.hold_settings))
     job = ShotRender(scene, shot, out_dir, width=width, height=height, force=force, hold_settings=True)
     try:
         while not job.done:
