@@ -23,6 +23,7 @@ from typing import Any
 
 from . import takes as takes_core
 from .paths import frame_name
+from .prefs import Prefs
 
 log = logging.getLogger(__name__)
 
@@ -351,3 +352,10 @@ def shot_message(shot_name: str, exc: BaseException) -> str:
 def log_progress(p: Progress) -> None:
     """An `on_progress` for blocking runs: a log line per message."""
     log.info("%s: %d/%d frames", p.shot, p.frames_done, p.frames_total)
+
+
+def engine_job_task(job: ShotJob, prefs: Prefs, *, report: Callable[[Any], None], cancel: Any) -> TakeOutcome:
+    """A `core.worker.Worker` task: connect, then `run_shot`, its `Progress` posted as it comes."""
+    from .engine_link import connect  # deferred: starts processes, not needed by plain callers
+
+    return run_shot(job, connect(prefs), on_progress=report, should_cancel=cancel.is_set)

@@ -2,9 +2,9 @@
 
 A cluster engine (``python -m engine serve-ray``) runs the jobs it receives together on
 different replicas, so the add-on hands it all shots at once instead of one after the
-other. `ShotsOnEngine` steps every shot's `EngineShot` (core/generate.py) in turn: shots
-not yet submitted first, so every job reaches the engine before any is polled, then one
-poll of the next running shot per step. Outcomes come back in the order the jobs finish,
+other. `ShotsOnEngine` steps every shot's `EngineShot` (core/generate.py) in turn, one
+bounded step (an upload, the submit, a poll) of one shot per call, so the shots' jobs reach
+the engine close together. Outcomes come back in the order the jobs finish,
 not the order of the shots. A single engine simply queues the jobs: same takes, same total
 time. Never touches bpy; bounded steps, so the UI's state machine (core/generate_run.py)
 can call it between frames.
@@ -47,6 +47,7 @@ class ShotsOnEngine:
         self.active: list[EngineShot] = []
         self._turn = 0  # the next active shot to poll
         self._quiet = 0  # polls in a row that found nothing new
+        self.last_kind = ""  # what the last step did: "upload" (hash, upload, submit) or "poll"
 
     def add(self, job: ShotJob) -> None:
         self.waiting.append(job)
@@ -54,13 +55,6 @@ class ShotsOnEngine:
     @property
     def finished(self) -> bool:
         return not self.waiting and not self.active
-
-    @property
-    def phase(self) -> str:
-        """'upload' while some shot is not yet submitted, 'poll' while jobs run, '' when finished."""
-        if any(not s.submitted for s in self.active) or self.waiting:
-            return "upload"
-        return "poll" if self.active else ""
 
     def step(self) -> tuple[bool, TakeOutcome | ShotFailure | None]:
         """(worked, a shot that ended in this step or None). worked is False once every running
@@ -71,13 +65,12 @@ class ShotsOnEngine:
                                           should_cancel=self.should_cancel))
         if not self.active:
             return False, None
-        pending = [s for s in self.active if not s.submitted]
-        if pending:
-            shot = pending[0]
-        else:
-            self._turn %= len(self.active)
-            shot = self.active[self._turn]
-            self._turn += 1
+        # Round robin over every shot, whatever its phase: the shots' uploads interleave, so
+        # their jobs reach the engine close together and a cluster starts them side by side.
+        self._turn %= len(self.active)
+        shot = self.active[self._turn]
+        self._turn += 1
+        self.last_kind = "poll" if shot.submitted else "upload"
         try:
             worked = shot.step()
         except Exception as exc:  # noqa: BLE001 - one shot's failure must not stop the others

@@ -9,9 +9,9 @@ Each `tick(scene)` does at most one bounded step:
 2. per shot: check it and open its `ShotRender` (`collect_shot` inside
    `conditioning.pipeline.stepwise`), one hashing step, one frame's passes or one depth
    map a tick, then describe its engine job (`collect_shot` again, with the finished maps);
-3. every shot's engine job (`ShotsOnEngine`): one map upload, one submit, or one poll
-   (fetching at most one finished frame) a tick; every job is submitted before any is
-   polled, so a cluster engine runs them side by side;
+3. every shot's engine job (`ShotsOnEngine`, shots in turn): one map upload, one submit,
+   or one poll (fetching at most one finished frame) a tick; the jobs reach the engine
+   close together, so a cluster engine runs them side by side;
 4. place one finished take on the VSE a tick, as jobs finish.
 
 `cancel()` takes effect at the next tick, whatever the phase: a conditioning render in
@@ -90,6 +90,11 @@ class GenerationRun:
     def done(self) -> bool:
         return self.phase == "done"
 
+    @property
+    def rendering(self) -> ShotRender | None:
+        """The shot's control-map render in progress, if any."""
+        return self._render
+
     def abort(self, scene: Any) -> None:
         """End now, between ticks (Blender is closing the operator): nothing half made is left."""
         self._cancel.set()
@@ -113,6 +118,7 @@ class GenerationRun:
                 self._render = None
             self.phase = "done"
             return DONE
+        self.step_kind = ""
         if self._cancel.is_set() and not self._cancel_seen:
             self._on_cancel(scene)
             if self.phase == "done":
@@ -217,8 +223,8 @@ class GenerationRun:
         if self._engine.finished:
             self._finish()
             return DONE
-        self.step_kind = "upload" if self._engine.phase == "upload" else "poll"
         worked, ended = self._engine.step()
+        self.step_kind = self._engine.last_kind
         if isinstance(ended, ShotFailure):
             self.failures += 1
             self._report("ERROR", shot_message(ended.shot, ended.error))
@@ -276,7 +282,9 @@ class GenerationRun:
             if render.phase == "hash":
                 return f"{head} · checking control maps"
             if render.phase == "depth":
-                return f"{head} · depth maps {render._next}/{len(render.frames)}"
+                return f"{head} · depth maps {render.depth_done}/{len(render.frames)}"
+            if render.phase != "render":
+                return f"{head} · writing control maps"
             return f"{head} · control maps {render.frames_rendered}/{len(render.frames)}"
         if self.phase == "engine":
             if self.client is None:

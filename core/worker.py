@@ -3,7 +3,8 @@
 A `Worker` owns its thread, its queue of typed messages and its cancel event. It gets
 everything its task needs as arguments (a frozen `Prefs`, a job, a folder): it never
 reads bpy data or an operator's attributes. The task runs as
-``task(*args, report=..., cancel=...)``: it posts `MsgProgress` through ``report``, looks
+``task(*args, report=..., cancel=...)``: it posts progress through ``report`` (`MsgProgress`,
+or a typed message of its own such as `core.generate.Progress`), looks
 at ``cancel`` (a `threading.Event`) between bounded steps, and returns its result. The
 worker then posts `MsgDone` with that result, or `MsgException` with what the task raised:
 exactly one of them, always last.
@@ -49,7 +50,7 @@ class MsgException:
     cancelled: bool = False
 
 
-Message = MsgProgress | MsgDone | MsgException
+Message = Any  # MsgProgress (or the task's own progress type), then MsgDone or MsgException
 
 
 class Worker:
@@ -103,7 +104,7 @@ class Worker:
 
     # -- the worker's own thread ------------------------------------------
 
-    def _report(self, message: MsgProgress) -> None:
+    def _report(self, message: Any) -> None:
         self._queue.put(message)
 
     def _run(self) -> None:

@@ -184,6 +184,10 @@ class ShotRender:
     def frames_rendered(self) -> int:
         return len(self._ranges)
 
+    @property
+    def depth_done(self) -> int:
+        return self._next if self.phase == "depth" else (len(self.frames) if self.phase in ("finish", "done") else 0)
+
     def step(self, scene: Any) -> None:
         """Do one bounded piece of work: some hashing, one frame's render or depth map, or the finish."""
         if self.done:
