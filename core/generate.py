@@ -242,6 +242,7 @@ class EngineShot:
             for frame in job.frames
         ]
         self.job_id = self.client.submit(body)
+        log.info("shot '%s': job %s submitted", job.shot, self.job_id)
         self.phase = "poll"
 
     def _step_poll(self) -> bool:
@@ -256,6 +257,7 @@ class EngineShot:
         if fresh:
             frame = fresh[0]
             client.fetch_frame(self.job_id, frame, take_dir / frame_name(frame))
+            log.info("shot '%s': frame %d fetched", job.shot, frame)
             self._done.add(frame)
             info.frames_done = sorted(self._done)
             takes_core.write_take(take_dir, info)

@@ -65,10 +65,13 @@ class ShotsOnEngine:
                                           should_cancel=self.should_cancel))
         if not self.active:
             return False, None
-        # Round robin over every shot, whatever its phase: the shots' uploads interleave, so
-        # their jobs reach the engine close together and a cluster starts them side by side.
-        self._turn %= len(self.active)
-        shot = self.active[self._turn]
+        # Round robin over every shot, whatever its phase; a shot ready to submit waits for the
+        # others' uploads, so the jobs reach the engine in consecutive steps and a cluster
+        # starts them side by side.
+        uploading = any(s.phase in ("hash", "take", "upload") for s in self.active)
+        turns = [s for s in self.active if not (uploading and s.phase == "submit")]
+        self._turn %= len(turns)
+        shot = turns[self._turn]
         self._turn += 1
         self.last_kind = "poll" if shot.submitted else "upload"
         try:

@@ -111,6 +111,7 @@ class GenerationRun:
         """One bounded step; returns WORK, IDLE (only waited on the engine) or DONE."""
         if self.phase == "done":
             return DONE
+        self.step_kind = ""
         self._read_worker()
         if self._engine_failed:  # no engine: no more control maps, nothing to send
             if self._render is not None:
@@ -118,7 +119,6 @@ class GenerationRun:
                 self._render = None
             self.phase = "done"
             return DONE
-        self.step_kind = ""
         if self._cancel.is_set() and not self._cancel_seen:
             self._on_cancel(scene)
             if self.phase == "done":
@@ -149,6 +149,7 @@ class GenerationRun:
 
     def _on_cancel(self, scene: Any) -> None:
         self._cancel_seen = True
+        self.step_kind = "cancel"
         if self._worker is not None:
             self._worker.cancel()
         if self._render is not None:

@@ -85,7 +85,7 @@ def test_cancel_during_control_maps_restores_settings_and_leaves_no_folder(tmp_p
     run = make_run(vfmod, scene, hold_settings=hold_settings)
     first_frame = lambda run, kinds: run.rendering is not None and run.rendering.frames_rendered == 1  # noqa: E731
     kinds, statuses = drive(vfmod, run, scene, cancel_when=first_frame)
-    assert set(kinds) == {"connect", "maps"}
+    assert set(kinds) == {"connect", "maps", "cancel"} and kinds[-1] == "cancel"
     assert statuses[-2] == "Shot 1/3 · control maps 1/3"
     assert snapshot(scene) == before
     assert conditioning_folders(tmp_path) == []  # nothing claims to be complete, no temporary folder either
