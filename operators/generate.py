@@ -42,6 +42,7 @@ class VIEWFINDER_OT_generate(NeedsShots, bpy.types.Operator):
 
     _timer: Any = None
     _run: GenerationRun | None = None
+    _quiet_until = 0.0
 
     def _begin(self, context: bpy.types.Context, *, background: bool) -> GenerationRun | None:
         shots, error = resolve_shots(context.scene, self.shot)
@@ -100,12 +101,16 @@ class VIEWFINDER_OT_generate(NeedsShots, bpy.types.Operator):
             self._status(context, "cancelling…")
         if event.type != "TIMER":
             return {"PASS_THROUGH"}
-        deadline = time.perf_counter() + TICK_BUDGET_S
+        now = time.perf_counter()
+        if now < self._quiet_until and not run.cancelled:
+            return {"RUNNING_MODAL"}  # the engine had no news: ask again after the poll interval
+        deadline = now + TICK_BUDGET_S
         while True:
             state = run.tick(context.scene)
             self._handle(run)
             if state != WORK or time.perf_counter() >= deadline:
                 break
+        self._quiet_until = time.perf_counter() + POLL_INTERVAL_S if state == IDLE else 0.0
         if state == DONE:
             return self._finish(context)
         self._status(context, "cancelling…" if run.cancelled else run.status())
