@@ -337,3 +337,43 @@ def test_install_engine_esc_cancels_the_worker(tmp_path, vfmod, monkeypatch):
     assert timer_until_done(op, context) == {"CANCELLED"}
     assert reports == [("ERROR", "Engine install stopped: engine installation cancelled")]
     assert not os.path.exists(tmp_path / "venv")
+
+
+# -- Generate's modal path: the same run, ticked from timer events ----------------------------
+
+
+def generate_modal(vfmod, scene):
+    op, reports = standin(vfmod("operators.generate").VIEWFINDER_OT_generate)
+    op._run, op._timer = make_run(vfmod, scene), "timer"
+    wm, workspace = _WindowManager(), _Workspace()
+    context = SimpleNamespace(scene=scene, window_manager=wm, workspace=workspace, window=None)
+    return op, reports, context, workspace
+
+
+def test_modal_ticks_the_run_from_timer_events_and_places_every_take(tmp_path, tiny_models, vfmod):
+    scene = build_film(tmp_path, tiny_models)
+    op, reports, context, workspace = generate_modal(vfmod, scene)
+    assert op.modal(context, SimpleNamespace(type="MOUSEMOVE", value="NOTHING")) == {"PASS_THROUGH"}
+    assert timer_until_done(op, context, limit_s=600) == {"FINISHED"}
+    assert len(take_strips(scene)) == 3
+    assert sorted(text for level, text in reports) == [
+        "Shot 'Close': take 001 (3 frames)", "Shot 'Reverse': take 001 (3 frames)", "Shot 'Wide': take 001 (3 frames)"]
+    texts = [t for t in workspace.texts if t]
+    assert "Viewfinder: Shot 2/3 · control maps 1/3 — Esc to cancel" in texts
+    assert any(re.fullmatch(r"Viewfinder: Shot [123]/3 · frame [0-3]/3, step [0-2]/2 — Esc to cancel", t) for t in texts)
+    assert workspace.texts[-1] is None and context.window_manager.calls[-2:] == ["timer_remove", "progress_end"]
+
+
+def test_esc_in_the_modal_stops_at_the_next_tick(tmp_path, tiny_models, vfmod):
+    scene = build_film(tmp_path, tiny_models)
+    scene.frame_set(scene.frame_current)
+    before = snapshot(scene)
+    op, reports, context, workspace = generate_modal(vfmod, scene)
+    timer = SimpleNamespace(type="TIMER", value="NOTHING")
+    while op._run.rendering is None or op._run.rendering.frames_rendered < 1:
+        assert op.modal(context, timer) == {"RUNNING_MODAL"}
+    assert op.modal(context, SimpleNamespace(type="ESC", value="PRESS")) == {"PASS_THROUGH"}
+    assert workspace.texts[-1] == "Viewfinder: cancelling… — Esc to cancel"
+    assert op.modal(context, timer) == {"FINISHED"}
+    assert reports == [("WARNING", "Generation cancelled: finished takes kept")]
+    assert snapshot(scene) == before and conditioning_folders(tmp_path) == [] and take_strips(scene) == []
