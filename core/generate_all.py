@@ -56,6 +56,15 @@ class ShotsOnEngine:
     def finished(self) -> bool:
         return not self.waiting and not self.active
 
+    def cancel_running(self) -> None:
+        """Ask the engine to stop every submitted job now (the run is being dropped, not stepped to its end)."""
+        for shot in self.active:
+            if shot.job_id:
+                try:
+                    self.client.cancel(shot.job_id)
+                except Exception:  # noqa: BLE001 - best effort: the engine may be gone already
+                    log.debug("cancelling %s failed", shot.job_id, exc_info=True)
+
     def step(self) -> tuple[bool, TakeOutcome | ShotFailure | None]:
         """(worked, a shot that ended in this step or None). worked is False once every running
         shot was polled in a row without news: the caller may wait before the next step."""

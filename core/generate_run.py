@@ -103,6 +103,8 @@ class GenerationRun:
             self._render = None
         if self._worker is not None:
             self._worker.cancel()
+        if self._engine is not None:
+            self._engine.cancel_running()  # finished frames stay; Generate again resumes the takes
         self.phase = "done"
 
     # -- the state machine -----------------------------------------------
