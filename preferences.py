@@ -1,13 +1,15 @@
-"""Add-on preferences: which engine to use, and where frames go."""
+"""Add-on preferences: which engine to use, and where frames go.
+
+`get_prefs` (main thread) reads them into the frozen `core.prefs.Prefs` that workers get.
+"""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import bpy
 from bpy.props import BoolProperty, EnumProperty, StringProperty
 
 from .core.engine_link import environment_overrides
+from .core.prefs import Prefs
 
 
 class VIEWFINDER_AP_preferences(bpy.types.AddonPreferences):
@@ -75,22 +77,6 @@ class VIEWFINDER_AP_preferences(bpy.types.AddonPreferences):
         for var in environment_overrides():
             layout.label(text=f"{var} is set and overrides these settings", icon="INFO")
         layout.prop(self, "output_dir")
-
-
-@dataclass(frozen=True)
-class Prefs:
-    """A plain copy of the preferences, safe to hand to worker threads."""
-
-    engine_mode: str = "LOCAL"
-    python_path: str = ""
-    remote_url: str = ""
-    remote_token: str = ""
-    output_dir: str = ""
-    device: str = "auto"
-    attention_slicing: bool = False
-    cpu_offload: bool = False
-    compile_models: bool = False
-    engine_venv: str = ""  # where Install Engine puts its virtual environment
 
 
 def engine_venv_dir() -> str:

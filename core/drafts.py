@@ -21,7 +21,7 @@ from .takes import DRAFT, FINAL, read_take, take_tier
 if TYPE_CHECKING:
     import bpy
 
-    from ..preferences import Prefs
+    from .prefs import Prefs
 
 # Settings of a draft take that are not the final's: the tier and its options.
 DRAFT_ONLY = ("tier", "draft")

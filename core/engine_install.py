@@ -12,9 +12,12 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from .worker import MsgProgress
 
 logger = logging.getLogger(__name__)
 
@@ -117,3 +120,10 @@ def install_engine(venv_dir: str | Path, python: str | None = None,
             fraction = 0.98
         yield InstallProgress(fraction, line)
     yield InstallProgress(1.0, f"Engine installed: {target}")
+
+
+def install_task(venv_dir: str | Path, *, report: Callable[[Any], None], cancel: threading.Event) -> str:
+    """A `core.worker.Worker` task: `install_engine` with its steps reported; the new interpreter."""
+    for step in install_engine(venv_dir, cancel=cancel):
+        report(MsgProgress(step.fraction, step.line))
+    return str(venv_python(venv_dir))

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .engine_client import EngineClient
 from .engine_install import venv_python
-from .engine_process import get_engine
+from .engine_process import get_engine, shutdown_engine
+from .worker import MsgProgress
 
 if TYPE_CHECKING:
-    from ..preferences import Prefs
+    from .prefs import Prefs
 
 
 def engine_python(prefs: Prefs) -> str:
@@ -41,3 +44,19 @@ def connect(prefs: Prefs) -> EngineClient:
 def environment_overrides() -> list[str]:
     """The VIEWFINDER_ENGINE_* variables that are set and take precedence over the preferences."""
     return [v for v in ("VIEWFINDER_ENGINE_URL", "VIEWFINDER_ENGINE_PYTHON") if os.environ.get(v)]
+
+
+def connect_task(prefs: Prefs, *, report: Callable[[Any], None], cancel: threading.Event) -> EngineClient:
+    """A `core.worker.Worker` task: connect (starting the local engine if needed) and check it answers."""
+    report(MsgProgress(None, "starting the engine" if prefs.engine_mode == "LOCAL" else "connecting to the engine"))
+    client = connect(prefs)
+    client.health()
+    return client
+
+
+def restart_task(prefs: Prefs, *, report: Callable[[Any], None], cancel: threading.Event) -> tuple[EngineClient, dict[str, Any]]:
+    """A `core.worker.Worker` task: stop the local engine, connect again; (client, its /health answer)."""
+    shutdown_engine()
+    report(MsgProgress(None, "starting the engine" if prefs.engine_mode == "LOCAL" else "connecting to the engine"))
+    client = connect(prefs)
+    return client, client.health()

@@ -26,7 +26,7 @@ from .takes import FINALIZED, TakeInfo, read_take, take_tier
 if TYPE_CHECKING:
     import bpy
 
-    from ..preferences import Prefs
+    from .prefs import Prefs
 
 log = logging.getLogger(__name__)
 

@@ -11,6 +11,7 @@ Split by thread, as in Flamenco's add-on:
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -22,6 +23,7 @@ from typing import Any
 
 from . import takes as takes_core
 from .paths import frame_name
+from .prefs import Prefs
 from .request import JobRequest, frame_entries
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,8 @@ class Progress:
     step: int = 0
     steps: int = 0
     eta_s: float | None = None
-    message: str = ""
+    window: int = 0  # VIDEO: the window being generated, of `windows`
+    windows: int = 0
 
 
 @dataclass
@@ -99,6 +102,172 @@ def control_hash(maps: dict[int, dict[str, Path | None]], hashes: dict[Path, str
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+class EngineShot:
+    """One shot's engine job, one bounded step at a time. Any thread; never touches bpy.
+
+    Steps: hash some control maps (their hashes are the take's identity and the cache key);
+    find a cached take or open the take folder; upload one map; submit; poll the engine and
+    fetch at most one finished frame. `outcome` is set once the shot has ended. Frames land in
+    the take folder as the engine finishes them, and take.json follows, so whatever happens
+    (cancel, engine crash, Blender closing) the finished frames stay and say what they are.
+    """
+
+    HASH_BUDGET_S = 0.01
+
+    def __init__(self, job: ShotJob, client: Any, *, on_progress: Callable[[Progress], None] | None = None,
+                 should_cancel: Callable[[], bool] | None = None) -> None:
+        self.job = job
+        self.client = client
+        self.notify = on_progress or (lambda _p: None)
+        self.cancelled = should_cancel or (lambda: False)
+        self.phase = "hash"  # hash → take → upload → submit → poll → done
+        self.outcome: TakeOutcome | None = None
+        self.job_id = ""
+        self._to_hash = list(dict.fromkeys(p for m in job.maps.values() for p in m.values() if p is not None))
+        self._hashes: dict[Path, str] = {}
+        self._uploads: list[tuple[Path, str | None, str]] = []  # (file, expected sha256 or None, what it is)
+        self._take_dir: Path | None = None
+        self._info: takes_core.TakeInfo | None = None
+        self._done: set[int] = set()
+        self._cancel_sent = False
+
+    @property
+    def submitted(self) -> bool:
+        return self.phase in ("poll", "done")
+
+    def step(self) -> bool:
+        """One bounded step; False when it only found the engine still busy (the caller may wait)."""
+        if self.outcome is not None:
+            return False
+        if self.phase == "hash":
+            self._step_hash()
+        elif self.phase == "take":
+            self._step_take()
+        elif self.phase in ("upload", "submit") and self.cancelled():
+            self._end(cancelled=True)
+        elif self.phase == "upload":
+            self._step_upload()
+        elif self.phase == "submit":
+            self._step_submit()
+        else:
+            return self._step_poll()
+        return True
+
+    def _step_hash(self) -> None:
+        # 1. Hash the control maps: the take's identity and the cache key.
+        deadline = time.perf_counter() + self.HASH_BUDGET_S
+        while self._to_hash and time.perf_counter() < deadline:
+            path = self._to_hash.pop(0)
+            self._hashes[path] = file_sha256(path)
+        if not self._to_hash:
+            self.phase = "take"
+
+    def _step_take(self) -> None:
+        job, client = self.job, self.client
+        c_hash = control_hash(job.maps, self._hashes)
+        r_hash = takes_core.request_hash(c_hash, job.models, job.prompts, job.settings)
+        # 2. An identical take already on disk answers at once.
+        found = takes_core.find_complete_take(job.takes_dir, r_hash)
+        if found is not None:
+            folder, info = found
+            self.phase = "done"
+            self.outcome = TakeOutcome(job.shot, folder, info, reused=True, frames=list(info.frames_total))
+            return
+        # 3. Continue an unfinished take of the same request, or start a new one.
+        resumable = takes_core.find_resumable_take(job.takes_dir, r_hash)
+        if resumable is not None:
+            take_dir, info = resumable
+            info.cancelled = False
+            info.error = ""
+        else:
+            take_dir = takes_core.new_take_dir(job.takes_dir)
+            info = takes_core.TakeInfo(
+                shot=job.shot, take=take_dir.name, prompt=job.prompts["prompt"],
+                style_prompt=job.prompts["style_prompt"], negative_prompt=job.prompts["negative_prompt"],
+                seed=int(job.settings["seed"]), models=job.models, settings=job.settings,
+                control_hash=c_hash, request_hash=r_hash, frames_total=list(job.frames),
+                characters=list(job.characters), tier=job.tier,
+            )
+        info.engine = getattr(client, "base_url", "")
+        takes_core.write_take(take_dir, info)
+        self._take_dir, self._info = take_dir, info
+        self._done = set(info.frames_done)
+        # 4. Upload the maps by content (the engine skips what it has), then the reference images.
+        self._uploads = [(path, sha, "map") for path, sha in self._hashes.items()]
+        self._uploads += [(path, sha, "reference") for sha, path in job.blobs.items()]
+        self._uploads += [(path, None, "video reference") for path in job.uploads]  # named by sha256 in the request
+        self.phase = "upload"
+        self.notify(Progress(job.shot, len(self._done), len(job.frames)))
+
+    def _step_upload(self) -> None:
+        if self._uploads:
+            path, sha, kind = self._uploads.pop(0)
+            stored = self.client.upload_blob(path.read_bytes())
+            if sha is not None and stored != sha:
+                if kind == "map":
+                    raise GenerationError(f"Engine stored control map {path.name} under another hash: upgrade the engine")
+                raise GenerationError(f"Reference image {path} changed while it was being sent: generate again")
+        if not self._uploads:
+            self.phase = "submit"
+
+    def _step_submit(self) -> None:
+        job, hashes = self.job, self._hashes
+        body = job.request.body(frame_entries(job.frames, job.maps, hashes, job.frame_values))
+        self.job_id = self.client.submit(body)
+        log.info("shot '%s': job %s submitted", job.shot, self.job_id)
+        self.phase = "poll"
+
+    def _step_poll(self) -> bool:
+        # 5. Poll, fetching one finished frame a step, until done, failed or cancelled.
+        job, client, info, take_dir = self.job, self.client, self._info, self._take_dir
+        assert info is not None and take_dir is not None
+        status = client.status(self.job_id)
+        if status.get("messages") and status["messages"] != info.notes:
+            info.notes = list(status["messages"])
+            takes_core.write_take(take_dir, info)
+        fresh = [f for f in status.get("frames", []) if f not in self._done]
+        if fresh:
+            frame = fresh[0]
+            client.fetch_frame(self.job_id, frame, take_dir / frame_name(frame))
+            log.info("shot '%s': frame %d fetched", job.shot, frame)
+            self._done.add(frame)
+            info.frames_done = sorted(self._done)
+            takes_core.write_take(take_dir, info)
+        window, windows = window_of(status)
+        self.notify(Progress(
+            job.shot, len(self._done), len(job.frames), int(status.get("step") or 0), int(status.get("steps") or 0),
+            status.get("eta_s"), window=window, windows=windows,
+        ))
+        if len(fresh) > 1:
+            return True  # more finished frames to fetch before the job's end counts
+        state = status.get("status")
+        if state == "done":
+            missing = [f for f in job.frames if f not in self._done]
+            if missing:
+                self._end(error=f"engine finished without frames {missing[:5]}")
+            else:
+                info.complete = True
+                self._end()
+            return True
+        if state == "cancelled":
+            self._end(cancelled=True)
+            return True
+        if state == "failed":
+            error = status.get("error") or {}
+            message = error.get("message") if isinstance(error, dict) else str(error)
+            self._end(error=message or "the engine reported a failure")
+            return True
+        if self.cancelled() and not self._cancel_sent:
+            client.cancel(self.job_id)
+            self._cancel_sent = True
+        return bool(fresh)
+
+    def _end(self, *, cancelled: bool = False, error: str = "") -> None:
+        assert self._take_dir is not None and self._info is not None
+        self.phase = "done"
+        self.outcome = _finish(self._take_dir, self._info, cancelled=cancelled, error=error)
+
+
 def run_shot(
     job: ShotJob,
     client: Any,
@@ -106,110 +275,20 @@ def run_shot(
     on_progress: Callable[[Progress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> TakeOutcome:
-    """Generate one shot's take. Any thread; never touches bpy.
-
-    Frames land in the take folder as the engine finishes them, and take.json
-    follows, so whatever happens (cancel, engine crash, Blender closing) the
-    finished frames stay and say what they are.
-    """
-    notify = on_progress or (lambda _p: None)
-    cancelled = should_cancel or (lambda: False)
-
-    # 1. Hash the control maps: the take's identity and the cache key.
-    hashes: dict[Path, str] = {}
-    for frame_maps in job.maps.values():
-        for path in frame_maps.values():
-            if path is not None and path not in hashes:
-                hashes[path] = file_sha256(path)
-    c_hash = control_hash(job.maps, hashes)
-    r_hash = takes_core.request_hash(c_hash, job.models, job.prompts, job.settings)
-
-    # 2. An identical take already on disk answers at once.
-    found = takes_core.find_complete_take(job.takes_dir, r_hash)
-    if found is not None:
-        folder, info = found
-        return TakeOutcome(job.shot, folder, info, reused=True, frames=list(info.frames_total))
-
-    # 3. Continue an unfinished take of the same request, or start a new one.
-    resumable = takes_core.find_resumable_take(job.takes_dir, r_hash)
-    if resumable is not None:
-        take_dir, info = resumable
-        info.cancelled = False
-        info.error = ""
-    else:
-        take_dir = takes_core.new_take_dir(job.takes_dir)
-        info = takes_core.TakeInfo(
-            shot=job.shot, take=take_dir.name, prompt=job.prompts["prompt"],
-            style_prompt=job.prompts["style_prompt"], negative_prompt=job.prompts["negative_prompt"],
-            seed=int(job.settings["seed"]), models=job.models, settings=job.settings,
-            control_hash=c_hash, request_hash=r_hash, frames_total=list(job.frames),
-            characters=list(job.characters), tier=job.tier,
-        )
-    info.engine = getattr(client, "base_url", "")
-    takes_core.write_take(take_dir, info)
-    done = set(info.frames_done)
-    notify(Progress(job.shot, len(done), len(job.frames), message="uploading control maps"))
-
-    # 4. Upload the maps by content (the engine skips what it has) and submit.
-    for path, sha in hashes.items():
-        if cancelled():
-            return _finish(take_dir, info, cancelled=True)
-        if client.upload_blob(path.read_bytes()) != sha:
-            raise GenerationError(f"Engine stored control map {path.name} under another hash: upgrade the engine")
-    for sha, path in job.blobs.items():
-        if cancelled():
-            return _finish(take_dir, info, cancelled=True)
-        if client.upload_blob(path.read_bytes()) != sha:
-            raise GenerationError(f"Reference image {path} changed while it was being sent: generate again")
-    for path in job.uploads:  # VIDEO reference images, named in the request by their sha256
-        if cancelled():
-            return _finish(take_dir, info, cancelled=True)
-        client.upload_blob(path.read_bytes())
-    body = job.request.body(frame_entries(job.frames, job.maps, hashes, job.frame_values))
-    job_id = client.submit(body)
-
-    # 5. Poll, fetching frames as they finish, until done, failed or cancelled.
-    cancel_sent = False
-    while True:
-        status = client.status(job_id)
-        if status.get("messages") and status["messages"] != info.notes:
-            info.notes = list(status["messages"])
-            takes_core.write_take(take_dir, info)
-        for frame in status.get("frames", []):
-            if frame not in done:
-                client.fetch_frame(job_id, frame, take_dir / frame_name(frame))
-                done.add(frame)
-                info.frames_done = sorted(done)
-                takes_core.write_take(take_dir, info)
-        notify(Progress(
-            job.shot, len(done), len(job.frames), int(status.get("step") or 0), int(status.get("steps") or 0),
-            status.get("eta_s"), message=window_text(status),
-        ))
-        state = status.get("status")
-        if state == "done":
-            missing = [f for f in job.frames if f not in done]
-            if missing:
-                return _finish(take_dir, info, error=f"engine finished without frames {missing[:5]}")
-            info.complete = True
-            return _finish(take_dir, info)
-        if state == "cancelled":
-            return _finish(take_dir, info, cancelled=True)
-        if state == "failed":
-            error = status.get("error") or {}
-            message = error.get("message") if isinstance(error, dict) else str(error)
-            return _finish(take_dir, info, error=message or "the engine reported a failure")
-        if cancelled() and not cancel_sent:
-            client.cancel(job_id)
-            cancel_sent = True
-        time.sleep(POLL_INTERVAL_S)
+    """Generate one shot's take in one call: `EngineShot`'s steps in a loop. Any thread; never touches bpy."""
+    shot = EngineShot(job, client, on_progress=on_progress, should_cancel=should_cancel)
+    while shot.outcome is None:
+        if not shot.step():
+            time.sleep(POLL_INTERVAL_S)
+    return shot.outcome
 
 
-def window_text(status: dict[str, Any]) -> str:
-    """'window 2 of 3' while a VIDEO job runs its windows; '' otherwise."""
+def window_of(status: dict[str, Any]) -> tuple[int, int]:
+    """(window, windows) while a VIDEO job runs its windows; (0, 0) otherwise."""
     detail = status.get("detail") or {}
     if status.get("generator") == "VIDEO" and detail.get("window"):
-        return f"window {detail['window']} of {detail.get('windows', '?')}"
-    return ""
+        return int(detail["window"]), int(detail.get("windows") or 0)
+    return 0, 0
 
 
 def _finish(take_dir: Path, info: takes_core.TakeInfo, *, cancelled: bool = False, error: str = "") -> TakeOutcome:
@@ -217,3 +296,40 @@ def _finish(take_dir: Path, info: takes_core.TakeInfo, *, cancelled: bool = Fals
     info.error = error
     takes_core.write_take(take_dir, info)
     return TakeOutcome(info.shot, take_dir, info, cancelled=cancelled, error=error, frames=list(info.frames_done))
+
+
+def summary(outcome: TakeOutcome) -> str:
+    """One line for the report: a take made, reused, cancelled or failed."""
+    if outcome.reused:
+        return f"Shot '{outcome.shot}': unchanged, take {outcome.info.take} reused from the cache"
+    if outcome.complete:
+        notes = "".join(f"; {note}" for note in outcome.info.notes)
+        return f"Shot '{outcome.shot}': take {outcome.info.take} ({len(outcome.frames)} frames){notes}"
+    if outcome.cancelled:
+        return (
+            f"Shot '{outcome.shot}': cancelled after {len(outcome.frames)} frames "
+            f"(kept in {outcome.take_dir}; Generate again to continue)"
+        )
+    return f"Shot '{outcome.shot}' failed: {outcome.error}"
+
+
+def shot_message(shot_name: str, exc: BaseException) -> str:
+    """The error as the user reads it, naming the shot; a full disk says what to do."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        where = f" writing {exc.filename}" if exc.filename else ""
+        text = f"the disk is full{where}: free some space, or choose another Output Folder in the preferences"
+    else:
+        text = str(exc) or exc.__class__.__name__
+    return text if shot_name in text else f"Shot '{shot_name}': {text}"
+
+
+def log_progress(p: Progress) -> None:
+    """An `on_progress` for blocking runs: a log line per message."""
+    log.info("%s: %d/%d frames", p.shot, p.frames_done, p.frames_total)
+
+
+def engine_job_task(job: ShotJob, prefs: Prefs, *, report: Callable[[Any], None], cancel: Any) -> TakeOutcome:
+    """A `core.worker.Worker` task: connect, then `run_shot`, its `Progress` posted as it comes."""
+    from .engine_link import connect  # deferred: starts processes, not needed by plain callers
+
+    return run_shot(job, connect(prefs), on_progress=report, should_cancel=cancel.is_set)

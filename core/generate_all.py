@@ -2,24 +2,27 @@
 
 A cluster engine (``python -m engine serve-ray``) runs the jobs it receives together on
 different replicas, so the add-on hands it all shots at once instead of one after the
-other. Each shot runs `run_shot` on its own thread (it uploads, submits at once, then polls);
-outcomes come back in the order the jobs finish, not the order of the shots. A single
-engine simply queues the jobs: same takes, same total time. Never touches bpy.
+other. `ShotsOnEngine` steps every shot's `EngineShot` (core/generate.py) in turn, one
+bounded step (an upload, the submit, a poll) of one shot per call, so the shots' jobs reach
+the engine close together. Outcomes come back in the order the jobs finish,
+not the order of the shots. A single engine simply queues the jobs: same takes, same total
+time. Never touches bpy; bounded steps, so the UI's state machine (core/generate_run.py)
+can call it between frames.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
-from .generate import Progress, ShotJob, TakeOutcome, run_shot
+from .generate import POLL_INTERVAL_S, EngineShot, Progress, ShotJob, TakeOutcome
 
 log = logging.getLogger(__name__)
 
-# Threads that poll at once; past this, later shots are submitted as earlier ones finish.
+# Shots in flight at once; past this, later shots are submitted as earlier ones finish.
 MAX_PARALLEL_SHOTS = 32
 
 
@@ -31,6 +34,76 @@ class ShotFailure:
     error: BaseException
 
 
+class ShotsOnEngine:
+    """Many shots' engine jobs, one bounded step of one shot at a time. Any thread; never bpy."""
+
+    def __init__(self, client: Any, *, on_progress: Callable[[Progress], None] | None = None,
+                 should_cancel: Callable[[], bool] | None = None, max_parallel: int = MAX_PARALLEL_SHOTS) -> None:
+        self.client = client
+        self.on_progress = on_progress
+        self.should_cancel = should_cancel
+        self.max_parallel = max(1, max_parallel)
+        self.waiting: list[ShotJob] = []
+        self.active: list[EngineShot] = []
+        self._turn = 0  # the next active shot to poll
+        self._quiet = 0  # polls in a row that found nothing new
+        self.last_kind = ""  # what the last step did: "upload" (hash, upload, submit) or "poll"
+
+    def add(self, job: ShotJob) -> None:
+        self.waiting.append(job)
+
+    @property
+    def finished(self) -> bool:
+        return not self.waiting and not self.active
+
+    def cancel_running(self) -> None:
+        """Ask the engine to stop every submitted job now (the run is being dropped, not stepped to its end)."""
+        for shot in self.active:
+            if shot.job_id:
+                try:
+                    self.client.cancel(shot.job_id)
+                except Exception:  # noqa: BLE001 - best effort: the engine may be gone already
+                    log.debug("cancelling %s failed", shot.job_id, exc_info=True)
+
+    def step(self) -> tuple[bool, TakeOutcome | ShotFailure | None]:
+        """(worked, a shot that ended in this step or None). worked is False once every running
+        shot was polled in a row without news: the caller may wait before the next step."""
+        while self.waiting and len(self.active) < self.max_parallel:
+            job = self.waiting.pop(0)
+            self.active.append(EngineShot(job, self.client, on_progress=self.on_progress,
+                                          should_cancel=self.should_cancel))
+        if not self.active:
+            return False, None
+        # Round robin over every shot, whatever its phase; a shot ready to submit waits for the
+        # others' uploads, so the jobs reach the engine in consecutive steps and a cluster
+        # starts them side by side.
+        uploading = any(s.phase in ("hash", "take", "upload") for s in self.active)
+        turns = [s for s in self.active if not (uploading and s.phase == "submit")]
+        self._turn %= len(turns)
+        shot = turns[self._turn]
+        self._turn += 1
+        self.last_kind = "poll" if shot.submitted else "upload"
+        try:
+            worked = shot.step()
+        except Exception as exc:  # noqa: BLE001 - one shot's failure must not stop the others
+            log.debug("shot %s failed", shot.job.shot, exc_info=True)
+            self.active.remove(shot)
+            self._quiet = 0
+            return True, ShotFailure(shot.job.shot, exc)
+        if shot.outcome is not None:
+            self.active.remove(shot)
+            self._quiet = 0
+            return True, shot.outcome
+        if worked:
+            self._quiet = 0
+            return True, None
+        self._quiet += 1
+        if self._quiet >= len(self.active):
+            self._quiet = 0
+            return False, None
+        return True, None
+
+
 def run_shots(
     jobs: list[ShotJob],
     client: Any,
@@ -39,17 +112,13 @@ def run_shots(
     should_cancel: Callable[[], bool] | None = None,
     max_parallel: int = MAX_PARALLEL_SHOTS,
 ) -> Iterator[TakeOutcome | ShotFailure]:
-    """Run every shot at once; yield each shot's outcome as soon as its job ends."""
-    if not jobs:
-        return
-    with ThreadPoolExecutor(max_workers=max(1, min(max_parallel, len(jobs))),
-                            thread_name_prefix="viewfinder-shot") as pool:
-        futures = {pool.submit(run_shot, job, client, on_progress=on_progress, should_cancel=should_cancel): job
-                   for job in jobs}
-        for future in as_completed(futures):
-            job = futures[future]
-            try:
-                yield future.result()
-            except Exception as exc:  # noqa: BLE001 - one shot's failure must not stop the others
-                log.debug("shot %s failed", job.shot, exc_info=True)
-                yield ShotFailure(job.shot, exc)
+    """Run every shot at once; yield each shot's outcome as soon as its job ends (blocking loop)."""
+    stage = ShotsOnEngine(client, on_progress=on_progress, should_cancel=should_cancel, max_parallel=max_parallel)
+    for job in jobs:
+        stage.add(job)
+    while not stage.finished:
+        worked, ended = stage.step()
+        if ended is not None:
+            yield ended
+        elif not worked:
+            time.sleep(POLL_INTERVAL_S)

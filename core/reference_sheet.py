@@ -31,7 +31,7 @@ from .request import JobRequest
 from .resolution import generation_size
 
 if TYPE_CHECKING:
-    from ..preferences import Prefs
+    from .prefs import Prefs
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from .video_job import effective_generator, reference_uploads, video_settings
 if TYPE_CHECKING:
     import bpy
 
-    from ..preferences import Prefs
+    from .prefs import Prefs
 
 log = logging.getLogger(__name__)
 

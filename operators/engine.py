@@ -1,28 +1,35 @@
-"""Engine operators: install the engine's environment, restart the engine."""
+"""Engine operators: install the engine's environment, restart the engine.
+
+Both run on a `core.worker.Worker` and return at once in the UI (common.WorkerModal
+drains the worker's messages from a timer); in background mode they run the same task
+on the calling thread and report through the same message handler.
+"""
 
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 from typing import Any
 
 import bpy
 
-from ..core import engine_install, engine_link
-from ..core.engine_process import shutdown_engine
+from ..core.engine_install import install_task
+from ..core.engine_link import restart_task
+from ..core.worker import Worker
 from ..preferences import engine_venv_dir, get_prefs
-from .common import report
+from .common import WorkerModal, report
 
 log = logging.getLogger(__name__)
 
 
-class VIEWFINDER_OT_install_engine(bpy.types.Operator):
+class VIEWFINDER_OT_install_engine(WorkerModal, bpy.types.Operator):
     """Create a Python environment in the extension's user folder and install the engine (torch, diffusers…) into it"""
 
     bl_idname = "viewfinder.install_engine"
     bl_label = "Install Engine"
     bl_options = {"REGISTER"}
+
+    status_label = "Installing engine"
+    timer_s = 0.25
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
@@ -32,82 +39,53 @@ class VIEWFINDER_OT_install_engine(bpy.types.Operator):
         return True
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        try:
-            for step in engine_install.install_engine(engine_venv_dir()):
-                log.info("%3d%% %s", int(step.fraction * 100), step.line)
-        except (engine_install.InstallFailed, engine_install.InstallCancelled, OSError) as exc:
-            report(self, "ERROR", f"Engine install failed: {exc}")
-            return {"CANCELLED"}
-        report(self, "INFO", "Engine installed")
-        return {"FINISHED"}
+        return self.run_worker_here(context, Worker(install_task, engine_venv_dir()))
 
     def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
-        if bpy.app.background:
+        if self.runs_here():
             return self.execute(context)
-        self._messages: queue.Queue = queue.Queue()
-        self._cancel = threading.Event()
-        venv = engine_venv_dir()
-        self._thread = threading.Thread(target=self._work, args=(venv,), daemon=True, name="viewfinder-install")
-        self._thread.start()
-        wm = context.window_manager
-        self._timer = wm.event_timer_add(0.25, window=context.window)
-        wm.modal_handler_add(self)
-        wm.progress_begin(0, 100)
-        return {"RUNNING_MODAL"}
+        return self.start_worker(context, Worker(install_task, engine_venv_dir(), name="viewfinder-install"),
+                                 "starting", progress_bar=True)
 
-    def _work(self, venv: str) -> None:
-        """Worker thread: pip, never bpy."""
-        try:
-            for step in engine_install.install_engine(venv, cancel=self._cancel):
-                self._messages.put(step)
-            self._messages.put("done")
-        except Exception as exc:
-            self._messages.put(exc)
+    def progress_text(self, progress: Any) -> str:
+        log.info("%3d%% %s", int((progress.fraction or 0.0) * 100), progress.text)
+        return f"{int((progress.fraction or 0.0) * 100)}%: {progress.text[:80]}"
 
-    def modal(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
-        if event.type == "ESC":
-            self._cancel.set()
-        if event.type != "TIMER":
-            return {"PASS_THROUGH"}
-        finished: Any = None
-        while not self._messages.empty():
-            message = self._messages.get_nowait()
-            if isinstance(message, engine_install.InstallProgress):
-                context.window_manager.progress_update(int(message.fraction * 100))
-                if context.workspace is not None:
-                    context.workspace.status_text_set(f"Installing engine {int(message.fraction * 100)}%: {message.line[:80]} — Esc to cancel")
-            else:
-                finished = message
-        if finished is None:
-            return {"RUNNING_MODAL"}
-        context.window_manager.event_timer_remove(self._timer)
-        context.window_manager.progress_end()
-        if context.workspace is not None:
-            context.workspace.status_text_set(None)
-        if isinstance(finished, Exception):
-            report(self, "ERROR", f"Engine install stopped: {finished}")
-            return {"CANCELLED"}
-        report(self, "INFO", "Engine installed: Generate will start it")
+    def worker_done(self, context: bpy.types.Context, result: Any) -> set[str]:
+        report(self, "INFO", f"Engine installed ({result}): Generate will start it")
         return {"FINISHED"}
 
+    def worker_failed(self, context: bpy.types.Context, error: BaseException) -> set[str]:
+        report(self, "ERROR", f"Engine install stopped: {error}")
+        return {"CANCELLED"}
 
-class VIEWFINDER_OT_restart_engine(bpy.types.Operator):
+
+class VIEWFINDER_OT_restart_engine(WorkerModal, bpy.types.Operator):
     """Stop the local engine (if any) and connect again, starting it afresh"""
 
     bl_idname = "viewfinder.restart_engine"
     bl_label = "Restart Engine"
     bl_options = {"REGISTER"}
 
+    status_label = "Restarting engine"
+
     def execute(self, context: bpy.types.Context) -> set[str]:
-        shutdown_engine()
-        try:
-            client = engine_link.connect(get_prefs(context))
-            health = client.health()
-        except Exception as exc:
-            report(self, "ERROR", str(exc))
-            return {"CANCELLED"}
+        return self.run_worker_here(context, Worker(restart_task, get_prefs(context)))
+
+    def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
+        if self.runs_here():
+            return self.execute(context)
+        return self.start_worker(context, Worker(restart_task, get_prefs(context), name="viewfinder-restart"),
+                                 "stopping the engine")
+
+    def worker_done(self, context: bpy.types.Context, result: Any) -> set[str]:
+        client, health = result
         report(self, "INFO", f"Engine ready on {health.get('device', '?')} at {client.base_url}")
         return {"FINISHED"}
+
+    def worker_failed(self, context: bpy.types.Context, error: BaseException) -> set[str]:
+        report(self, "ERROR", str(error) or error.__class__.__name__)
+        return {"CANCELLED"}
 
 
 classes = (VIEWFINDER_OT_install_engine, VIEWFINDER_OT_restart_engine)

@@ -10,10 +10,11 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, StringProperty
 
 from ..core import engine_link
 from ..core.finalize import DETAIL_STRENGTH, collect_finalize, place_final
-from ..core.generate import Progress, TakeOutcome, run_shot
+from ..core.generate import Progress, TakeOutcome, log_progress, run_shot
+from ..core.generate import shot_message as _message
+from ..core.generate import summary as _summary
 from ..preferences import get_prefs
 from .common import EngineJobModal, project_of, report
-from .generate import _log_progress, _message, _summary
 from .takes import TakePoll, selected_take, take_dir_of
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class VIEWFINDER_OT_finalize_take(TakePoll, EngineJobModal, bpy.types.Operator):
         # Scripts and background mode (farms: timers never fire there): run to completion.
         try:
             context.window_manager.progress_begin(0, 100)
-            outcome = run_shot(plan.job, client, on_progress=_log_progress)
+            outcome = run_shot(plan.job, client, on_progress=log_progress)
             place_final(context.scene, outcome)
         except Exception as exc:
             report(self, "ERROR", _message(plan.job.shot, exc))

@@ -29,7 +29,7 @@ from typing import Any
 
 from .errors import ConditioningCancelled, ConditioningError, ConditioningResult
 
-__all__ = ["ConditioningCancelled", "ConditioningError", "ConditioningResult", "render_shot"]
+__all__ = ["ConditioningCancelled", "ConditioningError", "ConditioningResult", "begin_shot_render", "render_shot"]
 
 
 def render_shot(
@@ -55,3 +55,11 @@ def render_shot(
     return render_shot_impl(
         scene, shot, out_dir, width=width, height=height, progress=progress, cancel=cancel, force=force
     )
+
+
+def begin_shot_render(scene: Any, shot: Any, out_dir: Path, *, width: int, height: int, force: bool = False,
+                      hold_settings: bool = False) -> Any:
+    """A `pipeline.ShotRender`: the same maps as `render_shot`, one bounded `step(scene)` at a time."""
+    from .pipeline import ShotRender
+
+    return ShotRender(scene, shot, out_dir, width=width, height=height, force=force, hold_settings=hold_settings)

@@ -12,7 +12,10 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +57,14 @@ def _state_hash(scene: Any, camera: Any, frames: list[int], width: int, height: 
 
     Not covered (use force=True): animated modifier or shape-key changes that move no transform.
     """
+    digest, objects = _state_hash_begin(scene, camera, frames, width, height)
+    for frame in frames:
+        _state_hash_frame(digest, scene, objects, frame)
+    return digest.hexdigest()
+
+
+def _state_hash_begin(scene: Any, camera: Any, frames: list[int], width: int, height: int) -> tuple[Any, list[Any]]:
+    """The frame-independent part of `_state_hash`: settings, camera, mesh data."""
     digest = hashlib.sha256()
     digest.update(json.dumps([FORMAT_VERSION, camera.name, frames, width, height]).encode())
     cam = camera.data
@@ -67,14 +78,17 @@ def _state_hash(scene: Any, camera: Any, frames: list[int], width: int, height: 
             coords = np.empty(len(data.vertices) * 3, dtype=np.float32)
             data.vertices.foreach_get("co", coords)
             digest.update(coords.tobytes())
-    for frame in frames:
-        scene.frame_set(frame)
-        for obj in objects:
-            digest.update(np.array(obj.matrix_world, dtype=np.float32).tobytes())
-            if obj.type == "ARMATURE":
-                for bone in obj.pose.bones:
-                    digest.update(np.array(bone.matrix, dtype=np.float32).tobytes())
-    return digest.hexdigest()
+    return digest, objects
+
+
+def _state_hash_frame(digest: Any, scene: Any, objects: list[Any], frame: int) -> None:
+    """One frame's part of `_state_hash`: object transforms and pose bones."""
+    scene.frame_set(frame)
+    for obj in objects:
+        digest.update(np.array(obj.matrix_world, dtype=np.float32).tobytes())
+        if obj.type == "ARMATURE":
+            for bone in obj.pose.bones:
+                digest.update(np.array(bone.matrix, dtype=np.float32).tobytes())
 
 
 def _read_meta(out_dir: Path) -> dict[str, Any] | None:
@@ -116,123 +130,300 @@ def _clean_stale(out_dir: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def render_shot_impl(
-    scene: Any, shot: Any, out_dir: Path, *, width: int, height: int,
-    progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
-    force: bool = False,
-) -> ConditioningResult:
-    # 1. Check inputs.
-    camera = _check_inputs(scene, shot, width, height)
-    out_dir = Path(out_dir)
-    frames = list(range(shot.frame_start, shot.frame_end + 1))
-    original_frame, original_subframe = scene.frame_current, scene.frame_subframe
-    people, warnings = pose.find_people(scene)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
-    started = time.perf_counter()
-    try:
+# Seconds of state hashing per step: the hash walks every frame (frame_set), which is
+# cheap per frame but not for a two-minute shot at once.
+HASH_BUDGET_S = 0.01
+
+
+class ShotRender:
+    """A shot's control maps, one bounded step at a time (main thread, bpy).
+
+    Steps: hash the scene state a few frames at a time (maps that are current are reused);
+    render one frame's passes; encode one frame's depth once the whole shot's near/far is
+    known; finish (meta.json, `complete` last, one rename into place). `abort()` removes the
+    temporary folder and restores the user's settings. Nothing claims completeness before
+    the rename, whatever step an abort or a crash lands on.
+
+    ``hold_settings``: keep the data-pass render settings between steps (`render_shot`,
+    blocking: Cycles keeps its scene between frames). Without it every step restores the
+    user's settings and frame before it returns, so the UI shows the user's scene between
+    ticks of a modal run.
+    """
+
+    def __init__(self, scene: Any, shot: Any, out_dir: Path, *, width: int, height: int, force: bool = False,
+                 hold_settings: bool = False) -> None:
+        # 1. Check inputs.
+        self.camera = _check_inputs(scene, shot, width, height)
+        self.shot_name = shot.name
+        self.out_dir = Path(out_dir)
+        self.width, self.height = width, height
+        self.force = force
+        self.hold_settings = hold_settings
+        self.frames = list(range(shot.frame_start, shot.frame_end + 1))
+        self.people, self.warnings = pose.find_people(scene)
+        self.result: ConditioningResult | None = None
+        self.phase = "hash"  # hash → render → depth → finish → done (or aborted)
+        self._original = (scene.frame_current, scene.frame_subframe)
+        self._fps = scene.render.fps / scene.render.fps_base
+        self._tmp = self.out_dir.with_name(f".{self.out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+        self._started = time.perf_counter()
+        self._next = 0  # index in `frames` of the phase's next frame
+        self._hash: tuple[Any, list[Any]] | None = None
+        self._state = ""
+        self._guard: render.RenderGuard | None = None
+        self._layer: Any = None
+        self._legend: dict[str, dict[str, Any]] | None = None
+        self._ranges: list[tuple[float, float] | None] = []
+        self._pose_frames: dict[str, bool] = {}
+        self._ids_per_frame: dict[str, list[int]] = {}
+        self._span: tuple[float, float] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.phase in ("done", "aborted")
+
+    @property
+    def frames_rendered(self) -> int:
+        return len(self._ranges)
+
+    @property
+    def depth_done(self) -> int:
+        return self._next if self.phase == "depth" else (len(self.frames) if self.phase in ("finish", "done") else 0)
+
+    def step(self, scene: Any) -> None:
+        """Do one bounded piece of work: some hashing, one frame's render or depth map, or the finish."""
+        if self.done:
+            return
+        try:
+            if self.phase == "hash":
+                self._step_hash(scene)
+            elif self.phase == "render":
+                self._step_render(scene)
+            elif self.phase == "depth":
+                self._step_depth()
+            elif self.phase == "finish":
+                self._finish()
+        except BaseException:
+            self.abort(scene)
+            raise
+        finally:
+            if not self.hold_settings and not self.done:
+                self._release(scene)
+
+    def abort(self, scene: Any) -> None:
+        """Stop here: the temporary folder goes, the user's settings and frame come back."""
+        if self.done:
+            return
+        self.phase = "aborted"
+        self._release(scene)
+        if self._tmp.exists():
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    # -- the steps -------------------------------------------------------
+
+    def restore_frame(self, scene: Any) -> None:
+        scene.frame_set(self._original[0], subframe=self._original[1])
+
+    def _release(self, scene: Any) -> None:
+        if self._guard is not None:
+            guard, self._guard = self._guard, None
+            guard.__exit__(None, None, None)
+        self.restore_frame(scene)
+
+    def _step_hash(self, scene: Any) -> None:
         # 2. Reuse the maps on disk when nothing they depend on has changed.
-        state = _state_hash(scene, camera, frames, width, height)
-        existing = _read_meta(out_dir)
-        if not force and existing is not None and existing.get("state") == state:
-            log.info("conditioning for '%s' is current: %s", shot.name, out_dir)
-            return _result(out_dir, existing, warnings, reused=True)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        _clean_stale(out_dir)
-        for sub in ("depth", "pose", "masks", "flow/forward"):
-            (tmp / sub).mkdir(parents=True, exist_ok=True)
-        scratch = tmp / ".exr"
-        scratch.mkdir()
+        if self._hash is None:
+            self._hash = _state_hash_begin(scene, self.camera, self.frames, self.width, self.height)
+            return
+        digest, objects = self._hash
+        deadline = time.perf_counter() + HASH_BUDGET_S
+        while self._next < len(self.frames) and time.perf_counter() < deadline:
+            _state_hash_frame(digest, scene, objects, self.frames[self._next])
+            self._next += 1
+        if self._next < len(self.frames):
+            return
+        self._state = digest.hexdigest()
+        self._next = 0
+        existing = _read_meta(self.out_dir)
+        if not self.force and existing is not None and existing.get("state") == self._state:
+            log.info("conditioning for '%s' is current: %s", self.shot_name, self.out_dir)
+            self.result = _result(self.out_dir, existing, self.warnings, reused=True)
+            self._release(scene)
+            self.phase = "done"
+            return
+        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        _clean_stale(self.out_dir)
+        for sub in ("depth", "pose", "masks", "flow/forward", ".exr"):
+            (self._tmp / sub).mkdir(parents=True, exist_ok=True)
+        self.phase = "render"
 
-        with render.RenderGuard() as guard:
-            # 3. Minimal render settings and mask ids, restored on exit whatever happens.
-            layer = render.configure(guard, scene, camera, width, height)
-            ids, legend = masks.assign_ids(scene)
-            for obj, number in ids.items():
-                guard.set(obj, "pass_index", number)
-            names = {entry["name"]: int(key) for key, entry in legend.items()}
-            for person in people:
-                person.mask_id = names.get(person.armature.name, -1)
+    def _configure(self, scene: Any) -> None:
+        # 3. Minimal render settings and mask ids, restored by the guard whatever happens.
+        self._guard = render.RenderGuard()
+        self._layer = render.configure(self._guard, scene, self.camera, self.width, self.height)
+        ids, legend = masks.assign_ids(scene)
+        if self._legend is None:
+            self._legend = legend
+        elif legend != self._legend:
+            raise ConditioningError(
+                f"Objects were added, removed or renamed while the control maps of '{self.shot_name}' were "
+                "rendering: generate again"
+            )
+        for obj, number in ids.items():
+            self._guard.set(obj, "pass_index", number)
+        names = {entry["name"]: int(key) for key, entry in legend.items()}
+        for person in self.people:
+            person.mask_id = names.get(person.armature.name, -1)
 
-            # 4. Per frame: passes → flow, masks, pose now; depth after, once near/far of the whole shot is known.
-            # Z buffers wait on disk, not in memory: a two-minute shot must not need
-            # gigabytes before its depth maps can be normalized.
-            ranges: list[tuple[float, float] | None] = []
-            pose_frames: dict[str, bool] = {}
-            ids_per_frame: dict[str, list[int]] = {}
-            for done, frame in enumerate(frames):
-                if cancel is not None and cancel():
-                    raise ConditioningCancelled(f"Rendering the control maps of '{shot.name}' was cancelled")
-                passes = render.render_frame(scene, layer, frame, scratch)
-                z, vec, index = passes["z"], passes["vector"], passes["index"]
-                forward, backward = flow.flows_from_vector_pass(vec[..., 0], vec[..., 1], vec[..., 2], vec[..., 3])
-                name = f"{frame:04d}"
-                np.save(tmp / "flow" / "forward" / f"{name}.npy", forward)
-                np.save(tmp / "flow" / f"{name}.npy", backward)
-                ids = np.clip(index, 0, 65535).astype(np.uint16)
-                write_png(tmp / "masks" / f"{name}.png", ids)
-                # Which ids each frame shows: characters not in a shot are then known without reading its masks.
-                ids_per_frame[str(frame)] = [int(v) for v in np.unique(ids) if v]
-                if people:
-                    found, drawn = pose.frame_people(scene, camera, people, width, height, z, index)
-                    pose_frames[str(frame)] = bool(found)
-                    if found:
-                        doc = {"version": 1.3, "canvas_width": width, "canvas_height": height, "people": found}
-                        (tmp / "pose" / f"{name}.json").write_text(json.dumps(doc))
-                        write_png(tmp / "pose" / f"{name}.png", openpose_draw.draw_people(height, width, drawn))
-                else:
-                    pose_frames[str(frame)] = False
-                np.save(scratch / f"z{name}.npy", z)
-                ranges.append(depth.z_range(z))
-                if progress is not None:
-                    progress(done + 1, len(frames))
+    def _step_render(self, scene: Any) -> None:
+        # 4. One frame: passes → flow, masks, pose now; depth after, once near/far of the whole shot is known.
+        # Z buffers wait on disk, not in memory: a two-minute shot must not need gigabytes
+        # before its depth maps can be normalized.
+        if self._guard is None:
+            self._configure(scene)
+        tmp, scratch, frame = self._tmp, self._tmp / ".exr", self.frames[self._next]
+        width, height = self.width, self.height
+        passes = render.render_frame(scene, self._layer, frame, scratch)
+        z, vec, index = passes["z"], passes["vector"], passes["index"]
+        forward, backward = flow.flows_from_vector_pass(vec[..., 0], vec[..., 1], vec[..., 2], vec[..., 3])
+        name = f"{frame:04d}"
+        np.save(tmp / "flow" / "forward" / f"{name}.npy", forward)
+        np.save(tmp / "flow" / f"{name}.npy", backward)
+        ids = np.clip(index, 0, 65535).astype(np.uint16)
+        write_png(tmp / "masks" / f"{name}.png", ids)
+        # Which ids each frame shows: characters not in a shot are then known without reading its masks.
+        self._ids_per_frame[str(frame)] = [int(v) for v in np.unique(ids) if v]
+        if self.people:
+            found, drawn = pose.frame_people(scene, self.camera, self.people, width, height, z, index)
+            self._pose_frames[str(frame)] = bool(found)
+            if found:
+                doc = {"version": 1.3, "canvas_width": width, "canvas_height": height, "people": found}
+                (tmp / "pose" / f"{name}.json").write_text(json.dumps(doc))
+                write_png(tmp / "pose" / f"{name}.png", openpose_draw.draw_people(height, width, drawn))
+        else:
+            self._pose_frames[str(frame)] = False
+        np.save(scratch / f"z{name}.npy", z)
+        self._ranges.append(depth.z_range(z))
+        self._next += 1
+        if self._next == len(self.frames):
+            self._release(scene)
+            self._next = 0
+            self._span = depth.merge_ranges(self._ranges)
+            if self._span is None:
+                self.warnings.append(f"Shot '{self.shot_name}': the camera sees no geometry, so the depth maps are empty")
+            self.phase = "depth"
 
-        # 5. Depth maps with the whole shot's near/far.
-        span = depth.merge_ranges(ranges)
-        near, far = span if span is not None else (None, None)
-        if span is None:
-            warnings.append(f"Shot '{shot.name}': the camera sees no geometry, so the depth maps are empty")
-        for frame in frames:
-            z = np.load(scratch / f"z{frame:04d}.npy")
-            encoded = depth.encode(z, near, far) if span is not None else np.zeros(z.shape, np.uint16)
-            write_png(tmp / "depth" / f"{frame:04d}.png", encoded)
-        shutil.rmtree(scratch, ignore_errors=True)
+    def _step_depth(self) -> None:
+        # 5. One depth map with the whole shot's near/far.
+        frame = self.frames[self._next]
+        z = np.load(self._tmp / ".exr" / f"z{frame:04d}.npy")
+        encoded = depth.encode(z, *self._span) if self._span is not None else np.zeros(z.shape, np.uint16)
+        write_png(self._tmp / "depth" / f"{frame:04d}.png", encoded)
+        self._next += 1
+        if self._next == len(self.frames):
+            self.phase = "finish"
+
+    def _finish(self) -> None:
+        # 6. meta.json, `complete` last; then the folder moves into place in one rename.
+        tmp, camera, people = self._tmp, self.camera, self.people
+        shutil.rmtree(tmp / ".exr", ignore_errors=True)
         if not people:
             shutil.rmtree(tmp / "pose")
-
-        # 6. meta.json, `complete` last; then the folder moves into place in one rename.
+        near, far = self._span if self._span is not None else (None, None)
         meta: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
-            "shot": shot.name,
+            "shot": self.shot_name,
             "camera": camera.name,
             "ortho": camera.data.type == "ORTHO",
-            "width": width,
-            "height": height,
-            "frames": frames,
-            "fps": scene.render.fps / scene.render.fps_base,
+            "width": self.width,
+            "height": self.height,
+            "frames": self.frames,
+            "fps": self._fps,
             "near": near,
             "far": far,
             "units": "scene units along the camera's view axis (Blender's Z pass)",
             "formula": depth.FORMULA,
             "depth": {"path": "depth/NNNN.png", "format": "png 16-bit grayscale"},
             "people": [p.armature.name for p in people],
-            "pose": bool(people) and any(pose_frames.values()),
-            "pose_frames": pose_frames,
+            "pose": bool(people) and any(self._pose_frames.values()),
+            "pose_frames": self._pose_frames,
             "pose_format": "pose/NNNN.json OpenPose (COCO-18 body, 21-point hands, pixels) + pose/NNNN.png drawing; "
             "frames with nobody visible have neither",
             "masks": {"path": "masks/NNNN.png", "format": "png 16-bit grayscale, value = id, 0 = background",
-                      "legend": legend, "ids_per_frame": ids_per_frame},
+                      "legend": self._legend or {}, "ids_per_frame": self._ids_per_frame},
             "flow": flow.CONVENTION,
-            "state": state,
-            "render_seconds": round(time.perf_counter() - started, 3),
-            "warnings": warnings,
+            "state": self._state,
+            "render_seconds": round(time.perf_counter() - self._started, 3),
+            "warnings": self.warnings,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         meta["complete"] = True
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        _swap_into_place(tmp, out_dir)
-        log.info("conditioning for '%s': %d frames in %.1fs → %s", shot.name, len(frames), meta["render_seconds"], out_dir)
-        return _result(out_dir, meta, warnings, reused=False)
+        _swap_into_place(tmp, self.out_dir)
+        log.info("conditioning for '%s': %d frames in %.1fs → %s", self.shot_name, len(self.frames),
+                 meta["render_seconds"], self.out_dir)
+        self.result = _result(self.out_dir, meta, self.warnings, reused=False)
+        self.phase = "done"
+
+
+class RenderNeeded(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by `render_shot` inside `stepwise()`: the caller steps ``render`` itself, then asks again."""
+
+    def __init__(self, render: ShotRender) -> None:
+        super().__init__(f"control maps of '{render.shot_name}' to render")
+        self.render = render
+
+
+@dataclass
+class _Stepwise:
+    hold_settings: bool
+    result: ConditioningResult | None
+
+
+_STEPWISE: ContextVar[_Stepwise | None] = ContextVar("viewfinder_stepwise", default=None)
+
+
+@contextmanager
+def stepwise(result: ConditioningResult | None = None, *, hold_settings: bool = False) -> Iterator[None]:
+    """Within this block `render_shot` renders nothing: it answers ``result`` when that is the
+    folder asked for, and otherwise raises `RenderNeeded` with a `ShotRender` (inputs checked).
+
+    So a caller that renders step by step (core/generate_run.py) can run code that calls
+    `render_shot` (`shot_job.collect_shot`) twice: once to get its checks and the render to
+    step, once with the finished maps.
+    """
+    token = _STEPWISE.set(_Stepwise(hold_settings, result))
+    try:
+        yield
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-        scene.frame_set(original_frame, subframe=original_subframe)
+        _STEPWISE.reset(token)
+
+
+def render_shot_impl(
+    scene: Any, shot: Any, out_dir: Path, *, width: int, height: int,
+    progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
+    force: bool = False,
+) -> ConditioningResult:
+    """The whole shot in one call: a loop over `ShotRender`'s steps, settings held throughout."""
+    mode = _STEPWISE.get()
+    if mode is not None:
+        if mode.result is not None and mode.result.out_dir == Path(out_dir):
+            return mode.result
+        raise RenderNeeded(ShotRender(scene, shot, out_dir, width=width, height=height, force=force,
+                                      hold_settings=mode.hold_settings))
+    job = ShotRender(scene, shot, out_dir, width=width, height=height, force=force, hold_settings=True)
+    try:
+        while not job.done:
+            if job.phase == "render":
+                if cancel is not None and cancel():
+                    raise ConditioningCancelled(f"Rendering the control maps of '{shot.name}' was cancelled")
+                job.step(scene)
+                if progress is not None:
+                    progress(job.frames_rendered, len(job.frames))
+            else:
+                job.step(scene)
+        assert job.result is not None
+        return job.result
+    finally:
+        job.abort(scene)  # a no-op once done; else the temporary folder goes and settings come back
+        job.restore_frame(scene)

@@ -7,7 +7,6 @@ stand-in context and events: the same code the UI runs after each timer tick.
 from __future__ import annotations
 
 import queue
-import threading
 from types import SimpleNamespace
 
 
@@ -20,8 +19,12 @@ class _Workspace:
 
 
 def _loop(vfmod):
+    """The shared loop, its worker running a task the test feeds: Progress is posted, an
+    exception raised, anything else returned."""
     common = vfmod("operators.common")
+    Worker = vfmod("core.worker").Worker
     finished: list[object] = []
+    feed: queue.Queue = queue.Queue()
 
     class Loop(common.EngineJobModal):
         status_label = "Viewfinder test"
@@ -30,41 +33,59 @@ def _loop(vfmod):
             finished.append(message)
             return {"FINISHED"}
 
+    def task(*, report, cancel):
+        while True:
+            item = feed.get()
+            try:
+                if isinstance(item, BaseException):
+                    raise item
+                if item.__class__.__name__ != "Progress":
+                    return item
+                report(item)
+            finally:
+                feed.task_done()
+
     loop = Loop()
-    loop._messages = queue.Queue()
-    loop._cancel = threading.Event()
-    return loop, finished
+    loop._worker = Worker(task).start()
+
+    def send(item):
+        feed.put(item)
+        feed.join()  # the worker has handled it
+        if not isinstance(item, vfmod("core.generate").Progress):
+            loop._worker.join(10)  # and posted its last message
+
+    return loop, finished, send
 
 
 def test_progress_then_outcome_ends_the_loop(vf, vfmod):
     Progress = vfmod("core.generate").Progress
-    loop, finished = _loop(vfmod)
+    loop, finished, send = _loop(vfmod)
     workspace = _Workspace()
     context = SimpleNamespace(workspace=workspace, window_manager=None)
     timer = SimpleNamespace(type="TIMER", value="NOTHING")
 
     assert loop.modal(context, timer) == {"RUNNING_MODAL"}  # nothing posted yet
-    loop._messages.put(Progress("Shot", 2, 5, step=3, steps=8))
+    send(Progress("Shot", 2, 5, step=3, steps=8))
     assert loop.modal(context, timer) == {"RUNNING_MODAL"}
     assert workspace.texts == ["Viewfinder test: frame 2 of 5 — Esc to cancel"]
     outcome = object()
-    loop._messages.put(outcome)
+    send(outcome)
     assert loop.modal(context, timer) == {"FINISHED"}
     assert finished == [outcome] and workspace.texts[-1] is None  # status cleared
 
 
 def test_esc_sets_cancel_and_other_events_pass_through(vf, vfmod):
-    loop, finished = _loop(vfmod)
+    loop, finished, send = _loop(vfmod)
     workspace = _Workspace()
     context = SimpleNamespace(workspace=workspace, window_manager=None)
     assert loop.modal(context, SimpleNamespace(type="MOUSEMOVE", value="NOTHING")) == {"PASS_THROUGH"}
-    assert not loop._cancel.is_set()
+    assert not loop._worker.cancelled
     assert loop.modal(context, SimpleNamespace(type="ESC", value="PRESS")) == {"PASS_THROUGH"}
-    assert loop._cancel.is_set()
+    assert loop._worker.cancelled
     assert workspace.texts == ["Viewfinder test: cancelling… — Esc to cancel"]
     # The worker's error reaches job_finished like an outcome, and the loop ends.
     error = RuntimeError("engine down")
-    loop._messages.put(error)
+    send(error)
     assert loop.modal(context, SimpleNamespace(type="TIMER", value="NOTHING")) == {"FINISHED"}
     assert finished == [error]
 

@@ -68,5 +68,5 @@ def test_reference_image_is_sent_by_content_and_a_missing_one_is_named(tmp_path:
 
 def test_progress_names_the_window_of_a_video_job() -> None:
     status = {"generator": "VIDEO", "detail": {"windows": 3, "window": 2}}
-    assert generate.window_text(status) == "window 2 of 3"
-    assert generate.window_text({"generator": "IMAGE", "detail": {"keyframes": [1]}}) == ""
+    assert generate.window_of(status) == (2, 3)
+    assert generate.window_of({"generator": "IMAGE", "detail": {"keyframes": [1]}}) == (0, 0)
