@@ -74,6 +74,20 @@ def png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def run_job(client: Any, body: dict[str, Any], fetch_dir: Path, poll_s: float = 0.02) -> tuple[dict[str, Any], float]:
+    """Submit ``body``, poll until it ends, fetch its frames into ``fetch_dir``: (final status, wall seconds)."""
+    t0 = time.perf_counter()
+    job_id = client.submit(body)
+    while (status := client.status(job_id))["status"] not in ("done", "failed", "cancelled"):
+        time.sleep(poll_s)
+    fetch_dir.mkdir(parents=True, exist_ok=True)
+    for n in status["frames"]:
+        client.fetch_frame(job_id, n, str(fetch_dir / f"{job_id}-{n:04d}.png"))
+    if status["status"] != "done":
+        raise RuntimeError(f"benchmark job ended {status['status']}: {status['error']}")
+    return status, time.perf_counter() - t0
+
+
 def run_engine(args: argparse.Namespace, models: dict[str, str], data_dir: Path) -> dict[str, Any]:
     client_mod, process_mod = load_core()
     engine = process_mod.LocalEngine(sys.executable, extension_dir=ROOT, data_dir=str(data_dir),
@@ -94,19 +108,8 @@ def run_engine(args: argparse.Namespace, models: dict[str, str], data_dir: Path)
                                "controlnet_pose": models["pose"]},
                     "frames": [{"frame": i, "depth": d, "pose": p} for i, (d, p) in enumerate(shas[:n])]}
 
-        def run(body: dict[str, Any], fetch_dir: Path) -> tuple[dict[str, Any], float]:
-            t0 = time.perf_counter()
-            job_id = client.submit(body)
-            while (status := client.status(job_id))["status"] not in ("done", "failed", "cancelled"):
-                time.sleep(0.02)
-            for n in status["frames"]:
-                client.fetch_frame(job_id, n, str(fetch_dir / f"{n:04d}.png"))
-            if status["status"] != "done":
-                raise RuntimeError(f"benchmark job ended {status['status']}: {status['error']}")
-            return status, time.perf_counter() - t0
-
-        warm, warm_s = run(job(1, min(args.batch_size, args.frames)), data_dir / "warm")
-        status, wall_s = run(job(2, args.frames), data_dir / "out")
+        warm, warm_s = run_job(client, job(1, min(args.batch_size, args.frames)), data_dir / "warm")
+        status, wall_s = run_job(client, job(2, args.frames), data_dir / "out")
         return {"startup_s": startup_s, "first_job_s": warm_s, "first_load_s": warm["timings"]["load_s"],
                 "wall_s": wall_s, "engine_model_s": status["timings"]["model_s"],
                 "engine_run_s": status["timings"]["run_s"], "device": client.health()["device"]}

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engine import ROOT, depth_map, load_core, png  # noqa: E402
+from bench_engine import ROOT, depth_map, load_core, png, run_job  # noqa: E402
 
 # (b): the draft tier (engine/draft.py): LCM scheduler, 4 steps, no CFG, with the random-weight
 # distillation LoRA that make-tiny-models writes for the preset's UNet (``lora`` set in main()).
@@ -95,15 +95,7 @@ def engine_runs(models: dict[str, str], args: argparse.Namespace, data_dir: Path
                     "models": {"base": models["base"], "controlnet_depth": models["depth"],
                                "controlnet_pose": None},
                     "frames": [{"frame": i, "depth": shas[i]} for i in range(n)], **tier}
-            t0 = time.perf_counter()
-            job_id = client.submit(body)
-            while (status := client.status(job_id))["status"] not in ("done", "failed", "cancelled"):
-                time.sleep(0.005)
-            for number in status["frames"]:
-                client.fetch_frame(job_id, number, str(data_dir / f"{job_id}-{number:04d}.png"))
-            if status["status"] != "done":
-                raise RuntimeError(f"benchmark job ended {status['status']}: {status['error']}")
-            return status, time.perf_counter() - t0
+            return run_job(client, body, data_dir, poll_s=0.005)
 
         out: dict[str, Any] = {"device": client.health()["device"]}
         for name, tier, seed in (("draft", DRAFT, 10), ("final", FINAL, 20)):

@@ -8,14 +8,12 @@ from typing import Any
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, StringProperty
 
-from ..core import engine_link
 from ..core.finalize import DETAIL_STRENGTH, collect_finalize, place_final
 from ..core.generate import Progress, TakeOutcome, log_progress, run_shot
 from ..core.generate import shot_message as _message
 from ..core.generate import summary as _summary
-from ..preferences import get_prefs
 from .common import EngineJobModal, project_of, report
-from .takes import TakePoll, selected_take, take_dir_of
+from .takes import TakePoll, take_dir_of
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +41,12 @@ class VIEWFINDER_OT_finalize_take(TakePoll, EngineJobModal, bpy.types.Operator):
         return context.window_manager.invoke_props_dialog(self)
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        strip = selected_take(context)
-        prefs = get_prefs(context)
-        try:
-            client = engine_link.connect(prefs)
-            client.health()
-            plan = collect_finalize(context.scene, take_dir_of(strip), project_of(context), prefs,
-                                    factor=int(self.factor), upscaler=self.upscaler,
-                                    detail_strength=self.detail_strength)
-        except Exception as exc:  # GenerationError, EngineError, the engine process start
-            report(self, "ERROR", _message(strip.get("viewfinder_shot", strip.name), exc))
+        ready = connect_and_collect(self, context, lambda strip, prefs: collect_finalize(
+            context.scene, take_dir_of(strip), project_of(context), prefs, factor=int(self.factor),
+            upscaler=self.upscaler, detail_strength=self.detail_strength))
+        if ready is None:
             return {"CANCELLED"}
+        client, plan, prefs = ready
         for note in plan.notes:
             report(self, "WARNING", note)
         if self.interactive and context.window is not None:

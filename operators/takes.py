@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import bpy
 from bpy.props import BoolProperty
@@ -14,11 +15,12 @@ from bpy.props import BoolProperty
 from ..core import engine_link, vse
 from ..core.compat import active_strip
 from ..core.drafts import collect_final_from_draft
-from ..core.generate import run_shot
+from ..core.generate import log_progress, run_shot, shot_message, summary
 from ..core.shot_job import place_outcome
 from ..preferences import get_prefs
 from .common import EngineJobModal, project_of, report
-from .generate import _log_progress, _message, _summary
+
+T = TypeVar("T")
 
 
 def selected_take(context: bpy.types.Context):
@@ -31,6 +33,22 @@ def selected_take(context: bpy.types.Context):
 
 def take_dir_of(strip) -> Path:
     return Path(bpy.path.abspath(strip.get(vse.TAKE_KEY, "")))
+
+
+def connect_and_collect(op: Any, context: bpy.types.Context, collect: Callable[[Any, Any], T]) -> tuple[Any, T, Any] | None:
+    """(engine client, ``collect(strip, prefs)``, prefs) for the selected take, or None after reporting why.
+
+    The engine is reached first, so a job is never planned for an engine that is not there.
+    """
+    strip = selected_take(context)
+    prefs = get_prefs(context)
+    try:
+        client = engine_link.connect(prefs)
+        client.health()
+        return client, collect(strip, prefs), prefs
+    except Exception as exc:  # GenerationError, EngineError, the engine process start
+        report(op, "ERROR", shot_message(strip.get(vse.SHOT_KEY, strip.name), exc))
+        return None
 
 
 class TakePoll:
@@ -106,15 +124,11 @@ class VIEWFINDER_OT_final_from_draft(TakePoll, EngineJobModal, bpy.types.Operato
         return self.execute(context)
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        strip = selected_take(context)
-        prefs = get_prefs(context)
-        try:
-            client = engine_link.connect(prefs)
-            client.health()
-            job = collect_final_from_draft(context.scene, take_dir_of(strip), project_of(context), prefs)
-        except Exception as exc:  # GenerationError, EngineError, the engine process start
-            report(self, "ERROR", _message(strip.get(vse.SHOT_KEY, strip.name), exc))
+        ready = connect_and_collect(self, context, lambda strip, prefs: collect_final_from_draft(
+            context.scene, take_dir_of(strip), project_of(context), prefs))
+        if ready is None:
             return {"CANCELLED"}
+        client, job, prefs = ready
         for warning in job.warnings:
             report(self, "WARNING", warning)
         self._shot = job.shot
@@ -122,21 +136,21 @@ class VIEWFINDER_OT_final_from_draft(TakePoll, EngineJobModal, bpy.types.Operato
             return self.start_engine_job(context, job, prefs, "starting")
         # Scripts and background mode (timers never fire there): run to completion.
         try:
-            outcome = run_shot(job, client, on_progress=_log_progress)
+            outcome = run_shot(job, client, on_progress=log_progress)
         except Exception as exc:
-            report(self, "ERROR", _message(job.shot, exc))
+            report(self, "ERROR", shot_message(job.shot, exc))
             return {"CANCELLED"}
         return self.job_finished(context, outcome)
 
     def job_finished(self, context: bpy.types.Context, message: Any) -> set[str]:
         if isinstance(message, Exception):
-            report(self, "ERROR", _message(self._shot, message))
+            report(self, "ERROR", shot_message(self._shot, message))
             return {"CANCELLED"}
         if message.error or message.cancelled:
-            report(self, "ERROR", _summary(message).replace("Generate again", "Final from This Draft again"))
+            report(self, "ERROR", summary(message).replace("Generate again", "Final from This Draft again"))
             return {"CANCELLED"}
         place_outcome(context.scene, message)
-        report(self, "INFO", f"{_summary(message)}: final of the draft")
+        report(self, "INFO", f"{summary(message)}: final of the draft")
         return {"FINISHED"}
 
 
