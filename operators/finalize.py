@@ -13,7 +13,7 @@ from ..core.generate import Progress, TakeOutcome, log_progress, run_shot
 from ..core.generate import shot_message as _message
 from ..core.generate import summary as _summary
 from .common import EngineJobModal, project_of, report
-from .takes import TakePoll, take_dir_of
+from .takes import TakePoll, connect_and_collect, take_dir_of
 
 log = logging.getLogger(__name__)
 

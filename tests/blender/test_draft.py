@@ -64,35 +64,36 @@ def test_scene_tier_and_shot_override_reach_the_request(truck: dict[str, Any], v
     scene, shot, settings = truck["scene"], truck["shot"], truck["scene"].viewfinder
     # Final (the default): the request and the take's settings are what they always were.
     final = collect(vfmod, scene, shot)
-    assert final.tier == "final" and "tier" not in final.request and "draft" not in final.request
-    assert "tier" not in final.settings and (final.request["steps"], final.request["width"]) == (6, 128)
+    assert final.tier == "final" and "tier" not in final.request.to_dict() and "draft" not in final.request.to_dict()
+    assert "tier" not in final.settings and (final.request.to_dict()["steps"], final.request.to_dict()["width"]) == (6, 128)
     # The scene at Draft, the shot at Scene Default: a draft request with the scene's draft options.
     settings.tier, settings.draft_steps, settings.draft_guidance = "DRAFT", 4, 1.0
     draft = collect(vfmod, scene, shot)
-    assert draft.tier == "draft" and draft.request["tier"] == "draft"
-    assert draft.request["draft"] == {"scheduler": "LCM", "steps": 4, "guidance_scale": 1.0,
-                                      "lora": str(truck["models"] / "lcm-lora.safetensors"), "tiny_vae": False,
-                                      "tiny_vae_model": None}
+    assert draft.tier == "draft" and draft.request.to_dict()["tier"] == "draft"
+    assert draft.request.to_dict()["draft"] == {
+        "lora": str(truck["models"] / "lcm-lora.safetensors"), "lora_scale": 1.0, "scheduler": "LCM", "steps": 4,
+        "guidance_scale": 1.0, "tiny_vae": False, "tiny_vae_model": None}
     assert draft.settings["draft"]["final_size"] == [128, 72] and draft.settings["tier"] == "draft"
-    assert draft.request["steps"] == 6 and draft.request["seed"] == 1234  # the final's, kept for the final
+    body = draft.request.to_dict()
+    assert body["steps"] == 6 and body["seed"] == 1234  # the final's, kept for the final
     # The shot's override wins over the scene's tier, both ways.
     shot.tier = "FINAL"
     assert collect(vfmod, scene, shot).tier == "final"
     settings.tier, shot.tier = "FINAL", "DRAFT"
     settings.draft_scheduler, settings.draft_half_size = "TCD", True
     half = collect(vfmod, scene, shot)
-    assert half.tier == "draft" and half.request["draft"]["scheduler"] == "TCD"
+    assert half.tier == "draft" and half.request.to_dict()["draft"]["scheduler"] == "TCD"
     # Half size: half the long edge, maps rendered beside the full-size ones.
-    assert (half.request["width"], half.request["height"]) == (128, 72)  # half would be 64x32 < 64: kept
+    assert (half.request.to_dict()["width"], half.request.to_dict()["height"]) == (128, 72)  # half would be 64x32 < 64: kept
     settings.long_edge = 256
     half = collect(vfmod, scene, shot)
-    assert (half.request["width"], half.request["height"]) == (128, 72)
+    assert (half.request.to_dict()["width"], half.request.to_dict()["height"]) == (128, 72)
     assert half.settings["draft"]["final_size"] == [256, 144]
     assert half.conditioning_dir.name == "conditioning-128x72"
     # A Video shot has no draft tier: final, with a warning naming the shot.
     shot.generator = "VIDEO"
     video = collect(vfmod, scene, shot)
-    assert video.tier == "final" and "tier" not in video.request
+    assert video.tier == "final" and "tier" not in video.request.to_dict()
     assert any("draft tier is for the Image generator" in w and "'Truck'" in w for w in video.warnings)
 
 

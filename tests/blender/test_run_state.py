@@ -359,7 +359,10 @@ def test_modal_ticks_the_run_from_timer_events_and_places_every_take(tmp_path, t
     assert sorted(text for level, text in reports) == [
         "Shot 'Close': take 001 (3 frames)", "Shot 'Reverse': take 001 (3 frames)", "Shot 'Wide': take 001 (3 frames)"]
     texts = [t for t in workspace.texts if t]
-    assert "Viewfinder: Shot 2/3 · control maps 1/3 — Esc to cancel" in texts
+    # Which frame a status shows depends on how many ticks fit in one timer event's budget (20 ms).
+    assert any(re.fullmatch(r"Viewfinder: Shot [123]/3 · control maps [0-3]/3 — Esc to cancel", t) for t in texts)
+    assert {re.match(r"Viewfinder: Shot (\d)/3", t).group(1) for t in texts if re.match(r"Viewfinder: Shot \d/3", t)} \
+        == {"1", "2", "3"}
     assert any(re.fullmatch(r"Viewfinder: Shot [123]/3 · frame [0-3]/3, step [0-2]/2 — Esc to cancel", t) for t in texts)
     assert workspace.texts[-1] is None and context.window_manager.calls[-2:] == ["timer_remove", "progress_end"]
 
