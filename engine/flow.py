@@ -82,6 +82,19 @@ def resize_nearest(array: np.ndarray, height: int, width: int) -> np.ndarray:
     return array[rows][:, cols]
 
 
+def _sample_points(flow: np.ndarray, height: int, width: int) -> tuple[np.ndarray, ...]:
+    """Where each pixel of frame N samples frame N-1: (sx, sy) clipped to the image, their floor
+    (x0, y0), and ``inside`` (the unclipped point lies at most half a pixel past the edge)."""
+    flow = check_flow(flow, height, width)
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    sx = xs + flow[..., 0]
+    sy = ys + flow[..., 1]
+    inside = (sx >= -0.5) & (sx <= width - 0.5) & (sy >= -0.5) & (sy <= height - 0.5)
+    sx = np.clip(sx, 0.0, width - 1.0)
+    sy = np.clip(sy, 0.0, height - 1.0)
+    return sx, sy, np.floor(sx).astype(np.int64), np.floor(sy).astype(np.int64), inside
+
+
 def warp(image: np.ndarray, flow: np.ndarray, order: str = "linear") -> tuple[np.ndarray, np.ndarray]:
     """Backward-warp ``image`` (frame N-1, H x W or H x W x C) into frame N along ``flow`` (of frame N).
 
@@ -91,20 +104,12 @@ def warp(image: np.ndarray, flow: np.ndarray, order: str = "linear") -> tuple[np
     (warped float32, inside) where ``inside`` is False for pixels whose sample point lies
     outside frame N-1 (more than half a pixel past its edge).
     """
-    height, width = image.shape[:2]
-    flow = check_flow(flow, height, width)
     if order == "cubic":
         return warp_cubic(image, flow)
     if order != "linear":
         raise ValueError(f"warp order must be 'linear' or 'cubic', got {order!r}")
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    sx = xs + flow[..., 0]
-    sy = ys + flow[..., 1]
-    inside = (sx >= -0.5) & (sx <= width - 0.5) & (sy >= -0.5) & (sy <= height - 0.5)
-    sx = np.clip(sx, 0.0, width - 1.0)
-    sy = np.clip(sy, 0.0, height - 1.0)
-    x0 = np.floor(sx).astype(np.int64)
-    y0 = np.floor(sy).astype(np.int64)
+    height, width = image.shape[:2]
+    sx, sy, x0, y0, inside = _sample_points(flow, height, width)
     x1 = np.minimum(x0 + 1, width - 1)
     y1 = np.minimum(y0 + 1, height - 1)
     fx = sx - x0
@@ -133,15 +138,7 @@ def warp_cubic(image: np.ndarray, flow: np.ndarray) -> tuple[np.ndarray, np.ndar
     It can overshoot at edges by a few levels; callers clip to 0..255.
     """
     height, width = image.shape[:2]
-    flow = check_flow(flow, height, width)
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    sx = xs + flow[..., 0]
-    sy = ys + flow[..., 1]
-    inside = (sx >= -0.5) & (sx <= width - 0.5) & (sy >= -0.5) & (sy <= height - 0.5)
-    sx = np.clip(sx, 0.0, width - 1.0)
-    sy = np.clip(sy, 0.0, height - 1.0)
-    x0 = np.floor(sx).astype(np.int64)
-    y0 = np.floor(sy).astype(np.int64)
+    sx, sy, x0, y0, inside = _sample_points(flow, height, width)
     wx = _cubic_weights(sx - x0)
     wy = _cubic_weights(sy - y0)
     src = image.astype(np.float32, copy=False)
