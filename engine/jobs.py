@@ -574,23 +574,17 @@ class JobManager:
         draft = DraftTier.enter(request, models, job) if request.tier == "draft" else None
         # 1b. Identity conditioning, once per job: references encoded, LoRAs mixed, palette read.
         plan: IdentityPlan | None = None
-        if request.characters or request.style_reference or request.palette_reference:
-            plan = IdentityPlan(request, job.char_loras, job.ip_ref, keep_adapters=draft.adapters if draft else [])
-            job.identity = plan.stats
-
-            def progress(phase: str, detail: dict[str, Any]) -> None:
-                job.phase, job.detail = phase, detail
-
-            try:
-                plan.prepare(models, self.storage, progress)
-            except BaseException:
-                plan.release(models)
-                if draft is not None:
-                    draft.release(models)
-                raise
         try:
+            if request.characters or request.style_reference or request.palette_reference:
+                plan = IdentityPlan(request, job.char_loras, job.ip_ref, keep_adapters=draft.adapters if draft else [])
+                job.identity = plan.stats
+
+                def progress(phase: str, detail: dict[str, Any]) -> None:
+                    job.phase, job.detail = phase, detail
+
+                plan.prepare(models, self.storage, progress)
             self._generate(job, models, plan, companions)
-        finally:
+        finally:  # the pipeline goes back to how it was loaded, whatever happened
             if plan is not None:
                 plan.release(models)
             if draft is not None:
