@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engine import ROOT, depth_map, load_core, png, run_job  # noqa: E402
 
 # (b): the draft tier (engine/draft.py): LCM scheduler, 4 steps, no CFG, with the random-weight
-# distillation LoRA that make-tiny-models writes for the preset's UNet (``lora`` set in main()).
+# distillation LoRA that make-tiny-models writes for the preset's UNet (``models["draft_lora"]``).
 DRAFT: dict[str, Any] = {"tier": "draft", "draft": {"steps": 4, "scheduler": "LCM"}}
 FINAL: dict[str, Any] = {"steps": 25, "guidance_scale": 7.5}
 PROMPT, NEGATIVE = "a car chase at night, film still", "blurry"
@@ -98,7 +98,8 @@ def engine_runs(models: dict[str, str], args: argparse.Namespace, data_dir: Path
             return run_job(client, body, data_dir, poll_s=0.005)
 
         out: dict[str, Any] = {"device": client.health()["device"]}
-        for name, tier, seed in (("draft", DRAFT, 10), ("final", FINAL, 20)):
+        draft = {**DRAFT, "draft": {**DRAFT["draft"], "lora": models["draft_lora"]}}
+        for name, tier, seed in (("draft", draft, 10), ("final", FINAL, 20)):
             warm, warm_s = run(tier, seed, min(args.batch_size, args.frames))
             status, wall = run(tier, seed + 1, args.frames)
             out[name] = {"s": wall, "fps": args.frames / wall, "warmup_job_s": warm_s,
@@ -144,7 +145,7 @@ def main() -> int:
             subprocess.run([sys.executable, "-m", "engine", "make-tiny-models", str(models_dir), "--preset",
                             args.preset, "--no-video"], cwd=ROOT, check=True, capture_output=True)
         models = {"base": str(models_dir / "sd15"), "depth": str(models_dir / "controlnet-depth")}
-        DRAFT["draft"]["lora"] = str(models_dir / "lcm-lora.safetensors")
+        models["draft_lora"] = str(models_dir / "lcm-lora.safetensors")
         result: dict[str, Any] = {"preset": args.preset, "size": args.size, "frames": args.frames,
                                   "batch_size": args.batch_size, "precision": args.precision,
                                   "compile": args.compile, "machine": platform.machine()}
