@@ -10,41 +10,14 @@ from typing import Any
 
 import bpy
 import pytest
-from blender_scenes import add_camera, bind_marker, needs_engine
-
-
-def read_size(path: Path) -> tuple[int, int]:
-    image = bpy.data.images.load(str(path))
-    try:
-        return tuple(image.size)
-    finally:
-        bpy.data.images.remove(image)
-
-
-def take_strips(scene: bpy.types.Scene) -> list[Any]:
-    editor = scene.sequence_editor
-    every = editor.strips_all if hasattr(editor, "strips_all") else editor.sequences_all
-    return sorted((s for s in every if s.get("viewfinder_kind") == "take"), key=lambda s: s.channel)
+from blender_scenes import needs_engine, read_size, take_strips, truck_scene
 
 
 @pytest.fixture()
 def truck(tmp_path: Path, tiny_models: Path, vf: Any) -> dict[str, Any]:
     """A saved 3-frame truck shot (render 256x144, long edge 128) with tiny models and the tiny draft LoRA."""
-    bpy.ops.wm.read_homefile(use_empty=True)
-    scene = bpy.context.scene
-    scene.render.resolution_x, scene.render.resolution_y = 256, 144
-    scene.frame_start, scene.frame_end = 1, 3
-    for x in (-2.0, 0.0, 2.0):
-        bpy.ops.mesh.primitive_cube_add(size=1.0, location=(x, 0.0, 0.0))
-    cam = add_camera(scene, "Cam", location=(0.0, -8.0, 0.0))
-    cam.keyframe_insert("location", frame=1)
-    cam.location.x += 0.5
-    cam.keyframe_insert("location", frame=3)
-    bind_marker(scene, "Truck", 1, cam)
+    scene = truck_scene(tiny_models, size=(256, 144), last_frame=3, shift=0.5)
     settings = scene.viewfinder
-    settings.model = str(tiny_models / "sd15")
-    settings.controlnet_depth = str(tiny_models / "controlnet-depth")
-    settings.controlnet_pose = str(tiny_models / "controlnet-pose")
     settings.long_edge, settings.steps, settings.guidance_scale, settings.batch_size = 128, 6, 6.0, 4
     settings.draft_lora = str(tiny_models / "lcm-lora.safetensors")
     shot = settings.shots[0]

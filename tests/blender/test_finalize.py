@@ -10,57 +10,27 @@ from typing import Any
 
 import bpy
 import pytest
-from blender_scenes import add_camera, bind_marker, needs_engine
+from blender_scenes import needs_engine, read_size, take_strips, truck_scene
 
 pytestmark = needs_engine()
-
-
-def read_size(path: Path) -> tuple[int, int]:
-    image = bpy.data.images.load(str(path))
-    try:
-        return tuple(image.size)
-    finally:
-        bpy.data.images.remove(image)
 
 
 @pytest.fixture()
 def approved(tmp_path: Path, tiny_models: Path, local_engine: None) -> dict[str, Any]:
     """A saved scene (output 384x216) with a generated 128x72 FLOW take of 3 frames, its strip active."""
-    bpy.ops.wm.read_homefile(use_empty=True)
-    scene = bpy.context.scene
-    scene.render.resolution_x, scene.render.resolution_y = 384, 216
-    scene.frame_start, scene.frame_end = 1, 3
-    for x in (-2.0, 0.0, 2.0):
-        bpy.ops.mesh.primitive_cube_add(size=1.0, location=(x, 0.0, 0.0))
-    bpy.ops.mesh.primitive_plane_add(size=40.0, location=(0.0, 4.0, 0.0), rotation=(1.5708, 0.0, 0.0))
-    cam = add_camera(scene, "Cam", location=(0.0, -8.0, 0.0))
-    cam.keyframe_insert("location", frame=1)
-    cam.location.x += 0.5
-    cam.keyframe_insert("location", frame=3)
-    bind_marker(scene, "Truck", 1, cam)
+    scene = truck_scene(tiny_models, size=(384, 216), last_frame=3, shift=0.5, wall=True)
     settings = scene.viewfinder
-    settings.model = str(tiny_models / "sd15")
-    settings.controlnet_depth = str(tiny_models / "controlnet-depth")
-    settings.controlnet_pose = str(tiny_models / "controlnet-pose")
     settings.long_edge, settings.steps, settings.batch_size = 128, 2, 4
     shot = settings.shots[0]
     shot.prompt = "boxes in front of a wall"
     shot.coherence = "FLOW"
     bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "final.blend"))
     assert bpy.ops.viewfinder.generate(shot="") == {"FINISHED"}
-    strips = [s for s in scene.sequence_editor.sequences_all if s.get("viewfinder_kind") == "take"] \
-        if not hasattr(scene.sequence_editor, "strips_all") else \
-        [s for s in scene.sequence_editor.strips_all if s.get("viewfinder_kind") == "take"]
+    strips = take_strips(scene)
     assert len(strips) == 1
     scene.sequence_editor.active_strip = strips[0]
     return {"scene": scene, "strip": strips[0], "takes": tmp_path / "viewfinder" / "Truck" / "takes",
             "upscaler": str(tiny_models / "upscaler-x2.safetensors"), "root": tmp_path / "viewfinder"}
-
-
-def take_strips(scene: bpy.types.Scene) -> list[Any]:
-    editor = scene.sequence_editor
-    every = editor.strips_all if hasattr(editor, "strips_all") else editor.sequences_all
-    return sorted((s for s in every if s.get("viewfinder_kind") == "take"), key=lambda s: s.channel)
 
 
 def test_finalize_take_makes_a_2x_final_take_above_the_approved_one(approved: dict[str, Any], vfmod: Any,

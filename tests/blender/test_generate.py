@@ -12,7 +12,7 @@ from pathlib import Path
 
 import bpy
 import pytest
-from blender_scenes import add_camera, bind_marker, needs_engine
+from blender_scenes import add_camera, bind_marker, needs_engine, use_tiny_models
 
 pytestmark = needs_engine()
 
@@ -44,9 +44,7 @@ def build_film(tmp_path, tiny_models, name="film.blend"):
         cam.keyframe_insert("location", frame=frame + 2)
         bind_marker(scene, name_, frame, cam)
     settings = scene.viewfinder
-    settings.model = str(tiny_models / "sd15")
-    settings.controlnet_depth = str(tiny_models / "controlnet-depth")
-    settings.controlnet_pose = str(tiny_models / "controlnet-pose")
+    use_tiny_models(settings, tiny_models)
     settings.long_edge, settings.steps, settings.batch_size = 64, 2, 4
     settings.style_prompt = "pencil sketch"
     for shot in settings.shots:

@@ -10,29 +10,16 @@ import subprocess
 from pathlib import Path
 
 import bpy
-from blender_scenes import add_camera, bind_marker, engine_python, needs_engine
+from blender_scenes import engine_python, needs_engine, truck_scene
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = needs_engine()
 
 
 def test_flow_take_end_to_end_and_metric(tmp_path: Path, tiny_models: Path) -> None:
-    bpy.ops.wm.read_homefile(use_empty=True)
-    scene = bpy.context.scene
-    scene.render.resolution_x, scene.render.resolution_y = 128, 72
-    scene.frame_start, scene.frame_end = 1, 5
-    for x in (-2.0, 0.0, 2.0):
-        bpy.ops.mesh.primitive_cube_add(size=1.0, location=(x, 0.0, 0.0))
-    bpy.ops.mesh.primitive_plane_add(size=40.0, location=(0.0, 4.0, 0.0), rotation=(1.5708, 0.0, 0.0))
-    cam = add_camera(scene, "Cam", location=(0.0, -8.0, 0.0))
-    cam.keyframe_insert("location", frame=1)
-    cam.location.x += 1.0  # a truck: parallax, so the cubes uncover the wall behind them
-    cam.keyframe_insert("location", frame=5)
-    bind_marker(scene, "Truck", 1, cam)
+    # A truck: parallax, so the cubes uncover the wall behind them.
+    scene = truck_scene(tiny_models, size=(128, 72), last_frame=5, shift=1.0, wall=True)
     settings = scene.viewfinder
-    settings.model = str(tiny_models / "sd15")
-    settings.controlnet_depth = str(tiny_models / "controlnet-depth")
-    settings.controlnet_pose = str(tiny_models / "controlnet-pose")
     settings.long_edge, settings.steps, settings.batch_size = 128, 2, 4  # 128x72: the engine needs >= 64
     shot = settings.shots[0]
     shot.prompt = "boxes in front of a wall"

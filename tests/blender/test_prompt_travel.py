@@ -12,7 +12,7 @@ from pathlib import Path
 
 import bpy
 import pytest
-from blender_scenes import add_camera, bind_marker, needs_engine
+from blender_scenes import add_camera, bind_marker, needs_engine, use_tiny_models
 
 pytestmark = needs_engine()
 
@@ -57,9 +57,7 @@ def build_shot(tmp_path, tiny_models, frames=24, seed=1313, name="travel.blend")
     camera.keyframe_insert("location", frame=frames)
     bind_marker(scene, "Travel", 1, camera)
     settings = scene.viewfinder
-    settings.model = str(tiny_models / "sd15")
-    settings.controlnet_depth = str(tiny_models / "controlnet-depth")
-    settings.controlnet_pose = str(tiny_models / "controlnet-pose")
+    use_tiny_models(settings, tiny_models)
     settings.long_edge, settings.steps, settings.batch_size = 64, 2, 4
     settings.style_prompt = "pencil sketch"
     shot = settings.shots["Travel"]
