@@ -19,6 +19,7 @@ from .frame_check import png_problem
 
 logger = logging.getLogger(__name__)
 
+MAX_STATUS_IDS = 100  # job ids per GET /jobs?ids= (engine/limits.py)
 START_HINT = "start it with `python -m engine serve` from the extension folder or check Preferences ▸ Engine"
 
 
@@ -44,6 +45,7 @@ class EngineClient:
         self.base_url = base_url.rstrip("/")
         self.token = token or None
         self.timeout = timeout
+        self._no_batch_status = False  # set once the engine answered GET /jobs with 404/405
 
     # Transport ----------------------------------------------------------------
 
@@ -106,6 +108,25 @@ class EngineClient:
 
     def status(self, job_id: str) -> dict[str, Any]:
         return self._request("GET", f"/jobs/{job_id}").json()
+
+    def statuses(self, job_ids: list[str]) -> dict[str, dict[str, Any]] | None:
+        """Several jobs' statuses in one request (``GET /jobs?ids=``); None from an engine that
+        predates it (then poll each job with ``status``). A job the engine does not know is left
+        out: its own ``status`` call says why."""
+        if self._no_batch_status or not job_ids:
+            return None
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(job_ids), MAX_STATUS_IDS):
+            chunk = job_ids[start:start + MAX_STATUS_IDS]
+            try:
+                answer = self._request("GET", "/jobs", params={"ids": ",".join(chunk)}).json()
+            except EngineError as exc:
+                if exc.status in (404, 405):  # an older engine: no such route
+                    self._no_batch_status = True
+                    return None
+                raise
+            found.update(answer.get("jobs") or {})
+        return found
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._request("POST", f"/jobs/{job_id}/cancel").json()

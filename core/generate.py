@@ -130,10 +130,21 @@ class EngineShot:
         self._info: takes_core.TakeInfo | None = None
         self._done: set[int] = set()
         self._cancel_sent = False
+        self._status: dict[str, Any] | None = None  # a status not yet acted on: offered, or with frames to fetch
 
     @property
     def submitted(self) -> bool:
         return self.phase in ("poll", "done")
+
+    @property
+    def needs_status(self) -> bool:
+        """Polling, and the next step would ask the engine for this job's status."""
+        return self.phase == "poll" and self.outcome is None and self._status is None
+
+    def offer(self, status: dict[str, Any]) -> None:
+        """A status fetched for this job together with others' (``GET /jobs?ids=``): the next
+        poll step uses it instead of asking the engine again."""
+        self._status = status
 
     def step(self) -> bool:
         """One bounded step; False when it only found the engine still busy (the caller may wait)."""
@@ -221,7 +232,9 @@ class EngineShot:
         # 5. Poll, fetching one finished frame a step, until done, failed or cancelled.
         job, client, info, take_dir = self.job, self.client, self._info, self._take_dir
         assert info is not None and take_dir is not None
-        status = client.status(self.job_id)
+        # The status offered by a batch poll, or the last one while it still has frames to
+        # fetch (one a step): only a status that was fully acted on is asked for again.
+        status, self._status = self._status or client.status(self.job_id), None
         if status.get("messages") and status["messages"] != info.notes:
             info.notes = list(status["messages"])
             takes_core.write_take(take_dir, info)
@@ -239,6 +252,7 @@ class EngineShot:
             status.get("eta_s"), window=window, windows=windows,
         ))
         if len(fresh) > 1:
+            self._status = status
             return True  # more finished frames to fetch before the job's end counts
         state = status.get("status")
         if state == "done":

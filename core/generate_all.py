@@ -58,7 +58,7 @@ class ShotsOnEngine:
 
     def cancel_running(self) -> None:
         """Ask the engine to stop every submitted job now (the run is being dropped, not stepped to its end)."""
-        for shot in self.active:
+        for shot in list(self.active):  # the engine thread may be ending one meanwhile
             if shot.job_id:
                 try:
                     self.client.cancel(shot.job_id)
@@ -84,6 +84,8 @@ class ShotsOnEngine:
         self._turn += 1
         self.last_kind = "poll" if shot.submitted else "upload"
         try:
+            if shot.needs_status:
+                self._poll_together()
             worked = shot.step()
         except Exception as exc:  # noqa: BLE001 - one shot's failure must not stop the others
             log.debug("shot %s failed", shot.job.shot, exc_info=True)
@@ -102,6 +104,18 @@ class ShotsOnEngine:
             self._quiet = 0
             return False, None
         return True, None
+
+
+    def _poll_together(self) -> None:
+        """One request for the statuses of every shot about to poll (an engine that predates
+        ``GET /jobs?ids=`` leaves each shot to poll on its own)."""
+        polling = [s for s in self.active if s.needs_status]
+        if len(polling) < 2:
+            return
+        found = self.client.statuses([s.job_id for s in polling])
+        for shot in polling:
+            if found and shot.job_id in found:
+                shot.offer(found[shot.job_id])
 
 
 def run_shots(

@@ -31,6 +31,7 @@ MAX_FRAMES = 10_000  # frames per job
 MAX_PROMPT_CHARS = 4000  # each of prompt, style_prompt, negative_prompt (CLIP reads 77 tokens of it)
 MAX_SHOT_CHARS = 200
 MAX_ACTIVE_JOBS_PER_TOKEN = 16  # queued + running jobs of one token
+MAX_STATUS_IDS = 100  # job ids in one GET /jobs?ids=...
 # Cache ------------------------------------------------------------------------------
 DEFAULT_CACHE_QUOTA_BYTES = 20 * 1024**3  # blobs + frames; least recently used are evicted past it
 

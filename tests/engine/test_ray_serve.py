@@ -1,8 +1,8 @@
 """The engine on Ray Serve (engine/serve_ray.py): a real local Ray cluster with two CPU
 replicas and tiny models, driven over HTTP by the add-on's own client.
 
-One cluster for the whole session (it takes ~30 s to start); it is stopped, and
-``ray stop`` run, at the end. Skipped with the reason when ray[serve] is not installed.
+One cluster for the whole session (it takes ~30 s to start), stopped with its whole local
+cluster at the end (other Ray clusters on the machine are left alone). Skipped with the reason when ray[serve] is not installed.
 """
 
 from __future__ import annotations
@@ -222,11 +222,36 @@ def test_generate_all_places_takes_in_the_order_jobs_finish(ray_client: Any, cor
     # Long is ~70x the work of Short, so a replica that must first load its pipeline for Short still
     # returns Short first on a loaded machine.
     jobs = [shot_job("Long", 6, 24), shot_job("Short", 1, 2)]
-    outcomes = list(generate_all.run_shots(jobs, ray_client))
+    recording = PollRecorder(ray_client)
+    outcomes = list(generate_all.run_shots(jobs, recording))
     assert [o.shot for o in outcomes] == ["Short", "Long"], outcomes
+    # While both jobs were in flight they were polled together, one request a round: a job was
+    # asked for alone only before the other was submitted or after it had ended.
+    assert any(len(ids) == 2 for kind, ids in recording.calls if kind == "statuses"), recording.calls
+    both = [i for i, (kind, ids) in enumerate(recording.calls) if kind == "statuses" and len(ids) == 2]
+    alone = [i for i, (kind, _) in enumerate(recording.calls) if kind == "status"]
+    assert not [i for i in alone if both[0] < i < both[-1]], recording.calls
     for outcome, frames in zip(outcomes, (1, 6)):
         assert outcome.complete and not outcome.error, outcome
         assert sorted(p.name for p in outcome.take_dir.glob("*.png")) == [f"{k:04d}.png" for k in range(1, frames + 1)]
+
+
+class PollRecorder:
+    """An EngineClient that records which status calls the add-on's loop makes."""
+
+    def __init__(self, client: Any) -> None:
+        self.client, self.calls = client, []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        self.calls.append(("status", [job_id]))
+        return self.client.status(job_id)
+
+    def statuses(self, job_ids: list[str]) -> dict[str, dict[str, Any]] | None:
+        self.calls.append(("statuses", list(job_ids)))
+        return self.client.statuses(job_ids)
 
 
 def wait_until(client: Any, job_id: str, test: Any, timeout: float = 240.0) -> dict[str, Any]:

@@ -258,3 +258,62 @@ def test_client_never_saves_a_frame_it_cannot_open(core: Any, tmp_path: Path) ->
         assert list(tmp_path.iterdir()) == []
     finally:
         server.shutdown()
+
+
+def test_statuses_of_many_jobs_in_one_request(core: Any, shared: Served, tiny_models: dict[str, str]) -> None:
+    """GET /jobs?ids=: the add-on's one poll a round for every shot in flight. Only the token's own
+    jobs are answered; the others are 'unknown', exactly as GET /jobs/{id} would say."""
+    alice, bob = as_user(core, shared, ALICE), as_user(core, shared, BOB)
+    depth = alice.upload_blob(depth_png(0.4))
+    first = alice.submit(make_job(tiny_models, [{"frame": 1, "depth": depth, "pose": None}], steps=2, seed=21))
+    second = alice.submit(make_job(tiny_models, [{"frame": 1, "depth": depth, "pose": None}], steps=2, seed=22))
+    deadline = time.monotonic() + 120
+    while {alice.status(j)["status"] for j in (first, second)} != {"done"}:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    found = alice.statuses([first, second, first])
+    assert sorted(found) == sorted([first, second])
+    for job_id in (first, second):
+        assert found[job_id] == alice.status(job_id)
+    assert bob.statuses([first, second]) == {}  # Alice's jobs are not Bob's to see
+    answer = requests.get(shared.url + "/jobs", params={"ids": f"{first},nope"}, verify=str(shared.cert),  # type: ignore
+                          headers={"Authorization": f"Bearer {ALICE}"}, timeout=10).json()
+    assert list(answer["jobs"]) == [first] and answer["unknown"] == ["nope"]
+    too_many = requests.get(shared.url + "/jobs", params={"ids": ",".join(f"j{i}" for i in range(101))},
+                            verify=str(shared.cert), headers={"Authorization": f"Bearer {ALICE}"},  # type: ignore
+                            timeout=10)
+    assert too_many.status_code == 400 and too_many.json()["error"]["code"] == "too_many_ids"
+    # The client asks in chunks of 100, so a longer list still comes back whole.
+    assert sorted(alice.statuses([first, second] + [f"gone{i}" for i in range(150)])) == sorted([first, second])
+    unauthenticated = requests.get(shared.url + "/jobs", params={"ids": first}, verify=str(shared.cert),  # type: ignore
+                                   timeout=10)
+    assert unauthenticated.status_code == 401
+
+
+class _OlderEngine(http.server.BaseHTTPRequestHandler):
+    """An engine from before GET /jobs?ids=: only POST /jobs exists at /jobs."""
+
+    asked: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.asked.append(self.path)
+        body = b'{"detail": "Method Not Allowed"}'
+        self.send_response(405)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_statuses_from_an_older_engine_falls_back_to_one_poll_per_job(core: Any) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OlderEngine)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = core.client.EngineClient(f"http://127.0.0.1:{server.server_address[1]}", "t")
+        assert client.statuses(["a", "b"]) is None
+        assert client.statuses(["a", "b"]) is None  # remembered: asked once only
+        assert _OlderEngine.asked == ["/jobs?ids=a%2Cb"]
+    finally:
+        server.shutdown()
