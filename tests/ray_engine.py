@@ -1,7 +1,7 @@
 """A real ``python -m engine serve-ray`` process on a local Ray cluster, for the tests.
 
 One per pytest session (Ray takes ~30 s to start and ~2 GB for two tiny replicas); it is
-stopped, and ``ray stop`` run, when the session ends. Used by tests/engine (engine venv)
+stopped with its whole local cluster when the session ends. Used by tests/engine (engine venv)
 and tests/blender (the add-on against a Ray engine).
 """
 
@@ -29,6 +29,19 @@ def ray_missing_reason(python: str) -> str | None:
         return ("ray[serve] is not installed in the engine environment: pip install -r "
                 "engine/requirements-ray.txt -c engine/constraints-ray.txt (make setup does)")
     return None
+
+
+def session_processes(session: int) -> list[int]:
+    """The live processes of a session (Linux /proc)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getsid(int(entry)) == session:
+                    pids.append(int(entry))
+            except OSError:  # gone meanwhile, or not ours to look at
+                pass
+    return pids
 
 
 def free_port() -> int:
@@ -90,14 +103,24 @@ class RayEngine:
             return "(no log)"
 
     def stop(self) -> None:
-        """SIGTERM (the engine takes its local cluster down), then make sure with ``ray stop``."""
-        if self.process is not None and self.process.poll() is None:
+        """SIGTERM (the engine takes its local cluster down), then SIGKILL whatever of that cluster
+        is left: every Ray process it started is in its session. Other Ray clusters on the
+        machine (another test run, a user's) are left alone, unlike ``ray stop``."""
+        if self.process is None:
+            return
+        session = self.process.pid  # started with start_new_session: its pid is the session id
+        if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.kill()
                 self.process.wait(timeout=10)
-        ray_cli = Path(self.python).parent / "ray"
-        if ray_cli.exists():
-            subprocess.run([str(ray_cli), "stop", "--force"], capture_output=True, timeout=120)
+        deadline = time.monotonic() + 10
+        while (left := session_processes(session)) and time.monotonic() < deadline:
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.2)

@@ -3,7 +3,7 @@ every shot's job is submitted up front, every take lands on the VSE.
 
 The add-on is pointed at the Ray engine the way a user points it at a cluster: a URL and a
 token (here through VIEWFINDER_ENGINE_URL / VIEWFINDER_ENGINE_TOKEN). One Ray cluster for the
-session, stopped (and ``ray stop`` run) at its end.
+session, stopped with its local cluster at its end.
 """
 
 from __future__ import annotations
