@@ -10,8 +10,11 @@ Each `tick(scene)` does at most one bounded step:
    `conditioning.pipeline.stepwise`), one hashing step, one frame's passes or one depth
    map a tick, then describe its engine job (`collect_shot` again, with the finished maps);
 3. every shot's engine job (`ShotsOnEngine`, shots in turn): one map upload, one submit,
-   or one poll (fetching at most one finished frame) a tick; the jobs reach the engine
-   close together, so a cluster engine runs them side by side;
+   or one poll (fetching at most one finished frame) a step; the jobs reach the engine
+   close together, so a cluster engine runs them side by side. In the UI these steps run
+   on a `Worker` thread (``engine_thread``): an upload or a poll over a slow or shared
+   network never holds a tick, which only takes the finished takes from its queue. In
+   background mode (and for tests that count steps) they run a step a tick on this thread;
 4. place one finished take on the VSE a tick, as jobs finish.
 
 `cancel()` takes effect at the next tick, whatever the phase: a conditioning render in
@@ -24,11 +27,12 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from .conditioning.pipeline import RenderNeeded, ShotRender, stepwise
 from .engine_link import connect_task
-from .generate import Progress, ShotJob, TakeOutcome, shot_message, summary
+from .generate import POLL_INTERVAL_S, Progress, ShotJob, TakeOutcome, shot_message, summary
 from .generate_all import ShotFailure, ShotsOnEngine
 from .paths import Project
 from .prefs import Prefs
@@ -40,6 +44,19 @@ log = logging.getLogger(__name__)
 WORK, IDLE, DONE = "work", "idle", "done"  # what a tick says: did work / only waited / the run is over
 
 
+def pump_engine(engine: ShotsOnEngine, *, report: Callable[[Any], None], cancel: threading.Event) -> None:
+    """Worker task: every shot's engine steps until all have ended, each ended shot reported
+    (`TakeOutcome` or `ShotFailure`). ``cancel`` drops the run (Blender is closing the
+    operator); the user's Cancel reaches the shots through ``should_cancel`` instead, so that
+    their jobs are cancelled on the engine and their finished frames kept."""
+    while not engine.finished and not cancel.is_set():
+        worked, ended = engine.step()
+        if ended is not None:
+            report(ended)
+        elif not worked:
+            cancel.wait(POLL_INTERVAL_S)
+
+
 class GenerationRun:
     """Generate takes for some shots, one bounded step per `tick(scene)`.
 
@@ -47,16 +64,19 @@ class GenerationRun:
     (background mode: faster, Cycles keeps its scene); without it each tick gives the user's
     settings back before it returns (the UI). ``background``: connect on this thread, at the
     first tick, so an unreachable engine fails before any control map is rendered.
+    ``engine_thread``: the engine's uploads, submits and polls on a worker thread (default: in
+    the UI, not in background mode).
     Reports (level, text) collect in `reports` for the caller to show and clear.
     """
 
     def __init__(self, shots: list[str], project: Project, prefs: Prefs, *, hold_settings: bool = False,
-                 background: bool = False) -> None:
+                 background: bool = False, engine_thread: bool | None = None) -> None:
         self.shots = list(shots)
         self.project = project
         self.prefs = prefs
         self.hold_settings = hold_settings
         self.background = background
+        self.engine_thread = not background if engine_thread is None else engine_thread
         self.phase = "connect"  # connect → maps → engine → done
         self.step_kind = ""  # what the last tick did: connect, maps, collect, upload, poll, place, wait
         self.reports: list[tuple[str, str]] = []
@@ -71,6 +91,8 @@ class GenerationRun:
         self._render: ShotRender | None = None
         self._jobs: list[ShotJob] = []
         self._engine: ShotsOnEngine | None = None
+        self._pump: Worker | None = None  # runs the engine steps when engine_thread
+        self._pump_ended = False
         self._to_place: list[TakeOutcome] = []
         self._latest: Progress | None = None
         self._fractions: dict[str, float] = {}
@@ -103,6 +125,8 @@ class GenerationRun:
             self._render = None
         if self._worker is not None:
             self._worker.cancel()
+        if self._pump is not None:
+            self._pump.cancel()  # stops after its current step
         if self._engine is not None:
             self._engine.cancel_running()  # finished frames stay; Generate again resumes the takes
         self.phase = "done"
@@ -223,18 +247,48 @@ class GenerationRun:
             self._engine = ShotsOnEngine(self.client, on_progress=self._on_progress, should_cancel=self._cancel.is_set)
             for job in self._jobs:
                 self._engine.add(job)
+            if self.engine_thread:
+                self._pump = Worker(pump_engine, self._engine, name="viewfinder-engine").start()
+        if self._pump is not None:
+            return self._tick_pump(scene)
         if self._engine.finished:
             self._finish()
             return DONE
         worked, ended = self._engine.step()
         self.step_kind = self._engine.last_kind
+        self._ended(ended)
+        return WORK if worked or ended is not None else IDLE
+
+    def _tick_pump(self, scene: Any) -> str:
+        """The engine steps run on the pump's thread: take what ended from its queue."""
+        assert self._pump is not None
+        self.step_kind = "wait"
+        for message in self._pump.messages():
+            if isinstance(message, MsgDone):
+                self._pump_ended = True
+            elif isinstance(message, MsgException):
+                self._pump_ended = True
+                if not message.cancelled:
+                    self.failures += 1
+                    self._report("ERROR", f"Talking to the engine failed: {message.error}")
+            else:
+                self._ended(message)
+        if self._to_place:
+            self.step_kind = "place"
+            self._place(scene, self._to_place.pop(0))
+            return WORK
+        if self._pump_ended:
+            self._finish()
+            return DONE
+        return IDLE
+
+    def _ended(self, ended: TakeOutcome | ShotFailure | None) -> None:
         if isinstance(ended, ShotFailure):
             self.failures += 1
             self._report("ERROR", shot_message(ended.shot, ended.error))
         elif ended is not None:
             self._fractions[ended.shot] = 1.0
             self._to_place.append(ended)
-        return WORK if worked or ended is not None else IDLE
 
     def _shot_failed(self, name: str, exc: BaseException) -> None:
         log.debug("control maps of %s failed", name, exc_info=True)

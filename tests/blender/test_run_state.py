@@ -8,10 +8,12 @@ a stand-in context and events: modal operators cannot run in background Blender.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,12 +27,15 @@ from test_conditioning import snapshot  # noqa: E402
 from test_generate import build_film, take_strips  # noqa: E402
 
 
-def make_run(vfmod, scene, *, hold_settings=False, background=False):
+def make_run(vfmod, scene, *, hold_settings=False, background=False, engine_thread=False):
+    """A run as the UI makes it, except that by default its engine steps run a step a tick on
+    this thread, so that the tests can cancel after a given step (engine_thread=True: the UI's
+    own configuration, the engine steps on a worker thread)."""
     run_mod = vfmod("core.generate_run")
     project = vfmod("operators.common").project_of(bpy.context)
     prefs = vfmod("preferences").get_prefs(bpy.context)
     return run_mod.GenerationRun([s.name for s in scene.viewfinder.shots], project, prefs,
-                                 hold_settings=hold_settings, background=background)
+                                 hold_settings=hold_settings, background=background, engine_thread=engine_thread)
 
 
 def drive(vfmod, run, scene, *, cancel_when=None, limit=20000):
@@ -144,6 +149,23 @@ def test_cancel_while_polling_keeps_finished_takes_and_places_no_partial_strip(t
     assert_nothing_half_made(tmp_path, scene)
 
 
+def test_cancel_with_the_engine_on_its_thread_keeps_finished_takes(tmp_path, tiny_models, vfmod):
+    scene = build_film(tmp_path, tiny_models)
+    scene.viewfinder.batch_size, scene.viewfinder.steps = 1, 12  # jobs that outlast a few polls
+    run = make_run(vfmod, scene, engine_thread=True)
+    running = lambda run, kinds: run._latest is not None and run._latest.step > 0  # noqa: E731
+    kinds, statuses = drive(vfmod, run, scene, cancel_when=running)
+    assert any(re.fullmatch(r"Shot [123]/3 · frame [0-3]/3, step \d+/12.*", s) for s in statuses), statuses[-5:]
+    assert len(run.outcomes) == 3 and any(o.cancelled for o in run.outcomes)
+    complete = [o for o in run.outcomes if o.complete]
+    assert sorted(s["viewfinder_shot"] for s in take_strips(scene)) == sorted(o.shot for o in complete)
+    for outcome in run.outcomes:
+        if outcome.cancelled:  # finished frames kept on disk, take.json says so
+            assert sorted(p.name for p in outcome.take_dir.glob("*.png")) == [f"{f:04d}.png" for f in outcome.frames]
+    assert run.reports[-1] == ("WARNING", "Generation cancelled: finished takes kept")
+    assert_nothing_half_made(tmp_path, scene)
+
+
 def test_cancel_after_placing_one_take_keeps_it(tmp_path, tiny_models, vfmod):
     scene = build_film(tmp_path, tiny_models)
     run = make_run(vfmod, scene)
@@ -156,14 +178,38 @@ def test_cancel_after_placing_one_take_keeps_it(tmp_path, tiny_models, vfmod):
     assert_nothing_half_made(tmp_path, scene)
 
 
+@contextlib.contextmanager
+def engine_calls(vfmod):
+    """Every HTTP call the add-on makes to the engine meanwhile: (path, made on Blender's main thread)."""
+    client_class = vfmod("core.engine_client").EngineClient
+    calls, request = [], client_class._request
+
+    def recording(self, method, path, **kwargs):
+        calls.append((path, threading.current_thread() is threading.main_thread()))
+        return request(self, method, path, **kwargs)
+
+    client_class._request = recording
+    try:
+        yield calls
+    finally:
+        client_class._request = request
+
+
 def test_execute_makes_the_same_takes_as_the_tick_driven_path(tmp_path, tiny_models, vfmod):
     (tmp_path / "ticks").mkdir()
     (tmp_path / "execute").mkdir()
     scene = build_film(tmp_path / "ticks", tiny_models)
-    run = make_run(vfmod, scene)  # the UI's configuration: connect on the worker, settings given back each tick
-    drive(vfmod, run, scene)
+    # The UI's configuration: connect and engine steps on workers, settings given back each tick.
+    run = make_run(vfmod, scene, engine_thread=True)
+    with engine_calls(vfmod) as calls:
+        kinds, _ = drive(vfmod, run, scene)
     ticked = {o.shot: o.take_dir for o in run.outcomes}
     assert len(ticked) == 3 and all(o.complete and not o.reused for o in run.outcomes)
+    # No upload, submit, poll or frame download held a tick: a slow or shared network never
+    # freezes Blender. The ticks only placed the takes.
+    assert {p.split("/")[1] for p, _ in calls} >= {"blobs", "jobs"}
+    assert not [p for p, on_main in calls if on_main], calls
+    assert kinds.count("place") == 3 and not {"upload", "poll"} & set(kinds)
 
     scene = build_film(tmp_path / "execute", tiny_models)
     assert bpy.ops.viewfinder.generate(shot="") == {"FINISHED"}
