@@ -5,6 +5,7 @@ engine's private log folder, reported port and identity check."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import os
 import stat
@@ -209,10 +210,10 @@ def test_local_engine_log_is_private_and_port_reported(core: Any, tmp_path: Path
         local.stop()
 
 
-class _Impostor(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
-        code = 200 if self.path == "/health" else 401
-        body = b'{"status": "ok"}' if code == 200 else b'{"error": {"code": "unauthorized"}}'
+class _Canned(http.server.BaseHTTPRequestHandler):
+    """A stand-in HTTP server's handler: ``answer`` sends a status and a body, quietly."""
+
+    def answer(self, code: int, body: bytes) -> None:
         self.send_response(code)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -222,42 +223,46 @@ class _Impostor(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_another_program_on_the_port_is_not_taken_for_our_engine(core: Any) -> None:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Impostor)
+@contextlib.contextmanager
+def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A stand-in server on a free local port, for as long as the block runs; its URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        local = core.process.LocalEngine(sys.executable)
-        local.port = server.server_address[1]
-        with pytest.raises(core.client.EngineError) as info:
-            local._check_identity(core.client.EngineClient(local.url, local.token, timeout=5))
-        assert info.value.code == "not_our_engine" and "not the engine Viewfinder started" in info.value.message
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
 
 
-class _Truncating(http.server.BaseHTTPRequestHandler):
+class _Impostor(_Canned):
     def do_GET(self) -> None:  # noqa: N802
-        body = depth_png(0.2)[:200]
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        if self.path == "/health":
+            self.answer(200, b'{"status": "ok"}')
+        else:
+            self.answer(401, b'{"error": {"code": "unauthorized"}}')
 
-    def log_message(self, *args: Any) -> None:
-        pass
+
+def test_another_program_on_the_port_is_not_taken_for_our_engine(core: Any) -> None:
+    with serving(_Impostor) as url:
+        local = core.process.LocalEngine(sys.executable)
+        local.port = int(url.rsplit(":", 1)[1])
+        with pytest.raises(core.client.EngineError) as info:
+            local._check_identity(core.client.EngineClient(local.url, local.token, timeout=5))
+        assert info.value.code == "not_our_engine" and "not the engine Viewfinder started" in info.value.message
+
+
+class _Truncating(_Canned):
+    def do_GET(self) -> None:  # noqa: N802
+        self.answer(200, depth_png(0.2)[:200])
 
 
 def test_client_never_saves_a_frame_it_cannot_open(core: Any, tmp_path: Path) -> None:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Truncating)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        client = core.client.EngineClient(f"http://127.0.0.1:{server.server_address[1]}", "t")
+    with serving(_Truncating) as url:
+        client = core.client.EngineClient(url, "t")
         with pytest.raises(core.client.EngineError) as info:
             client.fetch_frame("job", 1, str(tmp_path / "0001.png"))
         assert info.value.code == "damaged_frame" and "truncated" in info.value.message
         assert list(tmp_path.iterdir()) == []
-    finally:
-        server.shutdown()
 
 
 def test_statuses_of_many_jobs_in_one_request(core: Any, shared: Served, tiny_models: dict[str, str]) -> None:
@@ -290,30 +295,19 @@ def test_statuses_of_many_jobs_in_one_request(core: Any, shared: Served, tiny_mo
     assert unauthenticated.status_code == 401
 
 
-class _OlderEngine(http.server.BaseHTTPRequestHandler):
+class _OlderEngine(_Canned):
     """An engine from before GET /jobs?ids=: only POST /jobs exists at /jobs."""
 
     asked: list[str] = []
 
     def do_GET(self) -> None:  # noqa: N802
         self.asked.append(self.path)
-        body = b'{"detail": "Method Not Allowed"}'
-        self.send_response(405)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        self.answer(405, b'{"detail": "Method Not Allowed"}')
 
 
 def test_statuses_from_an_older_engine_falls_back_to_one_poll_per_job(core: Any) -> None:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OlderEngine)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        client = core.client.EngineClient(f"http://127.0.0.1:{server.server_address[1]}", "t")
+    with serving(_OlderEngine) as url:
+        client = core.client.EngineClient(url, "t")
         assert client.statuses(["a", "b"]) is None
         assert client.statuses(["a", "b"]) is None  # remembered: asked once only
         assert _OlderEngine.asked == ["/jobs?ids=a%2Cb"]
-    finally:
-        server.shutdown()
