@@ -20,7 +20,8 @@ Protocol
    This machine's speed drifts by up to 15 % over minutes, so the speed-ups are also given per
    round (engines measured minutes apart, not across the whole run) with their median.
 Figures: wall time per engine; Ray overhead per job = (ray-1 - single) / shots; speed-up =
-ray-1 / ray-2; the reference single / 2x-single (what two processes get from the machine). Targets on a 2-core CPU: ray-1 within 15% of single; ray-2 >= 1.6x ray-1.
+ray-1 / ray-2; the reference single / 2x-single (what two processes get from the machine).
+Targets on a 2-core CPU: ray-1 within 15% of single; ray-2 >= 1.6x ray-1.
 
 CPU:  .venv-engine/bin/python benchmarks/bench_scale.py
 GPU:  .venv-engine/bin/python benchmarks/bench_scale.py --preset sd15 --size 512 --steps 20 \
@@ -256,7 +257,7 @@ def main() -> int:
     engines = ["single", *(["2x-single"] if args.reference else []), *(f"ray-{n}" for n in args.replicas)]
     rounds: list[dict[str, dict[str, Any]]] = []
     # 2. Rounds: every engine once a round, started fresh, measured, stopped. This machine's
-    #    speed drifts by up to 15 % over minutes (the same single-engine run took 6.6-7.6 s
+    #    speed drifts by up to 15 % over minutes (the same single-engine run took 6.6-10.7 s
     #    within one session), so each engine is compared with the others of its own round.
     for r in range(args.rounds):
         figures: dict[str, dict[str, Any]] = {}

@@ -139,7 +139,7 @@ class EngineShot:
     @property
     def needs_status(self) -> bool:
         """Polling, and the next step would ask the engine for this job's status."""
-        return self.phase == "poll" and self.outcome is None and self._status is None
+        return self.phase == "poll" and self._status is None  # an ended shot is in phase "done"
 
     def offer(self, status: dict[str, Any]) -> None:
         """A status fetched for this job together with others' (``GET /jobs?ids=``): the next

@@ -105,7 +105,6 @@ class ShotsOnEngine:
             return False, None
         return True, None
 
-
     def _poll_together(self) -> None:
         """One request for the statuses of every shot about to poll (an engine that predates
         ``GET /jobs?ids=`` leaves each shot to poll on its own)."""

@@ -2,7 +2,8 @@
 replicas and tiny models, driven over HTTP by the add-on's own client.
 
 One cluster for the whole session (it takes ~30 s to start), stopped with its whole local
-cluster at the end (other Ray clusters on the machine are left alone). Skipped with the reason when ray[serve] is not installed.
+cluster at the end (other Ray clusters on the machine are left alone). Skipped with the
+reason when ray[serve] is not installed.
 """
 
 from __future__ import annotations
