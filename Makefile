@@ -10,7 +10,7 @@ PYTHON ?= python3
 PIP_FLAGS ?= --disable-pip-version-check --quiet
 PYTEST_FLAGS ?= -q
 
-.PHONY: all setup test test-unit test-blender test-blender42 test-engine demo build benchmark clean
+.PHONY: all setup test test-unit test-blender test-blender42 test-engine demo build benchmark clean toy-data toy-models
 
 all: test
 
@@ -56,6 +56,17 @@ build: .venv/.installed
 
 demo: setup
 	.venv/bin/python demo/run_demo.py
+
+# The toy-world models (engine/testing/toy/MODEL_CARD.md): the dataset, rendered in Blender, then
+# the training that reproduces the committed weights from seed 0 (about an hour on 2 CPU cores).
+# `make test` does not retrain.
+TOY_DATA ?= build/toyworld
+toy-data: .venv/.installed
+	.venv/bin/python toyworld/generate.py --out $(TOY_DATA) --split train --shots 800 --frames 8 --workers 2
+
+toy-models: toy-data .venv-engine/.installed
+	OMP_NUM_THREADS=1 .venv-engine/bin/python -m engine.testing.toy.train --data $(TOY_DATA) \
+		--out engine/testing/toy/weights --seed 0
 
 benchmark: setup
 	.venv/bin/python benchmarks/bench_conditioning.py

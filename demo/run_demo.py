@@ -10,9 +10,11 @@
 3. Generate every shot with the engine (a child process, as in the UI).
 4. Write demo/out/film.blend, storyboard.png and animatic.mp4, and say where.
 
-Models: real ones when they can be had (VIEWFINDER_DEMO_MODEL etc., or the
-defaults when the Hugging Face Hub is reachable), otherwise tiny random-weight
-models, and then the frames are noise: the demo says so plainly.
+Models: by default the trained toy-world models (`python -m engine make-toy-models`,
+engine/testing/toy/MODEL_CARD.md): offline, small, and the frames show the film's
+people and blocks following each shot's camera, in the toy world's look and words.
+Real models when asked: VIEWFINDER_DEMO_MODEL=... (local folders), or
+VIEWFINDER_DEMO_MODELS=real (the defaults, downloaded on first use).
 """
 
 from __future__ import annotations
@@ -52,6 +54,13 @@ CAST = {
     "Stranger": ("Stranger", "an old man with a grey beard in a dark green suit and a flat cap",
                  (0.1, 0.3, 0.12, 1.0)),
 }
+# The same film in the toy world's words (engine/testing/toy/vocab.py): what its models know.
+TOY_CAST = {"Traveller": "a red person", "Stranger": "a green person"}
+TOY_PROMPTS = {
+    "Dolly": "a red person and a white cube on tiles under a blue sky",
+    "Pan": "a red person, a green person and a white cube on tiles under a blue sky",
+    "Orbit": "a red person and a white cube on tiles under a sunset sky",
+}
 
 
 def say(text: str) -> None:
@@ -82,7 +91,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def choose_models(settings) -> bool:
-    """Set the scene's models; True when they are real."""
+    """Set the scene's models; True when they are real, False for the toy-world models."""
     override = os.environ.get("VIEWFINDER_DEMO_MODEL")
     if override:
         settings.model = override
@@ -90,23 +99,23 @@ def choose_models(settings) -> bool:
         settings.controlnet_pose = os.environ.get("VIEWFINDER_DEMO_CONTROLNET_POSE", settings.controlnet_pose)
         say(f"using the models you named: {settings.model}")
         return True
-    if not QUICK and hub_reachable():
+    if os.environ.get("VIEWFINDER_DEMO_MODELS") == "real":
+        if not hub_reachable():
+            raise SystemExit("VIEWFINDER_DEMO_MODELS=real needs the Hugging Face Hub, which cannot be reached: "
+                             "name local folders with VIEWFINDER_DEMO_MODEL=..., or leave it unset for the toy world")
         say(f"using the default models (downloaded on first use): {settings.model}")
         return True
-    tiny = OUT / "tiny-models"
-    if not (tiny / "sd15").is_dir() or not (tiny / "ip-adapter.safetensors").is_file():
-        subprocess.run([ENGINE_PYTHON, "-m", "engine", "make-tiny-models", str(tiny)], cwd=ROOT, check=True,
-                       stdout=subprocess.DEVNULL)
-    settings.model = str(tiny / "sd15")
-    settings.controlnet_depth = str(tiny / "controlnet-depth")
-    settings.controlnet_pose = str(tiny / "controlnet-pose")
-    settings.ip_adapter = str(tiny / "ip-adapter.safetensors")
-    settings.image_encoder = str(tiny / "image-encoder")
-    say("OFFLINE: the Hugging Face Hub cannot be reached, so the demo uses tiny random-weight models.")
-    say("         The frames will be NOISE; the camera moves, takes, storyboard and animatic are real.")
-    say("         For real frames: run `make demo` with internet access, or point it at local models:")
-    say("         VIEWFINDER_DEMO_MODEL=/path/to/sd15 VIEWFINDER_DEMO_CONTROLNET_DEPTH=/path/to/depth "
-        "VIEWFINDER_DEMO_CONTROLNET_POSE=/path/to/openpose make demo")
+    toy = OUT / "toy-models"
+    subprocess.run([ENGINE_PYTHON, "-m", "engine", "make-toy-models", str(toy)], cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL)
+    settings.model = str(toy / "sd15")
+    settings.controlnet_depth = str(toy / "controlnet-depth")
+    settings.controlnet_pose = str(toy / "controlnet-pose")
+    settings.ip_adapter = ""  # the toy world has no IP-Adapter: references stay in the bible, unsent
+    say("using the toy-world models (engine/testing/toy/MODEL_CARD.md): trained here on shapes and mannequins,")
+    say("         64-pixel frames in the toy world's look, prompts in its words. For real frames, point the demo")
+    say("         at local models: VIEWFINDER_DEMO_MODEL=/path/to/sd15 VIEWFINDER_DEMO_CONTROLNET_DEPTH=/path/to/depth "
+        "VIEWFINDER_DEMO_CONTROLNET_POSE=/path/to/openpose make demo (or VIEWFINDER_DEMO_MODELS=real online)")
     return False
 
 
@@ -124,7 +133,7 @@ def write_tone(path: Path, seconds: float, rate: int = 48000) -> None:
         out.writeframes(bytes(samples))
 
 
-def add_cast(scene) -> None:
+def add_cast(scene, toy: bool) -> None:
     """The character bible: both characters, and the traveller's reference rendered here."""
     for rig_name, _description, colour in CAST.values():
         dress(bpy.data.objects[rig_name], colour)
@@ -140,7 +149,7 @@ def add_cast(scene) -> None:
             raise SystemExit(f"Adding the character {name} failed: see the messages above")
         character = scene.viewfinder.characters[rig_name]
         character.name = name
-        character.description = description
+        character.description = TOY_CAST[name] if toy else description
     reference = render_reference(bpy.data.objects["Hero"], OUT / "traveller-reference.png")
     scene.viewfinder.active_character_index = list(scene.viewfinder.characters.keys()).index("Traveller")
     if bpy.ops.viewfinder.add_reference(filepath=str(reference)) != {"FINISHED"}:
@@ -172,19 +181,24 @@ def main() -> int:
     build_demo_scene(scene)
     settings = scene.viewfinder
     real = choose_models(settings)
-    settings.long_edge = 768 if real else (128 if QUICK else 256)
-    settings.steps = 20 if real else (1 if QUICK else 3)
+    # The toy models were trained on 64-pixel squares; 112 is the long edge whose 16:9 short edge
+    # reaches the engine's 64-pixel minimum.
+    settings.long_edge = 768 if real else 112
+    settings.steps = 20 if real else (4 if QUICK else 20)
     settings.batch_size = 4
-    settings.style_prompt = "cinematic still, overcast light, muted colours, 35mm film grain"
-    add_cast(scene)
+    if real:
+        settings.style_prompt = "cinematic still, overcast light, muted colours, 35mm film grain"
+    else:
+        settings.guidance_scale = 5.0
+    add_cast(scene, toy=not real)
     prompts = {
         "Dolly": "a lone traveller walks down an empty street between old brick buildings",
         "Pan": "the street seen from the corner, the traveller and a stranger pass each other, shop signs",
         "Orbit": "close on the traveller, buildings behind, dramatic sky",
-    }
+    } if real else TOY_PROMPTS
     for shot in settings.shots:
         shot.prompt = prompts.get(shot.name, "a street at dusk")
-        shot.negative_prompt = "blurry, deformed, text, watermark"
+        shot.negative_prompt = "blurry, deformed, text, watermark" if real else ""
         shot.coherence = os.environ.get("VIEWFINDER_DEMO_COHERENCE", "FLOW")
     film = OUT / "film.blend"
     bpy.ops.wm.save_as_mainfile(filepath=str(film))
@@ -217,7 +231,7 @@ def main() -> int:
     for name in ("film.blend", "storyboard.png", "animatic.mp4"):
         say(f"  {OUT / name}")
     if not real:
-        say("(tiny models: the frames are noise; see above for how to use real models)")
+        say("(toy-world models: see above for how to use real models)")
     return 0
 
 

@@ -273,6 +273,19 @@ def cmd_make_tiny_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_make_toy_models(args: argparse.Namespace) -> int:
+    from .testing.toy import make_toy_models
+
+    try:
+        paths = make_toy_models(args.dir)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for role, path in paths.items():
+        print(f"{role}: {path}")
+    return 0
+
+
 def cmd_metrics(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -392,6 +405,10 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("--wan-preset", default=None, choices=["tiny", "wan-1.3b"],
                       help="also write a random-weight Wan VACE of this size (wan-1.3b: GPU throughput)")
     tiny.set_defaults(func=cmd_make_tiny_models)
+
+    toy = sub.add_parser("make-toy-models", help="write the trained toy-world models (engine/testing/toy/MODEL_CARD.md)")
+    toy.add_argument("dir")
+    toy.set_defaults(func=cmd_make_toy_models)
 
     metrics = sub.add_parser("metrics", help="warp error and depth fidelity of generated takes, one line per take")
     metrics.add_argument("paths", nargs="+", help="take folders, shot folders or a viewfinder/ folder")

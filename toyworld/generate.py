@@ -7,7 +7,8 @@ Each shot is one random layout (1-3 things: shapes and mannequins, colours, patt
 ground under a sky. `train` and `heldout` shots are stills: the camera jumps to a new random
 view every frame (and mannequins take a new pose), so one render call gives `--frames`
 images. `moves` shots are smooth camera moves (orbit, dolly, pan, crane, truck) for the
-coherence checks. Held-out splits use seeds no training shot uses.
+coherence checks, the first thing checkered. `cast` shots hold two mannequins, for the
+character bible's checks. Held-out splits use seeds no training shot uses.
 
 Per shot, under DIR/<split>/SSSS/:
     conditioning/            exactly what Generate sends: core.conditioning.render_shot's depth/,
@@ -36,7 +37,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 # Seeds far apart per split, so a held-out shot never repeats a training layout.
-SPLIT_SEEDS = {"train": 0, "heldout": 1_000_003, "moves": 2_000_003}
+SPLIT_SEEDS = {"train": 0, "heldout": 1_000_003, "moves": 2_000_003, "cast": 3_000_003}
 MIN_PIXELS = 6  # a thing smaller than this in a frame is not named in its caption
 
 
@@ -74,7 +75,7 @@ def render_shot(out: Path, split: str, index: int, frames: int, size: int, seed:
     import bpy
     import numpy as np
 
-    from engine.testing.toy.vocab import GROUNDS, SKIES, caption
+    from engine.testing.toy.vocab import GROUNDS, SKIES, Thing, caption
     from toyworld import scene as toy_scene
 
     conditioning = __import__("viewfinder_src.core.conditioning", fromlist=["render_shot"])
@@ -85,7 +86,12 @@ def render_shot(out: Path, split: str, index: int, frames: int, size: int, seed:
     scene = bpy.context.scene
     scene.render.fps = 24
     ground, sky = rng.choice(list(GROUNDS)), rng.choice(list(SKIES))
-    things = random_things(rng, rng.choice((1, 1, 2, 2, 3)))
+    if split == "cast":  # two mannequins: the character bible's checks (their looks come from the bible)
+        things = [Thing("white", "plain", "person"), Thing("white", "plain", "person")]
+    else:
+        things = random_things(rng, rng.choice((1, 1, 2, 2, 3)))
+    if split == "moves":  # the first thing is checkered: the sharpness guard needs real detail
+        things[0] = Thing(things[0].colour, "checkered", things[0].shape)
     placed = toy_scene.build(scene, rng, things, ground, sky, _demo_character())
     move = None
     if split == "moves":
@@ -125,8 +131,6 @@ def render_shot(out: Path, split: str, index: int, frames: int, size: int, seed:
             visible.append({"id": int(key), "name": entry["name"], "phrase": p.thing.phrase, "colour": p.thing.colour,
                             "pattern": p.thing.pattern, "shape": p.thing.shape, "pixels": int(counts[int(key)])})
         rng.shuffle(visible)
-        from engine.testing.toy.vocab import Thing
-
         text = caption([Thing(v["colour"], v["pattern"], v["shape"]) for v in visible], ground, sky)
         maps = result.maps[frame]
         records.append({

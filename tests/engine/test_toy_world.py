@@ -1,0 +1,207 @@
+"""The trained toy-world models: they load through the real loader, and frames mean what they were told.
+
+Inputs are held-out toy-world frames (tests/engine/data/toy, written by toyworld/fixtures.py from
+scenes no training shot used): exact depth, pose, masks and flow as Viewfinder renders them. The
+engine runs in this process (its JobManager, the code an HTTP job runs) with the committed
+weights (``make-toy-models``). Measures: engine/testing/toy/measure.py. The thresholds sit under
+the figures these frames give (printed in each assertion) with a margin for other CPUs' kernels.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from engine.testing.toy import WEIGHTS, make_toy_models, measure
+from engine.testing.toy.run import ToyEngine, read
+from engine.testing.toy.vocab import words
+
+DATA = Path(__file__).resolve().parent / "data" / "toy"
+
+
+def records(split: str) -> list[dict[str, Any]]:
+    rows = [json.loads(line) for line in (DATA / "records.jsonl").read_text().splitlines()]
+    return sorted((r for r in rows if r["split"] == split), key=lambda r: (r["shot"], r["frame"]))
+
+
+def frame_of(engine: ToyEngine, r: dict[str, Any], *, flow: bool = False, mask: bool = False,
+             **values: Any) -> dict[str, Any]:
+    cond = DATA / Path(r["depth"]).parent.parent
+    return engine.frame(r["frame"], DATA / r["depth"], DATA / r["pose"] if r["pose"] else None,
+                        cond / "flow" / f"{r['frame']:04d}.npy" if flow else None,
+                        DATA / r["mask"] if mask else None, **values)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ToyEngine]:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    models = tmp_path_factory.mktemp("toy-models")
+    make_toy_models(models)
+    engine = ToyEngine(tmp_path_factory.mktemp("toy-engine"), models, steps=20)
+    yield engine
+    engine.stop()
+
+
+@pytest.fixture(scope="module")
+def palette() -> dict[str, np.ndarray]:
+    """Each colour's mean in the renders of the held-out frames (plus red and blue from the cast's)."""
+    sums: dict[str, list[np.ndarray]] = {}
+    for r in records("heldout") + records("moves"):
+        image, mask = read(DATA / r["rgb"]), read(DATA / r["mask"])
+        for t in r["things"]:
+            colour = measure.mean_colour(image, mask == t["id"])
+            if colour is not None and t["pattern"] == "plain":
+                sums.setdefault(t["colour"], []).append(colour)
+    return {k: np.mean(v, axis=0) for k, v in sums.items()}
+
+
+def ious(image: np.ndarray, r: dict[str, Any]) -> list[float]:
+    depth, mask = read(DATA / r["depth"]), read(DATA / r["mask"])
+    ids = [t["id"] for t in r["things"]]
+    fg = measure.foreground(image, depth, mask, ids)
+    return [v for v in measure.object_ious(fg, mask, [t["id"] for t in r["things"] if t["pixels"] >= 20]).values()
+            if v == v]
+
+
+def test_weights_are_committed_small_and_in_the_sd15_layout() -> None:
+    index = json.loads((WEIGHTS / "sd15" / "model_index.json").read_text())
+    assert index["unet"] == ["diffusers", "UNet2DConditionModel"]
+    assert index["vae"] == ["diffusers", "AutoencoderKL"]
+    assert index["text_encoder"] == ["transformers", "CLIPTextModel"]
+    for name in ("controlnet-depth", "controlnet-pose"):
+        assert json.loads((WEIGHTS / name / "config.json").read_text())["_class_name"] == "ControlNetModel"
+    size = sum(p.stat().st_size for p in WEIGHTS.rglob("*") if p.is_file())
+    assert size <= 30 * 2**20, f"the toy-world weights are {size / 2**20:.1f} MB, over the 30 MB the repository allows"
+
+
+def test_tokenizer_reads_every_grammar_word_as_one_token() -> None:
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(WEIGHTS / "sd15" / "tokenizer")
+    split = {w: tokenizer.tokenize(w) for w in words() if len(tokenizer.tokenize(w)) != 1}
+    assert not split, f"words the toy tokenizer splits: {split}"
+    assert tokenizer.model_max_length == 77
+
+
+def test_frames_follow_the_blocking_and_fail_without_the_depth_net(toy: ToyEngine) -> None:
+    """Held-out stills: silhouettes on the exact masks; with the ControlNets' weights at 0 they are not."""
+    drawn, blind = [], []
+    for shot in sorted({r["shot"] for r in records("heldout")}):
+        rows = [r for r in records("heldout") if r["shot"] == shot]
+        frames = [frame_of(toy, r) for r in rows]
+        on = toy.run(frames, rows[0]["caption"], 11 + shot)
+        off = toy.run(frames, rows[0]["caption"], 11 + shot, depth_weight=0.0, pose_weight=0.0)
+        for r in rows:
+            drawn += ious(on[r["frame"]], r)
+            blind += ious(off[r["frame"]], r)
+    assert len(drawn) >= 6
+    assert np.mean(drawn) >= 0.6, f"silhouette IoU {np.mean(drawn):.3f} over {len(drawn)} things"
+    assert np.mean(blind) <= np.mean(drawn) - 0.25, (np.mean(blind), np.mean(drawn))
+
+
+def test_an_animated_controlnet_weight_takes_effect_per_frame(toy: ToyEngine) -> None:
+    """One job, depth weight 1 on one frame and 0 on the same maps as another frame number."""
+    r = next(r for r in records("heldout") if r["things"] and max(t["pixels"] for t in r["things"]) >= 60)
+    frames = [toy.frame(1, DATA / r["depth"], depth_weight=1.0, pose_weight=0.0),
+              toy.frame(2, DATA / r["depth"], depth_weight=0.0, pose_weight=0.0)]
+    images = toy.run(frames, r["caption"], 5)
+    on, off = np.mean(ious(images[1], r)), np.mean(ious(images[2], r))
+    assert on >= off + 0.25, f"IoU with weight 1: {on:.3f}, with weight 0: {off:.3f}"
+
+
+def test_the_bible_colours_each_character_inside_its_own_mask(toy: ToyEngine, palette: dict[str, np.ndarray]) -> None:
+    rows = records("cast")
+    meta = json.loads((DATA / Path(rows[0]["mask"]).parent.parent / "meta.json").read_text())
+    ids = {entry["name"]: int(key) for key, entry in meta["masks"]["legend"].items()}
+    a, b = ids["Thing.0.person"], ids["Thing.1.person"]
+    frames = [frame_of(toy, r, mask=True) for r in rows]
+    scene = f"on {rows[0]['ground']} under a {rows[0]['sky']} sky"
+
+    def cast(desc_a: str) -> dict[str, Any]:
+        return {"characters": [{"name": "A", "description": desc_a, "mask_ids": [a]},
+                               {"name": "B", "description": "a blue person", "mask_ids": [b]}]}
+
+    red = toy.run(frames, f"a person and a person {scene}", 7, **cast("a red person"))
+    green = toy.run(frames, f"a person and a person {scene}", 7, **cast("a green person"))
+    own, ratios = [], []
+    for r in rows:
+        mask = read(DATA / r["mask"])
+        ra, rb = mask == a, mask == b
+        if min(ra.sum(), rb.sum()) < 30:
+            continue
+        own.append(measure.bleed(red[r["frame"]], ra, "red", "blue", palette).own)
+        own.append(measure.bleed(red[r["frame"]], rb, "blue", "red", palette).own)
+        diff = np.abs(green[r["frame"]].astype(float) - red[r["frame"]].astype(float)).mean(-1)
+        ratios.append(diff[measure.erode(ra, 1)].mean() / max(diff[~measure.dilate(ra, 2)].mean(), 1e-6))
+    assert own, "no frame of the cast fixture shows both mannequins"
+    assert np.mean(own) >= 0.75, f"own colour in {np.mean(own):.2f} of {len(own)} character frames"
+    assert np.median(ratios) >= 3.0, f"A's description changed A's pixels {np.median(ratios):.1f}x the rest"
+
+
+def test_prompt_travel_carries_a_colour_from_red_to_blue(toy: ToyEngine, palette: dict[str, np.ndarray]) -> None:
+    r = next(r for r in records("heldout") if len(r["things"]) == 1 and r["things"][0]["pixels"] >= 60
+             and r["things"][0]["colour"] not in ("red", "blue"))
+    t = r["things"][0]
+    tail = r["caption"][len(t["phrase"]):]
+    keys = [f"a red {t['shape']}{tail}", f"a blue {t['shape']}{tail}"]
+    frames = [toy.frame(n, DATA / r["depth"], prompt_weights=w) for n, w in ((1, [1.0, 0.0]), (2, [0.0, 1.0]))]
+    images = toy.run(frames, keys[0], 9, prompt_keys=keys)
+    region = read(DATA / r["mask"]) == t["id"]
+    names = [measure.nearest(measure.mean_colour(images[n], region), palette) for n in (1, 2)]
+    assert names == ["red", "blue"], f"the {t['shape']} reads {names} along the travel"
+
+
+def test_flow_is_steadier_than_independent_frames_and_keeps_the_checkers(toy: ToyEngine, tmp_path: Path) -> None:
+    from engine.metrics import measure_take
+
+    rows = records("moves")
+    cond = DATA / Path(rows[0]["depth"]).parent.parent
+    meta = json.loads((cond / "meta.json").read_text())
+    checker = next(t for t in rows[0]["things"] if t["pattern"] == "checkered")
+    figures = {}
+    for mode in ("INDEPENDENT", "FLOW"):
+        spec = {"mode": mode} if mode == "INDEPENDENT" else {
+            "mode": "FLOW", "strength": 0.55, "keyframe_interval": 0, "depth_range": [meta["near"], meta["far"]]}
+        images = toy.run([frame_of(toy, r, flow=mode == "FLOW") for r in rows], rows[0]["caption"], 13,
+                         coherence=spec)
+        take = tmp_path / mode / "takes" / "001"
+        take.mkdir(parents=True)
+        (take.parent.parent / "conditioning").symlink_to(cond)
+        from PIL import Image
+
+        for n, image in images.items():
+            Image.fromarray(image).save(take / f"{n:04d}.png")
+        (take / "take.json").write_text(json.dumps({"shot": "moves", "take": "001", "keyframes": [],
+                                                    "settings": {"coherence": spec}}))
+        energies = [measure.region_hf_energy(images[r["frame"]], read(DATA / r["mask"]) == checker["id"])
+                    for r in rows]
+        figures[mode] = (measure_take(take).warp_error, float(np.nanmean(energies[-3:]) / energies[0]))
+    (flow_warp, flow_hf), (ind_warp, _) = figures["FLOW"], figures["INDEPENDENT"]
+    assert flow_warp <= 0.7 * ind_warp, figures
+    assert 0.75 <= flow_hf <= 1.25, f"checkers' HF energy, last frames over the keyframe: {flow_hf:.2f}"
+
+
+def test_a_short_training_run_lowers_the_loss() -> None:
+    """The trainer's own stages on the fixture frames: VAE, then UNet with text; each loss falls."""
+    import torch
+
+    from engine.testing.toy import train
+
+    torch.set_num_threads(1)
+    rows = [json.loads(line) for line in (DATA / "records.jsonl").read_text().splitlines()]
+    arrays = {"rgb": np.stack([read(DATA / r["rgb"]) for r in rows])}
+    report: dict[str, Any] = {}
+    vae = train.train_vae(arrays, 40, 8, 0, report)
+    first, last = report["vae"]["loss"][0][1], report["vae"]["loss"][-1][1]
+    assert last < 0.8 * first, report["vae"]["loss"]
+    latents = train.encode_latents(vae, arrays)
+    ids = torch.randint(0, 300, (len(rows), 77))
+    train.train_unet(latents, ids, ids[0], 40, 8, 0, 300, report)
+    first, last = report["unet"]["loss"][0][1], report["unet"]["loss"][-1][1]
+    assert last < first, report["unet"]["loss"]
