@@ -178,7 +178,8 @@ def _optimizer(params: list[Any], lr: float, steps: int, warmup: int = 100) -> t
 
 # -- stages -----------------------------------------------------------------------------------
 
-def train_vae(arrays: dict[str, Any], steps: int, batch: int, seed: int, report: dict[str, Any]) -> Any:
+def train_vae(arrays: dict[str, Any], steps: int, batch: int, seed: int, report: dict[str, Any],
+              every: int = 25) -> Any:
     """Stage 1: the autoencoder. Returns it (eval mode) with ``config.scaling_factor`` measured."""
     import torch
 
@@ -200,7 +201,7 @@ def train_vae(arrays: dict[str, Any], steps: int, batch: int, seed: int, report:
         sched.step()
         return float(loss.detach())
 
-    wall = _loop("vae", steps, step_fn, curve)
+    wall = _loop("vae", steps, step_fn, curve, every)
     vae.eval()
     with torch.no_grad():
         idx = np.arange(min(512, len(arrays["rgb"])))
@@ -232,10 +233,11 @@ def tokenize(tokenizer: Any, captions: list[str]) -> Any:
 class Diffusion:
     """SD's training objective: noise at a random timestep, predict the noise, min-SNR weighted."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, high_noise: float = 0.0) -> None:
         import torch
         from diffusers import DDPMScheduler
 
+        self.high_noise = high_noise  # this share of samples draws t from the noisier 70 % of the schedule
         self.scheduler = DDPMScheduler(**SCHEDULE)
         self.snr = self.scheduler.alphas_cumprod / (1 - self.scheduler.alphas_cumprod)
         self.generator = torch.Generator().manual_seed(seed)
@@ -244,7 +246,12 @@ class Diffusion:
         import torch
 
         noise = torch.randn(latents.shape, generator=self.generator)
-        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (latents.shape[0],), generator=self.generator)
+        total = self.scheduler.config.num_train_timesteps
+        t = torch.randint(0, total, (latents.shape[0],), generator=self.generator)
+        if self.high_noise > 0:
+            # Layout is decided at high noise: a control net that must place silhouettes learns there.
+            high = torch.randint(int(0.3 * total), total, (latents.shape[0],), generator=self.generator)
+            t = torch.where(torch.rand(latents.shape[0], generator=self.generator) < self.high_noise, high, t)
         weight = torch.clamp(self.snr[t], max=5.0) / self.snr[t]  # min-SNR, gamma 5
         return self.scheduler.add_noise(latents, noise, t), noise, t, weight
 
@@ -254,7 +261,7 @@ class Diffusion:
 
 
 def train_unet(latents: Any, ids: Any, empty: Any, steps: int, batch: int, seed: int, vocab_size: int,
-               report: dict[str, Any]) -> tuple[Any, Any]:
+               report: dict[str, Any], every: int = 25) -> tuple[Any, Any]:
     """Stage 2: UNet and text encoder together; returns their EMA copies."""
     import torch
 
@@ -283,17 +290,20 @@ def train_unet(latents: Any, ids: Any, empty: Any, steps: int, batch: int, seed:
         ema_text.update(text, step)
         return float(loss.detach())
 
-    wall = _loop("unet+text", steps, step_fn, curve)
+    wall = _loop("unet+text", steps, step_fn, curve, every)
     report["unet"] = {"steps": steps, "batch": batch, "wall_s": round(wall, 1), "loss": curve, "ema": 0.999}
     return ema_unet.shadow, ema_text.shadow
 
 
 def train_controlnet(name: str, unet: Any, text: Any, latents: Any, ids: Any, empty: Any, maps: Callable[[np.ndarray], Any],
                      steps: int, batch: int, seed: int, report: dict[str, Any], *, subset: np.ndarray | None = None,
-                     tune_unet: bool = False, beside: tuple[Any, Callable[[np.ndarray], Any]] | None = None) -> Any:
+                     tune_unet: bool = False, beside: tuple[Any, Callable[[np.ndarray], Any]] | None = None,
+                     lr: float = 5e-4, zero_lr: float | None = None, high_noise: float = 0.0) -> Any:
     """Stage 3/4: a ControlNet from the UNet's encoder. ``tune_unet``: the UNet learns beside it at a
     tenth of the rate, and 20 % of batches run without control. ``beside``: a trained net (and its
-    maps) applied too, frozen, as the engine applies several nets at once. Returns the EMA net."""
+    maps) applied too, frozen, as the engine applies several nets at once. ``zero_lr``: the rate of
+    the zero convolutions and the map's embedding (they start at zero and must grow before the net
+    does anything). Returns the EMA net."""
     import torch
     from diffusers import ControlNetModel
 
@@ -303,12 +313,16 @@ def train_controlnet(name: str, unet: Any, text: Any, latents: Any, ids: Any, em
     ema = Ema(net, 0.998)
     unet.requires_grad_(tune_unet).train(tune_unet)
     text.requires_grad_(False).eval()
-    groups = [{"params": list(net.parameters()), "lr": 5e-4}]
+    fresh = [p for n, p in net.named_parameters() if n.startswith(("controlnet_down_blocks", "controlnet_mid_block",
+                                                                   "controlnet_cond_embedding"))]
+    ids_fresh = {id(p) for p in fresh}
+    groups = [{"params": [p for p in net.parameters() if id(p) not in ids_fresh], "lr": lr},
+              {"params": fresh, "lr": zero_lr or lr}]
     if tune_unet:
-        groups.append({"params": list(unet.parameters()), "lr": 5e-5})
+        groups.append({"params": list(unet.parameters()), "lr": lr / 10})
     opt = torch.optim.AdamW(groups, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100))
-    diffusion = Diffusion(seed)
+    diffusion = Diffusion(seed, high_noise)
     batches = _batches(len(latents), batch, rng, subset)
     curve: list[list[float]] = []
 
@@ -341,8 +355,9 @@ def train_controlnet(name: str, unet: Any, text: Any, latents: Any, ids: Any, em
 
     wall = _loop(name, steps, step_fn, curve)
     unet.requires_grad_(False).eval()
-    report[name] = {"steps": steps, "batch": batch, "wall_s": round(wall, 1), "loss": curve,
-                    "unet_tuned": tune_unet, "frames": int(len(latents) if subset is None else len(subset))}
+    report[name] = {"steps": steps, "batch": batch, "wall_s": round(wall, 1), "loss": curve, "lr": lr,
+                    "zero_lr": zero_lr or lr, "high_noise": high_noise, "unet_tuned": tune_unet,
+                    "frames": int(len(latents) if subset is None else len(subset))}
     return ema.shadow
 
 
@@ -375,6 +390,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unet-steps", type=int, default=2500)
     parser.add_argument("--depth-steps", type=int, default=1000)
     parser.add_argument("--pose-steps", type=int, default=300)
+    parser.add_argument("--resume", type=Path, default=None,
+                        help="start at stage 3 from this folder's sd15 (a finished run): the ControlNets again")
+    parser.add_argument("--cn-lr", type=float, default=5e-4)
+    parser.add_argument("--zero-lr", type=float, default=None, help="zero convolutions' rate (default: --cn-lr)")
+    parser.add_argument("--high-noise", type=float, default=0.0,
+                        help="share of ControlNet samples drawn from the noisier 70%% of the schedule")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     import torch
@@ -388,25 +409,45 @@ def main(argv: list[str] | None = None) -> int:
     arrays = load_dataset(args.data)
     report["data"] = {"frames": len(arrays["rgb"]), "with_people": int(arrays["has_pose"].sum())}
     log.info("data: %d frames (%d with people)", len(arrays["rgb"]), int(arrays["has_pose"].sum()))
-    tokenizer = build_tokenizer(out / "sd15" / "tokenizer")
-    ids, empty = tokenize(tokenizer, arrays["captions"]), tokenize(tokenizer, [""])[0]
-    # 1. VAE.
-    vae = train_vae(arrays, args.vae_steps, args.small_batch, args.seed, report)
-    latents = encode_latents(vae, arrays)
-    # 2. UNet + text encoder.
-    unet, text = train_unet(latents, ids, empty, args.unet_steps, args.batch, args.seed, len(tokenizer), report)
-    save(out, vae, unet, text, tokenizer, {})
+    if args.resume is not None:
+        # 1-2. From a finished run: its VAE, UNet and text encoder (its report's stages kept).
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        base = args.resume.resolve() / "sd15"
+        vae = AutoencoderKL.from_pretrained(base / "vae", torch_dtype=torch.float32).eval()
+        unet = UNet2DConditionModel.from_pretrained(base / "unet", torch_dtype=torch.float32).eval()
+        text = CLIPTextModel.from_pretrained(base / "text_encoder", torch_dtype=torch.float32).eval()
+        tokenizer = CLIPTokenizer.from_pretrained(base / "tokenizer")
+        earlier = json.loads((args.resume / "training.json").read_text())
+        report["resumed_from"] = {k: v for k, v in earlier.items() if k not in ("architecture",)}
+        report["vae"], report["unet"] = earlier["vae"], earlier["unet"]
+        ids, empty = tokenize(tokenizer, arrays["captions"]), tokenize(tokenizer, [""])[0]
+        latents = encode_latents(vae, arrays)
+        if out != args.resume.resolve():
+            save(out, vae, unet, text, tokenizer, {})
+    else:
+        tokenizer = build_tokenizer(out / "sd15" / "tokenizer")
+        ids, empty = tokenize(tokenizer, arrays["captions"]), tokenize(tokenizer, [""])[0]
+        # 1. VAE.
+        vae = train_vae(arrays, args.vae_steps, args.small_batch, args.seed, report)
+        latents = encode_latents(vae, arrays)
+        # 2. UNet + text encoder.
+        unet, text = train_unet(latents, ids, empty, args.unet_steps, args.batch, args.seed, len(tokenizer), report)
+        save(out, vae, unet, text, tokenizer, {})
     # 3. Depth ControlNet (UNet fine-tuned beside it).
     depth = train_controlnet("controlnet-depth", unet, text, latents, ids, empty,
                              lambda idx: control_maps(arrays, idx, "depth"), args.depth_steps, args.small_batch,
-                             args.seed + 2, report, tune_unet=True)
+                             args.seed + 2, report, tune_unet=True, lr=args.cn_lr, zero_lr=args.zero_lr,
+                             high_noise=args.high_noise)
     save(out, vae, unet, text, tokenizer, {"controlnet-depth": depth})
     # 4. Pose ControlNet, the depth net beside it.
     people = np.flatnonzero(arrays["has_pose"])
     pose = train_controlnet("controlnet-pose", unet, text, latents, ids, empty,
                             lambda idx: control_maps(arrays, idx, "pose"), args.pose_steps, args.small_batch,
                             args.seed + 3, report, subset=people,
-                            beside=(depth, lambda idx: control_maps(arrays, idx, "depth")))
+                            beside=(depth, lambda idx: control_maps(arrays, idx, "depth")), lr=args.cn_lr,
+                            zero_lr=args.zero_lr, high_noise=args.high_noise)
     save(out, vae, unet, text, tokenizer, {"controlnet-depth": depth, "controlnet-pose": pose})
     report["params"] = {k: sum(p.numel() for p in m.parameters()) for k, m in
                         (("vae", vae), ("unet", unet), ("text_encoder", text), ("controlnet-depth", depth),
