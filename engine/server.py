@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__, limits
 from .auth import DEFAULT_OWNER, Tokens
-from .errors import BadRequest, EngineFault, NotFound
+from .errors import BadRequest, EngineFault, NotFound, QuotaFull
 from .front_door import LOOPBACK_HOSTS, FrontDoor, fault_from_exception
 from .jobs import Job, JobManager
 from .schema import SHA256_RE, JobRequest, field_path
@@ -70,7 +70,10 @@ def create_app(manager: JobManager, token: str | None | Tokens, *, loopback_only
 
     @app.exception_handler(EngineFault)
     async def on_fault(request: Request, exc: EngineFault) -> JSONResponse:
-        return _error(exc.status, exc.code, exc.message, exc.field)
+        response = _error(exc.status, exc.code, exc.message, exc.field)
+        if isinstance(exc, QuotaFull):  # a signal to wait, in the HTTP way
+            response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -103,6 +106,27 @@ def create_app(manager: JobManager, token: str | None | Tokens, *, loopback_only
     async def health() -> dict[str, Any]:
         return {"status": "ok", "version": __version__, "device": manager.default_device,
                 "queue": manager.queue_length(), "auth": bool(tokens)}
+
+    def active_jobs(owner: str) -> int:
+        """The token's jobs queued or running: what its quota counts. Reads a snapshot, so the
+        event loop may call it without the lock (a thread's submit may add a job meanwhile)."""
+        jobs = manager.jobs
+        return sum(1 for j, o in list(owners.items())
+                   if o == owner and (job := jobs.get(j)) is not None and job.status in ("queued", "running"))
+
+    def check_quota(owner: str) -> None:
+        """429 with Retry-After past the token's quota (under owners_lock where it must be exact)."""
+        active = active_jobs(owner)
+        if active >= max_jobs_per_token:
+            raise QuotaFull(f"this token already has {active} jobs queued or running (the limit is "
+                            f"{max_jobs_per_token}); submit again when one has finished (Retry-After)",
+                            retry_after_s=limits.QUOTA_RETRY_AFTER_S)
+
+    @app.get("/limits")
+    async def published_limits(request: Request) -> dict[str, Any]:
+        """The bounds a client must keep, and its token's quota: Generate All keeps at most
+        ``job_quota`` jobs in flight instead of learning the limit from refusals."""
+        return limits.published(max_jobs_per_token, active_jobs(owner_of(request)))
 
     @app.get("/whoami")
     async def whoami(request: Request) -> dict[str, Any]:
@@ -156,12 +180,7 @@ def create_app(manager: JobManager, token: str | None | Tokens, *, loopback_only
         with owners_lock:
             for gone in [j for j in owners if j not in manager.jobs]:
                 del owners[gone]
-            active = sum(1 for j, o in owners.items()
-                         if o == owner and manager.jobs[j].status in ("queued", "running"))
-            if active >= max_jobs_per_token:
-                raise EngineFault(f"this token already has {active} jobs queued or running (the limit is "
-                                  f"{max_jobs_per_token}); wait for one to finish or cancel one",
-                                  code="queue_full", status=429)
+            check_quota(owner)
             job = manager.submit(job_request)
             owners[job.id] = owner
         return {"id": job.id, "status": job.status, "cached_frames": sorted(job.cached),
@@ -169,6 +188,7 @@ def create_app(manager: JobManager, token: str | None | Tokens, *, loopback_only
 
     @app.post("/jobs", status_code=202)
     async def submit(request: Request) -> dict[str, Any]:
+        check_quota(owner_of(request))  # a token at its quota is told so before its body is read
         body = await request.body()  # bounded by the front door
         return await run_in_threadpool(submit_body, body, owner_of(request))
 
