@@ -129,7 +129,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Imports here so `make-tiny-models` and `--help` do not need the web stack.
     import uvicorn
 
-    from . import models
+    from . import guard, models
     from .auth import Tokens
     from .jobs import JobManager
     from .server import create_app
@@ -184,7 +184,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: --device: {exc}", file=sys.stderr)
         return 2
-    app = create_app(manager, tokens, loopback_only=loopback, max_jobs_per_token=args.job_quota)
+    app = create_app(manager, tokens, loopback_only=loopback, max_jobs_per_token=args.job_quota,
+                     max_requests=args.max_connections)
     if args.parent_pid:
         watch_parent(args.parent_pid)
     # 4. Bind first, then report the port: no other process can take it in between.
@@ -200,9 +201,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     scheme = "https" if args.tls_cert else "http"
     logger.info("Viewfinder engine on %s://%s:%d, device %s, data %s, %d token(s), cache quota %.1f GiB", scheme,
                 args.host, port, manager.default_device, storage.root, len(tokens), args.cache_quota / 1024**3)
+    # Connections are bounded by the guard (engine/guard.py: head and body deadlines, a cap per
+    # client and in all, idle ones making room), not by uvicorn's limit_concurrency, which counted
+    # idle sockets and then answered every request 503; requests in progress by the front door.
+    protocol, _guard = guard.protocol_class(guard.GuardLimits(
+        head_timeout_s=args.head_timeout, body_grace_s=args.head_timeout, per_client=args.max_connections_per_client,
+        total=args.max_connections))
     config = uvicorn.Config(app, log_level=args.log_level.lower(), access_log=False, ssl_certfile=args.tls_cert,
                             ssl_keyfile=args.tls_key, timeout_keep_alive=5, h11_max_incomplete_event_size=16384,
-                            limit_concurrency=args.max_connections)
+                            http=protocol, limit_concurrency=None)
     uvicorn.Server(config).run(sockets=[sock])
     return 0
 
@@ -355,8 +362,13 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--job-quota", "--max-jobs-per-token", dest="job_quota", type=positive_int, default=16,
                        help="queued + running jobs per token (published on GET /limits; past it a submit is "
                        "answered 429 with Retry-After)")
-    serve.add_argument("--max-connections", type=int, default=256,
-                       help="open connections served at once; more are answered 503")
+    serve.add_argument("--max-connections", type=positive_int, default=256,
+                       help="open connections at once (one waiting for its request head makes room for a new one; "
+                       "past it with every connection busy, 503)")
+    serve.add_argument("--max-connections-per-client", type=positive_int, default=64,
+                       help="open connections of one client address at once (the same rule)")
+    serve.add_argument("--head-timeout", type=float, default=10.0,
+                       help="seconds a request head may take to arrive; a body must then keep coming at 4 KiB/s")
     serve.add_argument("--precision", default=None, choices=["auto", "fp16", "bf16", "fp32"],
                        help="model precision (default auto: fp16 on GPUs, fp32 on the CPU)")
     serve.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",

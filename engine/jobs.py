@@ -623,7 +623,7 @@ class JobManager:
                 continue
             # 3. Inputs: control maps, seeds, prompts, identity conditioning.
             nets = shot.nets(batch[0])
-            maps = {name: [self._decode(name, getattr(f, name)) for f in batch] for name in nets}
+            maps = {name: [self._decode(name, getattr(f, name), request) for f in batch] for name in nets}
             self.before_denoise(job, batch)
             settings = shot.settings(batch)
             extra, context = self._identity_batch(job, shot.models, plan, batch, settings)
@@ -677,9 +677,10 @@ class JobManager:
             return True
         return False
 
-    def _decode(self, name: str, sha: str) -> Any:
-        data = self.storage.read_blob(sha)
-        return decode_depth(data) if name == "depth" else decode_rgb(data)
+    def _decode(self, name: str, sha: str, request: JobRequest) -> Any:
+        """A control map as the pipeline's tensor, decoded within the job's size (engine/images.py)."""
+        data, size = self.storage.read_blob(sha), (request.width, request.height)
+        return decode_depth(data, size) if name == "depth" else decode_rgb(data, size)
 
     # FLOW coherence --------------------------------------------------------------
 
@@ -735,7 +736,8 @@ class JobManager:
         jobs = [step.shot.job for step in batch]
         frames = [step.frame for step in batch]
         nets = first.shot.nets(first.frame)
-        maps = {name: [self._decode(name, getattr(f, name)) for f in frames] for name in nets}
+        maps = {name: [self._decode(name, getattr(f, name), first.shot.job.request) for f in frames]
+                for name in nets}
         for step in batch:
             self.before_denoise(step.shot.job, [step.frame])
         settings = first.shot.settings([first.frame])
@@ -779,8 +781,9 @@ class JobManager:
         flow = self._read_flow(frame.flow)
         if flow is None:
             return None, "unreadable flow map"
-        carried = strategy.carry(self._read_frame(job, previous), flow, self._read_depth(previous.depth),
-                                 self._read_depth(frame.depth))
+        size = (job.request.width, job.request.height)
+        carried = strategy.carry(self._read_frame(job, previous), flow, self._read_depth(previous.depth, size),
+                                 self._read_depth(frame.depth, size))
         if strategy.is_cut(carried):
             return None, f"cut ({carried.masks.carried_fraction():.0%} of pixels carried)"
         return carried, None
@@ -799,11 +802,13 @@ class JobManager:
         with Image.open(self.storage.frame_path(job.frame_keys[frame.frame])) as img:
             return np.asarray(img.convert("RGB"))
 
-    def _read_depth(self, sha: str) -> np.ndarray:
-        """The depth map as stored (uint16), for the occlusion check (not the 0..1 tensor)."""
-        from PIL import Image
+    def _read_depth(self, sha: str, size: tuple[int, int]) -> np.ndarray:
+        """The depth map as stored (uint16), for the occlusion check (not the 0..1 tensor);
+        decoded within the job's (width, height) (engine/images.py)."""
+        from . import images
 
-        with Image.open(io.BytesIO(self.storage.read_blob(sha))) as img:
+        with images.decode(self.storage.read_blob(sha), size=size, max_pixels=size[0] * size[1],
+                           field="frames", what="depth map") as img:
             array = np.asarray(img)
         return array if array.dtype == np.uint16 else array.astype(np.uint16)
 

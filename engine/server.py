@@ -3,6 +3,7 @@ touch the job table and the disk; the model runs on the JobManager's worker thre
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -16,7 +17,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import __version__, limits
+from . import __version__, images, limits
 from .auth import DEFAULT_OWNER, Tokens
 from .errors import BadRequest, EngineFault, NotFound, QuotaFull
 from .front_door import LOOPBACK_HOSTS, FrontDoor, fault_from_exception
@@ -45,7 +46,7 @@ def _invalid(errors: list[dict[str, Any]]) -> EngineFault:
 
 
 def create_app(manager: JobManager, token: str | None | Tokens, *, loopback_only: bool = False,
-               max_jobs_per_token: int = limits.MAX_ACTIVE_JOBS_PER_TOKEN) -> Any:
+               max_jobs_per_token: int = limits.MAX_ACTIVE_JOBS_PER_TOKEN, max_requests: int | None = None) -> Any:
     """Build the app around a JobManager; starts its worker with the app, stops it after.
 
     ``token`` is one token or a ``Tokens`` table (a token per person, who then owns their
@@ -154,20 +155,44 @@ def create_app(manager: JobManager, token: str | None | Tokens, *, loopback_only
             return {"sha256": sha, "size": writer.size}
 
     def check_maps(job: JobRequest) -> None:
-        """Each uploaded map's pixel size against the job's, from its header only."""
+        """Every image the job names, before anything decodes it (engine/images.py): maps of
+        exactly the job's size, Finalize sources within its pixels, video references within the
+        reference limit, each whole; flow maps from their .npy header."""
+        from .characters import MAX_REFERENCE_PIXELS
+
+        pixels = job.width * job.height
         kinds = ("depth", "pose", "flow") if job.coherence.mode == "FLOW" else ("depth", "pose")
-        for i, frame in enumerate(job.frames):
-            for kind in kinds:
-                sha = getattr(frame, kind)
-                if sha is None or (sha, kind, job.width, job.height) in checked_maps:
-                    continue
-                if not manager.storage.has_blob(sha):
-                    continue  # JobManager.submit names the missing blob
-                head = manager.storage.read_blob_head(sha, limits.HEADER_BYTES)
-                limits.check_map(head, kind, job.width, job.height, f"frames[{i}].{kind}")
-                if len(checked_maps) > 200_000:
-                    checked_maps.clear()
-                checked_maps.add((sha, kind, job.width, job.height))
+        if job.finalize is not None:
+            kinds = (*kinds, "source")
+        wanted = [(getattr(frame, kind), kind, f"frames[{i}].{kind}") for i, frame in enumerate(job.frames)
+                  for kind in kinds]
+        if job.generator == "VIDEO":
+            wanted += [(sha, "reference", f"video.references[{i}]") for i, sha in enumerate(job.video.references)]
+        for sha, kind, field in wanted:
+            if sha is None or (sha, kind, job.width, job.height) in checked_maps:
+                continue
+            if not manager.storage.has_blob(sha):
+                continue  # JobManager.submit names the missing blob
+            path = manager.storage.blob_path(sha)
+            try:
+                if kind == "flow":
+                    limits.check_map(manager.storage.read_blob_head(sha, limits.HEADER_BYTES), kind, job.width,
+                                     job.height, field)
+                elif kind in ("depth", "pose"):
+                    images.check(path, size=(job.width, job.height), max_pixels=pixels, field=field,
+                                 what=f"{kind} map")
+                elif kind == "source":
+                    images.check(path, max_pixels=pixels, field=field, what="finalize source")
+                else:
+                    images.check(path, max_pixels=MAX_REFERENCE_PIXELS, formats=images.PICTURES, field=field,
+                                 what="reference image")
+            except BadRequest as exc:
+                if exc.code == "bad_map" and hashlib.sha256(path.read_bytes()).hexdigest() != sha:
+                    continue  # damaged on the engine's disk, not sent so: the job reports damaged_blob
+                raise
+            if len(checked_maps) > 200_000:
+                checked_maps.clear()
+            checked_maps.add((sha, kind, job.width, job.height))
 
     def submit_body(body: bytes, owner: str) -> dict[str, Any]:
         """Threadpool: parse, check limits and maps, then queue; never on the event loop."""
@@ -236,4 +261,4 @@ def create_app(manager: JobManager, token: str | None | Tokens, *, loopback_only
     else:
         allowed = None
     return FrontDoor(app, tokens, json_limit=limits.MAX_JSON_BYTES, blob_limit=MAX_BLOB_BYTES,
-                     allowed_hosts=allowed)
+                     allowed_hosts=allowed, max_requests=max_requests)

@@ -1,0 +1,177 @@
+"""The second probe's findings (issue 22) on the session's engine process, each as a class of
+input rather than the probe's exact file: bodies where none belongs, images that decode past
+the job's size whatever their header says, and the contract's JSON on every refusal."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from engine_testlib import SIZE, depth_png, make_job
+from test_front_door import raw_request, rss_kb, submit_error
+
+
+@pytest.fixture()
+def port(engine: Any) -> int:
+    return int(engine.port)
+
+
+@pytest.mark.parametrize(("method", "path"), [("POST", "/health"), ("GET", "/health"), ("GET", "/jobs?ids=a")])
+def test_routes_without_a_body_refuse_one_before_reading_it(engine: Any, port: int, method: str, path: str) -> None:
+    auth = f"Authorization: Bearer {engine.token}\r\n" if "jobs" in path else ""
+    status, body = raw_request(port, f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}"
+                               "Transfer-Encoding: chunked\r\n\r\n", b"10000\r\n" + b"{" * 65536)
+    assert status == 400 and b'"field": "body"' in body, body
+    status, body = raw_request(port, f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}"
+                               "Content-Length: 5\r\n\r\n", b"hello")
+    assert status == 400, body
+
+
+def test_tokenless_chunked_bodies_are_not_buffered(engine: Any, port: int) -> None:
+    """40 sockets each streaming 2 MiB to /health without a token: nothing held (before: 8 MiB each)."""
+    before = rss_kb(engine.process.pid)
+    sockets = []
+    try:
+        for _ in range(40):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(b"POST /health HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+            sockets.append(s)
+        chunk = b"%x\r\n%s\r\n" % (1 << 16, b"x" * (1 << 16))
+        for s in sockets:
+            try:
+                for _ in range(32):
+                    s.sendall(chunk)
+            except OSError:
+                pass  # answered and closed without reading it: the point
+        time.sleep(0.5)
+        assert rss_kb(engine.process.pid) - before < 20 * 1024
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def test_a_refusal_for_too_many_requests_is_the_contracts_json(tmp_path: Path) -> None:
+    """The front door's own 503 (requests in progress past --max-connections) is JSON, like every error."""
+    import asyncio
+
+    from engine.auth import Tokens
+    from engine.front_door import FrontDoor
+
+    release = asyncio.Event()
+
+    async def slow_app(scope: Any, receive: Any, send: Any) -> None:
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    door = FrontDoor(slow_app, Tokens.single(None), json_limit=1 << 20, blob_limit=1 << 20, max_requests=1)
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def scenario() -> None:
+        scope = {"type": "http", "method": "GET", "path": "/health", "headers": []}
+        first = asyncio.create_task(door(dict(scope), receive, send))
+        await asyncio.sleep(0.01)
+        await door(dict(scope), receive, send)  # while the first is in progress
+        release.set()
+        await first
+
+    asyncio.run(scenario())
+    start, body = sent[0], sent[1]
+    assert start["status"] == 503 and (b"content-type", b"application/json") in start["headers"]
+    assert b'"code": "engine_busy"' in body["body"]
+    assert sent[2]["status"] == 200 and door.in_progress == 0
+
+
+# Findings 2 and 3: one bounded decoder for every image ------------------------------------------
+
+
+def chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def ihdr(width: int, height: int, depth: int = 8, color: int = 0) -> bytes:
+    return chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, color, 0, 0, 0))
+
+
+def lying_png(claimed: tuple[int, int], size: int = SIZE) -> bytes:
+    """A PNG whose first IHDR says size x size and a second one says ``claimed``, with rows for the first."""
+    rows = b"".join(b"\0" + b"\x80" * size for _ in range(size))
+    return (b"\x89PNG\r\n\x1a\n" + ihdr(size, size) + ihdr(*claimed) + chunk(b"IDAT", zlib.compress(rows))
+            + chunk(b"IEND", b""))
+
+
+def one_bit_png(side: int) -> bytes:
+    """A 1-bit side x side PNG: a few kB on disk, side² pixels once decoded."""
+    row = b"\0" + b"\0" * ((side + 7) // 8)
+    return b"\x89PNG\r\n\x1a\n" + ihdr(side, side, depth=1) + chunk(b"IDAT", zlib.compress(row * side, 9)) \
+        + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("claimed", [(12000, 12000), (3000, 2000), (SIZE, SIZE * 2)])
+def test_a_map_whose_second_header_lies_is_refused_at_submit(core: Any, client: Any, tiny_models: dict[str, str],
+                                                            claimed: tuple[int, int]) -> None:
+    job = make_job(tiny_models, [{"frame": 1, "depth": client.upload_blob(lying_png(claimed)), "pose": None}])
+    error = submit_error(core, client, job)
+    assert (error.status, error.code, error.field) == (400, "map_size_mismatch", "frames[0].depth"), error.message
+    job = make_job(tiny_models, [{"frame": 1, "depth": client.upload_blob(depth_png(0.1)),
+                                  "pose": client.upload_blob(lying_png(claimed))}])
+    assert (submit_error(core, client, job).field) == "frames[0].pose"
+
+
+@pytest.mark.parametrize("side", [12000, 6000])
+def test_a_tiny_one_bit_huge_video_reference_is_refused_at_submit(core: Any, client: Any,
+                                                                  tiny_models: dict[str, str], side: int) -> None:
+    bomb = one_bit_png(side)
+    assert len(bomb) < 40_000
+    frames = [{"frame": k, "depth": client.upload_blob(depth_png(0.1 * k)), "pose": None} for k in (1, 2)]
+    job = make_job(tiny_models, frames, generator="VIDEO",
+                   video={"pipeline": "ANIMATEDIFF", "references": [client.upload_blob(bomb)]})
+    error = submit_error(core, client, job)
+    assert (error.status, error.code, error.field) == (400, "image_too_large", "video.references[0]"), error.message
+
+
+def test_a_finalize_source_larger_than_the_job_is_refused_at_submit(core: Any, client: Any,
+                                                                    tiny_models: dict[str, str]) -> None:
+    frames = [{"frame": 1, "depth": client.upload_blob(depth_png(0.3)), "pose": None,
+               "source": client.upload_blob(one_bit_png(4000))}]
+    job = make_job(tiny_models, frames, finalize={"upscaler": None, "detail_strength": 0.3})
+    error = submit_error(core, client, job)
+    assert (error.status, error.code, error.field) == (400, "image_too_large", "frames[0].source"), error.message
+
+
+def test_a_damaged_map_is_bad_map_at_submit_not_an_engine_error(core: Any, client: Any,
+                                                               tiny_models: dict[str, str]) -> None:
+    depth = bytearray(depth_png(0.6))
+    depth[60] ^= 0xFF  # inside the image data: the chunk's checksum no longer matches
+    job = make_job(tiny_models, [{"frame": 1, "depth": client.upload_blob(bytes(depth)), "pose": None}])
+    error = submit_error(core, client, job)
+    assert (error.status, error.code, error.field) == (400, "bad_map", "frames[0].depth"), error.message
+
+
+def test_the_decoder_holds_the_bound_whatever_the_first_header_says() -> None:
+    from engine import images
+    from engine.errors import BadRequest
+
+    for data in (lying_png((12000, 12000)), lying_png((3000, 2000)), one_bit_png(6000)):
+        with pytest.raises(BadRequest) as info:
+            images.decode(data, size=(SIZE, SIZE), max_pixels=SIZE * SIZE, field="frames[0].depth", what="depth map")
+        assert info.value.code == "map_size_mismatch" and info.value.field == "frames[0].depth"
+        with pytest.raises(BadRequest) as info:
+            images.decode(data, max_pixels=4096 * 4096 // 4, formats=images.PICTURES, field="x", what="reference")
+        assert info.value.code == "image_too_large"
+    with pytest.raises(BadRequest) as info:  # a format the caller does not take
+        images.decode(b"GIF89a" + b"\0" * 64, max_pixels=SIZE * SIZE, field="f", what="map")
+    assert info.value.code == "bad_map"
+    with images.decode(depth_png(0.5), size=(SIZE, SIZE), max_pixels=SIZE * SIZE) as img:
+        assert img.size == (SIZE, SIZE) and img.mode.startswith("I")
