@@ -64,6 +64,19 @@ def retry_after_s(header: str | None, default: float = 1.0, longest: float = 60.
     return min(max(value, 0.1), longest)
 
 
+def plain_http_warning(base_url: str, token: str | None) -> str | None:
+    """A warning when the token would cross the network in clear text (http to another machine)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(base_url)
+    host = (parts.hostname or "").lower()
+    loopback = host in ("localhost", "::1") or host.startswith("127.")
+    if token and parts.scheme == "http" and not loopback:
+        return (f"The engine token is sent in clear text to {host} (http://): anyone on the network can read it. "
+                "Use https:// (the engine's --tls-cert, or a TLS reverse proxy)")
+    return None
+
+
 def _tls_reason(exc: BaseException) -> str:
     text = str(exc)
     for known in ("CERTIFICATE_VERIFY_FAILED", "WRONG_VERSION_NUMBER", "hostname", "self-signed", "expired"):
@@ -79,6 +92,9 @@ class EngineClient:
         self.base_url = base_url.rstrip("/")
         self.token = token or None
         self.timeout = timeout
+        self.warning = plain_http_warning(self.base_url, self.token)  # shown once by the run that connects
+        if self.warning:
+            logger.warning("%s", self.warning)
         self._no_batch_status = False  # set once the engine answered GET /jobs with 404/405
 
     # Transport ----------------------------------------------------------------

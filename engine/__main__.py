@@ -50,13 +50,24 @@ def watch_parent(parent_pid: int) -> None:
 
 class SafeFormatter(logging.Formatter):
     """Escapes line breaks and control characters in messages: a shot name with a newline
-    cannot forge a log line. Tracebacks (added after the message) keep their lines."""
+    cannot forge a log line. Tracebacks (added after the message) keep their lines. A record
+    is at most MAX_RECORD_CHARS: a client's 100 kB path cannot fill the disk through the log."""
+
+    MAX_MESSAGE_CHARS = 2000
+    MAX_RECORD_CHARS = 20_000
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
         message = record.message
+        if len(message) > self.MAX_MESSAGE_CHARS:
+            message = f"{message[:self.MAX_MESSAGE_CHARS]}… ({len(message)} characters)"
         if any(c < " " or c == "\x7f" for c in message):
-            record.message = message.encode("unicode_escape").decode("ascii")
+            message = message.encode("unicode_escape").decode("ascii")
+        record.message = message
         return super().formatMessage(record)
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if len(text) <= self.MAX_RECORD_CHARS else f"{text[:self.MAX_RECORD_CHARS]}… (cut)"
 
 
 def positive_int(text: str) -> int:

@@ -53,11 +53,19 @@ def fault_from_exception(exc: BaseException) -> EngineFault:
 
 
 def host_name(header: str) -> str:
-    """The host part of a Host header ('[::1]:8765' -> '::1', 'a.b:80' -> 'a.b')."""
+    """The host part of a Host header ('[::1]:8765' -> '::1', 'a.b:80' -> 'a.b'); anything after a
+    bracketed address but a port ('[::1]evil.example') keeps the whole header, which no allowed name is."""
     header = header.strip().lower()
     if header.startswith("["):
-        return header[1:header.find("]")] if "]" in header else header
-    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+        end = header.find("]")
+        rest = header[end + 1:] if end > 0 else "?"
+        if rest and not (rest.startswith(":") and rest[1:].isdigit() and rest[1:].isascii()):
+            return header
+        return header[1:end]
+    if header.count(":") == 1:
+        host, port = header.split(":")
+        return host if port.isdigit() and port.isascii() else header
+    return header
 
 
 class FrontDoor:

@@ -80,9 +80,15 @@ def check_request(request: JobRequest) -> None:
     if len(request.frames) > MAX_FRAMES:
         raise refuse("frames", f"{len(request.frames)} frames in one job; the limit is {MAX_FRAMES}: split the "
                      "shot into several jobs")
-    for name in ("prompt", "style_prompt", "negative_prompt"):
-        if len(getattr(request, name)) > MAX_PROMPT_CHARS:
-            raise refuse(name, f"{len(getattr(request, name))} characters; the limit is {MAX_PROMPT_CHARS} "
+    # Every text that becomes a prompt: the shot's, each prompt-travel key, each character's.
+    texts = [(name, getattr(request, name)) for name in ("prompt", "style_prompt", "negative_prompt")]
+    texts += [(f"prompt_keys[{i}]", key) for i, key in enumerate(request.prompt_keys)]
+    for i, character in enumerate(request.characters):
+        texts += [(f"characters[{i}].description", character.description),
+                  (f"characters[{i}].trigger_words", character.trigger_words)]
+    for name, text in texts:
+        if len(text) > MAX_PROMPT_CHARS:
+            raise refuse(name, f"{len(text)} characters; the limit is {MAX_PROMPT_CHARS} "
                          "(the model reads only the first 77 tokens)")
     if len(request.shot) > MAX_SHOT_CHARS:
         raise refuse("shot", f"the shot name has {len(request.shot)} characters; the limit is {MAX_SHOT_CHARS}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,6 +28,7 @@ from .schema import SHA256_RE, JobRequest, field_path
 logger = logging.getLogger(__name__)
 
 MAX_BLOB_BYTES = limits.blob_limit()
+FIELD_PREFIX = re.compile(r"^([a-z_]+(?:\[\d+\])?(?:\.[a-z_]+(?:\[\d+\])?)*)(:? )")
 
 
 def _error(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
@@ -39,9 +41,12 @@ def _invalid(errors: list[dict[str, Any]]) -> EngineFault:
     loc = tuple(first.get("loc", ()))
     if first.get("type") == "json_invalid":
         return BadRequest(f"the body is not valid JSON: {first.get('msg')}", field="body", code="invalid_json")
-    # A model-level check (check_inputs) has no field in loc; its message names it.
+    # A model-level check (check_inputs) has no field in loc; its message starts with the field.
     name = field_path(loc)
     message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    named = FIELD_PREFIX.match(message)
+    if name == "body" and named and (named.group(2) == ": " or "[" in named.group(1) or "." in named.group(1)):
+        return EngineFault(message, code="invalid_field", status=422, field=named.group(1))
     return EngineFault(f"{name}: {message}", code="invalid_field", status=422, field=name)
 
 

@@ -175,3 +175,66 @@ def test_the_decoder_holds_the_bound_whatever_the_first_header_says() -> None:
     assert info.value.code == "bad_map"
     with images.decode(depth_png(0.5), size=(SIZE, SIZE), max_pixels=SIZE * SIZE) as img:
         assert img.size == (SIZE, SIZE) and img.mode.startswith("I")
+
+
+# Low findings --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["[::1]evil.example", "[::1]:80x", "localhost:abc", "127.0.0.1.evil.example",
+                                  "127.0.0.1@evil.example", "[::1", "evil.example:8765"])
+def test_a_host_header_is_a_loopback_name_and_nothing_more(engine: Any, port: int, host: str) -> None:
+    status, body = raw_request(port, f"GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n")
+    assert status == 421 and b'"bad_host"' in body, host
+    assert raw_request(port, "GET /health HTTP/1.1\r\nHost: [::1]:8765\r\n\r\n")[0] == 200
+
+
+def test_the_token_in_clear_text_to_another_machine_is_warned_about(core: Any) -> None:
+    warn = core.client.plain_http_warning
+    assert "clear text" in (warn("http://gpu-box.lan:8765", "t") or "")
+    assert warn("https://gpu-box.lan:8765", "t") is None and warn("http://127.0.0.1:8765", "t") is None
+    assert warn("http://[::1]:8765", "t") is None and warn("http://gpu-box.lan:8765", None) is None
+
+
+@pytest.mark.parametrize("override, field", [
+    ({"prompt_keys": ["a", "x" * 4001]}, "prompt_keys[1]"),
+    ({"characters": [{"name": "Ann", "description": "x" * 4001, "mask_ids": [3]}]}, "characters[0].description"),
+    ({"characters": [{"name": "Ann", "trigger_words": "x" * 4001, "mask_ids": [3]}]}, "characters[0].trigger_words"),
+])
+def test_every_text_that_becomes_a_prompt_is_bounded(core: Any, client: Any, tiny_models: dict[str, str],
+                                                     override: dict[str, Any], field: str) -> None:
+    job = make_job(tiny_models, [{"frame": 1, "depth": client.upload_blob(depth_png(0.1)), "pose": None}], **override)
+    error = submit_error(core, client, job)
+    assert (error.status, error.code, error.field) == (400, "limit_exceeded", field), error.message
+
+
+def test_a_model_level_refusal_names_its_field(core: Any, client: Any, tiny_models: dict[str, str]) -> None:
+    sha = client.upload_blob(depth_png(0.1))
+    job = make_job(tiny_models, [{"frame": 4, "depth": sha, "pose": None}, {"frame": 4, "depth": sha, "pose": None}])
+    error = submit_error(core, client, job)
+    assert (error.status, error.code, error.field) == (422, "invalid_field", "frames[1].frame"), error.message
+    error = submit_error(core, client, {**job, "frames": job["frames"][:1], "control_start": 0.9, "control_end": 0.1})
+    assert (error.status, error.field) == (422, "control_start"), error.message
+
+
+def test_long_model_paths_name_their_field_and_stay_out_of_the_log(core: Any, client: Any, engine: Any,
+                                                                   tiny_models: dict[str, str]) -> None:
+    log = Path(engine.log_path)
+    before = log.stat().st_size
+    for path in ("/" + "a" * 300 + "/model", "/x" * 60_000):
+        job = make_job(tiny_models, [{"frame": 1, "depth": client.upload_blob(depth_png(0.1)), "pose": None}])
+        job["models"]["base"] = path
+        error = submit_error(core, client, job)
+        assert (error.status, error.code, error.field) == (400, "model_unavailable", "models.base"), error.message
+        assert len(error.message) < 1000
+    time.sleep(0.5)
+    assert log.stat().st_size - before < 20_000
+
+
+def test_a_log_record_is_bounded() -> None:
+    import logging
+
+    from engine.__main__ import SafeFormatter
+
+    record = logging.LogRecord("engine", logging.ERROR, __file__, 1, "failed on %s", ("/x" * 500_000,), None)
+    text = SafeFormatter("%(message)s").format(record)
+    assert len(text) < 3000 and text.endswith("(1000010 characters)")
