@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -109,9 +109,15 @@ def create_app(manager: JobManager, token: str | None | Tokens, *, loopback_only
     # An async handler runs on the event loop, so /health answers even when every
     # worker thread is busy with uploads or submits.
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "version": __version__, "device": manager.default_device,
-                "queue": manager.queue_length(), "auth": bool(tokens)}
+    async def health() -> JSONResponse:
+        """ok, or 503 ``unhealthy`` when the data folder cannot be written (and recreated)."""
+        writable = manager.storage.writable()
+        body = {"status": "ok" if writable else "unhealthy", "version": __version__,
+                "device": manager.default_device, "queue": manager.queue_length(), "auth": bool(tokens)}
+        if not writable:
+            body["error"] = {"code": "storage_error", "field": None,
+                             "message": "the engine cannot write its data folder; check its disk and permissions"}
+        return JSONResponse(body, status_code=200 if writable else 503)
 
     def active_jobs(owner: str) -> int:
         """The token's jobs queued or running: what its quota counts. Reads a snapshot, so the
@@ -201,6 +207,7 @@ def create_app(manager: JobManager, token: str | None | Tokens, *, loopback_only
 
     def submit_body(body: bytes, owner: str) -> dict[str, Any]:
         """Threadpool: parse, check limits and maps, then queue; never on the event loop."""
+        limits.check_key_count(body)  # unknown keys by the hundred thousand: refused before parsing
         try:
             job_request = JobRequest.model_validate_json(body)
         except ValidationError as exc:
@@ -251,15 +258,16 @@ def create_app(manager: JobManager, token: str | None | Tokens, *, loopback_only
         return manager.cancel(job_id).to_json()
 
     @app.get("/jobs/{job_id}/frames/{frame}")
-    def frame(job_id: str, frame: int, request: Request) -> FileResponse:
+    def frame(job_id: str, frame: int, request: Request) -> Response:
         job = own_job(request, job_id)
         path = manager.frame_path(job_id, frame)
         # A frame damaged on disk is never served: it is dropped, and generated again on resubmit.
-        if not manager.storage.has_frame(path.stem):
+        data = manager.storage.read_frame(path.stem)
+        if data is None:
             job.done.pop(frame, None)
             raise EngineFault(f"frame {frame} was damaged on the engine's disk and has been deleted; generate "
                               "again and the engine makes it again", code="frame_damaged", status=409)
-        return FileResponse(path, media_type="image/png")
+        return Response(data, media_type="image/png")
 
     if loopback_only:
         allowed: set[str] | None = set(LOOPBACK_HOSTS)

@@ -119,8 +119,9 @@ class Storage:
         self.cache = self.root / "cache"
         for folder in (self.blobs, self.cache):
             folder.mkdir(parents=True, exist_ok=True)
-        # (path, size, mtime_ns) of frames already checked whole: each is read once per run.
-        self._verified: dict[str, tuple[int, int]] = {}
+        # key -> (size, mtime_ns, sha256) of frames known whole: a job reuses one on its stamp; it
+        # is served only if its bytes still have that hash (a change that keeps size and mtime).
+        self._verified: dict[str, tuple[int, int, str]] = {}
         self._verified_lock = threading.Lock()
 
     # Blobs ---------------------------------------------------------------
@@ -132,7 +133,20 @@ class Storage:
 
     def blob_writer(self, sha: str, limit: int) -> BlobWriter:
         """A temp file in the blob folder that hashes and counts while it is written."""
+        self.blobs.mkdir(parents=True, exist_ok=True)  # the data folder may have been deleted meanwhile
         return BlobWriter(self, sha, limit)
+
+    def writable(self) -> bool:
+        """The data folder is there (recreated if it was deleted) and takes a file: /health's check."""
+        try:
+            for folder in (self.blobs, self.cache):
+                folder.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=self.blobs, prefix=TMP_PREFIX)
+            os.close(fd)
+            os.unlink(probe)
+            return True
+        except OSError:
+            return False
 
     def put_blob(self, sha: str, data: bytes) -> bool:
         """Store ``data`` under ``sha``; False when the bytes do not hash to ``sha``."""
@@ -176,25 +190,52 @@ class Storage:
             return False
         stamp = (stat.st_size, stat.st_mtime_ns)
         with self._verified_lock:
-            if self._verified.get(key) == stamp:
+            known = self._verified.get(key)
+            if known is not None and known[:2] == stamp:
                 return True
         problem = png_problem(path)
         if problem is not None:
-            logger.warning("Cached frame %s is damaged (%s); deleting it so it is generated again", key[:12],
-                           problem)
-            _unlink(path)
-            with self._verified_lock:
-                self._verified.pop(key, None)
+            self._drop_frame(key, problem)
             return False
+        self._remember(key, path.read_bytes())
+        return True
+
+    def read_frame(self, key: str) -> bytes | None:
+        """A cached frame's bytes to serve, or None (and deleted) when they are not the bytes that
+        were made or checked whole: the hash is verified on every read, so a frame damaged in
+        place (same size, same mtime) is never served. A frame of an earlier run is checked whole."""
+        try:
+            data = self.frame_path(key).read_bytes()
+        except OSError:
+            return None
+        with self._verified_lock:
+            known = self._verified.get(key)
+        if known is not None:
+            if hashlib.sha256(data).hexdigest() == known[2]:
+                return data
+            self._drop_frame(key, "its bytes changed since it was made")
+            return None
+        if not self.has_frame(key):
+            return None
+        return self.read_frame(key)
+
+    def _remember(self, key: str, data: bytes) -> None:
+        path = self.frame_path(key)
         touch(path)
         stat = path.stat()
         with self._verified_lock:
-            self._verified[key] = (stat.st_size, stat.st_mtime_ns)
-        return True
+            self._verified[key] = (stat.st_size, stat.st_mtime_ns, hashlib.sha256(data).hexdigest())
+
+    def _drop_frame(self, key: str, problem: str) -> None:
+        logger.warning("Cached frame %s is damaged (%s); deleting it so it is generated again", key[:12], problem)
+        _unlink(self.frame_path(key))
+        with self._verified_lock:
+            self._verified.pop(key, None)
 
     def put_frame(self, key: str, png: bytes) -> Path:
         path = self.frame_path(key)
         atomic_write(path, png)
+        self._remember(key, png)
         return path
 
 

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import socket
 import struct
+import threading
 import time
 import zlib
 from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_testlib import SIZE, depth_png, make_job
+import requests
+from engine_testlib import SIZE, depth_png, make_job, wait_for
 from test_front_door import raw_request, rss_kb, submit_error
 
 
@@ -238,3 +240,96 @@ def test_a_log_record_is_bounded() -> None:
     record = logging.LogRecord("engine", logging.ERROR, __file__, 1, "failed on %s", ("/x" * 500_000,), None)
     text = SafeFormatter("%(message)s").format(record)
     assert len(text) < 3000 and text.endswith("(1000010 characters)")
+
+
+# Medium findings --------------------------------------------------------------------------------
+
+
+def many_keys(count: int) -> bytes:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+    def name(i: int) -> str:
+        out = ""
+        while True:
+            i, r = divmod(i, 36)
+            out += digits[r]
+            if not i:
+                return out
+
+    keys = ",".join(f'"{name(i)}":0' for i in range(count))
+    return ('{"shot": "x", "models": {"base": "a/b"}, "frames": [{"frame": 1}], ' + keys + "}").encode()
+
+
+def test_a_body_of_700k_unknown_keys_is_refused_cheaply_and_health_stays_quick(engine: Any) -> None:
+    body = many_keys(700_000)
+    assert len(body) < 8 * 1024 * 1024
+    headers = {"Authorization": f"Bearer {engine.token}", "Content-Type": "application/json"}
+    answers: list[Any] = []
+
+    def flood() -> None:
+        for _ in range(3):
+            answers.append(requests.post(engine.url + "/jobs", data=body, headers=headers, timeout=60))
+
+    thread = threading.Thread(target=flood)
+    thread.start()
+    slowest = 0.0
+    while thread.is_alive():
+        started = time.monotonic()
+        assert requests.get(engine.url + "/health", timeout=10).status_code == 200
+        slowest = max(slowest, time.monotonic() - started)
+        time.sleep(0.05)
+    thread.join()
+    for answer in answers:
+        assert answer.status_code == 422 and answer.json()["error"]["field"] == "body", answer.text[:300]
+        assert answer.elapsed.total_seconds() < 2.0
+    assert slowest < 1.0
+
+
+def test_a_cached_frame_changed_in_place_is_never_served(core: Any, client: Any, engine: Any,
+                                                         tiny_models: dict[str, str], tmp_path: Path) -> None:
+    """Damaged with the same size and mtime (a bit flip on disk): the hash is checked on every serve."""
+    import os
+
+    from test_front_door import cache_files
+
+    before = cache_files(engine)
+    maps = {"frame": 1, "depth": client.upload_blob(depth_png(0.45)), "pose": None}
+    job_id = client.submit(make_job(tiny_models, [maps], seed=9104))
+    assert wait_for(client, job_id)["status"] == "done"
+    client.fetch_frame(job_id, 1, str(tmp_path / "first.png"))
+    [path] = cache_files(engine) - before
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    with pytest.raises(core.client.EngineError) as info:
+        client.fetch_frame(job_id, 1, str(tmp_path / "second.png"))
+    assert info.value.code == "frame_damaged" and not path.exists()
+
+
+def test_a_data_folder_deleted_while_serving_is_made_again_or_reported(core: Any, tmp_path: Path) -> None:
+    import shutil
+    import sys
+
+    from engine_testlib import ROOT
+
+    data = tmp_path / "data"
+    engine = core.process.LocalEngine(sys.executable, extension_dir=ROOT, data_dir=str(data),
+                                      log_path=tmp_path / "engine.log", device="cpu", startup_timeout=120,
+                                      env={"HF_HUB_OFFLINE": "1"})
+    engine.start()
+    try:
+        client = engine.client(timeout=10)
+        client.upload_blob(b"first")
+        shutil.rmtree(data)
+        sha = client.upload_blob(b"second")  # the folder is made again, the upload goes in
+        assert client.has_blob(sha) and client.health()["status"] == "ok"
+        shutil.rmtree(data)
+        data.write_bytes(b"not a folder")  # now it cannot be made: /health says so
+        answer = requests.get(engine.url + "/health", timeout=10)
+        assert answer.status_code == 503 and answer.json()["status"] == "unhealthy"
+        assert answer.json()["error"]["code"] == "storage_error"
+    finally:
+        engine.stop()
