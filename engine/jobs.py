@@ -11,10 +11,10 @@ import functools
 import hashlib
 import io
 import logging
-import queue
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,7 @@ from .schedule import FrameValues, frame_values, job_warnings
 from .schema import FrameSpec, JobRequest
 from .storage import Storage, canonical_hash
 from .upscale import check_upscaler_path
+from .fair_queue import FairQueue
 from .writer import FrameWriter
 
 logger = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class Job:
     ip_ref: IpAdapterRef | None = None
     identity: dict[str, Any] | None = None
     step_s: float | None = None  # seconds the last denoising step took
+    owner: str = "default"  # the token's name: the fair queue's round robin, the job table's eviction
     _step_at: float = 0.0
 
     def on_step(self, step: int) -> bool:
@@ -268,7 +270,8 @@ class JobManager:
         self.pipelines = PipelineCache(max_pipelines)
         self.max_jobs_kept = max_jobs_kept
         self.jobs: dict[str, Job] = {}
-        self._queue: queue.Queue[str | None] = queue.Queue()
+        # Round robin across tokens with work waiting (engine/fair_queue.py), FIFO within one.
+        self._queue = FairQueue()
         self._lock = threading.Lock()
         self._worker = threading.Thread(target=self._run_worker, name="vf-engine-worker", daemon=True)
         self.writer = FrameWriter(storage)
@@ -287,12 +290,12 @@ class JobManager:
 
     # Submit (HTTP thread) -----------------------------------------------------
 
-    def submit(self, request: JobRequest) -> Job:
-        """Check the request against the engine's state, compute cache keys, queue it."""
+    def submit(self, request: JobRequest, owner: str = "default") -> Job:
+        """Check the request against the engine's state, compute cache keys, queue it for ``owner``."""
         if request.generator == "VIDEO":
             from .video_jobs import submit_video
 
-            return self._register(submit_video(self, request))
+            return self._register(submit_video(self, request), owner)
         # 0. Draft tier (engine/draft.py): its references checked, its steps and guidance in the request.
         check_draft(request)
         request = draft_request(request)
@@ -352,22 +355,23 @@ class JobManager:
                              ip_ref=ip_ref)
         for warning in job.warnings:
             logger.warning("Job %s (%s): %s", job.id, request.shot, warning)
-        return self._register(job)
+        return self._register(job, owner)
 
-    def _register(self, job: Job) -> Job:
+    def _register(self, job: Job, owner: str = "default") -> Job:
         """Mark cached frames done, add the job to the table and queue it unless all is cached."""
+        job.owner = owner
         for number, fkey in job.frame_keys.items():
             if self.storage.has_frame(fkey):
                 job.done[number] = fkey
                 job.cached.append(number)
         with self._lock:
-            self._forget_old_jobs()
+            self._forget_old_jobs(owner)
             self.jobs[job.id] = job
         if len(job.done) == len(job.frame_keys):
             job.status = job.phase = "done"
             job.finished = time.time()
         else:
-            self._queue.put(job.id)
+            self._queue.put(job.id, owner)
         logger.info("Job %s (%s, %s): %d frames, %d from cache", job.id, job.request.shot, job.request.generator,
                     len(job.frame_keys), len(job.cached))
         return job
@@ -448,9 +452,24 @@ class JobManager:
                            code="frame_not_ready")
         return self.storage.frame_path(job.done[frame])
 
-    def _forget_old_jobs(self) -> None:
+    def _forget_old_jobs(self, owner: str = "default") -> None:
+        """Make room for ``owner``'s new job in the table (under ``_lock``).
+
+        Finished jobs are kept small (their request without its frames: a few hundred bytes, not
+        the megabytes an 8 MiB body parses to). Past ``max_jobs_kept`` the submitter's own
+        oldest finished jobs go first, then those of the token holding the most: cheap cached
+        submits of one token never push another's finished, unfetched job out.
+        """
         finished = [j for j in self.jobs.values() if j.status in ("done", "cancelled", "failed")]
-        for job in sorted(finished, key=lambda j: j.created)[: max(0, len(self.jobs) - self.max_jobs_kept + 1)]:
+        for job in finished:
+            if job.request.frames:
+                job.request = job.request.model_copy(update={"frames": [], "prompt_keys": [], "characters": []})
+        excess = len(self.jobs) - self.max_jobs_kept + 1
+        if excess <= 0:
+            return
+        held = Counter(j.owner for j in self.jobs.values())
+        finished.sort(key=lambda j: (j.owner != owner, -held[j.owner], j.created))
+        for job in finished[:excess]:
             del self.jobs[job.id]
 
     def _finish(self, job: Job, status: str, error: EngineFault | None = None) -> None:

@@ -218,7 +218,7 @@ def create_app(manager: JobManager, token: str | None | Tokens, *, loopback_only
             for gone in [j for j in owners if j not in manager.jobs]:
                 del owners[gone]
             check_quota(owner)
-            job = manager.submit(job_request)
+            job = manager.submit(job_request, owner)
             owners[job.id] = owner
         return {"id": job.id, "status": job.status, "cached_frames": sorted(job.cached),
                 "frames_total": len(job.frame_keys)}

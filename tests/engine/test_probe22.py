@@ -333,3 +333,42 @@ def test_a_data_folder_deleted_while_serving_is_made_again_or_reported(core: Any
         assert answer.json()["error"]["code"] == "storage_error"
     finally:
         engine.stop()
+
+
+def test_the_queue_takes_turns_between_tokens() -> None:
+    from engine.fair_queue import FairQueue
+
+    queue = FairQueue()
+    for n in range(1, 6):
+        queue.put(f"a{n}", "alice")  # 640 frames' worth, submitted first
+    queue.put("b1", "bob")
+    queue.put("c1", "carol")
+    queue.put("b2", "bob")
+    assert [queue.get() for _ in range(8)] == ["a1", "b1", "c1", "a2", "b2", "a3", "a4", "a5"]
+    queue.put("a6", "alice")
+    queue.put(None)  # stop comes first
+    assert queue.get() is None and queue.get() == "a6" and queue.qsize() == 0
+
+
+def test_cheap_submits_of_one_token_never_push_out_anothers_finished_job(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from engine.jobs import JobManager
+    from engine.storage import Storage
+
+    class Request(SimpleNamespace):
+        def model_copy(self, update: dict[str, Any]) -> Request:
+            return Request(**{**vars(self), **update})
+
+    manager = JobManager(Storage(tmp_path), default_device="cpu", max_jobs_kept=10)
+    bobs = SimpleNamespace(id="bob-1", owner="bob", status="done", created=0.0,
+                           request=Request(frames=list(range(5000)), prompt_keys=["k"], characters=[]))
+    manager.jobs[bobs.id] = bobs
+    for n in range(50):  # alice floods the table with fully cached (done) submits
+        with manager._lock:
+            manager._forget_old_jobs("alice")
+            manager.jobs[f"alice-{n}"] = SimpleNamespace(id=f"alice-{n}", owner="alice", status="done",
+                                                        created=1.0 + n, request=Request(frames=[1], prompt_keys=[],
+                                                                                         characters=[]))
+    assert "bob-1" in manager.jobs and len(manager.jobs) <= 10
+    assert manager.jobs["bob-1"].request.frames == []  # finished jobs are kept small
