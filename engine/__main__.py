@@ -196,7 +196,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: --device: {exc}", file=sys.stderr)
         return 2
     app = create_app(manager, tokens, loopback_only=loopback, max_jobs_per_token=args.job_quota,
-                     max_requests=args.max_connections)
+                     max_requests=args.max_connections, cache_quota=args.cache_quota)
     if args.parent_pid:
         watch_parent(args.parent_pid)
     # 4. Bind first, then report the port: no other process can take it in between.
@@ -246,6 +246,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     if args.action == "verify":
         report = verify(storage)
     else:
+        # Blobs of jobs queued or running on an engine of this folder are kept (engine/storage.py).
         report = prune(storage, args.quota, keep_recent_s=0.0)
     print(f"{args.action} {storage.root}: {report.line()}")
     return 0

@@ -34,7 +34,7 @@ from .coherence import (
 )
 from .draft import DraftTier, check_draft, draft_request
 from .draft import cache_inputs as draft_inputs
-from .errors import BadRequest, EngineFault, NotFound, OutOfMemory, is_out_of_memory
+from .errors import BadRequest, EngineFault, NotFound, OutOfMemory, is_out_of_memory, without_paths
 from .finalize import cache_inputs as finalize_inputs
 from .finalize import finalize_strategy, run_finalize
 from .identity import IdentityPlan
@@ -57,7 +57,7 @@ from .pipelines import (
 from .prompt_blend import PromptEmbeddings
 from .schedule import FrameValues, frame_values, job_warnings
 from .schema import FrameSpec, JobRequest
-from .storage import Storage, canonical_hash
+from .storage import Storage, canonical_hash, pin
 from .upscale import check_upscaler_path
 from .fair_queue import FairQueue
 from .writer import FrameWriter
@@ -256,6 +256,16 @@ def flow_batches(steps: list[FlowStep], batch_size: int) -> list[list[FlowStep]]
     return [batch for batches in groups.values() for batch in batches]
 
 
+def request_blobs(request: JobRequest) -> set[str]:
+    """The blob ids a request names: its frames' maps and sources, and every reference image."""
+    shas = {sha for frame in request.frames
+            for sha in (frame.depth, frame.pose, frame.flow, frame.mask, frame.source) if sha}
+    shas.update(sha for character in request.characters for sha in character.references)
+    shas.update(sha for sha in (request.style_reference, request.palette_reference) if sha)
+    shas.update(request.video.references)
+    return shas
+
+
 class JobManager:
     """The job table, the queue and the single worker thread that owns the models."""
 
@@ -371,6 +381,7 @@ class JobManager:
             job.status = job.phase = "done"
             job.finished = time.time()
         else:
+            self.pin_blobs()
             self._queue.put(job.id, owner)
         logger.info("Job %s (%s, %s): %d frames, %d from cache", job.id, job.request.shot, job.request.generator,
                     len(job.frame_keys), len(job.cached))
@@ -478,6 +489,22 @@ class JobManager:
         job.eta_s = 0.0 if status == "done" else None
         job.phase = status
         job.status = status
+        self.pin_blobs()
+
+    def blobs_in_use(self) -> set[str]:
+        """Every blob a queued or running job still has to read: never evicted (engine/storage.py)."""
+        shas: set[str] = set()
+        for job in list(self.jobs.values()):
+            if job.status in ("queued", "running"):
+                shas |= request_blobs(job.request)
+        return shas
+
+    def pin_blobs(self) -> None:
+        """Record ``blobs_in_use`` for `cache prune` in any process (after each job added or ended)."""
+        try:
+            pin(self.storage, self.blobs_in_use())
+        except OSError as exc:
+            logger.warning("Could not record the blobs in use: %s", exc)
 
     # Worker thread ------------------------------------------------------------
 
@@ -520,7 +547,8 @@ class JobManager:
                 "on attention slicing / CPU offload; finished frames are kept."
             )
         logger.exception("Job %s crashed", job.id, exc_info=exc)
-        return EngineFault(f"The engine failed on this job: {type(exc).__name__}: {exc}", code="engine_error")
+        return EngineFault(f"The engine failed on this job: {type(exc).__name__}: {without_paths(str(exc))[:500]}",
+                           code="engine_error")
 
     def before_denoise(self, job: Job, frames: list[FrameSpec]) -> None:
         """Called with every job's frames just before their pipeline call; does nothing here.

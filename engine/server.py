@@ -22,6 +22,7 @@ from . import __version__, images, limits
 from .auth import DEFAULT_OWNER, Tokens
 from .errors import BadRequest, EngineFault, NotFound, QuotaFull
 from .front_door import LOOPBACK_HOSTS, FrontDoor, fault_from_exception
+from .cache_budget import CacheBudget
 from .jobs import Job, JobManager
 from .schema import SHA256_RE, JobRequest, field_path
 
@@ -51,7 +52,8 @@ def _invalid(errors: list[dict[str, Any]]) -> EngineFault:
 
 
 def create_app(manager: JobManager, token: str | None | Tokens, *, loopback_only: bool = False,
-               max_jobs_per_token: int = limits.MAX_ACTIVE_JOBS_PER_TOKEN, max_requests: int | None = None) -> Any:
+               max_jobs_per_token: int = limits.MAX_ACTIVE_JOBS_PER_TOKEN, max_requests: int | None = None,
+               cache_quota: int | None = None) -> Any:
     """Build the app around a JobManager; starts its worker with the app, stops it after.
 
     ``token`` is one token or a ``Tokens`` table (a token per person, who then owns their
@@ -59,6 +61,9 @@ def create_app(manager: JobManager, token: str | None | Tokens, *, loopback_only
     ``loopback_only`` turns on the Host-header check of a loopback engine.
     """
     tokens = token if isinstance(token, Tokens) else Tokens.single(token)
+    # The cache quota while writing (engine/cache_budget.py); with several tokens, each a half share.
+    budget = CacheBudget(manager.storage, cache_quota, manager.blobs_in_use,
+                         token_share=0.5 if len(tokens) > 1 else None) if cache_quota is not None else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -155,6 +160,10 @@ def create_app(manager: JobManager, token: str | None | Tokens, *, loopback_only
     async def put_blob(sha: str, request: Request) -> dict[str, Any]:
         if not SHA256_RE.match(sha):
             raise BadRequest("the blob id in the URL must be a lowercase hex sha256", field="sha256")
+        if budget is not None:
+            declared = request.headers.get("content-length", "0")
+            size = int(declared) if declared.isdigit() else 0
+            await run_in_threadpool(budget.admit, owner_of(request), size)
         # Streamed to a temp file, counted and hashed as it arrives: memory stays flat.
         with manager.storage.blob_writer(sha, MAX_BLOB_BYTES) as writer:
             async for chunk in request.stream():

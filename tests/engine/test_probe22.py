@@ -372,3 +372,12 @@ def test_cheap_submits_of_one_token_never_push_out_anothers_finished_job(tmp_pat
                                                                                          characters=[]))
     assert "bob-1" in manager.jobs and len(manager.jobs) <= 10
     assert manager.jobs["bob-1"].request.frames == []  # finished jobs are kept small
+
+
+def test_engine_paths_stay_out_of_the_messages_clients_read() -> None:
+    from engine.errors import without_paths
+
+    assert without_paths("[Errno 2] No such file: '/root/.cache/viewfinder-engine/blobs/ab12'") == \
+        "[Errno 2] No such file: '<path on the engine>'"
+    assert "Users" not in without_paths(r"could not load C:\Users\me\models\x.safetensors")
+    assert without_paths("frames[3].depth: a 1/2 ratio") == "frames[3].depth: a 1/2 ratio"
