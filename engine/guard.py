@@ -175,11 +175,11 @@ class GuardedProtocol(H11Protocol):
         return None
 
     def behind_on_body(self, now: float, limits: GuardLimits) -> bool:
-        """Sending a body slower than ``min_body_rate`` on average (after its first half second)."""
+        """Sending a body slower than ``min_body_rate`` on average, counting at least one second:
+        a body that has not sent 4 KiB is behind from its start (a real upload sends that at once)."""
         if self.conn.their_state is not h11.SEND_BODY or self.body_since is None or self.flow.read_paused:
             return False
-        elapsed = now - self.body_since
-        return elapsed > 0.5 and self.body_bytes < limits.min_body_rate * elapsed
+        return self.body_bytes < limits.min_body_rate * max(now - self.body_since, 1.0)
 
     def close_with(self, answer: bytes | None) -> None:
         """Close now, first writing ``answer`` (a whole HTTP response) when given."""
