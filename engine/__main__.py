@@ -50,13 +50,34 @@ def watch_parent(parent_pid: int) -> None:
 
 class SafeFormatter(logging.Formatter):
     """Escapes line breaks and control characters in messages: a shot name with a newline
-    cannot forge a log line. Tracebacks (added after the message) keep their lines."""
+    cannot forge a log line. Tracebacks (added after the message) keep their lines. A record
+    is at most MAX_RECORD_CHARS: a client's 100 kB path cannot fill the disk through the log."""
+
+    MAX_MESSAGE_CHARS = 2000
+    MAX_RECORD_CHARS = 20_000
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
         message = record.message
+        if len(message) > self.MAX_MESSAGE_CHARS:
+            message = f"{message[:self.MAX_MESSAGE_CHARS]}… ({len(message)} characters)"
         if any(c < " " or c == "\x7f" for c in message):
-            record.message = message.encode("unicode_escape").decode("ascii")
+            message = message.encode("unicode_escape").decode("ascii")
+        record.message = message
         return super().formatMessage(record)
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if len(text) <= self.MAX_RECORD_CHARS else f"{text[:self.MAX_RECORD_CHARS]}… (cut)"
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def parse_size(text: str) -> int:
@@ -119,7 +140,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Imports here so `make-tiny-models` and `--help` do not need the web stack.
     import uvicorn
 
-    from . import models
+    from . import guard, models
     from .auth import Tokens
     from .jobs import JobManager
     from .server import create_app
@@ -174,7 +195,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: --device: {exc}", file=sys.stderr)
         return 2
-    app = create_app(manager, tokens, loopback_only=loopback, max_jobs_per_token=args.max_jobs_per_token)
+    app = create_app(manager, tokens, loopback_only=loopback, max_jobs_per_token=args.job_quota,
+                     max_requests=args.max_connections, cache_quota=args.cache_quota)
     if args.parent_pid:
         watch_parent(args.parent_pid)
     # 4. Bind first, then report the port: no other process can take it in between.
@@ -190,9 +212,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     scheme = "https" if args.tls_cert else "http"
     logger.info("Viewfinder engine on %s://%s:%d, device %s, data %s, %d token(s), cache quota %.1f GiB", scheme,
                 args.host, port, manager.default_device, storage.root, len(tokens), args.cache_quota / 1024**3)
+    # Connections are bounded by the guard (engine/guard.py: head and body deadlines, a cap per
+    # client and in all, idle ones making room), not by uvicorn's limit_concurrency, which counted
+    # idle sockets and then answered every request 503; requests in progress by the front door.
+    protocol, _guard = guard.protocol_class(guard.GuardLimits(
+        head_timeout_s=args.head_timeout, body_grace_s=args.head_timeout, per_client=args.max_connections_per_client,
+        total=args.max_connections))
     config = uvicorn.Config(app, log_level=args.log_level.lower(), access_log=False, ssl_certfile=args.tls_cert,
                             ssl_keyfile=args.tls_key, timeout_keep_alive=5, h11_max_incomplete_event_size=16384,
-                            limit_concurrency=args.max_connections)
+                            http=protocol, limit_concurrency=None)
     uvicorn.Server(config).run(sockets=[sock])
     return 0
 
@@ -218,6 +246,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     if args.action == "verify":
         report = verify(storage)
     else:
+        # Blobs of jobs queued or running on an engine of this folder are kept (engine/storage.py).
         report = prune(storage, args.quota, keep_recent_s=0.0)
     print(f"{args.action} {storage.root}: {report.line()}")
     return 0
@@ -246,7 +275,7 @@ def cmd_serve_ray(args: argparse.Namespace) -> int:
     cfg = RayEngineConfig(
         data_dir=str(args.data_dir or default_data_dir()), token=token, replicas=args.replicas,
         gpus_per_replica=args.gpus_per_replica, cpus_per_replica=args.cpus_per_replica, device=args.device,
-        max_pipelines=args.max_pipelines, split_min_frames=args.split_min_frames,
+        max_pipelines=args.max_pipelines, split_min_frames=args.split_min_frames, job_quota=args.job_quota,
         min_replicas=args.min_replicas, max_replicas=args.max_replicas,
         target_ongoing_requests=args.target_ongoing_requests,
         upscale_delay_s=args.upscale_delay_s, downscale_delay_s=args.downscale_delay_s,
@@ -355,9 +384,16 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--cache-quota", type=parse_size, default=DEFAULT_CACHE_QUOTA,
                        help="blobs + frames kept on disk, least recently used evicted past it (default 20G)")
     serve.add_argument("--port-file", default=None, help="write the port actually bound here (with --port 0)")
-    serve.add_argument("--max-jobs-per-token", type=int, default=16, help="queued + running jobs per token")
-    serve.add_argument("--max-connections", type=int, default=256,
-                       help="open connections served at once; more are answered 503")
+    serve.add_argument("--job-quota", "--max-jobs-per-token", dest="job_quota", type=positive_int, default=16,
+                       help="queued + running jobs per token (published on GET /limits; past it a submit is "
+                       "answered 429 with Retry-After)")
+    serve.add_argument("--max-connections", type=positive_int, default=256,
+                       help="open connections at once (one waiting for its request head makes room for a new one; "
+                       "past it with every connection busy, 503)")
+    serve.add_argument("--max-connections-per-client", type=positive_int, default=64,
+                       help="open connections of one client address at once (the same rule)")
+    serve.add_argument("--head-timeout", type=float, default=10.0,
+                       help="seconds a request head may take to arrive; a body must then keep coming at 4 KiB/s")
     serve.add_argument("--precision", default=None, choices=["auto", "fp16", "bf16", "fp32"],
                        help="model precision (default auto: fp16 on GPUs, fp32 on the CPU)")
     serve.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
@@ -380,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     ray.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local cluster (default: all)")
     ray.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
     ray.add_argument("--max-pipelines", type=int, default=1, help="loaded model sets kept per replica")
+    ray.add_argument("--job-quota", type=positive_int, default=16, help="queued + running jobs per token")
     ray.add_argument("--split-min-frames", type=int, default=8,
                      help="INDEPENDENT shots with at least twice this many frames are split across replicas")
     ray.add_argument("--min-replicas", type=int, default=0, help="autoscaling: fewest replicas")

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 logger = logging.getLogger(__name__)
+
+
+_PATH = re.compile(r"""(?:[A-Za-z]:)?(?:[\\/][^\s'"\\/:]+){2,}[\\/]?""")
+
+
+def without_paths(text: str) -> str:
+    """An exception's text as a client may read it: file paths of the engine machine left out
+    (they tell a stranger where things are); the log keeps the whole text."""
+    return _PATH.sub("<path on the engine>", text)
 
 
 class EngineFault(Exception):
@@ -30,6 +40,14 @@ class BadRequest(EngineFault):
 class NotFound(EngineFault):
     def __init__(self, message: str, code: str = "not_found") -> None:
         super().__init__(message, code=code, status=404)
+
+
+class QuotaFull(EngineFault):
+    """A token at its job quota: 429 with ``Retry-After``, a signal to wait, not an error of the request."""
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message, code="queue_full", status=429)
+        self.retry_after_s = retry_after_s
 
 
 class ModelUnavailable(EngineFault):

@@ -19,7 +19,6 @@ finished frame. Runs on the worker thread; holds one frame pair at a time.
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from collections.abc import Callable
@@ -58,10 +57,11 @@ def cache_inputs(request: JobRequest, frame: FrameSpec) -> dict[str, Any]:
             "upscaler": f"{path}:{_fingerprint(path)}" if path else None}
 
 
-def _read_png(data: bytes) -> np.ndarray:
-    from PIL import Image
+def _read_png(data: bytes, max_pixels: int) -> np.ndarray:
+    """An approved take's frame, decoded within the new size's pixels (engine/images.py)."""
+    from . import images
 
-    with Image.open(io.BytesIO(data)) as img:
+    with images.decode(data, max_pixels=max_pixels, field="frames", what="finalize source") as img:
         return np.asarray(img.convert("RGB"))
 
 
@@ -96,7 +96,7 @@ def run_finalize(manager: JobManager, job: Job, models: LoadedModels, settings: 
         # 1. Enlarge the approved frame.
         started = time.perf_counter()
         assert frame.source is not None
-        source = _read_png(manager.storage.read_blob(frame.source))
+        source = _read_png(manager.storage.read_blob(frame.source), request.width * request.height)
         big = enlarge(source, request.width, request.height, upscaler)
         radius = max(1, round(request.width / source.shape[1]))
         job.timings["upscale_s"] = job.timings.get("upscale_s", 0.0) + time.perf_counter() - started
@@ -111,7 +111,7 @@ def run_finalize(manager: JobManager, job: Job, models: LoadedModels, settings: 
         detailed = big
         if spec.detail_strength > 0.0:
             nets = active_nets(frame)
-            maps = {name: manager._decode(name, getattr(frame, name)) for name in nets}
+            maps = {name: manager._decode(name, getattr(frame, name), request) for name in nets}
             manager.before_denoise(job, [frame])
             job.step = 0
             image, model_s = run_img2img(models, nets, maps, Image.fromarray(big), spec.detail_strength,

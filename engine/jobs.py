@@ -11,10 +11,10 @@ import functools
 import hashlib
 import io
 import logging
-import queue
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from .coherence import (
 )
 from .draft import DraftTier, check_draft, draft_request
 from .draft import cache_inputs as draft_inputs
-from .errors import BadRequest, EngineFault, NotFound, OutOfMemory, is_out_of_memory
+from .errors import BadRequest, EngineFault, NotFound, OutOfMemory, is_out_of_memory, without_paths
 from .finalize import cache_inputs as finalize_inputs
 from .finalize import finalize_strategy, run_finalize
 from .identity import IdentityPlan
@@ -57,8 +57,9 @@ from .pipelines import (
 from .prompt_blend import PromptEmbeddings
 from .schedule import FrameValues, frame_values, job_warnings
 from .schema import FrameSpec, JobRequest
-from .storage import Storage, canonical_hash
+from .storage import Storage, canonical_hash, pin
 from .upscale import check_upscaler_path
+from .fair_queue import FairQueue
 from .writer import FrameWriter
 
 logger = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class Job:
     ip_ref: IpAdapterRef | None = None
     identity: dict[str, Any] | None = None
     step_s: float | None = None  # seconds the last denoising step took
+    owner: str = "default"  # the token's name: the fair queue's round robin, the job table's eviction
     _step_at: float = 0.0
 
     def on_step(self, step: int) -> bool:
@@ -254,6 +256,16 @@ def flow_batches(steps: list[FlowStep], batch_size: int) -> list[list[FlowStep]]
     return [batch for batches in groups.values() for batch in batches]
 
 
+def request_blobs(request: JobRequest) -> set[str]:
+    """The blob ids a request names: its frames' maps and sources, and every reference image."""
+    shas = {sha for frame in request.frames
+            for sha in (frame.depth, frame.pose, frame.flow, frame.mask, frame.source) if sha}
+    shas.update(sha for character in request.characters for sha in character.references)
+    shas.update(sha for sha in (request.style_reference, request.palette_reference) if sha)
+    shas.update(request.video.references)
+    return shas
+
+
 class JobManager:
     """The job table, the queue and the single worker thread that owns the models."""
 
@@ -268,7 +280,8 @@ class JobManager:
         self.pipelines = PipelineCache(max_pipelines)
         self.max_jobs_kept = max_jobs_kept
         self.jobs: dict[str, Job] = {}
-        self._queue: queue.Queue[str | None] = queue.Queue()
+        # Round robin across tokens with work waiting (engine/fair_queue.py), FIFO within one.
+        self._queue = FairQueue()
         self._lock = threading.Lock()
         self._worker = threading.Thread(target=self._run_worker, name="vf-engine-worker", daemon=True)
         self.writer = FrameWriter(storage)
@@ -287,12 +300,12 @@ class JobManager:
 
     # Submit (HTTP thread) -----------------------------------------------------
 
-    def submit(self, request: JobRequest) -> Job:
-        """Check the request against the engine's state, compute cache keys, queue it."""
+    def submit(self, request: JobRequest, owner: str = "default") -> Job:
+        """Check the request against the engine's state, compute cache keys, queue it for ``owner``."""
         if request.generator == "VIDEO":
             from .video_jobs import submit_video
 
-            return self._register(submit_video(self, request))
+            return self._register(submit_video(self, request), owner)
         # 0. Draft tier (engine/draft.py): its references checked, its steps and guidance in the request.
         check_draft(request)
         request = draft_request(request)
@@ -352,22 +365,24 @@ class JobManager:
                              ip_ref=ip_ref)
         for warning in job.warnings:
             logger.warning("Job %s (%s): %s", job.id, request.shot, warning)
-        return self._register(job)
+        return self._register(job, owner)
 
-    def _register(self, job: Job) -> Job:
+    def _register(self, job: Job, owner: str = "default") -> Job:
         """Mark cached frames done, add the job to the table and queue it unless all is cached."""
+        job.owner = owner
         for number, fkey in job.frame_keys.items():
             if self.storage.has_frame(fkey):
                 job.done[number] = fkey
                 job.cached.append(number)
         with self._lock:
-            self._forget_old_jobs()
+            self._forget_old_jobs(owner)
             self.jobs[job.id] = job
         if len(job.done) == len(job.frame_keys):
             job.status = job.phase = "done"
             job.finished = time.time()
         else:
-            self._queue.put(job.id)
+            self.pin_blobs()
+            self._queue.put(job.id, owner)
         logger.info("Job %s (%s, %s): %d frames, %d from cache", job.id, job.request.shot, job.request.generator,
                     len(job.frame_keys), len(job.cached))
         return job
@@ -448,9 +463,24 @@ class JobManager:
                            code="frame_not_ready")
         return self.storage.frame_path(job.done[frame])
 
-    def _forget_old_jobs(self) -> None:
+    def _forget_old_jobs(self, owner: str = "default") -> None:
+        """Make room for ``owner``'s new job in the table (under ``_lock``).
+
+        Finished jobs are kept small (their request without its frames: a few hundred bytes, not
+        the megabytes an 8 MiB body parses to). Past ``max_jobs_kept`` the submitter's own
+        oldest finished jobs go first, then those of the token holding the most: cheap cached
+        submits of one token never push another's finished, unfetched job out.
+        """
         finished = [j for j in self.jobs.values() if j.status in ("done", "cancelled", "failed")]
-        for job in sorted(finished, key=lambda j: j.created)[: max(0, len(self.jobs) - self.max_jobs_kept + 1)]:
+        for job in finished:
+            if job.request.frames:
+                job.request = job.request.model_copy(update={"frames": [], "prompt_keys": [], "characters": []})
+        excess = len(self.jobs) - self.max_jobs_kept + 1
+        if excess <= 0:
+            return
+        held = Counter(j.owner for j in self.jobs.values())
+        finished.sort(key=lambda j: (j.owner != owner, -held[j.owner], j.created))
+        for job in finished[:excess]:
             del self.jobs[job.id]
 
     def _finish(self, job: Job, status: str, error: EngineFault | None = None) -> None:
@@ -459,6 +489,22 @@ class JobManager:
         job.eta_s = 0.0 if status == "done" else None
         job.phase = status
         job.status = status
+        self.pin_blobs()
+
+    def blobs_in_use(self) -> set[str]:
+        """Every blob a queued or running job still has to read: never evicted (engine/storage.py)."""
+        shas: set[str] = set()
+        for job in list(self.jobs.values()):
+            if job.status in ("queued", "running"):
+                shas |= request_blobs(job.request)
+        return shas
+
+    def pin_blobs(self) -> None:
+        """Record ``blobs_in_use`` for `cache prune` in any process (after each job added or ended)."""
+        try:
+            pin(self.storage, self.blobs_in_use())
+        except OSError as exc:
+            logger.warning("Could not record the blobs in use: %s", exc)
 
     # Worker thread ------------------------------------------------------------
 
@@ -501,7 +547,8 @@ class JobManager:
                 "on attention slicing / CPU offload; finished frames are kept."
             )
         logger.exception("Job %s crashed", job.id, exc_info=exc)
-        return EngineFault(f"The engine failed on this job: {type(exc).__name__}: {exc}", code="engine_error")
+        return EngineFault(f"The engine failed on this job: {type(exc).__name__}: {without_paths(str(exc))[:500]}",
+                           code="engine_error")
 
     def before_denoise(self, job: Job, frames: list[FrameSpec]) -> None:
         """Called with every job's frames just before their pipeline call; does nothing here.
@@ -623,7 +670,7 @@ class JobManager:
                 continue
             # 3. Inputs: control maps, seeds, prompts, identity conditioning.
             nets = shot.nets(batch[0])
-            maps = {name: [self._decode(name, getattr(f, name)) for f in batch] for name in nets}
+            maps = {name: [self._decode(name, getattr(f, name), request) for f in batch] for name in nets}
             self.before_denoise(job, batch)
             settings = shot.settings(batch)
             extra, context = self._identity_batch(job, shot.models, plan, batch, settings)
@@ -677,9 +724,10 @@ class JobManager:
             return True
         return False
 
-    def _decode(self, name: str, sha: str) -> Any:
-        data = self.storage.read_blob(sha)
-        return decode_depth(data) if name == "depth" else decode_rgb(data)
+    def _decode(self, name: str, sha: str, request: JobRequest) -> Any:
+        """A control map as the pipeline's tensor, decoded within the job's size (engine/images.py)."""
+        data, size = self.storage.read_blob(sha), (request.width, request.height)
+        return decode_depth(data, size) if name == "depth" else decode_rgb(data, size)
 
     # FLOW coherence --------------------------------------------------------------
 
@@ -735,7 +783,8 @@ class JobManager:
         jobs = [step.shot.job for step in batch]
         frames = [step.frame for step in batch]
         nets = first.shot.nets(first.frame)
-        maps = {name: [self._decode(name, getattr(f, name)) for f in frames] for name in nets}
+        maps = {name: [self._decode(name, getattr(f, name), first.shot.job.request) for f in frames]
+                for name in nets}
         for step in batch:
             self.before_denoise(step.shot.job, [step.frame])
         settings = first.shot.settings([first.frame])
@@ -779,8 +828,9 @@ class JobManager:
         flow = self._read_flow(frame.flow)
         if flow is None:
             return None, "unreadable flow map"
-        carried = strategy.carry(self._read_frame(job, previous), flow, self._read_depth(previous.depth),
-                                 self._read_depth(frame.depth))
+        size = (job.request.width, job.request.height)
+        carried = strategy.carry(self._read_frame(job, previous), flow, self._read_depth(previous.depth, size),
+                                 self._read_depth(frame.depth, size))
         if strategy.is_cut(carried):
             return None, f"cut ({carried.masks.carried_fraction():.0%} of pixels carried)"
         return carried, None
@@ -799,11 +849,13 @@ class JobManager:
         with Image.open(self.storage.frame_path(job.frame_keys[frame.frame])) as img:
             return np.asarray(img.convert("RGB"))
 
-    def _read_depth(self, sha: str) -> np.ndarray:
-        """The depth map as stored (uint16), for the occlusion check (not the 0..1 tensor)."""
-        from PIL import Image
+    def _read_depth(self, sha: str, size: tuple[int, int]) -> np.ndarray:
+        """The depth map as stored (uint16), for the occlusion check (not the 0..1 tensor);
+        decoded within the job's (width, height) (engine/images.py)."""
+        from . import images
 
-        with Image.open(io.BytesIO(self.storage.read_blob(sha))) as img:
+        with images.decode(self.storage.read_blob(sha), size=size, max_pixels=size[0] * size[1],
+                           field="frames", what="depth map") as img:
             array = np.asarray(img)
         return array if array.dtype == np.uint16 else array.astype(np.uint16)
 

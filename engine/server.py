@@ -3,7 +3,9 @@ touch the job table and the disk; the model runs on the JobManager's worker thre
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,21 +13,23 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import __version__, limits
+from . import __version__, images, limits
 from .auth import DEFAULT_OWNER, Tokens
-from .errors import BadRequest, EngineFault, NotFound
+from .errors import BadRequest, EngineFault, NotFound, QuotaFull
 from .front_door import LOOPBACK_HOSTS, FrontDoor, fault_from_exception
+from .cache_budget import CacheBudget
 from .jobs import Job, JobManager
 from .schema import SHA256_RE, JobRequest, field_path
 
 logger = logging.getLogger(__name__)
 
 MAX_BLOB_BYTES = limits.blob_limit()
+FIELD_PREFIX = re.compile(r"^([a-z_]+(?:\[\d+\])?(?:\.[a-z_]+(?:\[\d+\])?)*)(:? )")
 
 
 def _error(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
@@ -38,14 +42,18 @@ def _invalid(errors: list[dict[str, Any]]) -> EngineFault:
     loc = tuple(first.get("loc", ()))
     if first.get("type") == "json_invalid":
         return BadRequest(f"the body is not valid JSON: {first.get('msg')}", field="body", code="invalid_json")
-    # A model-level check (check_inputs) has no field in loc; its message names it.
+    # A model-level check (check_inputs) has no field in loc; its message starts with the field.
     name = field_path(loc)
     message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    named = FIELD_PREFIX.match(message)
+    if name == "body" and named and (named.group(2) == ": " or "[" in named.group(1) or "." in named.group(1)):
+        return EngineFault(message, code="invalid_field", status=422, field=named.group(1))
     return EngineFault(f"{name}: {message}", code="invalid_field", status=422, field=name)
 
 
 def create_app(manager: JobManager, token: str | None | Tokens, *, loopback_only: bool = False,
-               max_jobs_per_token: int = limits.MAX_ACTIVE_JOBS_PER_TOKEN) -> Any:
+               max_jobs_per_token: int = limits.MAX_ACTIVE_JOBS_PER_TOKEN, max_requests: int | None = None,
+               cache_quota: int | None = None) -> Any:
     """Build the app around a JobManager; starts its worker with the app, stops it after.
 
     ``token`` is one token or a ``Tokens`` table (a token per person, who then owns their
@@ -53,6 +61,9 @@ def create_app(manager: JobManager, token: str | None | Tokens, *, loopback_only
     ``loopback_only`` turns on the Host-header check of a loopback engine.
     """
     tokens = token if isinstance(token, Tokens) else Tokens.single(token)
+    # The cache quota while writing (engine/cache_budget.py); with several tokens, each a half share.
+    budget = CacheBudget(manager.storage, cache_quota, manager.blobs_in_use,
+                         token_share=0.5 if len(tokens) > 1 else None) if cache_quota is not None else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -70,7 +81,10 @@ def create_app(manager: JobManager, token: str | None | Tokens, *, loopback_only
 
     @app.exception_handler(EngineFault)
     async def on_fault(request: Request, exc: EngineFault) -> JSONResponse:
-        return _error(exc.status, exc.code, exc.message, exc.field)
+        response = _error(exc.status, exc.code, exc.message, exc.field)
+        if isinstance(exc, QuotaFull):  # a signal to wait, in the HTTP way
+            response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -100,9 +114,36 @@ def create_app(manager: JobManager, token: str | None | Tokens, *, loopback_only
     # An async handler runs on the event loop, so /health answers even when every
     # worker thread is busy with uploads or submits.
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "version": __version__, "device": manager.default_device,
-                "queue": manager.queue_length(), "auth": bool(tokens)}
+    async def health() -> JSONResponse:
+        """ok, or 503 ``unhealthy`` when the data folder cannot be written (and recreated)."""
+        writable = manager.storage.writable()
+        body = {"status": "ok" if writable else "unhealthy", "version": __version__,
+                "device": manager.default_device, "queue": manager.queue_length(), "auth": bool(tokens)}
+        if not writable:
+            body["error"] = {"code": "storage_error", "field": None,
+                             "message": "the engine cannot write its data folder; check its disk and permissions"}
+        return JSONResponse(body, status_code=200 if writable else 503)
+
+    def active_jobs(owner: str) -> int:
+        """The token's jobs queued or running: what its quota counts. Reads a snapshot, so the
+        event loop may call it without the lock (a thread's submit may add a job meanwhile)."""
+        jobs = manager.jobs
+        return sum(1 for j, o in list(owners.items())
+                   if o == owner and (job := jobs.get(j)) is not None and job.status in ("queued", "running"))
+
+    def check_quota(owner: str) -> None:
+        """429 with Retry-After past the token's quota (under owners_lock where it must be exact)."""
+        active = active_jobs(owner)
+        if active >= max_jobs_per_token:
+            raise QuotaFull(f"this token already has {active} jobs queued or running (the limit is "
+                            f"{max_jobs_per_token}); submit again when one has finished (Retry-After)",
+                            retry_after_s=limits.QUOTA_RETRY_AFTER_S)
+
+    @app.get("/limits")
+    async def published_limits(request: Request) -> dict[str, Any]:
+        """The bounds a client must keep, and its token's quota: Generate All keeps at most
+        ``job_quota`` jobs in flight instead of learning the limit from refusals."""
+        return limits.published(max_jobs_per_token, active_jobs(owner_of(request)))
 
     @app.get("/whoami")
     async def whoami(request: Request) -> dict[str, Any]:
@@ -119,6 +160,10 @@ def create_app(manager: JobManager, token: str | None | Tokens, *, loopback_only
     async def put_blob(sha: str, request: Request) -> dict[str, Any]:
         if not SHA256_RE.match(sha):
             raise BadRequest("the blob id in the URL must be a lowercase hex sha256", field="sha256")
+        if budget is not None:
+            declared = request.headers.get("content-length", "0")
+            size = int(declared) if declared.isdigit() else 0
+            await run_in_threadpool(budget.admit, owner_of(request), size)
         # Streamed to a temp file, counted and hashed as it arrives: memory stays flat.
         with manager.storage.blob_writer(sha, MAX_BLOB_BYTES) as writer:
             async for chunk in request.stream():
@@ -130,23 +175,48 @@ def create_app(manager: JobManager, token: str | None | Tokens, *, loopback_only
             return {"sha256": sha, "size": writer.size}
 
     def check_maps(job: JobRequest) -> None:
-        """Each uploaded map's pixel size against the job's, from its header only."""
+        """Every image the job names, before anything decodes it (engine/images.py): maps of
+        exactly the job's size, Finalize sources within its pixels, video references within the
+        reference limit, each whole; flow maps from their .npy header."""
+        from .characters import MAX_REFERENCE_PIXELS
+
+        pixels = job.width * job.height
         kinds = ("depth", "pose", "flow") if job.coherence.mode == "FLOW" else ("depth", "pose")
-        for i, frame in enumerate(job.frames):
-            for kind in kinds:
-                sha = getattr(frame, kind)
-                if sha is None or (sha, kind, job.width, job.height) in checked_maps:
-                    continue
-                if not manager.storage.has_blob(sha):
-                    continue  # JobManager.submit names the missing blob
-                head = manager.storage.read_blob_head(sha, limits.HEADER_BYTES)
-                limits.check_map(head, kind, job.width, job.height, f"frames[{i}].{kind}")
-                if len(checked_maps) > 200_000:
-                    checked_maps.clear()
-                checked_maps.add((sha, kind, job.width, job.height))
+        if job.finalize is not None:
+            kinds = (*kinds, "source")
+        wanted = [(getattr(frame, kind), kind, f"frames[{i}].{kind}") for i, frame in enumerate(job.frames)
+                  for kind in kinds]
+        if job.generator == "VIDEO":
+            wanted += [(sha, "reference", f"video.references[{i}]") for i, sha in enumerate(job.video.references)]
+        for sha, kind, field in wanted:
+            if sha is None or (sha, kind, job.width, job.height) in checked_maps:
+                continue
+            if not manager.storage.has_blob(sha):
+                continue  # JobManager.submit names the missing blob
+            path = manager.storage.blob_path(sha)
+            try:
+                if kind == "flow":
+                    limits.check_map(manager.storage.read_blob_head(sha, limits.HEADER_BYTES), kind, job.width,
+                                     job.height, field)
+                elif kind in ("depth", "pose"):
+                    images.check(path, size=(job.width, job.height), max_pixels=pixels, field=field,
+                                 what=f"{kind} map")
+                elif kind == "source":
+                    images.check(path, max_pixels=pixels, field=field, what="finalize source")
+                else:
+                    images.check(path, max_pixels=MAX_REFERENCE_PIXELS, formats=images.PICTURES, field=field,
+                                 what="reference image")
+            except BadRequest as exc:
+                if exc.code == "bad_map" and hashlib.sha256(path.read_bytes()).hexdigest() != sha:
+                    continue  # damaged on the engine's disk, not sent so: the job reports damaged_blob
+                raise
+            if len(checked_maps) > 200_000:
+                checked_maps.clear()
+            checked_maps.add((sha, kind, job.width, job.height))
 
     def submit_body(body: bytes, owner: str) -> dict[str, Any]:
         """Threadpool: parse, check limits and maps, then queue; never on the event loop."""
+        limits.check_key_count(body)  # unknown keys by the hundred thousand: refused before parsing
         try:
             job_request = JobRequest.model_validate_json(body)
         except ValidationError as exc:
@@ -156,19 +226,15 @@ def create_app(manager: JobManager, token: str | None | Tokens, *, loopback_only
         with owners_lock:
             for gone in [j for j in owners if j not in manager.jobs]:
                 del owners[gone]
-            active = sum(1 for j, o in owners.items()
-                         if o == owner and manager.jobs[j].status in ("queued", "running"))
-            if active >= max_jobs_per_token:
-                raise EngineFault(f"this token already has {active} jobs queued or running (the limit is "
-                                  f"{max_jobs_per_token}); wait for one to finish or cancel one",
-                                  code="queue_full", status=429)
-            job = manager.submit(job_request)
+            check_quota(owner)
+            job = manager.submit(job_request, owner)
             owners[job.id] = owner
         return {"id": job.id, "status": job.status, "cached_frames": sorted(job.cached),
                 "frames_total": len(job.frame_keys)}
 
     @app.post("/jobs", status_code=202)
     async def submit(request: Request) -> dict[str, Any]:
+        check_quota(owner_of(request))  # a token at its quota is told so before its body is read
         body = await request.body()  # bounded by the front door
         return await run_in_threadpool(submit_body, body, owner_of(request))
 
@@ -201,19 +267,20 @@ def create_app(manager: JobManager, token: str | None | Tokens, *, loopback_only
         return manager.cancel(job_id).to_json()
 
     @app.get("/jobs/{job_id}/frames/{frame}")
-    def frame(job_id: str, frame: int, request: Request) -> FileResponse:
+    def frame(job_id: str, frame: int, request: Request) -> Response:
         job = own_job(request, job_id)
         path = manager.frame_path(job_id, frame)
         # A frame damaged on disk is never served: it is dropped, and generated again on resubmit.
-        if not manager.storage.has_frame(path.stem):
+        data = manager.storage.read_frame(path.stem)
+        if data is None:
             job.done.pop(frame, None)
             raise EngineFault(f"frame {frame} was damaged on the engine's disk and has been deleted; generate "
                               "again and the engine makes it again", code="frame_damaged", status=409)
-        return FileResponse(path, media_type="image/png")
+        return Response(data, media_type="image/png")
 
     if loopback_only:
         allowed: set[str] | None = set(LOOPBACK_HOSTS)
     else:
         allowed = None
     return FrontDoor(app, tokens, json_limit=limits.MAX_JSON_BYTES, blob_limit=MAX_BLOB_BYTES,
-                     allowed_hosts=allowed)
+                     allowed_hosts=allowed, max_requests=max_requests)

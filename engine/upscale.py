@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .errors import BadRequest, ModelUnavailable
+from .errors import BadRequest
 from .models import PICKLE_SUFFIXES
 
 logger = logging.getLogger(__name__)
@@ -34,8 +34,11 @@ TILE_OVERLAP = 16
 
 def check_upscaler_path(value: str | None, field: str = "finalize.upscaler") -> Path | None:
     """The upscaler file for ``value`` (None: plain resizing); 4xx naming ``field`` otherwise. HTTP thread."""
+    from .models import check_allowed, not_usable
+
     if value is None or not value.strip():
         return None
+    check_allowed(value, field)
     path = Path(os.path.expanduser(value.strip()))
     suffix = path.suffix.lower()
     if suffix in PICKLE_SUFFIXES:
@@ -48,8 +51,7 @@ def check_upscaler_path(value: str | None, field: str = "finalize.upscaler") -> 
         raise BadRequest(f"{field}: '{value}' is not a .safetensors upscaler file (Real-ESRGAN, SwinIR, HAT, "
                          "... weights); leave it empty for plain resizing", field=field)
     if not path.is_file():
-        raise ModelUnavailable(f"{field}: '{value}' does not exist on the engine machine; give the path of a "
-                               ".safetensors upscaler there, or leave it empty for plain resizing", field=field)
+        raise not_usable(value, field)  # the same words whatever is (or is not) on the disk
     return path.resolve()
 
 
