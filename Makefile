@@ -66,7 +66,11 @@ toy-data: .venv/.installed
 
 toy-models: toy-data .venv-engine/.installed
 	OMP_NUM_THREADS=1 .venv-engine/bin/python -m engine.testing.toy.train --data $(TOY_DATA) \
-		--out engine/testing/toy/weights --seed 0
+		--out build/toy-run1 --seed 0
+	OMP_NUM_THREADS=1 .venv-engine/bin/python -m engine.testing.toy.train --data $(TOY_DATA) \
+		--out engine/testing/toy/weights --resume build/toy-run1 --depth-steps 900 --pose-steps 250 \
+		--zero-lr 3e-3 --high-noise 0.7
+	.venv-engine/bin/python -m engine.testing.toy.card
 
 benchmark: setup
 	.venv/bin/python benchmarks/bench_conditioning.py

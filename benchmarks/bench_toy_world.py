@@ -199,11 +199,11 @@ def same_character(engine: ToyEngine, data: Path, pal: dict[str, np.ndarray]) ->
             "hf_spread": (float(np.median(spreads)) if spreads else float("nan"), len(spreads))}
 
 
-def coherence(engine: ToyEngine, data: Path, out: Path) -> dict[str, Any]:
+def coherence(engine: ToyEngine, data: Path, out: Path, moves: int) -> dict[str, Any]:
     from engine.metrics import measure_take
 
     result: dict[str, list[float]] = defaultdict(list)
-    for s, rows in by_shot(records(data, "moves")).items():
+    for s, rows in list(by_shot(records(data, "moves")).items())[:moves]:
         cond = data / Path(rows[0]["depth"]).parent.parent
         meta = json.loads((cond / "meta.json").read_text())
         checker = next(t for t in rows[0]["things"] if t["pattern"] == "checkered") if rows[0]["things"] else None
@@ -276,6 +276,7 @@ def main() -> int:
     parser.add_argument("--models", type=Path, default=None, help="folder with sd15, controlnet-depth, controlnet-pose")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--shots", type=int, default=30, help="held-out still shots for blocking and colour")
+    parser.add_argument("--moves", type=int, default=3, help="48-frame camera moves for coherence")
     parser.add_argument("--only", action="append", choices=["blocking", "bible", "same", "coherence"])
     args = parser.parse_args()
     out = args.out.resolve()
@@ -295,7 +296,7 @@ def main() -> int:
         for name, fn in (("blocking", lambda: blocking_and_colour(engine, data, pal, args.shots)),
                          ("bible", lambda: bible(engine, data, pal)),
                          ("same", lambda: same_character(engine, data, pal)),
-                         ("coherence", lambda: coherence(engine, data, out))):
+                         ("coherence", lambda: coherence(engine, data, out, args.moves))):
             if args.only and name not in args.only:
                 continue
             results[name] = fn()

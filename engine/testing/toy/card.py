@@ -63,8 +63,12 @@ def card(report: dict[str, Any]) -> str:
         "\"a red checkered cube and a blue person on grass under a sunset sky\"; each thing's phrase is kept beside "
         "its mask id. Held-out splits (`heldout`, `cast`, `moves`) use other seeds.", "",
         "## Training",
-        f"Seed {report['seed']}, CPU, {report['torch_threads']} torch thread(s), {report['wall_s'] / 60:.0f} min "
-        "in all on the project's 2-core machine while other work ran beside it.", "",
+        f"Seed {report['seed']}, CPU, {report['torch_threads']} torch thread(s), "
+        f"{(report['wall_s'] + report.get('resumed_from', {}).get('wall_s', 0)) / 60:.0f} min in all on the "
+        "project's 2-core machine while other work ran beside it"
+        + (" (two runs: stages 1-4, then stages 3-4 again from the first run's UNet with faster zero "
+           "convolutions and more high-noise samples; the first run's ControlNets were discarded)."
+           if "resumed_from" in report else "."), "",
         "| stage | steps | batch | wall | loss (start → end, every 25 steps averaged) |", "|---|---:|---:|---:|---|",
     ]
     for key, title in STAGES:
@@ -80,10 +84,13 @@ def card(report: dict[str, Any]) -> str:
         "frames with people, the depth net applied beside it as the engine applies both. Full curves: "
         "`weights/training.json`.", "",
         "## Reproduce", "```",
-        "make toy-models            # = the two commands below",
+        "make toy-models            # = the three commands below",
         ".venv/bin/python toyworld/generate.py --out build/toyworld --split train --shots 800 --frames 8 --workers 2",
         "OMP_NUM_THREADS=1 .venv-engine/bin/python -m engine.testing.toy.train --data build/toyworld \\",
-        "    --out engine/testing/toy/weights --seed 0",
+        "    --out build/toy-run1 --seed 0",
+        "OMP_NUM_THREADS=1 .venv-engine/bin/python -m engine.testing.toy.train --data build/toyworld \\",
+        "    --out engine/testing/toy/weights --resume build/toy-run1 --depth-steps 900 --pose-steps 250 \\",
+        "    --zero-lr 3e-3 --high-noise 0.7",
         ".venv-engine/bin/python -m engine.testing.toy.card   # this card, from weights/training.json",
         "```",
         "Same seed, same data and same torch build give the same weights; other CPUs' kernels may differ in the "
