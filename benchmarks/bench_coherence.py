@@ -111,7 +111,7 @@ def generate_and_measure(out: Path, models_dir: Path, steps: int, only: list[str
     from engine import coherence
     from engine.jobs import JobManager
     from engine.metrics import measure_take
-    from engine.schema import JobRequest
+    from engine.contract.schema import JobRequest
     from engine.storage import Storage
 
     info = json.loads((out / "shots.json").read_text())

@@ -78,7 +78,7 @@ def bench_finalize(models: Path, count: int, steps: int, detail: float, device: 
     import analytic_pan as pan
 
     from engine.jobs import JobManager
-    from engine.schema import JobRequest
+    from engine.contract.schema import JobRequest
     from engine.storage import Storage
 
     storage = Storage(out / "engine-data")

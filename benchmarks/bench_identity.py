@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from engine import identity as identity_module  # noqa: E402
 from engine import regional  # noqa: E402
 from engine.jobs import JobManager  # noqa: E402
-from engine.schema import JobRequest  # noqa: E402
+from engine.contract.schema import JobRequest  # noqa: E402
 from engine.storage import Storage  # noqa: E402
 
 DESCRIPTIONS = [("a woman in a bright red coat", "a man in a dark green suit"),

@@ -68,7 +68,7 @@ def shot_frames(storage: Any, shot: int, frames: int, size: int) -> list[dict[st
 
 def shot_requests(storage: Any, models: dict[str, str], shots: int, frames: int, size: int, steps: int,
                   device: str) -> list[Any]:
-    from engine.schema import JobRequest
+    from engine.contract.schema import JobRequest
 
     prompts = ["a red car on a street", "a lighthouse at dusk", "a forest path", "a kitchen table"]
     return [JobRequest.model_validate({

@@ -60,7 +60,7 @@ def run(out: Path, models: Path, frames: int, steps: int, only: list[str] | None
     from engine import coherence
     from engine.jobs import JobManager
     from engine.metrics import measure_take
-    from engine.schema import JobRequest
+    from engine.contract.schema import JobRequest
     from engine.storage import Storage
 
     storage = Storage(out / "engine-data")

@@ -72,7 +72,7 @@ def metrics_mode(args: argparse.Namespace) -> int:
 
     from engine.jobs import JobManager
     from engine.metrics import measure_take
-    from engine.schema import JobRequest
+    from engine.contract.schema import JobRequest
     from engine.storage import Storage
     from engine.windows import plan_windows
 
@@ -170,7 +170,7 @@ def throughput_mode(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from engine.jobs import JobManager
-    from engine.schema import JobRequest
+    from engine.contract.schema import JobRequest
     from engine.storage import Storage
 
     out = Path(args.out)

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 # Larger references are refused before upload: the image encoder sees 224×224
 # anyway, and a 100-megapixel scan would cost seconds to hash, send and decode.
 MAX_REFERENCE_PIXELS = 4096 * 4096
-# The engine's limit on characters in one shot (engine/schema.py MAX_CHARACTERS;
+# The engine's limit on characters in one shot (engine/contract/schema.py MAX_CHARACTERS;
 # the engine refuses more with a 400 too: this check answers before anything is sent).
 MAX_CHARACTERS = 4
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")

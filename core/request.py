@@ -1,4 +1,4 @@
-"""The engine job request as a typed value: the add-on's side of the contract in engine/schema.py.
+"""The engine job request as a typed value: the add-on's side of the contract in engine/contract/schema.py.
 
 Blender's Python has no pydantic, so these are plain dataclasses that mirror the
 engine's ``JobRequest`` field for field (tests/blender/test_request_contract.py

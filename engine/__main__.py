@@ -297,7 +297,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 def cmd_identity(args: argparse.Namespace, takes: list) -> int:  # type: ignore[type-arg]
     """Identity similarity per character across shots (engine/identity_metric.py)."""
-    from .errors import EngineFault
+    from .contract.errors import EngineFault
     from .identity_metric import any_characters, default_encoder, identity_lines, load_encoder
 
     if not any_characters(takes):

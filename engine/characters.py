@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BadRequest, EngineFault
+from .contract.errors import BadRequest, EngineFault
 from .models import ModelRef, resolve_ref
-from .schema import MAX_CHARACTERS, CharacterSpec, JobRequest
+from .contract.schema import MAX_CHARACTERS, CharacterSpec, JobRequest
 from .storage import Storage
 
 logger = logging.getLogger(__name__)

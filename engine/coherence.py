@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .flow import FlowMasks, area_scale, depth_offset, flow_masks, warp
-from .schema import CoherenceSpec, FrameSpec
+from .contract.schema import CoherenceSpec, FrameSpec
 
 logger = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import BadRequest
+from .contract.errors import BadRequest
 from .models import HUB_ID_RE, PICKLE_SUFFIXES, ModelRef, Progress, load_with_fallback, resolve_ref
-from .schema import DraftSpec, JobRequest
+from .contract.schema import DraftSpec, JobRequest
 
 logger = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from .upscale import check_upscaler_path, enlarge, load_upscaler
 if TYPE_CHECKING:
     from .jobs import Job, JobManager
     from .pipelines import BatchSettings, LoadedModels
-    from .schema import FrameSpec, JobRequest
+    from .contract.schema import FrameSpec, JobRequest
 
 logger = logging.getLogger(__name__)
 

@@ -21,11 +21,11 @@ import numpy as np
 
 from .characters import FrameRegions, read_image
 from .coherence import ColorStats, color_stats
-from .errors import BadRequest, EngineFault, is_out_of_memory
+from .contract.errors import BadRequest, EngineFault, is_out_of_memory
 from .ip_adapter import IpAdapter, IpAdapterRef, load_ip_adapter, reference_embeds
 from .models import ModelRef, Progress
 from .regional import IpSlot, RegionState, installed, regional_embeds
-from .schema import JobRequest
+from .contract.schema import JobRequest
 from .storage import Storage
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import BadRequest, EngineFault, is_out_of_memory
+from .contract.errors import BadRequest, EngineFault, is_out_of_memory
 from .models import PICKLE_SUFFIXES, ModelRef, Progress, _fingerprint, load_with_fallback
 
 logger = logging.getLogger(__name__)

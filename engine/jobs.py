@@ -34,7 +34,7 @@ from .coherence import (
 )
 from .draft import DraftTier, check_draft, draft_request
 from .draft import cache_inputs as draft_inputs
-from .errors import BadRequest, EngineFault, NotFound, OutOfMemory, is_out_of_memory
+from .contract.errors import BadRequest, EngineFault, NotFound, OutOfMemory, is_out_of_memory
 from .finalize import cache_inputs as finalize_inputs
 from .finalize import finalize_strategy, run_finalize
 from .identity import IdentityPlan
@@ -55,8 +55,8 @@ from .pipelines import (
     run_img2img,
 )
 from .prompt_blend import PromptEmbeddings
-from .schedule import FrameValues, frame_values, job_warnings
-from .schema import FrameSpec, JobRequest
+from .contract.schedule import FrameValues, frame_values, job_warnings
+from .contract.schema import FrameSpec, JobRequest
 from .storage import Storage, canonical_hash
 from .upscale import check_upscaler_path
 from .writer import FrameWriter
@@ -131,7 +131,7 @@ class Shot:
         request = job.request
         self.manager, self.job, self.models, self.plan = manager, job, models, plan
         job.phase, job.detail = "generating", {}
-        # Per-frame values (engine/schedule.py); prompts encoded once per job when blended.
+        # Per-frame values (engine/contract/schedule.py); prompts encoded once per job when blended.
         self.values: dict[int, FrameValues] = {f.frame: frame_values(request, f) for f in request.frames}
         self.embeddings = PromptEmbeddings(models.base, request.negative_prompt)
         self.run_started = time.perf_counter()
@@ -386,7 +386,7 @@ class JobManager:
         out: a repeat with another batch size is still a cache hit. ``shared`` is
         ``request_digest`` computed once for the job; a prompt's text enters by its digest,
         computed once per distinct text (a long prompt is not hashed once per frame).
-        Per-frame values (engine/schedule.py) replace the job's under the same names.
+        Per-frame values (engine/contract/schedule.py) replace the job's under the same names.
         ``identity`` (characters.identity_cache_inputs) and the frame's mask enter only
         when the job has characters or film references, so other jobs keep their keys.
         """

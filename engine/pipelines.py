@@ -525,7 +525,7 @@ def _call_models(models: LoadedModels, pipe: Any, cancel: CancelCallback, **kwar
     try:
         result = cancel.call(pipe, **kwargs)
     except Exception as exc:
-        from .errors import EngineFault, is_out_of_memory
+        from .contract.errors import EngineFault, is_out_of_memory
 
         if not first or is_out_of_memory(exc) or isinstance(exc, EngineFault):
             raise  # a request's own error or memory: not the compiler's

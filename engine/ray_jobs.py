@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from .coherence import make_strategy
-from .errors import EngineFault, OutOfMemory
+from .contract.errors import EngineFault, OutOfMemory
 from .jobs import Job, JobManager
 from .pipelines import NET_ORDER
-from .schema import FrameSpec
+from .contract.schema import FrameSpec
 from .storage import Storage, atomic_write
 
 logger = logging.getLogger(__name__)

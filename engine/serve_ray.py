@@ -23,11 +23,11 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from .errors import EngineFault
+from .contract.errors import EngineFault
 from .jobs import JobManager
 from .ray_config import RayEngineConfig
 from .ray_jobs import RayJobManager, write_unit_status
-from .schema import JobRequest
+from .contract.schema import JobRequest
 from .server import create_app
 from .storage import Storage
 

@@ -18,10 +18,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__, limits
 from .auth import DEFAULT_OWNER, Tokens
-from .errors import BadRequest, EngineFault, NotFound
+from .contract.errors import BadRequest, EngineFault, NotFound
 from .front_door import LOOPBACK_HOSTS, FrontDoor, fault_from_exception
 from .jobs import Job, JobManager
-from .schema import SHA256_RE, JobRequest, field_path
+from .contract.schema import SHA256_RE, JobRequest, field_path
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .errors import BadRequest, ModelUnavailable
+from .contract.errors import BadRequest, ModelUnavailable
 from .models import PICKLE_SUFFIXES
 
 logger = logging.getLogger(__name__)

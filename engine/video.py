@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .callbacks import CancelCallback
-from .errors import BadRequest
+from .contract.errors import BadRequest
 from .models import ModelRef, Progress, load_with_fallback
 
 if TYPE_CHECKING:

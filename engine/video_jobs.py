@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import ALGORITHM_VERSION
-from .errors import BadRequest, OutOfMemory, is_out_of_memory
+from .contract.errors import BadRequest, OutOfMemory, is_out_of_memory
 from .flow import depth_offset, flow_masks, warp
 from .models import ModelRef, resolve_ref
 from .pipelines import dtype_name, encode_png
-from .schema import JobRequest
+from .contract.schema import JobRequest
 from .storage import canonical_hash
 from .video import (
     FRAME_RULES,

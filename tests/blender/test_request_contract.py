@@ -1,7 +1,7 @@
 """One contract: what `collect_shot` builds passes the engine's own request model, for every kind of shot.
 
 Real scenes, real control maps; the body is assembled as `run_shot` sends it (maps by
-sha256) and validated with engine/schema.py's JobRequest, so a field the add-on renames
+sha256) and validated with engine/contract/schema.py's JobRequest, so a field the add-on renames
 or a value out of the engine's range fails here rather than at submit. No engine runs.
 """
 
@@ -24,7 +24,7 @@ pytest.importorskip("pydantic", reason="the bpy venvs get pydantic from requirem
 def schema() -> Any:
     sys.path.insert(0, str(ROOT))
     try:
-        return importlib.import_module("engine.schema")
+        return importlib.import_module("engine.contract.schema")
     finally:
         sys.path.remove(str(ROOT))
 

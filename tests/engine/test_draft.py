@@ -17,9 +17,9 @@ from safetensors.torch import load_file, save_file
 
 from engine import jobs as jobs_module
 from engine.draft import DEFAULT_LORAS, draft_request, resolve_lora
-from engine.errors import EngineFault
+from engine.contract.errors import EngineFault
 from engine.jobs import JobManager
-from engine.schema import JobRequest
+from engine.contract.schema import JobRequest
 from engine.storage import Storage
 
 

@@ -42,7 +42,7 @@ def run_jobs(tmp: Path, speed: Any, bodies: list[Any]) -> tuple[list[np.ndarray]
     """Run ``bodies`` (callables storage -> request dict) one after another on an in-process
     JobManager with ``speed``; returns frame 1 of each and the jobs."""
     from engine.jobs import JobManager
-    from engine.schema import JobRequest
+    from engine.contract.schema import JobRequest
     from engine.storage import Storage
 
     storage = Storage(tmp)
@@ -122,7 +122,7 @@ def test_precision_enters_the_frame_keys_and_the_speed_options_do_not(tiny_model
                                                                      tmp_path: Path) -> None:
     from engine.jobs import JobManager
     from engine.pipelines import SpeedOptions
-    from engine.schema import JobRequest
+    from engine.contract.schema import JobRequest
     from engine.storage import Storage
 
     storage = Storage(tmp_path)

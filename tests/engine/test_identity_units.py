@@ -16,7 +16,7 @@ from engine_testlib import A_ID, B_ID, png_bytes, two_character_mask
 from engine.characters import identity_cache_inputs, owner_map
 from engine.identity_metric import crop_box, cross_shot_similarity
 from engine.regional import IpSlot, RegionalAttnProcessor, RegionState
-from engine.schema import CharacterSpec, JobRequest
+from engine.contract.schema import CharacterSpec, JobRequest
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -21,7 +21,7 @@ from engine_testlib import depth_png, make_job
 from engine.coherence import make_strategy
 from engine.ray_config import RayEngineConfig
 from engine.ray_jobs import RayJobManager, plan_units
-from engine.schema import CoherenceSpec, FrameSpec, JobRequest
+from engine.contract.schema import CoherenceSpec, FrameSpec, JobRequest
 from engine.storage import Storage
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""Per-frame values (engine/schedule.py) and prompt blending (engine/prompt_blend.py).
+"""Per-frame values (engine/contract/schedule.py) and prompt blending (engine/prompt_blend.py).
 
 In-process: the schedule's pure parts, the cache keys of requests without per-frame
 fields (pinned to the formula every earlier engine used), and the embedding blend
@@ -15,8 +15,8 @@ from engine import ALGORITHM_VERSION
 from engine.coherence import IndependentCoherence, make_strategy
 from engine.jobs import JobManager
 from engine.pipelines import PipelineKey
-from engine.schedule import describe_frames, frame_values, job_warnings
-from engine.schema import JobRequest
+from engine.contract.schedule import describe_frames, frame_values, job_warnings
+from engine.contract.schema import JobRequest
 from engine.storage import canonical_hash
 
 SHA = "a" * 64

@@ -12,10 +12,10 @@ from engine_testlib import ROOT
 from PIL import Image
 
 from engine.coherence import IndependentCoherence
-from engine.errors import BadRequest, ModelUnavailable, is_out_of_memory
+from engine.contract.errors import BadRequest, ModelUnavailable, is_out_of_memory
 from engine.models import resolve_ref
 from engine.pipelines import decode_depth, decode_rgb
-from engine.schema import CoherenceSpec, FrameSpec, field_path
+from engine.contract.schema import CoherenceSpec, FrameSpec, field_path
 
 
 def test_depth_decodes_all_16_bits() -> None:

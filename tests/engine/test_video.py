@@ -185,7 +185,7 @@ def test_missing_pipeline_class_is_a_clear_error(monkeypatch: pytest.MonkeyPatch
     import sys
     import types
 
-    from engine.errors import BadRequest
+    from engine.contract.errors import BadRequest
     from engine.video import check_available
 
     check_available("WAN_VACE")  # this engine's diffusers has it

@@ -154,7 +154,7 @@ def test_the_block_is_a_valid_engine_request(tmp_path):
 
     sys.path.insert(0, str(ROOT))
     try:
-        schema = importlib.import_module("engine.schema")
+        schema = importlib.import_module("engine.contract.schema")
     finally:
         sys.path.remove(str(ROOT))
     ref = write_image(tmp_path / "hero.png", 16, 16)

@@ -17,7 +17,7 @@ def engine_schema():
     pytest.importorskip("pydantic")  # every venv `make setup` builds has it; a bare interpreter may not
     sys.path.insert(0, str(ROOT))
     try:
-        return importlib.import_module("engine.schema")
+        return importlib.import_module("engine.contract.schema")
     finally:
         sys.path.remove(str(ROOT))
 

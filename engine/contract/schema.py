@@ -53,7 +53,7 @@ class FrameSpec(_Strict):
     depth: str | None = None
     pose: str | None = None
     flow: str | None = None
-    # Per-frame values (animated in Blender); None = the job's value (engine/schedule.py).
+    # Per-frame values (animated in Blender); None = the job's value (engine/contract/schedule.py).
     prompt_weights: list[float] | None = None
     depth_weight: float | None = Field(None, ge=0.0, le=2.0)
     pose_weight: float | None = Field(None, ge=0.0, le=2.0)
@@ -262,7 +262,7 @@ class JobRequest(_Strict):
             if frame.frame in seen:
                 raise ValueError(f"frame {frame.frame} appears twice in frames; send each frame once")
             seen.add(frame.frame)
-        check_frame_values(self)  # per-frame values: engine/schedule.py
+        check_frame_values(self)  # per-frame values: engine/contract/schedule.py
         return self
 
     @model_validator(mode="after")
