@@ -19,7 +19,7 @@ from .frame_check import png_problem
 
 logger = logging.getLogger(__name__)
 
-MAX_STATUS_IDS = 100  # job ids per GET /jobs?ids= (engine/limits.py)
+MAX_STATUS_IDS = 100  # job ids per GET /jobs?ids= (engine/api/limits.py)
 START_HINT = "start it with `python -m engine serve` from the extension folder or check Preferences ▸ Engine"
 
 

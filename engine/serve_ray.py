@@ -5,7 +5,7 @@
     create_app(RayJobManager)  --units-->    Worker.run_unit -> JobManager (one per replica)
              \\__________ shared --data-dir: blobs, frame cache, unit status ________/
 
-Started by ``python -m engine serve-ray`` (engine/__main__.py), or by a KubeRay RayService
+Started by ``python -m engine serve-ray`` (engine/api/cli.py), or by a KubeRay RayService
 through ``build_app`` (deploy/rayservice.yaml). Imports ray: only the serve-ray command and
 Ray's workers load this module.
 """
@@ -28,7 +28,7 @@ from .jobs import JobManager
 from .ray_config import RayEngineConfig
 from .ray_jobs import RayJobManager, write_unit_status
 from .contract.schema import JobRequest
-from .server import create_app
+from .api.server import create_app
 from .storage import Storage
 
 logger = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class Worker:
 @serve.deployment(num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
 @serve.ingress()
 class Ingress:
-    """The HTTP contract (engine/server.py's app) around a RayJobManager; holds the job table."""
+    """The HTTP contract (engine/api/server.py's app) around a RayJobManager; holds the job table."""
 
     async def __init__(self, workers: DeploymentHandle, config: dict[str, Any]) -> None:
         cfg = RayEngineConfig(**config)

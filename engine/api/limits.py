@@ -13,10 +13,10 @@ import logging
 import struct
 from typing import TYPE_CHECKING
 
-from .contract.errors import BadRequest, EngineFault
+from ..contract.errors import BadRequest, EngineFault
 
 if TYPE_CHECKING:
-    from .contract.schema import JobRequest
+    from ..contract.schema import JobRequest
 
 logger = logging.getLogger(__name__)
 

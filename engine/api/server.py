@@ -16,12 +16,13 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import __version__, limits
+from .. import __version__
+from . import limits
 from .auth import DEFAULT_OWNER, Tokens
-from .contract.errors import BadRequest, EngineFault, NotFound
+from ..contract.errors import BadRequest, EngineFault, NotFound
 from .front_door import LOOPBACK_HOSTS, FrontDoor, fault_from_exception
-from .jobs import Job, JobManager
-from .contract.schema import SHA256_RE, JobRequest, field_path
+from ..jobs import Job, JobManager
+from ..contract.schema import SHA256_RE, JobRequest, field_path
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def create_app(manager: JobManager, token: str | None | Tokens, *, loopback_only
     """Build the app around a JobManager; starts its worker with the app, stops it after.
 
     ``token`` is one token or a ``Tokens`` table (a token per person, who then owns their
-    jobs). The result is the FastAPI app behind the front door (engine/front_door.py);
+    jobs). The result is the FastAPI app behind the front door (engine/api/front_door.py);
     ``loopback_only`` turns on the Host-header check of a loopback engine.
     """
     tokens = token if isinstance(token, Tokens) else Tokens.single(token)

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from .auth import DEFAULT_OWNER, Tokens
-from .contract.errors import EngineFault
+from ..contract.errors import EngineFault
 
 logger = logging.getLogger(__name__)
 
