@@ -180,7 +180,7 @@ class ViewfinderSettings(bpy.types.PropertyGroup):
         name="Overlap", default=8, min=1, max=64,
         description="Frames of the previous window given to the next one, so windows join without a jump",
     )
-    # Draft tier (core/shot_job.draft_block; engine/draft.py).
+    # Draft tier (core/shot_job.draft_block; engine/models/draft.py).
     tier: EnumProperty(name="Tier", items=TIER_ITEMS, default="FINAL",
                        description="How shots set to Scene Default are generated: draft (seconds) or final")
     draft_scheduler: EnumProperty(name="Draft Method", items=DRAFT_SCHEDULER_ITEMS, default="LCM")

@@ -3,7 +3,7 @@
     .venv-engine/bin/python benchmarks/bench_finals.py [--size 192x112] [--frames 8] [--device cpu|cuda]
         [--preset tiny|full] [--steps 4] [--detail 0.3]
 
-1. Upscale only (``engine.upscale.enlarge``): each upscaler on ``--frames`` frames of
+1. Upscale only (``engine.models.upscale.enlarge``): each upscaler on ``--frames`` frames of
    ``--size``: Lanczos resizing, the Real-ESRGAN-class x2 and x4 files ``make-tiny-models``
    writes (``--preset tiny``: Compact with 8 features; ``--preset full``: Compact x2 64/32
    and RRDBNet x4 64/23, the sizes of the published Real-ESRGAN models, random weights).
@@ -46,7 +46,7 @@ def frames_of(width: int, height: int, count: int):
 
 def bench_upscale(width: int, height: int, count: int, device: str, preset: str, models: Path) -> list[dict]:
     from engine.metrics import hf_energy
-    from engine.upscale import enlarge, load_upscaler, write_upscalers
+    from engine.models.upscale import enlarge, load_upscaler, write_upscalers
 
     paths = write_upscalers(models / f"upscalers-{preset}", preset=preset)
     frames = frames_of(width, height, count)

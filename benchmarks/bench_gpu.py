@@ -37,7 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engine import ROOT, depth_map, load_core, png, run_job  # noqa: E402
 
-# (b): the draft tier (engine/draft.py): LCM scheduler, 4 steps, no CFG, with the random-weight
+# (b): the draft tier (engine/models/draft.py): LCM scheduler, 4 steps, no CFG, with the random-weight
 # distillation LoRA that make-tiny-models writes for the preset's UNet (``models["draft_lora"]``).
 DRAFT: dict[str, Any] = {"tier": "draft", "draft": {"steps": 4, "scheduler": "LCM"}}
 FINAL: dict[str, Any] = {"steps": 25, "guidance_scale": 7.5}

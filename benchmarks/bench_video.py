@@ -74,7 +74,7 @@ def metrics_mode(args: argparse.Namespace) -> int:
     from engine.metrics import measure_take
     from engine.contract.schema import JobRequest
     from engine.storage import Storage
-    from engine.windows import plan_windows
+    from engine.models.windows import plan_windows
 
     out = Path(args.out)
     maps = out.parent / "coherence"

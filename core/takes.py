@@ -23,7 +23,7 @@ TAKE_FILE = "take.json"
 FORMAT_VERSION = 1
 
 # A take's tier (take.json "tier"; README "Drafts"): how its frames were made.
-DRAFT = "draft"  # the few-step distilled generation path (engine/draft.py)
+DRAFT = "draft"  # the few-step distilled generation path (engine/models/draft.py)
 FINAL = "final"  # the full generation path
 FINALIZED = "finalized"  # Finalize Take: a take enlarged and re-detailed (core/finalize.py)
 TIERS = (DRAFT, FINAL, FINALIZED)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .contract.errors import BadRequest, EngineFault
-from .models import ModelRef, resolve_ref
+from .models.refs import ModelRef, resolve_ref
 from .contract.schema import MAX_CHARACTERS, CharacterSpec, JobRequest
 from .storage import Storage
 

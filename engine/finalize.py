@@ -3,7 +3,7 @@
 Per frame, in timeline order (a job whose ``finalize`` is set; engine/API.md):
 1. **Enlarge** the approved frame (``frames[i].source``) to width x height: a
    super-resolution model (``finalize.upscaler``, read by spandrel from .safetensors) then
-   Lanczos to the exact size, or Lanczos alone (engine/upscale.py).
+   Lanczos to the exact size, or Lanczos alone (engine/models/upscale.py).
 2. **Detail pass**: img2img from the enlarged frame at ``finalize.detail_strength`` (low:
    0.3), guided by the control maps rendered at the new size. Only its high band is kept
    (frequencies finer than the approved frame's pixels, a low-pass of radius = the
@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .coherence import FLOW_METHOD, Carried, ColorStats, FlowCoherence, FlowMethod, color_stats, high_band, low_pass
-from .models import _fingerprint
-from .upscale import check_upscaler_path, enlarge, load_upscaler
+from .models.refs import _fingerprint
+from .models.upscale import check_upscaler_path, enlarge, load_upscaler
 
 if TYPE_CHECKING:
     from .jobs import Job, JobManager
-    from .pipelines import BatchSettings, LoadedModels
+    from .models.pipelines import BatchSettings, LoadedModels
     from .contract.schema import FrameSpec, JobRequest
 
 logger = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def run_finalize(manager: JobManager, job: Job, models: LoadedModels, settings: 
     """Worker thread: the steps of the module docstring for every frame not already cached."""
     from PIL import Image
 
-    from .pipelines import encode_png, run_img2img
+    from .models.pipelines import encode_png, run_img2img
 
     request = job.request
     spec = request.finalize

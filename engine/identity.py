@@ -23,7 +23,7 @@ from .characters import FrameRegions, read_image
 from .coherence import ColorStats, color_stats
 from .contract.errors import BadRequest, EngineFault, is_out_of_memory
 from .ip_adapter import IpAdapter, IpAdapterRef, load_ip_adapter, reference_embeds
-from .models import ModelRef, Progress
+from .models.refs import ModelRef, Progress
 from .regional import IpSlot, RegionState, installed, regional_embeds
 from .contract.schema import JobRequest
 from .storage import Storage
@@ -42,7 +42,7 @@ class IdentityPlan:
     style_slot: int | None = None
     palette: ColorStats | None = None
     adapters: list[str] = field(default_factory=list)
-    # Adapters of the job that stay active beside the characters' (the draft tier's LoRA, engine/draft.py).
+    # Adapters of the job that stay active beside the characters' (the draft tier's LoRA, engine/models/draft.py).
     keep_adapters: list[tuple[str, float]] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=lambda: {"embeddings_computed": 0, "images_encoded": 0,
                                                            "regional_batches": 0, "plain_batches": 0})

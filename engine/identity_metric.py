@@ -167,7 +167,7 @@ def load_encoder(value: str) -> Any:
     import torch
 
     from .ip_adapter import load_image_encoder
-    from .models import ModelRef
+    from .models.refs import ModelRef
 
     path = Path(value).expanduser()
     ref = ModelRef("folder", str(path.resolve()), "--identity-encoder") if path.is_dir() else \

@@ -1,7 +1,7 @@
 """IP-Adapter and image encoder: resolved at submit, loaded once per pipeline, embeddings once per job.
 
 An IP-Adapter is a ``.safetensors`` file (local, or ``<owner>/<repo>/<path>.safetensors`` on the
-Hub); pickles are refused like every other model (engine/models.py). Its image encoder is a
+Hub); pickles are refused like every other model (engine/models/refs.py). Its image encoder is a
 CLIP vision folder (local, or ``<owner>/<repo>[/<subfolder>]``); when none is given the engine
 looks next to the IP-Adapter (``image-encoder``/``image_encoder``, the h94 layout).
 diffusers' ``load_ip_adapter`` reads the weights; the engine then takes the adapter's image
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .contract.errors import BadRequest, EngineFault, is_out_of_memory
-from .models import PICKLE_SUFFIXES, ModelRef, Progress, _fingerprint, load_with_fallback
+from .models.refs import PICKLE_SUFFIXES, ModelRef, Progress, _fingerprint, load_with_fallback
 
 logger = logging.getLogger(__name__)
 

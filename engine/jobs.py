@@ -32,15 +32,15 @@ from .coherence import (
     color_stats,
     make_strategy,
 )
-from .draft import DraftTier, check_draft, draft_request
-from .draft import cache_inputs as draft_inputs
+from .models.draft import DraftTier, check_draft, draft_request
+from .models.draft import cache_inputs as draft_inputs
 from .contract.errors import BadRequest, EngineFault, NotFound, OutOfMemory, is_out_of_memory
 from .finalize import cache_inputs as finalize_inputs
 from .finalize import finalize_strategy, run_finalize
 from .identity import IdentityPlan
 from .ip_adapter import IpAdapterRef, resolve_ip_adapter
-from .models import ModelRef, resolve_ref
-from .pipelines import (
+from .models.refs import ModelRef, resolve_ref
+from .models.pipelines import (
     NET_ORDER,
     BatchSettings,
     LoadedModels,
@@ -54,11 +54,11 @@ from .pipelines import (
     run_batch,
     run_img2img,
 )
-from .prompt_blend import PromptEmbeddings
+from .models.prompt_blend import PromptEmbeddings
 from .contract.schedule import FrameValues, frame_values, job_warnings
 from .contract.schema import FrameSpec, JobRequest
 from .storage import Storage, canonical_hash
-from .upscale import check_upscaler_path
+from .models.upscale import check_upscaler_path
 from .writer import FrameWriter
 
 logger = logging.getLogger(__name__)
@@ -263,7 +263,7 @@ class JobManager:
     def __init__(self, storage: Storage, default_device: str = "auto", max_pipelines: int = 1,
                  max_jobs_kept: int = 200, speed: SpeedOptions | None = None) -> None:
         self.storage = storage
-        self.speed = speed or SpeedOptions()  # the GPU path's options (engine/pipelines.py)
+        self.speed = speed or SpeedOptions()  # the GPU path's options (engine/models/pipelines.py)
         self.default_device = resolve_device(default_device)
         self.pipelines = PipelineCache(max_pipelines)
         self.max_jobs_kept = max_jobs_kept
@@ -293,7 +293,7 @@ class JobManager:
             from .video_jobs import submit_video
 
             return self._register(submit_video(self, request))
-        # 0. Draft tier (engine/draft.py): its references checked, its steps and guidance in the request.
+        # 0. Draft tier (engine/models/draft.py): its references checked, its steps and guidance in the request.
         check_draft(request)
         request = draft_request(request)
         # 1. Models: resolved now so a wrong path is a 400 naming the field.
@@ -538,7 +538,7 @@ class JobManager:
                     continue
                 same = (other.key == job.key and other.request.steps == request.steps
                         and (other.request.width, other.request.height) == (request.width, request.height)
-                        # the draft tier swaps scheduler, LoRA and VAE for the whole call (engine/draft.py)
+                        # the draft tier swaps scheduler, LoRA and VAE for the whole call (engine/models/draft.py)
                         and (other.request.tier, other.request.draft) == (request.tier, request.draft))
                 if not same or keys & set(other.frame_keys.values()):
                     continue

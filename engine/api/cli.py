@@ -119,7 +119,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Imports here so `make-tiny-models` and `--help` do not need the web stack.
     import uvicorn
 
-    from .. import models
+    from ..models import refs as models
     from .auth import Tokens
     from ..jobs import JobManager
     from .server import create_app
@@ -201,7 +201,7 @@ def speed_options(args: argparse.Namespace) -> object:
     """The GPU path's options: the VIEWFINDER_ENGINE_* variables, then --precision / --compile."""
     import dataclasses
 
-    from ..pipelines import SpeedOptions
+    from ..models.pipelines import SpeedOptions
 
     speed = SpeedOptions.from_env()
     if args.precision:

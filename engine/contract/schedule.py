@@ -14,7 +14,7 @@ decides three things:
   (one embedding row and one generator per frame);
 - its prompt: a plain prompt string when one key (or the shot prompt) is active, so
   such a frame is byte-identical to a shot generated with that prompt alone; a blend
-  of text embeddings (``engine/prompt_blend.py``) when several keys are active.
+  of text embeddings (``engine/models/prompt_blend.py``) when several keys are active.
 
 Plain Python (no torch): used on the HTTP thread at submit and on the worker thread.
 """

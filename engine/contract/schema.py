@@ -127,7 +127,7 @@ class FinalizeSpec(_Strict):
 
 
 class DraftSpec(_Strict):
-    """The draft tier (engine/draft.py, API.md "Draft tier"): a few-step distilled path, ControlNets kept.
+    """The draft tier (engine/models/draft.py, API.md "Draft tier"): a few-step distilled path, ControlNets kept.
 
     ``lora``: the distillation LoRA (LCM-LoRA or TCD LoRA): a local .safetensors file, or a Hub id
     ``<owner>/<repo>`` (its ``pytorch_lora_weights.safetensors``) or ``<owner>/<repo>/<path>.safetensors``;
@@ -177,12 +177,12 @@ class CoherenceSpec(_Strict):
 
 
 class VideoSpec(_Strict):
-    """How a VIDEO job runs (engine/video.py, API.md "Video jobs").
+    """How a VIDEO job runs (engine/models/video.py, API.md "Video jobs").
 
     ``WAN_VACE``: ``model`` is a Wan VACE diffusers pipeline (1.3B, 14B, Wan 2.2 VACE).
     ``ANIMATEDIFF``: ``models.base`` (SD 1.5) with its depth/pose ControlNets plus the
     ``motion_adapter``. Shots longer than ``window`` frames run in windows that overlap by
-    ``overlap`` frames (engine/windows.py); ``references`` are uploaded image blobs (the
+    ``overlap`` frames (engine/models/windows.py); ``references`` are uploaded image blobs (the
     character bible's, or the shot's reference image).
     """
 

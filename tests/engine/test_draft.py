@@ -1,4 +1,4 @@
-"""The draft tier (issue 15, engine/draft.py) with tiny models on the CPU: a draft job runs through the
+"""The draft tier (issue 15, engine/models/draft.py) with tiny models on the CPU: a draft job runs through the
 same run function as a final job, in 4 steps with the LCM scheduler, the LoRA and the tiny VAE; its frame
 keys differ from the final's; afterwards the pipeline is as loaded, so the next final job is bit-exact;
 a LoRA for another family and a missing Hub LoRA offline give messages naming the file and the fix."""
@@ -16,7 +16,7 @@ from engine_testlib import depth_png, make_job
 from safetensors.torch import load_file, save_file
 
 from engine import jobs as jobs_module
-from engine.draft import DEFAULT_LORAS, draft_request, resolve_lora
+from engine.models.draft import DEFAULT_LORAS, draft_request, resolve_lora
 from engine.contract.errors import EngineFault
 from engine.jobs import JobManager
 from engine.contract.schema import JobRequest
@@ -138,7 +138,7 @@ def test_draft_keys_pinned_to_their_settings(manager: JobManager, tiny_models: d
 
 
 def _key(jm: JobManager, request: JobRequest) -> Any:
-    from engine.pipelines import PipelineKey
+    from engine.models.pipelines import PipelineKey
 
     return PipelineKey(base="b", depth="d", pose=None, lora=None, lora_scale=0.0, device="cpu", dtype="float32",
                        attention_slicing=False, cpu_offload=False)

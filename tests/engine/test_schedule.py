@@ -1,4 +1,4 @@
-"""Per-frame values (engine/contract/schedule.py) and prompt blending (engine/prompt_blend.py).
+"""Per-frame values (engine/contract/schedule.py) and prompt blending (engine/models/prompt_blend.py).
 
 In-process: the schedule's pure parts, the cache keys of requests without per-frame
 fields (pinned to the formula every earlier engine used), and the embedding blend
@@ -14,7 +14,7 @@ import pytest
 from engine import ALGORITHM_VERSION
 from engine.coherence import IndependentCoherence, make_strategy
 from engine.jobs import JobManager
-from engine.pipelines import PipelineKey
+from engine.models.pipelines import PipelineKey
 from engine.contract.schedule import describe_frames, frame_values, job_warnings
 from engine.contract.schema import JobRequest
 from engine.storage import canonical_hash
@@ -117,7 +117,7 @@ def test_blend_encodes_each_prompt_once_and_sums(tiny_models: dict[str, str]) ->
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from engine.prompt_blend import PromptEmbeddings
+    from engine.models.prompt_blend import PromptEmbeddings
 
     pipe = StableDiffusionPipeline.from_pretrained(tiny_models["base"], safety_checker=None,
                                                    requires_safety_checker=False)

@@ -13,8 +13,8 @@ from PIL import Image
 
 from engine.coherence import IndependentCoherence
 from engine.contract.errors import BadRequest, ModelUnavailable, is_out_of_memory
-from engine.models import resolve_ref
-from engine.pipelines import decode_depth, decode_rgb
+from engine.models.refs import resolve_ref
+from engine.models.pipelines import decode_depth, decode_rgb
 from engine.contract.schema import CoherenceSpec, FrameSpec, field_path
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .callbacks import CancelCallback, LatentBlendCallback
-from .models import ModelRef, Progress, load_base, load_controlnet, load_lora
+from .refs import ModelRef, Progress, load_base, load_controlnet, load_lora
 
 if TYPE_CHECKING:
     import torch
@@ -187,7 +187,7 @@ class LoadedModels:
 
     def compiled_modules(self) -> list[Any]:
         return [m for m in [self.base.unet, *self.nets.values()] if getattr(m, "_compiled_call_impl", None)]
-    # Other modules loaded beside this pipeline (the draft tier's tiny VAEs: engine/draft.py).
+    # Other modules loaded beside this pipeline (the draft tier's tiny VAEs: engine/models/draft.py).
     extras: dict[str, Any] = field(default_factory=dict)
 
     def img2img_variant(self, active_nets: tuple[str, ...]) -> Any:
@@ -454,7 +454,7 @@ class BatchSettings:
     weights: dict[str, float]
     control_start: float
     control_end: float
-    # Per-frame text embeddings (prompt travel, engine/prompt_blend.py): when set they
+    # Per-frame text embeddings (prompt travel, engine/models/prompt_blend.py): when set they
     # replace prompt/negative_prompt, one row per frame of the batch.
     prompt_embeds: dict[str, Any] | None = None
 
@@ -525,7 +525,7 @@ def _call_models(models: LoadedModels, pipe: Any, cancel: CancelCallback, **kwar
     try:
         result = cancel.call(pipe, **kwargs)
     except Exception as exc:
-        from .contract.errors import EngineFault, is_out_of_memory
+        from ..contract.errors import EngineFault, is_out_of_memory
 
         if not first or is_out_of_memory(exc) or isinstance(exc, EngineFault):
             raise  # a request's own error or memory: not the compiler's

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .contract.errors import BadRequest, ModelUnavailable
-from .models import PICKLE_SUFFIXES
+from ..contract.errors import BadRequest, ModelUnavailable
+from .refs import PICKLE_SUFFIXES
 
 logger = logging.getLogger(__name__)
 

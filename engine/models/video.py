@@ -1,6 +1,6 @@
 """Video-model pipelines: Wan VACE (``WanVACEPipeline``) and AnimateDiff ControlNet (SD 1.5).
 
-A loaded video model runs one *window* of a shot at a time (engine/windows.py plans
+A loaded video model runs one *window* of a shot at a time (engine/models/windows.py plans
 them, engine/video_jobs.py chains them). Per window it gets the control video (depth,
 pose or both drawn together, ``control_frames``), the kept frames at its start (the
 previous window's last generated frames, masked as given) and the reference images,
@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .callbacks import CancelCallback
-from .contract.errors import BadRequest
-from .models import ModelRef, Progress, load_with_fallback
+from ..contract.errors import BadRequest
+from .refs import ModelRef, Progress, load_with_fallback
 
 if TYPE_CHECKING:
     pass
@@ -115,7 +115,7 @@ def load_video(key: VideoKey, refs: dict[str, ModelRef | None], progress: Progre
     else:
         from diffusers import AnimateDiffControlNetPipeline, DDIMScheduler, MotionAdapter, MultiControlNetModel
 
-        from .models import load_base, load_controlnet
+        from .refs import load_base, load_controlnet
 
         adapter_ref = refs["motion_adapter"]
         assert adapter_ref is not None

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .contract.errors import BadRequest, EngineFault, ModelUnavailable, is_out_of_memory
+from ..contract.errors import BadRequest, EngineFault, ModelUnavailable, is_out_of_memory
 
 if TYPE_CHECKING:
     import torch

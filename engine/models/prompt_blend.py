@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-    from .contract.schedule import FrameValues
+    from ..contract.schedule import FrameValues
 
 logger = logging.getLogger(__name__)
 

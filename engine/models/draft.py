@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .contract.errors import BadRequest
-from .models import HUB_ID_RE, PICKLE_SUFFIXES, ModelRef, Progress, load_with_fallback, resolve_ref
-from .contract.schema import DraftSpec, JobRequest
+from ..contract.errors import BadRequest
+from .refs import HUB_ID_RE, PICKLE_SUFFIXES, ModelRef, Progress, load_with_fallback, resolve_ref
+from ..contract.schema import DraftSpec, JobRequest
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class DraftTier:
         """
         from diffusers import LCMScheduler, TCDScheduler
 
-        from .identity import load_lora_adapter
+        from ..identity import load_lora_adapter
 
         def progress(phase: str, detail: dict[str, Any]) -> None:
             job.phase, job.detail = phase, detail
