@@ -109,7 +109,7 @@ def generate_and_measure(out: Path, models_dir: Path, steps: int, only: list[str
 
     sys.path.insert(0, str(ROOT))
     from engine import coherence
-    from engine.jobs import JobManager
+    from engine.jobs.manager import JobManager
     from engine.metrics import measure_take
     from engine.contract.schema import JobRequest
     from engine.storage import Storage

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from engine import identity as identity_module  # noqa: E402
 from engine import regional  # noqa: E402
-from engine.jobs import JobManager  # noqa: E402
+from engine.jobs.manager import JobManager  # noqa: E402
 from engine.contract.schema import JobRequest  # noqa: E402
 from engine.storage import Storage  # noqa: E402
 

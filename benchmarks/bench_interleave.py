@@ -94,7 +94,7 @@ def _wait(jobs: list[Any], timeout: float = 3600.0) -> None:
 def run_shots(data_dir: Path, models: dict[str, str], shots: int, frames: int, size: int, steps: int,
               device: str, interleave: bool) -> tuple[list[Any], float, Any]:
     """The shots on a fresh engine; returns (jobs, seconds without model loading, storage)."""
-    from engine.jobs import JobManager
+    from engine.jobs.manager import JobManager
     from engine.storage import Storage
 
     storage = Storage(data_dir)

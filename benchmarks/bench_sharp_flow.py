@@ -58,7 +58,7 @@ def run(out: Path, models: Path, frames: int, steps: int, only: list[str] | None
     import analytic_pan as pan
 
     from engine import coherence
-    from engine.jobs import JobManager
+    from engine.jobs.manager import JobManager
     from engine.metrics import measure_take
     from engine.contract.schema import JobRequest
     from engine.storage import Storage

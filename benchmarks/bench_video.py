@@ -70,7 +70,7 @@ def metrics_mode(args: argparse.Namespace) -> int:
     import numpy as np
     from bench_coherence import PROMPTS, maps_source
 
-    from engine.jobs import JobManager
+    from engine.jobs.manager import JobManager
     from engine.metrics import measure_take
     from engine.contract.schema import JobRequest
     from engine.storage import Storage
@@ -169,7 +169,7 @@ def throughput_mode(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
-    from engine.jobs import JobManager
+    from engine.jobs.manager import JobManager
     from engine.contract.schema import JobRequest
     from engine.storage import Storage
 

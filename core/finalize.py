@@ -5,7 +5,7 @@ Main-thread ends (bpy): `collect_finalize` renders the control maps at the new s
 `generate.run_shot` runs on any thread exactly like generation (upload by content, poll,
 frames into a new take folder as they finish, cancel keeps them, the same request
 resumes). `place_final` puts the final take above the approved one, scaled to fit the
-scene. The engine side: engine/finalize.py.
+scene. The engine side: engine/jobs/finalize.py.
 """
 
 from __future__ import annotations

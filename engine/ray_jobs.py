@@ -26,7 +26,7 @@ from typing import Any
 
 from .coherence import make_strategy
 from .contract.errors import EngineFault, OutOfMemory
-from .jobs import Job, JobManager
+from .jobs.manager import Job, JobManager
 from .models.pipelines import NET_ORDER
 from .contract.schema import FrameSpec
 from .storage import Storage, atomic_write

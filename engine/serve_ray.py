@@ -24,7 +24,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from .contract.errors import EngineFault
-from .jobs import JobManager
+from .jobs.manager import JobManager
 from .ray_config import RayEngineConfig
 from .ray_jobs import RayJobManager, write_unit_status
 from .contract.schema import JobRequest

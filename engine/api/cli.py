@@ -121,7 +121,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from ..models import refs as models
     from .auth import Tokens
-    from ..jobs import JobManager
+    from ..jobs.manager import JobManager
     from .server import create_app
     from ..storage import Storage, clean_temporary, default_data_dir
 

@@ -115,7 +115,7 @@ class CharacterSpec(_Strict):
 
 
 class FinalizeSpec(_Strict):
-    """Finalize Take (engine/finalize.py): enlarge each frame's ``source`` to width x height, then detail it.
+    """Finalize Take (engine/jobs/finalize.py): enlarge each frame's ``source`` to width x height, then detail it.
 
     ``upscaler``: a .safetensors super-resolution model on the engine machine (spandrel reads
     Real-ESRGAN, SwinIR, HAT, ...), or None for plain Lanczos resizing. ``detail_strength``:

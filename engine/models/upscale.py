@@ -1,6 +1,6 @@
 """Upscalers for Finalize Take: a super-resolution model read by spandrel, or plain resizing.
 
-Finalize Take (engine/finalize.py) first enlarges each approved frame to the delivery size,
+Finalize Take (engine/jobs/finalize.py) first enlarges each approved frame to the delivery size,
 then runs a low-strength detail pass. The enlargement is either:
 - a super-resolution model file (Real-ESRGAN RRDBNet, Real-ESRGAN Compact, SwinIR, HAT, ...:
   any architecture spandrel recognises from its weights), read from ``.safetensors`` only:

@@ -1,7 +1,7 @@
 """Video-model pipelines: Wan VACE (``WanVACEPipeline``) and AnimateDiff ControlNet (SD 1.5).
 
 A loaded video model runs one *window* of a shot at a time (engine/models/windows.py plans
-them, engine/video_jobs.py chains them). Per window it gets the control video (depth,
+them, engine/jobs/video.py chains them). Per window it gets the control video (depth,
 pose or both drawn together, ``control_frames``), the kept frames at its start (the
 previous window's last generated frames, masked as given) and the reference images,
 and returns uint8 frames cropped back to the requested size.

@@ -15,10 +15,10 @@ import pytest
 from engine_testlib import depth_png, make_job
 from safetensors.torch import load_file, save_file
 
-from engine import jobs as jobs_module
+from engine.jobs import manager as jobs_module
 from engine.models.draft import DEFAULT_LORAS, draft_request, resolve_lora
 from engine.contract.errors import EngineFault
-from engine.jobs import JobManager
+from engine.jobs.manager import JobManager
 from engine.contract.schema import JobRequest
 from engine.storage import Storage
 

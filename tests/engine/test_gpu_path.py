@@ -41,7 +41,7 @@ def _png(array: np.ndarray) -> bytes:
 def run_jobs(tmp: Path, speed: Any, bodies: list[Any]) -> tuple[list[np.ndarray], list[Any]]:
     """Run ``bodies`` (callables storage -> request dict) one after another on an in-process
     JobManager with ``speed``; returns frame 1 of each and the jobs."""
-    from engine.jobs import JobManager
+    from engine.jobs.manager import JobManager
     from engine.contract.schema import JobRequest
     from engine.storage import Storage
 
@@ -120,7 +120,7 @@ def test_options_from_the_environment_and_bad_values() -> None:
 
 def test_precision_enters_the_frame_keys_and_the_speed_options_do_not(tiny_models: dict[str, str],
                                                                      tmp_path: Path) -> None:
-    from engine.jobs import JobManager
+    from engine.jobs.manager import JobManager
     from engine.models.pipelines import SpeedOptions
     from engine.contract.schema import JobRequest
     from engine.storage import Storage

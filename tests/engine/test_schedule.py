@@ -13,7 +13,7 @@ import pytest
 
 from engine import ALGORITHM_VERSION
 from engine.coherence import IndependentCoherence, make_strategy
-from engine.jobs import JobManager
+from engine.jobs.manager import JobManager
 from engine.models.pipelines import PipelineKey
 from engine.contract.schedule import describe_frames, frame_values, job_warnings
 from engine.contract.schema import JobRequest

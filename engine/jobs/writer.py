@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .models.pipelines import encode_png
+from ..models.pipelines import encode_png
 
 if TYPE_CHECKING:
-    from .storage import Storage
+    from ..storage import Storage
 
 logger = logging.getLogger(__name__)
 

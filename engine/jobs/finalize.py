@@ -29,14 +29,23 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .coherence import FLOW_METHOD, Carried, ColorStats, FlowCoherence, FlowMethod, color_stats, high_band, low_pass
-from .models.refs import _fingerprint
-from .models.upscale import check_upscaler_path, enlarge, load_upscaler
+from ..coherence import (
+    FLOW_METHOD,
+    Carried,
+    ColorStats,
+    FlowCoherence,
+    FlowMethod,
+    color_stats,
+    high_band,
+    low_pass,
+)
+from ..models.refs import _fingerprint
+from ..models.upscale import check_upscaler_path, enlarge, load_upscaler
 
 if TYPE_CHECKING:
-    from .jobs import Job, JobManager
-    from .models.pipelines import BatchSettings, LoadedModels
-    from .contract.schema import FrameSpec, JobRequest
+    from .manager import Job, JobManager
+    from ..models.pipelines import BatchSettings, LoadedModels
+    from ..contract.schema import FrameSpec, JobRequest
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +79,7 @@ def run_finalize(manager: JobManager, job: Job, models: LoadedModels, settings: 
     """Worker thread: the steps of the module docstring for every frame not already cached."""
     from PIL import Image
 
-    from .models.pipelines import encode_png, run_img2img
+    from ..models.pipelines import encode_png, run_img2img
 
     request = job.request
     spec = request.finalize

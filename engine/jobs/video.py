@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import ALGORITHM_VERSION
-from .contract.errors import BadRequest, OutOfMemory, is_out_of_memory
-from .flow import depth_offset, flow_masks, warp
-from .models.refs import ModelRef, resolve_ref
-from .models.pipelines import dtype_name, encode_png
-from .contract.schema import JobRequest
-from .storage import canonical_hash
-from .models.video import (
+from .. import ALGORITHM_VERSION
+from ..contract.errors import BadRequest, OutOfMemory, is_out_of_memory
+from ..flow import depth_offset, flow_masks, warp
+from ..models.refs import ModelRef, resolve_ref
+from ..models.pipelines import dtype_name, encode_png
+from ..contract.schema import JobRequest
+from ..storage import canonical_hash
+from ..models.video import (
     FRAME_RULES,
     LoadedVideo,
     VideoKey,
@@ -42,10 +42,10 @@ from .models.video import (
     pad_to,
     run_window,
 )
-from .models.windows import SizePlan, Window, WindowPlan, plan_size, plan_windows
+from ..models.windows import SizePlan, Window, WindowPlan, plan_size, plan_windows
 
 if TYPE_CHECKING:
-    from .jobs import Job, JobManager
+    from .manager import Job, JobManager
 
 logger = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from . import ALGORITHM_VERSION
-from .characters import FrameRegions, check_characters, frame_regions, identity_cache_inputs
-from .coherence import (
+from .. import ALGORITHM_VERSION
+from ..characters import FrameRegions, check_characters, frame_regions, identity_cache_inputs
+from ..coherence import (
     Carried,
     CoherenceStrategy,
     ColorStats,
@@ -32,15 +32,15 @@ from .coherence import (
     color_stats,
     make_strategy,
 )
-from .models.draft import DraftTier, check_draft, draft_request
-from .models.draft import cache_inputs as draft_inputs
-from .contract.errors import BadRequest, EngineFault, NotFound, OutOfMemory, is_out_of_memory
+from ..models.draft import DraftTier, check_draft, draft_request
+from ..models.draft import cache_inputs as draft_inputs
+from ..contract.errors import BadRequest, EngineFault, NotFound, OutOfMemory, is_out_of_memory
 from .finalize import cache_inputs as finalize_inputs
 from .finalize import finalize_strategy, run_finalize
-from .identity import IdentityPlan
-from .ip_adapter import IpAdapterRef, resolve_ip_adapter
-from .models.refs import ModelRef, resolve_ref
-from .models.pipelines import (
+from ..identity import IdentityPlan
+from ..ip_adapter import IpAdapterRef, resolve_ip_adapter
+from ..models.refs import ModelRef, resolve_ref
+from ..models.pipelines import (
     NET_ORDER,
     BatchSettings,
     LoadedModels,
@@ -54,11 +54,11 @@ from .models.pipelines import (
     run_batch,
     run_img2img,
 )
-from .models.prompt_blend import PromptEmbeddings
-from .contract.schedule import FrameValues, frame_values, job_warnings
-from .contract.schema import FrameSpec, JobRequest
-from .storage import Storage, canonical_hash
-from .models.upscale import check_upscaler_path
+from ..models.prompt_blend import PromptEmbeddings
+from ..contract.schedule import FrameValues, frame_values, job_warnings
+from ..contract.schema import FrameSpec, JobRequest
+from ..storage import Storage, canonical_hash
+from ..models.upscale import check_upscaler_path
 from .writer import FrameWriter
 
 logger = logging.getLogger(__name__)
@@ -290,7 +290,7 @@ class JobManager:
     def submit(self, request: JobRequest) -> Job:
         """Check the request against the engine's state, compute cache keys, queue it."""
         if request.generator == "VIDEO":
-            from .video_jobs import submit_video
+            from .video import submit_video
 
             return self._register(submit_video(self, request))
         # 0. Draft tier (engine/models/draft.py): its references checked, its steps and guidance in the request.
@@ -307,7 +307,7 @@ class JobManager:
         # 2. Control maps must have been uploaded.
         # FLOW reads the flow maps too; INDEPENDENT accepts and ignores them.
         names = ("depth", "pose", "flow") if request.coherence.mode == "FLOW" else ("depth", "pose")
-        if request.finalize is not None:  # Finalize Take (engine/finalize.py): flow and the approved frames
+        if request.finalize is not None:  # Finalize Take (engine/jobs/finalize.py): flow and the approved frames
             names = ("depth", "pose", "flow", "source")
         for i, frame in enumerate(request.frames):
             for name in names:
@@ -560,7 +560,7 @@ class JobManager:
         """
         request = job.request
         if request.generator == "VIDEO":
-            from .video_jobs import run_video
+            from .video import run_video
 
             run_video(self, job)
             return
