@@ -10,7 +10,7 @@ to find where the change outside A comes from.
 Methods:
 - ``attention+bounded-self``: masked cross-attention and bounded self-attention (a character's cells
   never attended to by another's or the background); measured no better, off in the engine.
-- ``attention``: masked cross-attention only: the engine's method (engine/regional.py).
+- ``attention``: masked cross-attention only: the engine's method (engine/characters/regional.py).
 - ``composition``: noise-prediction composition: the UNet runs once per region (shot prompt
   alone for the background, shot prompt + character k for region k) and the predictions
   are combined by the masks (MultiDiffusion-style); K+1 UNet passes per step.
@@ -37,8 +37,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine import identity as identity_module  # noqa: E402
-from engine import regional  # noqa: E402
+from engine.characters import identity as identity_module  # noqa: E402
+from engine.characters import regional  # noqa: E402
 from engine.jobs.manager import JobManager  # noqa: E402
 from engine.contract.schema import JobRequest  # noqa: E402
 from engine.storage import Storage  # noqa: E402

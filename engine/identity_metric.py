@@ -144,7 +144,7 @@ def identity_lines(takes: list[Path], encoder: Any, encoder_label: str, max_crop
 
 def default_encoder(takes: list[Path]) -> str | None:
     """The image encoder the takes were made with (their settings), if any."""
-    from .ip_adapter import resolve_ip_adapter
+    from .characters.ip_adapter import resolve_ip_adapter
 
     for take in takes:
         path = take / "take.json"
@@ -166,7 +166,7 @@ def load_encoder(value: str) -> Any:
     """A CLIP vision encoder from a folder or a Hub id (safetensors only), on the CPU."""
     import torch
 
-    from .ip_adapter import load_image_encoder
+    from .characters.ip_adapter import load_image_encoder
     from .models.refs import ModelRef
 
     path = Path(value).expanduser()

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .. import ALGORITHM_VERSION
-from ..characters import FrameRegions, check_characters, frame_regions, identity_cache_inputs
+from ..characters.inputs import FrameRegions, check_characters, frame_regions, identity_cache_inputs
 from ..coherence import (
     Carried,
     CoherenceStrategy,
@@ -37,8 +37,8 @@ from ..models.draft import cache_inputs as draft_inputs
 from ..contract.errors import BadRequest, EngineFault, NotFound, OutOfMemory, is_out_of_memory
 from .finalize import cache_inputs as finalize_inputs
 from .finalize import finalize_strategy, run_finalize
-from ..identity import IdentityPlan
-from ..ip_adapter import IpAdapterRef, resolve_ip_adapter
+from ..characters.identity import IdentityPlan
+from ..characters.ip_adapter import IpAdapterRef, resolve_ip_adapter
 from ..models.refs import ModelRef, resolve_ref
 from ..models.pipelines import (
     NET_ORDER,
@@ -317,7 +317,7 @@ class JobManager:
                         f"frames[{i}].{name}: blob {sha} is not on the engine; upload it first with "
                         f"PUT /blobs/{sha}", field=f"frames[{i}].{name}", code="missing_blob",
                     )
-        # 2b. Characters, references, masks and the film look (engine/characters.py).
+        # 2b. Characters, references, masks and the film look (engine/characters/inputs.py).
         char_loras = check_characters(request, self.storage)
         ip_ref: IpAdapterRef | None = None
         if spec.ip_adapter and (request.style_reference or any(c.references for c in request.characters)):

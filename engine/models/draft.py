@@ -148,7 +148,7 @@ class DraftTier:
         """
         from diffusers import LCMScheduler, TCDScheduler
 
-        from ..identity import load_lora_adapter
+        from ..characters.identity import load_lora_adapter
 
         def progress(phase: str, detail: dict[str, Any]) -> None:
             job.phase, job.detail = phase, detail

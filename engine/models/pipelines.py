@@ -147,7 +147,7 @@ class LoadedModels:
     variants: dict[tuple[str, ...], Any] = field(default_factory=dict)
     img2img_variants: dict[tuple[str, ...], Any] = field(default_factory=dict)
     active: Any = None
-    # IP-Adapters loaded into this pipeline, by identity (engine/ip_adapter.py); issue 9.
+    # IP-Adapters loaded into this pipeline, by identity (engine/characters/ip_adapter.py); issue 9.
     ip_adapters: dict[str, Any] = field(default_factory=dict)
     # GPU path: attention processors saved before fusing QKV (to unfuse for character jobs),
     # the call shapes already compiled, the compile failure (then eager), and the running job's
@@ -160,10 +160,10 @@ class LoadedModels:
     def set_fused(self, fused: bool) -> None:
         """Fused or separate QKV projections; worker thread, before a call.
 
-        LoRA adapters (character LoRAs, engine/identity.py; distillation LoRAs) are PEFT layers
+        LoRA adapters (character LoRAs, engine/characters/identity.py; distillation LoRAs) are PEFT layers
         on to_q/to_k/to_v, which a fused to_qkv would bypass: ``_call_models`` runs unfused
         while the UNet has adapters. Only the stock processors are swapped, so processors a job
-        installed for the call (regional prompts, IP-Adapter: engine/regional.py, which read
+        installed for the call (regional prompts, IP-Adapter: engine/characters/regional.py, which read
         to_q/to_k/to_v themselves) stay. The fused weights are made once at load (after the base
         LoRA is fused in) and PEFT keeps the base weights, so switching is only a processor swap,
         with the same processor objects (a compiled graph is not invalidated by new ones).
@@ -478,7 +478,7 @@ def run_batch(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[str
 
     ``on_step(step)`` runs after every denoising step and returns True to cancel, which
     stops the loop within that step (``callbacks.CancelCallback``). ``extra``: more pipeline
-    arguments (engine/identity.py); with ``prompt_embeds`` in it, the prompts are not passed
+    arguments (engine/characters/identity.py); with ``prompt_embeds`` in it, the prompts are not passed
     as text. Worker thread.
     """
     import torch
@@ -510,7 +510,7 @@ def _call_models(models: LoadedModels, pipe: Any, cancel: CancelCallback, **kwar
     one warning and the call runs again from the same noise, so the job does not fail.
     """
     # Separate projections while LoRA adapters are loaded (set_fused); regional and IP-Adapter
-    # processors (engine/regional.py) read to_q/to_k/to_v themselves, which stay in place.
+    # processors (engine/characters/regional.py) read to_q/to_k/to_v themselves, which stay in place.
     models.set_fused(not getattr(models.base.unet, "peft_config", None))
     if not models.compiled_modules():
         return cancel.call(pipe, **kwargs)
@@ -543,7 +543,7 @@ def _call_models(models: LoadedModels, pipe: Any, cancel: CancelCallback, **kwar
 
 def _prompt_kwargs(extra: dict[str, Any] | None, prompts: dict[str, Any]) -> dict[str, Any]:
     """The batch's prompts (text, or prompt-travel embeddings), unless ``extra`` brings its own
-    embeddings (regional prompts, engine/identity.py); ``extra``'s other arguments are added."""
+    embeddings (regional prompts, engine/characters/identity.py); ``extra``'s other arguments are added."""
     if extra and "prompt_embeds" in extra:
         return dict(extra)
     return {**prompts, **(extra or {})}

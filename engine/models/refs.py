@@ -323,7 +323,7 @@ def load_lora(pipe: Any, ref: ModelRef, scale: float) -> None:
     try:
         pipe.load_lora_weights(ref.value, adapter_name="viewfinder")
         pipe.fuse_lora(lora_scale=scale, adapter_names=["viewfinder"])
-        # Keep the fused weights, drop the adapter layers: character LoRAs (engine/identity.py)
+        # Keep the fused weights, drop the adapter layers: character LoRAs (engine/characters/identity.py)
         # are mixed per job with set_adapters, which would otherwise unmerge this one.
         pipe.unload_lora_weights()
     except Exception as exc:  # noqa: BLE001

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from .contract.errors import BadRequest, EngineFault
-from .models.refs import ModelRef, resolve_ref
-from .contract.schema import MAX_CHARACTERS, CharacterSpec, JobRequest
-from .storage import Storage
+from ..contract.errors import BadRequest, EngineFault
+from ..models.refs import ModelRef, resolve_ref
+from ..contract.schema import MAX_CHARACTERS, CharacterSpec, JobRequest
+from ..storage import Storage
 
 logger = logging.getLogger(__name__)
 

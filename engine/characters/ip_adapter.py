@@ -6,7 +6,7 @@ CLIP vision folder (local, or ``<owner>/<repo>[/<subfolder>]``); when none is gi
 looks next to the IP-Adapter (``image-encoder``/``image_encoder``, the h94 layout).
 diffusers' ``load_ip_adapter`` reads the weights; the engine then takes the adapter's image
 projection and per-layer ``to_k_ip``/``to_v_ip`` out of the UNet again, so jobs without
-references run the stock UNet, and ``engine/regional.py`` puts them back for a call.
+references run the stock UNet, and ``engine/characters/regional.py`` puts them back for a call.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .contract.errors import BadRequest, EngineFault, is_out_of_memory
-from .models.refs import PICKLE_SUFFIXES, ModelRef, Progress, _fingerprint, load_with_fallback
+from ..contract.errors import BadRequest, EngineFault, is_out_of_memory
+from ..models.refs import PICKLE_SUFFIXES, ModelRef, Progress, _fingerprint, load_with_fallback
 
 logger = logging.getLogger(__name__)
 

@@ -216,7 +216,7 @@ def style_layer_names(unet: Any) -> set[str]:
 def installed(unet: Any, nets: list[Any], state: RegionState, ip: Any = None) -> Iterator[None]:
     """Swap in regional processors (and the IP-Adapter's image projection) for one call; restore after.
 
-    ``ip`` is the loaded IP-Adapter (``engine.ip_adapter.IpAdapter``) or None.
+    ``ip`` is the loaded IP-Adapter (``engine.characters.ip_adapter.IpAdapter``) or None.
     """
     saved = [(module, module.attn_processors) for module in [unet, *nets]]
     styled = style_layer_names(unet)
