@@ -10,7 +10,7 @@
    one job per shot and variant, same models, prompt and seed. Tiny random-weight models by
    default (``make-tiny-models``); ``--models DIR`` takes a folder with ``sd15``,
    ``controlnet-depth`` and ``controlnet-pose`` (real weights: see engine/COHERENCE.md).
-3. Metrics: ``engine.metrics.measure_take`` on each take (what ``python -m engine metrics``
+3. Metrics: ``engine.metrics.take.measure_take`` on each take (what ``python -m engine metrics``
    prints), one table row per variant and shot, and overall (frame-weighted mean).
 """
 
@@ -84,7 +84,7 @@ def render_maps(out: Path, long_edge: int) -> None:
 
 def variants() -> dict[str, tuple[dict, object | None]]:
     """name -> (coherence request, FlowMethod override)."""
-    from engine.coherence import BLURRY_FLOW_METHOD, FLOW_METHOD, FlowMethod
+    from engine.coherence.strategies import BLURRY_FLOW_METHOD, FLOW_METHOD, FlowMethod
 
     flow = {"mode": "FLOW", "strength": 0.55, "keyframe_interval": 0}
     plain = FlowMethod(keep_until=0.0, paste=0.0, color_match=True)
@@ -108,9 +108,9 @@ def generate_and_measure(out: Path, models_dir: Path, steps: int, only: list[str
     import numpy as np
 
     sys.path.insert(0, str(ROOT))
-    from engine import coherence
+    from engine.coherence import strategies as coherence
     from engine.jobs.manager import JobManager
-    from engine.metrics import measure_take
+    from engine.metrics.take import measure_take
     from engine.contract.schema import JobRequest
     from engine.storage import Storage
 

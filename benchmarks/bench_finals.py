@@ -45,7 +45,7 @@ def frames_of(width: int, height: int, count: int):
 
 
 def bench_upscale(width: int, height: int, count: int, device: str, preset: str, models: Path) -> list[dict]:
-    from engine.metrics import hf_energy
+    from engine.metrics.take import hf_energy
     from engine.models.upscale import enlarge, load_upscaler, write_upscalers
 
     paths = write_upscalers(models / f"upscalers-{preset}", preset=preset)

@@ -5,7 +5,7 @@
 The cheap half of the measurement that chose FLOW's method (engine/COHERENCE.md, "Sharp
 FLOW"); ``bench_coherence.py`` runs the chosen ones on the demo film. Each variant is one
 job on the engine's own ``JobManager`` in this process (tiny random-weight models from
-``make-tiny-models``, CPU), written out as a take and measured by ``engine.metrics``
+``make-tiny-models``, CPU), written out as a take and measured by ``engine.metrics.take``
 (what ``python -m engine metrics`` prints).
 """
 
@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 def variants() -> dict[str, tuple[dict, object | None]]:
     """name -> (coherence request, FlowMethod override); the same list bench_coherence.py offers."""
-    from engine.coherence import BLURRY_FLOW_METHOD, FLOW_METHOD
+    from engine.coherence.strategies import BLURRY_FLOW_METHOD, FLOW_METHOD
 
     flow = {"mode": "FLOW", "strength": 0.55, "keyframe_interval": 0}
     before = BLURRY_FLOW_METHOD
@@ -57,9 +57,9 @@ def variants() -> dict[str, tuple[dict, object | None]]:
 def run(out: Path, models: Path, frames: int, steps: int, only: list[str] | None) -> list[dict]:
     import analytic_pan as pan
 
-    from engine import coherence
+    from engine.coherence import strategies as coherence
     from engine.jobs.manager import JobManager
-    from engine.metrics import measure_take
+    from engine.metrics.take import measure_take
     from engine.contract.schema import JobRequest
     from engine.storage import Storage
 

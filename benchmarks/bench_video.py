@@ -9,7 +9,7 @@ Metrics mode:
 2. One job per shot and variant through the engine's own ``JobManager`` (the code an HTTP job
    runs), same prompt and seed: IMAGE FLOW (the default method), and VIDEO with each control
    video (DEPTH, POSE, DEPTH_POSE). Windows of ``--window`` frames so the 24-frame shots have seams.
-3. ``engine.metrics.measure_take`` on each take (what ``python -m engine metrics`` prints), plus
+3. ``engine.metrics.take.measure_take`` on each take (what ``python -m engine metrics`` prints), plus
    the warp error of seam frames (a window's first new frame) against frames inside windows.
 With tiny random-weight models (the default) this shows the plumbing, not quality.
 
@@ -71,7 +71,7 @@ def metrics_mode(args: argparse.Namespace) -> int:
     from bench_coherence import PROMPTS, maps_source
 
     from engine.jobs.manager import JobManager
-    from engine.metrics import measure_take
+    from engine.metrics.take import measure_take
     from engine.contract.schema import JobRequest
     from engine.storage import Storage
     from engine.models.windows import plan_windows

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .coherence import make_strategy
+from .coherence.strategies import make_strategy
 from .contract.errors import EngineFault, OutOfMemory
 from .jobs.manager import Job, JobManager
 from .models.pipelines import NET_ORDER

@@ -276,7 +276,7 @@ def cmd_make_tiny_models(args: argparse.Namespace) -> int:
 def cmd_metrics(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..metrics import find_takes, measure_take, take_label
+    from ..metrics.take import find_takes, measure_take, take_label
 
     takes = find_takes([Path(p) for p in args.paths])
     if not takes:
@@ -296,9 +296,9 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def cmd_identity(args: argparse.Namespace, takes: list) -> int:  # type: ignore[type-arg]
-    """Identity similarity per character across shots (engine/identity_metric.py)."""
+    """Identity similarity per character across shots (engine/metrics/identity.py)."""
     from ..contract.errors import EngineFault
-    from ..identity_metric import any_characters, default_encoder, identity_lines, load_encoder
+    from ..metrics.identity import any_characters, default_encoder, identity_lines, load_encoder
 
     if not any_characters(takes):
         return 0

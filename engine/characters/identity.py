@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .inputs import FrameRegions, read_image
-from ..coherence import ColorStats, color_stats
+from ..coherence.strategies import ColorStats, color_stats
 from ..contract.errors import BadRequest, EngineFault, is_out_of_memory
 from .ip_adapter import IpAdapter, IpAdapterRef, load_ip_adapter, reference_embeds
 from ..models.refs import ModelRef, Progress
@@ -156,7 +156,7 @@ class IdentityPlan:
 
     def finish(self, image: np.ndarray) -> np.ndarray:
         """Colour held to the film's palette reference (per-channel mean/std), when one is set."""
-        from ..coherence import match_color
+        from ..coherence.strategies import match_color
 
         return match_color(image, self.palette) if self.palette is not None else image
 

@@ -147,7 +147,7 @@ class DraftSpec(_Strict):
 
 
 class CoherenceSpec(_Strict):
-    """How the frames of a shot relate (engine/coherence.py, engine/COHERENCE.md).
+    """How the frames of a shot relate (engine/coherence/strategies.py, engine/COHERENCE.md).
 
     INDEPENDENT: every frame on its own with the shot seed. FLOW: each frame starts from
     the previous generated frame warped along the exact flow (img2img at ``strength``),

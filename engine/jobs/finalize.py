@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..coherence import (
+from ..coherence.strategies import (
     FLOW_METHOD,
     Carried,
     ColorStats,

@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import ALGORITHM_VERSION
 from ..characters.inputs import FrameRegions, check_characters, frame_regions, identity_cache_inputs
-from ..coherence import (
+from ..coherence.strategies import (
     Carried,
     CoherenceStrategy,
     ColorStats,

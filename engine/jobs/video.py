@@ -8,7 +8,7 @@ the kept frames at a window's start are read back from the frame cache, so memor
 flat with shot length, and each window's frames reach the cache as soon as it finishes.
 
 At a seam, window k+1's first ``blend_frames`` new frames are blended with the previous
-frame carried along the exact flow (engine/flow.py), on the pixels the warp can carry, with
+frame carried along the exact flow (engine/coherence/flow.py), on the pixels the warp can carry, with
 weights falling from ``B/(B+1)`` to ``1/(B+1)``: the seam eases into the new window.
 """
 
@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import ALGORITHM_VERSION
 from ..contract.errors import BadRequest, OutOfMemory, is_out_of_memory
-from ..flow import depth_offset, flow_masks, warp
+from ..coherence.flow import depth_offset, flow_masks, warp
 from ..models.refs import ModelRef, resolve_ref
 from ..models.pipelines import dtype_name, encode_png
 from ..contract.schema import JobRequest

@@ -14,7 +14,7 @@ import torch
 from engine_testlib import A_ID, B_ID, png_bytes, two_character_mask
 
 from engine.characters.inputs import identity_cache_inputs, owner_map
-from engine.identity_metric import crop_box, cross_shot_similarity
+from engine.metrics.identity import crop_box, cross_shot_similarity
 from engine.characters.regional import IpSlot, RegionalAttnProcessor, RegionState
 from engine.contract.schema import CharacterSpec, JobRequest
 
@@ -171,7 +171,7 @@ def test_style_slot_acts_only_in_style_layers(tiny_models: dict[str, str]) -> No
 
 def test_takes_without_the_bible_are_matched_by_rig_name(tmp_path: Path) -> None:
     """No characters in take.json (a run without the bible): the legend's character entries give the crops."""
-    from engine.identity_metric import collect_crops, take_characters
+    from engine.metrics.identity import collect_crops, take_characters
 
     mask = two_character_mask()
     take = _write_take(tmp_path, "010_pan", {1: np.zeros((64, 64, 3), np.uint8)}, mask)

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from engine_testlib import depth_png, make_job
 
-from engine.coherence import make_strategy
+from engine.coherence.strategies import make_strategy
 from engine.ray_config import RayEngineConfig
 from engine.ray_jobs import RayJobManager, plan_units
 from engine.contract.schema import CoherenceSpec, FrameSpec, JobRequest

@@ -12,7 +12,7 @@ import hashlib
 import pytest
 
 from engine import ALGORITHM_VERSION
-from engine.coherence import IndependentCoherence, make_strategy
+from engine.coherence.strategies import IndependentCoherence, make_strategy
 from engine.jobs.manager import JobManager
 from engine.models.pipelines import PipelineKey
 from engine.contract.schedule import describe_frames, frame_values, job_warnings

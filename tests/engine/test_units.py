@@ -11,7 +11,7 @@ import pytest
 from engine_testlib import ROOT
 from PIL import Image
 
-from engine.coherence import IndependentCoherence
+from engine.coherence.strategies import IndependentCoherence
 from engine.contract.errors import BadRequest, ModelUnavailable, is_out_of_memory
 from engine.models.refs import resolve_ref
 from engine.models.pipelines import decode_depth, decode_rgb

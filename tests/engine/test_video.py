@@ -14,7 +14,7 @@ import pytest
 from engine_testlib import OOM_FRAME, read_png, wait_for
 from PIL import Image
 
-from engine.metrics import warp_error
+from engine.metrics.take import warp_error
 from engine.models.windows import plan_windows
 
 SIZE = 64

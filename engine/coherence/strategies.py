@@ -2,7 +2,7 @@
 
 ``INDEPENDENT`` seeds every frame with the shot seed and runs frames in batches.
 ``FLOW`` runs frames one at a time in timeline order: frame N starts from generated frame
-N-1 warped along the exact backward flow (``engine/flow.py``), img2img at ``strength``;
+N-1 warped along the exact backward flow (``engine/coherence/flow.py``), img2img at ``strength``;
 the pixels the warp cannot carry (disoccluded, entering the frame, background) are
 regenerated freely while carried ones are held to the warp for part of the denoising
 (latent blending), and colour is matched to the shot's first frame. Keyframes (a frame
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .flow import FlowMasks, area_scale, depth_offset, flow_masks, warp
-from .contract.schema import CoherenceSpec, FrameSpec
+from ..contract.schema import CoherenceSpec, FrameSpec
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import frame_numbers
+from .take import frame_numbers
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def identity_lines(takes: list[Path], encoder: Any, encoder_label: str, max_crop
 
 def default_encoder(takes: list[Path]) -> str | None:
     """The image encoder the takes were made with (their settings), if any."""
-    from .characters.ip_adapter import resolve_ip_adapter
+    from ..characters.ip_adapter import resolve_ip_adapter
 
     for take in takes:
         path = take / "take.json"
@@ -166,8 +166,8 @@ def load_encoder(value: str) -> Any:
     """A CLIP vision encoder from a folder or a Hub id (safetensors only), on the CPU."""
     import torch
 
-    from .characters.ip_adapter import load_image_encoder
-    from .models.refs import ModelRef
+    from ..characters.ip_adapter import load_image_encoder
+    from ..models.refs import ModelRef
 
     path = Path(value).expanduser()
     ref = ModelRef("folder", str(path.resolve()), "--identity-encoder") if path.is_dir() else \

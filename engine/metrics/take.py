@@ -2,7 +2,7 @@
 
 - **warp error**: for each pair of consecutive frames, frame N-1 warped into frame N along
   the shot's backward flow, mean absolute difference with frame N (RGB, 0..255) over the
-  pixels the warp carries (``engine.flow.flow_masks``: not disoccluded, not out of frame,
+  pixels the warp carries (``engine.coherence.flow.flow_masks``: not disoccluded, not out of frame,
   not background), averaged over the pairs of the take. Pairs across a cut (fewer than
   ``CUT_CARRIED_FRACTION`` of the pixels carried) or without flow are skipped and counted.
   A static shot that does not flicker scores 0; per-frame noise scores high.
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .flow import depth_offset, flow_masks, inverse_depth, resize_nearest, warp
+from ..coherence.flow import depth_offset, flow_masks, inverse_depth, resize_nearest, warp
 
 logger = logging.getLogger(__name__)
 
