@@ -224,7 +224,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_serve_ray(args: argparse.Namespace) -> int:
-    """The same HTTP engine on Ray Serve: worker replicas on GPUs, shots in parallel (engine/serve_ray.py)."""
+    """The same HTTP engine on Ray Serve: worker replicas on GPUs, shots in parallel (engine/ray/serve.py)."""
     token = args.token or os.environ.get("VIEWFINDER_ENGINE_TOKEN") or None
     if not is_loopback(args.host) and not token:
         print(f"error: --host {args.host} is reachable from other machines; remote engines require a "
@@ -237,7 +237,7 @@ def cmd_serve_ray(args: argparse.Namespace) -> int:
         print("error: --min-replicas must be at most --max-replicas", file=sys.stderr)
         return 2
     try:
-        from ..serve_ray import RayEngineConfig, serve_forever
+        from ..ray.serve import RayEngineConfig, serve_forever
         from ..storage import default_data_dir
     except ImportError as exc:
         print(f"error: serve-ray needs Ray Serve ({exc}): pip install -r engine/requirements-ray.txt "
@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                        "warm-up of a minute or more per image size; falls back to eager if it fails")
     serve.set_defaults(func=cmd_serve)
 
-    ray = sub.add_parser("serve-ray", help="run the HTTP engine on Ray Serve, across GPUs (engine/serve_ray.py)")
+    ray = sub.add_parser("serve-ray", help="run the HTTP engine on Ray Serve, across GPUs (engine/ray/serve.py)")
     ray.add_argument("--host", default="127.0.0.1")
     ray.add_argument("--port", type=int, default=8765)
     ray.add_argument("--token", default=None, help="required for non-loopback hosts")

@@ -257,7 +257,7 @@ def flow_batches(steps: list[FlowStep], batch_size: int) -> list[list[FlowStep]]
 class JobManager:
     """The job table, the queue and the single worker thread that owns the models."""
 
-    # Subclasses (engine/serve_ray.py's ingress) may keep more per job.
+    # Subclasses (engine/ray/serve.py's ingress) may keep more per job.
     job_class: type[Job] = Job
 
     def __init__(self, storage: Storage, default_device: str = "auto", max_pipelines: int = 1,

@@ -1,4 +1,4 @@
-"""The engine on Ray Serve (engine/serve_ray.py): a real local Ray cluster with two CPU
+"""The engine on Ray Serve (engine/ray/serve.py): a real local Ray cluster with two CPU
 replicas and tiny models, driven over HTTP by the add-on's own client.
 
 One cluster for the whole session (it takes ~30 s to start), stopped with its whole local

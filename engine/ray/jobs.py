@@ -1,7 +1,7 @@
 """The Ray Serve ingress's job table: the JobManager's submit, status and cancel, with the
 generation sent to worker replicas instead of a local thread.
 
-A job is cut into *units*, each one request for a worker replica (engine/serve_ray.py):
+A job is cut into *units*, each one request for a worker replica (engine/ray/serve.py):
 INDEPENDENT shots of at least ``split_min_frames`` frames into up to one unit per replica
 (whole batches each, so every frame sees the same batch as on one engine), FLOW shots into
 one unit, since each frame is made from the one before. Workers write frames to the shared
@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .coherence.strategies import make_strategy
-from .contract.errors import EngineFault, OutOfMemory
-from .jobs.manager import Job, JobManager
-from .models.pipelines import NET_ORDER
-from .contract.schema import FrameSpec
-from .storage import Storage, atomic_write
+from ..coherence.strategies import make_strategy
+from ..contract.errors import EngineFault, OutOfMemory
+from ..jobs.manager import Job, JobManager
+from ..models.pipelines import NET_ORDER
+from ..contract.schema import FrameSpec
+from ..storage import Storage, atomic_write
 
 logger = logging.getLogger(__name__)
 

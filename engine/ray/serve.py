@@ -23,13 +23,13 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from .contract.errors import EngineFault
-from .jobs.manager import JobManager
-from .ray_config import RayEngineConfig
-from .ray_jobs import RayJobManager, write_unit_status
-from .contract.schema import JobRequest
-from .api.server import create_app
-from .storage import Storage
+from ..contract.errors import EngineFault
+from ..jobs.manager import JobManager
+from .config import RayEngineConfig
+from .jobs import RayJobManager, write_unit_status
+from ..contract.schema import JobRequest
+from ..api.server import create_app
+from ..storage import Storage
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class Ingress:
 
 
 def build_app(args: dict[str, Any]) -> Any:
-    """The Serve application (also the ``import_path`` target of a RayService: engine.serve_ray:build_app)."""
+    """The Serve application (also the ``import_path`` target of a RayService: engine.ray.serve:build_app)."""
     cfg = RayEngineConfig(**args)
     cfg.data_dir = str(Path(cfg.data_dir).expanduser().resolve())
     Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
