@@ -81,7 +81,7 @@ class Bench:
         work = Path(tempfile.mkdtemp(prefix="bench-identity-"))
         self.models_dir = Path(models) if models else work / "models"
         if not models:
-            from engine.tiny import make_tiny_models
+            from engine.testing.tiny import make_tiny_models
 
             make_tiny_models(self.models_dir)
         self.storage = Storage(work / "data")

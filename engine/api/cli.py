@@ -255,17 +255,17 @@ def cmd_serve_ray(args: argparse.Namespace) -> int:
 
 
 def cmd_make_tiny_models(args: argparse.Namespace) -> int:
-    from ..tiny import make_tiny_models
+    from ..testing.tiny import make_tiny_models
 
     paths = make_tiny_models(args.dir, preset=args.preset, seed=args.seed)
     if args.preset == "tiny" and not args.no_video:
-        from ..tiny_video import make_tiny_video_models
+        from ..testing.tiny_video import make_tiny_video_models
 
         paths.update(make_tiny_video_models(args.dir, seed=args.seed))
     if args.wan_preset:
         from pathlib import Path
 
-        from ..tiny_video import make_wan_vace
+        from ..testing.tiny_video import make_wan_vace
 
         paths["wan_vace_" + args.wan_preset] = make_wan_vace(Path(args.dir).resolve(), args.wan_preset, args.seed)
     for role, path in paths.items():

@@ -96,7 +96,7 @@ def make_wan_vace(out: Path, preset: str = "tiny", seed: int = 0) -> Path:
 
 
 def make_motion_adapter(out: Path, seed: int = 0) -> Path:
-    """A random ``MotionAdapter`` matching the tiny SD 1.5 UNet of engine/tiny.py (blocks 32/64, 1 layer)."""
+    """A random ``MotionAdapter`` matching the tiny SD 1.5 UNet of engine/testing/tiny.py (blocks 32/64, 1 layer)."""
     import torch
     from diffusers import MotionAdapter
 
