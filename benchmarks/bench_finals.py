@@ -46,7 +46,8 @@ def frames_of(width: int, height: int, count: int):
 
 def bench_upscale(width: int, height: int, count: int, device: str, preset: str, models: Path) -> list[dict]:
     from engine.metrics.take import hf_energy
-    from engine.models.upscale import enlarge, load_upscaler, write_upscalers
+    from engine.models.upscale import enlarge, load_upscaler
+    from engine.testing.upscalers import write_upscalers
 
     paths = write_upscalers(models / f"upscalers-{preset}", preset=preset)
     frames = frames_of(width, height, count)

@@ -304,7 +304,7 @@ def make_tiny_models(out_dir: str | Path, preset: str = "tiny", seed: int = 0) -
     write_tiny_vae(PRESETS[preset], paths["tiny_vae"], seed=seed)
     components["controlnet-depth"].save_pretrained(paths["depth"], safe_serialization=True)
     components["controlnet-pose"].save_pretrained(paths["pose"], safe_serialization=True)
-    from ..models.upscale import write_upscalers
+    from .upscalers import write_upscalers
 
     paths.update(write_upscalers(out, preset="full" if preset == "sd15" else "tiny", seed=seed))
     logger.info("Wrote %s random-weight models to %s", preset, out)

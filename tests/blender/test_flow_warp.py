@@ -27,7 +27,7 @@ W, H = 128, 72
 
 
 def load_flow_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("vf_engine_flow", ROOT / "engine" / "flow.py")
+    spec = importlib.util.spec_from_file_location("vf_engine_flow", ROOT / "engine" / "coherence" / "flow.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -120,7 +120,7 @@ def test_an_object_in_two_characters_is_refused():
 
 
 def test_the_limit_matches_the_engine():
-    text = (ROOT / "engine" / "schema.py").read_text()
+    text = (ROOT / "engine" / "contract" / "schema.py").read_text()
     assert f"MAX_CHARACTERS = {characters.MAX_CHARACTERS}" in text
 
 
