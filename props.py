@@ -1,7 +1,7 @@
 """Scene settings (`scene.viewfinder`) and per-shot settings.
 
 `scene.viewfinder.shots` reads as the current shot list: it brings the stored
-list in line with the timeline markers before returning it (see core.shots).
+list in line with the timeline markers before returning it (see core.scene.shots).
 The stored collection is `shot_list`, which UI lists draw.
 """
 
@@ -19,7 +19,7 @@ from bpy.props import (
 )
 
 from . import props_characters
-from .core import shots as shots_core
+from .core.scene import shots as shots_core
 from .core.request import (  # the add-on's one copy of the model defaults
     DEFAULT_BASE,
     DEFAULT_CONTROLNET_DEPTH,
@@ -79,7 +79,7 @@ class ViewfinderPromptKey(bpy.types.PropertyGroup):
 class ViewfinderShot(bpy.types.PropertyGroup):
     """One shot. Name, camera and frame range follow the timeline markers; the rest is the user's."""
 
-    # Synced from the markers (core.shots.sync_shots); editing them has no lasting effect.
+    # Synced from the markers (core.scene.shots.sync_shots); editing them has no lasting effect.
     camera: PointerProperty(name="Camera", type=bpy.types.Object, description="Camera bound to the shot's marker")
     frame_start: IntProperty(name="Start", description="First frame (the marker's frame)")
     frame_end: IntProperty(name="End", description="Last frame (the frame before the next camera marker)")
@@ -119,7 +119,7 @@ class ViewfinderShot(bpy.types.PropertyGroup):
         name="Reference Image", subtype="FILE_PATH",
         description="VIDEO: an image of the shot's subject or look (used until the character bible supplies one)",
     )
-    # Prompt travel and per-shot guidance (core/anim_sample.py samples them per frame).
+    # Prompt travel and per-shot guidance (core/scene/anim_sample.py samples them per frame).
     prompt_keys: CollectionProperty(type=ViewfinderPromptKey, name="Prompt Keys")
     active_prompt_key_index: IntProperty(name="Active Prompt Key", default=0, min=0)
     use_guidance_scale: BoolProperty(

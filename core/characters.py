@@ -1,6 +1,6 @@
 """Characters → the engine's `characters` block for one shot (engine/API.md, i9-contract.md).
 
-Plain Python, any thread: callers (core/characters_scene.py, main thread) read
+Plain Python, any thread: callers (core/scene/characters.py, main thread) read
 the bible out of Blender into `CharacterSource`s; this module maps each
 character's objects to mask ids through the conditioning legend (meta.json),
 keeps only the characters visible somewhere in the shot, checks references

@@ -63,7 +63,7 @@ class ShotJob:
     prompts: dict[str, Any]
     settings: dict[str, Any]
     uploads: list[Path] = field(default_factory=list)  # other blobs the request names (VIDEO reference images)
-    # Animated settings (core/anim_sample.py): frame -> engine fields that differ from the job's.
+    # Animated settings (core/scene/anim_sample.py): frame -> engine fields that differ from the job's.
     frame_values: dict[int, dict[str, Any]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     blobs: dict[str, Path] = field(default_factory=dict)  # sha256 → file (reference images) to upload

@@ -24,11 +24,11 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from .characters import CharacterSource, check_lora, shot_characters
-from .characters_scene import character_objects, problem_of, read_bible
+from .scene.characters import character_objects, problem_of, read_bible
 from .generate import GenerationError, ShotJob, TakeOutcome
 from .paths import Project, folder_name, frame_name
 from .request import JobRequest
-from .resolution import generation_size
+from .scene.resolution import generation_size
 
 if TYPE_CHECKING:
     from .prefs import Prefs

@@ -14,7 +14,7 @@ from . import vse
 from .generate import GenerationError, ShotJob, TakeOutcome
 from .paths import Project, frame_name
 from .request import DraftSpec, JobRequest
-from .resolution import MIN_EDGE, scene_size, smallest_long_edge
+from .scene.resolution import MIN_EDGE, scene_size, smallest_long_edge
 from .takes import DRAFT, FINAL
 from .video_job import effective_generator, reference_uploads, video_settings
 
@@ -91,7 +91,7 @@ def collect_shot(
         "coherence": coherence_settings(shot, meta),
     }
     uploads: list[Path] = []
-    # The character bible and film look (core/characters_scene.py): empty for a film without them.
+    # The character bible and film look (core/scene/characters.py): empty for a film without them.
     cast = _characters(scene, shot, conditioning_dir, meta, project)
     if effective_generator(settings, shot) == "VIDEO":
         job_settings.update(video_settings(settings, shot, meta))
@@ -156,12 +156,12 @@ def draft_block(settings: Any) -> dict[str, Any]:
 
 def apply_animation(scene: bpy.types.Scene, shot: Any, frames: list[int], prompts: dict[str, Any],
                     job_settings: dict[str, Any]) -> Any:
-    """Sample the shot's animated settings and prompt keys into the job's parts (core/anim_sample.py).
+    """Sample the shot's animated settings and prompt keys into the job's parts (core/scene/anim_sample.py).
 
     Job-level values become the shot's first frame's; the take's identity (prompts and
     settings, hashed into take.json) gains the prompt keys and the per-frame values.
     """
-    from .anim_sample import SampleError, sample_shot
+    from .scene.anim_sample import SampleError, sample_shot
 
     try:
         samples = sample_shot(scene, shot, frames)
@@ -181,7 +181,7 @@ def apply_animation(scene: bpy.types.Scene, shot: Any, frames: list[int], prompt
 
 def _characters(scene: bpy.types.Scene, shot: Any, conditioning_dir: Path, meta: dict[str, Any],
                 project: Project) -> dict[str, Any]:
-    from .characters_scene import collect_characters
+    from .scene.characters import collect_characters
 
     try:
         return collect_characters(scene, conditioning_dir, meta, project.root / "references")

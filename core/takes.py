@@ -78,7 +78,7 @@ def request_hash(control_hash: str, models: dict[str, Any], prompts: dict[str, A
     """Everything that decides a take's frames, hashed: equal hashes mean an identical take.
 
     `settings` carries the characters block and the film look's references
-    (core/characters_scene.py) when a shot has them, so they are hashed too.
+    (core/scene/characters.py) when a shot has them, so they are hashed too.
     """
     canonical = json.dumps(
         {"control": control_hash, "models": models, "prompts": prompts, "settings": settings},

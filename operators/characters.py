@@ -10,7 +10,7 @@ import bpy
 from bpy.props import IntProperty, StringProperty
 
 from ..core import engine_link
-from ..core.characters_scene import RENDERABLE, add_character_from_selection, deformed_by
+from ..core.scene.characters import RENDERABLE, add_character_from_selection, deformed_by
 from ..core.generate import Progress, TakeOutcome, run_shot
 from ..core.reference_sheet import SheetJob, load_sheet, prepare_sheet
 from ..preferences import get_prefs

@@ -13,7 +13,7 @@ from bpy.props import BoolProperty, EnumProperty, StringProperty
 from ..core import vse
 from ..core.conditioning import ConditioningError, render_shot
 from ..core.paths import frame_name
-from ..core.resolution import scene_size
+from ..core.scene.resolution import scene_size
 from .common import NeedsScene, project_of, report, resolve_shots
 
 log = logging.getLogger(__name__)

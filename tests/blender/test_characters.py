@@ -29,7 +29,7 @@ def test_add_character_from_selection_takes_the_rig_and_what_it_deforms(scene, v
     (character,) = scene.viewfinder.characters
     assert character.name == "Hero" and character.armature == hero
     assert [r.object.name for r in character.extra_objects] == ["Hero.Hat"]
-    objects = vfmod("core.characters_scene").character_objects(scene, character)
+    objects = vfmod("core.scene.characters").character_objects(scene, character)
     assert [o.name for o in objects] == ["Hero.Body", "Hero.Hat"]
     # The same rig twice is refused, naming the character it already is.
     with pytest.raises(RuntimeError, match="'Hero' is already the character 'Hero'"):
@@ -62,7 +62,7 @@ def test_bible_survives_save_reload_and_renames_and_a_deleted_armature_is_named(
     bpy.data.objects["Hero"].name = "Heroine"
     bpy.data.objects["Hero.Body"].name = "Heroine.Body"
     assert hero.armature.name == "Heroine"
-    objects = vfmod("core.characters_scene").character_objects(scene, hero)
+    objects = vfmod("core.scene.characters").character_objects(scene, hero)
     assert [o.name for o in objects] == ["Heroine.Body"]
 
     # Deleting the armature: the message names the character and the rig it had.

@@ -197,7 +197,7 @@ def test_too_small_frames_are_refused_before_any_rendering(tmp_path, tiny_models
     scene = build_film(tmp_path, tiny_models)
     scene.render.resolution_x, scene.render.resolution_y = 1920, 1080
     scene.viewfinder.long_edge = 64  # 64×32 (16:9, rounded to 8): below the models' 64 px
-    size = vfmod("core.resolution").generation_size
+    size = vfmod("core.scene.resolution").generation_size
     smallest = min(e for e in range(64, 512, 8) if min(size(1920, 1080, 1, 1, e)) >= 64)
     assert min(size(1920, 1080, 1, 1, smallest - 8)) < 64
     with pytest.raises(RuntimeError, match=f"64×32 frames.*Long Edge to {smallest} or more"):

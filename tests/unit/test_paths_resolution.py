@@ -6,7 +6,7 @@ import pytest
 from helpers import load
 
 paths = load("core.paths")
-resolution = load("core.resolution")
+resolution = load("core.scene.resolution")
 
 
 def test_project_next_to_blend(tmp_path):

@@ -15,8 +15,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .characters import CharacterSource, check_reference, check_size, file_sha256
-from .conditioning.masks import RENDERABLE, owner_of
+from ..characters import CharacterSource, check_reference, check_size, file_sha256
+from ..conditioning.masks import RENDERABLE, owner_of
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def image_file(image: Any, cache_dir: Path) -> Path:
 def _write_pixels(image: Any, cache_dir: Path) -> Path:
     import numpy as np
 
-    from .conditioning.png import encode_png
+    from ..conditioning.png import encode_png
 
     width, height = image.size
     if width * height == 0:
@@ -211,7 +211,7 @@ def collect_characters(scene: Any, conditioning_dir: Path, meta: dict[str, Any],
     film without a bible sends exactly the request it sent before.
     Raises CharacterError / ValueError with a message naming the character and the fix.
     """
-    from .characters import frame_ids, shot_characters
+    from ..characters import frame_ids, shot_characters
 
     settings = scene.viewfinder
     # 1. Characters visible in this shot (reading the legend and per-frame ids is cheap).

@@ -233,7 +233,7 @@ def sync_shots(scene: bpy.types.Scene) -> bool:
     matches = _match(plan, stored)
     archive = settings.shot_archive
     keep = {m for m in matches if m is not None}
-    # Where each item's animation goes (core.anim_paths: keys follow their shot).
+    # Where each item's animation goes (core.scene.anim_paths: keys follow their shot).
     sources: list[tuple[str, int]] = [("shot_archive", a) for a in range(len(archive))]
     moves: dict[tuple[str, int], tuple[str, int] | None] = {}
 

@@ -3,7 +3,7 @@
 Shot settings live in `scene.viewfinder.shot_list`, a collection, and Blender names an
 animated property of a collection item by its index:
 `viewfinder.shot_list[2].depth_weight` on the Scene's animation data. The shot list is
-rebuilt in timeline order whenever markers change (core.shots.sync_shots), so a shot
+rebuilt in timeline order whenever markers change (core.scene.shots.sync_shots), so a shot
 added before another one moves it to a new index. The choice: **keys follow their
 shot**. sync_shots computes where every item goes (a new index, the archive when its
 marker disappears, back from the archive when it returns) and `remap` rewrites the
