@@ -26,6 +26,6 @@ def unregister() -> None:
     while _registered:
         _registered.pop().unregister()
     # A disabled add-on leaves no engine process behind.
-    from .core.engine_process import shutdown_engine
+    from .core.client.process import shutdown_engine
 
     shutdown_engine()

@@ -2,7 +2,7 @@
 
 Protocol
 1. Write random-weight models of a preset (``python -m engine make-tiny-models --preset``).
-2. Start a real engine process through the add-on's ``core/engine_process.py``.
+2. Start a real engine process through the add-on's ``core/client/process.py``.
 3. Warm-up job (loads the pipeline, fills caches), not measured.
 4. Measured job: ``--frames`` frames with distinct depth + pose maps and a fresh seed (no
    cache hits), polled every 20 ms, every frame fetched as PNG over HTTP.
@@ -50,8 +50,8 @@ def load_core() -> tuple[Any, Any]:
     package = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = package
     spec.loader.exec_module(package)
-    return (importlib.import_module("vf_core_bench.engine_client"),
-            importlib.import_module("vf_core_bench.engine_process"))
+    return (importlib.import_module("vf_core_bench.client.http"),
+            importlib.import_module("vf_core_bench.client.process"))
 
 
 def depth_map(i: int, n: int, size: int) -> np.ndarray:

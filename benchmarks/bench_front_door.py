@@ -1,7 +1,7 @@
 """Front-door load benchmark (issue 11): attackers and valid jobs at once, on loopback.
 
 Protocol
-1. Write tiny random-weight models; start a real engine through ``core/engine_process.py``.
+1. Write tiny random-weight models; start a real engine through ``core/client/process.py``.
 2. After a warm-up job (loads the models; not measured), at the same time, for ``--seconds`` at most:
    - ``--attackers`` threads each send ``--requests`` unauthenticated ``POST /jobs`` that
      declare a 96 MB body and send the first 64 kB of it, and as many authenticated ones
@@ -46,8 +46,8 @@ def load_core() -> tuple[Any, Any]:
     package = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = package
     spec.loader.exec_module(package)
-    return (importlib.import_module("vf_core_bench_fd.engine_client"),
-            importlib.import_module("vf_core_bench_fd.engine_process"))
+    return (importlib.import_module("vf_core_bench_fd.client.http"),
+            importlib.import_module("vf_core_bench_fd.client.process"))
 
 
 def rss_kb(pid: int) -> int:

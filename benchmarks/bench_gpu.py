@@ -10,7 +10,7 @@ stand-in for the CPU. One depth ControlNet, a distinct depth map and seed per fr
 (b) the engine, draft tier, 4 steps (``DRAFT`` below), batches of ``--batch-size``.
 (c) the engine, final tier, 25 steps, guidance 7.5 (CFG), batches of ``--batch-size``.
 (d) FLOW shots: ``--shots`` shots interleaved vs one after another (benchmarks/bench_interleave.py).
-The engine runs as the add-on starts it (core/engine_process.py) and every frame is fetched as PNG
+The engine runs as the add-on starts it (core/client/process.py) and every frame is fetched as PNG
 over HTTP; fps = frames / (submit to last frame fetched). Each engine figure follows an unmeasured
 warm-up job of the same shape, whose time is printed (with ``--compile`` it holds the compile).
 

@@ -2,7 +2,7 @@
 
 Protocol
 1. Random-weight models of a preset (``python -m engine make-tiny-models --preset``), a real
-   engine process started through the add-on's ``core/engine_process.py``.
+   engine process started through the add-on's ``core/client/process.py``.
 2. Warm-up job (loads the pipeline), not measured.
 3. Three measured jobs over the same ``--frames`` frames (distinct depth + pose maps), each
    with a fresh seed so nothing comes from the cache, in batches of ``--batch-size``:

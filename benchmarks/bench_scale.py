@@ -62,7 +62,7 @@ def load_client_module() -> Any:
     package = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = package
     spec.loader.exec_module(package)
-    return importlib.import_module("vf_core_scale.engine_client")
+    return importlib.import_module("vf_core_scale.client.http")
 
 
 def png(array: np.ndarray) -> bytes:

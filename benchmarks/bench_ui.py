@@ -189,7 +189,7 @@ def main() -> int:
         print(f"{size:>9} {len(ticks):>6} {max(times):8.1f} {statistics.median(times):7.1f} {frame:9.1f} "
               f"{other:9.1f}  {worst:<75} {verdict}")
     print(f"every tick (kind, ms): {out}/ticks-*.json")
-    vf.core.engine_process.shutdown_engine()
+    vf.core.client.process.shutdown_engine()
     return 0
 
 

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .conditioning.pipeline import RenderNeeded, ShotRender, stepwise
-from .engine_link import connect_task
+from .client.link import connect_task
 from .generate import POLL_INTERVAL_S, Progress, ShotJob, TakeOutcome, shot_message, summary
 from .generate_all import ShotFailure, ShotsOnEngine
 from .paths import Project

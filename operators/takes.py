@@ -12,7 +12,8 @@ from typing import Any, TypeVar
 import bpy
 from bpy.props import BoolProperty
 
-from ..core import engine_link, vse
+from ..core.client import link as engine_link
+from ..core import vse
 from ..core.compat import active_strip
 from ..core.drafts import collect_final_from_draft
 from ..core.generate import log_progress, run_shot, shot_message, summary

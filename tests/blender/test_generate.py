@@ -102,7 +102,7 @@ def test_cancel_keeps_finished_frames_places_no_strip_and_resumes(tmp_path, tiny
     scene.viewfinder.batch_size = 1
     scene.viewfinder.steps = 30
     generate, shot_job, engine_link, prefs_mod = (
-        vfmod("core.generate"), vfmod("core.shot_job"), vfmod("core.engine_link"), vfmod("preferences"))
+        vfmod("core.generate"), vfmod("core.shot_job"), vfmod("core.client.link"), vfmod("preferences"))
     ops_common = vfmod("operators.common")
     prefs = prefs_mod.get_prefs(bpy.context)
     project = ops_common.project_of(bpy.context)
@@ -131,7 +131,7 @@ def test_cancel_keeps_finished_frames_places_no_strip_and_resumes(tmp_path, tiny
 
 def test_unreachable_engine_reports_and_leaves_timeline_alone(tmp_path, tiny_models, monkeypatch, vfmod):
     scene = build_film(tmp_path, tiny_models)
-    vfmod("core.engine_process").shutdown_engine()
+    vfmod("core.client.process").shutdown_engine()
     monkeypatch.setenv("VIEWFINDER_ENGINE_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("VIEWFINDER_ENGINE_TOKEN", "x")
     with pytest.raises(RuntimeError, match="not reachable"):
@@ -159,7 +159,7 @@ def test_disk_full_keeps_earlier_takes(tmp_path, tiny_models, monkeypatch, vfmod
     scene = build_film(tmp_path, tiny_models)
     assert bpy.ops.viewfinder.generate(shot="Wide") == {"FINISHED"}
     before = [(s.name, s.channel) for s in take_strips(scene)]
-    client_mod = vfmod("core.engine_client")
+    client_mod = vfmod("core.client.http")
 
     def full(*_args, **_kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -175,9 +175,9 @@ def test_disabling_the_addon_stops_the_engine_and_generate_restarts_it(tmp_path,
     import addon_utils
 
     build_film(tmp_path, tiny_models)
-    engine_process = vfmod("core.engine_process")
+    engine_process = vfmod("core.client.process")
     prefs = vfmod("preferences").get_prefs(bpy.context)
-    vfmod("core.engine_link").connect(prefs).health()
+    vfmod("core.client.link").connect(prefs).health()
     process = engine_process._engine.local.process
     assert process.poll() is None
     addon_utils.disable(vf.__name__, default_set=True)
@@ -186,10 +186,10 @@ def test_disabling_the_addon_stops_the_engine_and_generate_restarts_it(tmp_path,
     finally:
         addon_utils.enable(vf.__name__, default_set=True)
     # A killed engine is noticed and started again on the next use.
-    client = vfmod("core.engine_link").connect(vfmod("preferences").get_prefs(bpy.context))
+    client = vfmod("core.client.link").connect(vfmod("preferences").get_prefs(bpy.context))
     engine_process._engine.local.process.kill()
     engine_process._engine.local.process.wait(timeout=30)
-    client = vfmod("core.engine_link").connect(vfmod("preferences").get_prefs(bpy.context))
+    client = vfmod("core.client.link").connect(vfmod("preferences").get_prefs(bpy.context))
     assert client.health()["status"] == "ok"
 
 

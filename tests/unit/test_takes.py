@@ -85,7 +85,7 @@ def test_frame_check_catches_truncated_empty_and_flipped_pngs(tmp_path):
     import struct
     import zlib
 
-    check = load("core.frame_check")
+    check = load("core.client.frame_check")
     raw = b"".join(b"\0" + bytes(range(48)) for _ in range(16))  # 16 rows of 16 RGB pixels
 
     def chunk(kind, data):

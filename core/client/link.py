@@ -7,13 +7,13 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .engine_client import EngineClient
-from .engine_install import venv_python
-from .engine_process import get_engine, shutdown_engine
-from .worker import MsgProgress
+from .http import EngineClient
+from .install import venv_python
+from .process import get_engine, shutdown_engine
+from ..worker import MsgProgress
 
 if TYPE_CHECKING:
-    from .prefs import Prefs
+    from ..prefs import Prefs
 
 
 def engine_python(prefs: Prefs) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .worker import MsgProgress
+from ..worker import MsgProgress
 
 logger = logging.getLogger(__name__)
 

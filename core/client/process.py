@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .engine_client import EngineClient, EngineError
+from .http import EngineClient, EngineError
 
 logger = logging.getLogger(__name__)
 
