@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .image_info import ImageHeaderError, image_size
-from .paths import frame_name
+from .timeline.paths import frame_name
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .generate import GenerationError, ShotJob
-from .paths import Project
+from .timeline.paths import Project
 from .request import JobRequest
-from .takes import DRAFT, FINAL, read_take, take_tier
+from .timeline.takes import DRAFT, FINAL, read_take, take_tier
 
 if TYPE_CHECKING:
     import bpy

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from .conditioning.manifest import build_maps
 from .generate import GenerationError, ShotJob, TakeOutcome
-from .paths import Project, frame_name
+from .timeline.paths import Project, frame_name
 from .request import CoherenceSpec, FinalizeSpec, JobRequest, ModelSpec
 from .shot_job import _model_path, coherence_settings, prefs_fields
-from .takes import FINALIZED, TakeInfo, read_take, take_tier
+from .timeline.takes import FINALIZED, TakeInfo, read_take, take_tier
 
 if TYPE_CHECKING:
     import bpy

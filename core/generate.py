@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import takes as takes_core
-from .paths import frame_name
+from .timeline import takes as takes_core
+from .timeline.paths import frame_name
 from .prefs import Prefs
 from .request import JobRequest, frame_entries
 

@@ -34,7 +34,7 @@ from .conditioning.pipeline import RenderNeeded, ShotRender, stepwise
 from .client.link import connect_task
 from .generate import POLL_INTERVAL_S, Progress, ShotJob, TakeOutcome, shot_message, summary
 from .generate_all import ShotFailure, ShotsOnEngine
-from .paths import Project
+from .timeline.paths import Project
 from .prefs import Prefs
 from .shot_job import collect_shot, place_outcome
 from .worker import MsgDone, MsgException, Worker

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from .characters import CharacterSource, check_lora, shot_characters
 from .scene.characters import character_objects, problem_of, read_bible
 from .generate import GenerationError, ShotJob, TakeOutcome
-from .paths import Project, folder_name, frame_name
+from .timeline.paths import Project, folder_name, frame_name
 from .request import JobRequest
 from .scene.resolution import generation_size
 

@@ -10,12 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import vse
+from .timeline import vse
 from .generate import GenerationError, ShotJob, TakeOutcome
-from .paths import Project, frame_name
+from .timeline.paths import Project, frame_name
 from .request import DraftSpec, JobRequest
 from .scene.resolution import MIN_EDGE, scene_size, smallest_long_edge
-from .takes import DRAFT, FINAL
+from .timeline.takes import DRAFT, FINAL
 from .video_job import effective_generator, reference_uploads, video_settings
 
 if TYPE_CHECKING:

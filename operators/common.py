@@ -7,7 +7,7 @@ from typing import Any
 
 import bpy
 
-from ..core import paths
+from ..core.timeline import paths
 from ..core.scene import shots as shots_core
 from ..core.generate import engine_job_task
 from ..core.worker import MsgDone, MsgException, Worker

@@ -10,9 +10,9 @@ from typing import Any
 import bpy
 from bpy.props import BoolProperty, EnumProperty, StringProperty
 
-from ..core import vse
+from ..core.timeline import vse
 from ..core.conditioning import ConditioningError, render_shot
-from ..core.paths import frame_name
+from ..core.timeline.paths import frame_name
 from ..core.scene.resolution import scene_size
 from .common import NeedsScene, project_of, report, resolve_shots
 

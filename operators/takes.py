@@ -13,7 +13,7 @@ import bpy
 from bpy.props import BoolProperty
 
 from ..core.client import link as engine_link
-from ..core import vse
+from ..core.timeline import vse
 from ..core.compat import active_strip
 from ..core.drafts import collect_final_from_draft
 from ..core.generate import log_progress, run_shot, shot_message, summary

@@ -50,7 +50,7 @@ def test_finalize_take_makes_a_2x_final_take_above_the_approved_one(approved: di
     assert new.transform.scale_x == pytest.approx(1.5) and new.transform.scale_y == pytest.approx(1.5)
     assert new["viewfinder_tier"] == "finalized"
     # 3. The animatic now uses the final take for this shot: no drafts left to report.
-    exports = vfmod("core.exports")
+    exports = vfmod("core.timeline.exports")
     assert exports.unfinalized_shots(scene) == [] and exports.final_strip(scene, "Truck") == new
     # 4. 4x would be 512x288, above the scene's 384x216: capped, with the reason.
     scene.sequence_editor.active_strip = strip

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from helpers import load
 
-paths = load("core.paths")
+paths = load("core.timeline.paths")
 resolution = load("core.scene.resolution")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from helpers import load
 
-takes = load("core.takes")
+takes = load("core.timeline.takes")
 
 
 def make_info(**overrides):
@@ -68,7 +68,7 @@ def test_take_json_with_wrong_types_is_ignored_not_raised(tmp_path):
 
 
 def test_take_folders_are_ascii_numbers_sorted_by_value(tmp_path):
-    paths = load("core.paths")
+    paths = load("core.timeline.paths")
     for name in ("998", "999", "1000", "1001"):
         (tmp_path / name).mkdir()
         takes.write_take(tmp_path / name, make_info(take=name))

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .compat import all_strips_of, strips_of
+from ..compat import all_strips_of, strips_of
 from .paths import frame_name
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ from typing import Any
 import bpy
 
 from . import vse
-from .compat import strips_of
+from ..compat import strips_of
 from .paths import Project, frame_name
 from .takes import list_takes, read_take
 
