@@ -20,7 +20,7 @@ from bpy.props import (
 
 from . import props_characters
 from .core.scene import shots as shots_core
-from .core.request import (  # the add-on's one copy of the model defaults
+from .core.jobs.request import (
     DEFAULT_BASE,
     DEFAULT_CONTROLNET_DEPTH,
     DEFAULT_CONTROLNET_POSE,
@@ -35,7 +35,7 @@ GENERATOR_ITEMS = [
     ("VIDEO", "Video", "A video model (Wan VACE, or AnimateDiff for small GPUs) driven by the same control maps"),
 ]
 SHOT_GENERATOR_ITEMS = [("DEFAULT", "Scene Default", "Use the scene's generator (Viewfinder ▸ Film)"), *GENERATOR_ITEMS]
-# Known video models; the ids live in core/video_job.py (VIDEO_MODELS).
+# Known video models; the ids live in core/jobs/video.py (VIDEO_MODELS).
 VIDEO_MODEL_ITEMS = [
     ("WAN21_VACE_1_3B", "Wan 2.1 VACE 1.3B", "Wan-AI/Wan2.1-VACE-1.3B-diffusers: 480p, runs on a consumer GPU"),
     ("WAN21_VACE_14B", "Wan 2.1 VACE 14B", "Wan-AI/Wan2.1-VACE-14B-diffusers: 480p/720p, needs a large GPU"),
@@ -199,7 +199,7 @@ class ViewfinderSettings(bpy.types.PropertyGroup):
         name="Tiny VAE Model", description="AutoencoderTiny folder or Hub id; empty: madebyollin/taesd (taesdxl)",
     )
 
-    # The character bible and the film look (props_characters.py, core/characters.py).
+    # The character bible and the film look (props_characters.py, core/jobs/characters.py).
     characters: CollectionProperty(type=ViewfinderCharacter)
     active_character_index: IntProperty(name="Active Character", default=0, min=0)
     style_reference: PointerProperty(

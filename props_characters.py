@@ -3,7 +3,7 @@
 Objects and images are held by PointerProperty, not by name, so a character
 survives renames and save/reload; a deleted armature leaves the pointer empty
 and `armature_name` remembers what it was, for the message.
-See core/characters.py for how characters become the engine's `characters` block.
+See core/jobs/characters.py for how characters become the engine's `characters` block.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from typing import Any
 from .timeline import takes as takes_core
 from .timeline.paths import frame_name
 from .prefs import Prefs
-from .request import JobRequest, frame_entries
+from .jobs.request import JobRequest, frame_entries
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class ShotJob:
     conditioning_dir: Path
     takes_dir: Path
     maps: dict[int, dict[str, Path | None]]  # frame → {"depth": path, "pose": path|None, "flow": path|None}
-    request: JobRequest  # the engine request without "frames" (core/request.py)
+    request: JobRequest  # the engine request without "frames" (core/jobs/request.py)
     models: dict[str, Any]
     prompts: dict[str, Any]
     settings: dict[str, Any]

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 from .timeline import vse
 from .generate import GenerationError, ShotJob, TakeOutcome
 from .timeline.paths import Project, frame_name
-from .request import DraftSpec, JobRequest
+from .jobs.request import DraftSpec, JobRequest
 from .scene.resolution import MIN_EDGE, scene_size, smallest_long_edge
 from .timeline.takes import DRAFT, FINAL
-from .video_job import effective_generator, reference_uploads, video_settings
+from .jobs.video import effective_generator, reference_uploads, video_settings
 
 if TYPE_CHECKING:
     import bpy

@@ -8,7 +8,7 @@ from typing import Any
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, StringProperty
 
-from ..core.finalize import DETAIL_STRENGTH, collect_finalize, place_final
+from ..core.jobs.finalize import DETAIL_STRENGTH, collect_finalize, place_final
 from ..core.generate import Progress, TakeOutcome, log_progress, run_shot
 from ..core.generate import shot_message as _message
 from ..core.generate import summary as _summary

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..characters import CharacterSource, check_reference, check_size, file_sha256
+from ..jobs.characters import CharacterSource, check_reference, check_size, file_sha256
 from ..conditioning.masks import RENDERABLE, owner_of
 
 log = logging.getLogger(__name__)
@@ -211,7 +211,7 @@ def collect_characters(scene: Any, conditioning_dir: Path, meta: dict[str, Any],
     film without a bible sends exactly the request it sent before.
     Raises CharacterError / ValueError with a message naming the character and the fix.
     """
-    from ..characters import frame_ids, shot_characters
+    from ..jobs.characters import frame_ids, shot_characters
 
     settings = scene.viewfinder
     # 1. Characters visible in this shot (reading the legend and per-frame ids is cheap).

@@ -25,7 +25,7 @@ FORMAT_VERSION = 1
 # A take's tier (take.json "tier"; README "Drafts"): how its frames were made.
 DRAFT = "draft"  # the few-step distilled generation path (engine/models/draft.py)
 FINAL = "final"  # the full generation path
-FINALIZED = "finalized"  # Finalize Take: a take enlarged and re-detailed (core/finalize.py)
+FINALIZED = "finalized"  # Finalize Take: a take enlarged and re-detailed (core/jobs/finalize.py)
 TIERS = (DRAFT, FINAL, FINALIZED)
 
 

@@ -84,7 +84,7 @@ def test_request_for_a_two_character_shot(tmp_path, vfmod):
     palette = bpy.data.images.new("Palette", 4, 2)
     palette.pixels.foreach_set([0.9, 0.5, 0.1, 1.0] * 8)
     scene.viewfinder.palette_reference = palette
-    characters = vfmod("core.characters")
+    characters = vfmod("core.jobs.characters")
 
     job = collect(scene, vfmod, "Both")
     meta = json.loads((job.conditioning_dir / "meta.json").read_text())
@@ -135,7 +135,7 @@ def test_a_video_shot_takes_the_bible_references_of_its_characters(tmp_path, vfm
     palette = bpy.data.images.new("Palette", 4, 2)
     scene.viewfinder.palette_reference = palette
     scene.viewfinder.shots["Both"].generator = "VIDEO"
-    hero_sha = vfmod("core.characters").file_sha256(ref)
+    hero_sha = vfmod("core.jobs.characters").file_sha256(ref)
 
     job = collect(scene, vfmod, "Both")
     assert job.request.to_dict()["generator"] == "VIDEO"
@@ -153,7 +153,7 @@ def test_a_video_shot_takes_the_bible_references_of_its_characters(tmp_path, vfm
     own = save_png(tmp_path / "own.png", 8, 8, colour=(0.3, 0.6, 0.2))
     scene.viewfinder.shots["Both"].reference_image = str(own)
     job = collect(scene, vfmod, "Both")
-    assert job.request.to_dict()["video"]["references"] == [vfmod("core.characters").file_sha256(own)]
+    assert job.request.to_dict()["video"]["references"] == [vfmod("core.jobs.characters").file_sha256(own)]
     assert job.uploads == [own]
 
 

@@ -31,7 +31,7 @@ def schema() -> Any:
 
 def validate(schema: Any, vfmod: Any, job: Any) -> Any:
     """The engine's parsed request for `job`, with its frames as run_shot sends them."""
-    generate, request = vfmod("core.generate"), vfmod("core.request")
+    generate, request = vfmod("core.generate"), vfmod("core.jobs.request")
     paths = {p for maps in job.maps.values() for p in maps.values() if p is not None}
     hashes = {p: generate.file_sha256(p) for p in paths}
     body = job.request.body(request.frame_entries(job.frames, job.maps, hashes, job.frame_values))
@@ -95,7 +95,7 @@ def test_a_shot_with_people_and_their_characters(tmp_path: Path, vfmod: Any, sch
     assert any(f.pose is not None for f in parsed.frames)  # the rigs are seen: their OpenPose maps are sent
     assert all(f.mask is not None for f in parsed.frames)
     assert [c.name for c in parsed.characters] == ["Hero", "Stranger"]
-    assert parsed.characters[0].references == [vfmod("core.characters").file_sha256(tmp_path / "hero.png")]
+    assert parsed.characters[0].references == [vfmod("core.jobs.characters").file_sha256(tmp_path / "hero.png")]
     assert parsed.models.ip_adapter == scene.viewfinder.ip_adapter
     assert parsed.coherence.mode == coherence
 
@@ -125,7 +125,7 @@ def test_a_video_shot(tmp_path: Path, vfmod: Any, schema: Any) -> None:
     shot.reference_image = str(save_png(tmp_path / "ref.png", 8, 8))
     job = collect(scene, vfmod, "Box")
     parsed = validate(schema, vfmod, job)
-    assert parsed.generator == "VIDEO" and parsed.video.model == vfmod("core.request").DEFAULT_VIDEO_MODEL
+    assert parsed.generator == "VIDEO" and parsed.video.model == vfmod("core.jobs.request").DEFAULT_VIDEO_MODEL
     assert parsed.video.references == [vfmod("core.generate").file_sha256(tmp_path / "ref.png")]
     scene.viewfinder.video_model_preset = "ANIMATEDIFF"
     parsed = validate(schema, vfmod, collect(scene, vfmod, "Box"))
@@ -136,7 +136,7 @@ def test_a_character_reference_sheet(tmp_path: Path, vfmod: Any, schema: Any) ->
     scene = build_cast(tmp_path)
     prefs = vfmod("preferences").get_prefs(bpy.context)
     project = vfmod("operators.common").project_of(bpy.context)
-    sheet = vfmod("core.reference_sheet").prepare_sheet(scene, scene.viewfinder.characters["Hero"], project, prefs)
+    sheet = vfmod("core.jobs.reference_sheet").prepare_sheet(scene, scene.viewfinder.characters["Hero"], project, prefs)
     parsed = validate(schema, vfmod, sheet.job)
     assert len(parsed.frames) == 3 and (parsed.width, parsed.height) == (64, 64)
     assert [c.name for c in parsed.characters] == ["Hero"] and all(f.mask for f in parsed.frames)
@@ -144,7 +144,7 @@ def test_a_character_reference_sheet(tmp_path: Path, vfmod: Any, schema: Any) ->
 
 def test_an_unknown_field_is_refused_by_the_engine_as_it_is_by_the_typed_request(vfmod: Any, schema: Any) -> None:
     """The check above can fail: the engine refuses what it does not know, and so does the typed value."""
-    request = vfmod("core.request")
+    request = vfmod("core.jobs.request")
     job = request.JobRequest(shot="A", models=request.ModelSpec())
     with pytest.raises(Exception, match="colour"):
         schema.JobRequest.model_validate({**job.body([{"frame": 1}]), "colour": "red"})

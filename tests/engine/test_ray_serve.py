@@ -200,7 +200,7 @@ def test_generate_all_places_takes_in_the_order_jobs_finish(ray_client: Any, cor
 
     generate = importlib.import_module("vf_core_under_test.generate")
     generate_all = importlib.import_module("vf_core_under_test.generate_all")
-    request = importlib.import_module("vf_core_under_test.request")
+    request = importlib.import_module("vf_core_under_test.jobs.request")
 
     def shot_job(name: str, frames: int, steps: int) -> Any:
         folder = tmp_path / name / "conditioning"

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from helpers import ROOT, load
 
-characters = load("core.characters")
-image_info = load("core.image_info")
+characters = load("core.jobs.characters")
+image_info = load("core.jobs.image_info")
 png = load("core.conditioning.png")
 
 LEGEND = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from helpers import load
 
-finalize = load("core.finalize")
+finalize = load("core.jobs.finalize")
 generate = load("core.generate")
 
 

@@ -1,4 +1,4 @@
-"""The typed engine request (core/request.py): what it sends, and that it matches the engine's schema."""
+"""The typed engine request (core/jobs/request.py): what it sends, and that it matches the engine's schema."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, load
 
-request = load("core.request")
+request = load("core.jobs.request")
 
 
 def engine_schema():

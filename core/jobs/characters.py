@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .image_info import ImageHeaderError, image_size
-from .timeline.paths import frame_name
+from ..timeline.paths import frame_name
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def frame_ids(conditioning_dir: Path, meta: dict[str, Any]) -> dict[int, set[int
         return {int(frame): set(ids) for frame, ids in recorded.items()}
     import numpy as np
 
-    from .conditioning.png import read_png
+    from ..conditioning.png import read_png
 
     out: dict[int, set[int]] = {}
     for frame in meta["frames"]:

@@ -24,14 +24,14 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from .characters import CharacterSource, check_lora, shot_characters
-from .scene.characters import character_objects, problem_of, read_bible
-from .generate import GenerationError, ShotJob, TakeOutcome
-from .timeline.paths import Project, folder_name, frame_name
+from ..scene.characters import character_objects, problem_of, read_bible
+from ..generate import GenerationError, ShotJob, TakeOutcome
+from ..timeline.paths import Project, folder_name, frame_name
 from .request import JobRequest
-from .scene.resolution import generation_size
+from ..scene.resolution import generation_size
 
 if TYPE_CHECKING:
-    from .prefs import Prefs
+    from ..prefs import Prefs
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,8 @@ def prepare_sheet(scene: Any, character: Any, project: Project, prefs: Prefs) ->
     """
     import bpy
 
-    from .conditioning import ConditioningError, render_shot
-    from .shot_job import prefs_fields, scene_models
+    from ..conditioning import ConditioningError, render_shot
+    from ..shot_job import prefs_fields, scene_models
 
     # 1. Check inputs.
     objects = character_objects(scene, character)
@@ -81,7 +81,7 @@ def prepare_sheet(scene: Any, character: Any, project: Project, prefs: Prefs) ->
     # 2. Only the character renders, in its rest pose, seen by a camera stepping round it over three frames.
     # This happens in the user's scene (everything else hidden for the render, all restored after):
     # Blender only evaluates the context scene's objects, and the pose maps read evaluated bones.
-    from .conditioning.render import RenderGuard
+    from ..conditioning.render import RenderGuard
 
     armature = character.armature
     first = scene.frame_current

@@ -16,17 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .conditioning.manifest import build_maps
-from .generate import GenerationError, ShotJob, TakeOutcome
-from .timeline.paths import Project, frame_name
+from ..conditioning.manifest import build_maps
+from ..generate import GenerationError, ShotJob, TakeOutcome
+from ..timeline.paths import Project, frame_name
 from .request import CoherenceSpec, FinalizeSpec, JobRequest, ModelSpec
-from .shot_job import _model_path, coherence_settings, prefs_fields
-from .timeline.takes import FINALIZED, TakeInfo, read_take, take_tier
+from ..shot_job import _model_path, coherence_settings, prefs_fields
+from ..timeline.takes import FINALIZED, TakeInfo, read_take, take_tier
 
 if TYPE_CHECKING:
     import bpy
 
-    from .prefs import Prefs
+    from ..prefs import Prefs
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def _missing_maps(conditioning_dir: Path) -> list[int]:
 def collect_finalize(scene: bpy.types.Scene, take_dir: Path, project: Project, prefs: Prefs, *, factor: int = 2,
                      upscaler: str = "", detail_strength: float = DETAIL_STRENGTH) -> FinalizePlan:
     """Describe the finalize job of the approved take in ``take_dir``. Main thread (renders maps)."""
-    from .conditioning import ConditioningError, render_shot  # deferred: heavier module
+    from ..conditioning import ConditioningError, render_shot  # deferred: heavier module
 
     # 1. The upscaler (checked again by the engine) and the approved take: complete, frames on disk.
     suffix = Path(upscaler).suffix.lower() if upscaler else ""
@@ -158,7 +158,7 @@ def collect_finalize(scene: bpy.types.Scene, take_dir: Path, project: Project, p
 
 def place_final(scene: bpy.types.Scene, outcome: TakeOutcome) -> Any:
     """The final take's strip, above the shot's takes (which are muted), scaled to fit the scene's output."""
-    from .shot_job import place_outcome
+    from ..shot_job import place_outcome
 
     strip = place_outcome(scene, outcome)
     if strip is None or outcome.info is None:
