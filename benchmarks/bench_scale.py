@@ -97,7 +97,7 @@ def run_shots(client: Any, args: argparse.Namespace, models: dict[str, str], see
     ids = [client.submit(body) for body in bodies]
     pending = set(ids)
     while pending:
-        # Like the add-on (core/generate_all.py): one GET /jobs?ids= a round for every job in
+        # Like the add-on (core/generate/all_shots.py): one GET /jobs?ids= a round for every job in
         # flight; "--poll each" asks per job, as the add-on did before.
         found = client.statuses(sorted(pending)) if args.poll == "batch" else None
         for job_id in list(pending):

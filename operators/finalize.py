@@ -9,9 +9,9 @@ import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, StringProperty
 
 from ..core.jobs.finalize import DETAIL_STRENGTH, collect_finalize, place_final
-from ..core.generate import Progress, TakeOutcome, log_progress, run_shot
-from ..core.generate import shot_message as _message
-from ..core.generate import summary as _summary
+from ..core.generate.shot import Progress, TakeOutcome, log_progress, run_shot
+from ..core.generate.shot import shot_message as _message
+from ..core.generate.shot import summary as _summary
 from .common import EngineJobModal, project_of, report
 from .takes import TakePoll, connect_and_collect, take_dir_of
 

@@ -388,7 +388,7 @@ def stepwise(result: ConditioningResult | None = None, *, hold_settings: bool = 
     """Within this block `render_shot` renders nothing: it answers ``result`` when that is the
     folder asked for, and otherwise raises `RenderNeeded` with a `ShotRender` (inputs checked).
 
-    So a caller that renders step by step (core/generate_run.py) can run code that calls
+    So a caller that renders step by step (core/generate/run.py) can run code that calls
     `render_shot` (`shot_job.collect_shot`) twice: once to get its checks and the render to
     step, once with the finished maps.
     """

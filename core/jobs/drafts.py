@@ -13,7 +13,7 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..generate import GenerationError, ShotJob
+from ..generate.shot import GenerationError, ShotJob
 from ..timeline.paths import Project
 from .request import JobRequest
 from ..timeline.takes import DRAFT, FINAL, read_take, take_tier
@@ -29,7 +29,7 @@ DRAFT_ONLY = ("tier", "draft")
 
 def collect_final_from_draft(scene: bpy.types.Scene, take_dir: Path, project: Project, prefs: Prefs) -> ShotJob:
     """The final-tier job of the draft take in ``take_dir``. Main thread."""
-    from ..shot_job import collect_shot
+    from ..generate.shot_job import collect_shot
 
     # 1. A draft take of a shot still in the scene.
     info = read_take(take_dir)

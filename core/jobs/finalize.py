@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..conditioning.manifest import build_maps
-from ..generate import GenerationError, ShotJob, TakeOutcome
+from ..generate.shot import GenerationError, ShotJob, TakeOutcome
 from ..timeline.paths import Project, frame_name
 from .request import CoherenceSpec, FinalizeSpec, JobRequest, ModelSpec
-from ..shot_job import _model_path, coherence_settings, prefs_fields
+from ..generate.shot_job import _model_path, coherence_settings, prefs_fields
 from ..timeline.takes import FINALIZED, TakeInfo, read_take, take_tier
 
 if TYPE_CHECKING:
@@ -158,7 +158,7 @@ def collect_finalize(scene: bpy.types.Scene, take_dir: Path, project: Project, p
 
 def place_final(scene: bpy.types.Scene, outcome: TakeOutcome) -> Any:
     """The final take's strip, above the shot's takes (which are muted), scaled to fit the scene's output."""
-    from ..shot_job import place_outcome
+    from ..generate.shot_job import place_outcome
 
     strip = place_outcome(scene, outcome)
     if strip is None or outcome.info is None:

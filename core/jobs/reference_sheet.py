@@ -10,7 +10,7 @@ Blender images in `character.sheet`; the user keeps the ones they like as
 references (viewfinder.add_reference). The sheet lives under
 `<project>/characters/<name>/`.
 
-`prepare_sheet` runs on the main thread (bpy); `run_shot` (core/generate.py)
+`prepare_sheet` runs on the main thread (bpy); `run_shot` (core/generate/shot.py)
 may run anywhere; `load_sheet` runs on the main thread again.
 """
 
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from .characters import CharacterSource, check_lora, shot_characters
 from ..scene.characters import character_objects, problem_of, read_bible
-from ..generate import GenerationError, ShotJob, TakeOutcome
+from ..generate.shot import GenerationError, ShotJob, TakeOutcome
 from ..timeline.paths import Project, folder_name, frame_name
 from .request import JobRequest
 from ..scene.resolution import generation_size
@@ -59,7 +59,7 @@ def prepare_sheet(scene: Any, character: Any, project: Project, prefs: Prefs) ->
     import bpy
 
     from ..conditioning import ConditioningError, render_shot
-    from ..shot_job import prefs_fields, scene_models
+    from ..generate.shot_job import prefs_fields, scene_models
 
     # 1. Check inputs.
     objects = character_objects(scene, character)

@@ -191,7 +191,7 @@ def test_bad_input_is_named_before_anything_is_sent(tmp_path, vfmod, case, patte
             rig = build_character(scene, f"Extra{i}", -1.5 + 1.0 * i)
             extra = scene.viewfinder.characters.add()
             extra.name, extra.armature = rig.name, rig
-    with pytest.raises(vfmod("core.generate").GenerationError, match=pattern):
+    with pytest.raises(vfmod("core.generate.shot").GenerationError, match=pattern):
         collect(scene, vfmod, "Both")
 
 

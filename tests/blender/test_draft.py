@@ -30,7 +30,7 @@ def truck(tmp_path: Path, tiny_models: Path, vf: Any) -> dict[str, Any]:
 def collect(vfmod: Any, scene: bpy.types.Scene, shot: Any) -> Any:
     project = vfmod("operators.common").project_of(bpy.context)
     prefs = vfmod("preferences").get_prefs(bpy.context)
-    return vfmod("core.shot_job").collect_shot(scene, shot, project, prefs)
+    return vfmod("core.generate.shot_job").collect_shot(scene, shot, project, prefs)
 
 
 def test_scene_tier_and_shot_override_reach_the_request(truck: dict[str, Any], vfmod: Any) -> None:

@@ -84,7 +84,7 @@ def test_bad_input_pickle_upscaler_and_deleted_maps(approved: dict[str, Any], vf
 
 
 def test_cancelled_finalize_resumes_where_it_stopped(approved: dict[str, Any], vfmod: Any) -> None:
-    finalize, generate, engine_link = vfmod("core.jobs.finalize"), vfmod("core.generate"), vfmod("core.client.link")
+    finalize, generate, engine_link = vfmod("core.jobs.finalize"), vfmod("core.generate.shot"), vfmod("core.client.link")
     prefs = vfmod("preferences").get_prefs(bpy.context)
     project = vfmod("operators.common").project_of(bpy.context)
     plan = finalize.collect_finalize(approved["scene"], approved["takes"] / "001", project, prefs, factor=2,

@@ -102,7 +102,7 @@ def test_cancel_keeps_finished_frames_places_no_strip_and_resumes(tmp_path, tiny
     scene.viewfinder.batch_size = 1
     scene.viewfinder.steps = 30
     generate, shot_job, engine_link, prefs_mod = (
-        vfmod("core.generate"), vfmod("core.shot_job"), vfmod("core.client.link"), vfmod("preferences"))
+        vfmod("core.generate.shot"), vfmod("core.generate.shot_job"), vfmod("core.client.link"), vfmod("preferences"))
     ops_common = vfmod("operators.common")
     prefs = prefs_mod.get_prefs(bpy.context)
     project = ops_common.project_of(bpy.context)

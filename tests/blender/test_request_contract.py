@@ -31,7 +31,7 @@ def schema() -> Any:
 
 def validate(schema: Any, vfmod: Any, job: Any) -> Any:
     """The engine's parsed request for `job`, with its frames as run_shot sends them."""
-    generate, request = vfmod("core.generate"), vfmod("core.jobs.request")
+    generate, request = vfmod("core.generate.shot"), vfmod("core.jobs.request")
     paths = {p for maps in job.maps.values() for p in maps.values() if p is not None}
     hashes = {p: generate.file_sha256(p) for p in paths}
     body = job.request.body(request.frame_entries(job.frames, job.maps, hashes, job.frame_values))
@@ -126,7 +126,7 @@ def test_a_video_shot(tmp_path: Path, vfmod: Any, schema: Any) -> None:
     job = collect(scene, vfmod, "Box")
     parsed = validate(schema, vfmod, job)
     assert parsed.generator == "VIDEO" and parsed.video.model == vfmod("core.jobs.request").DEFAULT_VIDEO_MODEL
-    assert parsed.video.references == [vfmod("core.generate").file_sha256(tmp_path / "ref.png")]
+    assert parsed.video.references == [vfmod("core.generate.shot").file_sha256(tmp_path / "ref.png")]
     scene.viewfinder.video_model_preset = "ANIMATEDIFF"
     parsed = validate(schema, vfmod, collect(scene, vfmod, "Box"))
     assert parsed.video.pipeline == "ANIMATEDIFF" and parsed.video.motion_adapter == scene.viewfinder.motion_adapter

@@ -31,7 +31,7 @@ def make_run(vfmod, scene, *, hold_settings=False, background=False, engine_thre
     """A run as the UI makes it, except that by default its engine steps run a step a tick on
     this thread, so that the tests can cancel after a given step (engine_thread=True: the UI's
     own configuration, the engine steps on a worker thread)."""
-    run_mod = vfmod("core.generate_run")
+    run_mod = vfmod("core.generate.run")
     project = vfmod("operators.common").project_of(bpy.context)
     prefs = vfmod("preferences").get_prefs(bpy.context)
     return run_mod.GenerationRun([s.name for s in scene.viewfinder.shots], project, prefs,
@@ -41,7 +41,7 @@ def make_run(vfmod, scene, *, hold_settings=False, background=False, engine_thre
 def drive(vfmod, run, scene, *, cancel_when=None, limit=20000):
     """Tick to the end; cancel right after the first tick after which `cancel_when(run, kinds)` holds.
     Returns the step kinds of every tick and the statuses shown."""
-    run_mod = vfmod("core.generate_run")
+    run_mod = vfmod("core.generate.run")
     kinds, statuses = [], []
     for _ in range(limit):
         state = run.tick(scene)
@@ -104,7 +104,7 @@ def test_between_ticks_the_user_sees_their_own_settings(tmp_path, tiny_models, v
     scene.frame_set(2)
     before = snapshot(scene)
     run = make_run(vfmod, scene)
-    run_mod = vfmod("core.generate_run")
+    run_mod = vfmod("core.generate.run")
     statuses = []
     while run.phase in ("connect", "maps"):
         assert run.tick(scene) != run_mod.DONE

@@ -195,11 +195,11 @@ def test_out_of_memory_fails_that_job_only(ray_client: Any, tiny_models: dict[st
 
 def test_generate_all_places_takes_in_the_order_jobs_finish(ray_client: Any, core: types.SimpleNamespace,
                                                             tiny_models: dict[str, str], tmp_path: Path) -> None:
-    """core/generate_all.py: every shot submitted at once; a short shot listed last comes back first."""
+    """core/generate/all_shots.py: every shot submitted at once; a short shot listed last comes back first."""
     import importlib
 
-    generate = importlib.import_module("vf_core_under_test.generate")
-    generate_all = importlib.import_module("vf_core_under_test.generate_all")
+    generate = importlib.import_module("vf_core_under_test.generate.shot")
+    generate_all = importlib.import_module("vf_core_under_test.generate.all_shots")
     request = importlib.import_module("vf_core_under_test.jobs.request")
 
     def shot_job(name: str, frames: int, steps: int) -> Any:

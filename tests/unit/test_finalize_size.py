@@ -6,7 +6,7 @@ import pytest
 from helpers import load
 
 finalize = load("core.jobs.finalize")
-generate = load("core.generate")
+generate = load("core.generate.shot")
 
 
 def test_factor_within_the_output_size_is_exact() -> None:

@@ -10,7 +10,7 @@ import pytest
 from helpers import load
 
 video_job = load("core.jobs.video")
-generate = load("core.generate")
+generate = load("core.generate.shot")
 
 
 def scene_settings(**overrides: object) -> SimpleNamespace:

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .timeline import takes as takes_core
-from .timeline.paths import frame_name
-from .prefs import Prefs
-from .jobs.request import JobRequest, frame_entries
+from ..timeline import takes as takes_core
+from ..timeline.paths import frame_name
+from ..prefs import Prefs
+from ..jobs.request import JobRequest, frame_entries
 
 log = logging.getLogger(__name__)
 
@@ -344,6 +344,6 @@ def log_progress(p: Progress) -> None:
 
 def engine_job_task(job: ShotJob, prefs: Prefs, *, report: Callable[[Any], None], cancel: Any) -> TakeOutcome:
     """A `core.worker.Worker` task: connect, then `run_shot`, its `Progress` posted as it comes."""
-    from .client.link import connect  # deferred: starts processes, not needed by plain callers
+    from ..client.link import connect  # deferred: starts processes, not needed by plain callers
 
     return run_shot(job, connect(prefs), on_progress=report, should_cancel=cancel.is_set)

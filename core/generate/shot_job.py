@@ -10,18 +10,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .timeline import vse
-from .generate import GenerationError, ShotJob, TakeOutcome
-from .timeline.paths import Project, frame_name
-from .jobs.request import DraftSpec, JobRequest
-from .scene.resolution import MIN_EDGE, scene_size, smallest_long_edge
-from .timeline.takes import DRAFT, FINAL
-from .jobs.video import effective_generator, reference_uploads, video_settings
+from ..timeline import vse
+from .shot import GenerationError, ShotJob, TakeOutcome
+from ..timeline.paths import Project, frame_name
+from ..jobs.request import DraftSpec, JobRequest
+from ..scene.resolution import MIN_EDGE, scene_size, smallest_long_edge
+from ..timeline.takes import DRAFT, FINAL
+from ..jobs.video import effective_generator, reference_uploads, video_settings
 
 if TYPE_CHECKING:
     import bpy
 
-    from .prefs import Prefs
+    from ..prefs import Prefs
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def collect_shot(
 
     ``tier`` ("draft" or "final") overrides the shot's and the scene's tier setting.
     """
-    from .conditioning import ConditioningError, render_shot  # deferred: heavier module
+    from ..conditioning import ConditioningError, render_shot  # deferred: heavier module
 
     if shot.problem:
         raise GenerationError(f"Shot '{shot.name}': {shot.problem}")
@@ -161,7 +161,7 @@ def apply_animation(scene: bpy.types.Scene, shot: Any, frames: list[int], prompt
     Job-level values become the shot's first frame's; the take's identity (prompts and
     settings, hashed into take.json) gains the prompt keys and the per-frame values.
     """
-    from .scene.anim_sample import SampleError, sample_shot
+    from ..scene.anim_sample import SampleError, sample_shot
 
     try:
         samples = sample_shot(scene, shot, frames)
@@ -181,7 +181,7 @@ def apply_animation(scene: bpy.types.Scene, shot: Any, frames: list[int], prompt
 
 def _characters(scene: bpy.types.Scene, shot: Any, conditioning_dir: Path, meta: dict[str, Any],
                 project: Project) -> dict[str, Any]:
-    from .scene.characters import collect_characters
+    from ..scene.characters import collect_characters
 
     try:
         return collect_characters(scene, conditioning_dir, meta, project.root / "references")

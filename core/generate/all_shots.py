@@ -2,11 +2,11 @@
 
 A cluster engine (``python -m engine serve-ray``) runs the jobs it receives together on
 different replicas, so the add-on hands it all shots at once instead of one after the
-other. `ShotsOnEngine` steps every shot's `EngineShot` (core/generate.py) in turn, one
+other. `ShotsOnEngine` steps every shot's `EngineShot` (core/generate/shot.py) in turn, one
 bounded step (an upload, the submit, a poll) of one shot per call, so the shots' jobs reach
 the engine close together. Outcomes come back in the order the jobs finish,
 not the order of the shots. A single engine simply queues the jobs: same takes, same total
-time. Never touches bpy; bounded steps, so the UI's state machine (core/generate_run.py)
+time. Never touches bpy; bounded steps, so the UI's state machine (core/generate/run.py)
 can call it between frames.
 """
 
@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .generate import POLL_INTERVAL_S, EngineShot, Progress, ShotJob, TakeOutcome
+from .shot import POLL_INTERVAL_S, EngineShot, Progress, ShotJob, TakeOutcome
 
 log = logging.getLogger(__name__)
 
