@@ -15,9 +15,9 @@ _registered: list = []
 
 
 def register() -> None:
-    from . import handlers, operators, panels, preferences, props, props_pose
+    from . import handlers, operators, panels, preferences, props
 
-    for module in (preferences, props, props_pose, operators, panels, handlers):
+    for module in (preferences, props, operators, panels, handlers):
         module.register()
         _registered.append(module)
 

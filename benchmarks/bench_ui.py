@@ -129,7 +129,7 @@ def run_once(vf, models: Path, long_edge: int, steps: int, out: Path,
     scene = bpy.context.scene
     project = vf.operators.common.project_of(bpy.context)
     prefs = vf.preferences.get_prefs(bpy.context)
-    run_mod = vf.core.generate_run
+    run_mod = vf.core.generate.run
     run = run_mod.GenerationRun([s.name for s in settings.shots], project, prefs, engine_thread=engine_thread)
     ticks: list[tuple[str, float]] = []
     size = "?"
@@ -169,7 +169,7 @@ def main() -> int:
     else:
         models = out / "no-models"  # never loaded: the stand-in answers
         engine = StandInEngine(args.latency_ms / 1000.0)
-        vf.core.generate_run.connect_task = lambda prefs, *, report, cancel: engine
+        vf.core.generate.run.connect_task = lambda prefs, *, report, cancel: engine
     where = "on the main thread" if args.engine_on_main else "on the engine thread"
     print(f"Blender {bpy.app.version_string}, {os.cpu_count()} CPUs, {args.engine} engine ({args.latency_ms:g} ms a "
           f"call, {where}); demo film, 3 shots × 24 frames; ms per tick")

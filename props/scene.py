@@ -18,9 +18,9 @@ from bpy.props import (
     StringProperty,
 )
 
-from . import props_characters
-from .core.scene import shots as shots_core
-from .core.jobs.request import (
+from . import characters as props_characters
+from ..core.scene import shots as shots_core
+from ..core.jobs.request import (
     DEFAULT_BASE,
     DEFAULT_CONTROLNET_DEPTH,
     DEFAULT_CONTROLNET_POSE,
@@ -28,7 +28,7 @@ from .core.jobs.request import (
     DEFAULT_IP_ADAPTER,
     DEFAULT_MOTION_ADAPTER,
 )
-from .props_characters import ViewfinderCharacter
+from .characters import ViewfinderCharacter
 
 GENERATOR_ITEMS = [
     ("IMAGE", "Image", "Per-frame image model (SD 1.5 / SDXL + ControlNets) with the shot's coherence mode"),
@@ -199,7 +199,7 @@ class ViewfinderSettings(bpy.types.PropertyGroup):
         name="Tiny VAE Model", description="AutoencoderTiny folder or Hub id; empty: madebyollin/taesd (taesdxl)",
     )
 
-    # The character bible and the film look (props_characters.py, core/jobs/characters.py).
+    # The character bible and the film look (props/characters.py, core/jobs/characters.py).
     characters: CollectionProperty(type=ViewfinderCharacter)
     active_character_index: IntProperty(name="Active Character", default=0, min=0)
     style_reference: PointerProperty(
