@@ -101,24 +101,6 @@ def _prompt_of(request: JobRequest, frame: FrameSpec) -> tuple[str, tuple[tuple[
     return "", tuple((text, round(share, 6)) for text, share in shares.items()), False
 
 
-def check_frame_values(request: JobRequest) -> None:
-    """``check_inputs`` for the per-frame fields; raises ValueError naming the field."""
-    keys = len(request.prompt_keys)
-    for i, frame in enumerate(request.frames):
-        if frame.prompt_weights is not None:
-            if not keys:
-                raise ValueError(f"frames[{i}].prompt_weights is set but prompt_keys is empty: send the prompts "
-                                 "the weights refer to in prompt_keys")
-            if len(frame.prompt_weights) != keys:
-                raise ValueError(f"frames[{i}].prompt_weights has {len(frame.prompt_weights)} weights but "
-                                 f"prompt_keys has {keys} prompts: send one weight per prompt key")
-        start = request.control_start if frame.control_start is None else frame.control_start
-        end = request.control_end if frame.control_end is None else frame.control_end
-        if (frame.control_start is not None or frame.control_end is not None) and start >= end:
-            raise ValueError(f"frames[{i}].control_start ({start}) must be smaller than control_end ({end}) "
-                             f"on frame {frame.frame}")
-
-
 def zero_weight_frames(request: JobRequest) -> list[int]:
     """Frames whose prompt weights are all 0: they fall back to the shot prompt."""
     if not request.prompt_keys:

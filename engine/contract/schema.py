@@ -12,7 +12,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .schedule import check_frame_values
 
 logger = logging.getLogger(__name__)
 
@@ -262,7 +261,7 @@ class JobRequest(_Strict):
             if frame.frame in seen:
                 raise ValueError(f"frame {frame.frame} appears twice in frames; send each frame once")
             seen.add(frame.frame)
-        check_frame_values(self)  # per-frame values: engine/contract/schedule.py
+        check_frame_values(self)  # per-frame values (resolved in engine/contract/schedule.py)
         return self
 
     @model_validator(mode="after")
@@ -308,3 +307,21 @@ def field_path(loc: tuple[int | str, ...]) -> str:
         else:
             out += ("." if out else "") + str(part)
     return out or "body"
+
+
+def check_frame_values(request: JobRequest) -> None:
+    """``check_inputs`` for the per-frame fields; raises ValueError naming the field."""
+    keys = len(request.prompt_keys)
+    for i, frame in enumerate(request.frames):
+        if frame.prompt_weights is not None:
+            if not keys:
+                raise ValueError(f"frames[{i}].prompt_weights is set but prompt_keys is empty: send the prompts "
+                                 "the weights refer to in prompt_keys")
+            if len(frame.prompt_weights) != keys:
+                raise ValueError(f"frames[{i}].prompt_weights has {len(frame.prompt_weights)} weights but "
+                                 f"prompt_keys has {keys} prompts: send one weight per prompt key")
+        start = request.control_start if frame.control_start is None else frame.control_start
+        end = request.control_end if frame.control_end is None else frame.control_end
+        if (frame.control_start is not None or frame.control_end is not None) and start >= end:
+            raise ValueError(f"frames[{i}].control_start ({start}) must be smaller than control_end ({end}) "
+                             f"on frame {frame.frame}")
