@@ -21,7 +21,8 @@ from . import limits
 from .auth import DEFAULT_OWNER, Tokens
 from ..contract.errors import BadRequest, EngineFault, NotFound
 from .front_door import LOOPBACK_HOSTS, FrontDoor, fault_from_exception
-from ..jobs.manager import Job, JobManager
+from ..jobs.job import Job
+from ..jobs.manager import JobManager
 from ..contract.schema import SHA256_RE, JobRequest, field_path
 
 logger = logging.getLogger(__name__)

@@ -43,9 +43,10 @@ from ..models.refs import _fingerprint
 from ..models.upscale import check_upscaler_path, enlarge, load_upscaler
 
 if TYPE_CHECKING:
-    from .manager import Job, JobManager
-    from ..models.pipelines import BatchSettings, LoadedModels
     from ..contract.schema import FrameSpec, JobRequest
+    from ..models.pipelines import BatchSettings, LoadedModels
+    from .context import RunContext
+    from .job import Job
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def _read_png(data: bytes) -> np.ndarray:
         return np.asarray(img.convert("RGB"))
 
 
-def run_finalize(manager: JobManager, job: Job, models: LoadedModels, settings: BatchSettings,
+def run_finalize(context: RunContext, job: Job, models: LoadedModels, settings: BatchSettings,
                  active_nets: Callable[[FrameSpec], tuple[str, ...]], run_started: float) -> None:
     """Worker thread: the steps of the module docstring for every frame not already cached."""
     from PIL import Image
@@ -97,15 +98,15 @@ def run_finalize(manager: JobManager, job: Job, models: LoadedModels, settings: 
         if job.cancel_event.is_set():
             break
         # 0. Done already (this job, the cache, or another job since submit).
-        if frame.frame in job.done or manager._take_from_cache(job, frame):
+        if frame.frame in job.done or context.take_from_cache(job, frame):
             previous = frame
             continue
         if index > 0 and anchor is None:
-            anchor = color_stats(manager._read_frame(job, ordered[0]))
+            anchor = color_stats(context.read_frame(job, ordered[0]))
         # 1. Enlarge the approved frame.
         started = time.perf_counter()
         assert frame.source is not None
-        source = _read_png(manager.storage.read_blob(frame.source))
+        source = _read_png(context.storage.read_blob(frame.source))
         big = enlarge(source, request.width, request.height, upscaler)
         radius = max(1, round(request.width / source.shape[1]))
         job.timings["upscale_s"] = job.timings.get("upscale_s", 0.0) + time.perf_counter() - started
@@ -113,15 +114,15 @@ def run_finalize(manager: JobManager, job: Job, models: LoadedModels, settings: 
         reason = strategy.keyframe_reason(index, frame, previous)
         carried: Carried | None = None
         if reason is None:
-            carried, reason = manager.carry(job, strategy, frame, previous)
+            carried, reason = context.carry(job, strategy, frame, previous)
         if reason is not None:
             keyframes.append(frame.frame)
         # 3. Detail pass guided by the maps at the new size; 0 strength keeps the enlarged frame.
         detailed = big
         if spec.detail_strength > 0.0:
             nets = active_nets(frame)
-            maps = {name: manager._decode(name, getattr(frame, name)) for name in nets}
-            manager.before_denoise(job, [frame])
+            maps = {name: context.decode(name, getattr(frame, name)) for name in nets}
+            context.before_denoise(job, [frame])
             job.step = 0
             image, model_s = run_img2img(models, nets, maps, Image.fromarray(big), spec.detail_strength,
                                          request.seed, settings, job.on_step)
@@ -133,9 +134,9 @@ def run_finalize(manager: JobManager, job: Job, models: LoadedModels, settings: 
         # 4. Paste the carried frame (sharp FLOW), then to disk at once.
         result = strategy.finish(detailed, carried, anchor if index > 0 else None)
         fkey = job.frame_keys[frame.frame]
-        manager.storage.put_frame(fkey, encode_png(Image.fromarray(result)))
+        context.storage.put_frame(fkey, encode_png(Image.fromarray(result)))
         job.done[frame.frame] = fkey
         previous = frame
         generated += 1
         job.eta_s = (time.perf_counter() - run_started) / generated * (len(job.frame_keys) - len(job.done))
-    manager._complete(job, run_started)
+    context.complete(job, run_started)

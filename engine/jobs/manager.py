@@ -59,6 +59,8 @@ from ..contract.schedule import FrameValues, frame_values, job_warnings
 from ..contract.schema import FrameSpec, JobRequest
 from ..storage import Storage, canonical_hash
 from ..models.upscale import check_upscaler_path
+from .context import RunContext
+from .job import Job
 from .writer import FrameWriter
 
 logger = logging.getLogger(__name__)
@@ -69,67 +71,12 @@ def _text_digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-@dataclass
-class Job:
-    id: str
-    request: JobRequest
-    refs: dict[str, ModelRef | None]
-    lora: ModelRef | None
-    key: PipelineKey
-    frame_keys: dict[int, str]
-    status: str = "queued"
-    phase: str = "queued"
-    detail: dict[str, Any] = field(default_factory=dict)
-    done: dict[int, str] = field(default_factory=dict)
-    cached: list[int] = field(default_factory=list)
-    step: int = 0
-    error: dict[str, Any] | None = None
-    created: float = field(default_factory=time.time)
-    started: float | None = None
-    finished: float | None = None
-    eta_s: float | None = None
-    timings: dict[str, float] = field(default_factory=lambda: {"load_s": 0.0, "model_s": 0.0, "run_s": 0.0})
-    pipeline_reused: bool | None = None
-    warnings: list[str] = field(default_factory=list)
-    cancel_event: threading.Event = field(default_factory=threading.Event)
-    # Adjustments the engine made to the request (VIDEO: padding, rounding), for the user.
-    messages: list[str] = field(default_factory=list)
-    # Issue 9: character LoRAs by name, the IP-Adapter, and what identity conditioning did.
-    char_loras: dict[str, ModelRef | None] = field(default_factory=dict)
-    ip_ref: IpAdapterRef | None = None
-    identity: dict[str, Any] | None = None
-    step_s: float | None = None  # seconds the last denoising step took
-    _step_at: float = 0.0
-
-    def on_step(self, step: int) -> bool:
-        """Worker thread, after every denoising step: records progress; True asks to cancel."""
-        now = time.perf_counter()
-        if step > 1 and self._step_at:
-            self.step_s = now - self._step_at
-        self._step_at = now
-        self.step = step
-        return self.cancel_event.is_set()
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id, "shot": self.request.shot, "status": self.status, "phase": self.phase,
-            "detail": dict(self.detail), "frames_total": len(self.frame_keys),
-            "frames_done": len(self.done), "frames": sorted(self.done), "cached_frames": sorted(self.cached),
-            "step": self.step, "steps": self.request.steps, "eta_s": self.eta_s, "error": self.error,
-            "timings": dict(self.timings), "pipeline_reused": self.pipeline_reused,
-            "generator": self.request.generator, "messages": list(self.messages),
-            "warnings": list(self.warnings),
-            **({"identity": dict(self.identity)} if self.identity is not None else {}),
-            "step_s": None if self.step_s is None else round(self.step_s, 4),
-        }
-
-
 class Shot:
     """One job's frames as a run function sees them: per-frame values, nets, pipeline settings, progress."""
 
-    def __init__(self, manager: JobManager, job: Job, models: LoadedModels, plan: IdentityPlan | None) -> None:
+    def __init__(self, context: RunContext, job: Job, models: LoadedModels, plan: IdentityPlan | None) -> None:
         request = job.request
-        self.manager, self.job, self.models, self.plan = manager, job, models, plan
+        self.context, self.job, self.models, self.plan = context, job, models, plan
         job.phase, job.detail = "generating", {}
         # Per-frame values (engine/contract/schedule.py); prompts encoded once per job when blended.
         self.values: dict[int, FrameValues] = {f.frame: frame_values(request, f) for f in request.frames}
@@ -159,7 +106,7 @@ class Shot:
         if self.plan is None or not request.characters:
             return (self.nets(frame), self.values[frame.frame].batch_group())
         if frame.frame not in self._visible:
-            regions = frame_regions(self.manager.storage, request, frame.mask)
+            regions = frame_regions(self.context.storage, request, frame.mask)
             self._visible[frame.frame] = regions.visible if regions else ()
         return (self.nets(frame), self.values[frame.frame].batch_group(), self._visible[frame.frame])
 
@@ -184,8 +131,8 @@ class FlowStep:
 class FlowShot(Shot):
     """A FLOW shot's place in its frames: the previous frame, the colour anchor, the keyframes so far."""
 
-    def __init__(self, manager: JobManager, job: Job, models: LoadedModels, plan: IdentityPlan | None) -> None:
-        super().__init__(manager, job, models, plan)
+    def __init__(self, context: RunContext, job: Job, models: LoadedModels, plan: IdentityPlan | None) -> None:
+        super().__init__(context, job, models, plan)
         self.strategy = FlowCoherence(self.job.request.coherence)
         self.ordered = self.strategy.order(self.job.request.frames)
         self.position = 0
@@ -195,25 +142,25 @@ class FlowShot(Shot):
 
     def next_step(self) -> FlowStep | None:
         """The next frame to generate, carried along the flow; None when the shot is finished or cancelled."""
-        manager, job, strategy = self.manager, self.job, self.strategy
+        context, job, strategy = self.context, self.job, self.strategy
         while self.position < len(self.ordered):
             if job.cancel_event.is_set():
                 return None
             index, frame = self.position, self.ordered[self.position]
             self.position += 1
             # 1. Done already (this job, the cache, or another job since submit).
-            if frame.frame in job.done or manager._take_from_cache(job, frame):
+            if frame.frame in job.done or context.take_from_cache(job, frame):
                 self.previous = frame
                 continue
             if self.plan is not None and self.plan.palette is not None:
                 self.anchor = self.plan.palette  # the film's palette, not the shot's first frame (issue 9)
             elif index > 0 and self.anchor is None and strategy.method.color_match:
-                self.anchor = color_stats(manager._read_frame(job, self.ordered[0]))
+                self.anchor = color_stats(context.read_frame(job, self.ordered[0]))
             # 2. Carry the previous frame along the flow, unless this is a keyframe or a cut.
             reason = strategy.keyframe_reason(index, frame, self.previous)
             carried: Carried | None = None
             if reason is None:
-                carried, reason = manager.carry(job, strategy, frame, self.previous)
+                carried, reason = context.carry(job, strategy, frame, self.previous)
             if reason is not None:
                 self.keyframes.append(frame.frame)
                 logger.info("Job %s frame %d: keyframe (%s)", job.id, frame.frame, reason)
@@ -227,7 +174,7 @@ class FlowShot(Shot):
                                       self.anchor if step.index > 0 or palette else None)
         if step.index == 0 and not palette:
             self.anchor = color_stats(result)
-        self.manager.writer.put(self.job, step.frame.frame, self.job.frame_keys[step.frame.frame], result)
+        self.context.writer.put(self.job, step.frame.frame, self.job.frame_keys[step.frame.frame], result)
         self.previous = step.frame
         self.made([step.frame])
 
@@ -272,6 +219,9 @@ class JobManager:
         self._lock = threading.Lock()
         self._worker = threading.Thread(target=self._run_worker, name="vf-engine-worker", daemon=True)
         self.writer = FrameWriter(storage)
+        # What runners get instead of the manager; before_denoise stays a method here (the test seam).
+        self.context = RunContext(storage, self.pipelines, self.writer,
+                                  lambda job, frames: self.before_denoise(job, frames))
 
     def start(self) -> None:
         self._worker.start()
@@ -292,7 +242,7 @@ class JobManager:
         if request.generator == "VIDEO":
             from .video import submit_video
 
-            return self._register(submit_video(self, request))
+            return self._register(submit_video(request, self.storage, self.resolve_job_device, self.job_class))
         # 0. Draft tier (engine/models/draft.py): its references checked, its steps and guidance in the request.
         check_draft(request)
         request = draft_request(request)
@@ -454,11 +404,7 @@ class JobManager:
             del self.jobs[job.id]
 
     def _finish(self, job: Job, status: str, error: EngineFault | None = None) -> None:
-        job.error = error.to_json() if error else None
-        job.finished = time.time()
-        job.eta_s = 0.0 if status == "done" else None
-        job.phase = status
-        job.status = status
+        job.finish(status, error)
 
     # Worker thread ------------------------------------------------------------
 
@@ -562,7 +508,7 @@ class JobManager:
         if request.generator == "VIDEO":
             from .video import run_video
 
-            run_video(self, job)
+            run_video(self.context, job)
             return
         job.status, job.phase, job.started = "running", "loading", time.time()
         # 1. Pipeline: reused when a previous job had the same model settings.
@@ -595,15 +541,15 @@ class JobManager:
         """Worker thread: generate the frames of ``job`` (and its FLOW companions) that are not done yet."""
         request = job.request
         if request.finalize is not None:
-            shot = Shot(self, job, models, plan)
+            shot = Shot(self.context, job, models, plan)
             todo = [f for f in request.frames if f.frame not in job.done]
-            run_finalize(self, job, models, shot.settings(todo[:1] or request.frames[:1]), shot.nets,
+            run_finalize(self.context, job, models, shot.settings(todo[:1] or request.frames[:1]), shot.nets,
                          shot.run_started)
         elif request.coherence.mode == "FLOW":
-            self._run_flow([FlowShot(self, job, models, plan),
+            self._run_flow([FlowShot(self.context, job, models, plan),
                             *(self._flow_shot(other, models) for other in companions or [])])
         else:
-            self._run_batched(Shot(self, job, models, plan))
+            self._run_batched(Shot(self.context, job, models, plan))
 
     def _run_batched(self, shot: Shot) -> None:
         """Worker thread: INDEPENDENT frames, up to ``batch_size`` per pipeline call.
@@ -618,12 +564,12 @@ class JobManager:
             if job.cancel_event.is_set():
                 break
             # 2. Another job may have produced these frames since submit.
-            batch = [f for f in batch if not self._take_from_cache(job, f)]
+            batch = [f for f in batch if not self.context.take_from_cache(job, f)]
             if not batch:
                 continue
             # 3. Inputs: control maps, seeds, prompts, identity conditioning.
             nets = shot.nets(batch[0])
-            maps = {name: [self._decode(name, getattr(f, name)) for f in batch] for name in nets}
+            maps = {name: [self.context.decode(name, getattr(f, name)) for f in batch] for name in nets}
             self.before_denoise(job, batch)
             settings = shot.settings(batch)
             extra, context = self._identity_batch(job, shot.models, plan, batch, settings)
@@ -642,14 +588,7 @@ class JobManager:
                     pixels = plan.finish(pixels)
                 self.writer.put(job, frame.frame, job.frame_keys[frame.frame], pixels)
             shot.made(batch)
-        self._complete(job, shot.run_started)
-
-    def _complete(self, job: Job, run_started: float) -> None:
-        """Worker thread: the job's frames written, its run time recorded, done (or cancelled part way)."""
-        self.writer.wait()
-        job.timings["run_s"] = time.perf_counter() - run_started
-        self._finish(job, "cancelled" if job.cancel_event.is_set() and len(job.done) < len(job.frame_keys)
-                     else "done")
+        self.context.complete(job, shot.run_started)
 
     def _identity_batch(self, job: Job, models: LoadedModels, plan: IdentityPlan | None, batch: list[FrameSpec],
                         settings: BatchSettings) -> tuple[dict[str, Any] | None, Any]:
@@ -669,17 +608,6 @@ class JobManager:
             embeds[:, : blended.shape[1]] = blended.to(device=embeds.device, dtype=embeds.dtype)
             extra["prompt_embeds"] = embeds
         return extra, context
-
-    def _take_from_cache(self, job: Job, frame: FrameSpec) -> bool:
-        fkey = job.frame_keys[frame.frame]
-        if self.storage.has_frame(fkey):
-            job.done[frame.frame] = fkey
-            return True
-        return False
-
-    def _decode(self, name: str, sha: str) -> Any:
-        data = self.storage.read_blob(sha)
-        return decode_depth(data) if name == "depth" else decode_rgb(data)
 
     # FLOW coherence --------------------------------------------------------------
 
@@ -709,7 +637,7 @@ class JobManager:
                 step = shot.next_step()
                 if step is None:
                     active.remove(shot)
-                    self._complete(shot.job, shot.run_started)
+                    self.context.complete(shot.job, shot.run_started)
                 else:
                     steps.append(step)
             # 3. Frames that can share a pipeline call, up to the batch size.
@@ -725,7 +653,7 @@ class JobManager:
     def _flow_shot(self, job: Job, models: LoadedModels) -> FlowShot:
         """A FLOW job joining an interleaved run (it has no identity conditioning: ``_interleavable``)."""
         job.status, job.phase, job.started, job.pipeline_reused = "running", "generating", time.time(), True
-        return FlowShot(self, job, models, None)
+        return FlowShot(self.context, job, models, None)
 
     def _denoise_flow(self, batch: list[FlowStep], models: LoadedModels) -> list[Any] | None:
         """One pipeline call for ``batch`` (frames of different shots); None when all its jobs were cancelled."""
@@ -735,7 +663,7 @@ class JobManager:
         jobs = [step.shot.job for step in batch]
         frames = [step.frame for step in batch]
         nets = first.shot.nets(first.frame)
-        maps = {name: [self._decode(name, getattr(f, name)) for f in frames] for name in nets}
+        maps = {name: [self.context.decode(name, getattr(f, name)) for f in frames] for name in nets}
         for step in batch:
             self.before_denoise(step.shot.job, [step.frame])
         settings = first.shot.settings([first.frame])
@@ -771,58 +699,3 @@ class JobManager:
         for job in jobs:
             job.timings["model_s"] += model_s / len(jobs)
         return images
-
-    def carry(self, job: Job, strategy: FlowCoherence, frame: FrameSpec,
-              previous: FrameSpec | None) -> tuple[Carried | None, str | None]:
-        """``previous`` (generated) warped along ``frame``'s flow, or (None, why) when ``frame`` is a keyframe."""
-        assert previous is not None and frame.flow and frame.depth and previous.depth
-        flow = self._read_flow(frame.flow)
-        if flow is None:
-            return None, "unreadable flow map"
-        carried = strategy.carry(self._read_frame(job, previous), flow, self._read_depth(previous.depth),
-                                 self._read_depth(frame.depth))
-        if strategy.is_cut(carried):
-            return None, f"cut ({carried.masks.carried_fraction():.0%} of pixels carried)"
-        return carried, None
-
-    def _read_frame(self, job: Job, frame: FrameSpec) -> np.ndarray:
-        from PIL import Image
-
-        pending = self.writer.pending(job.frame_keys[frame.frame])
-        if pending is not None:  # handed to the writer, not yet on disk
-            return pending
-        if not self.storage.has_frame(job.frame_keys[frame.frame]):
-            # Damaged since it was made (and now deleted): resubmitting generates it again.
-            job.done.pop(frame.frame, None)
-            raise EngineFault(f"cached frame {frame.frame} was damaged on the engine's disk and has been deleted; "
-                              "generate again to make it again", code="frame_damaged", status=409)
-        with Image.open(self.storage.frame_path(job.frame_keys[frame.frame])) as img:
-            return np.asarray(img.convert("RGB"))
-
-    def _read_depth(self, sha: str) -> np.ndarray:
-        """The depth map as stored (uint16), for the occlusion check (not the 0..1 tensor)."""
-        from PIL import Image
-
-        with Image.open(io.BytesIO(self.storage.read_blob(sha))) as img:
-            array = np.asarray(img)
-        return array if array.dtype == np.uint16 else array.astype(np.uint16)
-
-    def _read_flow(self, sha: str) -> np.ndarray | None:
-        """A flow blob (.npy, as the add-on writes it); None for other formats (then: a keyframe).
-
-        ``.npz`` is not read: a small archive can unpack to hundreds of MB (issue 11); the
-        submit check refuses it first, this is the second line.
-        """
-        data = self.storage.read_blob(sha)
-        try:
-            if data[:2] == b"PK":
-                raise ValueError("a .npz archive, not a .npy array")
-            loaded = np.load(io.BytesIO(data), allow_pickle=False)
-        except (ValueError, OSError, IndexError) as exc:
-            logger.warning("Flow blob %s is not a .npy array (%s); the frame becomes a keyframe", sha[:12], exc)
-            return None
-        if loaded.ndim != 3 or loaded.shape[2] != 2:
-            logger.warning("Flow blob %s has shape %s, not H x W x 2; the frame becomes a keyframe", sha[:12],
-                           loaded.shape)
-            return None
-        return loaded.astype(np.float32)

@@ -18,6 +18,7 @@ import io
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -43,9 +44,11 @@ from ..models.video import (
     run_window,
 )
 from ..models.windows import SizePlan, Window, WindowPlan, plan_size, plan_windows
+from .job import Job
 
 if TYPE_CHECKING:
-    from .manager import Job, JobManager
+    from ..storage import Storage
+    from .context import RunContext
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +60,14 @@ def plan_job(request: JobRequest) -> tuple[WindowPlan, SizePlan]:
     return plan, plan_size(request.width, request.height, rules["multiple"])
 
 
-def submit_video(manager: JobManager, request: JobRequest) -> Job:
-    """Check a VIDEO request, plan its windows and chain its cache keys (HTTP thread)."""
+def submit_video(request: JobRequest, storage: Storage, resolve_device: Callable[[str], str],
+                 job_class: type[Job] = Job) -> Job:
+    """Check a VIDEO request, plan its windows and chain its cache keys (HTTP thread).
+
+    ``resolve_device`` turns the request's device into the one its frames are made on (it
+    raises ValueError for a device the engine cannot use); ``job_class`` is the job type the
+    engine keeps (the Ray ingress keeps more per job).
+    """
 
     video = request.video
     # 1. The pipeline must exist in this engine's diffusers; models resolve now (400 naming the field).
@@ -88,11 +97,11 @@ def submit_video(manager: JobManager, request: JobRequest) -> Job:
                              field=f"frames[{i}].depth")
         for name in ("depth", "pose", "flow"):
             sha = getattr(frame, name)
-            if sha is not None and not manager.storage.has_blob(sha):
+            if sha is not None and not storage.has_blob(sha):
                 raise BadRequest(f"frames[{i}].{name}: blob {sha} is not on the engine; upload it first with "
                                  f"PUT /blobs/{sha}", field=f"frames[{i}].{name}", code="missing_blob")
     for i, sha in enumerate(video.references):
-        if not manager.storage.has_blob(sha):
+        if not storage.has_blob(sha):
             raise BadRequest(f"video.references[{i}]: blob {sha} is not on the engine; upload the image first "
                              f"with PUT /blobs/{sha}", field=f"video.references[{i}]", code="missing_blob")
     frames = sorted(request.frames, key=lambda f: f.frame)
@@ -100,7 +109,7 @@ def submit_video(manager: JobManager, request: JobRequest) -> Job:
         raise BadRequest("frames: a VIDEO job needs consecutive frame numbers (one clip); split the shot at the gap",
                          field="frames")
     try:
-        device = manager.resolve_job_device(request.device)
+        device = resolve_device(request.device)
     except ValueError as exc:
         raise BadRequest(str(exc), field="device") from exc
     key = VideoKey(
@@ -121,7 +130,7 @@ def submit_video(manager: JobManager, request: JobRequest) -> Job:
         previous = window_key(request, key, plan, window, frames, previous)
         for index in range(window.new_start, window.stop):
             frame_keys[frames[index].frame] = canonical_hash({"window": previous, "frame": frames[index].frame})
-    job = manager.job_class(id=uuid.uuid4().hex[:16], request=request, refs=refs, lora=None, key=key,  # type: ignore[arg-type]
+    job = job_class(id=uuid.uuid4().hex[:16], request=request, refs=refs, lora=None, key=key,  # type: ignore[arg-type]
               frame_keys=frame_keys)
     job.messages = messages
     job.detail = {"windows": len(plan.windows), "window": 0}
@@ -155,7 +164,7 @@ def window_key(request: JobRequest, key: VideoKey, plan: WindowPlan, window: Win
 # Worker thread ------------------------------------------------------------------------
 
 
-def run_video(manager: JobManager, job: Job) -> None:
+def run_video(context: RunContext, job: Job) -> None:
     """Worker thread: load the video model, then generate the missing windows in order."""
     request = job.request
     video = request.video
@@ -173,11 +182,11 @@ def run_video(manager: JobManager, job: Job) -> None:
 
             return load_video(job.key, job.refs, progress)  # type: ignore[arg-type]
 
-        loaded, job.pipeline_reused = manager.pipelines.get(job.key, load)  # type: ignore[arg-type]
+        loaded, job.pipeline_reused = context.pipelines.get(job.key, load)  # type: ignore[arg-type]
         job.timings["load_s"] = time.perf_counter() - t0
         job.phase = "generating"
         embeds: tuple[Any, Any] | None = None
-        references = [_read_image(manager, sha, size) for sha in video.references]
+        references = [_read_image(context, sha, size) for sha in video.references]
         run_started = time.perf_counter()
         generated = 0
         for window in plan.windows:
@@ -187,13 +196,13 @@ def run_video(manager: JobManager, job: Job) -> None:
                           "window_frames": [frames[window.start].frame, frames[window.stop - 1].frame]}
             # 2. Finished windows (this job, an earlier one, the cache) are skipped: resume.
             new = [frames[i] for i in range(window.new_start, window.stop)]
-            if all(f.frame in job.done or manager._take_from_cache(job, f) for f in new):
+            if all(f.frame in job.done or context.take_from_cache(job, f) for f in new):
                 continue
             if embeds is None:
                 embeds = encode_prompts(loaded, request.full_prompt(), request.negative_prompt)
             # 3. The window's inputs: kept frames from the cache, controls padded to size and length.
-            inputs = _window_inputs(manager, job, window, frames, size, references)
-            manager.before_denoise(job, new)
+            inputs = _window_inputs(context, job, window, frames, size, references)
+            context.before_denoise(job, new)
             job.step = 0
             out, seconds = run_window(loaded, inputs, embeds, request.steps, request.guidance_scale,
                                       video.conditioning_scale, job.on_step)
@@ -202,16 +211,16 @@ def run_video(manager: JobManager, job: Job) -> None:
                 break
             # 4. Crop back, drop kept and padded frames, ease the seam along the flow, store at once.
             left, top, right, bottom = size.crop
-            previous = _read_frame(manager, job, frames[window.new_start - 1]) if window.new_start > 0 else None
+            previous = _read_frame(context, job, frames[window.new_start - 1]) if window.new_start > 0 else None
             for offset, index in enumerate(range(window.new_start, window.stop)):
                 image = out[index - window.start][top:bottom, left:right]
                 if previous is not None and offset < video.blend_frames and window.index > 0:
-                    image = seam_blend(manager, request, frames[index - 1], frames[index], previous, image,
+                    image = seam_blend(context, request, frames[index - 1], frames[index], previous, image,
                                        (video.blend_frames - offset) / (video.blend_frames + 1))
                 from PIL import Image
 
                 fkey = job.frame_keys[frames[index].frame]
-                manager.storage.put_frame(fkey, encode_png(Image.fromarray(image)))
+                context.storage.put_frame(fkey, encode_png(Image.fromarray(image)))
                 job.done[frames[index].frame] = fkey
                 previous = image
             generated += len(new)
@@ -220,19 +229,19 @@ def run_video(manager: JobManager, job: Job) -> None:
     except Exception as exc:
         if not is_out_of_memory(exc):
             raise
-        manager.pipelines.drop(job.key)  # type: ignore[arg-type]
+        context.pipelines.drop(job.key)  # type: ignore[arg-type]
         length = window.length if window is not None else plan.window
         raise OutOfMemory(out_of_memory_message(request, job.key.device, length)) from exc
-    manager._complete(job, run_started)
+    context.complete(job, run_started)
 
 
-def _window_inputs(manager: JobManager, job: Job, window: Window, frames: list[Any], size: SizePlan,
+def _window_inputs(context: RunContext, job: Job, window: Window, frames: list[Any], size: SizePlan,
                    references: list[Any]) -> WindowInputs:
     request = job.request
     shot = [frames[i] for i in range(window.start, window.stop)]
     shot += [shot[-1]] * window.pad  # padding repeats the last frame's controls at the end
-    depth = [_read_depth01(manager, f.depth, request) if f.depth else None for f in shot]
-    pose = [_read_rgb(manager, f.pose, request) if f.pose else None for f in shot]
+    depth = [_read_depth01(context, f.depth, request) if f.depth else None for f in shot]
+    pose = [_read_rgb(context, f.pose, request) if f.pose else None for f in shot]
     controls = [pad_to(c, size.crop, size.height, size.width)
                 for c in control_frames(depth, pose, request.video.control, request.height, request.width)]
     net_controls: dict[str, list[np.ndarray]] = {}
@@ -242,23 +251,23 @@ def _window_inputs(manager: JobManager, job: Job, window: Window, frames: list[A
                                  for c in control_frames(depth, pose, "DEPTH", request.height, request.width)]
         net_controls["pose"] = [pad_to(p if p is not None else blank, size.crop, size.height, size.width)
                                 for p in pose]
-    kept = [pad_to(_read_frame(manager, job, frames[i]), size.crop, size.height, size.width)
+    kept = [pad_to(_read_frame(context, job, frames[i]), size.crop, size.height, size.width)
             for i in range(window.start, window.new_start)]
     return WindowInputs(controls=controls, kept=kept, references=references, net_controls=net_controls,
                         seed=request.seed + window.index, width=size.width, height=size.height)
 
 
-def seam_blend(manager: JobManager, request: JobRequest, previous_frame: Any, frame: Any,
+def seam_blend(context: RunContext, request: JobRequest, previous_frame: Any, frame: Any,
                previous_image: np.ndarray, generated: np.ndarray, weight: float) -> np.ndarray:
     """``generated`` eased toward the previous frame carried along the flow, where the warp carries it."""
     if frame.flow is None or frame.depth is None or previous_frame.depth is None \
             or previous_frame.frame != frame.frame - 1:
         return generated
-    flow = manager._read_flow(frame.flow)
+    flow = context.read_flow(frame.flow)
     if flow is None:
         return generated
     near, far = request.coherence.depth_range or (None, None)
-    masks = flow_masks(manager._read_depth(previous_frame.depth), manager._read_depth(frame.depth), flow,
+    masks = flow_masks(context.read_depth(previous_frame.depth), context.read_depth(frame.depth), flow,
                        offset=depth_offset(near, far))
     warped, _ = warp(previous_image.astype(np.float32), flow)
     w = weight * masks.valid[..., None].astype(np.float32)
@@ -274,33 +283,33 @@ def _resized(array: np.ndarray, request: JobRequest) -> np.ndarray:
     return np.asarray(Image.fromarray(array, mode=mode).resize((request.width, request.height), Image.BILINEAR))
 
 
-def _read_depth01(manager: JobManager, sha: str, request: JobRequest) -> np.ndarray:
+def _read_depth01(context: RunContext, sha: str, request: JobRequest) -> np.ndarray:
     """A depth map as 0..1 float (near bright), from 16 bits: no banding in the control video."""
-    raw = manager._read_depth(sha).astype(np.float32)
+    raw = context.read_depth(sha).astype(np.float32)
     scale = 65535.0 if raw.max(initial=0) > 255 else 255.0
     return _resized(np.clip(raw / scale, 0.0, 1.0).astype(np.float32), request)
 
 
-def _read_rgb(manager: JobManager, sha: str, request: JobRequest) -> np.ndarray:
+def _read_rgb(context: RunContext, sha: str, request: JobRequest) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(io.BytesIO(manager.storage.read_blob(sha))) as img:
+    with Image.open(io.BytesIO(context.storage.read_blob(sha))) as img:
         return _resized(np.asarray(img.convert("RGB")), request)
 
 
-def _read_frame(manager: JobManager, job: Job, frame: Any) -> np.ndarray:
+def _read_frame(context: RunContext, job: Job, frame: Any) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(manager.storage.frame_path(job.frame_keys[frame.frame])) as img:
+    with Image.open(context.storage.frame_path(job.frame_keys[frame.frame])) as img:
         return np.asarray(img.convert("RGB")).copy()
 
 
-def _read_image(manager: JobManager, sha: str, size: SizePlan) -> Any:
+def _read_image(context: RunContext, sha: str, size: SizePlan) -> Any:
     """A reference image blob as a PIL image (the pipeline fits it into the frame)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(manager.storage.read_blob(sha))) as img:
+        with Image.open(io.BytesIO(context.storage.read_blob(sha))) as img:
             return img.convert("RGB")
     except (UnidentifiedImageError, OSError) as exc:
         raise BadRequest(f"video.references: blob {sha[:12]} is not an image ({exc}); upload a PNG or JPEG",

@@ -26,7 +26,8 @@ from typing import Any
 
 from ..coherence.strategies import make_strategy
 from ..contract.errors import EngineFault, OutOfMemory
-from ..jobs.manager import Job, JobManager
+from ..jobs.job import Job
+from ..jobs.manager import JobManager
 from ..models.pipelines import NET_ORDER
 from ..contract.schema import FrameSpec
 from ..storage import Storage, atomic_write
