@@ -412,7 +412,7 @@ class JobManager:
         """Worker thread: runs queued jobs one after the other until ``stop``.
 
         Queued FLOW jobs that can share pipeline calls with the job taken run interleaved
-        with it (``_flow_companions``); a failure fails every job of the group.
+        with it (``_flow_companions``); a failure fails every job of that group and no other.
         """
         while True:
             job_id = self._queue.get()
@@ -421,18 +421,22 @@ class JobManager:
             job = self.jobs.get(job_id)
             if job is None or job.status != "queued":
                 continue
+            group = [job, *self._flow_companions([job])]
             try:
-                self._run_job(job, self._flow_companions([job]))
+                self._run_job(job, group[1:])
             except Exception as exc:  # noqa: BLE001 - the worker must survive any job
-                fault = self._fault(job, exc)
-                try:
-                    self.writer.wait()  # frames finished before the failure are kept and listed
-                except Exception:  # noqa: BLE001
-                    logger.exception("Frames of job %s could not be written", job.id)
-                # The job and the FLOW jobs interleaved with it: all that this worker was running.
-                for member in [job, *(j for j in list(self.jobs.values()) if j.status == "running")]:
-                    if member.status not in ("done", "cancelled", "failed"):
-                        self._finish(member, "failed", fault)
+                self._fail_group(group, exc)
+
+    def _fail_group(self, group: list[Job], exc: Exception) -> None:
+        """The jobs that ran together when ``exc`` was raised end failed, keeping the frames they finished."""
+        fault = self._fault(group[0], exc)
+        try:
+            self.writer.wait()  # frames finished before the failure are kept and listed
+        except Exception:  # noqa: BLE001
+            logger.exception("Frames of job %s could not be written", group[0].id)
+        for member in group:
+            if member.status not in ("done", "cancelled", "failed"):
+                self._finish(member, "failed", fault)
 
     def _fault(self, job: Job, exc: Exception) -> EngineFault:
         """What a job that raised ``exc`` reports; out of memory drops the pipeline so the next job reloads it."""

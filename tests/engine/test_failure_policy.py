@@ -1,0 +1,53 @@
+"""The failure policy: a job group that raises fails exactly its own jobs (in process, no model)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.jobs.job import Job
+from engine.jobs.manager import JobManager
+from engine.storage import Storage
+
+
+def add_job(manager: JobManager, job_id: str, status: str) -> Job:
+    job = Job(id=job_id, request=None, refs={}, lora=None, key=None, frame_keys={1: "f" * 64})  # type: ignore[arg-type]
+    job.status = status
+    manager.jobs[job_id] = job
+    return job
+
+
+def test_a_failing_group_fails_its_jobs_and_no_other(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    manager = JobManager(Storage(tmp_path), default_device="cpu")
+    leader, companion = add_job(manager, "leader", "queued"), add_job(manager, "companion", "queued")
+    # Running, but not in the failing group: a job another executor runs (the Ray ingress runs
+    # jobs side by side), or one whose group has not noticed the failure yet.
+    elsewhere = add_job(manager, "elsewhere", "running")
+    waiting = add_job(manager, "waiting", "queued")
+
+    def companions(running: list[Job]) -> list[Job]:
+        companion.status = "running"
+        return [companion] if running[0] is leader else []
+
+    def run(job: Job, group: Any = None) -> None:
+        job.status = "running"
+        raise RuntimeError("the pipeline fell over")
+
+    monkeypatch.setattr(manager, "_flow_companions", companions)
+    monkeypatch.setattr(manager, "_run_job", run)
+    manager.start()
+    try:
+        manager._queue.put("leader")
+        deadline = time.monotonic() + 10
+        while companion.status != "failed" and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        manager.stop()
+    assert (leader.status, companion.status) == ("failed", "failed")
+    assert leader.error == companion.error and leader.error is not None
+    assert leader.error["code"] == "engine_error" and "the pipeline fell over" in leader.error["message"]
+    assert (elsewhere.status, elsewhere.error) == ("running", None)
+    assert (waiting.status, waiting.error) == ("queued", None)
