@@ -33,11 +33,13 @@ class RunContext:
     """The engine's state a runner reads and writes through, one per job manager."""
 
     def __init__(self, storage: Storage, pipelines: PipelineCache, writer: FrameWriter,
-                 before_denoise: Callable[[Job, list[Any]], None]) -> None:
+                 before_denoise: Callable[[Job, list[Any]], None], finish: Callable[[Job, str], None]) -> None:
         self.storage = storage
         self.pipelines = pipelines
         self.writer = writer
         self._before_denoise = before_denoise
+        # How a job ends: the manager's, so whoever waits on a job's end (a Ray replica) hears it.
+        self._finish = finish
 
     def before_denoise(self, job: Job, frames: list[Any]) -> None:
         """Called with a job's frames just before their pipeline call (the manager's test seam)."""
@@ -116,4 +118,5 @@ class RunContext:
         """The job's frames written, its run time recorded, done (or cancelled part way)."""
         self.writer.wait()
         job.timings["run_s"] = time.perf_counter() - run_started
-        job.finish("cancelled" if job.cancel_event.is_set() and len(job.done) < len(job.frame_keys) else "done")
+        self._finish(job, "cancelled" if job.cancel_event.is_set() and len(job.done) < len(job.frame_keys)
+                     else "done")

@@ -221,7 +221,8 @@ class JobManager:
         self.writer = FrameWriter(storage)
         # What runners get instead of the manager; before_denoise stays a method here (the test seam).
         self.context = RunContext(storage, self.pipelines, self.writer,
-                                  lambda job, frames: self.before_denoise(job, frames))
+                                  lambda job, frames: self.before_denoise(job, frames),
+                                  lambda job, status: self._finish(job, status))
 
     def start(self) -> None:
         self._worker.start()
