@@ -21,7 +21,7 @@ from ..worker import MsgProgress
 
 logger = logging.getLogger(__name__)
 
-ENGINE_DIR = Path(__file__).resolve().parent.parent / "engine"
+ENGINE_DIR = Path(__file__).resolve().parents[2] / "engine"  # core/client/install.py -> <root>/engine
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from .http import EngineClient, EngineError
 
 logger = logging.getLogger(__name__)
 
-EXTENSION_DIR = Path(__file__).resolve().parent.parent
+EXTENSION_DIR = Path(__file__).resolve().parents[2]  # core/client/process.py -> the extension root
 INSTALL_HINT = "use Preferences ▸ Engine ▸ Install engine, or set the engine Python in the preferences"
 
 

@@ -163,7 +163,7 @@ def serve_forever(cfg: RayEngineConfig, host: str, port: int, address: str | Non
 
     # 1. The cluster: a local one (this process's children) unless an address is given. The
     #    engine package travels to the workers, so a remote cluster needs no copy of it.
-    engine_dir = str(Path(__file__).resolve().parent)
+    engine_dir = str(Path(__file__).resolve().parents[1])  # engine/ray/serve.py -> engine/
     env = {k: v for k, v in os.environ.items() if k.startswith(("VIEWFINDER_", "HF_", "OMP_", "CUDA_"))}
     runtime_env = {"py_modules": [engine_dir], "env_vars": env}
     if address:

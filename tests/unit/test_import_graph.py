@@ -146,3 +146,19 @@ def test_the_checks_find_a_circle_and_an_upward_import(tmp_path: Path) -> None:
     assert graph["core.x.y"] == {"prefs_ui": 1, "core.z": 2}
     assert cycles(graph) == [["engine.a", "engine.b"]]
     assert upward_imports(graph) == ["core.x.y:1 imports prefs_ui"]
+
+
+def test_folders_found_from_a_module_s_own_path_survive_the_layout() -> None:
+    """Modules that find the extension or the engine from ``__file__`` (moved modules get this wrong)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    try:
+        from helpers import load
+    finally:
+        sys.path.remove(str(ROOT / "tests"))
+    assert load("core.client.process").EXTENSION_DIR == ROOT
+    assert load("core.client.install").ENGINE_DIR == ROOT / "engine"
+    # engine/ray/serve.py imports ray: read where it points py_modules at instead of importing it.
+    source = (ROOT / "engine" / "ray" / "serve.py").read_text()
+    assert "engine_dir = str(Path(__file__).resolve().parents[1])" in source
