@@ -282,6 +282,15 @@ class JobRequest(_Strict):
             raise ValueError("tier: Finalize Take makes final frames; send tier 'final' with finalize")
         return self
 
+    def job_kind(self) -> Literal["video", "finalize", "flow", "batch"]:
+        """Which runner makes this job's frames (engine/jobs/runners.py): a VIDEO job, Finalize Take,
+        FLOW frames one from the other, or INDEPENDENT frames in batches."""
+        if self.generator == "VIDEO":
+            return "video"
+        if self.finalize is not None:
+            return "finalize"
+        return "flow" if self.coherence.mode == "FLOW" else "batch"
+
     def full_prompt(self) -> str:
         """The prompt the model sees: the shot prompt followed by the style prompt."""
         return ", ".join(p.strip() for p in (self.prompt, self.style_prompt) if p.strip())

@@ -33,13 +33,16 @@ class RunContext:
     """The engine's state a runner reads and writes through, one per job manager."""
 
     def __init__(self, storage: Storage, pipelines: PipelineCache, writer: FrameWriter,
-                 before_denoise: Callable[[Job, list[Any]], None], finish: Callable[[Job, str], None]) -> None:
+                 before_denoise: Callable[[Job, list[Any]], None], finish: Callable[[Job, str], None],
+                 companions: Callable[[list[Job]], list[Job]] = lambda running: []) -> None:
         self.storage = storage
         self.pipelines = pipelines
         self.writer = writer
         self._before_denoise = before_denoise
         # How a job ends: the manager's, so whoever waits on a job's end (a Ray replica) hears it.
         self._finish = finish
+        # Queued FLOW jobs that may join the ones running (engine/jobs/flow.py interleaves them).
+        self.companions = companions
 
     def before_denoise(self, job: Job, frames: list[Any]) -> None:
         """Called with a job's frames just before their pipeline call (the manager's test seam)."""

@@ -41,6 +41,8 @@ from ..coherence.strategies import (
 )
 from ..models.refs import _fingerprint
 from ..models.upscale import check_upscaler_path, enlarge, load_upscaler
+from .session import image_session
+from .shot import Shot
 
 if TYPE_CHECKING:
     from ..contract.schema import FrameSpec, JobRequest
@@ -49,6 +51,19 @@ if TYPE_CHECKING:
     from .job import Job
 
 logger = logging.getLogger(__name__)
+
+class FinalizeRunner:
+    """Finalize Take: the approved frames enlarged and detailed, in timeline order along the flow."""
+
+    def run(self, context: RunContext, group: list[Job]) -> None:
+        job = group[0]
+        request = job.request
+        with image_session(context, job) as (models, plan):
+            shot = Shot(context, job, models, plan)
+            todo = [f for f in request.frames if f.frame not in job.done]
+            run_finalize(context, job, models, shot.settings(todo[:1] or request.frames[:1]), shot.nets,
+                         shot.run_started)
+
 
 # The sharp FLOW method without colour matching (the approved frame sets colour) and
 # without latent blending (the detail pass starts from the enlarged approved frame).

@@ -53,6 +53,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+class VideoRunner:
+    """VIDEO jobs: the shot in chained, overlapping windows of a video model."""
+
+    def run(self, context: RunContext, group: list[Job]) -> None:
+        run_video(context, group[0])
+
+
 def plan_job(request: JobRequest) -> tuple[WindowPlan, SizePlan]:
     rules = FRAME_RULES[request.video.pipeline]
     plan = plan_windows(len(request.frames), request.video.window, request.video.overlap,

@@ -13,7 +13,7 @@ import pytest
 
 from engine import ALGORITHM_VERSION
 from engine.coherence.strategies import IndependentCoherence, make_strategy
-from engine.jobs.manager import JobManager
+from engine.jobs.keys import frame_key
 from engine.models.pipelines import PipelineKey
 from engine.contract.schedule import describe_frames, frame_values, job_warnings
 from engine.contract.schema import JobRequest
@@ -53,16 +53,16 @@ def test_frames_without_own_values_keep_their_cache_keys() -> None:
         "depth": SHA, "pose": None,
         **strategy.cache_inputs(req.frames[0], None),
     })
-    assert JobManager.frame_key(req, KEY, strategy, req.frames[0]) == old_formula
+    assert frame_key(req, KEY, strategy, req.frames[0]) == old_formula
     # A frame that sends the job's own value is the same frame.
     same = request([{"frame": 1, "depth": SHA, "depth_weight": 0.5, "seed": 3, "strength": 0.4}], seed=3,
                    depth_weight=0.5, coherence={"mode": "FLOW", "strength": 0.4})
-    assert JobManager.frame_key(same, KEY, strategy, same.frames[0]) == old_formula
+    assert frame_key(same, KEY, strategy, same.frames[0]) == old_formula
     # Its own strength, weight or seed is another frame.
     for change in ({"strength": 0.5}, {"depth_weight": 0.6}, {"seed": 4}, {"guidance_scale": 3.0}):
         other = request([{"frame": 1, "depth": SHA, **change}], seed=3, depth_weight=0.5,
                         coherence={"mode": "FLOW", "strength": 0.4})
-        assert JobManager.frame_key(other, KEY, strategy, other.frames[0]) != old_formula, change
+        assert frame_key(other, KEY, strategy, other.frames[0]) != old_formula, change
 
 
 def test_prompt_weights_blend_single_keys_are_plain_prompts_and_zero_falls_back() -> None:
@@ -83,8 +83,8 @@ def test_prompt_weights_blend_single_keys_are_plain_prompts_and_zero_falls_back(
     # Frame 1 is the same frame as a shot with prompt "quiet" alone.
     alone = JobRequest(prompt="quiet", style_prompt="pencil", frames=[{"frame": 1}])
     strategy = make_strategy(req.coherence)
-    assert JobManager.frame_key(req, KEY, strategy, req.frames[0]) == \
-        JobManager.frame_key(alone, KEY, strategy, alone.frames[0])
+    assert frame_key(req, KEY, strategy, req.frames[0]) == \
+        frame_key(alone, KEY, strategy, alone.frames[0])
 
 
 def test_frames_batch_by_equal_values_blends_and_seeds_may_differ() -> None:
