@@ -117,6 +117,10 @@ class RunContext:
             return None, f"cut ({carried.masks.carried_fraction():.0%} of pixels carried)"
         return carried, None
 
+    def finish(self, job: Job, status: str) -> None:
+        """End ``job`` with ``status`` ('done' or 'cancelled'), through the manager."""
+        self._finish(job, status)
+
     def complete(self, job: Job, run_started: float) -> None:
         """The job's frames written, its run time recorded, done (or cancelled part way)."""
         self.writer.wait()

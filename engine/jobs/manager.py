@@ -11,7 +11,9 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from ..contract.errors import EngineFault, NotFound, OutOfMemory, is_out_of_memory
 from ..contract.schema import FrameSpec, JobRequest
@@ -25,15 +27,57 @@ from .writer import FrameWriter
 
 logger = logging.getLogger(__name__)
 
-class JobManager:
-    """The job table, the queue and the single worker thread that owns the models."""
+class Executor(Protocol):
+    """Where and how the groups the worker takes off the queue run: on the worker thread here
+    (``LocalExecutor``), or cut into units for Ray Serve replicas (engine/ray/jobs.py)."""
 
-    # Subclasses (engine/ray/serve.py's ingress) may keep more per job.
-    job_class: type[Job] = Job
+    interleave: bool  # whether queued FLOW jobs may join a running group
+
+    def dispatch(self, work: Callable[[], None]) -> None:
+        """Run ``work`` (a group's whole run, its failure policy included), now or on a thread of its own."""
+
+    def run(self, context: RunContext, group: list[Job]) -> None:
+        """Make the group's frames and end its jobs; raise when it fails."""
+
+    def resolve_device(self, requested: str, default_device: str) -> str:
+        """The device a job's frames are made on; ValueError when there is no such device."""
+
+    def stop(self) -> None: ...
+
+
+class LocalExecutor:
+    """One group at a time on the manager's worker thread, by the runner of the job's kind."""
+
+    interleave = True
+
+    def dispatch(self, work: Callable[[], None]) -> None:
+        work()
+
+    def run(self, context: RunContext, group: list[Job]) -> None:
+        runner_for(group[0].request).run(context, group)
+
+    def resolve_device(self, requested: str, default_device: str) -> str:
+        return resolve_device(default_device if requested == "auto" else requested)
+
+    def stop(self) -> None:
+        pass
+
+
+class JobManager:
+    """The job table, the queue and the worker thread that hands groups of jobs to the executor.
+
+    ``executor``: where groups run (``LocalExecutor``: here, one at a time; the Ray ingress
+    injects its own). ``job_class``: the job type kept (the Ray ingress keeps more per job).
+    ``on_end``: called with every job that ends (a Ray replica wakes its caller with it).
+    """
 
     def __init__(self, storage: Storage, default_device: str = "auto", max_pipelines: int = 1,
-                 max_jobs_kept: int = 200, speed: SpeedOptions | None = None) -> None:
+                 max_jobs_kept: int = 200, speed: SpeedOptions | None = None, executor: Executor | None = None,
+                 job_class: type[Job] = Job) -> None:
         self.storage = storage
+        self.executor: Executor = executor or LocalExecutor()
+        self.job_class = job_class
+        self.on_end: list[Callable[[Job], None]] = []
         self.speed = speed or SpeedOptions()  # the GPU path's options (engine/models/pipelines.py)
         self.default_device = resolve_device(default_device)
         self.pipelines = PipelineCache(max_pipelines)
@@ -56,6 +100,7 @@ class JobManager:
             job.cancel_event.set()
         self._queue.put(None)
         self._worker.join(timeout=10)
+        self.executor.stop()
 
     def queue_length(self) -> int:
         return sum(1 for j in self.jobs.values() if j.status in ("queued", "running"))
@@ -86,7 +131,7 @@ class JobManager:
 
     def resolve_job_device(self, requested: str) -> str:
         """The device a job runs on ('auto': the engine's); ValueError when it does not exist here."""
-        return resolve_device(self.default_device if requested == "auto" else requested)
+        return self.executor.resolve_device(requested, self.default_device)
 
     def get(self, job_id: str) -> Job:
         job = self.jobs.get(job_id)
@@ -119,6 +164,8 @@ class JobManager:
 
     def _finish(self, job: Job, status: str, error: EngineFault | None = None) -> None:
         job.finish(status, error)
+        for listener in self.on_end:
+            listener(job)
 
     # Worker thread ------------------------------------------------------------
 
@@ -135,11 +182,14 @@ class JobManager:
             job = self.jobs.get(job_id)
             if job is None or job.status != "queued":
                 continue
-            group = [job, *self._flow_companions([job])]
-            try:
-                self._run_job(job, group[1:])
-            except Exception as exc:  # noqa: BLE001 - the worker must survive any job
-                self._fail_group(group, exc)
+            group = [job, *self._flow_companions([job])] if self.executor.interleave else [job]
+            self.executor.dispatch(lambda group=group: self._run_group(group))
+
+    def _run_group(self, group: list[Job]) -> None:
+        try:
+            self.executor.run(self.context, group)
+        except Exception as exc:  # noqa: BLE001 - the worker must survive any job
+            self._fail_group(group, exc)
 
     def _fail_group(self, group: list[Job], exc: Exception) -> None:
         """The jobs that ran together when ``exc`` was raised end failed, keeping the frames they finished."""
@@ -203,8 +253,3 @@ class JobManager:
                 other.status = "running"
                 chosen.append(other)
         return chosen
-
-    def _run_job(self, job: Job, companions: list[Job] | None = None) -> None:
-        """Worker thread: the runner of the job's kind makes the missing frames of ``job`` and its
-        ``companions`` (FLOW jobs interleaved with it, ``_flow_companions``)."""
-        runner_for(job.request).run(self.context, [job, *(companions or [])])

@@ -27,6 +27,7 @@ from typing import Any
 from ..coherence.strategies import make_strategy
 from ..contract.errors import EngineFault, OutOfMemory
 from ..jobs.job import Job
+from ..jobs.context import RunContext
 from ..jobs.manager import JobManager
 from ..models.pipelines import NET_ORDER
 from ..contract.schema import FrameSpec
@@ -130,22 +131,18 @@ def is_request_cancelled(exc: BaseException) -> bool:
     return isinstance(exc, TaskCancelledError)
 
 
-class RayJobManager(JobManager):
-    """Jobs validated and keyed here (same code as one engine), generated on worker replicas.
+class RayExecutor:
+    """The executor of the Ray ingress's JobManager: every job on a thread of its own, cut into
+    units sent to worker replicas (``call_unit(unit_id, request_json)`` starts one unit on some
+    replica and returns a Serve DeploymentResponse: ``result()``, ``cancel()``)."""
 
-    ``call_unit(unit_id, request_json)`` starts one unit on some replica and returns a
-    Serve DeploymentResponse (``result()``, ``cancel()``). The data folder is shared with
-    the workers.
-    """
-
-    job_class = RayJob
+    interleave = False  # jobs run side by side on replicas; FLOW shots are not batched together here
 
     def __init__(self, storage: Storage, call_unit: Callable[[str, dict[str, Any]], Any], worker_device: str,
-                 replicas: int, split_min_frames: int = 8, max_jobs_kept: int = 200) -> None:
-        super().__init__(storage, default_device="cpu", max_pipelines=0, max_jobs_kept=max_jobs_kept)
-        # Cache keys name the device the frames are made on: the workers', not this process's.
-        self.default_device = worker_device
+                 replicas: int, split_min_frames: int = 8) -> None:
+        self.storage = storage
         self.call_unit = call_unit
+        self.worker_device = worker_device
         self.replicas = replicas
         self.split_min_frames = split_min_frames
         self._pool = ThreadPoolExecutor(max_workers=256, thread_name_prefix="vf-ray-job")
@@ -154,42 +151,24 @@ class RayJobManager(JobManager):
         # replica idle between units (README "Many GPUs").
         self._slots = threading.Semaphore(max(1, replicas))
 
-    def resolve_job_device(self, requested: str) -> str:
-        if requested in ("auto", self.default_device):
-            return self.default_device
+    def dispatch(self, work: Callable[[], None]) -> None:
+        self._pool.submit(work)
+
+    def resolve_device(self, requested: str, default_device: str) -> str:
+        """Cache keys name the device the frames are made on: the workers', not the ingress's."""
+        if requested in ("auto", self.worker_device):
+            return self.worker_device
         if requested == "cpu":
             return "cpu"
         raise ValueError(f"device '{requested}' was asked for but the engine's replicas run on "
-                         f"'{self.default_device}'; use 'auto' or '{self.default_device}'")
+                         f"'{self.worker_device}'; use 'auto' or '{self.worker_device}'")
 
     def stop(self) -> None:
-        super().stop()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    # The worker thread hands each job to its own thread, so jobs run side by side.
-    def _run_worker(self) -> None:
-        while True:
-            job_id = self._queue.get()
-            if job_id is None:
-                return
-            job = self.jobs.get(job_id)
-            if job is None or job.status != "queued":
-                continue
-            self._pool.submit(self._run_job_guarded, job)
-
-    def _run_job_guarded(self, job: Job) -> None:
-        try:
-            self._run_job(job)
-        except EngineFault as exc:
-            logger.warning("Job %s failed: %s", job.id, exc.message)
-            self._finish(job, "failed", exc)
-        except Exception as exc:  # noqa: BLE001 - the ingress must survive any job
-            logger.exception("Job %s crashed", job.id)
-            self._finish(job, "failed", EngineFault(f"The engine failed on this job: {type(exc).__name__}: {exc}",
-                                                    code="engine_error"))
-
-    def _run_job(self, job: Job) -> None:
+    def run(self, context: RunContext, group: list[Job]) -> None:
         """Job thread: cut into units, run them on replicas, follow progress, merge results."""
+        job = group[0]
         assert isinstance(job, RayJob)
         request = job.request
         # 1. Units over the frames not yet made.
@@ -238,7 +217,7 @@ class RayJobManager(JobManager):
             unit_file.unlink(missing_ok=True)
         if failure is not None:
             raise failure
-        self._finish(job, "cancelled" if len(job.done) < len(job.frame_keys) else "done")
+        context.finish(job, "cancelled" if len(job.done) < len(job.frame_keys) else "done")
 
     def _follow(self, job: RayJob, run_started: float, final: bool = False) -> None:
         """Progress from the units' status files and, for units a replica has taken, the shared cache."""
@@ -329,3 +308,18 @@ class RayJobManager(JobManager):
         raise EngineFault(f"replicas were lost {MAX_ATTEMPTS} times on frames {unit.frames[0]}-{unit.frames[-1]}; "
                           "finished frames are kept: check the Ray cluster (ray status) and resubmit",
                           code="replica_lost")
+
+
+class RayJobManager(JobManager):
+    """Jobs validated and keyed here (same code as one engine), generated on worker replicas.
+
+    A JobManager with a ``RayExecutor`` injected; the data folder is shared with the workers.
+    """
+
+    def __init__(self, storage: Storage, call_unit: Callable[[str, dict[str, Any]], Any], worker_device: str,
+                 replicas: int, split_min_frames: int = 8, max_jobs_kept: int = 200) -> None:
+        executor = RayExecutor(storage, call_unit, worker_device, replicas, split_min_frames)
+        super().__init__(storage, default_device="cpu", max_pipelines=0, max_jobs_kept=max_jobs_kept,
+                         executor=executor, job_class=RayJob)
+        # The device the engine reports (GET /health): the workers'.
+        self.default_device = worker_device

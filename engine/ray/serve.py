@@ -37,21 +37,6 @@ APP_NAME = "viewfinder"
 UNIT_STATUS_S = 0.2  # how often a running unit's status file is rewritten
 
 
-class _WorkerJobManager(JobManager):
-    """A replica's JobManager that wakes the replica's event loop when a job ends, so the
-    replica returns its unit at once without looking every few milliseconds."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.ended: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Event]] = {}
-
-    def _finish(self, job: Any, status: str, error: EngineFault | None = None) -> None:
-        super()._finish(job, status, error)
-        waiter = self.ended.get(job.id)
-        if waiter is not None:
-            waiter[0].call_soon_threadsafe(waiter[1].set)
-
-
 # max_ongoing_requests=1: a replica runs one unit at a time (one GPU, one model run); others
 # wait in Serve's queue and go to the first free replica.
 @serve.deployment(max_ongoing_requests=1, health_check_period_s=5, health_check_timeout_s=60)
@@ -69,13 +54,23 @@ class Worker:
             # One torch thread per reserved CPU: replicas on one machine do not fight for cores.
             torch.set_num_threads(max(1, int(cfg.cpus_per_replica)))
         self.storage = Storage(cfg.data_dir)
-        self.manager = _WorkerJobManager(self.storage, default_device=device, max_pipelines=cfg.max_pipelines)
+        self.manager = JobManager(self.storage, default_device=device, max_pipelines=cfg.max_pipelines)
+        # A job's end wakes the call waiting on it, so the replica returns its unit at once
+        # without looking every few milliseconds.
+        self.ended: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Event]] = {}
+        self.manager.on_end.append(self._wake)
         self.manager.start()
         self.replica = serve.get_replica_context().replica_id.unique_id
         logger.info("Worker replica %s (pid %d) on %s", self.replica, os.getpid(), self.manager.default_device)
 
     def info(self) -> dict[str, Any]:
         return {"device": self.manager.default_device, "pid": os.getpid(), "replica": self.replica}
+
+    def _wake(self, job: Any) -> None:
+        """Any thread: the job ended; wake its run_unit call on the replica's event loop."""
+        waiter = self.ended.get(job.id)
+        if waiter is not None:
+            waiter[0].call_soon_threadsafe(waiter[1].set)
 
     async def run_unit(self, unit_id: str, payload: dict[str, Any]) -> dict[str, Any]:
         """Generate the unit's frames into the shared cache; returns the local job's status."""
@@ -87,7 +82,7 @@ class Worker:
                     "replica": self.replica, "pid": os.getpid()}
         started = time.time()
         ended = asyncio.Event()
-        self.manager.ended[job.id] = (asyncio.get_running_loop(), ended)
+        self.ended[job.id] = (asyncio.get_running_loop(), ended)
 
         def record() -> None:
             write_unit_status(self.storage, unit_id, {
@@ -112,7 +107,7 @@ class Worker:
                 await asyncio.sleep(0.05)
             raise
         finally:
-            self.manager.ended.pop(job.id, None)
+            self.ended.pop(job.id, None)
         record()
         return {**job.to_json(), "replica": self.replica, "pid": os.getpid()}
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from engine.jobs.context import RunContext
 from engine.jobs.job import Job
-from engine.jobs.manager import JobManager
+from engine.jobs.manager import JobManager, LocalExecutor
 from engine.storage import Storage
 
 
@@ -20,8 +20,16 @@ def add_job(manager: JobManager, job_id: str, status: str) -> Job:
     return job
 
 
+class FailingExecutor(LocalExecutor):
+    """Runs a group as the engine does, up to its first pipeline call, which falls over."""
+
+    def run(self, context: RunContext, group: list[Job]) -> None:
+        group[0].status = "running"
+        raise RuntimeError("the pipeline fell over")
+
+
 def test_a_failing_group_fails_its_jobs_and_no_other(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    manager = JobManager(Storage(tmp_path), default_device="cpu")
+    manager = JobManager(Storage(tmp_path), default_device="cpu", executor=FailingExecutor())
     leader, companion = add_job(manager, "leader", "queued"), add_job(manager, "companion", "queued")
     # Running, but not in the failing group: a job another executor runs (the Ray ingress runs
     # jobs side by side), or one whose group has not noticed the failure yet.
@@ -32,12 +40,7 @@ def test_a_failing_group_fails_its_jobs_and_no_other(tmp_path: Path, monkeypatch
         companion.status = "running"
         return [companion] if running[0] is leader else []
 
-    def run(job: Job, group: Any = None) -> None:
-        job.status = "running"
-        raise RuntimeError("the pipeline fell over")
-
     monkeypatch.setattr(manager, "_flow_companions", companions)
-    monkeypatch.setattr(manager, "_run_job", run)
     manager.start()
     try:
         manager._queue.put("leader")
