@@ -17,16 +17,21 @@ if TYPE_CHECKING:
     from ..contract.schema import JobRequest
     from ..models.pipelines import PipelineKey
     from ..models.refs import ModelRef
+    from ..models.video import VideoKey
 
 
 @dataclass
 class Job:
+    """Any kind of job (engine/jobs/runners.py). ``key`` names the loaded pipeline it runs on: a
+    ``PipelineKey`` for image jobs, a ``VideoKey`` for VIDEO jobs; ``refs`` its models by role.
+    The LoRA and the identity fields below are the image runners' and stay empty otherwise."""
+
     id: str
     request: JobRequest
     refs: dict[str, ModelRef | None]
-    lora: ModelRef | None
-    key: PipelineKey
+    key: PipelineKey | VideoKey
     frame_keys: dict[int, str]
+    lora: ModelRef | None = None
     status: str = "queued"
     phase: str = "queued"
     detail: dict[str, Any] = field(default_factory=dict)

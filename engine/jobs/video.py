@@ -81,8 +81,9 @@ def submit_video(request: JobRequest, storage: Storage, resolve_device: Callable
     check_available(video.pipeline)
     refs: dict[str, ModelRef | None]
     if video.pipeline == "WAN_VACE":
-        refs = {"video": resolve_ref(video.model, "video.model", "base")}
-        if refs["video"].kind == "file":  # type: ignore[union-attr]
+        model = resolve_ref(video.model, "video.model", "base")
+        refs = {"video": model}
+        if model.kind == "file":
             raise BadRequest(
                 f"video.model: '{video.model}' is a single .safetensors file; a Wan VACE model is several parts "
                 "(transformer, VAE, text encoder). Give its diffusers folder or Hub id, e.g. "
@@ -119,11 +120,14 @@ def submit_video(request: JobRequest, storage: Storage, resolve_device: Callable
         device = resolve_device(request.device)
     except ValueError as exc:
         raise BadRequest(str(exc), field="device") from exc
+
+    def identity(role: str) -> Any:
+        ref = refs.get(role)
+        return ref.identity() if ref is not None else None
+
     key = VideoKey(
-        pipeline=video.pipeline, model=refs["video"].identity(),  # type: ignore[union-attr]
-        motion_adapter=refs["motion_adapter"].identity() if refs.get("motion_adapter") else None,  # type: ignore[union-attr]
-        depth=refs["depth"].identity() if refs.get("depth") else None,  # type: ignore[union-attr]
-        pose=refs["pose"].identity() if refs.get("pose") else None,  # type: ignore[union-attr]
+        pipeline=video.pipeline, model=identity("video"), motion_adapter=identity("motion_adapter"),
+        depth=identity("depth"), pose=identity("pose"),
         device=device, dtype=dtype_name(device), cpu_offload=request.cpu_offload and device == "cuda",
         flow_shift=video.flow_shift,
     )
@@ -137,8 +141,7 @@ def submit_video(request: JobRequest, storage: Storage, resolve_device: Callable
         previous = window_key(request, key, plan, window, frames, previous)
         for index in range(window.new_start, window.stop):
             frame_keys[frames[index].frame] = canonical_hash({"window": previous, "frame": frames[index].frame})
-    job = job_class(id=uuid.uuid4().hex[:16], request=request, refs=refs, lora=None, key=key,  # type: ignore[arg-type]
-              frame_keys=frame_keys)
+    job = job_class(id=uuid.uuid4().hex[:16], request=request, refs=refs, key=key, frame_keys=frame_keys)
     job.messages = messages
     job.detail = {"windows": len(plan.windows), "window": 0}
     for message in messages:
@@ -177,6 +180,8 @@ def run_video(context: RunContext, job: Job) -> None:
     video = request.video
     frames = sorted(request.frames, key=lambda f: f.frame)
     plan, size = plan_job(request)
+    key = job.key
+    assert isinstance(key, VideoKey), "a VIDEO job is keyed by its video model"
     job.status, job.phase, job.started = "running", "loading", time.time()
     window: Window | None = None
     try:
@@ -187,9 +192,9 @@ def run_video(context: RunContext, job: Job) -> None:
             def progress(phase: str, detail: dict[str, Any]) -> None:
                 job.phase, job.detail = phase, {**job.detail, **detail}
 
-            return load_video(job.key, job.refs, progress)  # type: ignore[arg-type]
+            return load_video(key, job.refs, progress)
 
-        loaded, job.pipeline_reused = context.pipelines.get(job.key, load)  # type: ignore[arg-type]
+        loaded, job.pipeline_reused = context.pipelines.get(key, load)
         job.timings["load_s"] = time.perf_counter() - t0
         job.phase = "generating"
         embeds: tuple[Any, Any] | None = None
@@ -236,9 +241,9 @@ def run_video(context: RunContext, job: Job) -> None:
     except Exception as exc:
         if not is_out_of_memory(exc):
             raise
-        context.pipelines.drop(job.key)  # type: ignore[arg-type]
+        context.pipelines.drop(key)
         length = window.length if window is not None else plan.window
-        raise OutOfMemory(out_of_memory_message(request, job.key.device, length)) from exc
+        raise OutOfMemory(out_of_memory_message(request, key.device, length)) from exc
     context.complete(job, run_started)
 
 

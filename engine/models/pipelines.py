@@ -12,9 +12,9 @@ import io
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .callbacks import CancelCallback, LatentBlendCallback
 from .refs import ModelRef, Progress, load_base, load_controlnet, load_lora
@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from PIL import Image
 
 logger = logging.getLogger(__name__)
+
+Loaded = TypeVar("Loaded")  # what a PipelineCache holds: LoadedModels, or a video model
 
 NET_ORDER = ("depth", "pose")
 
@@ -369,26 +371,28 @@ def _failure(exc: BaseException) -> str:
 
 
 class PipelineCache:
-    """Keeps the last ``capacity`` loaded pipelines; used only by the worker thread."""
+    """Keeps the last ``capacity`` loaded pipelines (image ``LoadedModels`` keyed by ``PipelineKey``,
+    video ones by ``VideoKey``); used only by the worker thread."""
 
     def __init__(self, capacity: int = 1) -> None:
         self.capacity = max(1, capacity)
-        self._items: OrderedDict[PipelineKey, LoadedModels] = OrderedDict()
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
 
-    def get(self, key: PipelineKey, loader: Callable[[], LoadedModels]) -> tuple[LoadedModels, bool]:
+    def get(self, key: Hashable, loader: Callable[[], Loaded]) -> tuple[Loaded, bool]:
         """Return (models, was_cached); evicts the oldest before loading a new one."""
         if key in self._items:
             self._items.move_to_end(key)
             return self._items[key], True
         while len(self._items) >= self.capacity:
             old_key, _ = self._items.popitem(last=False)
-            logger.info("Unloading pipeline %s", old_key.base)
+            # An image pipeline is named by its base model, a video one by its model.
+            logger.info("Unloading pipeline %s", getattr(old_key, "base", None) or getattr(old_key, "model", old_key))
             _free_memory()
         models = loader()
         self._items[key] = models
         return models, False
 
-    def drop(self, key: PipelineKey) -> None:
+    def drop(self, key: Hashable) -> None:
         self._items.pop(key, None)
         _free_memory()
 
