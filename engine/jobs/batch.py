@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..coherence.strategies import IndependentCoherence
-from ..models.pipelines import run_batch
+from ..models.batch import run_batch
 from .session import image_session
 from .shot import Shot, identity_batch
 
@@ -59,6 +59,6 @@ def run_batched(context: RunContext, shot: Shot) -> None:
             pixels = np.asarray(image.convert("RGB"))
             if plan is not None and plan.palette is not None:
                 pixels = plan.finish(pixels)
-            context.writer.put(job, frame.frame, job.frame_keys[frame.frame], pixels)
+            context.store_frame(job, frame.frame, pixels)
         shot.made(batch)
     context.complete(job, shot.run_started)

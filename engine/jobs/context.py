@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..contract.errors import EngineFault
-from ..models.pipelines import decode_depth, decode_rgb
+from ..models.codecs import decode_depth, decode_rgb
 
 if TYPE_CHECKING:
     from ..coherence.strategies import Carried, FlowCoherence
@@ -47,6 +47,11 @@ class RunContext:
     def before_denoise(self, job: Job, frames: list[Any]) -> None:
         """Called with a job's frames just before their pipeline call (the manager's test seam)."""
         self._before_denoise(job, frames)
+
+    def store_frame(self, job: Job, number: int, pixels: np.ndarray) -> None:
+        """Hand frame ``number`` (H x W x 3 uint8) to the one FrameWriter: encoded and written on its
+        thread, counted done once on disk, read back meanwhile by ``read_frame``."""
+        self.writer.put(job, number, job.frame_keys[number], pixels)
 
     def take_from_cache(self, job: Job, frame: FrameSpec) -> bool:
         """True, and the frame counted as done, when its key is already in the frame cache."""

@@ -19,7 +19,6 @@ finished frame. Runs on the worker thread; holds one frame pair at a time.
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from collections.abc import Callable
@@ -41,12 +40,14 @@ from ..coherence.strategies import (
 )
 from ..models.refs import _fingerprint
 from ..models.upscale import check_upscaler_path, enlarge, load_upscaler
+from ..models.codecs import read_rgb
 from .session import image_session
 from .shot import Shot
 
 if TYPE_CHECKING:
     from ..contract.schema import FrameSpec, JobRequest
-    from ..models.pipelines import BatchSettings, LoadedModels
+    from ..models.batch import BatchSettings
+    from ..models.pipelines import LoadedModels
     from .context import RunContext
     from .job import Job
 
@@ -83,19 +84,13 @@ def cache_inputs(request: JobRequest, frame: FrameSpec) -> dict[str, Any]:
             "upscaler": f"{path}:{_fingerprint(path)}" if path else None}
 
 
-def _read_png(data: bytes) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as img:
-        return np.asarray(img.convert("RGB"))
-
-
 def run_finalize(context: RunContext, job: Job, models: LoadedModels, settings: BatchSettings,
                  active_nets: Callable[[FrameSpec], tuple[str, ...]], run_started: float) -> None:
     """Worker thread: the steps of the module docstring for every frame not already cached."""
     from PIL import Image
 
-    from ..models.pipelines import encode_png, run_img2img
+
+    from ..models.batch import run_img2img
 
     request = job.request
     spec = request.finalize
@@ -121,7 +116,7 @@ def run_finalize(context: RunContext, job: Job, models: LoadedModels, settings: 
         # 1. Enlarge the approved frame.
         started = time.perf_counter()
         assert frame.source is not None
-        source = _read_png(context.storage.read_blob(frame.source))
+        source = read_rgb(context.storage.read_blob(frame.source))
         big = enlarge(source, request.width, request.height, upscaler)
         radius = max(1, round(request.width / source.shape[1]))
         job.timings["upscale_s"] = job.timings.get("upscale_s", 0.0) + time.perf_counter() - started
@@ -146,12 +141,10 @@ def run_finalize(context: RunContext, job: Job, models: LoadedModels, settings: 
                 break
             band = high_band(np.asarray(image.convert("RGB")), radius)
             detailed = np.clip(np.rint(low_pass(big, radius) + band), 0, 255).astype(np.uint8)
-        # 4. Paste the carried frame (sharp FLOW), then to disk at once.
+        # 4. Paste the carried frame (sharp FLOW), then to the writer (the next frame reads it back).
         result = strategy.finish(detailed, carried, anchor if index > 0 else None)
-        fkey = job.frame_keys[frame.frame]
-        context.storage.put_frame(fkey, encode_png(Image.fromarray(result)))
-        job.done[frame.frame] = fkey
+        context.store_frame(job, frame.frame, result)
         previous = frame
         generated += 1
-        job.eta_s = (time.perf_counter() - run_started) / generated * (len(job.frame_keys) - len(job.done))
+        job.update_eta(run_started, generated, handed=[frame.frame])
     context.complete(job, run_started)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..coherence.strategies import Carried, ColorStats, FlowCoherence, color_stats
-from ..models.pipelines import run_batch, run_img2img
+from ..models.batch import run_batch, run_img2img
 from .session import image_session
 from .shot import Shot, identity_batch
 
@@ -101,7 +101,7 @@ class FlowShot(Shot):
                                       self.anchor if step.index > 0 or palette else None)
         if step.index == 0 and not palette:
             self.anchor = color_stats(result)
-        self.context.writer.put(self.job, step.frame.frame, self.job.frame_keys[step.frame.frame], result)
+        self.context.store_frame(self.job, step.frame.frame, result)
         self.previous = step.frame
         self.made([step.frame])
 

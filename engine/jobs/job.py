@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +65,14 @@ class Job:
         self._step_at = now
         self.step = step
         return self.cancel_event.is_set()
+
+    def update_eta(self, run_started: float, generated: int, handed: Iterable[int] = ()) -> None:
+        """Seconds left at this run's pace: ``generated`` frames made since ``run_started``; frames in
+        ``handed`` are given to the writer and count as done. The one ETA formula of every runner."""
+        if generated <= 0:
+            return
+        remaining = len(self.frame_keys) - len(self.done.keys() | set(handed))
+        self.eta_s = (time.perf_counter() - run_started) / generated * remaining
 
     def finish(self, status: str, error: EngineFault | None = None) -> None:
         """The job ends with ``status`` ('done', 'cancelled', 'failed'), and ``error`` when it failed."""

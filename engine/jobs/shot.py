@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..characters.inputs import FrameRegions, frame_regions
 from ..contract.schedule import FrameValues, frame_values
-from ..models.pipelines import NET_ORDER, BatchSettings
+from ..models.pipelines import NET_ORDER
+from ..models.batch import BatchSettings
 from ..models.prompt_blend import PromptEmbeddings
 
 if TYPE_CHECKING:
@@ -64,9 +65,7 @@ class Shot:
     def made(self, frames: list[FrameSpec]) -> None:
         """``frames`` handed to the writer: progress and the time left."""
         self.generated += len(frames)
-        job = self.job
-        remaining = len(job.frame_keys) - len(job.done.keys() | {f.frame for f in frames})
-        job.eta_s = (time.perf_counter() - self.run_started) / self.generated * remaining
+        self.job.update_eta(self.run_started, self.generated, handed=[f.frame for f in frames])
 
 
 def identity_batch(context: RunContext, job: Job, models: LoadedModels, plan: IdentityPlan | None,

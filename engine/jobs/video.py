@@ -27,7 +27,8 @@ from .. import ALGORITHM_VERSION
 from ..contract.errors import BadRequest, OutOfMemory, is_out_of_memory
 from ..coherence.flow import depth_offset, flow_masks, warp
 from ..models.refs import ModelRef, resolve_ref
-from ..models.pipelines import dtype_name, encode_png
+from ..models.pipelines import dtype_name
+from ..models.codecs import read_rgb
 from ..contract.schema import JobRequest
 from ..storage import canonical_hash
 from ..models.video import (
@@ -221,7 +222,7 @@ def run_video(context: RunContext, job: Job) -> None:
             job.timings["model_s"] += seconds
             if out is None:
                 break
-            # 4. Crop back, drop kept and padded frames, ease the seam along the flow, store at once.
+            # 4. Crop back, drop kept and padded frames, ease the seam along the flow, to the writer.
             left, top, right, bottom = size.crop
             previous = _read_frame(context, job, frames[window.new_start - 1]) if window.new_start > 0 else None
             for offset, index in enumerate(range(window.new_start, window.stop)):
@@ -229,15 +230,10 @@ def run_video(context: RunContext, job: Job) -> None:
                 if previous is not None and offset < video.blend_frames and window.index > 0:
                     image = seam_blend(context, request, frames[index - 1], frames[index], previous, image,
                                        (video.blend_frames - offset) / (video.blend_frames + 1))
-                from PIL import Image
-
-                fkey = job.frame_keys[frames[index].frame]
-                context.storage.put_frame(fkey, encode_png(Image.fromarray(image)))
-                job.done[frames[index].frame] = fkey
+                context.store_frame(job, frames[index].frame, image)
                 previous = image
             generated += len(new)
-            remaining = len(job.frame_keys) - len(job.done)
-            job.eta_s = (time.perf_counter() - run_started) / generated * remaining
+            job.update_eta(run_started, generated, handed=[f.frame for f in new])
     except Exception as exc:
         if not is_out_of_memory(exc):
             raise
@@ -303,17 +299,12 @@ def _read_depth01(context: RunContext, sha: str, request: JobRequest) -> np.ndar
 
 
 def _read_rgb(context: RunContext, sha: str, request: JobRequest) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(context.storage.read_blob(sha))) as img:
-        return _resized(np.asarray(img.convert("RGB")), request)
+    return _resized(read_rgb(context.storage.read_blob(sha)), request)
 
 
 def _read_frame(context: RunContext, job: Job, frame: Any) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(context.storage.frame_path(job.frame_keys[frame.frame])) as img:
-        return np.asarray(img.convert("RGB")).copy()
+    """A finished frame (from the writer while on its way to disk), as a copy the window may pad."""
+    return context.read_frame(job, frame).copy()
 
 
 def _read_image(context: RunContext, sha: str, size: SizePlan) -> Any:

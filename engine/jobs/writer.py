@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..models.pipelines import encode_png
+from ..models.codecs import encode_png
 
 if TYPE_CHECKING:
     from ..storage import Storage

@@ -250,9 +250,7 @@ class RayExecutor:
             phases = {u.phase for u in running}
             job.phase = "loading" if phases == {"loading"} else "generating" if "generating" in phases else job.phase
             job.step = max(u.step for u in running)
-        if generated > 0:
-            remaining = len(job.frame_keys) - len(job.done)
-            job.eta_s = (time.perf_counter() - run_started) / generated * remaining
+        job.update_eta(run_started, generated)
 
     def _run_unit(self, job: RayJob, unit: Unit) -> None:
         """Unit thread: one Serve call per attempt; a lost replica means another attempt."""
