@@ -3,49 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import os
-import socket
 import sys
-import time
+from typing import Any
 
-logger = logging.getLogger("engine")
+from .serve import cmd_serve, is_loopback
 
-LOOPBACK_NAMES = {"localhost"}
+logger = logging.getLogger(__name__)
 DEFAULT_CACHE_QUOTA = 20 * 1024**3  # engine/api/limits.py DEFAULT_CACHE_QUOTA_BYTES, without importing numpy here
-
-
-def is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def watch_parent(parent_pid: int) -> None:
-    """Stop the engine when the process that started it (Blender) is gone, even after a
-    crash that skipped its clean-up. Runs on a daemon thread."""
-    import signal
-    import threading
-    import time
-
-    def parent_alive() -> bool:
-        if os.name == "nt":
-            import psutil  # on Windows os.kill(pid, 0) would terminate the process
-
-            return bool(psutil.pid_exists(parent_pid))
-        return os.getppid() == parent_pid
-
-    def run() -> None:
-        while parent_alive():
-            time.sleep(2.0)
-        logger.warning("Parent process %d is gone; stopping the engine", parent_pid)
-        signal.raise_signal(signal.SIGTERM)
-
-    threading.Thread(target=run, name="vf-parent-watch", daemon=True).start()
 
 
 class SafeFormatter(logging.Formatter):
@@ -72,143 +38,6 @@ def parse_size(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError("a size cannot be negative")
     return int(value)
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind before anything else, so the port is ours (port 0: the system picks a free one)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    if os.name != "nt":
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
-
-
-def write_port_file(path: str, port: int) -> None:
-    """Tell the process that started us which port we hold (atomically: it polls the file)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="ascii") as f:
-        f.write(str(port))
-    os.replace(tmp, path)
-
-
-def start_cache_keeper(storage: object, quota: int, every_s: float = 600.0) -> None:
-    """Prune the cache to its quota now and every ``every_s`` seconds, on a daemon thread."""
-    import threading
-
-    from ..storage import Storage, prune
-
-    assert isinstance(storage, Storage)
-
-    def run() -> None:
-        while True:
-            try:
-                report = prune(storage, quota)
-                if report.evicted:
-                    logger.info("Cache over its quota of %.1f GiB: %s", quota / 1024**3, report.line())
-            except OSError as exc:
-                logger.warning("Could not prune the cache: %s", exc)
-            time.sleep(every_s)
-
-    threading.Thread(target=run, name="vf-cache-keeper", daemon=True).start()
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    # Imports here so `make-tiny-models` and `--help` do not need the web stack.
-    import uvicorn
-
-    from ..models import refs as models
-    from .auth import Tokens
-    from ..jobs.manager import JobManager
-    from .server import create_app
-    from ..storage import Storage, clean_temporary, default_data_dir
-
-    # 1. Who may connect. The token may come from the environment so it does not show in `ps`.
-    token = args.token or os.environ.get("VIEWFINDER_ENGINE_TOKEN") or None
-    tokens = Tokens.single(token)
-    if args.token_file:
-        if token:
-            print("error: give either --token (VIEWFINDER_ENGINE_TOKEN) or --token-file, not both", file=sys.stderr)
-            return 2
-        try:
-            tokens = Tokens.from_file(args.token_file)
-        except (OSError, ValueError) as exc:
-            print(f"error: --token-file: {exc}", file=sys.stderr)
-            return 2
-    loopback = is_loopback(args.host)
-    if not loopback and not tokens:
-        print(f"error: --host {args.host} is reachable from other machines; remote engines require a "
-              "token: add --token <secret> (or set VIEWFINDER_ENGINE_TOKEN) or --token-file FILE", file=sys.stderr)
-        return 2
-    if bool(args.tls_cert) != bool(args.tls_key):
-        print("error: --tls-cert and --tls-key go together", file=sys.stderr)
-        return 2
-    if not loopback and not args.tls_cert and not args.allow_plain_http:
-        print(f"error: --host {args.host} without TLS would send the token in clear text: add --tls-cert CERT "
-              "--tls-key KEY, or put the engine behind a TLS reverse proxy and add --allow-plain-http "
-              "(README, 'Running a shared engine')", file=sys.stderr)
-        return 2
-    # 2. Which models it may load.
-    try:
-        allowed = models.read_allow_list(args.allow_models) if args.allow_models else None
-    except (OSError, ValueError) as exc:
-        print(f"error: --allow-models: {exc}", file=sys.stderr)
-        return 2
-    if args.no_hub:
-        os.environ["HF_HUB_OFFLINE"] = "1"
-    models.set_policy(allowed=allowed, hub=not args.no_hub)
-    # 3. State on disk: temp files of a crash are removed, the cache kept to its quota.
-    storage = Storage(args.data_dir or default_data_dir())
-    removed = clean_temporary(storage)
-    if removed:
-        logger.info("Removed %d temporary files left by an earlier run", removed)
-    try:
-        speed = speed_options(args)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        manager = JobManager(storage, default_device=args.device, max_pipelines=args.max_pipelines, speed=speed)
-    except ValueError as exc:
-        print(f"error: --device: {exc}", file=sys.stderr)
-        return 2
-    app = create_app(manager, tokens, loopback_only=loopback, max_jobs_per_token=args.max_jobs_per_token)
-    if args.parent_pid:
-        watch_parent(args.parent_pid)
-    # 4. Bind first, then report the port: no other process can take it in between.
-    try:
-        sock = bind_socket(args.host, args.port)
-    except OSError as exc:
-        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
-    port = int(sock.getsockname()[1])
-    if args.port_file:
-        write_port_file(args.port_file, port)
-    start_cache_keeper(storage, args.cache_quota)
-    scheme = "https" if args.tls_cert else "http"
-    logger.info("Viewfinder engine on %s://%s:%d, device %s, data %s, %d token(s), cache quota %.1f GiB", scheme,
-                args.host, port, manager.default_device, storage.root, len(tokens), args.cache_quota / 1024**3)
-    config = uvicorn.Config(app, log_level=args.log_level.lower(), access_log=False, ssl_certfile=args.tls_cert,
-                            ssl_keyfile=args.tls_key, timeout_keep_alive=5, h11_max_incomplete_event_size=16384,
-                            limit_concurrency=args.max_connections)
-    uvicorn.Server(config).run(sockets=[sock])
-    return 0
-
-
-def speed_options(args: argparse.Namespace) -> object:
-    """The GPU path's options: the VIEWFINDER_ENGINE_* variables, then --precision / --compile."""
-    import dataclasses
-
-    from ..models.pipelines import SpeedOptions
-
-    speed = SpeedOptions.from_env()
-    if args.precision:
-        speed = dataclasses.replace(speed, precision=args.precision)
-    if args.compile:
-        speed = dataclasses.replace(speed, compile=args.compile)
-    return speed
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
@@ -318,10 +147,24 @@ def cmd_identity(args: argparse.Namespace, takes: list) -> int:  # type: ignore[
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = logging.StreamHandler()
+    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
+    return int(args.func(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine", description="Viewfinder generation engine")
     parser.add_argument("--log-level", default=os.environ.get("VIEWFINDER_ENGINE_LOG", "INFO"))
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (add_serve, add_serve_ray, add_cache, add_make_tiny_models, add_metrics):
+        add(sub)
+    return parser
 
+
+def add_serve(sub: Any) -> None:
+    """``serve``: the HTTP engine on this machine (engine/api/serve.py)."""
     serve = sub.add_parser("serve", help="run the HTTP engine")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8765)
@@ -352,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
                        "warm-up of a minute or more per image size; falls back to eager if it fails")
     serve.set_defaults(func=cmd_serve)
 
+
+def add_serve_ray(sub: Any) -> None:
+    """``serve-ray``: the same HTTP engine on Ray Serve (engine/ray/serve.py)."""
     ray = sub.add_parser("serve-ray", help="run the HTTP engine on Ray Serve, across GPUs (engine/ray/serve.py)")
     ray.add_argument("--host", default="127.0.0.1")
     ray.add_argument("--port", type=int, default=8765)
@@ -377,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     ray.add_argument("--downscale-delay-s", type=float, default=300.0)
     ray.set_defaults(func=cmd_serve_ray)
 
+
+def add_cache(sub: Any) -> None:
+    """``cache verify|prune``: check or shrink the data folder."""
     cache = sub.add_parser("cache", help="check or shrink the engine's blobs and frame cache")
     cache.add_argument("action", choices=["verify", "prune"],
                        help="verify: delete damaged blobs and frames; prune: evict least recently used to --quota")
@@ -384,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     cache.add_argument("--quota", type=parse_size, default=DEFAULT_CACHE_QUOTA, help="for prune (default 20G)")
     cache.set_defaults(func=cmd_cache)
 
+
+def add_make_tiny_models(sub: Any) -> None:
+    """``make-tiny-models DIR``: random-weight models for tests and the demo (engine/testing/)."""
     tiny = sub.add_parser("make-tiny-models", help="write random-weight SD 1.5-layout models (tiny: also Wan VACE + motion adapter), offline")
     tiny.add_argument("dir")
     tiny.add_argument("--preset", default="tiny", choices=["tiny", "mid", "sd15"])
@@ -393,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
                       help="also write a random-weight Wan VACE of this size (wan-1.3b: GPU throughput)")
     tiny.set_defaults(func=cmd_make_tiny_models)
 
+
+def add_metrics(sub: Any) -> None:
+    """``metrics``: warp error, fidelity and identity of takes (engine/metrics/)."""
     metrics = sub.add_parser("metrics", help="warp error and depth fidelity of generated takes, one line per take")
     metrics.add_argument("paths", nargs="+", help="take folders, shot folders or a viewfinder/ folder")
     metrics.add_argument("--conditioning", default=None,
@@ -402,10 +257,3 @@ def main(argv: list[str] | None = None) -> int:
                               "takes' IP-Adapter image encoder")
     metrics.add_argument("--identity-crops", type=int, default=8, help="frames per take cropped per character")
     metrics.set_defaults(func=cmd_metrics)
-
-    args = parser.parse_args(argv)
-    handler = logging.StreamHandler()
-    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
-    return int(args.func(args))
-

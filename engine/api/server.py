@@ -62,14 +62,24 @@ def create_app(manager: JobManager, token: str | None | Tokens, *, loopback_only
         yield
         manager.stop()
 
-    # No /docs, /redoc or /openapi.json: API.md is the reference, and a shared engine
-    # should not describe itself to whoever reaches the port.
+    # 1. The app. No /docs, /redoc or /openapi.json: API.md is the reference, and a shared
+    #    engine should not describe itself to whoever reaches the port.
     app = FastAPI(title="Viewfinder engine", version=__version__, lifespan=lifespan, docs_url=None,
                   redoc_url=None, openapi_url=None)
-    owners: dict[str, str] = {}  # job id -> the name of the token that submitted it
-    owners_lock = threading.Lock()
-    checked_maps: set[tuple[str, str, int, int]] = set()  # (sha, kind, width, height) whose header fits
+    # 2. Every error as the API's error body.
+    add_error_handlers(app)
+    # 3. Routes: health, blobs, jobs (each job visible to the token that submitted it only).
+    jobs = OwnedJobs(manager, max_jobs_per_token)
+    add_health_routes(app, manager, tokens)
+    add_blob_routes(app, manager)
+    add_job_routes(app, manager, jobs)
+    # 4. The front door: auth, size limits and the Host check before FastAPI sees a request.
+    allowed: set[str] | None = set(LOOPBACK_HOSTS) if loopback_only else None
+    return FrontDoor(app, tokens, json_limit=limits.MAX_JSON_BYTES, blob_limit=MAX_BLOB_BYTES,
+                     allowed_hosts=allowed)
 
+
+def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(EngineFault)
     async def on_fault(request: Request, exc: EngineFault) -> JSONResponse:
         return _error(exc.status, exc.code, exc.message, exc.field)
@@ -89,16 +99,70 @@ def create_app(manager: JobManager, token: str | None | Tokens, *, loopback_only
         logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
         return _error(fault.status, fault.code, fault.message, fault.field)
 
-    def owner_of(request: Request) -> str:
-        return str(request.scope.get("state", {}).get("owner", DEFAULT_OWNER))
 
-    def own_job(request: Request, job_id: str) -> Job:
+def owner_of(request: Request) -> str:
+    """The name of the caller's token (set by the front door)."""
+    return str(request.scope.get("state", {}).get("owner", DEFAULT_OWNER))
+
+
+class OwnedJobs:
+    """Which token submitted which job, the per-token job limit, and submits checked on a thread."""
+
+    def __init__(self, manager: JobManager, max_jobs_per_token: int) -> None:
+        self.manager = manager
+        self.max_jobs_per_token = max_jobs_per_token
+        self.owners: dict[str, str] = {}  # job id -> the name of the token that submitted it
+        self.lock = threading.Lock()
+        self.checked_maps: set[tuple[str, str, int, int]] = set()  # (sha, kind, width, height) whose header fits
+
+    def own_job(self, request: Request, job_id: str) -> Job:
         """The job, if the caller's token submitted it; someone else's job is 'unknown'."""
-        job = manager.get(job_id)
-        if owners.get(job_id, DEFAULT_OWNER) != owner_of(request):
+        job = self.manager.get(job_id)
+        if self.owners.get(job_id, DEFAULT_OWNER) != owner_of(request):
             raise NotFound(f"no job with id '{job_id}' for this token", code="unknown_job")
         return job
 
+    def check_maps(self, job: JobRequest) -> None:
+        """Each uploaded map's pixel size against the job's, from its header only."""
+        storage = self.manager.storage
+        for i, frame in enumerate(job.frames):
+            for kind in job.map_kinds():
+                sha = getattr(frame, kind)
+                if sha is None or (sha, kind, job.width, job.height) in self.checked_maps:
+                    continue
+                if not storage.has_blob(sha):
+                    continue  # JobManager.submit names the missing blob
+                head = storage.read_blob_head(sha, limits.HEADER_BYTES)
+                limits.check_map(head, kind, job.width, job.height, f"frames[{i}].{kind}")
+                if len(self.checked_maps) > 200_000:
+                    self.checked_maps.clear()
+                self.checked_maps.add((sha, kind, job.width, job.height))
+
+    def submit_body(self, body: bytes, owner: str) -> dict[str, Any]:
+        """Threadpool: parse, check limits and maps, then queue; never on the event loop."""
+        try:
+            job_request = JobRequest.model_validate_json(body)
+        except ValidationError as exc:
+            raise _invalid(list(exc.errors())) from None
+        limits.check_request(job_request)
+        self.check_maps(job_request)
+        manager = self.manager
+        with self.lock:
+            for gone in [j for j in self.owners if j not in manager.jobs]:
+                del self.owners[gone]
+            active = sum(1 for j, o in self.owners.items()
+                         if o == owner and manager.jobs[j].status in ("queued", "running"))
+            if active >= self.max_jobs_per_token:
+                raise EngineFault(f"this token already has {active} jobs queued or running (the limit is "
+                                  f"{self.max_jobs_per_token}); wait for one to finish or cancel one",
+                                  code="queue_full", status=429)
+            job = manager.submit(job_request)
+            self.owners[job.id] = owner
+        return {"id": job.id, "status": job.status, "cached_frames": sorted(job.cached),
+                "frames_total": len(job.frame_keys)}
+
+
+def add_health_routes(app: FastAPI, manager: JobManager, tokens: Tokens) -> None:
     # An async handler runs on the event loop, so /health answers even when every
     # worker thread is busy with uploads or submits.
     @app.get("/health")
@@ -111,6 +175,8 @@ def create_app(manager: JobManager, token: str | None | Tokens, *, loopback_only
         """Who the token belongs to: the add-on checks with it that the engine is the one it started."""
         return {"owner": owner_of(request), "version": __version__}
 
+
+def add_blob_routes(app: FastAPI, manager: JobManager) -> None:
     @app.head("/blobs/{sha}")
     def head_blob(sha: str) -> Response:
         if not SHA256_RE.match(sha):
@@ -131,48 +197,12 @@ def create_app(manager: JobManager, token: str | None | Tokens, *, loopback_only
                                  field="sha256", code="hash_mismatch")
             return {"sha256": sha, "size": writer.size}
 
-    def check_maps(job: JobRequest) -> None:
-        """Each uploaded map's pixel size against the job's, from its header only."""
-        kinds = ("depth", "pose", "flow") if job.coherence.mode == "FLOW" else ("depth", "pose")
-        for i, frame in enumerate(job.frames):
-            for kind in kinds:
-                sha = getattr(frame, kind)
-                if sha is None or (sha, kind, job.width, job.height) in checked_maps:
-                    continue
-                if not manager.storage.has_blob(sha):
-                    continue  # JobManager.submit names the missing blob
-                head = manager.storage.read_blob_head(sha, limits.HEADER_BYTES)
-                limits.check_map(head, kind, job.width, job.height, f"frames[{i}].{kind}")
-                if len(checked_maps) > 200_000:
-                    checked_maps.clear()
-                checked_maps.add((sha, kind, job.width, job.height))
 
-    def submit_body(body: bytes, owner: str) -> dict[str, Any]:
-        """Threadpool: parse, check limits and maps, then queue; never on the event loop."""
-        try:
-            job_request = JobRequest.model_validate_json(body)
-        except ValidationError as exc:
-            raise _invalid(list(exc.errors())) from None
-        limits.check_request(job_request)
-        check_maps(job_request)
-        with owners_lock:
-            for gone in [j for j in owners if j not in manager.jobs]:
-                del owners[gone]
-            active = sum(1 for j, o in owners.items()
-                         if o == owner and manager.jobs[j].status in ("queued", "running"))
-            if active >= max_jobs_per_token:
-                raise EngineFault(f"this token already has {active} jobs queued or running (the limit is "
-                                  f"{max_jobs_per_token}); wait for one to finish or cancel one",
-                                  code="queue_full", status=429)
-            job = manager.submit(job_request)
-            owners[job.id] = owner
-        return {"id": job.id, "status": job.status, "cached_frames": sorted(job.cached),
-                "frames_total": len(job.frame_keys)}
-
+def add_job_routes(app: FastAPI, manager: JobManager, jobs: OwnedJobs) -> None:
     @app.post("/jobs", status_code=202)
     async def submit(request: Request) -> dict[str, Any]:
         body = await request.body()  # bounded by the front door
-        return await run_in_threadpool(submit_body, body, owner_of(request))
+        return await run_in_threadpool(jobs.submit_body, body, owner_of(request))
 
     @app.get("/jobs")
     async def statuses(request: Request, ids: str = "") -> dict[str, Any]:
@@ -184,27 +214,27 @@ def create_app(manager: JobManager, token: str | None | Tokens, *, loopback_only
         if len(wanted) > limits.MAX_STATUS_IDS:
             raise BadRequest(f"at most {limits.MAX_STATUS_IDS} job ids per request, got {len(wanted)}; "
                              "ask in several requests", field="ids", code="too_many_ids")
-        jobs: dict[str, Any] = {}
+        found: dict[str, Any] = {}
         unknown: list[str] = []
         for job_id in wanted:
             try:
-                jobs[job_id] = own_job(request, job_id).to_json()
+                found[job_id] = jobs.own_job(request, job_id).to_json()
             except NotFound:
                 unknown.append(job_id)
-        return {"jobs": jobs, "unknown": unknown}
+        return {"jobs": found, "unknown": unknown}
 
     @app.get("/jobs/{job_id}")
     async def status(job_id: str, request: Request) -> dict[str, Any]:
-        return own_job(request, job_id).to_json()
+        return jobs.own_job(request, job_id).to_json()
 
     @app.post("/jobs/{job_id}/cancel")
     def cancel(job_id: str, request: Request) -> dict[str, Any]:
-        own_job(request, job_id)
+        jobs.own_job(request, job_id)
         return manager.cancel(job_id).to_json()
 
     @app.get("/jobs/{job_id}/frames/{frame}")
     def frame(job_id: str, frame: int, request: Request) -> FileResponse:
-        job = own_job(request, job_id)
+        job = jobs.own_job(request, job_id)
         path = manager.frame_path(job_id, frame)
         # A frame damaged on disk is never served: it is dropped, and generated again on resubmit.
         if not manager.storage.has_frame(path.stem):
@@ -212,10 +242,3 @@ def create_app(manager: JobManager, token: str | None | Tokens, *, loopback_only
             raise EngineFault(f"frame {frame} was damaged on the engine's disk and has been deleted; generate "
                               "again and the engine makes it again", code="frame_damaged", status=409)
         return FileResponse(path, media_type="image/png")
-
-    if loopback_only:
-        allowed: set[str] | None = set(LOOPBACK_HOSTS)
-    else:
-        allowed = None
-    return FrontDoor(app, tokens, json_limit=limits.MAX_JSON_BYTES, blob_limit=MAX_BLOB_BYTES,
-                     allowed_hosts=allowed)

@@ -282,6 +282,11 @@ class JobRequest(_Strict):
             raise ValueError("tier: Finalize Take makes final frames; send tier 'final' with finalize")
         return self
 
+    def map_kinds(self) -> tuple[str, ...]:
+        """The control maps the job reads per frame: FLOW reads the flow maps too (INDEPENDENT accepts
+        and ignores them)."""
+        return ("depth", "pose", "flow") if self.coherence.mode == "FLOW" else ("depth", "pose")
+
     def job_kind(self) -> Literal["video", "finalize", "flow", "batch"]:
         """Which runner makes this job's frames (engine/jobs/runners.py): a VIDEO job, Finalize Take,
         FLOW frames one from the other, or INDEPENDENT frames in batches."""

@@ -72,11 +72,9 @@ def resolve_models(request: JobRequest) -> tuple[dict[str, ModelRef | None], Mod
 
 
 def check_blobs(request: JobRequest, storage: Storage) -> None:
-    """Every map the job reads is on the engine. FLOW reads the flow maps too (INDEPENDENT ignores
-    them); Finalize Take (engine/jobs/finalize.py) the flow and the approved frames."""
-    names = ("depth", "pose", "flow") if request.coherence.mode == "FLOW" else ("depth", "pose")
-    if request.finalize is not None:
-        names = ("depth", "pose", "flow", "source")
+    """Every map the job reads is on the engine (``JobRequest.map_kinds``); Finalize Take
+    (engine/jobs/finalize.py) reads the flow and the approved frames too."""
+    names = ("depth", "pose", "flow", "source") if request.finalize is not None else request.map_kinds()
     for i, frame in enumerate(request.frames):
         for name in names:
             sha = getattr(frame, name)
