@@ -25,6 +25,7 @@ from ..timeline import takes as takes_core
 from ..timeline.paths import frame_name
 from ..prefs import Prefs
 from ..jobs.request import JobRequest, frame_entries
+from ..hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +85,6 @@ class TakeOutcome:
     @property
     def complete(self) -> bool:
         return self.info is not None and self.info.complete
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def control_hash(maps: dict[int, dict[str, Path | None]], hashes: dict[Path, str]) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     import bpy
 
     from ..prefs import Prefs
+    from ..scene.characters import ShotCast
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +42,10 @@ def collect_shot(
 
     ``tier`` ("draft" or "final") overrides the shot's and the scene's tier setting.
     """
-    from ..conditioning import ConditioningError, render_shot  # deferred: heavier module
-
-    if shot.problem:
-        raise GenerationError(f"Shot '{shot.name}': {shot.problem}")
     settings = scene.viewfinder
-    width, height = scene_size(scene)
-    if min(width, height) < MIN_EDGE:
-        raise GenerationError(
-            f"Long Edge {settings.long_edge} gives {width}×{height} frames, but the models need at least "
-            f"{MIN_EDGE} pixels on each side: set Long Edge to {smallest_long_edge(scene)} or more (Viewfinder ▸ Film)"
-        )
-    # The generation tier (README "Drafts"); half-size drafts get their own maps beside the full-size ones.
+    # 1. A shot the models can generate, at the scene's size.
+    width, height = checked_size(scene, shot)
+    # 2. The generation tier (README "Drafts"); half-size drafts get their own maps beside the full-size ones.
     tier, tier_warnings = (tier, []) if tier else effective_tier(settings, shot)
     final_size = [width, height]
     if tier == DRAFT and settings.draft_half_size:
@@ -59,55 +53,22 @@ def collect_shot(
     conditioning_dir = project.conditioning_dir(shot.name)
     if [width, height] != final_size:
         conditioning_dir = project.shot_dir(shot.name) / f"conditioning-{width}x{height}"
-    try:
-        result = render_shot(scene, shot, conditioning_dir, width=width, height=height, progress=progress,
-                             cancel=cancel)
-    except ConditioningError as exc:
-        raise GenerationError(str(exc)) from exc
-    meta = result.meta
-    maps = {frame: dict(files) for frame, files in result.maps.items()}
-    missing = [f for f, m in maps.items() if m["depth"] is None or not Path(m["depth"]).is_file()]
-    if missing:
-        raise GenerationError(
-            f"Shot '{shot.name}': depth maps are missing for frames {missing[:5]}: render its control maps again"
-        )
-
+    # 3. Control maps, rendered or reused.
+    meta, maps = shot_maps(scene, shot, conditioning_dir, width, height, progress, cancel)
+    # 4. The request's parts, with the character bible and film look (core/scene/characters.py).
     models = scene_models(settings)
-    prompts = {
-        "prompt": shot.prompt,
-        "style_prompt": settings.style_prompt,
-        "negative_prompt": shot.negative_prompt,
-    }
-    job_settings = {
-        "seed": int(shot.seed),
-        "steps": int(settings.steps),
-        "guidance_scale": round(float(settings.guidance_scale), 4),
-        "width": width,
-        "height": height,
-        "depth_weight": round(float(shot.depth_weight), 4),
-        "pose_weight": round(float(shot.pose_weight), 4),
-        "control_start": round(float(shot.control_start), 4),
-        "control_end": round(float(shot.control_end), 4),
-        "coherence": coherence_settings(shot, meta),
-    }
-    uploads: list[Path] = []
-    # The character bible and film look (core/scene/characters.py): empty for a film without them.
+    prompts = {"prompt": shot.prompt, "style_prompt": settings.style_prompt, "negative_prompt": shot.negative_prompt}
+    job_settings = shot_settings(settings, shot, width, height, meta)
     cast = _characters(scene, shot, conditioning_dir, meta, project)
+    uploads: list[Path] = []
     if effective_generator(settings, shot) == "VIDEO":
-        job_settings.update(video_settings(settings, shot, meta))
-        uploads = reference_uploads(shot)
-        # A video model takes whole-frame reference images, not regions: the bible's references
-        # stand in for the shot's own when it has none.
-        bible = [sha for c in cast["settings"].get("characters", []) for sha in c.get("references", [])]
-        if not uploads and bible:
-            uploads = [cast["blobs"][sha] for sha in dict.fromkeys(bible)]
-            job_settings["video"]["references"] = list(dict.fromkeys(bible))
-        cast = {**cast, "models": {}, "settings": {}, "masks": False, "blobs": {}}
-    models.update(cast["models"])
-    job_settings.update(cast["settings"])
-    if cast["masks"]:
+        uploads, cast = video_parts(settings, shot, meta, cast, job_settings)
+    models.update(cast.models)
+    job_settings.update(cast.settings)
+    if cast.masks:
         for frame, frame_maps in maps.items():
             frame_maps["mask"] = conditioning_dir / "masks" / frame_name(frame)
+    # 5. Animated settings sampled per frame, then the typed request.
     frames = sorted(maps)
     animated = apply_animation(scene, shot, frames, prompts, job_settings)
     request = JobRequest.from_parts(shot.name, models, prompts, job_settings, batch_size=int(settings.batch_size),
@@ -120,8 +81,73 @@ def collect_shot(
         shot=shot.name, frames=frames, conditioning_dir=conditioning_dir, takes_dir=project.takes_dir(shot.name),
         maps=maps, request=request, models=models, prompts=prompts, settings=job_settings, uploads=uploads,
         frame_values=animated.per_frame, warnings=[*tier_warnings, *animated.warnings],
-        blobs=cast["blobs"], characters=cast["characters"], tier=tier,
+        blobs=cast.blobs, characters=cast.characters, tier=tier,
     )
+
+
+def checked_size(scene: bpy.types.Scene, shot: Any) -> tuple[int, int]:
+    """The scene's generation size, or GenerationError when the shot cannot be generated."""
+    if shot.problem:
+        raise GenerationError(f"Shot '{shot.name}': {shot.problem}")
+    width, height = scene_size(scene)
+    if min(width, height) < MIN_EDGE:
+        raise GenerationError(
+            f"Long Edge {scene.viewfinder.long_edge} gives {width}×{height} frames, but the models need at least "
+            f"{MIN_EDGE} pixels on each side: set Long Edge to {smallest_long_edge(scene)} or more (Viewfinder ▸ Film)"
+        )
+    return width, height
+
+
+def shot_maps(scene: bpy.types.Scene, shot: Any, conditioning_dir: Path, width: int, height: int,
+              progress: Callable[[int, int], None] | None, cancel: Callable[[], bool] | None,
+              ) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+    """(meta.json, per-frame map files) of the shot's control maps, rendered or reused."""
+    from ..conditioning import ConditioningError, render_shot  # deferred: heavier module
+
+    try:
+        result = render_shot(scene, shot, conditioning_dir, width=width, height=height, progress=progress,
+                             cancel=cancel)
+    except ConditioningError as exc:
+        raise GenerationError(str(exc)) from exc
+    maps = {frame: dict(files) for frame, files in result.maps.items()}
+    missing = [f for f, m in maps.items() if m["depth"] is None or not Path(m["depth"]).is_file()]
+    if missing:
+        raise GenerationError(
+            f"Shot '{shot.name}': depth maps are missing for frames {missing[:5]}: render its control maps again"
+        )
+    return result.meta, maps
+
+
+def shot_settings(settings: Any, shot: Any, width: int, height: int, meta: dict[str, Any]) -> dict[str, Any]:
+    """The job's generation settings from the film and the shot (take.json keeps the same dict)."""
+    return {
+        "seed": int(shot.seed),
+        "steps": int(settings.steps),
+        "guidance_scale": round(float(settings.guidance_scale), 4),
+        "width": width,
+        "height": height,
+        "depth_weight": round(float(shot.depth_weight), 4),
+        "pose_weight": round(float(shot.pose_weight), 4),
+        "control_start": round(float(shot.control_start), 4),
+        "control_end": round(float(shot.control_end), 4),
+        "coherence": coherence_settings(shot, meta),
+    }
+
+
+def video_parts(settings: Any, shot: Any, meta: dict[str, Any], cast: ShotCast,
+                job_settings: dict[str, Any]) -> tuple[list[Path], ShotCast]:
+    """A Video shot's video block and reference uploads; the cast keeps only its take.json summary.
+
+    A video model takes whole-frame reference images, not regions: the bible's references stand
+    in for the shot's own when it has none.
+    """
+    job_settings.update(video_settings(settings, shot, meta))
+    uploads = reference_uploads(shot)
+    bible = [sha for c in cast.settings.get("characters", []) for sha in c.get("references", [])]
+    if not uploads and bible:
+        uploads = [cast.blobs[sha] for sha in dict.fromkeys(bible)]
+        job_settings["video"]["references"] = list(dict.fromkeys(bible))
+    return uploads, replace(cast, settings={}, models={}, blobs={}, masks=False)
 
 
 def effective_tier(settings: Any, shot: Any) -> tuple[str, list[str]]:
@@ -180,7 +206,7 @@ def apply_animation(scene: bpy.types.Scene, shot: Any, frames: list[int], prompt
 
 
 def _characters(scene: bpy.types.Scene, shot: Any, conditioning_dir: Path, meta: dict[str, Any],
-                project: Project) -> dict[str, Any]:
+                project: Project) -> ShotCast:
     from ..scene.characters import collect_characters
 
     try:

@@ -11,7 +11,6 @@ Every error is a `CharacterError` whose message names the character and the fix.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 from .image_info import ImageHeaderError, image_size
 from ..timeline.paths import frame_name
+from ..hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +68,6 @@ class ShotCharacters:
         """
         return [{"name": c["name"], "mask_ids": list(c["mask_ids"]), "armature": self.armatures.get(c["name"], "")}
                 for c in self.characters]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_reference(character: str, label: str, path: Path, *, who: str = "", where: str = "") -> None:

@@ -56,12 +56,22 @@ def prepare_sheet(scene: Any, character: Any, project: Project, prefs: Prefs) ->
 
     Raises GenerationError naming the character and the fix.
     """
-    import bpy
-
-    from ..conditioning import ConditioningError, render_shot
-    from ..generate.shot_job import prefs_fields, scene_models
-
     # 1. Check inputs.
+    objects, source = sheet_inputs(scene, character, project)
+    settings = scene.viewfinder
+    size, _ = generation_size(1, 1, 1.0, 1.0, max(64, settings.long_edge))  # square frames at Long Edge
+    out = sheet_dir(project, character.name)
+    # 2. Only the character renders, in its rest pose, seen by a camera stepping round it over three frames.
+    conditioning_dir = out / "conditioning"
+    meta, maps = render_views(scene, character, objects, conditioning_dir, size)
+    # 3. The engine job: one frame per view (the pose and depth maps set the view), the character's
+    #    description through its own region.
+    return SheetJob(character.name, sheet_job(scene, character, source, objects, conditioning_dir, out, size, meta,
+                                              maps, prefs))
+
+
+def sheet_inputs(scene: Any, character: Any, project: Project) -> tuple[list[Any], CharacterSource]:
+    """The character's renderable objects and its bible entry; GenerationError when it has none."""
     objects = character_objects(scene, character)
     if not objects:
         problem = problem_of(character) or "it stands for no renderable objects"
@@ -74,13 +84,19 @@ def prepare_sheet(scene: Any, character: Any, project: Project, prefs: Prefs) ->
         check_lora(character.name, source.lora)
     except ValueError as exc:
         raise GenerationError(str(exc)) from exc
-    settings = scene.viewfinder
-    size, _ = generation_size(1, 1, 1.0, 1.0, max(64, settings.long_edge))  # square frames at Long Edge
-    out = sheet_dir(project, character.name)
+    return objects, source
 
-    # 2. Only the character renders, in its rest pose, seen by a camera stepping round it over three frames.
-    # This happens in the user's scene (everything else hidden for the render, all restored after):
-    # Blender only evaluates the context scene's objects, and the pose maps read evaluated bones.
+
+def render_views(scene: Any, character: Any, objects: list[Any], conditioning_dir: Path,
+                 size: int) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+    """(meta.json, per-frame maps) of the three views, rendered with everything else hidden.
+
+    This happens in the user's scene (everything else hidden for the render, all restored after):
+    Blender only evaluates the context scene's objects, and the pose maps read evaluated bones.
+    """
+    import bpy
+
+    from ..conditioning import ConditioningError, render_shot
     from ..conditioning.render import RenderGuard
 
     armature = character.armature
@@ -98,12 +114,11 @@ def prepare_sheet(scene: Any, character: Any, project: Project, prefs: Prefs) ->
             camera = _sheet_camera(scene, objects, armature, first)
             shot = SimpleNamespace(name=f"{character.name} sheet", camera=camera, frame_start=first,
                                    frame_end=first + len(VIEWS) - 1)
-            conditioning_dir = out / "conditioning"
             try:
                 result = render_shot(scene, shot, conditioning_dir, width=size, height=size)
             except ConditioningError as exc:
                 raise GenerationError(f"Character '{character.name}': {exc}") from exc
-            meta, maps = result.meta, {frame: dict(files) for frame, files in result.maps.items()}
+            return result.meta, {frame: dict(files) for frame, files in result.maps.items()}
     finally:
         if camera is not None:
             cam_data = camera.data
@@ -112,13 +127,17 @@ def prepare_sheet(scene: Any, character: Any, project: Project, prefs: Prefs) ->
         scene.camera = original_camera
         scene.frame_set(original_frame)
 
-    # 3. The engine job: one frame per view (the pose and depth maps set the view), the character's
-    # description through its own region.
-    # The sheet is how references are made: it carries the description and LoRA, no reference images.
-    bare = CharacterSource(name=source.name, object_names=[o.name for o in objects], description=source.description,
-                           lora=source.lora, lora_scale=source.lora_scale, trigger_words=source.trigger_words)
+
+def sheet_job(scene: Any, character: Any, source: CharacterSource, objects: list[Any], conditioning_dir: Path,
+              out: Path, size: int, meta: dict[str, Any], maps: dict[int, dict[str, Any]], prefs: Prefs) -> ShotJob:
+    """The sheet's engine job. The sheet is how references are made: it carries the description and
+    LoRA, no reference images."""
+    from ..generate.shot_job import prefs_fields, scene_models
     from .characters import frame_ids
 
+    settings = scene.viewfinder
+    bare = CharacterSource(name=source.name, object_names=[o.name for o in objects], description=source.description,
+                           lora=source.lora, lora_scale=source.lora_scale, trigger_words=source.trigger_words)
     block = shot_characters([bare], meta, frame_ids(conditioning_dir, meta))
     models = scene_models(settings)
     description = character.description.strip() or character.name
@@ -138,12 +157,11 @@ def prepare_sheet(scene: Any, character: Any, project: Project, prefs: Prefs) ->
             frame_maps["mask"] = conditioning_dir / "masks" / frame_name(frame)
     request = JobRequest.from_parts(f"{character.name} sheet", models, prompts, job_settings,
                                     batch_size=int(settings.batch_size), **prefs_fields(prefs))
-    job = ShotJob(
+    return ShotJob(
         shot=f"{character.name} sheet", frames=sorted(maps), conditioning_dir=conditioning_dir,
         takes_dir=out / "takes", maps=maps, request=request, models=models, prompts=prompts,
         settings=job_settings, characters=block.summary(),
     )
-    return SheetJob(character.name, job)
 
 
 def _sheet_camera(scene: Any, objects: list[Any], armature: Any, first: int) -> Any:

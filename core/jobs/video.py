@@ -14,7 +14,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..generate.shot import GenerationError, file_sha256
+from ..generate.shot import GenerationError
+from ..hashing import file_sha256
 from .request import DEFAULT_VIDEO_MODEL
 
 log = logging.getLogger(__name__)

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..jobs.characters import CharacterSource, check_reference, check_size, file_sha256
+from ..hashing import file_sha256
+from ..jobs.characters import CharacterSource, check_reference, check_size
 from ..conditioning.masks import RENDERABLE, owner_of
 
 log = logging.getLogger(__name__)
@@ -201,14 +203,21 @@ def film_look(scene: Any, cache_dir: Path) -> tuple[dict[str, Any], dict[str, Pa
     return fields, blobs
 
 
-def collect_characters(scene: Any, conditioning_dir: Path, meta: dict[str, Any], cache_dir: Path) -> dict[str, Any]:
-    """One shot's character and film-look request parts, as plain data.
+@dataclass
+class ShotCast:
+    """One shot's character and film-look request parts, as plain data. Empty parts when nothing
+    applies, so a film without a bible sends exactly the request it sent before."""
 
-    Returns {"settings": request fields (characters, style/palette references),
-    "models": ip_adapter/image_encoder when a reference is sent, "blobs":
-    {sha: file}, "characters": [{name, mask_ids}] for take.json, "masks":
-    whether frames need their mask}. Empty parts when nothing applies, so a
-    film without a bible sends exactly the request it sent before.
+    settings: dict[str, Any] = field(default_factory=dict)  # request fields: characters, style/palette references
+    models: dict[str, Any] = field(default_factory=dict)  # ip_adapter / image_encoder, when a reference is sent
+    blobs: dict[str, Path] = field(default_factory=dict)  # sha -> the file to upload
+    characters: list[dict[str, Any]] = field(default_factory=list)  # [{name, mask_ids}] for take.json
+    masks: bool = False  # whether frames need their mask
+
+
+def collect_characters(scene: Any, conditioning_dir: Path, meta: dict[str, Any], cache_dir: Path) -> ShotCast:
+    """One shot's character and film-look request parts.
+
     Raises CharacterError / ValueError with a message naming the character and the fix.
     """
     from ..jobs.characters import frame_ids, shot_characters
@@ -219,24 +228,24 @@ def collect_characters(scene: Any, conditioning_dir: Path, meta: dict[str, Any],
     chars = shot_characters(sources, meta, frame_ids(conditioning_dir, meta)) if sources else None
     # 2. The film look applies to every shot.
     look, blobs = film_look(scene, cache_dir)
-    out: dict[str, Any] = {"settings": {}, "models": {}, "blobs": dict(blobs), "characters": [], "masks": False}
+    out = ShotCast(blobs=dict(blobs))
     if chars is not None and chars.characters:
-        out["settings"]["characters"] = chars.characters
-        out["blobs"].update(chars.blobs)
-        out["characters"] = chars.summary()
-        out["masks"] = True
-    out["settings"].update(look)
+        out.settings["characters"] = chars.characters
+        out.blobs.update(chars.blobs)
+        out.characters = chars.summary()
+        out.masks = True
+    out.settings.update(look)
     # 3. The IP-Adapter only where a reference image is sent: other shots keep their cache keys.
     if not settings.ip_adapter.strip():  # no IP-Adapter: reference images would be ignored, so none are sent
-        for character in out["settings"].get("characters", ()):
+        for character in out.settings.get("characters", ()):
             character["references"] = []
-        out["settings"].pop("style_reference", None)
-        out["settings"].pop("style_strength", None)
-        palette = out["settings"].get("palette_reference")
-        out["blobs"] = {sha: path for sha, path in out["blobs"].items() if sha == palette}
-    uses_images = "style_reference" in look or any(c["references"] for c in out["settings"].get("characters", ()))
+        out.settings.pop("style_reference", None)
+        out.settings.pop("style_strength", None)
+        palette = out.settings.get("palette_reference")
+        out.blobs = {sha: path for sha, path in out.blobs.items() if sha == palette}
+    uses_images = "style_reference" in look or any(c["references"] for c in out.settings.get("characters", ()))
     if uses_images and settings.ip_adapter.strip():
-        out["models"] = {
+        out.models = {
             "ip_adapter": _model_value(settings.ip_adapter),
             "image_encoder": _model_value(settings.image_encoder) or None,
         }
