@@ -11,7 +11,7 @@
    the model is not just resizing.
 2. A whole finalize job (engine ``JobManager`` in this process, tiny diffusion models): the
    analytic pan's maps at 2x and 4x, upscale + FLOW-guided detail pass, seconds per frame.
-Prints a Markdown table; the README records it.
+Prints a Markdown table; docs/benchmarks.md records it.
 """
 
 from __future__ import annotations

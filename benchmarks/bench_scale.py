@@ -26,7 +26,7 @@ Targets on a 2-core CPU: ray-1 within 15% of single; ray-2 >= 1.6x ray-1.
 CPU:  .venv-engine/bin/python benchmarks/bench_scale.py
 GPU:  .venv-engine/bin/python benchmarks/bench_scale.py --preset sd15 --size 512 --steps 20 \
           --frames 16 --batch-size 4 --device cuda --gpus-per-replica 1 --replicas 1 2 4 ...
-      (N replicas on N GPUs of one machine; see README "Many GPUs: the engine on Ray Serve")
+      (N replicas on N GPUs of one machine; see docs/shared-engine.md "Many GPUs: the engine on Ray Serve")
 """
 
 from __future__ import annotations

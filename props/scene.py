@@ -49,7 +49,7 @@ VIDEO_CONTROL_ITEMS = [
     ("DEPTH_POSE", "Depth + Pose", "Pose drawings over the depth maps"),
 ]
 
-# Generation tiers (issue 15; README "Drafts"): take.json and requests use "draft" / "final".
+# Generation tiers (issue 15; docs/user-guide.md "Drafts"): take.json and requests use "draft" / "final".
 TIER_ITEMS = [
     ("FINAL", "Final", "The full path: the scene's steps and guidance at full size"),
     ("DRAFT", "Draft", "A few-step distilled path (LCM or TCD LoRA, ControlNets kept): seconds, to iterate on blocking"),

@@ -45,7 +45,7 @@ def collect_shot(
     settings = scene.viewfinder
     # 1. A shot the models can generate, at the scene's size.
     width, height = checked_size(scene, shot)
-    # 2. The generation tier (README "Drafts"); half-size drafts get their own maps beside the full-size ones.
+    # 2. The generation tier (docs/user-guide.md "Drafts"); half-size drafts get their own maps beside the full-size ones.
     tier, tier_warnings = (tier, []) if tier else effective_tier(settings, shot)
     final_size = [width, height]
     if tier == DRAFT and settings.draft_half_size:

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 TAKE_FILE = "take.json"
 FORMAT_VERSION = 1
 
-# A take's tier (take.json "tier"; README "Drafts"): how its frames were made.
+# A take's tier (take.json "tier"; docs/user-guide.md "Drafts"): how its frames were made.
 DRAFT = "draft"  # the few-step distilled generation path (engine/models/draft.py)
 FINAL = "final"  # the full generation path
 FINALIZED = "finalized"  # Finalize Take: a take enlarged and re-detailed (core/jobs/finalize.py)

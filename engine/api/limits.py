@@ -1,6 +1,6 @@
 """Bounds on what one request may ask of the engine, so no input can take it down.
 
-Every number here is documented in README ("Running a shared engine") and engine/API.md.
+Every number here is documented in docs/shared-engine.md ("Running a shared engine") and engine/API.md.
 They are chosen so that a real GPU (24 to 80 GB) can serve any request that passes:
 the largest batch is bounded in pixels, not only in frames, and a control map must
 have exactly the job's size, so a small file can never decode to a huge array.

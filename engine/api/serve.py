@@ -82,7 +82,7 @@ def serve_tokens(args: argparse.Namespace) -> tuple[Any, bool]:
     if not loopback and not args.tls_cert and not args.allow_plain_http:
         raise UsageError(f"--host {args.host} without TLS would send the token in clear text: add --tls-cert CERT "
                          "--tls-key KEY, or put the engine behind a TLS reverse proxy and add --allow-plain-http "
-                         "(README, 'Running a shared engine')")
+                         "(docs/shared-engine.md, 'Running a shared engine')")
     return tokens, loopback
 
 

@@ -1,6 +1,6 @@
 """Warping along the shot's exact flow, and the pixels that warp cannot carry.
 
-Conventions (README, "control maps"): ``flow/NNNN.npy`` is float32 H x W x 2 *backward*
+Conventions (docs/user-guide.md, "Where files go"): ``flow/NNNN.npy`` is float32 H x W x 2 *backward*
 flow in image pixels (+x right, +y down, row 0 at the top): pixel q of frame N was at
 q + flow[q] in frame N-1, so frame N-1 warps into frame N by sampling it at (x+dx, y+dy).
 Depth maps are shot-wide normalized inverse depth stored as ``1 + round(v * 65534)``

@@ -235,7 +235,7 @@ def take_label(take_dir: Path) -> str:
             mode = settings.get("coherence", {}).get("mode", "?")
             if settings.get("generator") == "VIDEO":
                 mode = f"VIDEO {(settings.get('video') or {}).get('pipeline', 'WAN_VACE')}"
-            # Tiers (README "Drafts"): draft, final (not printed: the usual), finalized (Finalize Take;
+            # Tiers (docs/user-guide.md "Drafts"): draft, final (not printed: the usual), finalized (Finalize Take;
             # take.json files from before generation tiers say "final" for it and keep settings.finalize).
             tier = info.get("tier") or "final"
             if tier == "final" and ("finalize" in settings or "source_take" in settings):

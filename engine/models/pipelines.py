@@ -51,11 +51,11 @@ def dtype_name(device: str, precision: str = "auto") -> str:
     """The torch dtype name for ``precision`` ('auto': by device) on ``device``.
 
     'auto': fp32 on the CPU, fp16 elsewhere (half the memory, tensor cores). On this project's
-    CPU bf16 ran the mid-preset UNet 1.2x faster than fp32 (README, Benchmarks), but it changes
+    CPU bf16 ran the mid-preset UNet 1.2x faster than fp32 (docs/benchmarks.md), but it changes
     the frames (mean 0.7 levels of 255 on the tiny models) and so every cached frame's key:
     fp32 stays the CPU default, bf16 is ``--precision bf16``. On CUDA fp16 against bf16 is not
     measured (no GPU was lent): fp16 is the default because SD 1.5 is usually run in it; the GPU
-    benchmark protocol in the README compares both.
+    benchmark protocol in docs/benchmarks.md compares both.
     """
     if precision == "auto":
         return "float32" if device == "cpu" else "float16"

@@ -148,7 +148,7 @@ class RayExecutor:
         self._pool = ThreadPoolExecutor(max_workers=256, thread_name_prefix="vf-ray-job")
         # One unit in Serve per replica: a unit is sent when a replica is free. Serve's router
         # holds the others and looks again after a backoff that grows to 0.5 s, leaving the
-        # replica idle between units (README "Many GPUs").
+        # replica idle between units (docs/shared-engine.md "Many GPUs").
         self._slots = threading.Semaphore(max(1, replicas))
 
     def dispatch(self, work: Callable[[], None]) -> None:

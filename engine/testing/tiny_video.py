@@ -8,7 +8,7 @@ UMT5 config: nothing comes from the Hub.
 
 Presets: ``tiny`` (tests, well under a second per 17-frame 32x32 clip on a CPU) and
 ``wan-1.3b`` (the 1.3B transformer and Wan VAE at full size with random weights, for
-the GPU throughput protocol in the README; the text encoder stays small because a
+the GPU throughput protocol in docs/benchmarks.md; the text encoder stays small because a
 prompt is encoded once per job, not per frame).
 """
 
