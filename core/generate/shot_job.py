@@ -174,9 +174,9 @@ def draft_block(settings: Any) -> dict[str, Any]:
         "scheduler": settings.draft_scheduler,
         "steps": int(settings.draft_steps),
         "guidance_scale": round(float(settings.draft_guidance), 4),
-        "lora": _model_path(settings.draft_lora) or None,
+        "lora": model_path(settings.draft_lora) or None,
         "tiny_vae": bool(settings.draft_tiny_vae),
-        "tiny_vae_model": (_model_path(settings.draft_tiny_vae_model) or None) if settings.draft_tiny_vae else None,
+        "tiny_vae_model": (model_path(settings.draft_tiny_vae_model) or None) if settings.draft_tiny_vae else None,
     }
 
 
@@ -233,10 +233,10 @@ def coherence_settings(shot: Any, meta: dict[str, Any]) -> dict[str, Any]:
 def scene_models(settings: Any) -> dict[str, Any]:
     """The request's ``models`` from the film settings (take.json keeps the same dict)."""
     return {
-        "base": _model_path(settings.model),
-        "controlnet_depth": _model_path(settings.controlnet_depth) or None,
-        "controlnet_pose": _model_path(settings.controlnet_pose) or None,
-        "lora": _model_path(settings.lora) or None,
+        "base": model_path(settings.model),
+        "controlnet_depth": model_path(settings.controlnet_depth) or None,
+        "controlnet_pose": model_path(settings.controlnet_pose) or None,
+        "lora": model_path(settings.lora) or None,
         "lora_scale": round(float(settings.lora_scale), 4),
     }
 
@@ -246,7 +246,7 @@ def prefs_fields(prefs: Prefs) -> dict[str, Any]:
     return {"device": prefs.device, "attention_slicing": prefs.attention_slicing, "cpu_offload": prefs.cpu_offload}
 
 
-def _model_path(value: str) -> str:
+def model_path(value: str) -> str:
     """Hub ids pass through; Blender-relative paths (//...) become absolute for the engine."""
     if not value:
         return ""

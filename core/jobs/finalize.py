@@ -20,7 +20,7 @@ from ..conditioning.manifest import build_maps
 from ..generate.shot import GenerationError, ShotJob, TakeOutcome
 from ..timeline.paths import Project, frame_name
 from .request import CoherenceSpec, FinalizeSpec, JobRequest, ModelSpec
-from ..generate.shot_job import _model_path, coherence_settings, prefs_fields
+from ..generate.shot_job import model_path, coherence_settings, prefs_fields
 from ..timeline.takes import FINALIZED, TakeInfo, read_take, take_tier
 
 if TYPE_CHECKING:
@@ -138,7 +138,7 @@ def collect_finalize(scene: bpy.types.Scene, take_dir: Path, project: Project, p
     # 4. The request: the approved take's prompts, seed and models, at the new size, FLOW-guided.
     coherence = coherence_settings(shot, meta)
     coherence["mode"] = "FLOW"
-    finalize = {"upscaler": _model_path(upscaler) or None, "detail_strength": round(float(detail_strength), 4)}
+    finalize = {"upscaler": model_path(upscaler) or None, "detail_strength": round(float(detail_strength), 4)}
     settings = {**info.settings, "width": new_w, "height": new_h, "coherence": coherence, "finalize": finalize,
                 "source_take": info.take, "tier": FINALIZED_TIER}
     request = JobRequest(

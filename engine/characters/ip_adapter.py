@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..contract.errors import BadRequest, EngineFault, is_out_of_memory
-from ..models.refs import PICKLE_SUFFIXES, ModelRef, Progress, _fingerprint, load_with_fallback
+from ..models.refs import PICKLE_SUFFIXES, ModelRef, Progress, fingerprint, load_with_fallback
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def resolve_ip_adapter(value: str, encoder: str | None) -> IpAdapterRef:
         raise BadRequest(f"models.ip_adapter: '{value}' must be a .safetensors file (local, or "
                          "'<owner>/<repo>/<path>.safetensors' on the Hub)", field="models.ip_adapter")
     if path.is_file():
-        weights = ModelRef("file", str(path.resolve()), "models.ip_adapter", _fingerprint(path))
+        weights = ModelRef("file", str(path.resolve()), "models.ip_adapter", fingerprint(path))
         default_encoder = next((str(path.parent / n) for n in ENCODER_FOLDERS if (path.parent / n).is_dir()), None)
     elif path.is_absolute() or text.startswith((".", "~")) or text.count("/") < 2:
         raise BadRequest(f"models.ip_adapter: '{value}' does not exist on the engine machine; give a local "
@@ -73,7 +73,7 @@ def resolve_ip_adapter(value: str, encoder: str | None) -> IpAdapterRef:
         if not (enc_path / "config.json").is_file():
             raise BadRequest(f"models.image_encoder: folder '{chosen}' has no config.json (not a CLIP vision model)",
                              field="models.image_encoder")
-        enc = ModelRef("folder", str(enc_path.resolve()), "models.image_encoder", _fingerprint(enc_path))
+        enc = ModelRef("folder", str(enc_path.resolve()), "models.image_encoder", fingerprint(enc_path))
     elif enc_path.is_absolute() or chosen.startswith((".", "~")) or chosen.count("/") < 1:
         raise BadRequest(f"models.image_encoder: '{chosen}' does not exist on the engine machine",
                          field="models.image_encoder", code="model_unavailable")

@@ -38,7 +38,7 @@ from ..coherence.strategies import (
     high_band,
     low_pass,
 )
-from ..models.refs import _fingerprint
+from ..models.refs import fingerprint
 from ..models.upscale import check_upscaler_path, enlarge, load_upscaler
 from ..models.codecs import read_rgb
 from .session import image_session
@@ -81,7 +81,7 @@ def cache_inputs(request: JobRequest, frame: FrameSpec) -> dict[str, Any]:
     assert request.finalize is not None
     path = check_upscaler_path(request.finalize.upscaler)
     return {"source": frame.source, "detail_strength": request.finalize.detail_strength,
-            "upscaler": f"{path}:{_fingerprint(path)}" if path else None}
+            "upscaler": f"{path}:{fingerprint(path)}" if path else None}
 
 
 def run_finalize(context: RunContext, job: Job, models: LoadedModels, settings: BatchSettings,

@@ -44,7 +44,7 @@ class ModelRef:
         return f"{self.kind}:{self.value}:{self.fingerprint}"
 
 
-def _fingerprint(path: Path) -> str:
+def fingerprint(path: Path) -> str:
     """Size and mtime of the weight/config files: a rewritten model gets a new identity."""
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
     stats = sorted((str(p.relative_to(path)) if p != path else p.name, p.stat().st_size, p.stat().st_mtime_ns)
@@ -150,7 +150,7 @@ def resolve_ref(value: str, field: str, role: Literal["base", "controlnet", "lor
         if path.is_file():
             if suffix != ".safetensors":
                 raise _not_usable(value, field)
-            return ModelRef("file", str(path.resolve()), field, _fingerprint(path))
+            return ModelRef("file", str(path.resolve()), field, fingerprint(path))
         marker = "model_index.json" if role == "base" else "config.json"
         if role == "lora" or not (path / marker).is_file():
             raise _not_usable(value, field)
@@ -158,7 +158,7 @@ def resolve_ref(value: str, field: str, role: Literal["base", "controlnet", "lor
         if code is not None:
             raise BadRequest(f"{field}: '{value}' is refused because {code}; the engine loads only plain "
                              "diffusers folders with .safetensors weights", field=field, code="unsafe_model_code")
-        return ModelRef("folder", str(path.resolve()), field, _fingerprint(path))
+        return ModelRef("folder", str(path.resolve()), field, fingerprint(path))
     # 4. A path that does not exist (absolute, relative with ./, ~, a file suffix).
     looks_like_path = (
         path.is_absolute() or text.startswith((".", "~")) or "\\" in text or suffix == ".safetensors"
