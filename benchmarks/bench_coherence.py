@@ -109,9 +109,9 @@ def generate_and_measure(out: Path, models_dir: Path, steps: int, only: list[str
 
     sys.path.insert(0, str(ROOT))
     from engine.coherence import strategies as coherence
+    from engine.contract.schema import JobRequest
     from engine.jobs.manager import JobManager
     from engine.metrics.take import measure_take
-    from engine.contract.schema import JobRequest
     from engine.storage import Storage
 
     info = json.loads((out / "shots.json").read_text())

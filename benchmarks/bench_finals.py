@@ -78,8 +78,8 @@ def bench_upscale(width: int, height: int, count: int, device: str, preset: str,
 def bench_finalize(models: Path, count: int, steps: int, detail: float, device: str, out: Path) -> list[dict]:
     import analytic_pan as pan
 
-    from engine.jobs.manager import JobManager
     from engine.contract.schema import JobRequest
+    from engine.jobs.manager import JobManager
     from engine.storage import Storage
 
     storage = Storage(out / "engine-data")

@@ -39,8 +39,8 @@ sys.path.insert(0, str(ROOT))
 
 from engine.characters import identity as identity_module  # noqa: E402
 from engine.characters import regional  # noqa: E402
-from engine.jobs.manager import JobManager  # noqa: E402
 from engine.contract.schema import JobRequest  # noqa: E402
+from engine.jobs.manager import JobManager  # noqa: E402
 from engine.storage import Storage  # noqa: E402
 
 DESCRIPTIONS = [("a woman in a bright red coat", "a man in a dark green suit"),

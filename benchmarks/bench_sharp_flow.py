@@ -58,9 +58,9 @@ def run(out: Path, models: Path, frames: int, steps: int, only: list[str] | None
     import analytic_pan as pan
 
     from engine.coherence import strategies as coherence
+    from engine.contract.schema import JobRequest
     from engine.jobs.manager import JobManager
     from engine.metrics.take import measure_take
-    from engine.contract.schema import JobRequest
     from engine.storage import Storage
 
     storage = Storage(out / "engine-data")

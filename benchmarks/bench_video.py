@@ -70,11 +70,11 @@ def metrics_mode(args: argparse.Namespace) -> int:
     import numpy as np
     from bench_coherence import PROMPTS, maps_source
 
+    from engine.contract.schema import JobRequest
     from engine.jobs.manager import JobManager
     from engine.metrics.take import measure_take
-    from engine.contract.schema import JobRequest
-    from engine.storage import Storage
     from engine.models.windows import plan_windows
+    from engine.storage import Storage
 
     out = Path(args.out)
     maps = out.parent / "coherence"
@@ -169,8 +169,8 @@ def throughput_mode(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
-    from engine.jobs.manager import JobManager
     from engine.contract.schema import JobRequest
+    from engine.jobs.manager import JobManager
     from engine.storage import Storage
 
     out = Path(args.out)

@@ -10,9 +10,9 @@ import bpy
 from bpy.props import IntProperty, StringProperty
 
 from ..core.client import link as engine_link
-from ..core.scene.characters import RENDERABLE, add_character_from_selection, deformed_by
 from ..core.generate.shot import Progress, TakeOutcome, run_shot
 from ..core.jobs.reference_sheet import SheetJob, load_sheet, prepare_sheet
+from ..core.scene.characters import RENDERABLE, add_character_from_selection, deformed_by
 from ..preferences import get_prefs
 from .common import EngineJobModal, NeedsScene, project_of, report
 

@@ -8,9 +8,8 @@ from typing import Any
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, StringProperty
 
+from ..core.generate.shot import Progress, TakeOutcome, log_progress, run_shot, shot_message, summary
 from ..core.jobs.finalize import DETAIL_STRENGTH, collect_finalize, place_final
-from ..core.generate.shot import Progress, TakeOutcome, log_progress, run_shot
-from ..core.generate.shot import shot_message, summary
 from .common import EngineJobModal, project_of, report
 from .takes import TakePoll, connect_and_collect, take_dir_of
 

@@ -16,8 +16,8 @@ from typing import Any
 import bpy
 from bpy.props import StringProperty
 
-from ..core.generate.shot import POLL_INTERVAL_S
 from ..core.generate.run import DONE, IDLE, WORK, GenerationRun
+from ..core.generate.shot import POLL_INTERVAL_S
 from ..preferences import get_prefs
 from .common import NeedsShots, project_of, report, resolve_shots
 

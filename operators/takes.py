@@ -13,11 +13,11 @@ import bpy
 from bpy.props import BoolProperty
 
 from ..core.client import link as engine_link
-from ..core.timeline import vse
 from ..core.compat import active_strip
-from ..core.jobs.drafts import collect_final_from_draft
 from ..core.generate.shot import log_progress, run_shot, shot_message, summary
 from ..core.generate.shot_job import place_outcome
+from ..core.jobs.drafts import collect_final_from_draft
+from ..core.timeline import vse
 from ..preferences import get_prefs
 from .common import EngineJobModal, project_of, report
 

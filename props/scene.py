@@ -18,8 +18,6 @@ from bpy.props import (
     StringProperty,
 )
 
-from . import characters as props_characters
-from ..core.scene import shots as shots_core
 from ..core.jobs.request import (
     DEFAULT_BASE,
     DEFAULT_CONTROLNET_DEPTH,
@@ -28,6 +26,8 @@ from ..core.jobs.request import (
     DEFAULT_IP_ADAPTER,
     DEFAULT_MOTION_ADAPTER,
 )
+from ..core.scene import shots as shots_core
+from . import characters as props_characters
 from .characters import ViewfinderCharacter
 
 GENERATOR_ITEMS = [

@@ -7,10 +7,10 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..worker import MsgProgress
 from .http import EngineClient
 from .install import venv_python
 from .process import get_engine, shutdown_engine
-from ..worker import MsgProgress
 
 if TYPE_CHECKING:
     from ..prefs import Prefs

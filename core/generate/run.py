@@ -30,14 +30,14 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ..conditioning.pipeline import RenderNeeded, ShotRender, stepwise
 from ..client.link import connect_task
-from .shot import POLL_INTERVAL_S, Progress, ShotJob, TakeOutcome, shot_message, summary
-from .all_shots import ShotFailure, ShotsOnEngine
-from ..timeline.paths import Project
+from ..conditioning.pipeline import RenderNeeded, ShotRender, stepwise
 from ..prefs import Prefs
-from .shot_job import collect_shot, place_outcome
+from ..timeline.paths import Project
 from ..worker import MsgDone, MsgException, Worker
+from .all_shots import ShotFailure, ShotsOnEngine
+from .shot import POLL_INTERVAL_S, Progress, ShotJob, TakeOutcome, shot_message, summary
+from .shot_job import collect_shot, place_outcome
 
 log = logging.getLogger(__name__)
 

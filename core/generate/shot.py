@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..hashing import file_sha256
+from ..jobs.request import JobRequest, frame_entries
+from ..prefs import Prefs
 from ..timeline import takes as takes_core
 from ..timeline.paths import frame_name
-from ..prefs import Prefs
-from ..jobs.request import JobRequest, frame_entries
-from ..hashing import file_sha256
 
 log = logging.getLogger(__name__)
 

@@ -11,13 +11,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..timeline import vse
-from .shot import GenerationError, ShotJob, TakeOutcome
-from ..timeline.paths import Project, frame_name
 from ..jobs.request import DraftSpec, JobRequest
-from ..scene.resolution import MIN_EDGE, scene_size, smallest_long_edge
-from ..timeline.takes import DRAFT, FINAL
 from ..jobs.video import effective_generator, reference_uploads, video_settings
+from ..scene.resolution import MIN_EDGE, scene_size, smallest_long_edge
+from ..timeline import vse
+from ..timeline.paths import Project, frame_name
+from ..timeline.takes import DRAFT, FINAL
+from .shot import GenerationError, ShotJob, TakeOutcome
 
 if TYPE_CHECKING:
     import bpy

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .image_info import ImageHeaderError, image_size
-from ..timeline.paths import frame_name
 from ..hashing import file_sha256
+from ..timeline.paths import frame_name
+from .image_info import ImageHeaderError, image_size
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..generate.shot import GenerationError, ShotJob
 from ..timeline.paths import Project
-from .request import JobRequest
 from ..timeline.takes import DRAFT, FINAL, read_take, take_tier
+from .request import JobRequest
 
 if TYPE_CHECKING:
     import bpy

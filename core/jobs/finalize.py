@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..conditioning.manifest import build_maps
 from ..generate.shot import GenerationError, ShotJob, TakeOutcome
+from ..generate.shot_job import coherence_settings, model_path, prefs_fields
 from ..timeline.paths import Project, frame_name
-from .request import CoherenceSpec, FinalizeSpec, JobRequest, ModelSpec
-from ..generate.shot_job import model_path, coherence_settings, prefs_fields
 from ..timeline.takes import FINALIZED, TakeInfo, read_take, take_tier
+from .request import CoherenceSpec, FinalizeSpec, JobRequest, ModelSpec
 
 if TYPE_CHECKING:
     import bpy

@@ -23,12 +23,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from .characters import CharacterSource, check_lora, shot_characters
-from ..scene.characters import character_objects, problem_of, read_bible
 from ..generate.shot import GenerationError, ShotJob, TakeOutcome
-from ..timeline.paths import Project, folder_name, frame_name
-from .request import JobRequest
+from ..scene.characters import character_objects, problem_of, read_bible
 from ..scene.resolution import generation_size
+from ..timeline.paths import Project, folder_name, frame_name
+from .characters import CharacterSource, check_lora, shot_characters
+from .request import JobRequest
 
 if TYPE_CHECKING:
     from ..prefs import Prefs

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..conditioning.masks import RENDERABLE, owner_of
 from ..hashing import file_sha256
 from ..jobs.characters import CharacterSource, check_reference, check_size
-from ..conditioning.masks import RENDERABLE, owner_of
 
 log = logging.getLogger(__name__)
 

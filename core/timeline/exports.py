@@ -18,8 +18,8 @@ from typing import Any
 
 import bpy
 
-from . import vse
 from ..compat import strips_of
+from . import vse
 from .paths import Project, frame_name
 from .takes import list_takes, read_take
 

@@ -13,8 +13,8 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from .auth import DEFAULT_OWNER, Tokens
 from ..contract.errors import EngineFault
+from .auth import DEFAULT_OWNER, Tokens
 
 logger = logging.getLogger(__name__)
 

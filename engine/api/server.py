@@ -17,13 +17,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from . import limits
-from .auth import DEFAULT_OWNER, Tokens
 from ..contract.errors import BadRequest, EngineFault, NotFound
-from .front_door import LOOPBACK_HOSTS, FrontDoor, fault_from_exception
+from ..contract.schema import SHA256_RE, JobRequest, field_path
 from ..jobs.job import Job
 from ..jobs.manager import JobManager
-from ..contract.schema import SHA256_RE, JobRequest, field_path
+from . import limits
+from .auth import DEFAULT_OWNER, Tokens
+from .front_door import LOOPBACK_HOSTS, FrontDoor, fault_from_exception
 
 logger = logging.getLogger(__name__)
 

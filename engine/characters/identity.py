@@ -19,14 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from .inputs import FrameRegions, read_image
 from ..coherence.strategies import ColorStats, color_stats
 from ..contract.errors import BadRequest, EngineFault, is_out_of_memory
-from .ip_adapter import IpAdapter, IpAdapterRef, load_ip_adapter, reference_embeds
-from ..models.refs import ModelRef, Progress
-from .regional import IpSlot, RegionState, installed, regional_embeds
 from ..contract.schema import JobRequest
+from ..models.refs import ModelRef, Progress
 from ..storage import Storage
+from .inputs import FrameRegions, read_image
+from .ip_adapter import IpAdapter, IpAdapterRef, load_ip_adapter, reference_embeds
+from .regional import IpSlot, RegionState, installed, regional_embeds
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from ..contract.errors import BadRequest, EngineFault
-from ..models.refs import ModelRef, resolve_ref
 from ..contract.schema import MAX_CHARACTERS, CharacterSpec, JobRequest
+from ..models.refs import ModelRef, resolve_ref
 from ..storage import Storage
 
 logger = logging.getLogger(__name__)

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from .flow import FlowMasks, area_scale, depth_offset, flow_masks, warp
 from ..contract.schema import CoherenceSpec, FrameSpec
+from .flow import FlowMasks, area_scale, depth_offset, flow_masks, warp
 
 logger = logging.getLogger(__name__)
 

@@ -38,9 +38,9 @@ from ..coherence.strategies import (
     high_band,
     low_pass,
 )
+from ..models.codecs import read_rgb
 from ..models.refs import fingerprint
 from ..models.upscale import check_upscaler_path, enlarge, load_upscaler
-from ..models.codecs import read_rgb
 from .session import image_session
 from .shot import Shot
 
@@ -88,7 +88,6 @@ def run_finalize(context: RunContext, job: Job, models: LoadedModels, settings: 
                  active_nets: Callable[[FrameSpec], tuple[str, ...]], run_started: float) -> None:
     """Worker thread: the steps of the module docstring for every frame not already cached."""
     from PIL import Image
-
 
     from ..models.batch import run_img2img
 

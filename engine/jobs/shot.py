@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..characters.inputs import FrameRegions, frame_regions
 from ..contract.schedule import FrameValues, frame_values
-from ..models.pipelines import NET_ORDER
 from ..models.batch import BatchSettings
+from ..models.pipelines import NET_ORDER
 from ..models.prompt_blend import PromptEmbeddings
 
 if TYPE_CHECKING:

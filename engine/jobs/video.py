@@ -24,13 +24,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import ALGORITHM_VERSION
-from ..contract.errors import BadRequest, OutOfMemory, is_out_of_memory
 from ..coherence.flow import depth_offset, flow_masks, warp
-from ..models.refs import ModelRef, resolve_ref
-from ..models.pipelines import dtype_name
-from ..models.codecs import read_rgb
+from ..contract.errors import BadRequest, OutOfMemory, is_out_of_memory
 from ..contract.schema import JobRequest
-from ..storage import canonical_hash
+from ..models.codecs import read_rgb
+from ..models.pipelines import dtype_name
+from ..models.refs import ModelRef, resolve_ref
 from ..models.video import (
     FRAME_RULES,
     LoadedVideo,
@@ -45,6 +44,7 @@ from ..models.video import (
     run_window,
 )
 from ..models.windows import SizePlan, Window, WindowPlan, plan_size, plan_windows
+from ..storage import canonical_hash
 from .job import Job
 
 if TYPE_CHECKING:

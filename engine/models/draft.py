@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ..contract.errors import BadRequest
-from .refs import HUB_ID_RE, PICKLE_SUFFIXES, ModelRef, Progress, load_with_fallback, resolve_ref
 from ..contract.schema import DraftSpec, JobRequest
+from .refs import HUB_ID_RE, PICKLE_SUFFIXES, ModelRef, Progress, load_with_fallback, resolve_ref
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,6 @@ than with a black pose map. Variants share every module, so they cost no memory.
 from __future__ import annotations
 
 import logging
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .refs import ModelRef, Progress, load_base, load_controlnet, load_lora
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 logger = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .callbacks import CancelCallback
 from ..contract.errors import BadRequest
+from .callbacks import CancelCallback
 from .refs import ModelRef, Progress, load_with_fallback
 
 if TYPE_CHECKING:

@@ -26,11 +26,11 @@ from typing import Any
 
 from ..coherence.strategies import make_strategy
 from ..contract.errors import EngineFault, OutOfMemory
-from ..jobs.job import Job
+from ..contract.schema import FrameSpec
 from ..jobs.context import RunContext
+from ..jobs.job import Job
 from ..jobs.manager import JobManager
 from ..models.pipelines import NET_ORDER
-from ..contract.schema import FrameSpec
 from ..storage import Storage, atomic_write
 
 logger = logging.getLogger(__name__)

@@ -23,13 +23,13 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from ..api.server import create_app
 from ..contract.errors import EngineFault
+from ..contract.schema import JobRequest
 from ..jobs.manager import JobManager
+from ..storage import Storage
 from .config import RayEngineConfig
 from .jobs import RayJobManager, write_unit_status
-from ..contract.schema import JobRequest
-from ..api.server import create_app
-from ..storage import Storage
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import pytest
 from engine_testlib import ROOT, make_job, read_png, wait_for
 from PIL import Image
 
-from engine.coherence.strategies import ColorStats, match_color
 from engine.coherence.flow import depth_offset, flow_masks, warp
+from engine.coherence.strategies import ColorStats, match_color
 from engine.metrics.take import depth_edge_correlation, measure_take, warp_error
 
 SIZE = 64

@@ -15,12 +15,12 @@ import pytest
 from engine_testlib import depth_png, make_job
 from safetensors.torch import load_file, save_file
 
-from engine.jobs import batch as batch_runner
-from engine.models.draft import DEFAULT_LORAS, draft_request, resolve_lora
 from engine.contract.errors import EngineFault
+from engine.contract.schema import JobRequest
+from engine.jobs import batch as batch_runner
 from engine.jobs.keys import request_digest
 from engine.jobs.manager import JobManager
-from engine.contract.schema import JobRequest
+from engine.models.draft import DEFAULT_LORAS, draft_request, resolve_lora
 from engine.storage import Storage
 
 

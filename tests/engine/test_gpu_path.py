@@ -41,8 +41,8 @@ def _png(array: np.ndarray) -> bytes:
 def run_jobs(tmp: Path, speed: Any, bodies: list[Any]) -> tuple[list[np.ndarray], list[Any]]:
     """Run ``bodies`` (callables storage -> request dict) one after another on an in-process
     JobManager with ``speed``; returns frame 1 of each and the jobs."""
-    from engine.jobs.manager import JobManager
     from engine.contract.schema import JobRequest
+    from engine.jobs.manager import JobManager
     from engine.storage import Storage
 
     storage = Storage(tmp)
@@ -120,9 +120,9 @@ def test_options_from_the_environment_and_bad_values() -> None:
 
 def test_precision_enters_the_frame_keys_and_the_speed_options_do_not(tiny_models: dict[str, str],
                                                                      tmp_path: Path) -> None:
+    from engine.contract.schema import JobRequest
     from engine.jobs.manager import JobManager
     from engine.models.pipelines import SpeedOptions
-    from engine.contract.schema import JobRequest
     from engine.storage import Storage
 
     storage = Storage(tmp_path)
@@ -148,8 +148,8 @@ def test_sdpa_attention_and_the_options_give_the_plain_frames(tiny_models: dict[
     assert int(np.abs(fused[0] - plain[0]).max()) <= SAME_MAX
     diff = float(np.abs(bf16[0] - plain[0]).mean())
     assert 0.0 < diff <= BF16_MEAN, diff  # other frames, but the same picture
-    from engine.models.refs import resolve_ref
     from engine.models.pipelines import PipelineKey, load_models
+    from engine.models.refs import resolve_ref
 
     base = resolve_ref(tiny_models["base"], "models.base", "base")
     depth = resolve_ref(tiny_models["depth"], "models.controlnet_depth", "controlnet")

@@ -14,9 +14,9 @@ import torch
 from engine_testlib import A_ID, B_ID, png_bytes, two_character_mask
 
 from engine.characters.inputs import identity_cache_inputs, owner_map
-from engine.metrics.identity import crop_box, cross_shot_similarity
 from engine.characters.regional import IpSlot, RegionalAttnProcessor, RegionState
 from engine.contract.schema import CharacterSpec, JobRequest
+from engine.metrics.identity import crop_box, cross_shot_similarity
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -106,8 +106,8 @@ def test_writer_writes_frames_with_equal_keys_and_serves_them_until_written(tmp_
 
     import numpy as np
 
-    from engine.storage import Storage
     from engine.jobs.writer import FrameWriter
+    from engine.storage import Storage
 
     storage = Storage(tmp_path)
     writer = FrameWriter(storage)

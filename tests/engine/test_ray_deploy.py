@@ -19,9 +19,9 @@ import yaml
 from engine_testlib import depth_png, make_job
 
 from engine.coherence.strategies import make_strategy
+from engine.contract.schema import CoherenceSpec, FrameSpec, JobRequest
 from engine.ray.config import RayEngineConfig
 from engine.ray.jobs import RayJobManager, plan_units
-from engine.contract.schema import CoherenceSpec, FrameSpec, JobRequest
 from engine.storage import Storage
 
 ROOT = Path(__file__).resolve().parents[2]

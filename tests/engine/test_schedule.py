@@ -13,10 +13,10 @@ import pytest
 
 from engine import ALGORITHM_VERSION
 from engine.coherence.strategies import IndependentCoherence, make_strategy
-from engine.jobs.keys import frame_key
-from engine.models.pipelines import PipelineKey
 from engine.contract.schedule import describe_frames, frame_values, job_warnings
 from engine.contract.schema import JobRequest
+from engine.jobs.keys import frame_key
+from engine.models.pipelines import PipelineKey
 from engine.storage import canonical_hash
 
 SHA = "a" * 64
