@@ -31,7 +31,9 @@ from pathlib import Path
 # Tiny models on a 2-core machine: OpenMP spinning makes them 10-25x slower (tests/conftest.py).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import ROOT, make_tiny_models  # noqa: E402
+
 BLENDER_PYTHON = ROOT / ".venv" / "bin" / "python"
 PROMPTS = {
     "Dolly": "a lone traveller walks down an empty street between old brick buildings",
@@ -238,8 +240,7 @@ def main() -> int:
     # 2. Models.
     models = Path(args.models) if args.models else out / "tiny-models"
     if not args.models and not (models / "sd15").is_dir():
-        subprocess.run([sys.executable, "-m", "engine", "make-tiny-models", str(models)], check=True, cwd=ROOT,
-                       stdout=subprocess.DEVNULL)
+        make_tiny_models(models)
     # 3. Generate and measure.
     started = time.perf_counter()
     rows = generate_and_measure(out, models, args.steps, args.variant, args.device)

@@ -19,13 +19,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import ROOT, make_tiny_models  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -144,8 +145,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     models = out / "tiny-models"
     if not (models / "sd15").is_dir():
-        subprocess.run([sys.executable, "-m", "engine", "make-tiny-models", str(models)], check=True, cwd=ROOT,
-                       stdout=subprocess.DEVNULL)
+        make_tiny_models(models)
     width, height = (int(v) for v in args.size.split("x"))
     rows = bench_upscale(width, height, args.frames, args.device, args.preset, out)
     if not args.skip_job:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import io
 import sys
 import tempfile
 import time
@@ -36,6 +35,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from harness import png  # noqa: E402
 
 from engine.characters import identity as identity_module  # noqa: E402
 from engine.characters import regional  # noqa: E402
@@ -170,12 +171,6 @@ class Bench:
                 pairs.append((one, two))
                 seconds += [t1, t2]
         return pairs, seconds
-
-
-def png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def main() -> int:

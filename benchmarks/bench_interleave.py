@@ -22,7 +22,6 @@ import argparse
 import hashlib
 import io
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -134,9 +133,8 @@ def max_difference(a: dict[str, bytes], b: dict[str, bytes]) -> int:
 
 def make_models(preset: str, out: Path) -> dict[str, str]:
     if not (out / "sd15" / "model_index.json").exists():
-        subprocess.run([sys.executable, "-m", "engine", "make-tiny-models", str(out), "--preset", preset,
-                        "--no-video"], cwd=ROOT, check=True, capture_output=True)
-    return {"base": str(out / "sd15"), "depth": str(out / "controlnet-depth")}
+        make_tiny_models(out, preset, "--no-video")
+    return model_paths(out, "base", "depth")
 
 
 def run(preset: str = "tiny", device: str = "cpu", size: int = 64, steps: int = 8, frames: int = 8,

@@ -16,14 +16,15 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import ROOT, make_tiny_models  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -128,8 +129,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     models = Path(args.models) if args.models else out / "tiny-models"
     if not args.models and not (models / "sd15").is_dir():
-        subprocess.run([sys.executable, "-m", "engine", "make-tiny-models", str(models)], check=True, cwd=ROOT,
-                       stdout=subprocess.DEVNULL)
+        make_tiny_models(models)
     rows = run(out, models, args.frames, args.steps, args.variant)
     base = next((r for r in rows if r["variant"] == "INDEPENDENT"), None)
     lines = [f"Settings: analytic pan {args.frames} frames, 96x64, {args.steps} steps, seed 7, "

@@ -33,14 +33,15 @@ import importlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import ROOT, make_tiny_models  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
 # Blender reads HOME once, at import: a throwaway user folder for the extension.
 os.environ["HOME"] = tempfile.mkdtemp(prefix="viewfinder-bench-home-")
@@ -53,8 +54,7 @@ from demo.scene import build_demo_scene  # noqa: E402
 
 def tiny_models(folder: Path) -> Path:
     if not (folder / "sd15").is_dir():
-        subprocess.run([ENGINE_PYTHON, "-m", "engine", "make-tiny-models", str(folder)], cwd=ROOT, check=True,
-                       stdout=subprocess.DEVNULL)
+        make_tiny_models(folder, python=ENGINE_PYTHON)
     return folder
 
 

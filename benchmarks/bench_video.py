@@ -34,7 +34,9 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import ROOT, make_tiny_models  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 PROMPT_STYLE = "cinematic still, overcast light, muted colours, 35mm film grain"
@@ -86,8 +88,7 @@ def metrics_mode(args: argparse.Namespace) -> int:
                         "--render-maps", "--out", str(maps), "--long-edge", str(args.long_edge)], check=True, cwd=ROOT)
     models = Path(args.models) if args.models else out / "tiny-models"
     if not (models / "wan-vace").is_dir():
-        subprocess.run([sys.executable, "-m", "engine", "make-tiny-models", str(models)], check=True, cwd=ROOT,
-                       stdout=subprocess.DEVNULL)
+        make_tiny_models(models)
     info = json.loads((maps / "shots.json").read_text())
     storage = Storage(out / "engine-data")
     manager = JobManager(storage, default_device=args.device, max_pipelines=2)
@@ -176,8 +177,7 @@ def throughput_mode(args: argparse.Namespace) -> int:
     out = Path(args.out)
     models = out / "wan-1.3b-models"
     if not (models / "wan-vace-wan-1.3b").is_dir():
-        subprocess.run([sys.executable, "-m", "engine", "make-tiny-models", str(models), "--no-video",
-                        "--wan-preset", "wan-1.3b"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+        make_tiny_models(models, "tiny", "--no-video", "--wan-preset", "wan-1.3b")
     width, height = (int(v) for v in args.size.split("x"))
     storage = Storage(out / "engine-data-throughput")
     manager = JobManager(storage, default_device=args.device, max_pipelines=1)
