@@ -76,43 +76,12 @@ def submit_video(request: JobRequest, storage: Storage, resolve_device: Callable
     raises ValueError for a device the engine cannot use); ``job_class`` is the job type the
     engine keeps (the Ray ingress keeps more per job).
     """
-
     video = request.video
     # 1. The pipeline must exist in this engine's diffusers; models resolve now (400 naming the field).
     check_available(video.pipeline)
-    refs: dict[str, ModelRef | None]
-    if video.pipeline == "WAN_VACE":
-        model = resolve_ref(video.model, "video.model", "base")
-        refs = {"video": model}
-        if model.kind == "file":
-            raise BadRequest(
-                f"video.model: '{video.model}' is a single .safetensors file; a Wan VACE model is several parts "
-                "(transformer, VAE, text encoder). Give its diffusers folder or Hub id, e.g. "
-                "Wan-AI/Wan2.1-VACE-1.3B-diffusers.", field="video.model", code="incompatible_model")
-    else:
-        spec = request.models
-        refs = {
-            "video": resolve_ref(spec.base, "models.base", "base"),
-            "motion_adapter": resolve_ref(video.motion_adapter, "video.motion_adapter", "controlnet"),
-            "depth": resolve_ref(spec.controlnet_depth, "models.controlnet_depth", "controlnet")
-            if spec.controlnet_depth else None,
-            "pose": resolve_ref(spec.controlnet_pose, "models.controlnet_pose", "controlnet")
-            if spec.controlnet_pose else None,
-        }
-    # 2. Blobs: every control map and reference image must have been uploaded.
-    for i, frame in enumerate(request.frames):
-        if frame.depth is None and frame.pose is None:
-            raise BadRequest(f"frames[{i}]: a VIDEO job needs a depth or pose map on every frame",
-                             field=f"frames[{i}].depth")
-        for name in ("depth", "pose", "flow"):
-            sha = getattr(frame, name)
-            if sha is not None and not storage.has_blob(sha):
-                raise BadRequest(f"frames[{i}].{name}: blob {sha} is not on the engine; upload it first with "
-                                 f"PUT /blobs/{sha}", field=f"frames[{i}].{name}", code="missing_blob")
-    for i, sha in enumerate(video.references):
-        if not storage.has_blob(sha):
-            raise BadRequest(f"video.references[{i}]: blob {sha} is not on the engine; upload the image first "
-                             f"with PUT /blobs/{sha}", field=f"video.references[{i}]", code="missing_blob")
+    refs = video_models(request)
+    # 2. Blobs: every control map and reference image must have been uploaded; one clip of frames.
+    check_video_blobs(request, storage)
     frames = sorted(request.frames, key=lambda f: f.frame)
     if [f.frame for f in frames] != list(range(frames[0].frame, frames[0].frame + len(frames))):
         raise BadRequest("frames: a VIDEO job needs consecutive frame numbers (one clip); split the shot at the gap",
@@ -148,6 +117,45 @@ def submit_video(request: JobRequest, storage: Storage, resolve_device: Callable
     for message in messages:
         logger.info("Job %s: %s", job.id, message)
     return job
+
+
+def video_models(request: JobRequest) -> dict[str, ModelRef | None]:
+    """The video model (Wan VACE), or the base model, motion adapter and ControlNets (AnimateDiff)."""
+    video = request.video
+    if video.pipeline == "WAN_VACE":
+        model = resolve_ref(video.model, "video.model", "base")
+        if model.kind == "file":
+            raise BadRequest(
+                f"video.model: '{video.model}' is a single .safetensors file; a Wan VACE model is several parts "
+                "(transformer, VAE, text encoder). Give its diffusers folder or Hub id, e.g. "
+                "Wan-AI/Wan2.1-VACE-1.3B-diffusers.", field="video.model", code="incompatible_model")
+        return {"video": model}
+    spec = request.models
+    return {
+        "video": resolve_ref(spec.base, "models.base", "base"),
+        "motion_adapter": resolve_ref(video.motion_adapter, "video.motion_adapter", "controlnet"),
+        "depth": resolve_ref(spec.controlnet_depth, "models.controlnet_depth", "controlnet")
+        if spec.controlnet_depth else None,
+        "pose": resolve_ref(spec.controlnet_pose, "models.controlnet_pose", "controlnet")
+        if spec.controlnet_pose else None,
+    }
+
+
+def check_video_blobs(request: JobRequest, storage: Storage) -> None:
+    """A depth or pose map on every frame, and every map and reference image uploaded."""
+    for i, frame in enumerate(request.frames):
+        if frame.depth is None and frame.pose is None:
+            raise BadRequest(f"frames[{i}]: a VIDEO job needs a depth or pose map on every frame",
+                             field=f"frames[{i}].depth")
+        for name in ("depth", "pose", "flow"):
+            sha = getattr(frame, name)
+            if sha is not None and not storage.has_blob(sha):
+                raise BadRequest(f"frames[{i}].{name}: blob {sha} is not on the engine; upload it first with "
+                                 f"PUT /blobs/{sha}", field=f"frames[{i}].{name}", code="missing_blob")
+    for i, sha in enumerate(request.video.references):
+        if not storage.has_blob(sha):
+            raise BadRequest(f"video.references[{i}]: blob {sha} is not on the engine; upload the image first "
+                             f"with PUT /blobs/{sha}", field=f"video.references[{i}]", code="missing_blob")
 
 
 def window_key(request: JobRequest, key: VideoKey, plan: WindowPlan, window: Window, frames: list[Any],
@@ -187,16 +195,7 @@ def run_video(context: RunContext, job: Job) -> None:
     window: Window | None = None
     try:
         # 1. Pipeline: reused when a previous job had the same model settings.
-        t0 = time.perf_counter()
-
-        def load() -> LoadedVideo:
-            def progress(phase: str, detail: dict[str, Any]) -> None:
-                job.phase, job.detail = phase, {**job.detail, **detail}
-
-            return load_video(key, job.refs, progress)
-
-        loaded, job.pipeline_reused = context.pipelines.get(key, load)
-        job.timings["load_s"] = time.perf_counter() - t0
+        loaded = video_pipeline(context, job, key)
         job.phase = "generating"
         embeds: tuple[Any, Any] | None = None
         references = [_read_image(context, sha, size) for sha in video.references]
@@ -241,6 +240,21 @@ def run_video(context: RunContext, job: Job) -> None:
         length = window.length if window is not None else plan.window
         raise OutOfMemory(out_of_memory_message(request, key.device, length)) from exc
     context.complete(job, run_started)
+
+
+def video_pipeline(context: RunContext, job: Job, key: VideoKey) -> LoadedVideo:
+    """The job's video model from the pipeline cache, loaded when no earlier job left it there."""
+    t0 = time.perf_counter()
+
+    def load() -> LoadedVideo:
+        def progress(phase: str, detail: dict[str, Any]) -> None:
+            job.phase, job.detail = phase, {**job.detail, **detail}
+
+        return load_video(key, job.refs, progress)
+
+    loaded, job.pipeline_reused = context.pipelines.get(key, load)
+    job.timings["load_s"] = time.perf_counter() - t0
+    return loaded
 
 
 def _window_inputs(context: RunContext, job: Job, window: Window, frames: list[Any], size: SizePlan,
