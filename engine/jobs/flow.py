@@ -41,7 +41,7 @@ class FlowRunner:
 def interleavable(job: Job) -> bool:
     """A FLOW shot whose frames may share pipeline calls with another shot's (no identity conditioning)."""
     request = job.request
-    return (request.generator != "VIDEO" and request.coherence.mode == "FLOW" and request.finalize is None
+    return (request.job_kind() == "flow"
             and not (request.characters or request.style_reference or request.palette_reference))
 
 

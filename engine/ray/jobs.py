@@ -181,7 +181,7 @@ class RayExecutor:
         todo = [f for f in request.frames if f.frame not in job.done]
         # A video job's windows and a finalize job's frames chain from first to last: one unit,
         # on one replica, like FLOW.
-        chained = request.generator == "VIDEO" or request.finalize is not None
+        chained = request.job_kind() in ("video", "finalize")
         sequential = strategy.sequential or chained
         batches = [todo] if chained else list(strategy.batches(todo, request.batch_size, active_nets))
         plan = plan_units(batches, sequential, self.replicas, self.split_min_frames)
@@ -256,8 +256,7 @@ class RayExecutor:
         """Unit thread: one Serve call per attempt; a lost replica means another attempt."""
         request = job.request
         frames = set(unit.frames)
-        sequential = (make_strategy(request.coherence).sequential or request.generator == "VIDEO"
-                      or request.finalize is not None)
+        sequential = make_strategy(request.coherence).sequential or request.job_kind() in ("video", "finalize")
         body = request if sequential else request.model_copy(
             update={"frames": [f for f in request.frames if f.frame in frames]})
         payload = body.model_dump(mode="json")
