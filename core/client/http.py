@@ -27,15 +27,33 @@ class EngineError(Exception):
     """An engine failure: ``code`` is machine-readable, ``field`` names the request field."""
 
     def __init__(self, message: str, code: str = "engine_error", field: str | None = None,
-                 status: int | None = None) -> None:
+                 status: int | None = None, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
         self.field = field
         self.status = status
+        self.retry_after = retry_after  # seconds, from a 429's Retry-After: wait, then ask again
+
+    @property
+    def quota_full(self) -> bool:
+        """The engine's job quota is reached (429): not a failure, a request to submit later."""
+        return self.status == 429
 
     def __str__(self) -> str:
         return self.message
+
+
+def retry_after_s(header: str | None, default: float = 1.0, longest: float = 60.0) -> float:
+    """A Retry-After header in seconds (delta-seconds; an HTTP date or nonsense: ``default``),
+    clamped to [0.1, ``longest``] so a hostile engine cannot park the client."""
+    try:
+        value = float(header) if header is not None else default
+    except ValueError:
+        value = default
+    if value != value:  # NaN
+        value = default
+    return min(max(value, 0.1), longest)
 
 
 class EngineClient:
@@ -80,12 +98,24 @@ class EngineClient:
             code = "unauthorized"
         elif status >= 500 and code.startswith("http_"):
             message = f"The Viewfinder engine at {self.base_url} failed (HTTP {status}): {message}"
-        return EngineError(message, code=code, field=error.get("field"), status=status)
+        retry_after = retry_after_s(response.headers.get("Retry-After")) if status == 429 else None
+        return EngineError(message, code=code, field=error.get("field"), status=status, retry_after=retry_after)
 
     # API ------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
         return self._request("GET", "/health").json()
+
+    def limits(self) -> dict[str, Any] | None:
+        """The engine's published limits (``GET /limits``: ``job_quota``, ``jobs_active``, the
+        request bounds); None from an engine that predates the route (404/405)."""
+        try:
+            answer = self._request("GET", "/limits").json()
+        except EngineError as exc:
+            if exc.status in (404, 405):
+                return None
+            raise
+        return answer if isinstance(answer, dict) else None
 
     def has_blob(self, sha: str) -> bool:
         return self._request("HEAD", f"/blobs/{sha}", ok=(200, 404)).status_code == 200

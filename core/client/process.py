@@ -108,8 +108,9 @@ class LocalEngine:
     def __init__(self, python: str, extension_dir: str | Path = EXTENSION_DIR, data_dir: str | None = None,
                  log_path: str | Path | None = None, device: str = "auto", startup_timeout: float = 180.0,
                  env: dict[str, str] | None = None, max_pipelines: int | None = None,
-                 compile_models: bool = False) -> None:
+                 compile_models: bool = False, extra_args: list[str] | None = None) -> None:
         self.python = python
+        self.extra_args = list(extra_args or [])  # more `engine serve` options (tests: --job-quota)
         self.compile_models = compile_models  # torch.compile in the engine (the Compile preference)
         self.max_pipelines = max_pipelines
         self.extension_dir = Path(extension_dir)
@@ -163,6 +164,7 @@ class LocalEngine:
                 cmd += ["--max-pipelines", str(self.max_pipelines)]
             if self.compile_models:
                 cmd += ["--compile"]
+            cmd += self.extra_args
             env = {**os.environ, **self.env, "VIEWFINDER_ENGINE_TOKEN": self.token, "PYTHONUNBUFFERED": "1"}
             for key in ("VIEWFINDER_ENGINE_URL", "PYTHONHOME", "PYTHONPATH"):
                 # Blender sets PYTHONHOME/PYTHONPATH for its own interpreter; they would

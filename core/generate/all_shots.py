@@ -8,6 +8,11 @@ the engine close together. Outcomes come back in the order the jobs finish,
 not the order of the shots. A single engine simply queues the jobs: same takes, same total
 time. Never touches bpy; bounded steps, so the UI's state machine (core/generate/run.py)
 can call it between frames.
+
+The engine's job quota (``GET /limits``: jobs queued or running per token) bounds the jobs in
+flight: a film of any length keeps at most ``quota`` submitted, and the next shot goes as one
+ends. Shots past it upload their maps and wait at the submit. A 429 (the token shared by
+another client, or an engine without ``/limits``) is a wait of Retry-After, not a failure.
 """
 
 from __future__ import annotations
@@ -38,8 +43,12 @@ class ShotsOnEngine:
     """Many shots' engine jobs, one bounded step of one shot at a time. Any thread; never bpy."""
 
     def __init__(self, client: Any, *, on_progress: Callable[[Progress], None] | None = None,
-                 should_cancel: Callable[[], bool] | None = None, max_parallel: int = MAX_PARALLEL_SHOTS) -> None:
+                 should_cancel: Callable[[], bool] | None = None, max_parallel: int = MAX_PARALLEL_SHOTS,
+                 quota: int | None = None) -> None:
         self.client = client
+        # Jobs submitted and not ended at most; None: read from the engine at the first step.
+        self.quota = quota
+        self._limits_read = quota is not None
         self.on_progress = on_progress
         self.should_cancel = should_cancel
         self.max_parallel = max(1, max_parallel)
@@ -56,6 +65,35 @@ class ShotsOnEngine:
     def finished(self) -> bool:
         return not self.waiting and not self.active
 
+    @property
+    def in_flight(self) -> int:
+        """Shots whose engine job is submitted and not yet ended."""
+        return sum(1 for s in list(self.active) if s.phase == "poll")
+
+    @property
+    def held(self) -> int:
+        """Shots waiting for room under the engine's quota (not yet submitted, ready or not)."""
+        full = self.quota is not None and self.in_flight >= self.quota
+        at_submit = sum(1 for s in list(self.active) if s.phase == "submit" and (full or s.throttled))
+        return len(self.waiting) + at_submit if full or at_submit else 0
+
+    def _read_limits(self) -> None:
+        """The token's job quota from the engine (once; an engine without ``/limits`` leaves it
+        to the 429s). On the thread that steps the shots: it is a request."""
+        self._limits_read = True
+        reader = getattr(self.client, "limits", None)
+        if reader is None:
+            return
+        try:
+            published = reader()
+        except Exception:  # noqa: BLE001 - the quota is also learned from 429s
+            log.debug("reading the engine's limits failed", exc_info=True)
+            return
+        quota = (published or {}).get("job_quota")
+        if isinstance(quota, int) and not isinstance(quota, bool) and quota >= 1:
+            self.quota = quota
+            log.info("the engine takes %d jobs per token at once", quota)
+
     def cancel_running(self) -> None:
         """Ask the engine to stop every submitted job now (the run is being dropped, not stepped to its end)."""
         for shot in list(self.active):  # the engine thread may be ending one meanwhile
@@ -68,6 +106,8 @@ class ShotsOnEngine:
     def step(self) -> tuple[bool, TakeOutcome | ShotFailure | None]:
         """(worked, a shot that ended in this step or None). worked is False once every running
         shot was polled in a row without news: the caller may wait before the next step."""
+        if not self._limits_read:
+            self._read_limits()
         while self.waiting and len(self.active) < self.max_parallel:
             job = self.waiting.pop(0)
             self.active.append(EngineShot(job, self.client, on_progress=self.on_progress,
@@ -77,8 +117,14 @@ class ShotsOnEngine:
         # Round robin over every shot, whatever its phase; a shot ready to submit waits for the
         # others' uploads, so the jobs reach the engine in consecutive steps and a cluster
         # starts them side by side.
+        # A shot ready to submit also waits while the quota is full, or Retry-After after a 429.
         uploading = any(s.phase in ("hash", "take", "upload") for s in self.active)
-        turns = [s for s in self.active if not (uploading and s.phase == "submit")]
+        full = self.quota is not None and self.in_flight >= self.quota
+        cancelling = self.should_cancel is not None and self.should_cancel()  # held shots end at their turn
+        turns = [s for s in self.active
+                 if not (s.phase == "submit" and not cancelling and (uploading or full or s.throttled))]
+        if not turns:
+            return False, None
         self._turn %= len(turns)
         shot = turns[self._turn]
         self._turn += 1

@@ -347,8 +347,11 @@ class GenerationRun:
             if self.client is None:
                 return "waiting for the engine to start"
             p = self._latest
+            engine = self._engine
+            # Shots past the engine's job quota wait for a slot (the engine thread moves them on).
+            waiting = f" · waiting for the engine ({engine.in_flight} in flight)" if engine and engine.held else ""
             if p is None:
-                return f"{len(self._jobs)} shot(s): uploading control maps"
+                return f"{len(self._jobs)} shot(s): uploading control maps{waiting}"
             number = self.shots.index(p.shot) + 1 if p.shot in self.shots else 0
             text = f"Shot {number}/{total} · frame {p.frames_done}/{p.frames_total}"
             if p.steps:
@@ -357,7 +360,7 @@ class GenerationRun:
                 text += f", window {p.window}/{p.windows}"
             if p.eta_s:
                 text += f", about {int(p.eta_s)} s left"
-            return text
+            return text + waiting
         return "done"
 
     def fraction(self) -> float:

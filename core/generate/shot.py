@@ -124,10 +124,16 @@ class EngineShot:
         self._done: set[int] = set()
         self._cancel_sent = False
         self._status: dict[str, Any] | None = None  # a status not yet acted on: offered, or with frames to fetch
+        self.retry_at = 0.0  # monotonic time before which a submit refused for the quota is not tried again
 
     @property
     def submitted(self) -> bool:
         return self.phase in ("poll", "done")
+
+    @property
+    def throttled(self) -> bool:
+        """Ready to submit, but the engine refused for its job quota (429) a moment ago."""
+        return self.phase == "submit" and time.monotonic() < self.retry_at
 
     @property
     def needs_status(self) -> bool:
@@ -152,7 +158,7 @@ class EngineShot:
         elif self.phase == "upload":
             self._step_upload()
         elif self.phase == "submit":
-            self._step_submit()
+            return self._step_submit()
         else:
             return self._step_poll()
         return True
@@ -214,12 +220,24 @@ class EngineShot:
         if not self._uploads:
             self.phase = "submit"
 
-    def _step_submit(self) -> None:
+    def _step_submit(self) -> bool:
+        """Submit; False when the engine's job quota is full (429): the shot waits Retry-After."""
+        if self.throttled:
+            return False
         job, hashes = self.job, self._hashes
         body = job.request.body(frame_entries(job.frames, job.maps, hashes, job.frame_values))
-        self.job_id = self.client.submit(body)
+        try:
+            self.job_id = self.client.submit(body)
+        except Exception as exc:
+            if not getattr(exc, "quota_full", False):
+                raise
+            self.retry_at = time.monotonic() + (getattr(exc, "retry_after", None) or 1.0)
+            log.info("shot '%s': the engine's job quota is full; submitting again in %.1f s", job.shot,
+                     self.retry_at - time.monotonic())
+            return False
         log.info("shot '%s': job %s submitted", job.shot, self.job_id)
         self.phase = "poll"
+        return True
 
     def _step_poll(self) -> bool:
         # 5. Poll, fetching one finished frame a step, until done, failed or cancelled.

@@ -25,6 +25,16 @@ class SafeFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def parse_size(text: str) -> int:
     """'20G', '500M', '1024' -> bytes."""
     units = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
@@ -75,7 +85,7 @@ def cmd_serve_ray(args: argparse.Namespace) -> int:
     cfg = RayEngineConfig(
         data_dir=str(args.data_dir or default_data_dir()), token=token, replicas=args.replicas,
         gpus_per_replica=args.gpus_per_replica, cpus_per_replica=args.cpus_per_replica, device=args.device,
-        max_pipelines=args.max_pipelines, split_min_frames=args.split_min_frames,
+        max_pipelines=args.max_pipelines, split_min_frames=args.split_min_frames, job_quota=args.job_quota,
         min_replicas=args.min_replicas, max_replicas=args.max_replicas,
         target_ongoing_requests=args.target_ongoing_requests,
         upscale_delay_s=args.upscale_delay_s, downscale_delay_s=args.downscale_delay_s,
@@ -185,7 +195,9 @@ def add_serve(sub: Any) -> None:
     serve.add_argument("--cache-quota", type=parse_size, default=DEFAULT_CACHE_QUOTA,
                        help="blobs + frames kept on disk, least recently used evicted past it (default 20G)")
     serve.add_argument("--port-file", default=None, help="write the port actually bound here (with --port 0)")
-    serve.add_argument("--max-jobs-per-token", type=int, default=16, help="queued + running jobs per token")
+    serve.add_argument("--job-quota", "--max-jobs-per-token", dest="job_quota", type=positive_int, default=16,
+                       help="queued + running jobs per token (published on GET /limits; past it a submit is "
+                       "answered 429 with Retry-After)")
     serve.add_argument("--max-connections", type=int, default=256,
                        help="open connections served at once; more are answered 503")
     serve.add_argument("--precision", default=None, choices=["auto", "fp16", "bf16", "fp32"],
@@ -213,6 +225,7 @@ def add_serve_ray(sub: Any) -> None:
     ray.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local cluster (default: all)")
     ray.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
     ray.add_argument("--max-pipelines", type=int, default=1, help="loaded model sets kept per replica")
+    ray.add_argument("--job-quota", type=positive_int, default=16, help="queued + running jobs per token")
     ray.add_argument("--split-min-frames", type=int, default=8,
                      help="INDEPENDENT shots with at least twice this many frames are split across replicas")
     ray.add_argument("--min-replicas", type=int, default=0, help="autoscaling: fewest replicas")

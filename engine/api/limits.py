@@ -32,8 +32,20 @@ MAX_PROMPT_CHARS = 4000  # each of prompt, style_prompt, negative_prompt (CLIP r
 MAX_SHOT_CHARS = 200
 MAX_ACTIVE_JOBS_PER_TOKEN = 16  # queued + running jobs of one token
 MAX_STATUS_IDS = 100  # job ids in one GET /jobs?ids=...
+QUOTA_RETRY_AFTER_S = 1  # Retry-After of a 429 queue_full: a job of the token may end any moment
 # Cache ------------------------------------------------------------------------------
 DEFAULT_CACHE_QUOTA_BYTES = 20 * 1024**3  # blobs + frames; least recently used are evicted past it
+
+
+
+def published(job_quota: int, jobs_active: int) -> dict[str, int]:
+    """The engine's limits as ``GET /limits`` publishes them to a client (engine/API.md): the
+    token's job quota and how much of it is used, and the bounds a request must keep."""
+    return {"job_quota": job_quota, "jobs_active": jobs_active, "retry_after_s": QUOTA_RETRY_AFTER_S,
+            "max_side": MAX_SIDE, "max_batch_pixels": MAX_BATCH_PIXELS, "max_steps": MAX_STEPS,
+            "max_frames": MAX_FRAMES, "max_prompt_chars": MAX_PROMPT_CHARS, "max_shot_chars": MAX_SHOT_CHARS,
+            "max_status_ids": MAX_STATUS_IDS, "max_json_bytes": MAX_JSON_BYTES, "max_blob_bytes": blob_limit()}
+
 
 # A flow blob may be a little larger than a 4096² one; see blob_limit().
 _NPY_HEADER_SLACK = 4096

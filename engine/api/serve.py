@@ -37,7 +37,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # 3. State on disk (temp files of a crash removed), the job manager and the app.
         storage = open_storage(args.data_dir)
         manager = job_manager(args, storage)
-        app = create_app(manager, tokens, loopback_only=loopback, max_jobs_per_token=args.max_jobs_per_token)
+        app = create_app(manager, tokens, loopback_only=loopback, max_jobs_per_token=args.job_quota)
         if args.parent_pid:
             watch_parent(args.parent_pid)
         # 4. Bind first, then report the port: no other process can take it in between.

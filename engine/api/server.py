@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..contract.errors import BadRequest, EngineFault, NotFound
+from ..contract.errors import BadRequest, EngineFault, NotFound, QuotaFull
 from ..contract.schema import SHA256_RE, JobRequest, field_path
 from ..jobs.job import Job
 from ..jobs.manager import JobManager
@@ -70,7 +70,7 @@ def create_app(manager: JobManager, token: str | None | Tokens, *, loopback_only
     add_error_handlers(app)
     # 3. Routes: health, blobs, jobs (each job visible to the token that submitted it only).
     jobs = OwnedJobs(manager, max_jobs_per_token)
-    add_health_routes(app, manager, tokens)
+    add_health_routes(app, manager, tokens, jobs)
     add_blob_routes(app, manager)
     add_job_routes(app, manager, jobs)
     # 4. The front door: auth, size limits and the Host check before FastAPI sees a request.
@@ -82,7 +82,10 @@ def create_app(manager: JobManager, token: str | None | Tokens, *, loopback_only
 def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(EngineFault)
     async def on_fault(request: Request, exc: EngineFault) -> JSONResponse:
-        return _error(exc.status, exc.code, exc.message, exc.field)
+        response = _error(exc.status, exc.code, exc.message, exc.field)
+        if isinstance(exc, QuotaFull):  # a signal to wait, in the HTTP way
+            response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -138,6 +141,21 @@ class OwnedJobs:
                     self.checked_maps.clear()
                 self.checked_maps.add((sha, kind, job.width, job.height))
 
+    def active_jobs(self, owner: str) -> int:
+        """The token's jobs queued or running: what its quota counts. Reads a snapshot, so the
+        event loop may call it without the lock (a thread's submit may add a job meanwhile)."""
+        jobs = self.manager.jobs
+        return sum(1 for j, o in list(self.owners.items())
+                   if o == owner and (job := jobs.get(j)) is not None and job.status in ("queued", "running"))
+
+    def check_quota(self, owner: str) -> None:
+        """429 with Retry-After past the token's quota (under the lock where it must be exact)."""
+        active = self.active_jobs(owner)
+        if active >= self.max_jobs_per_token:
+            raise QuotaFull(f"this token already has {active} jobs queued or running (the limit is "
+                            f"{self.max_jobs_per_token}); submit again when one has finished (Retry-After)",
+                            retry_after_s=limits.QUOTA_RETRY_AFTER_S)
+
     def submit_body(self, body: bytes, owner: str) -> dict[str, Any]:
         """Threadpool: parse, check limits and maps, then queue; never on the event loop."""
         try:
@@ -150,25 +168,26 @@ class OwnedJobs:
         with self.lock:
             for gone in [j for j in self.owners if j not in manager.jobs]:
                 del self.owners[gone]
-            active = sum(1 for j, o in self.owners.items()
-                         if o == owner and manager.jobs[j].status in ("queued", "running"))
-            if active >= self.max_jobs_per_token:
-                raise EngineFault(f"this token already has {active} jobs queued or running (the limit is "
-                                  f"{self.max_jobs_per_token}); wait for one to finish or cancel one",
-                                  code="queue_full", status=429)
+            self.check_quota(owner)
             job = manager.submit(job_request)
             self.owners[job.id] = owner
         return {"id": job.id, "status": job.status, "cached_frames": sorted(job.cached),
                 "frames_total": len(job.frame_keys)}
 
 
-def add_health_routes(app: FastAPI, manager: JobManager, tokens: Tokens) -> None:
+def add_health_routes(app: FastAPI, manager: JobManager, tokens: Tokens, jobs: OwnedJobs) -> None:
     # An async handler runs on the event loop, so /health answers even when every
     # worker thread is busy with uploads or submits.
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "version": __version__, "device": manager.default_device,
                 "queue": manager.queue_length(), "auth": bool(tokens)}
+
+    @app.get("/limits")
+    async def published_limits(request: Request) -> dict[str, Any]:
+        """The bounds a client must keep, and its token's quota: Generate All keeps at most
+        ``job_quota`` jobs in flight instead of learning the limit from refusals."""
+        return limits.published(jobs.max_jobs_per_token, jobs.active_jobs(owner_of(request)))
 
     @app.get("/whoami")
     async def whoami(request: Request) -> dict[str, Any]:
@@ -201,6 +220,7 @@ def add_blob_routes(app: FastAPI, manager: JobManager) -> None:
 def add_job_routes(app: FastAPI, manager: JobManager, jobs: OwnedJobs) -> None:
     @app.post("/jobs", status_code=202)
     async def submit(request: Request) -> dict[str, Any]:
+        jobs.check_quota(owner_of(request))  # a token at its quota is told so before its body is read
         body = await request.body()  # bounded by the front door
         return await run_in_threadpool(jobs.submit_body, body, owner_of(request))
 

@@ -32,6 +32,14 @@ class NotFound(EngineFault):
         super().__init__(message, code=code, status=404)
 
 
+class QuotaFull(EngineFault):
+    """A token at its job quota: 429 with ``Retry-After``, a signal to wait, not an error of the request."""
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message, code="queue_full", status=429)
+        self.retry_after_s = retry_after_s
+
+
 class ModelUnavailable(EngineFault):
     """A model that is neither on disk nor downloadable; the message says how to get it."""
 

@@ -19,6 +19,7 @@ class RayEngineConfig:
     device: str = "auto"
     max_pipelines: int = 1
     split_min_frames: int = 8
+    job_quota: int = 16  # queued + running jobs per token (GET /limits, 429 past it)
     # Autoscaling: used when max_replicas > 0 (min..max replicas, by ongoing units per replica).
     min_replicas: int = 0
     max_replicas: int = 0

@@ -126,10 +126,11 @@ class Ingress:
             Storage(cfg.data_dir), call_unit=lambda unit_id, payload: workers.run_unit.remote(unit_id, payload),
             worker_device=info["device"], replicas=cfg.planned_replicas(), split_min_frames=cfg.split_min_frames,
         )
+        self.job_quota = cfg.job_quota
         logger.info("Ingress: workers on %s, data in %s", info["device"], cfg.data_dir)
 
     def __serve_build_asgi_app__(self) -> Any:
-        return create_app(self.manager, self.token)
+        return create_app(self.manager, self.token, max_jobs_per_token=self.job_quota)
 
 
 def build_app(args: dict[str, Any]) -> Any:

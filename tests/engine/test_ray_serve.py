@@ -36,7 +36,7 @@ if _MISSING:
 def ray_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayEngine]:
     """serve-ray with two replicas; long INDEPENDENT shots split from 3 frames a unit on."""
     engine = RayEngine(sys.executable, tmp_path_factory.mktemp("ray-engine"), replicas=2,
-                       extra_args=("--split-min-frames", "3"),
+                       extra_args=("--split-min-frames", "3", "--job-quota", "12"),
                        env=fault_env())
     engine.start()
     yield engine
@@ -70,6 +70,9 @@ def test_same_contract_as_one_engine(ray_engine: RayEngine, ray_client: Any, cor
                                      tiny_models: dict[str, str]) -> None:
     health = ray_client.health()
     assert health["status"] == "ok" and health["device"] == "cpu" and health["auth"] is True
+    # The limits are published as on one engine (Generate All paces itself by them), the quota set by --job-quota.
+    published = ray_client.limits()
+    assert (published["job_quota"], published["max_side"], published["max_status_ids"]) == (12, 4096, 100)
     # No token or a wrong one: 401 with the same code as one engine.
     anonymous = core.client.EngineClient(ray_engine.url, token="wrong", timeout=10)
     with pytest.raises(core.client.EngineError) as info:

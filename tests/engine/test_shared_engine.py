@@ -76,7 +76,7 @@ def shared(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, str]
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"half")
     served = serve(tmp, "--token-file", str(tokens), "--tls-cert", str(cert), "--tls-key", str(key),
-                   "--allow-models", str(allow), "--no-hub", "--max-jobs-per-token", "2", scheme="https")
+                   "--allow-models", str(allow), "--no-hub", "--job-quota", "2", scheme="https")
     served.cert = cert  # type: ignore[attr-defined]
     wait_health(served)
     yield served
@@ -131,10 +131,24 @@ def test_jobs_belong_to_their_token_and_queues_are_bounded(core: Any, shared: Se
     assert not (tmp_path / "stolen.png").exists()
     # Bob's queue holds two jobs; the third waits for one of them. Alice is not affected.
     slow = make_job(tiny_models, [{"frame": n, "depth": depth, "pose": None} for n in range(1, 40)], steps=50)
+    assert bob.limits()["job_quota"] == 2 and bob.limits()["jobs_active"] == 0
     first, second = bob.submit({**slow, "seed": 1}), bob.submit({**slow, "seed": 2})
+    published = bob.limits()  # the contract's limits, and this token's share of its quota
+    assert (published["job_quota"], published["jobs_active"], published["retry_after_s"]) == (2, 2, 1)
+    assert (published["max_side"], published["max_json_bytes"], published["max_status_ids"]) == (4096, 8 << 20, 100)
     with pytest.raises(core.client.EngineError) as info:
         bob.submit({**slow, "seed": 3})
-    assert (info.value.status, info.value.code) == (429, "queue_full")
+    # A quota refusal is a wait, in the HTTP way: 429 with Retry-After and the contract's JSON body.
+    assert (info.value.status, info.value.code, info.value.retry_after) == (429, "queue_full", 1.0)
+    assert info.value.quota_full and "Retry-After" in info.value.message
+    refused = requests.post(shared.url + "/jobs", json={**slow, "seed": 3}, timeout=10, verify=str(shared.cert),
+                            headers={"Authorization": f"Bearer {BOB}"})
+    assert (refused.status_code, refused.headers.get("Retry-After")) == (429, "1")
+    assert refused.json()["error"]["code"] == "queue_full"
+    with pytest.raises(core.client.EngineError) as info:
+        as_user(core, shared, "not-a-token").limits()
+    assert info.value.status == 401  # the limits are published to token holders only
+    assert alice.limits()["jobs_active"] == 0
     third = alice.submit({**slow, "seed": 4})
     for client, ids in ((bob, (first, second)), (alice, (third,))):
         for one in ids:
