@@ -90,7 +90,8 @@ class JobManager:
         # What runners get instead of the manager; before_denoise stays a method here (the test seam).
         self.context = RunContext(storage, self.pipelines, self.writer,
                                   lambda job, frames: self.before_denoise(job, frames),
-                                  lambda job, status: self._finish(job, status), self._flow_companions)
+                                  lambda job, status: self._finish(job, status), self._join_group)
+        self._group: list[Job] = []  # the group the local worker is running (FLOW jobs join it)
 
     def start(self) -> None:
         self._worker.start()
@@ -186,6 +187,7 @@ class JobManager:
             self.executor.dispatch(lambda group=group: self._run_group(group))
 
     def _run_group(self, group: list[Job]) -> None:
+        self._group = group
         try:
             self.executor.run(self.context, group)
         except Exception as exc:  # noqa: BLE001 - the worker must survive any job
@@ -223,6 +225,13 @@ class JobManager:
         A test seam: the engine tests inject faults (out of memory on a given frame) by
         overriding it (tests/engine/seams/sitecustomize.py), outside the production path.
         """
+
+    def _join_group(self, running: list[Job]) -> list[Job]:
+        """Queued FLOW jobs that join the running group at their first frame; they are part of the
+        group from then on, so a failure fails them too."""
+        joined = self._flow_companions(running)
+        self._group.extend(joined)
+        return joined
 
     def _flow_companions(self, running: list[Job]) -> list[Job]:
         """Queued FLOW jobs to interleave with ``running`` (the first one's models, size and steps), up to

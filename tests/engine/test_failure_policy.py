@@ -54,3 +54,40 @@ def test_a_failing_group_fails_its_jobs_and_no_other(tmp_path: Path, monkeypatch
     assert leader.error["code"] == "engine_error" and "the pipeline fell over" in leader.error["message"]
     assert (elsewhere.status, elsewhere.error) == ("running", None)
     assert (waiting.status, waiting.error) == ("queued", None)
+
+
+class JoinThenFailExecutor(LocalExecutor):
+    """A FLOW run that a queued job joins mid-run (``context.companions``), then falls over."""
+
+    def run(self, context: RunContext, group: list[Job]) -> None:
+        group[0].status = "running"
+        context.companions([group[0]])
+        raise RuntimeError("the pipeline fell over after a shot joined")
+
+
+def test_a_job_that_joined_the_failing_group_fails_with_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    manager = JobManager(Storage(tmp_path), default_device="cpu", executor=JoinThenFailExecutor())
+    leader, late = add_job(manager, "leader", "queued"), add_job(manager, "late", "queued")
+    elsewhere = add_job(manager, "elsewhere", "running")
+    calls: list[str] = []
+
+    def companions(running: list[Job]) -> list[Job]:
+        calls.append(running[0].id)
+        if len(calls) == 1:  # nothing to interleave when the leader is taken off the queue
+            return []
+        late.status = "running"  # queued since, and joins at its first frame
+        return [late]
+
+    monkeypatch.setattr(manager, "_flow_companions", companions)
+    manager.start()
+    try:
+        manager._queue.put("leader")
+        deadline = time.monotonic() + 10
+        while late.status != "failed" and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        manager.stop()
+    assert calls == ["leader", "leader"]
+    assert (leader.status, late.status) == ("failed", "failed")
+    assert late.error is not None and "after a shot joined" in late.error["message"]
+    assert (elsewhere.status, elsewhere.error) == ("running", None)
