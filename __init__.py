@@ -15,9 +15,11 @@ _registered: list = []
 
 
 def register() -> None:
-    from . import handlers, operators, panels, preferences, props
+    from . import handlers, operators, panels, preferences
+    from .props import pose as props_pose
+    from .props import scene as props
 
-    for module in (preferences, props, operators, panels, handlers):
+    for module in (preferences, props, props_pose, operators, panels, handlers):
         module.register()
         _registered.append(module)
 
