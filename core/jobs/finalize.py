@@ -88,12 +88,8 @@ def _missing_maps(conditioning_dir: Path) -> list[int]:
             if m["depth"] is None or not Path(m["depth"]).is_file() or (f != first and m["flow"] is None)]
 
 
-def collect_finalize(scene: bpy.types.Scene, take_dir: Path, project: Project, prefs: Prefs, *, factor: int = 2,
-                     upscaler: str = "", detail_strength: float = DETAIL_STRENGTH) -> FinalizePlan:
-    """Describe the finalize job of the approved take in ``take_dir``. Main thread (renders maps)."""
-    from ..conditioning import ConditioningError, render_shot  # deferred: heavier module
-
-    # 1. The upscaler (checked again by the engine) and the approved take: complete, frames on disk.
+def check_upscaler(upscaler: str) -> None:
+    """A .safetensors upscaler or none: the engine refuses pickles (unpickling can run code)."""
     suffix = Path(upscaler).suffix.lower() if upscaler else ""
     if suffix and suffix != ".safetensors":
         kind = "a pickle-based" if suffix in PICKLE_SUFFIXES else "not a"
@@ -101,6 +97,10 @@ def collect_finalize(scene: bpy.types.Scene, take_dir: Path, project: Project, p
             f"Upscaler '{upscaler}' is {kind} {suffix} file{'' if kind == 'not a' else ''}: the engine only loads "
             ".safetensors upscalers, because unpickling can run code hidden in the file. Use a .safetensors "
             "version (Real-ESRGAN, SwinIR, HAT, ...), or leave Upscaler empty for plain resizing")
+
+
+def approved_take(take_dir: Path) -> TakeInfo:
+    """The take to finalize: readable, complete, every frame on disk."""
     info = read_take(take_dir)
     if info is None:
         raise GenerationError(f"{take_dir} has no readable take.json: finalize a take Viewfinder made")
@@ -110,6 +110,17 @@ def collect_finalize(scene: bpy.types.Scene, take_dir: Path, project: Project, p
     if missing:
         raise GenerationError(f"Take {info.take} of shot '{info.shot}' lacks frames {missing[:5]} on disk: "
                               "regenerate it")
+    return info
+
+
+def collect_finalize(scene: bpy.types.Scene, take_dir: Path, project: Project, prefs: Prefs, *, factor: int = 2,
+                     upscaler: str = "", detail_strength: float = DETAIL_STRENGTH) -> FinalizePlan:
+    """Describe the finalize job of the approved take in ``take_dir``. Main thread (renders maps)."""
+    from ..conditioning import ConditioningError, render_shot  # deferred: heavier module
+
+    # 1. The upscaler (checked again by the engine) and the approved take: complete, frames on disk.
+    check_upscaler(upscaler)
+    info = approved_take(take_dir)
     shot = scene.viewfinder.shots.get(info.shot)
     if shot is None:
         raise GenerationError(f"Shot '{info.shot}' of take {info.take} is no longer in the scene's shot list")

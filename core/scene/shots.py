@@ -78,45 +78,11 @@ def plan_shots(
     bound = sorted((m for m in markers if m.camera is not None), key=lambda m: (m.frame, m.name))
 
     if not bound:
-        if scene_camera is None:
-            plan.problems.append(
-                "The scene has no camera: add one (Add ▸ Camera) and make it the scene camera, "
-                "or bind cameras to timeline markers (Marker ▸ Bind Camera to Markers)"
-            )
-            return plan
-        shot = ShotPlan(scene_camera, scene_camera, scene_start, scene_end, None)
-        if not scene_camera_is_camera:
-            shot.problem = (
-                f"The scene camera '{scene_camera}' is not a camera object: "
-                "set a camera in Scene Properties ▸ Camera"
-            )
-        elif scene_end < scene_start:
-            shot.problem = f"The scene's frame range {scene_start}–{scene_end} is empty: fix Frame Start/End"
-        plan.shots.append(shot)
-        return plan
+        return _scene_camera_plan(plan, scene_start, scene_end, scene_camera, scene_camera_is_camera)
 
     for index, marker in enumerate(bound):
         following = bound[index + 1] if index + 1 < len(bound) else None
-        end = following.frame - 1 if following is not None else scene_end
-        shot = ShotPlan(marker.name, marker.camera, marker.frame, min(end, scene_end), marker.frame)
-        if not marker.camera_is_camera:
-            shot.problem = (
-                f"Marker '{marker.name}' is bound to '{marker.camera}', which is not a camera: "
-                "select a camera and use Marker ▸ Bind Camera to Markers"
-            )
-        elif following is not None and following.frame == marker.frame:
-            shot.problem = (
-                f"Markers '{marker.name}' and '{following.name}' are both on frame {marker.frame}, "
-                f"so shot '{marker.name}' has no frames: move one of them"
-            )
-        elif marker.frame > scene_end:
-            shot.problem = (
-                f"Marker '{marker.name}' on frame {marker.frame} is after the scene's end "
-                f"({scene_end}): move it or extend the scene's frame range"
-            )
-        elif shot.frame_count == 0:
-            shot.problem = f"Shot '{marker.name}' has no frames: move its marker or the next one"
-        plan.shots.append(shot)
+        plan.shots.append(_marker_shot(marker, following, scene_end))
 
     if bound[0].frame > scene_start:
         log.debug("frames %d–%d come before the first shot", scene_start, bound[0].frame - 1)
@@ -127,6 +93,51 @@ def plan_shots(
             if shot.name == name and not shot.problem:
                 shot.problem = f"Two shots are named '{name}': rename one of the markers (F2 in the timeline)"
     return plan
+
+
+def _scene_camera_plan(plan: Plan, scene_start: int, scene_end: int, scene_camera: str | None,
+                       scene_camera_is_camera: bool) -> Plan:
+    """No bound markers: the scene camera over the scene's range (or the problem why not)."""
+    if scene_camera is None:
+        plan.problems.append(
+            "The scene has no camera: add one (Add ▸ Camera) and make it the scene camera, "
+            "or bind cameras to timeline markers (Marker ▸ Bind Camera to Markers)"
+        )
+        return plan
+    shot = ShotPlan(scene_camera, scene_camera, scene_start, scene_end, None)
+    if not scene_camera_is_camera:
+        shot.problem = (
+            f"The scene camera '{scene_camera}' is not a camera object: "
+            "set a camera in Scene Properties ▸ Camera"
+        )
+    elif scene_end < scene_start:
+        shot.problem = f"The scene's frame range {scene_start}–{scene_end} is empty: fix Frame Start/End"
+    plan.shots.append(shot)
+    return plan
+
+
+def _marker_shot(marker: MarkerInfo, following: MarkerInfo | None, scene_end: int) -> ShotPlan:
+    """The shot a bound marker starts, up to the next one, with the problem that stops it, if any."""
+    end = following.frame - 1 if following is not None else scene_end
+    shot = ShotPlan(marker.name, marker.camera, marker.frame, min(end, scene_end), marker.frame)
+    if not marker.camera_is_camera:
+        shot.problem = (
+            f"Marker '{marker.name}' is bound to '{marker.camera}', which is not a camera: "
+            "select a camera and use Marker ▸ Bind Camera to Markers"
+        )
+    elif following is not None and following.frame == marker.frame:
+        shot.problem = (
+            f"Markers '{marker.name}' and '{following.name}' are both on frame {marker.frame}, "
+            f"so shot '{marker.name}' has no frames: move one of them"
+        )
+    elif marker.frame > scene_end:
+        shot.problem = (
+            f"Marker '{marker.name}' on frame {marker.frame} is after the scene's end "
+            f"({scene_end}): move it or extend the scene's frame range"
+        )
+    elif shot.frame_count == 0:
+        shot.problem = f"Shot '{marker.name}' has no frames: move its marker or the next one"
+    return shot
 
 
 def default_seed(shot_name: str) -> int:
