@@ -113,12 +113,7 @@ def run_finalize(context: RunContext, job: Job, models: LoadedModels, settings: 
         if index > 0 and anchor is None:
             anchor = color_stats(context.read_frame(job, ordered[0]))
         # 1. Enlarge the approved frame.
-        started = time.perf_counter()
-        assert frame.source is not None
-        source = read_rgb(context.storage.read_blob(frame.source))
-        big = enlarge(source, request.width, request.height, upscaler)
-        radius = max(1, round(request.width / source.shape[1]))
-        job.timings["upscale_s"] = job.timings.get("upscale_s", 0.0) + time.perf_counter() - started
+        big, radius = enlarged_source(context, job, frame, upscaler)
         # 2. Carry the previous finished frame along the flow (as FLOW generation does).
         reason = strategy.keyframe_reason(index, frame, previous)
         carried: Carried | None = None
@@ -147,3 +142,15 @@ def run_finalize(context: RunContext, job: Job, models: LoadedModels, settings: 
         generated += 1
         job.update_eta(run_started, generated, handed=[frame.frame])
     context.complete(job, run_started)
+
+
+def enlarged_source(context: RunContext, job: Job, frame: FrameSpec, upscaler: Any) -> tuple[np.ndarray, int]:
+    """The approved frame at the job's size, and the enlargement factor (the detail band's radius)."""
+    request = job.request
+    started = time.perf_counter()
+    assert frame.source is not None
+    source = read_rgb(context.storage.read_blob(frame.source))
+    big = enlarge(source, request.width, request.height, upscaler)
+    radius = max(1, round(request.width / source.shape[1]))
+    job.timings["upscale_s"] = job.timings.get("upscale_s", 0.0) + time.perf_counter() - started
+    return big, radius
