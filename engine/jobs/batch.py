@@ -21,7 +21,10 @@ class BatchRunner:
 
     def run(self, context: RunContext, group: list[Job]) -> None:
         with image_session(context, group[0]) as (models, plan):
-            run_batched(context, Shot(context, group[0], models, plan))
+            shot = Shot(context, group[0], models, plan)
+            run_batched(context, shot)
+        # Done only once the pipeline is back as loaded (draft tier and identity plan released).
+        context.complete(group[0], shot.run_started)
 
 
 def run_batched(context: RunContext, shot: Shot) -> None:
@@ -61,4 +64,3 @@ def run_batched(context: RunContext, shot: Shot) -> None:
                 pixels = plan.finish(pixels)
             context.store_frame(job, frame.frame, pixels)
         shot.made(batch)
-    context.complete(job, shot.run_started)

@@ -64,6 +64,8 @@ class FinalizeRunner:
             todo = [f for f in request.frames if f.frame not in job.done]
             run_finalize(context, job, models, shot.settings(todo[:1] or request.frames[:1]), shot.nets,
                          shot.run_started)
+        # Done only once the pipeline is back as loaded (draft tier and identity plan released).
+        context.complete(job, shot.run_started)
 
 
 # The sharp FLOW method without colour matching (the approved frame sets colour) and
@@ -141,7 +143,6 @@ def run_finalize(context: RunContext, job: Job, models: LoadedModels, settings: 
         previous = frame
         generated += 1
         job.update_eta(run_started, generated, handed=[frame.frame])
-    context.complete(job, run_started)
 
 
 def enlarged_source(context: RunContext, job: Job, frame: FrameSpec, upscaler: Any) -> tuple[np.ndarray, int]:
