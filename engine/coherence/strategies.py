@@ -241,7 +241,7 @@ class FlowCoherence:
 
 
 # INDEPENDENT or FLOW: both give the generation order and a frame's cache inputs; the engine's run
-# functions (engine/jobs/manager.py) batch INDEPENDENT frames and run FLOW frames shot by shot.
+# functions (engine/jobs/batch.py, engine/jobs/flow.py) batch INDEPENDENT frames and run FLOW frames shot by shot.
 CoherenceStrategy = IndependentCoherence | FlowCoherence
 
 
