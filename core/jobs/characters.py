@@ -198,8 +198,16 @@ def shot_characters(
             "trigger_words": source.trigger_words.strip(),
         })
     # 4. One pixel, one owner: an object cannot stand for two characters.
+    check_one_owner(result.characters, legend)
+    # 5. No more characters than the engine keeps apart (per shot, and so per frame: engine/API.md).
+    check_count(result.characters, shot)
+    return result
+
+
+def check_one_owner(characters: list[dict[str, Any]], legend: dict[str, Any]) -> None:
+    """CharacterError when one mask id (an object) stands for two characters."""
     owners: dict[int, str] = {}
-    for entry in result.characters:
+    for entry in characters:
         for number in entry["mask_ids"]:
             if number in owners:
                 what = (legend.get(str(number)) or {}).get("name", f"mask id {number}")
@@ -208,12 +216,14 @@ def shot_characters(
                     f"keep it in one of them ({PANEL}: armature, extra objects, collection)"
                 )
             owners[number] = entry["name"]
-    # 5. No more characters than the engine keeps apart (per shot, and so per frame: engine/API.md).
-    if len(result.characters) > MAX_CHARACTERS:
-        listed = ", ".join(f"'{c['name']}'" for c in result.characters)
+
+
+def check_count(characters: list[dict[str, Any]], shot: str) -> None:
+    """CharacterError past MAX_CHARACTERS in one shot."""
+    if len(characters) > MAX_CHARACTERS:
+        listed = ", ".join(f"'{c['name']}'" for c in characters)
         raise CharacterError(
-            f"Shot '{shot}' shows {len(result.characters)} characters ({listed}); the engine keeps at most "
+            f"Shot '{shot}' shows {len(characters)} characters ({listed}); the engine keeps at most "
             f"{MAX_CHARACTERS} apart in one shot: split the shot, or remove the extras from {PANEL} "
             "(they then follow the shot prompt)"
         )
-    return result
