@@ -167,7 +167,7 @@ class SplitClient:
             found.update(client.statuses([j for j in job_ids if self.owner[j] is client]) or {})
         return found
 
-    def fetch_frame(self, job_id: str, frame: int, dest: str) -> str:
+    def fetch_frame(self, job_id: str, frame: int, dest: str, **_bounds: object) -> str:
         return self.owner[job_id].fetch_frame(job_id, frame, dest)
 
 

@@ -99,7 +99,7 @@ class StandInEngine:
         return {"status": "done" if done else "running", "frames": frames, "step": job["steps"],
                 "steps": job["steps"]}
 
-    def fetch_frame(self, job_id: str, frame: int, path: Path) -> None:
+    def fetch_frame(self, job_id: str, frame: int, path: Path, **_bounds: object) -> None:
         self._network()
         entry = next(f for f in self.jobs[job_id]["frames"] if f["frame"] == frame)
         Path(path).write_bytes(self.blobs[entry["depth"]])

@@ -119,9 +119,27 @@ class Storage:
         self.cache = self.root / "cache"
         for folder in (self.blobs, self.cache):
             folder.mkdir(parents=True, exist_ok=True)
-        # (path, size, mtime_ns) of frames already checked whole: each is read once per run.
-        self._verified: dict[str, tuple[int, int]] = {}
+        # key -> (size, mtime_ns, sha256) of frames known whole: a job reuses one on its stamp; it
+        # is served only if its bytes still have that hash (a change that keeps size and mtime).
+        self._verified: dict[str, tuple[int, int, str]] = {}
         self._verified_lock = threading.Lock()
+        self._usage: int | None = None  # bytes of blobs and frames: scanned once, then kept up to date
+
+    def usage(self) -> int:
+        """Bytes the cache holds now (a scan the first time, then counted as files come and go)."""
+        if self._usage is None:
+            total = 0
+            for _, path in _files(self):
+                try:
+                    total += path.stat().st_size
+                except OSError:
+                    pass
+            self._usage = total
+        return self._usage
+
+    def _count(self, delta: int) -> None:
+        if self._usage is not None:
+            self._usage = max(0, self._usage + delta)
 
     # Blobs ---------------------------------------------------------------
     def blob_path(self, sha: str) -> Path:
@@ -132,7 +150,20 @@ class Storage:
 
     def blob_writer(self, sha: str, limit: int) -> BlobWriter:
         """A temp file in the blob folder that hashes and counts while it is written."""
+        self.blobs.mkdir(parents=True, exist_ok=True)  # the data folder may have been deleted meanwhile
         return BlobWriter(self, sha, limit)
+
+    def writable(self) -> bool:
+        """The data folder is there (recreated if it was deleted) and takes a file: /health's check."""
+        try:
+            for folder in (self.blobs, self.cache):
+                folder.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=self.blobs, prefix=TMP_PREFIX)
+            os.close(fd)
+            os.unlink(probe)
+            return True
+        except OSError:
+            return False
 
     def put_blob(self, sha: str, data: bytes) -> bool:
         """Store ``data`` under ``sha``; False when the bytes do not hash to ``sha``."""
@@ -176,25 +207,53 @@ class Storage:
             return False
         stamp = (stat.st_size, stat.st_mtime_ns)
         with self._verified_lock:
-            if self._verified.get(key) == stamp:
+            known = self._verified.get(key)
+            if known is not None and known[:2] == stamp:
                 return True
         problem = png_problem(path)
         if problem is not None:
-            logger.warning("Cached frame %s is damaged (%s); deleting it so it is generated again", key[:12],
-                           problem)
-            _unlink(path)
-            with self._verified_lock:
-                self._verified.pop(key, None)
+            self._drop_frame(key, problem)
             return False
+        self._remember(key, path.read_bytes())
+        return True
+
+    def read_frame(self, key: str) -> bytes | None:
+        """A cached frame's bytes to serve, or None (and deleted) when they are not the bytes that
+        were made or checked whole: the hash is verified on every read, so a frame damaged in
+        place (same size, same mtime) is never served. A frame of an earlier run is checked whole."""
+        try:
+            data = self.frame_path(key).read_bytes()
+        except OSError:
+            return None
+        with self._verified_lock:
+            known = self._verified.get(key)
+        if known is not None:
+            if hashlib.sha256(data).hexdigest() == known[2]:
+                return data
+            self._drop_frame(key, "its bytes changed since it was made")
+            return None
+        if not self.has_frame(key):
+            return None
+        return self.read_frame(key)
+
+    def _remember(self, key: str, data: bytes) -> None:
+        path = self.frame_path(key)
         touch(path)
         stat = path.stat()
         with self._verified_lock:
-            self._verified[key] = (stat.st_size, stat.st_mtime_ns)
-        return True
+            self._verified[key] = (stat.st_size, stat.st_mtime_ns, hashlib.sha256(data).hexdigest())
+
+    def _drop_frame(self, key: str, problem: str) -> None:
+        logger.warning("Cached frame %s is damaged (%s); deleting it so it is generated again", key[:12], problem)
+        _unlink(self.frame_path(key))
+        with self._verified_lock:
+            self._verified.pop(key, None)
 
     def put_frame(self, key: str, png: bytes) -> Path:
         path = self.frame_path(key)
         atomic_write(path, png)
+        self._count(len(png))
+        self._remember(key, png)
         return path
 
 
@@ -241,6 +300,7 @@ class BlobWriter:
         if self._hash.hexdigest() != self.sha:
             return False
         os.replace(self._tmp, self.storage.blob_path(self.sha))
+        self.storage._count(self.size)
         return True
 
     def __enter__(self) -> BlobWriter:
@@ -258,6 +318,8 @@ TEMP_GRACE_S = 3600.0  # a temp file older than this is no write in progress
 
 
 def _files(storage: Storage) -> Iterator[tuple[str, Path]]:
+    if not storage.blobs.is_dir() or not storage.cache.is_dir():  # deleted under the engine
+        return
     for path in storage.blobs.iterdir():
         yield "blob", path
     for sub in storage.cache.iterdir():
@@ -305,11 +367,14 @@ def verify(storage: Storage) -> CacheReport:
     return report
 
 
-def prune(storage: Storage, quota_bytes: int, keep_recent_s: float = 600.0) -> CacheReport:
+def prune(storage: Storage, quota_bytes: int, keep_recent_s: float = 600.0,
+          keep: set[str] | frozenset[str] = frozenset()) -> CacheReport:
     """Evict the least recently used blobs and frames until the total is within ``quota_bytes``.
 
-    Files used in the last ``keep_recent_s`` are kept (a running job may need them).
+    Files used in the last ``keep_recent_s`` are kept, and so are the blobs named in ``keep``
+    (those of queued and running jobs: ``in_use``), whatever their age.
     """
+    keep = set(keep) | in_use(storage)
     report = CacheReport(temporary=clean_temporary(storage, TEMP_GRACE_S))
     entries: list[tuple[float, int, Path]] = []
     for _, path in _files(storage):
@@ -327,10 +392,53 @@ def prune(storage: Storage, quota_bytes: int, keep_recent_s: float = 600.0) -> C
             break
         if now - mtime < keep_recent_s:
             break
+        if path.name in keep:
+            continue
         _unlink(path)
         total -= size
         report.evicted += 1
         report.evicted_bytes += size
     report.files = len(entries) - report.evicted
     report.bytes = total
+    storage._usage = total
     return report
+
+
+# Blobs in use: an engine pins the blobs of its queued and running jobs in a file per process, so a
+# `cache prune` from another process (or the keeper) never evicts what a job still has to read.
+
+def _pins_dir(storage: Storage) -> Path:
+    return storage.root / "in-use"
+
+
+def pin(storage: Storage, shas: set[str]) -> None:
+    """Record the blobs this process's jobs still need (any thread; replaces the last record)."""
+    atomic_write(_pins_dir(storage) / f"{os.getpid()}.json", json.dumps(sorted(shas)).encode())
+
+
+def in_use(storage: Storage) -> set[str]:
+    """Every blob pinned by a live engine process on this data folder."""
+    found: set[str] = set()
+    folder = _pins_dir(storage)
+    if not folder.is_dir():
+        return found
+    for path in folder.glob("*.json"):
+        pid = path.stem
+        if not pid.isdigit() or not _alive(int(pid)):
+            _unlink(path)
+            continue
+        try:
+            found.update(str(s) for s in json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            continue
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True

@@ -11,15 +11,30 @@ import hashlib
 import logging
 import os
 import tempfile
+import time
 from typing import Any
 
 import requests
 
+from .downloads import (
+    DownloadRefused,
+    frame_byte_limit,
+    png_frame_problem,
+    png_head_problem,
+    read_capped,
+    stream_to_file,
+)
 from .frame_check import png_problem
 
 logger = logging.getLogger(__name__)
 
 MAX_STATUS_IDS = 100  # job ids per GET /jobs?ids= (engine/api/limits.py)
+# Every answer is bounded (core/client/downloads.py): a JSON answer in bytes (100 statuses of 10,000-frame
+# jobs fit many times over), any answer in total time, a frame by the size the job asked for.
+MAX_JSON_ANSWER_BYTES = 32 * 1024 * 1024
+MAX_FRAME_BYTES = 512 * 1024 * 1024  # a frame of unknown size (4096² 16-bit RGBA is 134 MB)
+ANSWER_DEADLINE_S = 120.0
+FRAME_READ_TIMEOUT_S = 10.0  # no byte of a frame for this long: the download has stalled
 START_HINT = "start it with `python -m engine serve` from the extension folder or check Preferences ▸ Engine"
 
 
@@ -56,6 +71,27 @@ def retry_after_s(header: str | None, default: float = 1.0, longest: float = 60.
     return min(max(value, 0.1), longest)
 
 
+def plain_http_warning(base_url: str, token: str | None) -> str | None:
+    """A warning when the token would cross the network in clear text (http to another machine)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(base_url)
+    host = (parts.hostname or "").lower()
+    loopback = host in ("localhost", "::1") or host.startswith("127.")
+    if token and parts.scheme == "http" and not loopback:
+        return (f"The engine token is sent in clear text to {host} (http://): anyone on the network can read it. "
+                "Use https:// (the engine's --tls-cert, or a TLS reverse proxy)")
+    return None
+
+
+def _tls_reason(exc: BaseException) -> str:
+    text = str(exc)
+    for known in ("CERTIFICATE_VERIFY_FAILED", "WRONG_VERSION_NUMBER", "hostname", "self-signed", "expired"):
+        if known.lower() in text.lower():
+            return known.replace("_", " ").lower()
+    return "handshake failed"
+
+
 class EngineClient:
     """One engine at ``base_url``; thread-safe for independent calls (one Session each)."""
 
@@ -63,17 +99,37 @@ class EngineClient:
         self.base_url = base_url.rstrip("/")
         self.token = token or None
         self.timeout = timeout
+        self.warning = plain_http_warning(self.base_url, self.token)  # shown once by the run that connects
+        if self.warning:
+            logger.warning("%s", self.warning)
         self._no_batch_status = False  # set once the engine answered GET /jobs with 404/405
 
     # Transport ----------------------------------------------------------------
 
-    def _request(self, method: str, path: str, *, ok: tuple[int, ...] = (200,), **kwargs: Any) -> requests.Response:
+    def _request(self, method: str, path: str, *, ok: tuple[int, ...] = (200,), stream: bool = False,
+                 timeout: Any = None, **kwargs: Any) -> requests.Response:
+        """One request. Redirects are not followed (the body and token would go to another host);
+        the answer is read here, within MAX_JSON_ANSWER_BYTES and ANSWER_DEADLINE_S, unless
+        ``stream`` (then the caller reads it, bounded) and the status is one of ``ok``."""
         headers = dict(kwargs.pop("headers", {}) or {})
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         url = self.base_url + path
+        deadline = time.monotonic() + ANSWER_DEADLINE_S
         try:
-            response = requests.request(method, url, headers=headers, timeout=self.timeout, **kwargs)
+            response = requests.request(method, url, headers=headers, timeout=timeout or self.timeout,
+                                        allow_redirects=False, stream=True, **kwargs)
+            if not (stream and response.status_code in ok):
+                try:
+                    response._content = read_capped(response, limit=MAX_JSON_ANSWER_BYTES, deadline=deadline)
+                except DownloadRefused as exc:
+                    response.close()
+                    raise EngineError(f"The Viewfinder engine at {self.base_url} sent an answer to {method} "
+                                      f"{path.split('?')[0]} that was not read: {exc}", code="bad_answer") from None
+        except requests.exceptions.SSLError as exc:
+            raise EngineError(f"The TLS connection to the Viewfinder engine at {self.base_url} failed "
+                              f"({_tls_reason(exc)}): check its certificate, or set REQUESTS_CA_BUNDLE to the "
+                              "engine's certificate before starting Blender", code="tls_error") from exc
         except requests.ConnectionError as exc:
             raise EngineError(f"Viewfinder engine at {self.base_url} is not reachable: {START_HINT}",
                               code="unreachable") from exc
@@ -82,6 +138,12 @@ class EngineClient:
                               "it may be busy loading a model, try again", code="timeout") from exc
         if response.status_code in ok:
             return response
+        if 300 <= response.status_code < 400:
+            target = response.headers.get("Location", "")[:200]
+            raise EngineError(f"The Viewfinder engine at {self.base_url} answered with a redirect to {target!r}, "
+                              "which is not followed (it would take the token and the job elsewhere): set the "
+                              "engine URL to the address the engine really serves", code="redirect",
+                              status=response.status_code)
         raise self._error_from(response)
 
     def _error_from(self, response: requests.Response) -> EngineError:
@@ -165,31 +227,48 @@ class EngineClient:
         """Who the engine takes this client's token for; 401 (EngineError) when it does not know it."""
         return self._request("GET", "/whoami").json()
 
-    def fetch_frame(self, job_id: str, frame: int, dest_path: str, attempts: int = 2) -> str:
+    def fetch_frame(self, job_id: str, frame: int, dest_path: str, attempts: int = 2,
+                    size: tuple[int, int] | None = None, should_cancel: Any = None) -> str:
         """Download a finished frame to ``dest_path`` atomically (temp file + rename).
 
         The file is checked to be a whole PNG before it takes the frame's name: a frame cut
         short in transit is fetched again, and one that stays broken raises EngineError
-        (``damaged_frame``), so a take never counts a frame it cannot open.
+        (``damaged_frame``), so a take never counts a frame it cannot open. With ``size`` (the
+        job's width, height) the frame must be exactly that, checked from its first bytes and
+        then whole (core/client/downloads.py) before Blender ever decodes it, and its download is
+        capped to what such a PNG can take. Every download is capped in total time, and
+        ``should_cancel()`` (Esc) ends it; neither is tried again.
         """
         folder = os.path.dirname(os.path.abspath(dest_path))
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".png")
         os.close(fd)
+        limit = frame_byte_limit(*size) if size else MAX_FRAME_BYTES
+        check_head = (lambda head: png_head_problem(head, size)) if size else None
+        deadline = time.monotonic() + max(ANSWER_DEADLINE_S, limit / (1 << 20))  # at least 1 MiB/s past 2 min
         try:
             problem: str | None = None
             for _ in range(max(1, attempts)):
-                response = self._request("GET", f"/jobs/{job_id}/frames/{frame}", stream=True)
+                response = self._request("GET", f"/jobs/{job_id}/frames/{frame}", stream=True,
+                                         timeout=(self.timeout, FRAME_READ_TIMEOUT_S))
                 try:
                     with open(tmp, "wb") as f:
-                        for chunk in response.iter_content(chunk_size=1 << 16):
-                            f.write(chunk)
+                        stream_to_file(response, f, limit=limit, deadline=deadline, should_cancel=should_cancel,
+                                       what=f"frame {frame}", check_head=check_head)
+                except DownloadRefused as exc:
+                    # Too large, of the wrong size, too slow or cancelled: fetching it again would not help.
+                    raise EngineError(f"Frame {frame} from the engine was refused: {exc}; it was not saved",
+                                      code="frame_refused" if exc.reason != "cancelled" else "cancelled") from None
                 except requests.RequestException as exc:
                     problem = f"the download broke off ({type(exc).__name__})"
                     continue
-                problem = png_problem(tmp)
+                finally:
+                    response.close()
+                problem = png_frame_problem(tmp, size) if size else png_problem(tmp)
                 if problem is None:
                     break
+                if size and ("pixels" in problem or "header" in problem):
+                    break  # a frame of the wrong size is not damaged in transit: not fetched again
                 logger.warning("Frame %d of job %s arrived damaged (%s); fetching it again", frame, job_id, problem)
             if problem is not None:
                 raise EngineError(f"Frame {frame} from the engine could not be opened ({problem}); it was not "

@@ -168,6 +168,9 @@ class GenerationRun:
         for message in self._worker.messages():
             if isinstance(message, MsgDone):
                 self.client = message.result
+                warning = getattr(self.client, "warning", None)
+                if warning:
+                    self._report("WARNING", warning)
             elif isinstance(message, MsgException) and not message.cancelled:
                 self._report("ERROR", str(message.error) or message.error.__class__.__name__)
                 self.failures = len(self.shots)

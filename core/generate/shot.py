@@ -125,6 +125,8 @@ class EngineShot:
         self._cancel_sent = False
         self._status: dict[str, Any] | None = None  # a status not yet acted on: offered, or with frames to fetch
         self.retry_at = 0.0  # monotonic time before which a submit refused for the quota is not tried again
+        self._asked = set(job.frames)
+        self._size = (int(job.request.width), int(job.request.height))  # every frame must come back so
 
     @property
     def submitted(self) -> bool:
@@ -245,14 +247,16 @@ class EngineShot:
         assert info is not None and take_dir is not None
         # The status offered by a batch poll, or the last one while it still has frames to
         # fetch (one a step): only a status that was fully acted on is asked for again.
-        status, self._status = self._status or client.status(self.job_id), None
+        status, self._status = checked_status(self._status or client.status(self.job_id), self.job_id), None
         if status.get("messages") and status["messages"] != info.notes:
             info.notes = list(status["messages"])
             takes_core.write_take(take_dir, info)
-        fresh = [f for f in status.get("frames", []) if f not in self._done]
+        # Only the frames this shot asked for: an engine listing others is not obeyed.
+        fresh = [f for f in status["frames"] if f not in self._done and f in self._asked]
         if fresh:
             frame = fresh[0]
-            client.fetch_frame(self.job_id, frame, take_dir / frame_name(frame))
+            client.fetch_frame(self.job_id, frame, take_dir / frame_name(frame), size=self._size,
+                               should_cancel=self.cancelled)
             log.info("shot '%s': frame %d fetched", job.shot, frame)
             self._done.add(frame)
             info.frames_done = sorted(self._done)
@@ -308,11 +312,50 @@ def run_shot(
     return shot.outcome
 
 
+STATES = ("queued", "running", "done", "cancelled", "failed")
+
+
+def checked_status(answer: Any, job_id: str) -> dict[str, Any]:
+    """A job status with every field the add-on reads of the type API.md gives it.
+
+    An engine's answer is input: a missing or unknown ``status`` ends the shot with a message
+    (it would otherwise be polled forever), and a field of the wrong type never reaches a
+    ``int()`` in the UI (a non-numeric ``eta_s`` is dropped, not raised out of ``modal()``).
+    """
+    def bad(what: str) -> GenerationError:
+        return GenerationError(f"the engine's status of job {job_id[:40]} is not what it should be ({what}); "
+                               "is the engine URL a Viewfinder engine of this version?")
+
+    if not isinstance(answer, dict):
+        raise bad("not a JSON object")
+    state = answer.get("status")
+    if state not in STATES:
+        raise bad(f"'status' is {str(state)[:40]!r}, not one of {', '.join(STATES)}")
+    frames = answer.get("frames", [])
+    if not isinstance(frames, list) or not all(isinstance(f, int) and not isinstance(f, bool) for f in frames):
+        raise bad("'frames' is not a list of frame numbers")
+
+    def number(key: str) -> float | None:
+        value = answer.get(key)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+        return float(value) if ok and abs(value) < 1e12 else None
+
+    messages = answer.get("messages")
+    error = answer.get("error")
+    detail = answer.get("detail")
+    return {**answer, "frames": frames, "eta_s": number("eta_s"), "step": int(number("step") or 0),
+            "steps": int(number("steps") or 0),
+            "messages": [str(m)[:500] for m in messages[:50]] if isinstance(messages, list) else [],
+            "error": error if isinstance(error, (dict, str)) or error is None else str(error)[:500],
+            "detail": detail if isinstance(detail, dict) else {}}
+
+
 def window_of(status: dict[str, Any]) -> tuple[int, int]:
     """(window, windows) while a VIDEO job runs its windows; (0, 0) otherwise."""
     detail = status.get("detail") or {}
-    if status.get("generator") == "VIDEO" and detail.get("window"):
-        return int(detail["window"]), int(detail.get("windows") or 0)
+    window, windows = detail.get("window"), detail.get("windows")
+    if status.get("generator") == "VIDEO" and isinstance(window, int) and window > 0:
+        return window, windows if isinstance(windows, int) else 0
     return 0, 0
 
 

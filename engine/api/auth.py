@@ -8,6 +8,7 @@ see, fetch from or cancel them. The file should be readable by the engine's user
 from __future__ import annotations
 
 import logging
+import os
 import re
 import secrets
 from pathlib import Path
@@ -34,6 +35,10 @@ class Tokens:
     def from_file(cls, path: str | Path) -> Tokens:
         """Parse a token file; ValueError names the line that is wrong."""
         tokens: dict[str, str] = {}
+        mode = Path(path).stat().st_mode
+        if os.name == "posix" and mode & 0o077:
+            raise ValueError(f"{path} can be read by other users of this machine (mode {mode & 0o777:o}); "
+                             f"it holds everyone's tokens: chmod 600 {path}")
         text = Path(path).read_text("utf-8")
         for number, raw in enumerate(text.splitlines(), 1):
             line = raw.strip()

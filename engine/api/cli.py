@@ -16,13 +16,24 @@ DEFAULT_CACHE_QUOTA = 20 * 1024**3  # engine/api/limits.py DEFAULT_CACHE_QUOTA_B
 
 class SafeFormatter(logging.Formatter):
     """Escapes line breaks and control characters in messages: a shot name with a newline
-    cannot forge a log line. Tracebacks (added after the message) keep their lines."""
+    cannot forge a log line. Tracebacks (added after the message) keep their lines. A record
+    is at most MAX_RECORD_CHARS: a client's 100 kB path cannot fill the disk through the log."""
+
+    MAX_MESSAGE_CHARS = 2000
+    MAX_RECORD_CHARS = 20_000
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
         message = record.message
+        if len(message) > self.MAX_MESSAGE_CHARS:
+            message = f"{message[:self.MAX_MESSAGE_CHARS]}… ({len(message)} characters)"
         if any(c < " " or c == "\x7f" for c in message):
-            record.message = message.encode("unicode_escape").decode("ascii")
+            message = message.encode("unicode_escape").decode("ascii")
+        record.message = message
         return super().formatMessage(record)
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if len(text) <= self.MAX_RECORD_CHARS else f"{text[:self.MAX_RECORD_CHARS]}… (cut)"
 
 
 def positive_int(text: str) -> int:
@@ -57,6 +68,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     if args.action == "verify":
         report = verify(storage)
     else:
+        # Blobs of jobs queued or running on an engine of this folder are kept (engine/storage.py).
         report = prune(storage, args.quota, keep_recent_s=0.0)
     print(f"{args.action} {storage.root}: {report.line()}")
     return 0
@@ -198,8 +210,13 @@ def add_serve(sub: Any) -> None:
     serve.add_argument("--job-quota", "--max-jobs-per-token", dest="job_quota", type=positive_int, default=16,
                        help="queued + running jobs per token (published on GET /limits; past it a submit is "
                        "answered 429 with Retry-After)")
-    serve.add_argument("--max-connections", type=int, default=256,
-                       help="open connections served at once; more are answered 503")
+    serve.add_argument("--max-connections", type=positive_int, default=256,
+                       help="open connections at once (one waiting for its request head makes room for a new one; "
+                       "past it with every connection busy, 503)")
+    serve.add_argument("--max-connections-per-client", type=positive_int, default=64,
+                       help="open connections of one client address at once (the same rule)")
+    serve.add_argument("--head-timeout", type=float, default=10.0,
+                       help="seconds a request head may take to arrive; a body must then keep coming at 4 KiB/s")
     serve.add_argument("--precision", default=None, choices=["auto", "fp16", "bf16", "fp32"],
                        help="model precision (default auto: fp16 on GPUs, fp32 on the CPU)")
     serve.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",

@@ -53,19 +53,29 @@ def fault_from_exception(exc: BaseException) -> EngineFault:
 
 
 def host_name(header: str) -> str:
-    """The host part of a Host header ('[::1]:8765' -> '::1', 'a.b:80' -> 'a.b')."""
+    """The host part of a Host header ('[::1]:8765' -> '::1', 'a.b:80' -> 'a.b'); anything after a
+    bracketed address but a port ('[::1]evil.example') keeps the whole header, which no allowed name is."""
     header = header.strip().lower()
     if header.startswith("["):
-        return header[1:header.find("]")] if "]" in header else header
-    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+        end = header.find("]")
+        rest = header[end + 1:] if end > 0 else "?"
+        if rest and not (rest.startswith(":") and rest[1:].isdigit() and rest[1:].isascii()):
+            return header
+        return header[1:end]
+    if header.count(":") == 1:
+        host, port = header.split(":")
+        return host if port.isdigit() and port.isascii() else header
+    return header
 
 
 class FrontDoor:
     """Host check, token check and body limits, before the app reads anything."""
 
     def __init__(self, app: ASGIApp, tokens: Tokens, *, json_limit: int, blob_limit: int,
-                 allowed_hosts: set[str] | None = None) -> None:
+                 allowed_hosts: set[str] | None = None, max_requests: int | None = None) -> None:
         self.app = app
+        self.max_requests = max_requests  # requests in progress at once; past it a JSON 503
+        self.in_progress = 0
         self.tokens = tokens
         self.json_limit = json_limit
         self.blob_limit = blob_limit
@@ -75,6 +85,17 @@ class FrontDoor:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self.max_requests is not None and self.in_progress >= self.max_requests:
+            await self._reply(send, 503, "engine_busy", f"the engine is serving {self.in_progress} requests, as "
+                              "many as it takes at once; try again in a moment")
+            return
+        self.in_progress += 1
+        try:
+            await self._serve(scope, receive, send)
+        finally:
+            self.in_progress -= 1
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers: dict[str, str] = {}
         for key, value in scope.get("headers", []):
             headers.setdefault(key.decode("latin-1").lower(), value.decode("latin-1"))
@@ -105,7 +126,13 @@ class FrontDoor:
                 await self._reply(send, 413, "body_too_large", f"the body is {int(declared)} bytes; this endpoint "
                                   f"takes at most {limit} bytes", "body")
                 return
-        if not is_blob and declared is None and "chunked" in headers.get("transfer-encoding", "").lower():
+        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        bodiless = scope.get("method") not in ("POST", "PUT") or path in OPEN_PATHS
+        if bodiless and (chunked or (declared or "0").strip() != "0"):
+            # GET, HEAD and /health (which needs no token) take no body: none is read or buffered.
+            await self._reply(send, 400, "bad_request", f"{scope.get('method')} {path} takes no body", "body")
+            return
+        if not is_blob and declared is None and chunked:
             # A streamed JSON body: read it here, bounded, and hand it on whole.
             body = bytearray()
             while True:

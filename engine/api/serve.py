@@ -27,6 +27,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Imports here so `make-tiny-models` and `--help` do not need the web stack.
     import uvicorn
 
+    from . import guard
     from .server import create_app
 
     try:
@@ -37,7 +38,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # 3. State on disk (temp files of a crash removed), the job manager and the app.
         storage = open_storage(args.data_dir)
         manager = job_manager(args, storage)
-        app = create_app(manager, tokens, loopback_only=loopback, max_jobs_per_token=args.job_quota)
+        app = create_app(manager, tokens, loopback_only=loopback, max_jobs_per_token=args.job_quota,
+                         max_requests=args.max_connections, cache_quota=args.cache_quota)
         if args.parent_pid:
             watch_parent(args.parent_pid)
         # 4. Bind first, then report the port: no other process can take it in between.
@@ -52,9 +54,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     scheme = "https" if args.tls_cert else "http"
     logger.info("Viewfinder engine on %s://%s:%d, device %s, data %s, %d token(s), cache quota %.1f GiB", scheme,
                 args.host, port, manager.default_device, storage.root, len(tokens), args.cache_quota / 1024**3)
+    # Connections are bounded by the guard (engine/api/guard.py: head and body deadlines, a cap per
+    # client and in all, idle ones making room), not by uvicorn's limit_concurrency, which counted
+    # idle sockets and then answered every request 503; requests in progress by the front door.
+    protocol, _guard = guard.protocol_class(guard.GuardLimits(
+        head_timeout_s=args.head_timeout, body_grace_s=args.head_timeout, per_client=args.max_connections_per_client,
+        total=args.max_connections))
     config = uvicorn.Config(app, log_level=args.log_level.lower(), access_log=False, ssl_certfile=args.tls_cert,
                             ssl_keyfile=args.tls_key, timeout_keep_alive=5, h11_max_incomplete_event_size=16384,
-                            limit_concurrency=args.max_connections)
+                            http=protocol, limit_concurrency=None)
     uvicorn.Server(config).run(sockets=[sock])
     return 0
 

@@ -3,7 +3,9 @@ touch the job table and the disk; the model runs on the JobManager's worker thre
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,12 +13,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
+from .. import __version__, images
+from ..cache_budget import CacheBudget
 from ..contract.errors import BadRequest, EngineFault, NotFound, QuotaFull
 from ..contract.schema import SHA256_RE, JobRequest, field_path
 from ..jobs.job import Job
@@ -28,6 +31,7 @@ from .front_door import LOOPBACK_HOSTS, FrontDoor, fault_from_exception
 logger = logging.getLogger(__name__)
 
 MAX_BLOB_BYTES = limits.blob_limit()
+FIELD_PREFIX = re.compile(r"^([a-z_]+(?:\[\d+\])?(?:\.[a-z_]+(?:\[\d+\])?)*)(:? )")
 
 
 def _error(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
@@ -40,14 +44,18 @@ def _invalid(errors: list[dict[str, Any]]) -> EngineFault:
     loc = tuple(first.get("loc", ()))
     if first.get("type") == "json_invalid":
         return BadRequest(f"the body is not valid JSON: {first.get('msg')}", field="body", code="invalid_json")
-    # A model-level check (check_inputs) has no field in loc; its message names it.
+    # A model-level check (check_inputs) has no field in loc; its message starts with the field.
     name = field_path(loc)
     message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    named = FIELD_PREFIX.match(message)
+    if name == "body" and named and (named.group(2) == ": " or "[" in named.group(1) or "." in named.group(1)):
+        return EngineFault(message, code="invalid_field", status=422, field=named.group(1))
     return EngineFault(f"{name}: {message}", code="invalid_field", status=422, field=name)
 
 
 def create_app(manager: JobManager, token: str | None | Tokens, *, loopback_only: bool = False,
-               max_jobs_per_token: int = limits.MAX_ACTIVE_JOBS_PER_TOKEN) -> Any:
+               max_jobs_per_token: int = limits.MAX_ACTIVE_JOBS_PER_TOKEN, max_requests: int | None = None,
+               cache_quota: int | None = None) -> Any:
     """Build the app around a JobManager; starts its worker with the app, stops it after.
 
     ``token`` is one token or a ``Tokens`` table (a token per person, who then owns their
@@ -55,6 +63,9 @@ def create_app(manager: JobManager, token: str | None | Tokens, *, loopback_only
     ``loopback_only`` turns on the Host-header check of a loopback engine.
     """
     tokens = token if isinstance(token, Tokens) else Tokens.single(token)
+    # The cache quota while writing (engine/cache_budget.py); with several tokens, each a half share.
+    budget = CacheBudget(manager.storage, cache_quota, manager.blobs_in_use,
+                         token_share=0.5 if len(tokens) > 1 else None) if cache_quota is not None else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -71,12 +82,12 @@ def create_app(manager: JobManager, token: str | None | Tokens, *, loopback_only
     # 3. Routes: health, blobs, jobs (each job visible to the token that submitted it only).
     jobs = OwnedJobs(manager, max_jobs_per_token)
     add_health_routes(app, manager, tokens, jobs)
-    add_blob_routes(app, manager)
+    add_blob_routes(app, manager, budget)
     add_job_routes(app, manager, jobs)
     # 4. The front door: auth, size limits and the Host check before FastAPI sees a request.
     allowed: set[str] | None = set(LOOPBACK_HOSTS) if loopback_only else None
     return FrontDoor(app, tokens, json_limit=limits.MAX_JSON_BYTES, blob_limit=MAX_BLOB_BYTES,
-                     allowed_hosts=allowed)
+                     allowed_hosts=allowed, max_requests=max_requests)
 
 
 def add_error_handlers(app: FastAPI) -> None:
@@ -126,20 +137,45 @@ class OwnedJobs:
         return job
 
     def check_maps(self, job: JobRequest) -> None:
-        """Each uploaded map's pixel size against the job's, from its header only."""
+        """Every image the job names, before anything decodes it (engine/images.py): maps of
+        exactly the job's size, Finalize sources within its pixels, video references within the
+        reference limit, each whole; flow maps from their .npy header."""
+        from ..characters.inputs import MAX_REFERENCE_PIXELS
+
         storage = self.manager.storage
-        for i, frame in enumerate(job.frames):
-            for kind in job.map_kinds():
-                sha = getattr(frame, kind)
-                if sha is None or (sha, kind, job.width, job.height) in self.checked_maps:
-                    continue
-                if not storage.has_blob(sha):
-                    continue  # JobManager.submit names the missing blob
-                head = storage.read_blob_head(sha, limits.HEADER_BYTES)
-                limits.check_map(head, kind, job.width, job.height, f"frames[{i}].{kind}")
-                if len(self.checked_maps) > 200_000:
-                    self.checked_maps.clear()
-                self.checked_maps.add((sha, kind, job.width, job.height))
+        pixels = job.width * job.height
+        kinds = job.map_kinds()
+        if job.finalize is not None:
+            kinds = (*kinds, "source")
+        wanted = [(getattr(frame, kind), kind, f"frames[{i}].{kind}") for i, frame in enumerate(job.frames)
+                  for kind in kinds]
+        if job.generator == "VIDEO":
+            wanted += [(sha, "reference", f"video.references[{i}]") for i, sha in enumerate(job.video.references)]
+        for sha, kind, field in wanted:
+            if sha is None or (sha, kind, job.width, job.height) in self.checked_maps:
+                continue
+            if not storage.has_blob(sha):
+                continue  # JobManager.submit names the missing blob
+            path = storage.blob_path(sha)
+            try:
+                if kind == "flow":
+                    limits.check_map(storage.read_blob_head(sha, limits.HEADER_BYTES), kind, job.width,
+                                     job.height, field)
+                elif kind in ("depth", "pose"):
+                    images.check(path, size=(job.width, job.height), max_pixels=pixels, field=field,
+                                 what=f"{kind} map")
+                elif kind == "source":
+                    images.check(path, max_pixels=pixels, field=field, what="finalize source")
+                else:
+                    images.check(path, max_pixels=MAX_REFERENCE_PIXELS, formats=images.PICTURES, field=field,
+                                 what="reference image")
+            except BadRequest as exc:
+                if exc.code == "bad_map" and hashlib.sha256(path.read_bytes()).hexdigest() != sha:
+                    continue  # damaged on the engine's disk, not sent so: the job reports damaged_blob
+                raise
+            if len(self.checked_maps) > 200_000:
+                self.checked_maps.clear()
+            self.checked_maps.add((sha, kind, job.width, job.height))
 
     def active_jobs(self, owner: str) -> int:
         """The token's jobs queued or running: what its quota counts. Reads a snapshot, so the
@@ -158,6 +194,7 @@ class OwnedJobs:
 
     def submit_body(self, body: bytes, owner: str) -> dict[str, Any]:
         """Threadpool: parse, check limits and maps, then queue; never on the event loop."""
+        limits.check_key_count(body)  # unknown keys by the hundred thousand: refused before parsing
         try:
             job_request = JobRequest.model_validate_json(body)
         except ValidationError as exc:
@@ -169,7 +206,7 @@ class OwnedJobs:
             for gone in [j for j in self.owners if j not in manager.jobs]:
                 del self.owners[gone]
             self.check_quota(owner)
-            job = manager.submit(job_request)
+            job = manager.submit(job_request, owner)
             self.owners[job.id] = owner
         return {"id": job.id, "status": job.status, "cached_frames": sorted(job.cached),
                 "frames_total": len(job.frame_keys)}
@@ -179,9 +216,15 @@ def add_health_routes(app: FastAPI, manager: JobManager, tokens: Tokens, jobs: O
     # An async handler runs on the event loop, so /health answers even when every
     # worker thread is busy with uploads or submits.
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "version": __version__, "device": manager.default_device,
-                "queue": manager.queue_length(), "auth": bool(tokens)}
+    async def health() -> JSONResponse:
+        """ok, or 503 ``unhealthy`` when the data folder cannot be written (and recreated)."""
+        writable = manager.storage.writable()
+        body = {"status": "ok" if writable else "unhealthy", "version": __version__,
+                "device": manager.default_device, "queue": manager.queue_length(), "auth": bool(tokens)}
+        if not writable:
+            body["error"] = {"code": "storage_error", "field": None,
+                             "message": "the engine cannot write its data folder; check its disk and permissions"}
+        return JSONResponse(body, status_code=200 if writable else 503)
 
     @app.get("/limits")
     async def published_limits(request: Request) -> dict[str, Any]:
@@ -195,7 +238,7 @@ def add_health_routes(app: FastAPI, manager: JobManager, tokens: Tokens, jobs: O
         return {"owner": owner_of(request), "version": __version__}
 
 
-def add_blob_routes(app: FastAPI, manager: JobManager) -> None:
+def add_blob_routes(app: FastAPI, manager: JobManager, budget: CacheBudget | None) -> None:
     @app.head("/blobs/{sha}")
     def head_blob(sha: str) -> Response:
         if not SHA256_RE.match(sha):
@@ -206,6 +249,10 @@ def add_blob_routes(app: FastAPI, manager: JobManager) -> None:
     async def put_blob(sha: str, request: Request) -> dict[str, Any]:
         if not SHA256_RE.match(sha):
             raise BadRequest("the blob id in the URL must be a lowercase hex sha256", field="sha256")
+        if budget is not None:
+            declared = request.headers.get("content-length", "0")
+            size = int(declared) if declared.isdigit() else 0
+            await run_in_threadpool(budget.admit, owner_of(request), size)
         # Streamed to a temp file, counted and hashed as it arrives: memory stays flat.
         with manager.storage.blob_writer(sha, MAX_BLOB_BYTES) as writer:
             async for chunk in request.stream():
@@ -253,12 +300,13 @@ def add_job_routes(app: FastAPI, manager: JobManager, jobs: OwnedJobs) -> None:
         return manager.cancel(job_id).to_json()
 
     @app.get("/jobs/{job_id}/frames/{frame}")
-    def frame(job_id: str, frame: int, request: Request) -> FileResponse:
+    def frame(job_id: str, frame: int, request: Request) -> Response:
         job = jobs.own_job(request, job_id)
         path = manager.frame_path(job_id, frame)
         # A frame damaged on disk is never served: it is dropped, and generated again on resubmit.
-        if not manager.storage.has_frame(path.stem):
+        data = manager.storage.read_frame(path.stem)
+        if data is None:
             job.done.pop(frame, None)
             raise EngineFault(f"frame {frame} was damaged on the engine's disk and has been deleted; generate "
                               "again and the engine makes it again", code="frame_damaged", status=409)
-        return FileResponse(path, media_type="image/png")
+        return Response(data, media_type="image/png")

@@ -9,7 +9,6 @@ JSON path and whose message names the character and the fix. See engine/IDENTITY
 
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -99,23 +98,21 @@ def check_characters(request: JobRequest, storage: Storage) -> dict[str, ModelRe
 
 
 def check_mask_header(storage: Storage, sha: str, width: int, height: int, field: str) -> None:
-    """A mask blob exists, is a PNG of the job's size in a grey mode; only the header is read."""
-    from PIL import Image, UnidentifiedImageError
+    """A mask blob exists, is a whole PNG of the job's size in a grey mode; no pixel is decoded
+    (engine/images.py: the size the decoder parsed, every header read)."""
+    from .. import images
 
     if not storage.has_blob(sha):
         raise BadRequest(f"{field}: blob {sha} is not on the engine; upload it first with PUT /blobs/{sha}",
                          field=field, code="missing_blob")
     try:
-        with Image.open(storage.blob_path(sha)) as img:
-            size, mode, fmt = img.size, img.mode, img.format
-    except (UnidentifiedImageError, OSError) as exc:
-        raise BadRequest(f"{field}: the mask is not a readable PNG ({exc}); re-render the shot's masks",
-                         field=field) from exc
-    if size != (width, height):
-        raise BadRequest(
-            f"{field}: the mask is {size[0]}x{size[1]} but the job is {width}x{height}; masks must be rendered "
-            "at the frame size (re-render the shot's conditioning)", field=field, code="mask_size_mismatch",
-        )
+        fmt, mode = images.check(storage.blob_path(sha), size=(width, height), max_pixels=width * height,
+                                 field=field, what="mask")
+    except BadRequest as exc:
+        if exc.code == "map_size_mismatch":
+            raise BadRequest(f"{exc.message}; masks must be rendered at the frame size (re-render the shot's "
+                             "conditioning)", field=field, code="mask_size_mismatch") from None
+        raise
     if fmt != "PNG" or mode not in MASK_MODES:
         raise BadRequest(f"{field}: the mask must be a 16-bit (or 8-bit) grey id PNG, got {fmt} {mode}",
                          field=field)
@@ -123,48 +120,40 @@ def check_mask_header(storage: Storage, sha: str, width: int, height: int, field
 
 def check_image_blob(storage: Storage, sha: str, field: str, what: str) -> None:
     """A reference image exists, is at most MAX_REFERENCE_PIXELS (checked before decoding) and decodes."""
-    from PIL import Image, UnidentifiedImageError
+    from .. import images
 
     if not storage.has_blob(sha):
         raise BadRequest(f"{field}: {what} ({sha[:12]}) is not on the engine; upload it with PUT /blobs/{sha} "
                          "(the image file may be missing on the artist's machine)", field=field,
                          code="missing_blob")
     try:
-        with Image.open(storage.blob_path(sha)) as img:
-            width, height = img.size
-            if width * height > MAX_REFERENCE_PIXELS:
-                raise BadRequest(
-                    f"{field}: {what} is {width}x{height} ({width * height / 1e6:.1f} MP), above the engine's "
-                    f"limit of {MAX_REFERENCE_PIXELS / 1e6:.1f} MP; scale it down (the encoder sees 224x224)",
-                    field=field, code="reference_too_large",
-                )
-            img.load()
-    except BadRequest:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise BadRequest(f"{field}: {what} cannot be read as an image ({exc}); use a PNG or JPEG file",
-                         field=field, code="unreadable_reference") from exc
+        images.decode(storage.blob_path(sha), max_pixels=MAX_REFERENCE_PIXELS, formats=images.PICTURES,
+                      field=field, what=what).close()
+    except BadRequest as exc:
+        if exc.code == "image_too_large":
+            raise BadRequest(f"{exc.message} (limit {MAX_REFERENCE_PIXELS / 1e6:.1f} MP; the encoder sees 224x224)",
+                             field=field, code="reference_too_large") from None
+        raise BadRequest(f"{field}: {what} cannot be read as an image ({exc.message.removeprefix(field + ': ')}); "
+                         "use a PNG or JPEG file", field=field, code="unreadable_reference") from None
 
 
 # Worker side ------------------------------------------------------------------------
 
 
 def read_image(storage: Storage, sha: str) -> Any:
-    """A reference blob as an RGB PIL image (checked at submit)."""
-    from PIL import Image
+    """A reference blob as an RGB PIL image (checked at submit; decoded within the same bound)."""
+    from .. import images
 
-    with Image.open(io.BytesIO(storage.read_blob(sha))) as img:
+    with images.decode(storage.read_blob(sha), max_pixels=MAX_REFERENCE_PIXELS, formats=images.PICTURES,
+                       field="references", what="reference image") as img:
         return img.convert("RGB")
 
 
 def decode_mask(data: bytes, width: int, height: int) -> np.ndarray:
-    """The uint16 id mask of a frame; the size is checked against the job before decoding."""
-    from PIL import Image
+    """The uint16 id mask of a frame; the decoder holds it to the job's size (engine/images.py)."""
+    from .. import images
 
-    with Image.open(io.BytesIO(data)) as img:
-        if img.size != (width, height):
-            raise BadRequest(f"mask is {img.size[0]}x{img.size[1]}, the job is {width}x{height}",
-                             code="mask_size_mismatch")
+    with images.decode(data, size=(width, height), max_pixels=width * height, field="frames", what="mask") as img:
         array = np.asarray(img)
     return array.astype(np.uint16) if array.dtype != np.uint16 else array
 

@@ -42,6 +42,11 @@ def _hub_split(value: str) -> tuple[str, str, str]:
 
 def resolve_ip_adapter(value: str, encoder: str | None) -> IpAdapterRef:
     """Classify the IP-Adapter and encoder references; 400 naming ``models.ip_adapter``/``models.image_encoder``."""
+    from ..models.refs import check_allowed, not_usable
+
+    check_allowed(value, "models.ip_adapter")
+    if encoder and encoder.strip():
+        check_allowed(encoder, "models.image_encoder")
     text = value.strip()
     path = Path(os.path.expanduser(text))
     if path.suffix.lower() in PICKLE_SUFFIXES:
@@ -57,9 +62,7 @@ def resolve_ip_adapter(value: str, encoder: str | None) -> IpAdapterRef:
         weights = ModelRef("file", str(path.resolve()), "models.ip_adapter", fingerprint(path))
         default_encoder = next((str(path.parent / n) for n in ENCODER_FOLDERS if (path.parent / n).is_dir()), None)
     elif path.is_absolute() or text.startswith((".", "~")) or text.count("/") < 2:
-        raise BadRequest(f"models.ip_adapter: '{value}' does not exist on the engine machine; give a local "
-                         ".safetensors file or '<owner>/<repo>/<path>.safetensors' on the Hub",
-                         field="models.ip_adapter", code="model_unavailable")
+        raise not_usable(value, "models.ip_adapter")  # the same words whatever is on the disk
     else:
         weights = ModelRef("hub", text, "models.ip_adapter")
         repo, sub, _ = _hub_split(text)
@@ -69,14 +72,10 @@ def resolve_ip_adapter(value: str, encoder: str | None) -> IpAdapterRef:
         raise BadRequest("models.image_encoder: no image encoder given and none next to the IP-Adapter; give the "
                          "CLIP vision encoder folder the IP-Adapter was trained with", field="models.image_encoder")
     enc_path = Path(os.path.expanduser(chosen))
-    if enc_path.is_dir():
-        if not (enc_path / "config.json").is_file():
-            raise BadRequest(f"models.image_encoder: folder '{chosen}' has no config.json (not a CLIP vision model)",
-                             field="models.image_encoder")
+    if enc_path.is_dir() and (enc_path / "config.json").is_file():
         enc = ModelRef("folder", str(enc_path.resolve()), "models.image_encoder", fingerprint(enc_path))
-    elif enc_path.is_absolute() or chosen.startswith((".", "~")) or chosen.count("/") < 1:
-        raise BadRequest(f"models.image_encoder: '{chosen}' does not exist on the engine machine",
-                         field="models.image_encoder", code="model_unavailable")
+    elif enc_path.exists() or enc_path.is_absolute() or chosen.startswith((".", "~")) or chosen.count("/") < 1:
+        raise not_usable(chosen, "models.image_encoder")  # the same words whatever is on the disk
     else:
         enc = ModelRef("hub", chosen, "models.image_encoder")
     return IpAdapterRef(weights, enc)

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 logger = logging.getLogger(__name__)
+
+
+_PATH = re.compile(r"""(?:[A-Za-z]:)?(?:[\\/][^\s'"\\/:]+){2,}[\\/]?""")
+
+
+def without_paths(text: str) -> str:
+    """An exception's text as a client may read it: file paths of the engine machine left out
+    (they tell a stranger where things are); the log keeps the whole text."""
+    return _PATH.sub("<path on the engine>", text)
 
 
 class EngineFault(Exception):

@@ -253,12 +253,13 @@ class JobRequest(_Strict):
     def check_inputs(self) -> JobRequest:
         if self.control_start >= self.control_end:
             raise ValueError(
-                f"control_start ({self.control_start}) must be smaller than control_end ({self.control_end})"
+                f"control_start: {self.control_start} must be smaller than control_end ({self.control_end})"
             )
         seen: set[int] = set()
-        for frame in self.frames:
+        for i, frame in enumerate(self.frames):
             if frame.frame in seen:
-                raise ValueError(f"frame {frame.frame} appears twice in frames; send each frame once")
+                raise ValueError(f"frames[{i}].frame: frame {frame.frame} appears twice in frames; send each "
+                                 "frame once")
             seen.add(frame.frame)
         check_frame_values(self)  # per-frame values (resolved in engine/contract/schedule.py)
         return self

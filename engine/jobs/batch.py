@@ -45,7 +45,7 @@ def run_batched(context: RunContext, shot: Shot) -> None:
             continue
         # 3. Inputs: control maps, seeds, prompts, identity conditioning.
         nets = shot.nets(batch[0])
-        maps = {name: [context.decode(name, getattr(f, name)) for f in batch] for name in nets}
+        maps = {name: [context.decode(name, getattr(f, name), request) for f in batch] for name in nets}
         context.before_denoise(job, batch)
         settings = shot.settings(batch)
         extra, processors = identity_batch(context, job, shot.models, plan, batch, settings)

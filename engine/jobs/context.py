@@ -20,7 +20,7 @@ from ..models.codecs import decode_depth, decode_rgb
 
 if TYPE_CHECKING:
     from ..coherence.strategies import Carried, FlowCoherence
-    from ..contract.schema import FrameSpec
+    from ..contract.schema import FrameSpec, JobRequest
     from ..models.pipelines import PipelineCache
     from ..storage import Storage
     from .job import Job
@@ -61,10 +61,11 @@ class RunContext:
             return True
         return False
 
-    def decode(self, name: str, sha: str) -> Any:
-        """A control map blob as the pipeline takes it: depth from 16 bits, the others as RGB."""
-        data = self.storage.read_blob(sha)
-        return decode_depth(data) if name == "depth" else decode_rgb(data)
+    def decode(self, name: str, sha: str, request: JobRequest) -> Any:
+        """A control map blob as the pipeline takes it (depth from 16 bits, the others as RGB), decoded
+        within the job's size (engine/images.py)."""
+        data, size = self.storage.read_blob(sha), (request.width, request.height)
+        return decode_depth(data, size) if name == "depth" else decode_rgb(data, size)
 
     def read_frame(self, job: Job, frame: FrameSpec) -> np.ndarray:
         """A finished frame of ``job``: from the writer while it is on its way to disk, else from the cache."""
@@ -81,11 +82,13 @@ class RunContext:
         with Image.open(self.storage.frame_path(job.frame_keys[frame.frame])) as img:
             return np.asarray(img.convert("RGB"))
 
-    def read_depth(self, sha: str) -> np.ndarray:
-        """The depth map as stored (uint16), for the occlusion check (not the 0..1 tensor)."""
-        from PIL import Image
+    def read_depth(self, sha: str, size: tuple[int, int]) -> np.ndarray:
+        """The depth map as stored (uint16), for the occlusion check (not the 0..1 tensor);
+        decoded within the job's (width, height) (engine/images.py)."""
+        from .. import images
 
-        with Image.open(io.BytesIO(self.storage.read_blob(sha))) as img:
+        with images.decode(self.storage.read_blob(sha), size=size, max_pixels=size[0] * size[1],
+                           field="frames", what="depth map") as img:
             array = np.asarray(img)
         return array if array.dtype == np.uint16 else array.astype(np.uint16)
 
@@ -116,8 +119,9 @@ class RunContext:
         flow = self.read_flow(frame.flow)
         if flow is None:
             return None, "unreadable flow map"
-        carried = strategy.carry(self.read_frame(job, previous), flow, self.read_depth(previous.depth),
-                                 self.read_depth(frame.depth))
+        size = (job.request.width, job.request.height)
+        carried = strategy.carry(self.read_frame(job, previous), flow, self.read_depth(previous.depth, size),
+                                 self.read_depth(frame.depth, size))
         if strategy.is_cut(carried):
             return None, f"cut ({carried.masks.carried_fraction():.0%} of pixels carried)"
         return carried, None

@@ -127,7 +127,7 @@ def run_finalize(context: RunContext, job: Job, models: LoadedModels, settings: 
         detailed = big
         if spec.detail_strength > 0.0:
             nets = active_nets(frame)
-            maps = {name: context.decode(name, getattr(frame, name)) for name in nets}
+            maps = {name: context.decode(name, getattr(frame, name), request) for name in nets}
             context.before_denoise(job, [frame])
             job.step = 0
             image, model_s = run_img2img(models, nets, maps, Image.fromarray(big), spec.detail_strength,
@@ -150,7 +150,9 @@ def enlarged_source(context: RunContext, job: Job, frame: FrameSpec, upscaler: A
     request = job.request
     started = time.perf_counter()
     assert frame.source is not None
-    source = read_rgb(context.storage.read_blob(frame.source))
+    # An approved take's frame, decoded within the new size's pixels (engine/images.py).
+    source = read_rgb(context.storage.read_blob(frame.source), max_pixels=request.width * request.height,
+                      what="finalize source")
     big = enlarge(source, request.width, request.height, upscaler)
     radius = max(1, round(request.width / source.shape[1]))
     job.timings["upscale_s"] = job.timings.get("upscale_s", 0.0) + time.perf_counter() - started

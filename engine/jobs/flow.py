@@ -182,7 +182,8 @@ def denoise_flow(context: RunContext, batch: list[FlowStep], models: LoadedModel
     jobs = [step.shot.job for step in batch]
     frames = [step.frame for step in batch]
     nets = first.shot.nets(first.frame)
-    maps = {name: [context.decode(name, getattr(f, name)) for f in frames] for name in nets}
+    maps = {name: [context.decode(name, getattr(f, name), first.shot.job.request) for f in frames]
+            for name in nets}
     for step in batch:
         context.before_denoise(step.shot.job, [step.frame])
     settings = first.shot.settings([first.frame])

@@ -55,6 +55,7 @@ class Job:
     ip_ref: IpAdapterRef | None = None
     identity: dict[str, Any] | None = None
     step_s: float | None = None  # seconds the last denoising step took
+    owner: str = "default"  # the token's name: the fair queue's round robin, the job table's eviction
     _step_at: float = 0.0
 
     def on_step(self, step: int) -> bool:

@@ -8,24 +8,35 @@ with shot length and a cancelled or failed job keeps every frame it finished.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from ..contract.errors import EngineFault, NotFound, OutOfMemory, is_out_of_memory
+from ..contract.errors import EngineFault, NotFound, OutOfMemory, is_out_of_memory, without_paths
 from ..contract.schema import FrameSpec, JobRequest
 from ..models.pipelines import PipelineCache, SpeedOptions, resolve_device
-from ..storage import Storage
+from ..storage import Storage, pin
 from .context import RunContext
+from .fair_queue import FairQueue
 from .flow import interleavable
 from .job import Job
 from .runners import runner_for, submit_job
 from .writer import FrameWriter
 
 logger = logging.getLogger(__name__)
+
+def request_blobs(request: JobRequest) -> set[str]:
+    """The blob ids a request names: its frames' maps and sources, and every reference image."""
+    shas = {sha for frame in request.frames
+            for sha in (frame.depth, frame.pose, frame.flow, frame.mask, frame.source) if sha}
+    shas.update(sha for character in request.characters for sha in character.references)
+    shas.update(sha for sha in (request.style_reference, request.palette_reference) if sha)
+    shas.update(request.video.references)
+    return shas
+
 
 class Executor(Protocol):
     """Where and how the groups the worker takes off the queue run: on the worker thread here
@@ -83,7 +94,8 @@ class JobManager:
         self.pipelines = PipelineCache(max_pipelines)
         self.max_jobs_kept = max_jobs_kept
         self.jobs: dict[str, Job] = {}
-        self._queue: queue.Queue[str | None] = queue.Queue()
+        # Round robin across tokens with work waiting (engine/jobs/fair_queue.py), FIFO within one.
+        self._queue = FairQueue()
         self._lock = threading.Lock()
         self._worker = threading.Thread(target=self._run_worker, name="vf-engine-worker", daemon=True)
         self.writer = FrameWriter(storage)
@@ -108,24 +120,27 @@ class JobManager:
 
     # Submit (HTTP thread) -----------------------------------------------------
 
-    def submit(self, request: JobRequest) -> Job:
-        """Check the request against the engine's state, compute cache keys, queue it."""
-        return self._register(submit_job(request, self.storage, self.resolve_job_device, self.speed, self.job_class))
+    def submit(self, request: JobRequest, owner: str = "default") -> Job:
+        """Check the request against the engine's state, compute cache keys, queue it for ``owner``."""
+        job = submit_job(request, self.storage, self.resolve_job_device, self.speed, self.job_class)
+        return self._register(job, owner)
 
-    def _register(self, job: Job) -> Job:
+    def _register(self, job: Job, owner: str = "default") -> Job:
         """Mark cached frames done, add the job to the table and queue it unless all is cached."""
+        job.owner = owner
         for number, fkey in job.frame_keys.items():
             if self.storage.has_frame(fkey):
                 job.done[number] = fkey
                 job.cached.append(number)
         with self._lock:
-            self._forget_old_jobs()
+            self._forget_old_jobs(owner)
             self.jobs[job.id] = job
         if len(job.done) == len(job.frame_keys):
             job.status = job.phase = "done"
             job.finished = time.time()
         else:
-            self._queue.put(job.id)
+            self.pin_blobs()
+            self._queue.put(job.id, owner)
         logger.info("Job %s (%s, %s): %d frames, %d from cache", job.id, job.request.shot, job.request.generator,
                     len(job.frame_keys), len(job.cached))
         return job
@@ -158,15 +173,46 @@ class JobManager:
                            code="frame_not_ready")
         return self.storage.frame_path(job.done[frame])
 
-    def _forget_old_jobs(self) -> None:
+    def _forget_old_jobs(self, owner: str = "default") -> None:
+        """Make room for ``owner``'s new job in the table (under ``_lock``).
+
+        Finished jobs are kept small (their request without its frames: a few hundred bytes, not
+        the megabytes an 8 MiB body parses to). Past ``max_jobs_kept`` the submitter's own
+        oldest finished jobs go first, then those of the token holding the most: cheap cached
+        submits of one token never push another's finished, unfetched job out.
+        """
         finished = [j for j in self.jobs.values() if j.status in ("done", "cancelled", "failed")]
-        for job in sorted(finished, key=lambda j: j.created)[: max(0, len(self.jobs) - self.max_jobs_kept + 1)]:
+        for job in finished:
+            if job.request.frames:
+                job.request = job.request.model_copy(update={"frames": [], "prompt_keys": [], "characters": []})
+        excess = len(self.jobs) - self.max_jobs_kept + 1
+        if excess <= 0:
+            return
+        held = Counter(j.owner for j in self.jobs.values())
+        finished.sort(key=lambda j: (j.owner != owner, -held[j.owner], j.created))
+        for job in finished[:excess]:
             del self.jobs[job.id]
 
     def _finish(self, job: Job, status: str, error: EngineFault | None = None) -> None:
         job.finish(status, error)
+        self.pin_blobs()
         for listener in self.on_end:
             listener(job)
+
+    def blobs_in_use(self) -> set[str]:
+        """Every blob a queued or running job still has to read: never evicted (engine/storage.py)."""
+        shas: set[str] = set()
+        for job in list(self.jobs.values()):
+            if job.status in ("queued", "running"):
+                shas |= request_blobs(job.request)
+        return shas
+
+    def pin_blobs(self) -> None:
+        """Record ``blobs_in_use`` for `cache prune` in any process (after each job added or ended)."""
+        try:
+            pin(self.storage, self.blobs_in_use())
+        except OSError as exc:
+            logger.warning("Could not record the blobs in use: %s", exc)
 
     # Worker thread ------------------------------------------------------------
 
@@ -217,7 +263,8 @@ class JobManager:
                 "on attention slicing / CPU offload; finished frames are kept."
             )
         logger.exception("Job %s crashed", job.id, exc_info=exc)
-        return EngineFault(f"The engine failed on this job: {type(exc).__name__}: {exc}", code="engine_error")
+        return EngineFault(f"The engine failed on this job: {type(exc).__name__}: {without_paths(str(exc))[:500]}",
+                           code="engine_error")
 
     def before_denoise(self, job: Job, frames: list[FrameSpec]) -> None:
         """Called with every job's frames just before their pipeline call; does nothing here.

@@ -14,7 +14,6 @@ weights falling from ``B/(B+1)`` to ``1/(B+1)``: the seam eases into the new win
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 import uuid
@@ -289,7 +288,8 @@ def seam_blend(context: RunContext, request: JobRequest, previous_frame: Any, fr
     if flow is None:
         return generated
     near, far = request.coherence.depth_range or (None, None)
-    masks = flow_masks(context.read_depth(previous_frame.depth), context.read_depth(frame.depth), flow,
+    size = (request.width, request.height)
+    masks = flow_masks(context.read_depth(previous_frame.depth, size), context.read_depth(frame.depth, size), flow,
                        offset=depth_offset(near, far))
     warped, _ = warp(previous_image.astype(np.float32), flow)
     w = weight * masks.valid[..., None].astype(np.float32)
@@ -307,13 +307,14 @@ def _resized(array: np.ndarray, request: JobRequest) -> np.ndarray:
 
 def _read_depth01(context: RunContext, sha: str, request: JobRequest) -> np.ndarray:
     """A depth map as 0..1 float (near bright), from 16 bits: no banding in the control video."""
-    raw = context.read_depth(sha).astype(np.float32)
+    raw = context.read_depth(sha, (request.width, request.height)).astype(np.float32)
     scale = 65535.0 if raw.max(initial=0) > 255 else 255.0
     return _resized(np.clip(raw / scale, 0.0, 1.0).astype(np.float32), request)
 
 
 def _read_rgb(context: RunContext, sha: str, request: JobRequest) -> np.ndarray:
-    return _resized(read_rgb(context.storage.read_blob(sha)), request)
+    return _resized(read_rgb(context.storage.read_blob(sha), size=(request.width, request.height),
+                             max_pixels=request.width * request.height, what="pose map"), request)
 
 
 def _read_frame(context: RunContext, job: Job, frame: Any) -> np.ndarray:
@@ -323,11 +324,9 @@ def _read_frame(context: RunContext, job: Job, frame: Any) -> np.ndarray:
 
 def _read_image(context: RunContext, sha: str, size: SizePlan) -> Any:
     """A reference image blob as a PIL image (the pipeline fits it into the frame)."""
-    from PIL import Image, UnidentifiedImageError
+    from .. import images
+    from ..characters.inputs import MAX_REFERENCE_PIXELS
 
-    try:
-        with Image.open(io.BytesIO(context.storage.read_blob(sha))) as img:
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise BadRequest(f"video.references: blob {sha[:12]} is not an image ({exc}); upload a PNG or JPEG",
-                         field="video.references") from exc
+    with images.decode(context.storage.read_blob(sha), max_pixels=MAX_REFERENCE_PIXELS, formats=images.PICTURES,
+                       field="video.references", what="reference image") as img:
+        return img.convert("RGB")

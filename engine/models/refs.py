@@ -92,9 +92,31 @@ def _not_usable(value: str, field: str) -> ModelUnavailable:
     """One message for every path that cannot be used, so an answer never tells a client
     whether a path exists on the engine machine, or what it is."""
     return ModelUnavailable(
-        f"{field}: '{value}' is not a usable model on the engine machine. Give a local diffusers folder, a "
+        f"{field}: '{shown(value)}' is not a usable model on the engine machine. Give a local diffusers folder, a "
         ".safetensors file, or a Hugging Face Hub id like 'owner/name'.", field=field,
     )
+
+
+not_usable = _not_usable  # the same words for the other model fields (IP-Adapter, encoder, upscaler)
+
+MAX_MODEL_REF_CHARS = 1024
+
+
+def shown(value: str, most: int = 120) -> str:
+    """A client's model reference as an answer or a log line quotes it: bounded."""
+    return value if len(value) <= most else f"{value[:most]}… ({len(value)} characters)"
+
+
+def check_allowed(value: str, field: str) -> None:
+    """The shared engine's --allow-models list, for every field that names weights to load
+    (models.*, models.ip_adapter, models.image_encoder, finalize.upscaler); 403 before the
+    disk is looked at, so the answer says nothing of what exists there."""
+    if len(value) > MAX_MODEL_REF_CHARS or any(len(part) > 255 for part in value.split("/")):
+        raise _not_usable(value, field)  # no file system takes it: refused before one is asked
+    if _allowed is not None and _normalize(value.strip()) not in _allowed:
+        raise EngineFault(f"{field}: '{shown(value)}' is not one of the models this engine allows (its "
+                          "--allow-models list); ask whoever runs the engine", code="model_not_allowed", status=403,
+                          field=field)
 
 
 def _ships_code(path: Path) -> str | None:
@@ -131,20 +153,23 @@ def resolve_ref(value: str, field: str, role: Literal["base", "controlnet", "lor
     Runs on the HTTP thread at submit time, so mistakes are reported before queuing.
     """
     text = value.strip()
+    if len(text) > MAX_MODEL_REF_CHARS or any(len(part) > 255 for part in text.split("/")):
+        raise _not_usable(value, field)  # no file system takes it: refused before one is asked
     path = Path(os.path.expanduser(text))
     suffix = path.suffix.lower()
     # 1. Pickle formats: refused whether or not the file exists.
     if suffix in PICKLE_SUFFIXES:
         raise BadRequest(
-            f"{field}: '{value}' is a pickle-based {suffix} file, which the engine refuses to load "
+            f"{field}: '{shown(value)}' is a pickle-based {suffix} file, which the engine refuses to load "
             "because unpickling can run code hidden in the file. Use a .safetensors version of the "
             "model (most model sites offer one) or a diffusers folder.",
             field=field, code="unsafe_model_format",
         )
     # 2. The allow-list of a shared engine, before anything looks at the disk.
     if _allowed is not None and _normalize(text) not in _allowed:
-        raise EngineFault(f"{field}: '{value}' is not one of the models this engine allows (its --allow-models "
-                          "list); ask whoever runs the engine", code="model_not_allowed", status=403, field=field)
+        raise EngineFault(f"{field}: '{shown(value)}' is not one of the models this engine allows (its "
+                          "--allow-models list); ask whoever runs the engine", code="model_not_allowed", status=403,
+                          field=field)
     # 3. Something on disk. Every refusal reads the same, whatever is (or is not) there.
     if path.exists():
         if path.is_file():

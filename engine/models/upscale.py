@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..contract.errors import BadRequest, ModelUnavailable
+from ..contract.errors import BadRequest
 from .refs import PICKLE_SUFFIXES
 
 logger = logging.getLogger(__name__)
@@ -33,8 +33,11 @@ TILE_OVERLAP = 16
 
 def check_upscaler_path(value: str | None, field: str = "finalize.upscaler") -> Path | None:
     """The upscaler file for ``value`` (None: plain resizing); 4xx naming ``field`` otherwise. HTTP thread."""
+    from .refs import check_allowed, not_usable
+
     if value is None or not value.strip():
         return None
+    check_allowed(value, field)
     path = Path(os.path.expanduser(value.strip()))
     suffix = path.suffix.lower()
     if suffix in PICKLE_SUFFIXES:
@@ -47,8 +50,7 @@ def check_upscaler_path(value: str | None, field: str = "finalize.upscaler") -> 
         raise BadRequest(f"{field}: '{value}' is not a .safetensors upscaler file (Real-ESRGAN, SwinIR, HAT, "
                          "... weights); leave it empty for plain resizing", field=field)
     if not path.is_file():
-        raise ModelUnavailable(f"{field}: '{value}' does not exist on the engine machine; give the path of a "
-                               ".safetensors upscaler there, or leave it empty for plain resizing", field=field)
+        raise not_usable(value, field)  # the same words whatever is (or is not) on the disk
     return path.resolve()
 
 

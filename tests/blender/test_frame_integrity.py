@@ -21,10 +21,15 @@ class _HalfResponse:
     """A frame response whose body stops half way, as a broken connection or disk would leave it."""
 
     def __init__(self, response):
-        self._data = response.content
+        import io
 
-    def iter_content(self, chunk_size=65536):
-        yield self._data[: len(self._data) // 2]
+        data = response.raw.read()
+        self.raw = io.BytesIO(data[: len(data) // 2])  # read1/read as urllib3's raw body
+        self.headers: dict[str, str] = {}
+        response.close()
+
+    def close(self):
+        pass
 
 
 def test_truncated_frame_is_not_counted_and_the_take_is_not_complete(tmp_path, tiny_models, monkeypatch, vfmod):

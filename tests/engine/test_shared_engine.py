@@ -68,8 +68,10 @@ def shared(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, str]
     tmp = tmp_path_factory.mktemp("shared")
     tokens = tmp / "tokens"
     tokens.write_text(f"# a token per person\nalice:{ALICE}\nbob: {BOB}\n")
+    tokens.chmod(0o600)
     allow = tmp / "allow"
-    allow.write_text("\n".join([tiny_models["base"], tiny_models["depth"], tiny_models["pose"]]) + "\n")
+    allow.write_text("\n".join([tiny_models["base"], tiny_models["depth"], tiny_models["pose"],
+                                "h94/IP-Adapter/models/ip.safetensors"]) + "\n")
     cert, key = make_cert(tmp)
     # A crash left temp files behind: they are gone once the engine is up.
     for path in (tmp / "data" / "blobs" / ".tmp-orphan", tmp / "data" / "cache" / "ab" / ".tmp-orphan.png"):
@@ -163,6 +165,22 @@ def test_allow_list_and_no_hub(core: Any, shared: Served, tiny_models: dict[str,
         with pytest.raises(core.client.EngineError) as info:
             alice.submit(job)
         assert (info.value.status, info.value.code, info.value.field) == (403, "model_not_allowed", f"models.{field}")
+    # Every field that names weights to load goes through the list, and the answer is the same whether
+    # the path exists on the engine machine or not (issue 22).
+    depth = alice.upload_blob(depth_png(0.2))
+    for exists in (tiny_models["lora"], "/no/such/dir/adapter.safetensors"):
+        for where, body in (
+                ("models.ip_adapter", {"models": {"ip_adapter": exists}, "style_reference": depth}),
+                ("models.image_encoder", {"models": {"ip_adapter": "h94/IP-Adapter/models/ip.safetensors",
+                                                     "image_encoder": exists}, "style_reference": depth}),
+                ("finalize.upscaler", {"finalize": {"upscaler": exists, "detail_strength": 0.3}})):
+            job = make_job(tiny_models, [{"frame": 1, "depth": depth, "pose": None, "source": depth}])
+            for key, value in body.items():
+                job[key] = {**job[key], **value} if isinstance(value, dict) and key in job else value
+            with pytest.raises(core.client.EngineError) as info:
+                alice.submit(job)
+            assert (info.value.status, info.value.code, info.value.field) == (403, "model_not_allowed", where), \
+                info.value.message
 
 
 def test_remote_host_needs_tls_or_an_explicit_proxy_flag(tmp_path: Path) -> None:
@@ -171,9 +189,16 @@ def test_remote_host_needs_tls_or_an_explicit_proxy_flag(tmp_path: Path) -> None
     assert result.returncode == 2 and "--tls-cert" in result.stderr and "--allow-plain-http" in result.stderr
     bad = tmp_path / "tokens"
     bad.write_text("alice:short\n")
+    bad.chmod(0o600)
     result = subprocess.run([sys.executable, "-m", "engine", "serve", "--token-file", str(bad), "--data-dir",
                              str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "line 1" in result.stderr and "16 characters" in result.stderr
+    # A token file others can read is refused, whatever it holds (issue 22).
+    bad.write_text(f"alice:{ALICE}\n")
+    bad.chmod(0o644)
+    result = subprocess.run([sys.executable, "-m", "engine", "serve", "--token-file", str(bad), "--data-dir",
+                             str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "chmod 600" in result.stderr and "644" in result.stderr
 
 
 def test_cache_cli_verify_and_prune(tmp_path: Path) -> None:

@@ -58,7 +58,7 @@ class QuotaEngine:
     def statuses(self, ids):
         return None  # as an engine without GET /jobs?ids=: each shot polls on its own
 
-    def fetch_frame(self, job_id: str, frame: int, dest: str) -> str:
+    def fetch_frame(self, job_id: str, frame: int, dest: str, **_bounds: object) -> str:
         Path(dest).write_bytes(PNG)
         return dest
 

@@ -1,0 +1,104 @@
+"""Slowloris (issue 22, finding 1): idle and dripping sockets can neither stall the engine nor
+outlive its deadlines (engine/api/guard.py). Loopback only, 300 sockets, about 20 s."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from engine_testlib import ROOT, depth_png, make_job, read_png, wait_for
+
+HEAD_TIMEOUT_S = 2.0
+
+
+@pytest.fixture(scope="module")
+def guarded(core: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    data = tmp_path_factory.mktemp("guarded")
+    engine = core.process.LocalEngine(
+        sys.executable, extension_dir=ROOT, data_dir=str(data), log_path=data / "engine.log", device="cpu",
+        startup_timeout=120, env={"HF_HUB_OFFLINE": "1"}, extra_args=["--head-timeout", str(HEAD_TIMEOUT_S)])
+    engine.start()
+    yield engine
+    engine.stop()
+
+
+class Attack:
+    """``count`` sockets: a third idle, a third dripping a request head, a third dripping a body
+    (with the engine's token, so the body is one the engine would read), a byte each per round."""
+
+    def __init__(self, port: int, token: str, count: int) -> None:
+        self.port, self.token, self.count = port, token, count
+        self.sockets: list[tuple[str, socket.socket]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._drip, daemon=True)
+
+    def __enter__(self) -> Attack:
+        for i in range(self.count):
+            s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+            kind = ("idle", "head", "body")[i % 3]
+            if kind == "head":
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-")
+            elif kind == "body":
+                s.sendall(f"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {self.token}\r\n"
+                          "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{".encode())
+            self.sockets.append((kind, s))
+        self.thread.start()
+        return self
+
+    def _drip(self) -> None:
+        while not self.stop.wait(0.3):
+            for _kind, s in self.sockets:
+                try:
+                    s.send(b"a")
+                except OSError:
+                    pass
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        for _kind, s in self.sockets:
+            s.close()
+
+    def closed_by_engine(self, within_s: float) -> dict[str, int]:
+        """Per kind, how many sockets the engine closed (EOF or reset) within ``within_s``."""
+        deadline = time.monotonic() + within_s
+        closed: dict[str, int] = {}
+        for kind, s in self.sockets:
+            s.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                while s.recv(65536):
+                    pass
+                closed[kind] = closed.get(kind, 0) + 1
+            except ConnectionResetError:
+                closed[kind] = closed.get(kind, 0) + 1
+            except (TimeoutError, OSError):
+                pass
+        return closed
+
+
+def test_health_and_an_authenticated_job_are_served_while_300_sockets_idle_or_drip(
+        guarded: Any, tiny_models: dict[str, str], tmp_path: Path) -> None:
+    client = guarded.client(timeout=20)
+    with Attack(guarded.port, guarded.token, 300) as attack:
+        for _ in range(3):
+            started = time.monotonic()
+            answer = requests.get(guarded.url + "/health", timeout=5)
+            assert answer.status_code == 200 and answer.json()["status"] == "ok", answer.text
+            assert time.monotonic() - started < 2.0
+        sha = client.upload_blob(depth_png(0.2))
+        job = make_job(tiny_models, [{"frame": 1, "depth": sha, "pose": None}], steps=2, batch_size=1)
+        job_id = client.submit(job)
+        assert wait_for(client, job_id, timeout=120)["status"] == "done"
+        assert read_png(client.fetch_frame(job_id, 1, str(tmp_path / "1.png"))).shape == (64, 64, 3)
+        # Every one of them is closed within its deadline: heads within HEAD_TIMEOUT_S, bodies
+        # once they fall behind 4 KiB/s after the grace (HEAD_TIMEOUT_S here), or earlier to make room.
+        closed = attack.closed_by_engine(within_s=2 * HEAD_TIMEOUT_S + 3)
+        assert closed == {"idle": 100, "head": 100, "body": 100}, closed
+    assert requests.get(guarded.url + "/health", timeout=5).status_code == 200
