@@ -6,15 +6,20 @@ import time
 from pathlib import Path
 
 import pytest
+from engine_testlib import make_job
 
+from engine.contract.schema import JobRequest
 from engine.jobs.context import RunContext
 from engine.jobs.job import Job
 from engine.jobs.manager import JobManager, LocalExecutor
 from engine.storage import Storage
 
+# A request as the engine keeps it (the manager reads the blobs its queued and running jobs name).
+REQUEST = JobRequest.model_validate(make_job({"base": "base", "depth": "depth", "pose": None}, [{"frame": 1}]))
+
 
 def add_job(manager: JobManager, job_id: str, status: str) -> Job:
-    job = Job(id=job_id, request=None, refs={}, lora=None, key=None, frame_keys={1: "f" * 64})  # type: ignore[arg-type]
+    job = Job(id=job_id, request=REQUEST, refs={}, lora=None, key=None, frame_keys={1: "f" * 64})  # type: ignore[arg-type]
     job.status = status
     manager.jobs[job_id] = job
     return job
