@@ -15,7 +15,9 @@ _registered: list = []
 
 
 def register() -> None:
-    from . import handlers, operators, panels, preferences, props, props_pose
+    from . import handlers, operators, panels, preferences
+    from .props import pose as props_pose
+    from .props import scene as props
 
     for module in (preferences, props, props_pose, operators, panels, handlers):
         module.register()
@@ -26,6 +28,6 @@ def unregister() -> None:
     while _registered:
         _registered.pop().unregister()
     # A disabled add-on leaves no engine process behind.
-    from .core.engine_process import shutdown_engine
+    from .core.client.process import shutdown_engine
 
     shutdown_engine()

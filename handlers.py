@@ -14,7 +14,7 @@ import logging
 import bpy
 from bpy.app.handlers import persistent
 
-from .core import shots as shots_core
+from .core.scene import shots as shots_core
 
 log = logging.getLogger(__name__)
 

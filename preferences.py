@@ -8,7 +8,7 @@ from __future__ import annotations
 import bpy
 from bpy.props import BoolProperty, EnumProperty, StringProperty
 
-from .core.engine_link import environment_overrides
+from .core.client.link import environment_overrides
 from .core.prefs import Prefs
 
 

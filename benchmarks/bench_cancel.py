@@ -11,7 +11,6 @@ every UNet/ControlNet block, so it should take a fraction of one step.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,23 +19,20 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_front_door as bench  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
+from harness import ROOT, load_core, make_tiny_models, png  # noqa: E402
 
 
 def main() -> int:
     size = int(sys.argv[1]) if len(sys.argv) > 1 else 512
-    _, process_mod = bench.load_core()
+    _, process_mod = load_core("vf_core_bench_fd")
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "engine", "make-tiny-models", f"{tmp}/m"], cwd=ROOT, check=True,
-                       capture_output=True)
+        make_tiny_models(f"{tmp}/m")
         engine = process_mod.LocalEngine(sys.executable, extension_dir=ROOT, data_dir=f"{tmp}/d", device="cpu",
                                          env={"HF_HUB_OFFLINE": "1"}, startup_timeout=300)
         client = engine.start()
         try:
             ramp = np.linspace(0, 65535, size, dtype=np.float32)[:, None].repeat(size, 1).astype(np.uint16)
-            depth = client.upload_blob(bench._png(ramp))
+            depth = client.upload_blob(png(ramp))
             job_id = client.submit({
                 "prompt": "x", "steps": 150, "width": size, "height": size, "batch_size": 1, "device": "cpu",
                 "models": {"base": f"{tmp}/m/sd15", "controlnet_depth": f"{tmp}/m/controlnet-depth",

@@ -10,7 +10,7 @@
    one job per shot and variant, same models, prompt and seed. Tiny random-weight models by
    default (``make-tiny-models``); ``--models DIR`` takes a folder with ``sd15``,
    ``controlnet-depth`` and ``controlnet-pose`` (real weights: see engine/COHERENCE.md).
-3. Metrics: ``engine.metrics.measure_take`` on each take (what ``python -m engine metrics``
+3. Metrics: ``engine.metrics.take.measure_take`` on each take (what ``python -m engine metrics``
    prints), one table row per variant and shot, and overall (frame-weighted mean).
 """
 
@@ -31,7 +31,9 @@ from pathlib import Path
 # Tiny models on a 2-core machine: OpenMP spinning makes them 10-25x slower (tests/conftest.py).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import ROOT, make_tiny_models  # noqa: E402
+
 BLENDER_PYTHON = ROOT / ".venv" / "bin" / "python"
 PROMPTS = {
     "Dolly": "a lone traveller walks down an empty street between old brick buildings",
@@ -84,7 +86,7 @@ def render_maps(out: Path, long_edge: int) -> None:
 
 def variants() -> dict[str, tuple[dict, object | None]]:
     """name -> (coherence request, FlowMethod override)."""
-    from engine.coherence import BLURRY_FLOW_METHOD, FLOW_METHOD, FlowMethod
+    from engine.coherence.strategies import BLURRY_FLOW_METHOD, FLOW_METHOD, FlowMethod
 
     flow = {"mode": "FLOW", "strength": 0.55, "keyframe_interval": 0}
     plain = FlowMethod(keep_until=0.0, paste=0.0, color_match=True)
@@ -108,10 +110,10 @@ def generate_and_measure(out: Path, models_dir: Path, steps: int, only: list[str
     import numpy as np
 
     sys.path.insert(0, str(ROOT))
-    from engine import coherence
-    from engine.jobs import JobManager
-    from engine.metrics import measure_take
-    from engine.schema import JobRequest
+    from engine.coherence import strategies as coherence
+    from engine.contract.schema import JobRequest
+    from engine.jobs.manager import JobManager
+    from engine.metrics.take import measure_take
     from engine.storage import Storage
 
     info = json.loads((out / "shots.json").read_text())
@@ -238,8 +240,7 @@ def main() -> int:
     # 2. Models.
     models = Path(args.models) if args.models else out / "tiny-models"
     if not args.models and not (models / "sd15").is_dir():
-        subprocess.run([sys.executable, "-m", "engine", "make-tiny-models", str(models)], check=True, cwd=ROOT,
-                       stdout=subprocess.DEVNULL)
+        make_tiny_models(models)
     # 3. Generate and measure.
     started = time.perf_counter()
     rows = generate_and_measure(out, models, args.steps, args.variant, args.device)

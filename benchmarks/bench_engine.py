@@ -2,7 +2,7 @@
 
 Protocol
 1. Write random-weight models of a preset (``python -m engine make-tiny-models --preset``).
-2. Start a real engine process through the add-on's ``core/engine_process.py``.
+2. Start a real engine process through the add-on's ``core/client/process.py``.
 3. Warm-up job (loads the pipeline, fills caches), not measured.
 4. Measured job: ``--frames`` frames with distinct depth + pose maps and a fresh seed (no
    cache hits), polled every 20 ms, every frame fetched as PNG over HTTP.
@@ -22,14 +22,10 @@ GPU:  .venv-engine/bin/python benchmarks/bench_engine.py --preset sd15 --size 51
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
-import io
 import json
 import logging
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,55 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import ROOT, depth_map, load_core, make_tiny_models, model_paths, png, pose_map, run_job  # noqa: E402
+
 logger = logging.getLogger("bench_engine")
-
-
-def load_core() -> tuple[Any, Any]:
-    spec = importlib.util.spec_from_file_location("vf_core_bench", ROOT / "core" / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT / "core")])
-    assert spec and spec.loader
-    package = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = package
-    spec.loader.exec_module(package)
-    return (importlib.import_module("vf_core_bench.engine_client"),
-            importlib.import_module("vf_core_bench.engine_process"))
-
-
-def depth_map(i: int, n: int, size: int) -> np.ndarray:
-    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    blob = np.exp(-(((x - 0.2 - 0.6 * i / max(1, n - 1)) ** 2 + (y - 0.5) ** 2) / 0.02))
-    return (np.clip(0.2 * (1 - y) + 0.8 * blob, 0, 1) * 65535).astype(np.uint16)
-
-
-def pose_map(i: int, size: int) -> np.ndarray:
-    array = np.zeros((size, size, 3), np.uint8)
-    cx = size // 4 + (i * 7) % (size // 2)
-    array[size // 6 : size // 6 + 6, cx - 3 : cx + 3] = (255, 0, 0)
-    array[size // 5 : size * 3 // 5, cx - 2 : cx + 2] = (0, 255, 0)
-    return array
-
-
-def png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def run_job(client: Any, body: dict[str, Any], fetch_dir: Path, poll_s: float = 0.02) -> tuple[dict[str, Any], float]:
-    """Submit ``body``, poll until it ends, fetch its frames into ``fetch_dir``: (final status, wall seconds)."""
-    t0 = time.perf_counter()
-    job_id = client.submit(body)
-    while (status := client.status(job_id))["status"] not in ("done", "failed", "cancelled"):
-        time.sleep(poll_s)
-    fetch_dir.mkdir(parents=True, exist_ok=True)
-    for n in status["frames"]:
-        client.fetch_frame(job_id, n, str(fetch_dir / f"{job_id}-{n:04d}.png"))
-    if status["status"] != "done":
-        raise RuntimeError(f"benchmark job ended {status['status']}: {status['error']}")
-    return status, time.perf_counter() - t0
 
 
 def run_engine(args: argparse.Namespace, models: dict[str, str], data_dir: Path) -> dict[str, Any]:
@@ -182,10 +134,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="vf-bench-") as tmp:
         models_dir = Path(args.models_dir or Path(tmp) / "models")
         if not (models_dir / "sd15" / "model_index.json").exists():
-            subprocess.run([sys.executable, "-m", "engine", "make-tiny-models", str(models_dir), "--preset",
-                            args.preset], cwd=ROOT, check=True, capture_output=True)
-        models = {"base": str(models_dir / "sd15"), "depth": str(models_dir / "controlnet-depth"),
-                  "pose": str(models_dir / "controlnet-pose")}
+            make_tiny_models(models_dir, args.preset)
+        models = model_paths(models_dir, "base", "depth", "pose")
         engine = run_engine(args, models, Path(tmp) / "data")
         baseline = None if args.no_baseline else run_baseline(args, models, engine["device"])
 

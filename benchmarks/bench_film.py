@@ -108,7 +108,7 @@ def build_film(shots: int, frames: int, long_edge: int, out: Path) -> bpy.types.
 
 def generate_all(vf, scene) -> tuple[float, object]:
     """The execute path's run (background mode), timed from the first tick to the last."""
-    run_mod = vf.core.generate_run
+    run_mod = vf.core.generate.run
     project = vf.operators.common.project_of(bpy.context)
     prefs = vf.preferences.get_prefs(bpy.context)
     run = run_mod.GenerationRun([s.name for s in scene.viewfinder.shots], project, prefs, hold_settings=True,
@@ -134,7 +134,7 @@ def main() -> int:
     out = Path(tempfile.mkdtemp(prefix="viewfinder-bench-film-"))
     vf = importlib.import_module(install_extension())
     engine = PacedStandIn(out / "engine-blobs")
-    vf.core.generate_run.connect_task = lambda prefs, *, report, cancel: engine
+    vf.core.generate.run.connect_task = lambda prefs, *, report, cancel: engine
     total = args.shots * args.frames
     print(f"Blender {bpy.app.version_string}, {os.cpu_count()} CPUs; {args.shots} shots x {args.frames} frames "
           f"({total} frames) at long edge {args.long_edge}; stand-in engine, job quota {QUOTA}")

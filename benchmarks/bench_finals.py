@@ -3,7 +3,7 @@
     .venv-engine/bin/python benchmarks/bench_finals.py [--size 192x112] [--frames 8] [--device cpu|cuda]
         [--preset tiny|full] [--steps 4] [--detail 0.3]
 
-1. Upscale only (``engine.upscale.enlarge``): each upscaler on ``--frames`` frames of
+1. Upscale only (``engine.models.upscale.enlarge``): each upscaler on ``--frames`` frames of
    ``--size``: Lanczos resizing, the Real-ESRGAN-class x2 and x4 files ``make-tiny-models``
    writes (``--preset tiny``: Compact with 8 features; ``--preset full``: Compact x2 64/32
    and RRDBNet x4 64/23, the sizes of the published Real-ESRGAN models, random weights).
@@ -11,7 +11,7 @@
    the model is not just resizing.
 2. A whole finalize job (engine ``JobManager`` in this process, tiny diffusion models): the
    analytic pan's maps at 2x and 4x, upscale + FLOW-guided detail pass, seconds per frame.
-Prints a Markdown table; the README records it.
+Prints a Markdown table; docs/benchmarks.md records it.
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import ROOT, make_tiny_models  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -45,8 +46,9 @@ def frames_of(width: int, height: int, count: int):
 
 
 def bench_upscale(width: int, height: int, count: int, device: str, preset: str, models: Path) -> list[dict]:
-    from engine.metrics import hf_energy
-    from engine.upscale import enlarge, load_upscaler, write_upscalers
+    from engine.metrics.take import hf_energy
+    from engine.models.upscale import enlarge, load_upscaler
+    from engine.testing.upscalers import write_upscalers
 
     paths = write_upscalers(models / f"upscalers-{preset}", preset=preset)
     frames = frames_of(width, height, count)
@@ -77,8 +79,8 @@ def bench_upscale(width: int, height: int, count: int, device: str, preset: str,
 def bench_finalize(models: Path, count: int, steps: int, detail: float, device: str, out: Path) -> list[dict]:
     import analytic_pan as pan
 
-    from engine.jobs import JobManager
-    from engine.schema import JobRequest
+    from engine.contract.schema import JobRequest
+    from engine.jobs.manager import JobManager
     from engine.storage import Storage
 
     storage = Storage(out / "engine-data")
@@ -143,8 +145,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     models = out / "tiny-models"
     if not (models / "sd15").is_dir():
-        subprocess.run([sys.executable, "-m", "engine", "make-tiny-models", str(models)], check=True, cwd=ROOT,
-                       stdout=subprocess.DEVNULL)
+        make_tiny_models(models)
     width, height = (int(v) for v in args.size.split("x"))
     rows = bench_upscale(width, height, args.frames, args.device, args.preset, out)
     if not args.skip_job:

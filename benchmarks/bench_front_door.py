@@ -1,7 +1,7 @@
 """Front-door load benchmark (issue 11): attackers and valid jobs at once, on loopback.
 
 Protocol
-1. Write tiny random-weight models; start a real engine through ``core/engine_process.py``.
+1. Write tiny random-weight models; start a real engine through ``core/client/process.py``.
 2. After a warm-up job (loads the models; not measured), at the same time, for ``--seconds`` at most:
    - ``--attackers`` threads each send ``--requests`` unauthenticated ``POST /jobs`` that
      declare a 96 MB body and send the first 64 kB of it, and as many authenticated ones
@@ -19,13 +19,9 @@ start), slowest and median ``/health``, jobs done.
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
-import io
 import json
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -36,18 +32,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_core() -> tuple[Any, Any]:
-    spec = importlib.util.spec_from_file_location("vf_core_bench_fd", ROOT / "core" / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT / "core")])
-    assert spec and spec.loader
-    package = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = package
-    spec.loader.exec_module(package)
-    return (importlib.import_module("vf_core_bench_fd.engine_client"),
-            importlib.import_module("vf_core_bench_fd.engine_process"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import ROOT, load_core, make_tiny_models, model_paths, png  # noqa: E402
 
 
 def rss_kb(pid: int) -> int:
@@ -79,12 +65,6 @@ def _attack(port: int, token: str | None, declared: int, sent_body: int) -> int:
     return int(data.split(b" ", 2)[1]) if data else 0
 
 
-def _png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def run_load(client: Any, port: int, token: str, pid: int, models: dict[str, str], *, attackers: int = 4,
              requests_each: int = 25, jobs: int = 3, seconds: float = 120.0, size: int = 64) -> dict[str, Any]:
     """Attack and serve at once; returns the figures (see the module's docstring).
@@ -100,7 +80,7 @@ def run_load(client: Any, port: int, token: str, pid: int, models: dict[str, str
                 "models": {"base": models["base"], "controlnet_depth": models["depth"], "controlnet_pose": None},
                 "frames": [{"frame": f, "depth": depth} for f in (1, 2)]}
 
-    warm = client.submit(job_body(-1, client.upload_blob(_png(y.astype(np.uint16)))))
+    warm = client.submit(job_body(-1, client.upload_blob(png(y.astype(np.uint16)))))
     warm_deadline = time.monotonic() + seconds
     while client.status(warm)["status"] not in ("done", "failed", "cancelled") and time.monotonic() < warm_deadline:
         time.sleep(0.1)
@@ -147,7 +127,7 @@ def run_load(client: Any, port: int, token: str, pid: int, models: dict[str, str
     # Valid jobs alongside.
     job_ids = []
     for j in range(jobs):
-        depth = client.upload_blob(_png(np.roll(y, 7 * j + 1, axis=1).astype(np.uint16)))
+        depth = client.upload_blob(png(np.roll(y, 7 * j + 1, axis=1).astype(np.uint16)))
         job_ids.append(client.submit(job_body(j, depth)))
     done: dict[str, str] = {}
     frames_ok = 0
@@ -193,11 +173,9 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=300.0)
     args = parser.parse_args()
-    client_mod, process_mod = load_core()
+    client_mod, process_mod = load_core("vf_core_bench_fd")
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "engine", "make-tiny-models", f"{tmp}/models"], cwd=ROOT, check=True,
-                       capture_output=True)
-        models = {"base": f"{tmp}/models/sd15", "depth": f"{tmp}/models/controlnet-depth"}
+        models = model_paths(make_tiny_models(f"{tmp}/models"), "base", "depth")
         engine = process_mod.LocalEngine(sys.executable, extension_dir=ROOT, data_dir=f"{tmp}/data", device="cpu",
                                          env={"HF_HUB_OFFLINE": "1"})
         client = engine.start()

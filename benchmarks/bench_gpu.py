@@ -10,7 +10,7 @@ stand-in for the CPU. One depth ControlNet, a distinct depth map and seed per fr
 (b) the engine, draft tier, 4 steps (``DRAFT`` below), batches of ``--batch-size``.
 (c) the engine, final tier, 25 steps, guidance 7.5 (CFG), batches of ``--batch-size``.
 (d) FLOW shots: ``--shots`` shots interleaved vs one after another (benchmarks/bench_interleave.py).
-The engine runs as the add-on starts it (core/engine_process.py) and every frame is fetched as PNG
+The engine runs as the add-on starts it (core/client/process.py) and every frame is fetched as PNG
 over HTTP; fps = frames / (submit to last frame fetched). Each engine figure follows an unmeasured
 warm-up job of the same shape, whose time is printed (with ``--compile`` it holds the compile).
 
@@ -25,7 +25,6 @@ import argparse
 import importlib.util
 import json
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,9 +34,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engine import ROOT, depth_map, load_core, png, run_job  # noqa: E402
+from harness import ROOT, depth_map, load_core, make_tiny_models, model_paths, png, run_job  # noqa: E402
 
-# (b): the draft tier (engine/draft.py): LCM scheduler, 4 steps, no CFG, with the random-weight
+# (b): the draft tier (engine/models/draft.py): LCM scheduler, 4 steps, no CFG, with the random-weight
 # distillation LoRA that make-tiny-models writes for the preset's UNet (``models["draft_lora"]``).
 DRAFT: dict[str, Any] = {"tier": "draft", "draft": {"steps": 4, "scheduler": "LCM"}}
 FINAL: dict[str, Any] = {"steps": 25, "guidance_scale": 7.5}
@@ -142,10 +141,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="vf-bench-gpu-") as tmp:
         models_dir = Path(args.models_dir or Path(tmp) / "models")
         if not (models_dir / "sd15" / "model_index.json").exists():
-            subprocess.run([sys.executable, "-m", "engine", "make-tiny-models", str(models_dir), "--preset",
-                            args.preset, "--no-video"], cwd=ROOT, check=True, capture_output=True)
-        models = {"base": str(models_dir / "sd15"), "depth": str(models_dir / "controlnet-depth")}
-        models["draft_lora"] = str(models_dir / "lcm-lora.safetensors")
+            make_tiny_models(models_dir, args.preset, "--no-video")
+        models = model_paths(models_dir, "base", "depth", "draft_lora")
         result: dict[str, Any] = {"preset": args.preset, "size": args.size, "frames": args.frames,
                                   "batch_size": args.batch_size, "precision": args.precision,
                                   "compile": args.compile, "machine": platform.machine()}

@@ -10,7 +10,7 @@ to find where the change outside A comes from.
 Methods:
 - ``attention+bounded-self``: masked cross-attention and bounded self-attention (a character's cells
   never attended to by another's or the background); measured no better, off in the engine.
-- ``attention``: masked cross-attention only: the engine's method (engine/regional.py).
+- ``attention``: masked cross-attention only: the engine's method (engine/characters/regional.py).
 - ``composition``: noise-prediction composition: the UNet runs once per region (shot prompt
   alone for the background, shot prompt + character k for region k) and the predictions
   are combined by the masks (MultiDiffusion-style); K+1 UNet passes per step.
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import io
 import sys
 import tempfile
 import time
@@ -36,11 +35,13 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from harness import png  # noqa: E402
 
-from engine import identity as identity_module  # noqa: E402
-from engine import regional  # noqa: E402
-from engine.jobs import JobManager  # noqa: E402
-from engine.schema import JobRequest  # noqa: E402
+from engine.characters import identity as identity_module  # noqa: E402
+from engine.characters import regional  # noqa: E402
+from engine.contract.schema import JobRequest  # noqa: E402
+from engine.jobs.manager import JobManager  # noqa: E402
 from engine.storage import Storage  # noqa: E402
 
 DESCRIPTIONS = [("a woman in a bright red coat", "a man in a dark green suit"),
@@ -81,7 +82,7 @@ class Bench:
         work = Path(tempfile.mkdtemp(prefix="bench-identity-"))
         self.models_dir = Path(models) if models else work / "models"
         if not models:
-            from engine.tiny import make_tiny_models
+            from engine.testing.tiny import make_tiny_models
 
             make_tiny_models(self.models_dir)
         self.storage = Storage(work / "data")
@@ -170,12 +171,6 @@ class Bench:
                 pairs.append((one, two))
                 seconds += [t1, t2]
         return pairs, seconds
-
-
-def png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def main() -> int:

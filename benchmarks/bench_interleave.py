@@ -22,7 +22,6 @@ import argparse
 import hashlib
 import io
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -68,7 +67,7 @@ def shot_frames(storage: Any, shot: int, frames: int, size: int) -> list[dict[st
 
 def shot_requests(storage: Any, models: dict[str, str], shots: int, frames: int, size: int, steps: int,
                   device: str) -> list[Any]:
-    from engine.schema import JobRequest
+    from engine.contract.schema import JobRequest
 
     prompts = ["a red car on a street", "a lighthouse at dusk", "a forest path", "a kitchen table"]
     return [JobRequest.model_validate({
@@ -94,7 +93,7 @@ def _wait(jobs: list[Any], timeout: float = 3600.0) -> None:
 def run_shots(data_dir: Path, models: dict[str, str], shots: int, frames: int, size: int, steps: int,
               device: str, interleave: bool) -> tuple[list[Any], float, Any]:
     """The shots on a fresh engine; returns (jobs, seconds without model loading, storage)."""
-    from engine.jobs import JobManager
+    from engine.jobs.manager import JobManager
     from engine.storage import Storage
 
     storage = Storage(data_dir)
@@ -134,9 +133,8 @@ def max_difference(a: dict[str, bytes], b: dict[str, bytes]) -> int:
 
 def make_models(preset: str, out: Path) -> dict[str, str]:
     if not (out / "sd15" / "model_index.json").exists():
-        subprocess.run([sys.executable, "-m", "engine", "make-tiny-models", str(out), "--preset", preset,
-                        "--no-video"], cwd=ROOT, check=True, capture_output=True)
-    return {"base": str(out / "sd15"), "depth": str(out / "controlnet-depth")}
+        make_tiny_models(out, preset, "--no-video")
+    return model_paths(out, "base", "depth")
 
 
 def run(preset: str = "tiny", device: str = "cpu", size: int = 64, steps: int = 8, frames: int = 8,

@@ -2,7 +2,7 @@
 
 Protocol
 1. Random-weight models of a preset (``python -m engine make-tiny-models --preset``), a real
-   engine process started through the add-on's ``core/engine_process.py``.
+   engine process started through the add-on's ``core/client/process.py``.
 2. Warm-up job (loads the pipeline), not measured.
 3. Three measured jobs over the same ``--frames`` frames (distinct depth + pose maps), each
    with a fresh seed so nothing comes from the cache, in batches of ``--batch-size``:
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engine import ROOT, depth_map, load_core, png, pose_map  # noqa: E402
+from harness import ROOT, depth_map, load_core, make_tiny_models, png, pose_map  # noqa: E402
 
 logger = logging.getLogger("bench_prompt_travel")
 
@@ -55,8 +54,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="vf-bench-travel-") as tmp:
         models_dir = Path(args.models_dir or Path(tmp) / "models")
         if not (models_dir / "sd15" / "model_index.json").exists():
-            subprocess.run([sys.executable, "-m", "engine", "make-tiny-models", str(models_dir), "--preset",
-                            args.preset], cwd=ROOT, check=True, capture_output=True)
+            make_tiny_models(models_dir, args.preset)
         client_mod, process_mod = load_core()
         data_dir = Path(tmp) / "data"
         engine = process_mod.LocalEngine(sys.executable, extension_dir=ROOT, data_dir=str(data_dir),

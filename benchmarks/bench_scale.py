@@ -26,16 +26,13 @@ Targets on a 2-core CPU: ray-1 within 15% of single; ray-2 >= 1.6x ray-1.
 CPU:  .venv-engine/bin/python benchmarks/bench_scale.py
 GPU:  .venv-engine/bin/python benchmarks/bench_scale.py --preset sd15 --size 512 --steps 20 \
           --frames 16 --batch-size 4 --device cuda --gpus-per-replica 1 --replicas 1 2 4 ...
-      (N replicas on N GPUs of one machine; see README "Many GPUs: the engine on Ray Serve")
+      (N replicas on N GPUs of one machine; see docs/shared-engine.md "Many GPUs: the engine on Ray Serve")
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
-import importlib.util
-import io
 import json
 import os
 import statistics
@@ -48,27 +45,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import ROOT, load_core, make_tiny_models, model_paths, png  # noqa: E402
+
 sys.path.insert(0, str(ROOT / "tests"))
 from ray_engine import RayEngine, free_port, ray_missing_reason  # noqa: E402
-
-
-def load_client_module() -> Any:
-    spec = importlib.util.spec_from_file_location("vf_core_scale", ROOT / "core" / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT / "core")])
-    assert spec and spec.loader
-    package = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = package
-    spec.loader.exec_module(package)
-    return importlib.import_module("vf_core_scale.engine_client")
-
-
-def png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def depth_map(shot: int, i: int, size: int) -> np.ndarray:
@@ -97,7 +79,7 @@ def run_shots(client: Any, args: argparse.Namespace, models: dict[str, str], see
     ids = [client.submit(body) for body in bodies]
     pending = set(ids)
     while pending:
-        # Like the add-on (core/generate_all.py): one GET /jobs?ids= a round for every job in
+        # Like the add-on (core/generate/all_shots.py): one GET /jobs?ids= a round for every job in
         # flight; "--poll each" asks per job, as the add-on did before.
         found = client.statuses(sorted(pending)) if args.poll == "batch" else None
         for job_id in list(pending):
@@ -246,14 +228,13 @@ def main() -> int:
     if missing:
         print(f"error: {missing}", file=sys.stderr)
         return 2
-    client_mod = load_client_module()
+    client_mod, _ = load_core("vf_core_scale")
     work = Path(tempfile.mkdtemp(prefix="vf-bench-scale-"))
     # 1. Models.
     models_dir = Path(args.models_dir) if args.models_dir else work / "models"
     if not (models_dir / "sd15").is_dir():
-        subprocess.run([sys.executable, "-m", "engine", "make-tiny-models", str(models_dir), "--preset", args.preset],
-                       cwd=ROOT, check=True, capture_output=True)
-    models = {"base": str(models_dir / "sd15"), "depth": str(models_dir / "controlnet-depth")}
+        make_tiny_models(models_dir, args.preset)
+    models = model_paths(models_dir, "base", "depth")
     engines = ["single", *(["2x-single"] if args.reference else []), *(f"ray-{n}" for n in args.replicas)]
     rounds: list[dict[str, dict[str, Any]]] = []
     # 2. Rounds: every engine once a round, started fresh, measured, stopped. This machine's

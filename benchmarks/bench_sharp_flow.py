@@ -5,7 +5,7 @@
 The cheap half of the measurement that chose FLOW's method (engine/COHERENCE.md, "Sharp
 FLOW"); ``bench_coherence.py`` runs the chosen ones on the demo film. Each variant is one
 job on the engine's own ``JobManager`` in this process (tiny random-weight models from
-``make-tiny-models``, CPU), written out as a take and measured by ``engine.metrics``
+``make-tiny-models``, CPU), written out as a take and measured by ``engine.metrics.take``
 (what ``python -m engine metrics`` prints).
 """
 
@@ -16,21 +16,22 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import ROOT, make_tiny_models  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def variants() -> dict[str, tuple[dict, object | None]]:
     """name -> (coherence request, FlowMethod override); the same list bench_coherence.py offers."""
-    from engine.coherence import BLURRY_FLOW_METHOD, FLOW_METHOD
+    from engine.coherence.strategies import BLURRY_FLOW_METHOD, FLOW_METHOD
 
     flow = {"mode": "FLOW", "strength": 0.55, "keyframe_interval": 0}
     before = BLURRY_FLOW_METHOD
@@ -57,10 +58,10 @@ def variants() -> dict[str, tuple[dict, object | None]]:
 def run(out: Path, models: Path, frames: int, steps: int, only: list[str] | None) -> list[dict]:
     import analytic_pan as pan
 
-    from engine import coherence
-    from engine.jobs import JobManager
-    from engine.metrics import measure_take
-    from engine.schema import JobRequest
+    from engine.coherence import strategies as coherence
+    from engine.contract.schema import JobRequest
+    from engine.jobs.manager import JobManager
+    from engine.metrics.take import measure_take
     from engine.storage import Storage
 
     storage = Storage(out / "engine-data")
@@ -128,8 +129,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     models = Path(args.models) if args.models else out / "tiny-models"
     if not args.models and not (models / "sd15").is_dir():
-        subprocess.run([sys.executable, "-m", "engine", "make-tiny-models", str(models)], check=True, cwd=ROOT,
-                       stdout=subprocess.DEVNULL)
+        make_tiny_models(models)
     rows = run(out, models, args.frames, args.steps, args.variant)
     base = next((r for r in rows if r["variant"] == "INDEPENDENT"), None)
     lines = [f"Settings: analytic pan {args.frames} frames, 96x64, {args.steps} steps, seed 7, "

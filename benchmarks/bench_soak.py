@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import subprocess
 import sys
 import tempfile
 import types
@@ -21,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests" / "engine"), str(ROOT)]
 
 from conftest import _load_core  # noqa: E402
+from harness import make_tiny_models, model_paths  # noqa: E402
 from soak import Soak  # noqa: E402
 
 
@@ -29,12 +29,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=600.0)
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="viewfinder-soak-"))
-    subprocess.run([sys.executable, "-m", "engine", "make-tiny-models", str(folder / "models"), "--no-video"],
-                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    models = {"base": str(folder / "models" / "sd15"), "depth": str(folder / "models" / "controlnet-depth"),
-              "pose": str(folder / "models" / "controlnet-pose")}
+    models = model_paths(make_tiny_models(folder / "models", "tiny", "--no-video"), "base", "depth", "pose")
     package = _load_core()
-    core = types.SimpleNamespace(client=importlib.import_module(f"{package.__name__}.engine_client"))
+    core = types.SimpleNamespace(client=importlib.import_module(f"{package.__name__}.client.http"))
     soak = Soak(core, models, folder, seconds=args.seconds)
     counts = soak.run()
     print(f"soak {args.seconds:.0f} s: {counts.line()}; engine RSS {' -> '.join(f'{r:.0f}' for r in soak.rss)} MB "

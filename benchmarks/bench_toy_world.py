@@ -200,7 +200,7 @@ def same_character(engine: ToyEngine, data: Path, pal: dict[str, np.ndarray]) ->
 
 
 def coherence(engine: ToyEngine, data: Path, out: Path, moves: int) -> dict[str, Any]:
-    from engine.metrics import measure_take
+    from engine.metrics.take import measure_take
 
     result: dict[str, list[float]] = defaultdict(list)
     for s, rows in list(by_shot(records(data, "moves")).items())[:moves]:

@@ -33,14 +33,15 @@ import importlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import ROOT, make_tiny_models  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
 # Blender reads HOME once, at import: a throwaway user folder for the extension.
 os.environ["HOME"] = tempfile.mkdtemp(prefix="viewfinder-bench-home-")
@@ -53,8 +54,7 @@ from demo.scene import build_demo_scene  # noqa: E402
 
 def tiny_models(folder: Path) -> Path:
     if not (folder / "sd15").is_dir():
-        subprocess.run([ENGINE_PYTHON, "-m", "engine", "make-tiny-models", str(folder)], cwd=ROOT, check=True,
-                       stdout=subprocess.DEVNULL)
+        make_tiny_models(folder, python=ENGINE_PYTHON)
     return folder
 
 
@@ -129,7 +129,7 @@ def run_once(vf, models: Path, long_edge: int, steps: int, out: Path,
     scene = bpy.context.scene
     project = vf.operators.common.project_of(bpy.context)
     prefs = vf.preferences.get_prefs(bpy.context)
-    run_mod = vf.core.generate_run
+    run_mod = vf.core.generate.run
     run = run_mod.GenerationRun([s.name for s in settings.shots], project, prefs, engine_thread=engine_thread)
     ticks: list[tuple[str, float]] = []
     size = "?"
@@ -169,7 +169,7 @@ def main() -> int:
     else:
         models = out / "no-models"  # never loaded: the stand-in answers
         engine = StandInEngine(args.latency_ms / 1000.0)
-        vf.core.generate_run.connect_task = lambda prefs, *, report, cancel: engine
+        vf.core.generate.run.connect_task = lambda prefs, *, report, cancel: engine
     where = "on the main thread" if args.engine_on_main else "on the engine thread"
     print(f"Blender {bpy.app.version_string}, {os.cpu_count()} CPUs, {args.engine} engine ({args.latency_ms:g} ms a "
           f"call, {where}); demo film, 3 shots × 24 frames; ms per tick")
@@ -189,7 +189,7 @@ def main() -> int:
         print(f"{size:>9} {len(ticks):>6} {max(times):8.1f} {statistics.median(times):7.1f} {frame:9.1f} "
               f"{other:9.1f}  {worst:<75} {verdict}")
     print(f"every tick (kind, ms): {out}/ticks-*.json")
-    vf.core.engine_process.shutdown_engine()
+    vf.core.client.process.shutdown_engine()
     return 0
 
 

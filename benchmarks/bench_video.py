@@ -9,7 +9,7 @@ Metrics mode:
 2. One job per shot and variant through the engine's own ``JobManager`` (the code an HTTP job
    runs), same prompt and seed: IMAGE FLOW (the default method), and VIDEO with each control
    video (DEPTH, POSE, DEPTH_POSE). Windows of ``--window`` frames so the 24-frame shots have seams.
-3. ``engine.metrics.measure_take`` on each take (what ``python -m engine metrics`` prints), plus
+3. ``engine.metrics.take.measure_take`` on each take (what ``python -m engine metrics`` prints), plus
    the warp error of seam frames (a window's first new frame) against frames inside windows.
 With tiny random-weight models (the default) this shows the plumbing, not quality.
 
@@ -34,7 +34,9 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import ROOT, make_tiny_models  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 PROMPT_STYLE = "cinematic still, overcast light, muted colours, 35mm film grain"
@@ -70,11 +72,11 @@ def metrics_mode(args: argparse.Namespace) -> int:
     import numpy as np
     from bench_coherence import PROMPTS, maps_source
 
-    from engine.jobs import JobManager
-    from engine.metrics import measure_take
-    from engine.schema import JobRequest
+    from engine.contract.schema import JobRequest
+    from engine.jobs.manager import JobManager
+    from engine.metrics.take import measure_take
+    from engine.models.windows import plan_windows
     from engine.storage import Storage
-    from engine.windows import plan_windows
 
     out = Path(args.out)
     maps = out.parent / "coherence"
@@ -86,8 +88,7 @@ def metrics_mode(args: argparse.Namespace) -> int:
                         "--render-maps", "--out", str(maps), "--long-edge", str(args.long_edge)], check=True, cwd=ROOT)
     models = Path(args.models) if args.models else out / "tiny-models"
     if not (models / "wan-vace").is_dir():
-        subprocess.run([sys.executable, "-m", "engine", "make-tiny-models", str(models)], check=True, cwd=ROOT,
-                       stdout=subprocess.DEVNULL)
+        make_tiny_models(models)
     info = json.loads((maps / "shots.json").read_text())
     storage = Storage(out / "engine-data")
     manager = JobManager(storage, default_device=args.device, max_pipelines=2)
@@ -169,15 +170,14 @@ def throughput_mode(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
-    from engine.jobs import JobManager
-    from engine.schema import JobRequest
+    from engine.contract.schema import JobRequest
+    from engine.jobs.manager import JobManager
     from engine.storage import Storage
 
     out = Path(args.out)
     models = out / "wan-1.3b-models"
     if not (models / "wan-vace-wan-1.3b").is_dir():
-        subprocess.run([sys.executable, "-m", "engine", "make-tiny-models", str(models), "--no-video",
-                        "--wan-preset", "wan-1.3b"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+        make_tiny_models(models, "tiny", "--no-video", "--wan-preset", "wan-1.3b")
     width, height = (int(v) for v in args.size.split("x"))
     storage = Storage(out / "engine-data-throughput")
     manager = JobManager(storage, default_device=args.device, max_pipelines=1)

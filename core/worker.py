@@ -4,7 +4,7 @@ A `Worker` owns its thread, its queue of typed messages and its cancel event. It
 everything its task needs as arguments (a frozen `Prefs`, a job, a folder): it never
 reads bpy data or an operator's attributes. The task runs as
 ``task(*args, report=..., cancel=...)``: it posts progress through ``report`` (`MsgProgress`,
-or a typed message of its own such as `core.generate.Progress`), looks
+or a typed message of its own such as `core.generate.shot.Progress`), looks
 at ``cancel`` (a `threading.Event`) between bounded steps, and returns its result. The
 worker then posts `MsgDone` with that result, or `MsgException` with what the task raised:
 exactly one of them, always last.

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from .errors import EngineFault
+from .contract.errors import EngineFault
 from .storage import Storage, prune
 
 WINDOW_S = 600.0

@@ -20,8 +20,8 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import limits
-from .errors import BadRequest
+from .api import limits
+from .contract.errors import BadRequest
 
 if TYPE_CHECKING:
     from PIL.Image import Image

@@ -180,7 +180,7 @@ class Storage:
         if hashlib.sha256(data).hexdigest() != sha:
             logger.warning("Blob %s is damaged on disk; deleting it", sha[:12])
             _unlink(path)
-            from .errors import EngineFault
+            from .contract.errors import EngineFault
 
             raise EngineFault(
                 f"control map {sha} was damaged on the engine's disk and has been deleted; generate again and "

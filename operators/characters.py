@@ -9,10 +9,10 @@ from typing import Any
 import bpy
 from bpy.props import IntProperty, StringProperty
 
-from ..core import engine_link
-from ..core.characters_scene import RENDERABLE, add_character_from_selection, deformed_by
-from ..core.generate import Progress, TakeOutcome, run_shot
-from ..core.reference_sheet import SheetJob, load_sheet, prepare_sheet
+from ..core.client import link as engine_link
+from ..core.generate.shot import Progress, TakeOutcome, run_shot
+from ..core.jobs.reference_sheet import SheetJob, load_sheet, prepare_sheet
+from ..core.scene.characters import RENDERABLE, add_character_from_selection, deformed_by
 from ..preferences import get_prefs
 from .common import EngineJobModal, NeedsScene, project_of, report
 

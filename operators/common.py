@@ -7,9 +7,9 @@ from typing import Any
 
 import bpy
 
-from ..core import paths
-from ..core import shots as shots_core
-from ..core.generate import engine_job_task
+from ..core.generate.shot import engine_job_task
+from ..core.scene import shots as shots_core
+from ..core.timeline import paths
 from ..core.worker import MsgDone, MsgException, Worker
 from ..preferences import get_prefs
 

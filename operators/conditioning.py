@@ -10,10 +10,10 @@ from typing import Any
 import bpy
 from bpy.props import BoolProperty, EnumProperty, StringProperty
 
-from ..core import vse
 from ..core.conditioning import ConditioningError, render_shot
-from ..core.paths import frame_name
-from ..core.resolution import scene_size
+from ..core.scene.resolution import scene_size
+from ..core.timeline import vse
+from ..core.timeline.paths import frame_name
 from .common import NeedsScene, project_of, report, resolve_shots
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ from typing import Any
 
 import bpy
 
-from ..core.engine_install import install_task
-from ..core.engine_link import restart_task
+from ..core.client.install import install_task
+from ..core.client.link import restart_task
 from ..core.worker import Worker
 from ..preferences import engine_venv_dir, get_prefs
 from .common import WorkerModal, report

@@ -7,7 +7,7 @@ from pathlib import Path
 import bpy
 from bpy.props import StringProperty
 
-from ..core.exports import ExportError, export_animatic, export_storyboard, unfinalized_shots
+from ..core.timeline.exports import ExportError, export_animatic, export_storyboard, unfinalized_shots
 from .common import NeedsShots, project_of, report
 
 

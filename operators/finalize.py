@@ -8,10 +8,8 @@ from typing import Any
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, StringProperty
 
-from ..core.finalize import DETAIL_STRENGTH, collect_finalize, place_final
-from ..core.generate import Progress, TakeOutcome, log_progress, run_shot
-from ..core.generate import shot_message as _message
-from ..core.generate import summary as _summary
+from ..core.generate.shot import Progress, TakeOutcome, log_progress, run_shot, shot_message, summary
+from ..core.jobs.finalize import DETAIL_STRENGTH, collect_finalize, place_final
 from .common import EngineJobModal, project_of, report
 from .takes import TakePoll, connect_and_collect, take_dir_of
 
@@ -57,7 +55,7 @@ class VIEWFINDER_OT_finalize_take(TakePoll, EngineJobModal, bpy.types.Operator):
             outcome = run_shot(plan.job, client, on_progress=log_progress)
             place_final(context.scene, outcome)
         except Exception as exc:
-            report(self, "ERROR", _message(plan.job.shot, exc))
+            report(self, "ERROR", shot_message(plan.job.shot, exc))
             return {"CANCELLED"}
         finally:
             context.window_manager.progress_end()
@@ -65,9 +63,9 @@ class VIEWFINDER_OT_finalize_take(TakePoll, EngineJobModal, bpy.types.Operator):
 
     def _report(self, plan: Any, outcome: TakeOutcome) -> set[str]:
         if outcome.error or outcome.cancelled:
-            report(self, "ERROR", _summary(outcome).replace("Generate again", "Finalize again"))
+            report(self, "ERROR", summary(outcome).replace("Generate again", "Finalize again"))
             return {"CANCELLED"}
-        report(self, "INFO", f"{_summary(outcome)}: final at {plan.width}×{plan.height}")
+        report(self, "INFO", f"{summary(outcome)}: final at {plan.width}×{plan.height}")
         return {"FINISHED"}
 
     # -- UI path: the engine job on a worker (common.EngineJobModal), Esc cancels ----
@@ -84,12 +82,12 @@ class VIEWFINDER_OT_finalize_take(TakePoll, EngineJobModal, bpy.types.Operator):
 
     def job_finished(self, context: bpy.types.Context, message: Any) -> set[str]:
         if isinstance(message, Exception):
-            report(self, "ERROR", _message(self._plan.job.shot, message))
+            report(self, "ERROR", shot_message(self._plan.job.shot, message))
             return {"CANCELLED"}
         try:
             place_final(context.scene, message)
         except Exception as exc:
-            report(self, "ERROR", _message(self._plan.job.shot, exc))
+            report(self, "ERROR", shot_message(self._plan.job.shot, exc))
             return {"CANCELLED"}
         return self._report(self._plan, message)
 

@@ -1,6 +1,6 @@
 """`viewfinder.generate`: shots → control maps → engine → takes on the VSE.
 
-One shot loop, the state machine in core/generate_run.py: `execute` (background mode,
+One shot loop, the state machine in core/generate/run.py: `execute` (background mode,
 scripts, render farms: timers never fire there) calls its `tick()` in a loop; `invoke` +
 `modal` call it from a timer, a few milliseconds' worth of ticks per timer event, so the
 UI stays responsive while control maps render one frame a tick. Esc cancels at the next
@@ -16,8 +16,8 @@ from typing import Any
 import bpy
 from bpy.props import StringProperty
 
-from ..core.generate import POLL_INTERVAL_S
-from ..core.generate_run import DONE, IDLE, WORK, GenerationRun
+from ..core.generate.run import DONE, IDLE, WORK, GenerationRun
+from ..core.generate.shot import POLL_INTERVAL_S
 from ..preferences import get_prefs
 from .common import NeedsShots, project_of, report, resolve_shots
 

@@ -8,8 +8,8 @@ from typing import Any
 import bpy
 from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 
-from ..core import deforum
-from ..core import prompt_keys as keys_core
+from ..core.scene import deforum
+from ..core.scene import prompt_keys as keys_core
 from .common import NeedsShots, report
 
 TARGET_ITEMS = [

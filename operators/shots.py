@@ -5,7 +5,7 @@ from __future__ import annotations
 import bpy
 from bpy.props import StringProperty
 
-from ..core import shots as shots_core
+from ..core.scene import shots as shots_core
 from .common import NeedsScene, NeedsShots, report
 
 

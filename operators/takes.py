@@ -12,11 +12,12 @@ from typing import Any, TypeVar
 import bpy
 from bpy.props import BoolProperty
 
-from ..core import engine_link, vse
+from ..core.client import link as engine_link
 from ..core.compat import active_strip
-from ..core.drafts import collect_final_from_draft
-from ..core.generate import log_progress, run_shot, shot_message, summary
-from ..core.shot_job import place_outcome
+from ..core.generate.shot import log_progress, run_shot, shot_message, summary
+from ..core.generate.shot_job import place_outcome
+from ..core.jobs.drafts import collect_final_from_draft
+from ..core.timeline import vse
 from ..preferences import get_prefs
 from .common import EngineJobModal, project_of, report
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bpy
 
-from ..core.characters_scene import problem_of
+from ..core.scene.characters import problem_of
 from .view3d import ViewfinderPanel
 
 THUMBNAIL_SCALE = 5.0

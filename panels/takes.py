@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bpy
 
-from ..core.takes import DRAFT, read_take, take_tier
+from ..core.timeline.takes import DRAFT, read_take, take_tier
 from ..operators.takes import take_dir_of
 
 TIER_LABELS = {"draft": "Draft", "final": "Final", "finalized": "Finalized (Finalize Take)"}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import bpy
 
-from ..core import shots as shots_core
-from ..core.resolution import scene_size
+from ..core.scene import shots as shots_core
+from ..core.scene.resolution import scene_size
 
 
 class VIEWFINDER_UL_shots(bpy.types.UIList):

@@ -71,7 +71,7 @@ def add_reference(character, path: Path) -> None:
 
 
 def collect(scene, vfmod, shot_name):
-    shot_job = vfmod("core.shot_job")
+    shot_job = vfmod("core.generate.shot_job")
     prefs = vfmod("preferences").get_prefs(bpy.context)
     project = vfmod("operators.common").project_of(bpy.context)
     return shot_job.collect_shot(scene, scene.viewfinder.shots[shot_name], project, prefs)

@@ -29,6 +29,6 @@ def source_package() -> ModuleType:
 
 
 def load(name: str) -> ModuleType:
-    """Import `name` (e.g. "core.shots") from the repository without Blender."""
+    """Import `name` (e.g. "core.scene.shots") from the repository without Blender."""
     source_package()
     return importlib.import_module(f"{PACKAGE}.{name}")

@@ -5,10 +5,8 @@ Runs on Blender's main thread (renders with bpy). See __init__.py for the contra
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 import uuid
@@ -23,12 +21,18 @@ import numpy as np
 
 from . import depth, flow, masks, openpose_draw, pose, render
 from .errors import ConditioningCancelled, ConditioningError, ConditioningResult
-from .manifest import build_maps
+from .on_disk import (
+    FORMAT_VERSION,
+    clean_stale,
+    read_meta,
+    shot_result,
+    state_hash_begin,
+    state_hash_frame,
+    swap_into_place,
+)
 from .png import write_png
 
 log = logging.getLogger(__name__)
-
-FORMAT_VERSION = 1
 
 
 def _check_inputs(scene: Any, shot: Any, width: int, height: int) -> Any:
@@ -50,84 +54,6 @@ def _check_inputs(scene: Any, shot: Any, width: int, height: int) -> Any:
     if width < 8 or height < 8:
         raise ConditioningError(f"Resolution {width}×{height} is too small: raise Long Edge to at least 64")
     return camera
-
-
-def _state_hash(scene: Any, camera: Any, frames: list[int], width: int, height: int) -> str:
-    """Hash of what the maps depend on: settings, camera, object transforms, pose bones and mesh data per frame.
-
-    Not covered (use force=True): animated modifier or shape-key changes that move no transform.
-    """
-    digest, objects = _state_hash_begin(scene, camera, frames, width, height)
-    for frame in frames:
-        _state_hash_frame(digest, scene, objects, frame)
-    return digest.hexdigest()
-
-
-def _state_hash_begin(scene: Any, camera: Any, frames: list[int], width: int, height: int) -> tuple[Any, list[Any]]:
-    """The frame-independent part of `_state_hash`: settings, camera, mesh data."""
-    digest = hashlib.sha256()
-    digest.update(json.dumps([FORMAT_VERSION, camera.name, frames, width, height]).encode())
-    cam = camera.data
-    digest.update(repr([cam.type, cam.lens, cam.ortho_scale, cam.sensor_width, cam.sensor_height, cam.sensor_fit,
-                        cam.shift_x, cam.shift_y, cam.clip_start, cam.clip_end]).encode())
-    objects = sorted((o for o in scene.objects if not o.hide_render), key=lambda o: o.name)
-    for obj in objects:
-        digest.update(obj.name.encode())
-        data = obj.data
-        if obj.type == "MESH" and data is not None:
-            coords = np.empty(len(data.vertices) * 3, dtype=np.float32)
-            data.vertices.foreach_get("co", coords)
-            digest.update(coords.tobytes())
-    return digest, objects
-
-
-def _state_hash_frame(digest: Any, scene: Any, objects: list[Any], frame: int) -> None:
-    """One frame's part of `_state_hash`: object transforms and pose bones."""
-    scene.frame_set(frame)
-    for obj in objects:
-        digest.update(np.array(obj.matrix_world, dtype=np.float32).tobytes())
-        if obj.type == "ARMATURE":
-            for bone in obj.pose.bones:
-                digest.update(np.array(bone.matrix, dtype=np.float32).tobytes())
-
-
-def _read_meta(out_dir: Path) -> dict[str, Any] | None:
-    try:
-        meta = json.loads((out_dir / "meta.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return meta if meta.get("complete") is True else None
-
-
-def _result(out_dir: Path, meta: dict[str, Any], warnings: list[str], reused: bool) -> ConditioningResult:
-    return ConditioningResult(
-        out_dir=out_dir,
-        meta=meta,
-        frames=list(meta["frames"]),
-        near=meta["near"],
-        far=meta["far"],
-        people=list(meta["people"]),
-        warnings=warnings,
-        reused=reused,
-        maps=build_maps(out_dir, meta),
-    )
-
-
-def _swap_into_place(tmp: Path, out_dir: Path) -> None:
-    """Rename the finished folder into place; an old one moves aside first and is deleted after."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _clean_stale(out_dir: Path) -> None:
-    """Leftovers of renders that were killed mid-way: never complete, safe to delete."""
-    for stale in out_dir.parent.glob(f".{out_dir.name}.*"):
-        shutil.rmtree(stale, ignore_errors=True)
 
 
 # Seconds of state hashing per step: the hash walks every frame (frame_set), which is
@@ -233,26 +159,26 @@ class ShotRender:
     def _step_hash(self, scene: Any) -> None:
         # 2. Reuse the maps on disk when nothing they depend on has changed.
         if self._hash is None:
-            self._hash = _state_hash_begin(scene, self.camera, self.frames, self.width, self.height)
+            self._hash = state_hash_begin(scene, self.camera, self.frames, self.width, self.height)
             return
         digest, objects = self._hash
         deadline = time.perf_counter() + HASH_BUDGET_S
         while self._next < len(self.frames) and time.perf_counter() < deadline:
-            _state_hash_frame(digest, scene, objects, self.frames[self._next])
+            state_hash_frame(digest, scene, objects, self.frames[self._next])
             self._next += 1
         if self._next < len(self.frames):
             return
         self._state = digest.hexdigest()
         self._next = 0
-        existing = _read_meta(self.out_dir)
+        existing = read_meta(self.out_dir)
         if not self.force and existing is not None and existing.get("state") == self._state:
             log.info("conditioning for '%s' is current: %s", self.shot_name, self.out_dir)
-            self.result = _result(self.out_dir, existing, self.warnings, reused=True)
+            self.result = shot_result(self.out_dir, existing, self.warnings, reused=True)
             self._release(scene)
             self.phase = "done"
             return
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        _clean_stale(self.out_dir)
+        clean_stale(self.out_dir)
         for sub in ("depth", "pose", "masks", "flow/forward", ".exr"):
             (self._tmp / sub).mkdir(parents=True, exist_ok=True)
         self.phase = "render"
@@ -359,10 +285,10 @@ class ShotRender:
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         meta["complete"] = True
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        _swap_into_place(tmp, self.out_dir)
+        swap_into_place(tmp, self.out_dir)
         log.info("conditioning for '%s': %d frames in %.1fs → %s", self.shot_name, len(self.frames),
                  meta["render_seconds"], self.out_dir)
-        self.result = _result(self.out_dir, meta, self.warnings, reused=False)
+        self.result = shot_result(self.out_dir, meta, self.warnings, reused=False)
         self.phase = "done"
 
 
@@ -388,7 +314,7 @@ def stepwise(result: ConditioningResult | None = None, *, hold_settings: bool = 
     """Within this block `render_shot` renders nothing: it answers ``result`` when that is the
     folder asked for, and otherwise raises `RenderNeeded` with a `ShotRender` (inputs checked).
 
-    So a caller that renders step by step (core/generate_run.py) can run code that calls
+    So a caller that renders step by step (core/generate/run.py) can run code that calls
     `render_shot` (`shot_job.collect_shot`) twice: once to get its checks and the render to
     step, once with the finished maps.
     """

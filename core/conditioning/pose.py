@@ -2,7 +2,7 @@
 
 Every armature counts as a person unless its `viewfinder_pose.is_person` is
 off; its bones are mapped by `rigs.auto_map`, with the user's per-keypoint
-overrides (`viewfinder_pose.bones`, see props_pose.py) taking precedence.
+overrides (`viewfinder_pose.bones`, see props/pose.py) taking precedence.
 
 A keypoint is invisible when it is behind the camera, outside the frame, or
 behind other geometry: the Z pass at its pixel is nearer than the keypoint and

@@ -164,6 +164,14 @@ def _flat_material() -> bpy.types.Material:
 
 def configure(guard: RenderGuard, scene: bpy.types.Scene, camera: bpy.types.Object, width: int, height: int) -> bpy.types.ViewLayer:
     """Switch the scene to the minimal data-pass render. Every change goes through `guard`."""
+    _configure_output(guard, scene, camera, width, height)
+    _configure_cycles(guard, scene)
+    return _configure_layer(guard, scene)
+
+
+def _configure_output(guard: RenderGuard, scene: bpy.types.Scene, camera: bpy.types.Object, width: int,
+                      height: int) -> None:
+    """The camera, size and output: a 32-bit multilayer EXR of the data passes, nothing else."""
     render = scene.render
     guard.set(scene, "camera", camera)
     guard.set(scene, "world", None)  # the background adds nothing to the data passes; no world light to build
@@ -198,6 +206,9 @@ def configure(guard: RenderGuard, scene: bpy.types.Scene, camera: bpy.types.Obje
     guard.set(image, "use_exr_interleave", True)  # 5.0+: one part, not a multi-part file
     guard.set(image, "color_mode", "RGBA")
 
+
+def _configure_cycles(guard: RenderGuard, scene: bpy.types.Scene) -> None:
+    """Cycles at one centred sample, no bounces and no denoising: exact, repeatable data passes."""
     cycles = scene.cycles
     for name, value in (
         ("device", "CPU"),
@@ -223,6 +234,9 @@ def configure(guard: RenderGuard, scene: bpy.types.Scene, camera: bpy.types.Obje
     ):
         guard.set(cycles, name, value)
 
+
+def _configure_layer(guard: RenderGuard, scene: bpy.types.Scene) -> bpy.types.ViewLayer:
+    """The one view layer rendered, its Z, vector and object-index passes, and the flat material."""
     layer = view_layer_of(scene)
     for other in scene.view_layers:
         guard.set(other, "use", other == layer)

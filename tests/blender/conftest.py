@@ -66,7 +66,7 @@ def scene(vf: ModuleType) -> Iterator[bpy.types.Scene]:
 
 @pytest.fixture(scope="session")
 def vfmod(vf: ModuleType):
-    """Import a submodule of the installed extension: `vfmod("core.vse")`."""
+    """Import a submodule of the installed extension: `vfmod("core.timeline.vse")`."""
 
     def load(name: str) -> ModuleType:
         return importlib.import_module(f"{vf.__name__}.{name}")

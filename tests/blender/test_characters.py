@@ -29,7 +29,7 @@ def test_add_character_from_selection_takes_the_rig_and_what_it_deforms(scene, v
     (character,) = scene.viewfinder.characters
     assert character.name == "Hero" and character.armature == hero
     assert [r.object.name for r in character.extra_objects] == ["Hero.Hat"]
-    objects = vfmod("core.characters_scene").character_objects(scene, character)
+    objects = vfmod("core.scene.characters").character_objects(scene, character)
     assert [o.name for o in objects] == ["Hero.Body", "Hero.Hat"]
     # The same rig twice is refused, naming the character it already is.
     with pytest.raises(RuntimeError, match="'Hero' is already the character 'Hero'"):
@@ -62,7 +62,7 @@ def test_bible_survives_save_reload_and_renames_and_a_deleted_armature_is_named(
     bpy.data.objects["Hero"].name = "Heroine"
     bpy.data.objects["Hero.Body"].name = "Heroine.Body"
     assert hero.armature.name == "Heroine"
-    objects = vfmod("core.characters_scene").character_objects(scene, hero)
+    objects = vfmod("core.scene.characters").character_objects(scene, hero)
     assert [o.name for o in objects] == ["Heroine.Body"]
 
     # Deleting the armature: the message names the character and the rig it had.
@@ -84,7 +84,7 @@ def test_request_for_a_two_character_shot(tmp_path, vfmod):
     palette = bpy.data.images.new("Palette", 4, 2)
     palette.pixels.foreach_set([0.9, 0.5, 0.1, 1.0] * 8)
     scene.viewfinder.palette_reference = palette
-    characters = vfmod("core.characters")
+    characters = vfmod("core.jobs.characters")
 
     job = collect(scene, vfmod, "Both")
     meta = json.loads((job.conditioning_dir / "meta.json").read_text())
@@ -135,7 +135,7 @@ def test_a_video_shot_takes_the_bible_references_of_its_characters(tmp_path, vfm
     palette = bpy.data.images.new("Palette", 4, 2)
     scene.viewfinder.palette_reference = palette
     scene.viewfinder.shots["Both"].generator = "VIDEO"
-    hero_sha = vfmod("core.characters").file_sha256(ref)
+    hero_sha = vfmod("core.jobs.characters").file_sha256(ref)
 
     job = collect(scene, vfmod, "Both")
     assert job.request.to_dict()["generator"] == "VIDEO"
@@ -153,7 +153,7 @@ def test_a_video_shot_takes_the_bible_references_of_its_characters(tmp_path, vfm
     own = save_png(tmp_path / "own.png", 8, 8, colour=(0.3, 0.6, 0.2))
     scene.viewfinder.shots["Both"].reference_image = str(own)
     job = collect(scene, vfmod, "Both")
-    assert job.request.to_dict()["video"]["references"] == [vfmod("core.characters").file_sha256(own)]
+    assert job.request.to_dict()["video"]["references"] == [vfmod("core.jobs.characters").file_sha256(own)]
     assert job.uploads == [own]
 
 
@@ -191,7 +191,7 @@ def test_bad_input_is_named_before_anything_is_sent(tmp_path, vfmod, case, patte
             rig = build_character(scene, f"Extra{i}", -1.5 + 1.0 * i)
             extra = scene.viewfinder.characters.add()
             extra.name, extra.armature = rig.name, rig
-    with pytest.raises(vfmod("core.generate").GenerationError, match=pattern):
+    with pytest.raises(vfmod("core.generate.shot").GenerationError, match=pattern):
         collect(scene, vfmod, "Both")
 
 

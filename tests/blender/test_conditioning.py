@@ -241,7 +241,7 @@ def test_operators_render_into_temporary_project_and_preview_on_the_vse(vf: Modu
     bind_marker(scene, "Shot A", 1, cam)
     assert bpy.data.filepath == ""  # unsaved: maps go to a temporary project folder
     assert bpy.ops.viewfinder.render_conditioning(shot="Shot A", force=True) == {"FINISHED"}
-    project = vf.core.paths.project_for("", scene.name)
+    project = vf.core.timeline.paths.project_for("", scene.name)
     meta = json.loads((project.conditioning_dir("Shot A") / "meta.json").read_text())
     assert project.temporary and (meta["width"], meta["height"]) == (128, 72) and meta["frames"] == [1, 2]
     assert bpy.ops.viewfinder.preview_conditioning(kind="DEPTH", shot="Shot A") == {"FINISHED"}

@@ -62,7 +62,7 @@ def test_demo_writes_film_storyboard_and_animatic(tmp_path, vf, vfmod):
     assert [Path(bpy.path.abspath(r.image.filepath)).name for r in bible["Traveller"].references] == [
         "traveller-reference.png"]
     project = vfmod("operators.common").project_of(bpy.context)
-    rows = {row.shot: row for row in vfmod("core.exports").storyboard_rows(scene, project)}
+    rows = {row.shot: row for row in vfmod("core.timeline.exports").storyboard_rows(scene, project)}
     assert sorted(rows["Pan"].characters) == ["Stranger", "Traveller"]
     take = json.loads((rows["Pan"].images[0].parent / "take.json").read_text())
     assert sorted(c["name"] for c in take["settings"]["characters"]) == ["Stranger", "Traveller"]

@@ -30,7 +30,7 @@ def truck(tmp_path: Path, tiny_models: Path, vf: Any) -> dict[str, Any]:
 def collect(vfmod: Any, scene: bpy.types.Scene, shot: Any) -> Any:
     project = vfmod("operators.common").project_of(bpy.context)
     prefs = vfmod("preferences").get_prefs(bpy.context)
-    return vfmod("core.shot_job").collect_shot(scene, shot, project, prefs)
+    return vfmod("core.generate.shot_job").collect_shot(scene, shot, project, prefs)
 
 
 def test_scene_tier_and_shot_override_reach_the_request(truck: dict[str, Any], vfmod: Any) -> None:
@@ -92,7 +92,7 @@ def test_draft_take_and_final_from_it(truck: dict[str, Any], vfmod: Any, local_e
     assert [read_size(draft_dir / f"{n:04d}.png") for n in (1, 2, 3)] == [(128, 72)] * 3
     (strip,) = take_strips(scene)
     assert strip.transform.scale_x == pytest.approx(2.0)
-    takes = vfmod("core.takes")
+    takes = vfmod("core.timeline.takes")
     assert takes.take_tier(takes.read_take(draft_dir)) == "draft"
     # The Sequencer sidebar shows the tier and offers Final from This Draft (drawn into a recording layout:
     # background Blender draws no UI).

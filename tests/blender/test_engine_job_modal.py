@@ -51,14 +51,14 @@ def _loop(vfmod):
     def send(item):
         feed.put(item)
         feed.join()  # the worker has handled it
-        if not isinstance(item, vfmod("core.generate").Progress):
+        if not isinstance(item, vfmod("core.generate.shot").Progress):
             loop._worker.join(10)  # and posted its last message
 
     return loop, finished, send
 
 
 def test_progress_then_outcome_ends_the_loop(vf, vfmod):
-    Progress = vfmod("core.generate").Progress
+    Progress = vfmod("core.generate.shot").Progress
     loop, finished, send = _loop(vfmod)
     workspace = _Workspace()
     context = SimpleNamespace(workspace=workspace, window_manager=None)
@@ -94,7 +94,7 @@ def test_finalize_and_sheet_use_the_shared_loop(vf, vfmod):
     common = vfmod("operators.common")
     finalize = vfmod("operators.finalize").VIEWFINDER_OT_finalize_take
     sheet = vfmod("operators.characters").VIEWFINDER_OT_make_reference_sheet
-    Progress = vfmod("core.generate").Progress
+    Progress = vfmod("core.generate.shot").Progress
     assert issubclass(finalize, common.EngineJobModal) and issubclass(sheet, common.EngineJobModal)
     assert finalize.modal is common.EngineJobModal.modal and sheet.modal is common.EngineJobModal.modal
     p = Progress("Shot", 1, 3, step=4, steps=20)

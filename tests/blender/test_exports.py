@@ -43,7 +43,7 @@ def edited(scene, vfmod, tmp_path):
     scene.frame_start, scene.frame_end = 1, 12
     for name, frame, i in (("A", 1, 0), ("B", 5, 1), ("C", 9, 2)):
         bind_marker(scene, name, frame, add_camera(scene, f"Cam{i}"))
-    vse, takes, paths = vfmod("core.vse"), vfmod("core.takes"), vfmod("core.paths")
+    vse, takes, paths = vfmod("core.timeline.vse"), vfmod("core.timeline.takes"), vfmod("core.timeline.paths")
     project = paths.project_for(bpy.data.filepath, scene.name)
     colors = {"A": (1, 0, 0), "B": (0, 1, 0), "C": (0, 0, 1)}
     for shot in scene.viewfinder.shots:

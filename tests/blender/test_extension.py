@@ -15,7 +15,7 @@ def test_built_zip_holds_the_addon_and_engine_but_no_dev_files(extension_zip):
     assert "blender_manifest.toml" in names and "__init__.py" in names
     assert any(n.startswith("engine/") for n in names)
     assert not any(n.startswith(("tests/", ".venv", "benchmarks/", ".git/", "deploy/")) for n in names)
-    assert "engine/serve_ray.py" in names and "core/generate_all.py" in names
+    assert "engine/ray/serve.py" in names and "core/generate/all_shots.py" in names
 
 
 def test_extension_is_enabled_with_scene_settings(vf, scene):

@@ -50,7 +50,7 @@ def test_finalize_take_makes_a_2x_final_take_above_the_approved_one(approved: di
     assert new.transform.scale_x == pytest.approx(1.5) and new.transform.scale_y == pytest.approx(1.5)
     assert new["viewfinder_tier"] == "finalized"
     # 3. The animatic now uses the final take for this shot: no drafts left to report.
-    exports = vfmod("core.exports")
+    exports = vfmod("core.timeline.exports")
     assert exports.unfinalized_shots(scene) == [] and exports.final_strip(scene, "Truck") == new
     # 4. 4x would be 512x288, above the scene's 384x216: capped, with the reason.
     scene.sequence_editor.active_strip = strip
@@ -84,7 +84,7 @@ def test_bad_input_pickle_upscaler_and_deleted_maps(approved: dict[str, Any], vf
 
 
 def test_cancelled_finalize_resumes_where_it_stopped(approved: dict[str, Any], vfmod: Any) -> None:
-    finalize, generate, engine_link = vfmod("core.finalize"), vfmod("core.generate"), vfmod("core.engine_link")
+    finalize, generate, engine_link = vfmod("core.jobs.finalize"), vfmod("core.generate.shot"), vfmod("core.client.link")
     prefs = vfmod("preferences").get_prefs(bpy.context)
     project = vfmod("operators.common").project_of(bpy.context)
     plan = finalize.collect_finalize(approved["scene"], approved["takes"] / "001", project, prefs, factor=2,

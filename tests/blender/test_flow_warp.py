@@ -4,7 +4,7 @@ Analytic scenes: a textured wall under a camera pan (no parallax: everything is 
 but the strip entering the frame), and a textured wall behind a textured card under a
 camera truck (parallax: the card uncovers wall, which the depth check must mark).
 The colour frames are Cycles renders of an emissive noise texture; the flow and depth
-are the add-on's own control maps. ``engine/flow.py`` is numpy-only and loaded by path.
+are the add-on's own control maps. ``engine/coherence/flow.py`` is numpy-only and loaded by path.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ W, H = 128, 72
 
 
 def load_flow_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("vf_engine_flow", ROOT / "engine" / "flow.py")
+    spec = importlib.util.spec_from_file_location("vf_engine_flow", ROOT / "engine" / "coherence" / "flow.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -34,7 +34,7 @@ class _HalfResponse:
 
 def test_truncated_frame_is_not_counted_and_the_take_is_not_complete(tmp_path, tiny_models, monkeypatch, vfmod):
     scene = build_film(tmp_path, tiny_models)
-    client_mod = vfmod("core.engine_client")
+    client_mod = vfmod("core.client.http")
     original = client_mod.EngineClient._request
 
     def truncating(self, method, path, **kwargs):

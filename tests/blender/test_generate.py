@@ -102,7 +102,7 @@ def test_cancel_keeps_finished_frames_places_no_strip_and_resumes(tmp_path, tiny
     scene.viewfinder.batch_size = 1
     scene.viewfinder.steps = 30
     generate, shot_job, engine_link, prefs_mod = (
-        vfmod("core.generate"), vfmod("core.shot_job"), vfmod("core.engine_link"), vfmod("preferences"))
+        vfmod("core.generate.shot"), vfmod("core.generate.shot_job"), vfmod("core.client.link"), vfmod("preferences"))
     ops_common = vfmod("operators.common")
     prefs = prefs_mod.get_prefs(bpy.context)
     project = ops_common.project_of(bpy.context)
@@ -131,7 +131,7 @@ def test_cancel_keeps_finished_frames_places_no_strip_and_resumes(tmp_path, tiny
 
 def test_unreachable_engine_reports_and_leaves_timeline_alone(tmp_path, tiny_models, monkeypatch, vfmod):
     scene = build_film(tmp_path, tiny_models)
-    vfmod("core.engine_process").shutdown_engine()
+    vfmod("core.client.process").shutdown_engine()
     monkeypatch.setenv("VIEWFINDER_ENGINE_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("VIEWFINDER_ENGINE_TOKEN", "x")
     with pytest.raises(RuntimeError, match="not reachable"):
@@ -159,7 +159,7 @@ def test_disk_full_keeps_earlier_takes(tmp_path, tiny_models, monkeypatch, vfmod
     scene = build_film(tmp_path, tiny_models)
     assert bpy.ops.viewfinder.generate(shot="Wide") == {"FINISHED"}
     before = [(s.name, s.channel) for s in take_strips(scene)]
-    client_mod = vfmod("core.engine_client")
+    client_mod = vfmod("core.client.http")
 
     def full(*_args, **_kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -175,9 +175,9 @@ def test_disabling_the_addon_stops_the_engine_and_generate_restarts_it(tmp_path,
     import addon_utils
 
     build_film(tmp_path, tiny_models)
-    engine_process = vfmod("core.engine_process")
+    engine_process = vfmod("core.client.process")
     prefs = vfmod("preferences").get_prefs(bpy.context)
-    vfmod("core.engine_link").connect(prefs).health()
+    vfmod("core.client.link").connect(prefs).health()
     process = engine_process._engine.local.process
     assert process.poll() is None
     addon_utils.disable(vf.__name__, default_set=True)
@@ -186,10 +186,10 @@ def test_disabling_the_addon_stops_the_engine_and_generate_restarts_it(tmp_path,
     finally:
         addon_utils.enable(vf.__name__, default_set=True)
     # A killed engine is noticed and started again on the next use.
-    client = vfmod("core.engine_link").connect(vfmod("preferences").get_prefs(bpy.context))
+    client = vfmod("core.client.link").connect(vfmod("preferences").get_prefs(bpy.context))
     engine_process._engine.local.process.kill()
     engine_process._engine.local.process.wait(timeout=30)
-    client = vfmod("core.engine_link").connect(vfmod("preferences").get_prefs(bpy.context))
+    client = vfmod("core.client.link").connect(vfmod("preferences").get_prefs(bpy.context))
     assert client.health()["status"] == "ok"
 
 
@@ -197,7 +197,7 @@ def test_too_small_frames_are_refused_before_any_rendering(tmp_path, tiny_models
     scene = build_film(tmp_path, tiny_models)
     scene.render.resolution_x, scene.render.resolution_y = 1920, 1080
     scene.viewfinder.long_edge = 64  # 64×32 (16:9, rounded to 8): below the models' 64 px
-    size = vfmod("core.resolution").generation_size
+    size = vfmod("core.scene.resolution").generation_size
     smallest = min(e for e in range(64, 512, 8) if min(size(1920, 1080, 1, 1, e)) >= 64)
     assert min(size(1920, 1080, 1, 1, smallest - 8)) < 64
     with pytest.raises(RuntimeError, match=f"64×32 frames.*Long Edge to {smallest} or more"):

@@ -31,9 +31,9 @@ FRAMES = 2  # per shot
 @pytest.fixture(scope="module")
 def quota_engine(tmp_path_factory: pytest.TempPathFactory, vfmod) -> Iterator[object]:
     """An engine of its own with a job quota of 2, reached as a remote one (URL and token)."""
-    vfmod("core.engine_process").shutdown_engine()
+    vfmod("core.client.process").shutdown_engine()
     data = tmp_path_factory.mktemp("quota-engine")
-    engine = vfmod("core.engine_process").LocalEngine(
+    engine = vfmod("core.client.process").LocalEngine(
         engine_python(), data_dir=str(data), log_path=data / "engine.log", device="cpu", startup_timeout=180,
         env={"HF_HUB_OFFLINE": "1"}, extra_args=["--job-quota", str(QUOTA)])
     engine.start()
@@ -46,7 +46,7 @@ def on_quota_engine(quota_engine, monkeypatch: pytest.MonkeyPatch, vfmod):
     monkeypatch.setenv("VIEWFINDER_ENGINE_URL", quota_engine.url)
     monkeypatch.setenv("VIEWFINDER_ENGINE_TOKEN", quota_engine.token)
     yield quota_engine
-    vfmod("core.engine_process").shutdown_engine()
+    vfmod("core.client.process").shutdown_engine()
 
 
 def build_long_film(tmp_path: Path, tiny_models: Path):
@@ -83,7 +83,7 @@ def rss_mb() -> float:
 
 def submits_seen(vfmod, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str]]:
     """(this token's jobs on the engine just before, the answer) for every submit the add-on makes."""
-    client_class = vfmod("core.engine_client").EngineClient
+    client_class = vfmod("core.client.http").EngineClient
     seen: list[tuple[int, str]] = []
     submit = client_class.submit
 

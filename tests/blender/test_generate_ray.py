@@ -37,7 +37,7 @@ def ray_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayEngine]:
 
 @pytest.fixture()
 def on_ray(ray_engine: RayEngine, monkeypatch: pytest.MonkeyPatch, vfmod) -> RayEngine:
-    vfmod("core.engine_process").shutdown_engine()  # no local engine child: the cluster answers
+    vfmod("core.client.process").shutdown_engine()  # no local engine child: the cluster answers
     monkeypatch.setenv("VIEWFINDER_ENGINE_URL", ray_engine.url)
     monkeypatch.setenv("VIEWFINDER_ENGINE_TOKEN", ray_engine.token)
     return ray_engine

@@ -59,7 +59,7 @@ def test_200_frame_video_shot_through_three_windows_lands_on_the_vse(tmp_path: P
     bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "video.blend"))
 
     # The request the add-on sends: the video block, the reference image uploaded by content.
-    shot_job, prefs_mod, ops_common = vfmod("core.shot_job"), vfmod("preferences"), vfmod("operators.common")
+    shot_job, prefs_mod, ops_common = vfmod("core.generate.shot_job"), vfmod("preferences"), vfmod("operators.common")
     job = shot_job.collect_shot(scene, shot, ops_common.project_of(bpy.context), prefs_mod.get_prefs(bpy.context))
     assert job.request.to_dict()["generator"] == "VIDEO" and job.uploads == [tmp_path / "ref.png"]
     assert job.request.to_dict()["video"]["model"] == str(tiny_models / "wan-vace")

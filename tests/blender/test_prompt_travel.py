@@ -22,7 +22,7 @@ A, B = "a quiet street at night", "the street in flames"
 @pytest.fixture()
 def engine_log(monkeypatch, vfmod):
     """Every job body the add-on submits, and the engine's last answer for each job."""
-    client_mod = vfmod("core.engine_client")
+    client_mod = vfmod("core.client.http")
     log = {"bodies": [], "status": {}}
     submit, status = client_mod.EngineClient.submit, client_mod.EngineClient.status
 

@@ -1,7 +1,7 @@
 """One contract: what `collect_shot` builds passes the engine's own request model, for every kind of shot.
 
 Real scenes, real control maps; the body is assembled as `run_shot` sends it (maps by
-sha256) and validated with engine/schema.py's JobRequest, so a field the add-on renames
+sha256) and validated with engine/contract/schema.py's JobRequest, so a field the add-on renames
 or a value out of the engine's range fails here rather than at submit. No engine runs.
 """
 
@@ -24,14 +24,14 @@ pytest.importorskip("pydantic", reason="the bpy venvs get pydantic from requirem
 def schema() -> Any:
     sys.path.insert(0, str(ROOT))
     try:
-        return importlib.import_module("engine.schema")
+        return importlib.import_module("engine.contract.schema")
     finally:
         sys.path.remove(str(ROOT))
 
 
 def validate(schema: Any, vfmod: Any, job: Any) -> Any:
     """The engine's parsed request for `job`, with its frames as run_shot sends them."""
-    generate, request = vfmod("core.generate"), vfmod("core.request")
+    generate, request = vfmod("core.generate.shot"), vfmod("core.jobs.request")
     paths = {p for maps in job.maps.values() for p in maps.values() if p is not None}
     hashes = {p: generate.file_sha256(p) for p in paths}
     body = job.request.body(request.frame_entries(job.frames, job.maps, hashes, job.frame_values))
@@ -95,7 +95,7 @@ def test_a_shot_with_people_and_their_characters(tmp_path: Path, vfmod: Any, sch
     assert any(f.pose is not None for f in parsed.frames)  # the rigs are seen: their OpenPose maps are sent
     assert all(f.mask is not None for f in parsed.frames)
     assert [c.name for c in parsed.characters] == ["Hero", "Stranger"]
-    assert parsed.characters[0].references == [vfmod("core.characters").file_sha256(tmp_path / "hero.png")]
+    assert parsed.characters[0].references == [vfmod("core.jobs.characters").file_sha256(tmp_path / "hero.png")]
     assert parsed.models.ip_adapter == scene.viewfinder.ip_adapter
     assert parsed.coherence.mode == coherence
 
@@ -125,8 +125,8 @@ def test_a_video_shot(tmp_path: Path, vfmod: Any, schema: Any) -> None:
     shot.reference_image = str(save_png(tmp_path / "ref.png", 8, 8))
     job = collect(scene, vfmod, "Box")
     parsed = validate(schema, vfmod, job)
-    assert parsed.generator == "VIDEO" and parsed.video.model == vfmod("core.request").DEFAULT_VIDEO_MODEL
-    assert parsed.video.references == [vfmod("core.generate").file_sha256(tmp_path / "ref.png")]
+    assert parsed.generator == "VIDEO" and parsed.video.model == vfmod("core.jobs.request").DEFAULT_VIDEO_MODEL
+    assert parsed.video.references == [vfmod("core.generate.shot").file_sha256(tmp_path / "ref.png")]
     scene.viewfinder.video_model_preset = "ANIMATEDIFF"
     parsed = validate(schema, vfmod, collect(scene, vfmod, "Box"))
     assert parsed.video.pipeline == "ANIMATEDIFF" and parsed.video.motion_adapter == scene.viewfinder.motion_adapter
@@ -136,7 +136,7 @@ def test_a_character_reference_sheet(tmp_path: Path, vfmod: Any, schema: Any) ->
     scene = build_cast(tmp_path)
     prefs = vfmod("preferences").get_prefs(bpy.context)
     project = vfmod("operators.common").project_of(bpy.context)
-    sheet = vfmod("core.reference_sheet").prepare_sheet(scene, scene.viewfinder.characters["Hero"], project, prefs)
+    sheet = vfmod("core.jobs.reference_sheet").prepare_sheet(scene, scene.viewfinder.characters["Hero"], project, prefs)
     parsed = validate(schema, vfmod, sheet.job)
     assert len(parsed.frames) == 3 and (parsed.width, parsed.height) == (64, 64)
     assert [c.name for c in parsed.characters] == ["Hero"] and all(f.mask for f in parsed.frames)
@@ -144,7 +144,7 @@ def test_a_character_reference_sheet(tmp_path: Path, vfmod: Any, schema: Any) ->
 
 def test_an_unknown_field_is_refused_by_the_engine_as_it_is_by_the_typed_request(vfmod: Any, schema: Any) -> None:
     """The check above can fail: the engine refuses what it does not know, and so does the typed value."""
-    request = vfmod("core.request")
+    request = vfmod("core.jobs.request")
     job = request.JobRequest(shot="A", models=request.ModelSpec())
     with pytest.raises(Exception, match="colour"):
         schema.JobRequest.model_validate({**job.body([{"frame": 1}]), "colour": "red"})

@@ -31,7 +31,7 @@ def make_run(vfmod, scene, *, hold_settings=False, background=False, engine_thre
     """A run as the UI makes it, except that by default its engine steps run a step a tick on
     this thread, so that the tests can cancel after a given step (engine_thread=True: the UI's
     own configuration, the engine steps on a worker thread)."""
-    run_mod = vfmod("core.generate_run")
+    run_mod = vfmod("core.generate.run")
     project = vfmod("operators.common").project_of(bpy.context)
     prefs = vfmod("preferences").get_prefs(bpy.context)
     return run_mod.GenerationRun([s.name for s in scene.viewfinder.shots], project, prefs,
@@ -41,7 +41,7 @@ def make_run(vfmod, scene, *, hold_settings=False, background=False, engine_thre
 def drive(vfmod, run, scene, *, cancel_when=None, limit=20000):
     """Tick to the end; cancel right after the first tick after which `cancel_when(run, kinds)` holds.
     Returns the step kinds of every tick and the statuses shown."""
-    run_mod = vfmod("core.generate_run")
+    run_mod = vfmod("core.generate.run")
     kinds, statuses = [], []
     for _ in range(limit):
         state = run.tick(scene)
@@ -104,7 +104,7 @@ def test_between_ticks_the_user_sees_their_own_settings(tmp_path, tiny_models, v
     scene.frame_set(2)
     before = snapshot(scene)
     run = make_run(vfmod, scene)
-    run_mod = vfmod("core.generate_run")
+    run_mod = vfmod("core.generate.run")
     statuses = []
     while run.phase in ("connect", "maps"):
         assert run.tick(scene) != run_mod.DONE
@@ -181,7 +181,7 @@ def test_cancel_after_placing_one_take_keeps_it(tmp_path, tiny_models, vfmod):
 @contextlib.contextmanager
 def engine_calls(vfmod):
     """Every HTTP call the add-on makes to the engine meanwhile: (path, made on Blender's main thread)."""
-    client_class = vfmod("core.engine_client").EngineClient
+    client_class = vfmod("core.client.http").EngineClient
     calls, request = [], client_class._request
 
     def recording(self, method, path, **kwargs):
@@ -240,7 +240,7 @@ def test_cached_shots_answer_from_the_take_cache_through_the_ticks(tmp_path, tin
 def test_unreachable_engine_stops_the_run(tmp_path, tiny_models, monkeypatch, vfmod, background):
     scene = build_film(tmp_path, tiny_models)
     scene.frame_set(scene.frame_current)  # evaluated: the snapshot compares evaluated transforms
-    vfmod("core.engine_process").shutdown_engine()
+    vfmod("core.client.process").shutdown_engine()
     monkeypatch.setenv("VIEWFINDER_ENGINE_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("VIEWFINDER_ENGINE_TOKEN", "x")
     before = snapshot(scene)
@@ -330,7 +330,7 @@ def test_restart_engine_returns_at_once_and_reports_through_the_worker(tmp_path,
     try:
         assert timer_until_done(op, context) == {"CANCELLED"}
     finally:
-        vfmod("core.engine_process").shutdown_engine()
+        vfmod("core.client.process").shutdown_engine()
     ((level, text),) = reports
     assert level == "ERROR" and "fake engine gives up" in text
     assert wm.calls[-1] == "timer_remove" and workspace.texts[-1] is None
@@ -338,7 +338,7 @@ def test_restart_engine_returns_at_once_and_reports_through_the_worker(tmp_path,
 
 
 def test_install_engine_returns_at_once_and_reports_through_the_worker(tmp_path, vfmod, monkeypatch):
-    install_mod = vfmod("core.engine_install")
+    install_mod = vfmod("core.client.install")
     release = __import__("threading").Event()
 
     def fake_install(venv_dir, cancel=None, **_kwargs):
@@ -366,7 +366,7 @@ def test_install_engine_returns_at_once_and_reports_through_the_worker(tmp_path,
 
 
 def test_install_engine_esc_cancels_the_worker(tmp_path, vfmod, monkeypatch):
-    install_mod = vfmod("core.engine_install")
+    install_mod = vfmod("core.client.install")
 
     def fake_install(venv_dir, cancel=None, **_kwargs):
         yield install_mod.InstallProgress(0.05, "Collecting torch")

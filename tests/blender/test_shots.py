@@ -129,7 +129,7 @@ def test_operators_see_markers_bound_just_now(scene):
 
 def test_the_shots_property_hides_only_blenders_read_only_refusal(three_shots, vfmod, monkeypatch):
     """Drawing the UI may not write ID data: that is waited out. Any other AttributeError is a bug and surfaces."""
-    shots_core = vfmod("core.shots")
+    shots_core = vfmod("core.scene.shots")
     assert len(three_shots.viewfinder.shots) == 3  # synced once, while writing is allowed
 
     def refused(scene):

@@ -24,7 +24,7 @@ def write_frames(directory, frames, value):
 
 @pytest.fixture()
 def vse(vfmod):
-    return vfmod("core.vse")
+    return vfmod("core.timeline.vse")
 
 
 def strips(scene):

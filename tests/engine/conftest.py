@@ -2,8 +2,8 @@
 
 Run with the engine's environment from the repository root:
     .venv-engine/bin/python -m pytest tests/engine -q
-The engine is started through the add-on's own ``core/engine_process.py`` and driven
-over HTTP with ``core/engine_client.py``, the same path Blender takes.
+The engine is started through the add-on's own ``core/client/process.py`` and driven
+over HTTP with ``core/client/http.py``, the same path Blender takes.
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ def _load_core() -> types.ModuleType:
 def core() -> types.SimpleNamespace:
     package = _load_core()
     return types.SimpleNamespace(
-        client=importlib.import_module(f"{package.__name__}.engine_client"),
-        process=importlib.import_module(f"{package.__name__}.engine_process"),
-        install=importlib.import_module(f"{package.__name__}.engine_install"),
+        client=importlib.import_module(f"{package.__name__}.client.http"),
+        process=importlib.import_module(f"{package.__name__}.client.process"),
+        install=importlib.import_module(f"{package.__name__}.client.install"),
     )
 
 

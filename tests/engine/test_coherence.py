@@ -17,9 +17,9 @@ import pytest
 from engine_testlib import ROOT, make_job, read_png, wait_for
 from PIL import Image
 
-from engine.coherence import ColorStats, match_color
-from engine.flow import depth_offset, flow_masks, warp
-from engine.metrics import depth_edge_correlation, measure_take, warp_error
+from engine.coherence.flow import depth_offset, flow_masks, warp
+from engine.coherence.strategies import ColorStats, match_color
+from engine.metrics.take import depth_edge_correlation, measure_take, warp_error
 
 SIZE = 64
 BG_SPEED, FG_SPEED = 2, 5  # pixels per frame, to the right

@@ -1,4 +1,4 @@
-"""The draft tier (issue 15, engine/draft.py) with tiny models on the CPU: a draft job runs through the
+"""The draft tier (issue 15, engine/models/draft.py) with tiny models on the CPU: a draft job runs through the
 same run function as a final job, in 4 steps with the LCM scheduler, the LoRA and the tiny VAE; its frame
 keys differ from the final's; afterwards the pipeline is as loaded, so the next final job is bit-exact;
 a LoRA for another family and a missing Hub LoRA offline give messages naming the file and the fix."""
@@ -15,11 +15,12 @@ import pytest
 from engine_testlib import depth_png, make_job
 from safetensors.torch import load_file, save_file
 
-from engine import jobs as jobs_module
-from engine.draft import DEFAULT_LORAS, draft_request, resolve_lora
-from engine.errors import EngineFault
-from engine.jobs import JobManager
-from engine.schema import JobRequest
+from engine.contract.errors import EngineFault
+from engine.contract.schema import JobRequest
+from engine.jobs import batch as batch_runner
+from engine.jobs.keys import request_digest
+from engine.jobs.manager import JobManager
+from engine.models.draft import DEFAULT_LORAS, draft_request, resolve_lora
 from engine.storage import Storage
 
 
@@ -71,7 +72,7 @@ def draft_body(tiny_models: dict[str, str], jm: JobManager, **draft: Any) -> dic
 def test_draft_runs_through_run_batch_in_4_steps(manager: JobManager, tiny_models: dict[str, str],
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[dict[str, Any]] = []
-    real = jobs_module.run_batch
+    real = batch_runner.run_batch
 
     def spy(models: Any, active: Any, maps: Any, seeds: Any, settings: Any, *args: Any, **kwargs: Any) -> Any:
         pipe = models.variant(active)
@@ -80,7 +81,7 @@ def test_draft_runs_through_run_batch_in_4_steps(manager: JobManager, tiny_model
                      "guidance": settings.guidance_scale, "seeds": list(seeds), "nets": active})
         return real(models, active, maps, seeds, settings, *args, **kwargs)
 
-    monkeypatch.setattr(jobs_module, "run_batch", spy)
+    monkeypatch.setattr(batch_runner, "run_batch", spy)
     final = run(manager, {**draft_body(tiny_models, manager), "tier": "final"})
     draft = run(manager, draft_body(tiny_models, manager, tiny_vae=True, tiny_vae_model=tiny_models["tiny_vae"]))
     assert final.status == draft.status == "done", (final.error, draft.error)
@@ -129,7 +130,7 @@ def test_draft_keys_pinned_to_their_settings(manager: JobManager, tiny_models: d
             else:
                 body["draft"][name] = value
         request = draft_request(JobRequest.model_validate(body))
-        return {manager.request_digest(request, _key(manager, request))}
+        return {request_digest(request, _key(manager, request))}
 
     base = keys()
     assert keys(scheduler="TCD") != base and keys(lora_scale=0.5) != base and keys(tiny_vae=True) != base
@@ -138,7 +139,7 @@ def test_draft_keys_pinned_to_their_settings(manager: JobManager, tiny_models: d
 
 
 def _key(jm: JobManager, request: JobRequest) -> Any:
-    from engine.pipelines import PipelineKey
+    from engine.models.pipelines import PipelineKey
 
     return PipelineKey(base="b", depth="d", pose=None, lora=None, lora_scale=0.0, device="cpu", dtype="float32",
                        attention_slicing=False, cpu_offload=False)

@@ -12,7 +12,7 @@ import pytest
 from engine_testlib import make_job, read_png, wait_for
 from PIL import Image
 
-from engine.upscale import check_upscaler_path, enlarge, load_upscaler
+from engine.models.upscale import check_upscaler_path, enlarge, load_upscaler
 
 SMALL, BIG = 64, 128
 FRAMES = 4

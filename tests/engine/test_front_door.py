@@ -305,8 +305,8 @@ def test_unexpected_errors_answer_json(tmp_path: Path) -> None:
     import asyncio
     import errno
 
-    from engine.auth import Tokens
-    from engine.front_door import FrontDoor
+    from engine.api.auth import Tokens
+    from engine.api.front_door import FrontDoor
 
     async def failing(scope: Any, receive: Any, send: Any) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -41,8 +41,8 @@ def _png(array: np.ndarray) -> bytes:
 def run_jobs(tmp: Path, speed: Any, bodies: list[Any]) -> tuple[list[np.ndarray], list[Any]]:
     """Run ``bodies`` (callables storage -> request dict) one after another on an in-process
     JobManager with ``speed``; returns frame 1 of each and the jobs."""
-    from engine.jobs import JobManager
-    from engine.schema import JobRequest
+    from engine.contract.schema import JobRequest
+    from engine.jobs.manager import JobManager
     from engine.storage import Storage
 
     storage = Storage(tmp)
@@ -90,7 +90,7 @@ def character_body(tiny_models: dict[str, str]) -> Any:
 
 
 def test_defaults_are_the_plain_path_and_keep_the_cache_keys() -> None:
-    from engine.pipelines import PipelineKey, SpeedOptions, dtype_name
+    from engine.models.pipelines import PipelineKey, SpeedOptions, dtype_name
 
     cpu = SpeedOptions().key_fields("cpu")
     assert cpu == {"dtype": "float32", "channels_last": False, "fused_qkv": False, "compile": ""}
@@ -106,7 +106,7 @@ def test_defaults_are_the_plain_path_and_keep_the_cache_keys() -> None:
 
 
 def test_options_from_the_environment_and_bad_values() -> None:
-    from engine.pipelines import SpeedOptions
+    from engine.models.pipelines import SpeedOptions
 
     speed = SpeedOptions.from_env({"VIEWFINDER_ENGINE_PRECISION": "bf16", "VIEWFINDER_ENGINE_COMPILE": "1",
                                    "VIEWFINDER_ENGINE_CHANNELS_LAST": "0"})
@@ -120,9 +120,9 @@ def test_options_from_the_environment_and_bad_values() -> None:
 
 def test_precision_enters_the_frame_keys_and_the_speed_options_do_not(tiny_models: dict[str, str],
                                                                      tmp_path: Path) -> None:
-    from engine.jobs import JobManager
-    from engine.pipelines import SpeedOptions
-    from engine.schema import JobRequest
+    from engine.contract.schema import JobRequest
+    from engine.jobs.manager import JobManager
+    from engine.models.pipelines import SpeedOptions
     from engine.storage import Storage
 
     storage = Storage(tmp_path)
@@ -137,7 +137,7 @@ def test_precision_enters_the_frame_keys_and_the_speed_options_do_not(tiny_model
 
 
 def test_sdpa_attention_and_the_options_give_the_plain_frames(tiny_models: dict[str, str], tmp_path: Path) -> None:
-    from engine.pipelines import SpeedOptions, attention_kinds
+    from engine.models.pipelines import SpeedOptions, attention_kinds
 
     body = plain_body(tiny_models)
     plain, jobs = run_jobs(tmp_path / "plain", SpeedOptions(), [body])
@@ -148,8 +148,8 @@ def test_sdpa_attention_and_the_options_give_the_plain_frames(tiny_models: dict[
     assert int(np.abs(fused[0] - plain[0]).max()) <= SAME_MAX
     diff = float(np.abs(bf16[0] - plain[0]).mean())
     assert 0.0 < diff <= BF16_MEAN, diff  # other frames, but the same picture
-    from engine.models import resolve_ref
-    from engine.pipelines import PipelineKey, load_models
+    from engine.models.pipelines import PipelineKey, load_models
+    from engine.models.refs import resolve_ref
 
     base = resolve_ref(tiny_models["base"], "models.base", "base")
     depth = resolve_ref(tiny_models["depth"], "models.controlnet_depth", "controlnet")
@@ -166,7 +166,7 @@ def test_sdpa_attention_and_the_options_give_the_plain_frames(tiny_models: dict[
 def test_fused_qkv_unfuses_for_characters(tiny_models: dict[str, str], tmp_path: Path) -> None:
     """A character LoRA lives on to_q/to_k/to_v, which a fused to_qkv would bypass: calls run
     unfused while the UNet has adapters, and the plain job after them is fused again."""
-    from engine.pipelines import SpeedOptions
+    from engine.models.pipelines import SpeedOptions
 
     bodies = [plain_body(tiny_models), character_body(tiny_models), plain_body(tiny_models, seed=8)]
     plain, _ = run_jobs(tmp_path / "plain", SpeedOptions(), bodies)
@@ -194,7 +194,7 @@ def test_compile_on_and_off_give_the_same_frames(tiny_models: dict[str, str], tm
     reason = _compile_works()
     if reason:
         pytest.skip(reason)
-    from engine.pipelines import SpeedOptions
+    from engine.models.pipelines import SpeedOptions
 
     body = plain_body(tiny_models)
     eager, _ = run_jobs(tmp_path / "eager", SpeedOptions(), [body])
@@ -210,12 +210,12 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(tiny_models: dict[
                                                               caplog: pytest.LogCaptureFixture) -> None:
     """A compiler that fails (as on a machine without a toolchain): one warning, the jobs finish,
     and their frames are the eager frames (the retry starts from the same noise)."""
-    from engine.pipelines import FAULT_COMPILE_ENV, SpeedOptions
+    from engine.models.pipelines import FAULT_COMPILE_ENV, SpeedOptions
 
     body = plain_body(tiny_models)
     eager, _ = run_jobs(tmp_path / "eager", SpeedOptions(), [body])
     monkeypatch.setenv(FAULT_COMPILE_ENV, "1")
-    with caplog.at_level(logging.WARNING, logger="engine.pipelines"):
+    with caplog.at_level(logging.WARNING, logger="engine.models.pipelines"):
         images, jobs = run_jobs(tmp_path / "failing", SpeedOptions(compile="inductor"),
                                 [body, plain_body(tiny_models, seed=8)])
     warnings = [r for r in caplog.records if "torch.compile failed" in r.getMessage()]

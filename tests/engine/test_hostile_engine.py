@@ -5,7 +5,6 @@ Loopback stand-in servers only; each case bounded to a few seconds."""
 
 from __future__ import annotations
 
-import http.server
 import struct
 import threading
 import time

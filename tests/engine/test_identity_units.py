@@ -13,10 +13,10 @@ import pytest
 import torch
 from engine_testlib import A_ID, B_ID, png_bytes, two_character_mask
 
-from engine.characters import identity_cache_inputs, owner_map
-from engine.identity_metric import crop_box, cross_shot_similarity
-from engine.regional import IpSlot, RegionalAttnProcessor, RegionState
-from engine.schema import CharacterSpec, JobRequest
+from engine.characters.inputs import identity_cache_inputs, owner_map
+from engine.characters.regional import IpSlot, RegionalAttnProcessor, RegionState
+from engine.contract.schema import CharacterSpec, JobRequest
+from engine.metrics.identity import crop_box, cross_shot_similarity
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -146,7 +146,7 @@ def test_style_slot_acts_only_in_style_layers(tiny_models: dict[str, str]) -> No
     from diffusers import UNet2DConditionModel
     from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
 
-    from engine.regional import style_layer_names
+    from engine.characters.regional import style_layer_names
 
     unet = UNet2DConditionModel.from_pretrained(Path(tiny_models["base"]) / "unet")
     assert style_layer_names(unet) == {"up_blocks.1.attentions.1.transformer_blocks.0.attn1.processor",
@@ -171,7 +171,7 @@ def test_style_slot_acts_only_in_style_layers(tiny_models: dict[str, str]) -> No
 
 def test_takes_without_the_bible_are_matched_by_rig_name(tmp_path: Path) -> None:
     """No characters in take.json (a run without the bible): the legend's character entries give the crops."""
-    from engine.identity_metric import collect_crops, take_characters
+    from engine.metrics.identity import collect_crops, take_characters
 
     mask = two_character_mask()
     take = _write_take(tmp_path, "010_pan", {1: np.zeros((64, 64, 3), np.uint8)}, mask)
@@ -197,7 +197,7 @@ def test_one_pass_leak_outside_the_mask_is_the_normalisation(tiny_models: dict[s
     """
     from diffusers import ControlNetModel, UNet2DConditionModel
 
-    from engine.regional import installed
+    from engine.characters.regional import installed
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from bench_identity_leak import cell_masks, frozen_group_norm

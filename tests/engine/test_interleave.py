@@ -22,7 +22,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import bench_interleave  # noqa: E402
 
-import engine.jobs  # noqa: E402
+import engine.jobs.flow  # noqa: E402
 
 SHOTS, FRAMES, STEPS, SIZE = 3, 3, 3, 64
 
@@ -63,7 +63,7 @@ def run_both(tmp: Path, models: dict[str, str], calls: list[tuple[str, int]]) ->
 def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     """Every pipeline call of the FLOW run: (kind, frames in it)."""
     seen: list[tuple[str, int]] = []
-    run_batch, run_img2img = engine.jobs.run_batch, engine.jobs.run_img2img
+    run_batch, run_img2img = engine.jobs.flow.run_batch, engine.jobs.flow.run_img2img
 
     def spy_batch(models: Any, nets: Any, maps: Any, seeds: Any, *args: Any, **kwargs: Any) -> Any:
         seen.append(("keyframe", len(seeds)))
@@ -73,8 +73,8 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
         seen.append(("carried", len(init) if isinstance(init, list) else 1))
         return run_img2img(models, nets, maps, init, *args, **kwargs)
 
-    monkeypatch.setattr(engine.jobs, "run_batch", spy_batch)
-    monkeypatch.setattr(engine.jobs, "run_img2img", spy_img2img)
+    monkeypatch.setattr(engine.jobs.flow, "run_batch", spy_batch)
+    monkeypatch.setattr(engine.jobs.flow, "run_img2img", spy_img2img)
     return seen
 
 
@@ -106,8 +106,8 @@ def test_writer_writes_frames_with_equal_keys_and_serves_them_until_written(tmp_
 
     import numpy as np
 
+    from engine.jobs.writer import FrameWriter
     from engine.storage import Storage
-    from engine.writer import FrameWriter
 
     storage = Storage(tmp_path)
     writer = FrameWriter(storage)

@@ -61,8 +61,8 @@ def test_a_refusal_for_too_many_requests_is_the_contracts_json(tmp_path: Path) -
     """The front door's own 503 (requests in progress past --max-connections) is JSON, like every error."""
     import asyncio
 
-    from engine.auth import Tokens
-    from engine.front_door import FrontDoor
+    from engine.api.auth import Tokens
+    from engine.api.front_door import FrontDoor
 
     release = asyncio.Event()
 
@@ -163,7 +163,7 @@ def test_a_damaged_map_is_bad_map_at_submit_not_an_engine_error(core: Any, clien
 
 def test_the_decoder_holds_the_bound_whatever_the_first_header_says() -> None:
     from engine import images
-    from engine.errors import BadRequest
+    from engine.contract.errors import BadRequest
 
     for data in (lying_png((12000, 12000)), lying_png((3000, 2000)), one_bit_png(6000)):
         with pytest.raises(BadRequest) as info:
@@ -235,7 +235,7 @@ def test_long_model_paths_name_their_field_and_stay_out_of_the_log(core: Any, cl
 def test_a_log_record_is_bounded() -> None:
     import logging
 
-    from engine.__main__ import SafeFormatter
+    from engine.api.cli import SafeFormatter
 
     record = logging.LogRecord("engine", logging.ERROR, __file__, 1, "failed on %s", ("/x" * 500_000,), None)
     text = SafeFormatter("%(message)s").format(record)
@@ -336,7 +336,7 @@ def test_a_data_folder_deleted_while_serving_is_made_again_or_reported(core: Any
 
 
 def test_the_queue_takes_turns_between_tokens() -> None:
-    from engine.fair_queue import FairQueue
+    from engine.jobs.fair_queue import FairQueue
 
     queue = FairQueue()
     for n in range(1, 6):
@@ -353,7 +353,7 @@ def test_the_queue_takes_turns_between_tokens() -> None:
 def test_cheap_submits_of_one_token_never_push_out_anothers_finished_job(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from engine.jobs import JobManager
+    from engine.jobs.manager import JobManager
     from engine.storage import Storage
 
     class Request(SimpleNamespace):
@@ -375,7 +375,7 @@ def test_cheap_submits_of_one_token_never_push_out_anothers_finished_job(tmp_pat
 
 
 def test_engine_paths_stay_out_of_the_messages_clients_read() -> None:
-    from engine.errors import without_paths
+    from engine.contract.errors import without_paths
 
     assert without_paths("[Errno 2] No such file: '/root/.cache/viewfinder-engine/blobs/ab12'") == \
         "[Errno 2] No such file: '<path on the engine>'"

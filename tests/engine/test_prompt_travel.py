@@ -121,7 +121,7 @@ def test_zero_weights_warn_and_bad_per_frame_fields_are_named(client: Any, tiny_
     answer = client.submit_full(plain)
     assert 12 in answer["cached_frames"] and 13 in answer["cached_frames"]
 
-    from vf_core_under_test.engine_client import EngineError
+    from vf_core_under_test.client.http import EngineError
 
     for frame_fields, field in (({"prompt_weights": [1.0]}, "has 1 weights"),
                                 ({"depth_weight": 3.0}, "frames[0].depth_weight"),

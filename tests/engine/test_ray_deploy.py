@@ -18,10 +18,10 @@ import pytest
 import yaml
 from engine_testlib import depth_png, make_job
 
-from engine.coherence import make_strategy
-from engine.ray_config import RayEngineConfig
-from engine.ray_jobs import RayJobManager, plan_units
-from engine.schema import CoherenceSpec, FrameSpec, JobRequest
+from engine.coherence.strategies import make_strategy
+from engine.contract.schema import CoherenceSpec, FrameSpec, JobRequest
+from engine.ray.config import RayEngineConfig
+from engine.ray.jobs import RayJobManager, plan_units
 from engine.storage import Storage
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,8 +134,8 @@ def test_rayservice_manifest_runs_this_engine() -> None:
     # 1. The Serve config: our builder, with args the engine knows.
     serve_config = yaml.safe_load(service["spec"]["serveConfigV2"])
     (app,) = serve_config["applications"]
-    assert app["import_path"] == "engine.serve_ray:build_app" and app["route_prefix"] == "/"
-    assert re.search(r"^def build_app\(", (ROOT / "engine/serve_ray.py").read_text(), re.M)
+    assert app["import_path"] == "engine.ray.serve:build_app" and app["route_prefix"] == "/"
+    assert re.search(r"^def build_app\(", (ROOT / "engine/ray/serve.py").read_text(), re.M)
     fields = {f.name for f in dataclasses.fields(RayEngineConfig)}
     assert set(app["args"]) <= fields, set(app["args"]) - fields
     cfg = RayEngineConfig(**app["args"])

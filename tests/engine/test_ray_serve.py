@@ -1,4 +1,4 @@
-"""The engine on Ray Serve (engine/serve_ray.py): a real local Ray cluster with two CPU
+"""The engine on Ray Serve (engine/ray/serve.py): a real local Ray cluster with two CPU
 replicas and tiny models, driven over HTTP by the add-on's own client.
 
 One cluster for the whole session (it takes ~30 s to start), stopped with its whole local
@@ -198,12 +198,12 @@ def test_out_of_memory_fails_that_job_only(ray_client: Any, tiny_models: dict[st
 
 def test_generate_all_places_takes_in_the_order_jobs_finish(ray_client: Any, core: types.SimpleNamespace,
                                                             tiny_models: dict[str, str], tmp_path: Path) -> None:
-    """core/generate_all.py: every shot submitted at once; a short shot listed last comes back first."""
+    """core/generate/all_shots.py: every shot submitted at once; a short shot listed last comes back first."""
     import importlib
 
-    generate = importlib.import_module("vf_core_under_test.generate")
-    generate_all = importlib.import_module("vf_core_under_test.generate_all")
-    request = importlib.import_module("vf_core_under_test.request")
+    generate = importlib.import_module("vf_core_under_test.generate.shot")
+    generate_all = importlib.import_module("vf_core_under_test.generate.all_shots")
+    request = importlib.import_module("vf_core_under_test.jobs.request")
 
     def shot_job(name: str, frames: int, steps: int) -> Any:
         folder = tmp_path / name / "conditioning"

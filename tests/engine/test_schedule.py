@@ -1,4 +1,4 @@
-"""Per-frame values (engine/schedule.py) and prompt blending (engine/prompt_blend.py).
+"""Per-frame values (engine/contract/schedule.py) and prompt blending (engine/models/prompt_blend.py).
 
 In-process: the schedule's pure parts, the cache keys of requests without per-frame
 fields (pinned to the formula every earlier engine used), and the embedding blend
@@ -12,11 +12,11 @@ import hashlib
 import pytest
 
 from engine import ALGORITHM_VERSION
-from engine.coherence import IndependentCoherence, make_strategy
-from engine.jobs import JobManager
-from engine.pipelines import PipelineKey
-from engine.schedule import describe_frames, frame_values, job_warnings
-from engine.schema import JobRequest
+from engine.coherence.strategies import IndependentCoherence, make_strategy
+from engine.contract.schedule import describe_frames, frame_values, job_warnings
+from engine.contract.schema import JobRequest
+from engine.jobs.keys import frame_key
+from engine.models.pipelines import PipelineKey
 from engine.storage import canonical_hash
 
 SHA = "a" * 64
@@ -53,16 +53,16 @@ def test_frames_without_own_values_keep_their_cache_keys() -> None:
         "depth": SHA, "pose": None,
         **strategy.cache_inputs(req.frames[0], None),
     })
-    assert JobManager.frame_key(req, KEY, strategy, req.frames[0]) == old_formula
+    assert frame_key(req, KEY, strategy, req.frames[0]) == old_formula
     # A frame that sends the job's own value is the same frame.
     same = request([{"frame": 1, "depth": SHA, "depth_weight": 0.5, "seed": 3, "strength": 0.4}], seed=3,
                    depth_weight=0.5, coherence={"mode": "FLOW", "strength": 0.4})
-    assert JobManager.frame_key(same, KEY, strategy, same.frames[0]) == old_formula
+    assert frame_key(same, KEY, strategy, same.frames[0]) == old_formula
     # Its own strength, weight or seed is another frame.
     for change in ({"strength": 0.5}, {"depth_weight": 0.6}, {"seed": 4}, {"guidance_scale": 3.0}):
         other = request([{"frame": 1, "depth": SHA, **change}], seed=3, depth_weight=0.5,
                         coherence={"mode": "FLOW", "strength": 0.4})
-        assert JobManager.frame_key(other, KEY, strategy, other.frames[0]) != old_formula, change
+        assert frame_key(other, KEY, strategy, other.frames[0]) != old_formula, change
 
 
 def test_prompt_weights_blend_single_keys_are_plain_prompts_and_zero_falls_back() -> None:
@@ -83,8 +83,8 @@ def test_prompt_weights_blend_single_keys_are_plain_prompts_and_zero_falls_back(
     # Frame 1 is the same frame as a shot with prompt "quiet" alone.
     alone = JobRequest(prompt="quiet", style_prompt="pencil", frames=[{"frame": 1}])
     strategy = make_strategy(req.coherence)
-    assert JobManager.frame_key(req, KEY, strategy, req.frames[0]) == \
-        JobManager.frame_key(alone, KEY, strategy, alone.frames[0])
+    assert frame_key(req, KEY, strategy, req.frames[0]) == \
+        frame_key(alone, KEY, strategy, alone.frames[0])
 
 
 def test_frames_batch_by_equal_values_blends_and_seeds_may_differ() -> None:
@@ -117,7 +117,7 @@ def test_blend_encodes_each_prompt_once_and_sums(tiny_models: dict[str, str]) ->
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from engine.prompt_blend import PromptEmbeddings
+    from engine.models.prompt_blend import PromptEmbeddings
 
     pipe = StableDiffusionPipeline.from_pretrained(tiny_models["base"], safety_checker=None,
                                                    requires_safety_checker=False)

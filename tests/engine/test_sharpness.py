@@ -18,10 +18,10 @@ from PIL import Image
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import analytic_pan as pan  # noqa: E402
 
-from engine.coherence import BLURRY_FLOW_METHOD, FLOW_METHOD, Carried, FlowCoherence, color_stats  # noqa: E402
-from engine.flow import FlowMasks, area_scale, warp  # noqa: E402
-from engine.metrics import hf_energy, measure_take, sharpness_kept  # noqa: E402
-from engine.schema import CoherenceSpec  # noqa: E402
+from engine.coherence.flow import FlowMasks, area_scale, warp  # noqa: E402
+from engine.coherence.strategies import BLURRY_FLOW_METHOD, FLOW_METHOD, Carried, FlowCoherence, color_stats  # noqa: E402
+from engine.contract.schema import CoherenceSpec  # noqa: E402
+from engine.metrics.take import hf_energy, measure_take, sharpness_kept  # noqa: E402
 
 
 def sinusoid(width: int = 64, height: int = 32, amplitude: float = 100.0, phase: float = 0.0) -> np.ndarray:

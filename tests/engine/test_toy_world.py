@@ -158,7 +158,7 @@ def test_prompt_travel_carries_a_colour_from_red_to_blue(toy: ToyEngine, palette
 
 
 def test_flow_is_steadier_than_independent_frames_and_keeps_the_checkers(toy: ToyEngine, tmp_path: Path) -> None:
-    from engine.metrics import measure_take
+    from engine.metrics.take import measure_take
 
     rows = records("moves")
     cond = DATA / Path(rows[0]["depth"]).parent.parent

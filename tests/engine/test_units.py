@@ -11,11 +11,11 @@ import pytest
 from engine_testlib import ROOT
 from PIL import Image
 
-from engine.coherence import IndependentCoherence
-from engine.errors import BadRequest, ModelUnavailable, is_out_of_memory
-from engine.models import resolve_ref
-from engine.pipelines import decode_depth, decode_rgb
-from engine.schema import CoherenceSpec, FrameSpec, field_path
+from engine.coherence.strategies import IndependentCoherence
+from engine.contract.errors import BadRequest, ModelUnavailable, is_out_of_memory
+from engine.contract.schema import CoherenceSpec, FrameSpec, field_path
+from engine.models.codecs import decode_depth, decode_rgb
+from engine.models.refs import resolve_ref
 
 
 def test_depth_decodes_all_16_bits() -> None:

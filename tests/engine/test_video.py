@@ -14,8 +14,8 @@ import pytest
 from engine_testlib import OOM_FRAME, read_png, wait_for
 from PIL import Image
 
-from engine.metrics import warp_error
-from engine.windows import plan_windows
+from engine.metrics.take import warp_error
+from engine.models.windows import plan_windows
 
 SIZE = 64
 SPEED = 1  # the backdrop pans this many pixels a frame to the right
@@ -185,8 +185,8 @@ def test_missing_pipeline_class_is_a_clear_error(monkeypatch: pytest.MonkeyPatch
     import sys
     import types
 
-    from engine.errors import BadRequest
-    from engine.video import check_available
+    from engine.contract.errors import BadRequest
+    from engine.models.video import check_available
 
     check_available("WAN_VACE")  # this engine's diffusers has it
     # An engine with a diffusers from before Wan VACE.

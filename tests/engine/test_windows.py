@@ -1,11 +1,11 @@
-"""Window planning for video models (engine/windows.py): pure functions, no model."""
+"""Window planning for video models (engine/models/windows.py): pure functions, no model."""
 
 from __future__ import annotations
 
 import pytest
 
-from engine.video import control_frames, pad_to
-from engine.windows import frames_down, frames_up, plan_size, plan_windows, seam_frames
+from engine.models.video import control_frames, pad_to
+from engine.models.windows import frames_down, frames_up, plan_size, plan_windows, seam_frames
 
 
 def covered_once(num_frames: int, plan: object) -> list[int]:
@@ -87,8 +87,8 @@ def test_padding_the_control_repeats_edges_and_crops_back_exactly() -> None:
 
 def test_one_pipeline_slot_swaps_video_and_image_models() -> None:
     """A video model and an image model evict each other from a one-slot cache (the default engine)."""
-    from engine.pipelines import PipelineCache, PipelineKey
-    from engine.video import VideoKey
+    from engine.models.pipelines import PipelineCache, PipelineKey
+    from engine.models.video import VideoKey
 
     cache = PipelineCache(1)
     video = VideoKey("WAN_VACE", "folder:/m:1", None, None, None, "cpu", "float32", False, None)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from helpers import ROOT, load
 
-characters = load("core.characters")
-image_info = load("core.image_info")
+characters = load("core.jobs.characters")
+image_info = load("core.jobs.image_info")
 png = load("core.conditioning.png")
 
 LEGEND = {
@@ -120,7 +120,7 @@ def test_an_object_in_two_characters_is_refused():
 
 
 def test_the_limit_matches_the_engine():
-    text = (ROOT / "engine" / "schema.py").read_text()
+    text = (ROOT / "engine" / "contract" / "schema.py").read_text()
     assert f"MAX_CHARACTERS = {characters.MAX_CHARACTERS}" in text
 
 
@@ -154,7 +154,7 @@ def test_the_block_is_a_valid_engine_request(tmp_path):
 
     sys.path.insert(0, str(ROOT))
     try:
-        schema = importlib.import_module("engine.schema")
+        schema = importlib.import_module("engine.contract.schema")
     finally:
         sys.path.remove(str(ROOT))
     ref = write_image(tmp_path / "hero.png", 16, 16)

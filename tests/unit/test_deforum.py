@@ -1,4 +1,4 @@
-"""Deforum schedules (core/deforum.py): plain Python, no Blender."""
+"""Deforum schedules (core/scene/deforum.py): plain Python, no Blender."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 from helpers import load
 
-deforum = load("core.deforum")
+deforum = load("core.scene.deforum")
 
 
 def test_pasted_prompt_lines_in_both_deforum_forms() -> None:

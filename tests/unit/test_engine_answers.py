@@ -13,8 +13,8 @@ from helpers import load
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_generate_pacing import QuotaEngine, shot_job  # noqa: E402
 
-generate = load("core.generate")
-downloads = load("core.downloads")
+generate = load("core.generate.shot")
+downloads = load("core.client.downloads")
 
 
 class Lying(QuotaEngine):

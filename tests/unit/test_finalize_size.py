@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from helpers import load
 
-finalize = load("core.finalize")
-generate = load("core.generate")
+finalize = load("core.jobs.finalize")
+generate = load("core.generate.shot")
 
 
 def test_factor_within_the_output_size_is_exact() -> None:

@@ -1,6 +1,6 @@
-"""Generate All under the engine's job quota (core/generate_all.ShotsOnEngine): at most the quota
+"""Generate All under the engine's job quota (core/generate/all_shots.py ShotsOnEngine): at most the quota
 in flight, the next shot submitted as one ends, a 429 a wait and never a failure. A stand-in
-engine keeps the quota as the real one does (engine/server.py); no bpy, no network."""
+engine keeps the quota as the real one does (engine/api/server.py); no bpy, no network."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from helpers import load
 
-generate = load("core.generate")
-generate_all = load("core.generate_all")
-client_mod = load("core.engine_client")
-request_mod = load("core.request")
+generate = load("core.generate.shot")
+generate_all = load("core.generate.all_shots")
+client_mod = load("core.client.http")
+request_mod = load("core.jobs.request")
 
 PNG = bytes.fromhex("89504e470d0a1a0a")  # enough for the stand-in: its frames are never decoded here
 

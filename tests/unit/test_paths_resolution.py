@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from helpers import load
 
-paths = load("core.paths")
-resolution = load("core.resolution")
+paths = load("core.timeline.paths")
+resolution = load("core.scene.resolution")
 
 
 def test_project_next_to_blend(tmp_path):

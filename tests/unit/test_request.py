@@ -1,4 +1,4 @@
-"""The typed engine request (core/request.py): what it sends, and that it matches the engine's schema."""
+"""The typed engine request (core/jobs/request.py): what it sends, and that it matches the engine's schema."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, load
 
-request = load("core.request")
+request = load("core.jobs.request")
 
 
 def engine_schema():
     pytest.importorskip("pydantic")  # every venv `make setup` builds has it; a bare interpreter may not
     sys.path.insert(0, str(ROOT))
     try:
-        return importlib.import_module("engine.schema")
+        return importlib.import_module("engine.contract.schema")
     finally:
         sys.path.remove(str(ROOT))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from helpers import load
 
-shots = load("core.shots")
+shots = load("core.scene.shots")
 M = shots.MarkerInfo
 
 

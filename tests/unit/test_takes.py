@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from helpers import load
 
-takes = load("core.takes")
+takes = load("core.timeline.takes")
 
 
 def make_info(**overrides):
@@ -68,7 +68,7 @@ def test_take_json_with_wrong_types_is_ignored_not_raised(tmp_path):
 
 
 def test_take_folders_are_ascii_numbers_sorted_by_value(tmp_path):
-    paths = load("core.paths")
+    paths = load("core.timeline.paths")
     for name in ("998", "999", "1000", "1001"):
         (tmp_path / name).mkdir()
         takes.write_take(tmp_path / name, make_info(take=name))
@@ -85,7 +85,7 @@ def test_frame_check_catches_truncated_empty_and_flipped_pngs(tmp_path):
     import struct
     import zlib
 
-    check = load("core.frame_check")
+    check = load("core.client.frame_check")
     raw = b"".join(b"\0" + bytes(range(48)) for _ in range(16))  # 16 rows of 16 RGB pixels
 
     def chunk(kind, data):

@@ -1,4 +1,4 @@
-"""The VIDEO part of a shot's engine request (core/video_job.py): plain Python, no Blender."""
+"""The VIDEO part of a shot's engine request (core/jobs/video.py): plain Python, no Blender."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 from helpers import load
 
-video_job = load("core.video_job")
-generate = load("core.generate")
+video_job = load("core.jobs.video")
+generate = load("core.generate.shot")
 
 
 def scene_settings(**overrides: object) -> SimpleNamespace:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...metrics import hf_energy
+from ...metrics.take import hf_energy
 
 # A pixel further than this (RGB in 0..1, Euclidean) from every background colour is foreground.
 FOREGROUND_DISTANCE = 0.16

@@ -26,7 +26,7 @@ class ToyEngine:
     """One JobManager over a data folder; ``run`` submits one job and waits for its frames."""
 
     def __init__(self, data_dir: Path, models: Path, steps: int = 20, guidance: float = 5.0, size: int = 64) -> None:
-        from ...jobs import JobManager
+        from ...jobs.manager import JobManager
         from ...storage import Storage
 
         self.storage = Storage(data_dir)
@@ -54,7 +54,7 @@ class ToyEngine:
 
     def run(self, frames: list[dict[str, Any]], prompt: str, seed: int, **extra: Any) -> dict[int, np.ndarray]:
         """One job; returns {frame: image}. Raises RuntimeError when the job does not end done."""
-        from ...schema import JobRequest
+        from ...contract.schema import JobRequest
 
         request = JobRequest.model_validate({
             "shot": "toy", "prompt": prompt, "seed": seed, "steps": self.steps, "guidance_scale": self.guidance,

@@ -2,7 +2,7 @@
 
 Python imports ``sitecustomize`` at start-up from any folder on ``PYTHONPATH``; the engine
 tests start their engines (local and Ray) with this folder there and
-``VIEWFINDER_ENGINE_TEST_OOM_FRAME`` set (``engine_testlib.fault_env``). When ``engine.jobs``
+``VIEWFINDER_ENGINE_TEST_OOM_FRAME`` set (``engine_testlib.fault_env``). When ``engine.jobs.manager``
 is imported, ``JobManager.before_denoise`` (a no-op in the engine) is replaced by one that
 raises ``torch.OutOfMemoryError`` for that frame, so the tests can check that the engine
 reports it and stays up. Nothing of this is in the engine's own code path.
@@ -32,10 +32,10 @@ def _install(module: Any) -> None:
 
 
 class _PatchJobs(importlib.abc.MetaPathFinder):
-    """Finds ``engine.jobs`` with the other finders and patches it once it has run."""
+    """Finds ``engine.jobs.manager`` with the other finders and patches it once it has run."""
 
     def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-        if name != "engine.jobs":
+        if name != "engine.jobs.manager":
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
