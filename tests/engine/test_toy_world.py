@@ -194,7 +194,8 @@ def test_flow_is_steadier_than_independent_frames_and_keeps_the_checkers(toy: To
         figures[mode] = (measure_take(take).warp_error, float(np.nanmean(energies[-3:]) / energies[0]))
     (flow_warp, flow_hf), (ind_warp, _) = figures["FLOW"], figures["INDEPENDENT"]
     assert flow_warp <= 0.7 * ind_warp, figures
-    # Goal 0.9-1.1; these models' FLOW keeps 0.60 of the checkers' detail over 12 frames (it blurs).
+    # Goal 0.9-1.1; these models' FLOW keeps 0.60 of the checkers' detail over these 12 frames
+    # (blur; the benchmark's 48-frame move ends at 1.74, grain): pinned so it cannot fall further.
     assert flow_hf >= 0.5, f"checkers' HF energy, last frames over the keyframe: {flow_hf:.2f}"
 
 
