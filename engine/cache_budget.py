@@ -19,7 +19,8 @@ from collections import deque
 from collections.abc import Callable
 
 from .contract.errors import EngineFault
-from .storage import Storage, prune
+from .storage import Storage
+from .upkeep import prune
 
 WINDOW_S = 600.0
 UNSUBMITTED_GRACE_S = 60.0

@@ -16,10 +16,8 @@ import logging
 import os
 import tempfile
 import threading
-import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -93,23 +91,6 @@ def png_problem(path: Path) -> str | None:
         return f"unreadable ({exc.strerror or exc})"
 
 
-@dataclass
-class CacheReport:
-    """What ``verify``/``prune`` looked at and what they removed."""
-
-    files: int = 0
-    bytes: int = 0
-    damaged: int = 0
-    evicted: int = 0
-    evicted_bytes: int = 0
-    temporary: int = 0
-
-    def line(self) -> str:
-        return (f"{self.files} files, {self.bytes / 1024**2:.1f} MiB kept; {self.damaged} damaged removed, "
-                f"{self.evicted} evicted ({self.evicted_bytes / 1024**2:.1f} MiB), {self.temporary} "
-                "temporary files removed")
-
-
 class Storage:
     """Blobs and cached frames. Thread-safe: files are only ever replaced atomically."""
 
@@ -129,13 +110,17 @@ class Storage:
         """Bytes the cache holds now (a scan the first time, then counted as files come and go)."""
         if self._usage is None:
             total = 0
-            for _, path in _files(self):
+            for _, path in data_files(self):
                 try:
                     total += path.stat().st_size
                 except OSError:
                     pass
             self._usage = total
         return self._usage
+
+    def recount(self, total: int) -> None:
+        """The bytes on disk after a prune counted them all (``upkeep.prune``)."""
+        self._usage = total
 
     def _count(self, delta: int) -> None:
         if self._usage is not None:
@@ -179,7 +164,7 @@ class Storage:
         data = path.read_bytes()
         if hashlib.sha256(data).hexdigest() != sha:
             logger.warning("Blob %s is damaged on disk; deleting it", sha[:12])
-            _unlink(path)
+            remove_file(path)
             from .contract.errors import EngineFault
 
             raise EngineFault(
@@ -245,7 +230,7 @@ class Storage:
 
     def _drop_frame(self, key: str, problem: str) -> None:
         logger.warning("Cached frame %s is damaged (%s); deleting it so it is generated again", key[:12], problem)
-        _unlink(self.frame_path(key))
+        remove_file(self.frame_path(key))
         with self._verified_lock:
             self._verified.pop(key, None)
 
@@ -257,7 +242,8 @@ class Storage:
         return path
 
 
-def _unlink(path: Path) -> None:
+def remove_file(path: Path) -> None:
+    """Delete a file that may already be gone."""
     try:
         path.unlink()
     except FileNotFoundError:
@@ -309,7 +295,7 @@ class BlobWriter:
     def __exit__(self, *exc: object) -> None:
         if not self._file.closed:
             self._file.close()
-        _unlink(Path(self._tmp))
+        remove_file(Path(self._tmp))
 
 
 # Maintenance: `python -m engine cache verify|prune`, and at engine start ------------------------
@@ -317,7 +303,8 @@ class BlobWriter:
 TEMP_GRACE_S = 3600.0  # a temp file older than this is no write in progress
 
 
-def _files(storage: Storage) -> Iterator[tuple[str, Path]]:
+def data_files(storage: Storage) -> Iterator[tuple[str, Path]]:
+    """Every blob and cached frame on disk, as ("blob" | "frame", path)."""
     if not storage.blobs.is_dir() or not storage.cache.is_dir():  # deleted under the engine
         return
     for path in storage.blobs.iterdir():
@@ -326,119 +313,3 @@ def _files(storage: Storage) -> Iterator[tuple[str, Path]]:
         if sub.is_dir():
             for path in sub.iterdir():
                 yield "frame", path
-
-
-def clean_temporary(storage: Storage, older_than_s: float = 0.0) -> int:
-    """Delete temp files left by a crash mid-write; returns how many."""
-    removed = 0
-    now = time.time()
-    for _, path in _files(storage):
-        if path.name.startswith(TMP_PREFIX):
-            try:
-                if now - path.stat().st_mtime >= older_than_s:
-                    path.unlink()
-                    removed += 1
-            except OSError:
-                pass
-    return removed
-
-
-def verify(storage: Storage) -> CacheReport:
-    """Check every blob against its sha256 and every frame as a PNG; delete the damaged."""
-    report = CacheReport(temporary=clean_temporary(storage, TEMP_GRACE_S))
-    for kind, path in list(_files(storage)):
-        if path.name.startswith(TMP_PREFIX) or not path.is_file():
-            continue
-        if kind == "blob":
-            digest = hashlib.sha256()
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(chunk)
-            problem = None if digest.hexdigest() == path.name else "sha256 does not match"
-        else:
-            problem = png_problem(path)
-        if problem is not None:
-            logger.warning("%s %s is damaged (%s); deleted", kind, path.name, problem)
-            _unlink(path)
-            report.damaged += 1
-            continue
-        report.files += 1
-        report.bytes += path.stat().st_size
-    return report
-
-
-def prune(storage: Storage, quota_bytes: int, keep_recent_s: float = 600.0,
-          keep: set[str] | frozenset[str] = frozenset()) -> CacheReport:
-    """Evict the least recently used blobs and frames until the total is within ``quota_bytes``.
-
-    Files used in the last ``keep_recent_s`` are kept, and so are the blobs named in ``keep``
-    (those of queued and running jobs: ``in_use``), whatever their age.
-    """
-    keep = set(keep) | in_use(storage)
-    report = CacheReport(temporary=clean_temporary(storage, TEMP_GRACE_S))
-    entries: list[tuple[float, int, Path]] = []
-    for _, path in _files(storage):
-        if path.name.startswith(TMP_PREFIX):
-            continue
-        try:
-            stat = path.stat()
-        except OSError:
-            continue
-        entries.append((stat.st_mtime, stat.st_size, path))
-    total = sum(size for _, size, _ in entries)
-    now = time.time()
-    for mtime, size, path in sorted(entries, key=lambda e: e[0]):
-        if total <= quota_bytes:
-            break
-        if now - mtime < keep_recent_s:
-            break
-        if path.name in keep:
-            continue
-        _unlink(path)
-        total -= size
-        report.evicted += 1
-        report.evicted_bytes += size
-    report.files = len(entries) - report.evicted
-    report.bytes = total
-    storage._usage = total
-    return report
-
-
-# Blobs in use: an engine pins the blobs of its queued and running jobs in a file per process, so a
-# `cache prune` from another process (or the keeper) never evicts what a job still has to read.
-
-def _pins_dir(storage: Storage) -> Path:
-    return storage.root / "in-use"
-
-
-def pin(storage: Storage, shas: set[str]) -> None:
-    """Record the blobs this process's jobs still need (any thread; replaces the last record)."""
-    atomic_write(_pins_dir(storage) / f"{os.getpid()}.json", json.dumps(sorted(shas)).encode())
-
-
-def in_use(storage: Storage) -> set[str]:
-    """Every blob pinned by a live engine process on this data folder."""
-    found: set[str] = set()
-    folder = _pins_dir(storage)
-    if not folder.is_dir():
-        return found
-    for path in folder.glob("*.json"):
-        pid = path.stem
-        if not pid.isdigit() or not _alive(int(pid)):
-            _unlink(path)
-            continue
-        try:
-            found.update(str(s) for s in json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError):
-            continue
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True

@@ -62,7 +62,8 @@ def parse_size(text: str) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from ..storage import Storage, default_data_dir, prune, verify
+    from ..storage import Storage, default_data_dir
+    from ..upkeep import prune, verify
 
     storage = Storage(args.data_dir or default_data_dir())
     if args.action == "verify":

@@ -109,7 +109,8 @@ def set_model_policy(args: argparse.Namespace) -> None:
 
 def open_storage(data_dir: str | None) -> Any:
     """The data folder, with the temporary files of a crashed run removed."""
-    from ..storage import Storage, clean_temporary, default_data_dir
+    from ..storage import Storage, default_data_dir
+    from ..upkeep import clean_temporary
 
     storage = Storage(data_dir or default_data_dir())
     removed = clean_temporary(storage)
@@ -195,7 +196,8 @@ def start_cache_keeper(storage: object, quota: int, every_s: float = 600.0) -> N
     """Prune the cache to its quota now and every ``every_s`` seconds, on a daemon thread."""
     import threading
 
-    from ..storage import Storage, prune
+    from ..storage import Storage
+    from ..upkeep import prune
 
     assert isinstance(storage, Storage)
 

@@ -18,7 +18,8 @@ from typing import Protocol
 from ..contract.errors import EngineFault, NotFound, OutOfMemory, is_out_of_memory, without_paths
 from ..contract.schema import FrameSpec, JobRequest
 from ..models.pipelines import PipelineCache, SpeedOptions, resolve_device
-from ..storage import Storage, pin
+from ..storage import Storage
+from ..upkeep import pin
 from .context import RunContext
 from .fair_queue import FairQueue
 from .flow import interleavable

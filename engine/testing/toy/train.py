@@ -28,17 +28,17 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import vocab
+from .data import SIZE, batches, control_maps, images, load_dataset
 
 log = logging.getLogger(__name__)
 
-SIZE = 64
 # The first VAE block runs at full resolution: 16 channels keep it cheap on a CPU.
 VAE = {"block_out_channels": (16, 32, 64), "layers_per_block": 1, "norm_num_groups": 16, "latent_channels": 4}
 # Cross-attention at 16x16 and 8x8 latents (4 and 8 pixels a token): regional prompts need masks that fine.
@@ -47,56 +47,6 @@ UNET = {"block_out_channels": (32, 64, 128), "layers_per_block": 1, "attention_h
 TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_hidden_layers": 2}
 CONDITIONING_CHANNELS = (16, 32, 64)  # three blocks: the control map is downsampled 4x, as the VAE does
 SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
-
-
-# -- data -------------------------------------------------------------------------------------
-
-def load_dataset(data: Path, split: str = "train") -> dict[str, Any]:
-    """Every frame of a split as arrays (cached next to the data as ``SPLIT.npz``)."""
-    from PIL import Image
-
-    cache = data / f"{split}.npz"
-    records = [json.loads(line) for line in (data / f"{split}.jsonl").read_text().splitlines()]
-    if cache.is_file() and cache.stat().st_mtime >= (data / f"{split}.jsonl").stat().st_mtime:
-        arrays = dict(np.load(cache))
-    else:
-        n = len(records)
-        arrays = {"rgb": np.zeros((n, SIZE, SIZE, 3), np.uint8), "depth": np.zeros((n, SIZE, SIZE), np.uint16),
-                  "pose": np.zeros((n, SIZE, SIZE, 3), np.uint8), "has_pose": np.zeros(n, bool)}
-        for i, r in enumerate(records):
-            arrays["rgb"][i] = np.asarray(Image.open(data / r["rgb"]).convert("RGB"))
-            arrays["depth"][i] = np.asarray(Image.open(data / r["depth"]))
-            if r["pose"]:
-                arrays["pose"][i] = np.asarray(Image.open(data / r["pose"]).convert("RGB"))
-                arrays["has_pose"][i] = True
-        np.savez(cache, **arrays)
-    arrays["captions"] = [r["caption"] for r in records]
-    return arrays
-
-
-def _batches(n: int, batch: int, rng: np.random.Generator, subset: np.ndarray | None = None) -> Iterator[np.ndarray]:
-    pool = np.arange(n) if subset is None else subset
-    batch = min(batch, len(pool))
-    while True:
-        order = rng.permutation(pool)
-        for i in range(0, len(order) - batch + 1, batch):
-            yield order[i:i + batch]
-
-
-def _images(arrays: dict[str, Any], idx: np.ndarray) -> Any:
-    import torch
-
-    return torch.from_numpy(arrays["rgb"][idx]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-
-
-def control_maps(arrays: dict[str, Any], idx: np.ndarray, kind: str) -> Any:
-    """The ControlNet inputs exactly as the engine builds them (engine/pipelines.decode_depth/decode_rgb)."""
-    import torch
-
-    if kind == "depth":
-        depth = torch.from_numpy(arrays["depth"][idx].astype(np.float32) / 65535.0)
-        return depth.unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
-    return torch.from_numpy(arrays["pose"][idx]).permute(0, 3, 1, 2).float() / 255.0
 
 
 # -- models -----------------------------------------------------------------------------------
@@ -187,11 +137,11 @@ def train_vae(arrays: dict[str, Any], steps: int, batch: int, seed: int, report:
     rng = np.random.default_rng(seed)
     vae = build_vae().train()
     opt, sched = _optimizer(list(vae.parameters()), 1e-3, steps)
-    batches = _batches(len(arrays["rgb"]), batch, rng)
+    stream = batches(len(arrays["rgb"]), batch, rng)
     curve: list[list[float]] = []
 
     def step_fn(_: int) -> float:
-        x = _images(arrays, next(batches))
+        x = images(arrays, next(stream))
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample()).sample
         loss = (recon - x).abs().mean() + ((recon - x) ** 2).mean() + 1e-6 * posterior.kl().mean()
@@ -205,9 +155,9 @@ def train_vae(arrays: dict[str, Any], steps: int, batch: int, seed: int, report:
     vae.eval()
     with torch.no_grad():
         idx = np.arange(min(512, len(arrays["rgb"])))
-        latents = torch.cat([vae.encode(_images(arrays, idx[i:i + 64])).latent_dist.mean for i in range(0, len(idx), 64)])
+        latents = torch.cat([vae.encode(images(arrays, idx[i:i + 64])).latent_dist.mean for i in range(0, len(idx), 64)])
         recon = torch.cat([vae.decode(latents[i:i + 64]).sample for i in range(0, len(idx), 64)])
-        psnr = float(10 * torch.log10(4.0 / ((recon.clamp(-1, 1) - _images(arrays, idx)) ** 2).mean()))
+        psnr = float(10 * torch.log10(4.0 / ((recon.clamp(-1, 1) - images(arrays, idx)) ** 2).mean()))
     vae.register_to_config(scaling_factor=round(float(1.0 / latents.std()), 5))
     report["vae"] = {"steps": steps, "batch": batch, "wall_s": round(wall, 1), "loss": curve,
                      "psnr_db": round(psnr, 2), "scaling_factor": vae.config.scaling_factor}
@@ -222,7 +172,7 @@ def encode_latents(vae: Any, arrays: dict[str, Any]) -> Any:
     with torch.no_grad():
         for i in range(0, len(arrays["rgb"]), 128):
             idx = np.arange(i, min(i + 128, len(arrays["rgb"])))
-            out.append(vae.encode(_images(arrays, idx)).latent_dist.mean * vae.config.scaling_factor)
+            out.append(vae.encode(images(arrays, idx)).latent_dist.mean * vae.config.scaling_factor)
     return torch.cat(out)
 
 
@@ -271,11 +221,11 @@ def train_unet(latents: Any, ids: Any, empty: Any, steps: int, batch: int, seed:
     ema_unet, ema_text = Ema(unet, 0.999), Ema(text, 0.999)
     opt, sched = _optimizer(list(unet.parameters()) + list(text.parameters()), 6e-4, steps)
     diffusion = Diffusion(seed + 1)
-    batches = _batches(len(latents), batch, rng)
+    stream = batches(len(latents), batch, rng)
     curve: list[list[float]] = []
 
     def step_fn(step: int) -> float:
-        idx = next(batches)
+        idx = next(stream)
         tokens = ids[idx].clone()
         tokens[torch.from_numpy(rng.random(len(idx)) < 0.1)] = empty  # unconditional for guidance
         noisy, noise, t, weight = diffusion.noised(latents[idx])
@@ -323,11 +273,11 @@ def train_controlnet(name: str, unet: Any, text: Any, latents: Any, ids: Any, em
     opt = torch.optim.AdamW(groups, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100))
     diffusion = Diffusion(seed, high_noise)
-    batches = _batches(len(latents), batch, rng, subset)
+    stream = batches(len(latents), batch, rng, subset)
     curve: list[list[float]] = []
 
     def step_fn(step: int) -> float:
-        idx = next(batches)
+        idx = next(stream)
         tokens = ids[idx].clone()
         tokens[torch.from_numpy(rng.random(len(idx)) < 0.1)] = empty
         noisy, noise, t, weight = diffusion.noised(latents[idx])
