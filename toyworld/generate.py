@@ -70,21 +70,11 @@ def random_things(rng: random.Random, count: int) -> list[Any]:
     return things
 
 
-def render_shot(out: Path, split: str, index: int, frames: int, size: int, seed: int) -> list[dict[str, Any]]:
-    """Build, render and describe one shot; returns its frame records."""
-    import bpy
-    import numpy as np
-
-    from engine.testing.toy.vocab import GROUNDS, SKIES, Thing, caption
+def _layout(scene: Any, rng: random.Random, split: str, index: int, frames: int) -> tuple[Any, ...]:
+    """Ground, sky, things and camera of one shot: (placed, ground, sky, camera, move)."""
+    from engine.testing.toy.vocab import GROUNDS, SKIES, Thing
     from toyworld import scene as toy_scene
 
-    conditioning = __import__("viewfinder_src.core.conditioning", fromlist=["render_shot"])
-    png = __import__("viewfinder_src.core.conditioning.png", fromlist=["read_png"])
-
-    rng = random.Random(SPLIT_SEEDS[split] + seed * 7919 + index)
-    bpy.ops.wm.read_homefile(use_empty=True)
-    scene = bpy.context.scene
-    scene.render.fps = 24
     ground, sky = rng.choice(list(GROUNDS)), rng.choice(list(SKIES))
     if split == "cast":  # two mannequins: the character bible's checks (their looks come from the bible)
         things = [Thing("white", "plain", "person"), Thing("white", "plain", "person")]
@@ -99,12 +89,11 @@ def render_shot(out: Path, split: str, index: int, frames: int, size: int, seed:
         camera = toy_scene.moving_camera(scene, rng, placed, frames, move)
     else:
         camera = toy_scene.still_cameras(scene, rng, placed, frames)
-    scene.frame_start, scene.frame_end = 1, frames
-    shot_dir = out / split / f"{index:04d}"
-    shot = SimpleNamespace(name=f"{split}-{index:04d}", camera=camera, frame_start=1, frame_end=frames)
-    result = conditioning.render_shot(scene, shot, shot_dir / "conditioning", width=size, height=size, force=True)
+    return placed, ground, sky, camera, move
 
-    # The colour render: Workbench, studio light, texture colours, the sky's world colour behind.
+
+def _colour_render_settings(scene: Any, size: int) -> None:
+    """Workbench, studio light, texture colours, the sky's world colour behind."""
     scene.render.engine = "BLENDER_WORKBENCH"
     scene.render.resolution_x = scene.render.resolution_y = size
     scene.render.resolution_percentage = 100
@@ -113,6 +102,43 @@ def render_shot(out: Path, split: str, index: int, frames: int, size: int, seed:
     scene.view_settings.view_transform = "Standard"
     shading = scene.display.shading
     shading.light, shading.color_type, shading.background_type = "STUDIO", "TEXTURE", "WORLD"
+
+
+def _visible(legend: dict[str, Any], counts: Any, by_name: dict[str, Any]) -> list[dict[str, Any]]:
+    """The things a frame shows (at least MIN_PIXELS of their mask), each with its phrase and mask id."""
+    visible = []
+    for key, entry in legend.items():
+        p = by_name.get(entry["name"])
+        if p is None or counts[int(key)] < MIN_PIXELS:
+            continue
+        visible.append({"id": int(key), "name": entry["name"], "phrase": p.thing.phrase, "colour": p.thing.colour,
+                        "pattern": p.thing.pattern, "shape": p.thing.shape, "pixels": int(counts[int(key)])})
+    return visible
+
+
+def render_shot(out: Path, split: str, index: int, frames: int, size: int, seed: int) -> list[dict[str, Any]]:
+    """Build, render and describe one shot; returns its frame records."""
+    import bpy
+    import numpy as np
+
+    from engine.testing.toy.vocab import Thing, caption
+
+    conditioning = __import__("viewfinder_src.core.conditioning", fromlist=["render_shot"])
+    png = __import__("viewfinder_src.core.conditioning.png", fromlist=["read_png"])
+
+    # 1. The layout, from the shot's own seed.
+    rng = random.Random(SPLIT_SEEDS[split] + seed * 7919 + index)
+    bpy.ops.wm.read_homefile(use_empty=True)
+    scene = bpy.context.scene
+    scene.render.fps = 24
+    placed, ground, sky, camera, move = _layout(scene, rng, split, index, frames)
+    scene.frame_start, scene.frame_end = 1, frames
+    # 2. The control maps, by Generate's own code.
+    shot_dir = out / split / f"{index:04d}"
+    shot = SimpleNamespace(name=f"{split}-{index:04d}", camera=camera, frame_start=1, frame_end=frames)
+    result = conditioning.render_shot(scene, shot, shot_dir / "conditioning", width=size, height=size, force=True)
+    # 3. The colour renders and each frame's record.
+    _colour_render_settings(scene, size)
     (shot_dir / "rgb").mkdir(parents=True, exist_ok=True)
     legend = result.meta["masks"]["legend"]
     by_name = {p.owner.name: p for p in placed}
@@ -122,20 +148,13 @@ def render_shot(out: Path, split: str, index: int, frames: int, size: int, seed:
         scene.render.filepath = str(shot_dir / "rgb" / f"{frame:04d}.png")
         bpy.ops.render.render(write_still=True)
         ids = png.read_png(shot_dir / "conditioning" / "masks" / f"{frame:04d}.png")
-        counts = np.bincount(ids.ravel(), minlength=max(int(k) for k in legend) + 1 if legend else 1)
-        visible = []
-        for key, entry in legend.items():
-            p = by_name.get(entry["name"])
-            if p is None or counts[int(key)] < MIN_PIXELS:
-                continue
-            visible.append({"id": int(key), "name": entry["name"], "phrase": p.thing.phrase, "colour": p.thing.colour,
-                            "pattern": p.thing.pattern, "shape": p.thing.shape, "pixels": int(counts[int(key)])})
+        visible = _visible(legend, np.bincount(ids.ravel(), minlength=max(map(int, legend), default=0) + 1), by_name)
         rng.shuffle(visible)
-        text = caption([Thing(v["colour"], v["pattern"], v["shape"]) for v in visible], ground, sky)
         maps = result.maps[frame]
         records.append({
             "split": split, "shot": index, "frame": frame, "move": move, "ground": ground, "sky": sky,
-            "caption": text, "things": visible,
+            "caption": caption([Thing(v["colour"], v["pattern"], v["shape"]) for v in visible], ground, sky),
+            "things": visible,
             "rgb": f"{split}/{index:04d}/rgb/{frame:04d}.png",
             "depth": str(Path(maps["depth"]).relative_to(out)),
             "pose": str(Path(maps["pose"]).relative_to(out)) if maps.get("pose") else None,

@@ -27,6 +27,35 @@ def _curve(points: list[list[float]], rows: int = 8) -> str:
     return " → ".join(f"{points[i][1]:.4f} @{int(points[i][0])}" for i in picks)
 
 
+def _closing(report: dict[str, Any]) -> list[str]:
+    """The card's last part: how each stage trained, the commands that reproduce it, where it is measured."""
+    lines: list[str] = []
+    lines += [
+        "", f"VAE reconstruction: {report['vae']['psnr_db']} dB PSNR on 512 training frames.",
+        "Stage 2 uses 10 % empty captions (classifier-free guidance), min-SNR weighting (gamma 5) and saves EMA "
+        "weights (0.999). Stage 3 trains the depth net with the UNet fine-tuned beside it at a tenth of the rate and "
+        "20 % of batches without control, so the UNet alone still draws scenes; stage 4 trains the pose net on "
+        "frames with people, the depth net applied beside it as the engine applies both. Full curves: "
+        "`weights/training.json`.", "",
+        "## Reproduce", "```",
+        "make toy-models            # = the three commands below",
+        ".venv/bin/python toyworld/generate.py --out build/toyworld --split train --shots 800 --frames 8 --workers 2",
+        "OMP_NUM_THREADS=1 .venv-engine/bin/python -m engine.testing.toy.train --data build/toyworld \\",
+        "    --out build/toy-run1 --seed 0",
+        "OMP_NUM_THREADS=1 .venv-engine/bin/python -m engine.testing.toy.train --data build/toyworld \\",
+        "    --out engine/testing/toy/weights --resume build/toy-run1 --depth-steps 900 --pose-steps 250 \\",
+        "    --zero-lr 3e-3 --high-noise 0.7",
+        ".venv-engine/bin/python -m engine.testing.toy.card   # this card, from weights/training.json",
+        "```",
+        "Same seed, same data and same torch build give the same weights; other CPUs' kernels may differ in the "
+        "last bits.", "",
+        "## What it is measured on",
+        "`benchmarks/bench_toy_world.py` (figures in the README): silhouettes against the exact masks, prompted "
+        "colours, two characters kept apart by the bible, one character across shots, FLOW against INDEPENDENT.",
+    ]
+    return lines
+
+
 def card(report: dict[str, Any]) -> str:
     arch, params = report["architecture"], report.get("params", {})
     mb = sum(p.stat().st_size for p in WEIGHTS.rglob("*.safetensors")) / 2**20 if WEIGHTS.is_dir() else 0.0
@@ -76,29 +105,7 @@ def card(report: dict[str, Any]) -> str:
         if stage:
             lines.append(f"| {title} | {stage['steps']} | {stage['batch']} | {stage['wall_s'] / 60:.1f} min | "
                          f"{_curve(stage['loss'])} |")
-    lines += [
-        "", f"VAE reconstruction: {report['vae']['psnr_db']} dB PSNR on 512 training frames.",
-        "Stage 2 uses 10 % empty captions (classifier-free guidance), min-SNR weighting (gamma 5) and saves EMA "
-        "weights (0.999). Stage 3 trains the depth net with the UNet fine-tuned beside it at a tenth of the rate and "
-        "20 % of batches without control, so the UNet alone still draws scenes; stage 4 trains the pose net on "
-        "frames with people, the depth net applied beside it as the engine applies both. Full curves: "
-        "`weights/training.json`.", "",
-        "## Reproduce", "```",
-        "make toy-models            # = the three commands below",
-        ".venv/bin/python toyworld/generate.py --out build/toyworld --split train --shots 800 --frames 8 --workers 2",
-        "OMP_NUM_THREADS=1 .venv-engine/bin/python -m engine.testing.toy.train --data build/toyworld \\",
-        "    --out build/toy-run1 --seed 0",
-        "OMP_NUM_THREADS=1 .venv-engine/bin/python -m engine.testing.toy.train --data build/toyworld \\",
-        "    --out engine/testing/toy/weights --resume build/toy-run1 --depth-steps 900 --pose-steps 250 \\",
-        "    --zero-lr 3e-3 --high-noise 0.7",
-        ".venv-engine/bin/python -m engine.testing.toy.card   # this card, from weights/training.json",
-        "```",
-        "Same seed, same data and same torch build give the same weights; other CPUs' kernels may differ in the "
-        "last bits.", "",
-        "## What it is measured on",
-        "`benchmarks/bench_toy_world.py` (figures in the README): silhouettes against the exact masks, prompted "
-        "colours, two characters kept apart by the bible, one character across shots, FLOW against INDEPENDENT.",
-    ]
+    lines += _closing(report)
     return "\n".join(lines) + "\n"
 
 

@@ -329,6 +329,25 @@ def save(out: Path, vae: Any, unet: Any, text: Any, tokenizer: Any, nets: dict[s
         net.to(torch.float16).save_pretrained(out / name, safe_serialization=True)
 
 
+def resume(folder: Path, out: Path, report: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
+    """Stages 1-2 from a finished run: its VAE, UNet, text encoder and tokenizer (its report's stages kept)."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    base = folder.resolve() / "sd15"
+    vae = AutoencoderKL.from_pretrained(base / "vae", torch_dtype=torch.float32).eval()
+    unet = UNet2DConditionModel.from_pretrained(base / "unet", torch_dtype=torch.float32).eval()
+    text = CLIPTextModel.from_pretrained(base / "text_encoder", torch_dtype=torch.float32).eval()
+    tokenizer = CLIPTokenizer.from_pretrained(base / "tokenizer")
+    earlier = json.loads((folder / "training.json").read_text())
+    report["resumed_from"] = {k: v for k, v in earlier.items() if k != "architecture"}
+    report["vae"], report["unet"] = earlier["vae"], earlier["unet"]
+    if out != folder.resolve():
+        save(out, vae, unet, text, tokenizer, {})
+    return vae, unet, text, tokenizer
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train the toy-world models (VAE, UNet+text, ControlNets).")
     parser.add_argument("--data", type=Path, required=True)
@@ -360,22 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     report["data"] = {"frames": len(arrays["rgb"]), "with_people": int(arrays["has_pose"].sum())}
     log.info("data: %d frames (%d with people)", len(arrays["rgb"]), int(arrays["has_pose"].sum()))
     if args.resume is not None:
-        # 1-2. From a finished run: its VAE, UNet and text encoder (its report's stages kept).
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTokenizer
-
-        base = args.resume.resolve() / "sd15"
-        vae = AutoencoderKL.from_pretrained(base / "vae", torch_dtype=torch.float32).eval()
-        unet = UNet2DConditionModel.from_pretrained(base / "unet", torch_dtype=torch.float32).eval()
-        text = CLIPTextModel.from_pretrained(base / "text_encoder", torch_dtype=torch.float32).eval()
-        tokenizer = CLIPTokenizer.from_pretrained(base / "tokenizer")
-        earlier = json.loads((args.resume / "training.json").read_text())
-        report["resumed_from"] = {k: v for k, v in earlier.items() if k not in ("architecture",)}
-        report["vae"], report["unet"] = earlier["vae"], earlier["unet"]
+        vae, unet, text, tokenizer = resume(args.resume, out, report)
         ids, empty = tokenize(tokenizer, arrays["captions"]), tokenize(tokenizer, [""])[0]
         latents = encode_latents(vae, arrays)
-        if out != args.resume.resolve():
-            save(out, vae, unet, text, tokenizer, {})
     else:
         tokenizer = build_tokenizer(out / "sd15" / "tokenizer")
         ids, empty = tokenize(tokenizer, arrays["captions"]), tokenize(tokenizer, [""])[0]
