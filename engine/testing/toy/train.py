@@ -248,18 +248,24 @@ def train_unet(latents: Any, ids: Any, empty: Any, steps: int, batch: int, seed:
 def train_controlnet(name: str, unet: Any, text: Any, latents: Any, ids: Any, empty: Any, maps: Callable[[np.ndarray], Any],
                      steps: int, batch: int, seed: int, report: dict[str, Any], *, subset: np.ndarray | None = None,
                      tune_unet: bool = False, beside: tuple[Any, Callable[[np.ndarray], Any]] | None = None,
-                     lr: float = 5e-4, zero_lr: float | None = None, high_noise: float = 0.0) -> Any:
+                     lr: float = 5e-4, zero_lr: float | None = None, high_noise: float = 0.0,
+                     start: Any | None = None, unet_rate: float = 0.1) -> Any:
     """Stage 3/4: a ControlNet from the UNet's encoder. ``tune_unet``: the UNet learns beside it at a
     tenth of the rate, and 20 % of batches run without control. ``beside``: a trained net (and its
     maps) applied too, frozen, as the engine applies several nets at once. ``zero_lr``: the rate of
     the zero convolutions and the map's embedding (they start at zero and must grow before the net
-    does anything). Returns the EMA net."""
+    does anything). ``start``: a trained net to go on training instead of a fresh copy of the
+    encoder; ``unet_rate``: the tuned UNet's rate as a share of ``lr``. Returns the EMA net."""
     import torch
     from diffusers import ControlNetModel
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=CONDITIONING_CHANNELS).train()
+    if start is None:
+        net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=CONDITIONING_CHANNELS).train()
+    else:
+        net = start.train()
+        net.requires_grad_(True)
     ema = Ema(net, 0.998)
     unet.requires_grad_(tune_unet).train(tune_unet)
     text.requires_grad_(False).eval()
@@ -269,7 +275,7 @@ def train_controlnet(name: str, unet: Any, text: Any, latents: Any, ids: Any, em
     groups = [{"params": [p for p in net.parameters() if id(p) not in ids_fresh], "lr": lr},
               {"params": fresh, "lr": zero_lr or lr}]
     if tune_unet:
-        groups.append({"params": list(unet.parameters()), "lr": lr / 10})
+        groups.append({"params": list(unet.parameters()), "lr": lr * unet_rate})
     opt = torch.optim.AdamW(groups, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100))
     diffusion = Diffusion(seed, high_noise)
@@ -307,6 +313,7 @@ def train_controlnet(name: str, unet: Any, text: Any, latents: Any, ids: Any, em
     unet.requires_grad_(False).eval()
     report[name] = {"steps": steps, "batch": batch, "wall_s": round(wall, 1), "loss": curve, "lr": lr,
                     "zero_lr": zero_lr or lr, "high_noise": high_noise, "unet_tuned": tune_unet,
+                    "unet_rate": unet_rate if tune_unet else 0.0, "continued": start is not None,
                     "frames": int(len(latents) if subset is None else len(subset))}
     return ema.shadow
 
@@ -348,6 +355,13 @@ def resume(folder: Path, out: Path, report: dict[str, Any]) -> tuple[Any, Any, A
     return vae, unet, text, tokenizer
 
 
+def _load_net(folder: Path) -> Any:
+    import torch
+    from diffusers import ControlNetModel
+
+    return ControlNetModel.from_pretrained(folder.resolve(), torch_dtype=torch.float32)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train the toy-world models (VAE, UNet+text, ControlNets).")
     parser.add_argument("--data", type=Path, required=True)
@@ -365,10 +379,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zero-lr", type=float, default=None, help="zero convolutions' rate (default: --cn-lr)")
     parser.add_argument("--high-noise", type=float, default=0.0,
                         help="share of ControlNet samples drawn from the noisier 70%% of the schedule")
+    parser.add_argument("--continue-nets", action="store_true",
+                        help="with --resume: go on training that folder's ControlNets instead of starting them anew")
+    parser.add_argument("--unet-rate", type=float, default=0.1,
+                        help="the UNet's rate beside the depth net, as a share of --cn-lr")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     import torch
 
+    if args.continue_nets and args.resume is None:
+        parser.error("--continue-nets goes on from the nets of --resume FOLDER: give --resume")
+    started_nets: dict[str, Any] = {}
     started = time.perf_counter()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -382,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
         vae, unet, text, tokenizer = resume(args.resume, out, report)
         ids, empty = tokenize(tokenizer, arrays["captions"]), tokenize(tokenizer, [""])[0]
         latents = encode_latents(vae, arrays)
+        if args.continue_nets:
+            started_nets = {name: _load_net(args.resume / name) for name in ("controlnet-depth", "controlnet-pose")}
     else:
         tokenizer = build_tokenizer(out / "sd15" / "tokenizer")
         ids, empty = tokenize(tokenizer, arrays["captions"]), tokenize(tokenizer, [""])[0]
@@ -395,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     depth = train_controlnet("controlnet-depth", unet, text, latents, ids, empty,
                              lambda idx: control_maps(arrays, idx, "depth"), args.depth_steps, args.small_batch,
                              args.seed + 2, report, tune_unet=True, lr=args.cn_lr, zero_lr=args.zero_lr,
-                             high_noise=args.high_noise)
+                             high_noise=args.high_noise, start=started_nets.get("controlnet-depth"),
+                             unet_rate=args.unet_rate)
     save(out, vae, unet, text, tokenizer, {"controlnet-depth": depth})
     # 4. Pose ControlNet, the depth net beside it.
     people = np.flatnonzero(arrays["has_pose"])
@@ -403,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
                             lambda idx: control_maps(arrays, idx, "pose"), args.pose_steps, args.small_batch,
                             args.seed + 3, report, subset=people,
                             beside=(depth, lambda idx: control_maps(arrays, idx, "depth")), lr=args.cn_lr,
-                            zero_lr=args.zero_lr, high_noise=args.high_noise)
+                            zero_lr=args.zero_lr, high_noise=args.high_noise,
+                            start=started_nets.get("controlnet-pose"))
     save(out, vae, unet, text, tokenizer, {"controlnet-depth": depth, "controlnet-pose": pose})
     report["params"] = {k: sum(p.numel() for p in m.parameters()) for k, m in
                         (("vae", vae), ("unet", unet), ("text_encoder", text), ("controlnet-depth", depth),
