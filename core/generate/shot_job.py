@@ -270,10 +270,9 @@ def place_outcome(scene: bpy.types.Scene, outcome: TakeOutcome) -> Any:
     if not outcome.complete or outcome.take_dir is None or outcome.info is None:
         return None
     info = outcome.info
-    take_dir_text = str(outcome.take_dir)
-    existing = [s for s in vse.strips_of_shot(scene, outcome.shot) if s.get(vse.TAKE_KEY) == take_dir_text]
-    if existing:
-        return existing[0]
+    existing = vse.take_strip(scene, outcome.shot, info.take, outcome.take_dir)
+    if existing is not None:
+        return existing
     frames = sorted(info.frames_total)
     strip = vse.add_take_strip(
         scene, shot_name=outcome.shot, take_label=info.take, take_dir=outcome.take_dir,
