@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import types
+
 import bpy
+
+# The analytic scenes' map size (tests/blender/test_conditioning.py and others).
+W, H = 128, 72
 
 
 def add_camera(scene: bpy.types.Scene, name: str, location=(0.0, -10.0, 0.0), rotation=(1.5708, 0.0, 0.0)):
@@ -81,3 +86,30 @@ def needs_engine():
         pytest.mark.skipif(engine_python() is None, reason="no engine environment: run `make test`"),
         pytest.mark.usefixtures("local_engine"),
     ]
+
+
+def shot(name: str, camera, start: int = 1, end: int = 3) -> types.SimpleNamespace:
+    return types.SimpleNamespace(name=name, camera=camera, frame_start=start, frame_end=end)
+
+
+def add_plane(scene, name: str, size: float, location, rotation=(0.0, 0.0, 0.0)):
+    mesh = bpy.data.meshes.new(name)
+    s = size / 2
+    mesh.from_pydata([(-s, -s, 0), (s, -s, 0), (s, s, 0), (-s, s, 0)], [], [(0, 1, 2, 3)])
+    obj = bpy.data.objects.new(name, mesh)
+    obj.location = location
+    obj.rotation_euler = rotation
+    scene.collection.objects.link(obj)
+    return obj
+
+
+def depth_scene(scene, ortho: bool = False):
+    """Camera at the origin looking down -Z; a plane 4 units away over the left half, a backdrop at 10."""
+    cam = add_camera(scene, "Cam", location=(0, 0, 0), rotation=(0, 0, 0))
+    if ortho:
+        cam.data.type = "ORTHO"
+        cam.data.ortho_scale = 8.0
+    add_plane(scene, "Near", 4.0, (-2.0, 0.0, -4.0))
+    add_plane(scene, "Back", 60.0, (0.0, 0.0, -10.0))
+    scene.camera = cam
+    return cam

@@ -17,9 +17,10 @@ import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+from .frame_check import PNG_SIGNATURE, checked, png_chunks
+
 READ_CHUNK = 1 << 16
 # Bytes per pixel of the largest PNG pixel (16-bit RGBA) and the slack of its container.
 _MAX_PNG_BYTES_PER_PIXEL = 8
@@ -123,52 +124,38 @@ def png_frame_problem(path: str | Path, size: tuple[int, int]) -> str | None:
     image data to exactly the bytes that size needs: a file whose headers lie, or whose data
     inflates past its size (a decompression bomb), is refused without decoding a pixel.
     """
-    try:
-        with open(path, "rb") as f:
-            if f.read(8) != PNG_SIGNATURE:
-                return "not a PNG (empty or damaged)"
-            inflater = zlib.decompressobj()
-            expected: int | None = None
-            inflated = 0
-            seen_idat = False
-            while True:
-                head = f.read(8)
-                if len(head) < 8:
-                    return "truncated (the file ends before its last chunk)"
-                length = int.from_bytes(head[:4], "big")
-                kind = head[4:8]
-                if length > (1 << 31) - 1:
-                    return "a chunk longer than PNG allows"
-                data = f.read(length)
-                crc = f.read(4)
-                if len(data) < length or len(crc) < 4:
-                    return "truncated"
-                if zlib.crc32(kind + data) != int.from_bytes(crc, "big"):
-                    return f"bad checksum in its {kind.decode('latin-1')!r} chunk"
-                if kind == b"IHDR":
-                    if expected is not None or len(data) != 13:
-                        return "more than one image header (IHDR)"
-                    width, height, depth, color, _comp, _filter, interlace = struct.unpack(">IIBBBBB", data)
-                    if (width, height) != size:
-                        return f"{width}x{height} pixels, not the {size[0]}x{size[1]} the job asked for"
-                    if color not in _CHANNELS or depth not in (1, 2, 4, 8, 16) or interlace:
-                        return "not a frame the engine writes (colour type, depth or interlace)"
-                    expected = height * (1 + (width * _CHANNELS[color] * depth + 7) // 8)
-                elif expected is None:
-                    return "no image header (IHDR) first"
-                elif kind == b"IDAT":
-                    seen_idat = True
-                    out = inflater.decompress(data, 1 << 16)
-                    inflated += len(out)
-                    while inflater.unconsumed_tail and inflated <= expected:
-                        inflated += len(inflater.decompress(inflater.unconsumed_tail, 1 << 16))
-                    if inflated > expected:
-                        return f"image data inflating past its {size[0]}x{size[1]} pixels"
-                elif kind == b"IEND":
-                    if not (seen_idat and inflater.eof and inflated == expected):
-                        return "image data incomplete"
-                    return None
-    except zlib.error as exc:
-        return f"image data does not inflate ({exc})"
-    except OSError as exc:
-        return f"unreadable ({exc.strerror or exc})"
+
+    def walk(f: BinaryIO) -> str | None:
+        inflater = zlib.decompressobj()
+        expected: int | None = None
+        inflated = 0
+        for kind, data in png_chunks(f):
+            if kind == b"IHDR":
+                if expected is not None or len(data) != 13:
+                    return "more than one image header (IHDR)"
+                problem, expected = _frame_header(data, size)
+                if problem:
+                    return problem
+            elif expected is None:
+                return "no image header (IHDR) first"
+            elif kind == b"IDAT":
+                inflated += len(inflater.decompress(data, 1 << 16))
+                while inflater.unconsumed_tail and inflated <= expected:
+                    inflated += len(inflater.decompress(inflater.unconsumed_tail, 1 << 16))
+                if inflated > expected:
+                    return f"image data inflating past its {size[0]}x{size[1]} pixels"
+            elif kind == b"IEND":
+                return None if inflated and inflater.eof and inflated == expected else "image data incomplete"
+        return "truncated"  # pragma: no cover - png_chunks ends only by raising
+
+    return checked(path, walk)
+
+
+def _frame_header(data: bytes, size: tuple[int, int]) -> tuple[str | None, int]:
+    """(problem, the inflated bytes the image needs) from an IHDR chunk's data."""
+    width, height, depth, color, _comp, _filter, interlace = struct.unpack(">IIBBBBB", data)
+    if (width, height) != size:
+        return f"{width}x{height} pixels, not the {size[0]}x{size[1]} the job asked for", 0
+    if color not in _CHANNELS or depth not in (1, 2, 4, 8, 16) or interlace:
+        return "not a frame the engine writes (colour type, depth or interlace)", 0
+    return None, height * (1 + (width * _CHANNELS[color] * depth + 7) // 8)

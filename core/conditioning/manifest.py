@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..timeline.paths import frame_name
+from ..timeline.paths import file_names, frame_name
 
 
 def build_maps(conditioning_dir: Path, meta: dict[str, Any]) -> dict[int, dict[str, Path | None]]:
@@ -15,13 +15,13 @@ def build_maps(conditioning_dir: Path, meta: dict[str, Any]) -> dict[int, dict[s
     """
     pose_frames = {str(k): bool(v) for k, v in (meta.get("pose_frames") or {}).items()}
     maps: dict[int, dict[str, Path | None]] = {}
+    folders = {kind: conditioning_dir / kind for kind in ("depth", "pose", "flow")}
+    poses, flows = file_names(folders["pose"]), file_names(folders["flow"])
     for frame in meta["frames"]:
-        depth = conditioning_dir / "depth" / frame_name(frame)
-        pose = conditioning_dir / "pose" / frame_name(frame)
-        flow = conditioning_dir / "flow" / frame_name(frame, "npy")
+        png, npy = frame_name(frame), frame_name(frame, "npy")
         maps[frame] = {
-            "depth": depth,
-            "pose": pose if pose_frames.get(str(frame)) and pose.is_file() else None,
-            "flow": flow if flow.is_file() else None,
+            "depth": folders["depth"] / png,
+            "pose": folders["pose"] / png if pose_frames.get(str(frame)) and png in poses else None,
+            "flow": folders["flow"] / npy if npy in flows else None,
         }
     return maps

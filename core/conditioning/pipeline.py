@@ -24,7 +24,11 @@ from .errors import ConditioningCancelled, ConditioningError, ConditioningResult
 from .on_disk import (
     FORMAT_VERSION,
     clean_stale,
+    drawn_objects,
+    inputs_key,
     read_meta,
+    remember_state,
+    remembered_state,
     shot_result,
     state_hash_begin,
     state_hash_frame,
@@ -96,6 +100,7 @@ class ShotRender:
         self._next = 0  # index in `frames` of the phase's next frame
         self._hash: tuple[Any, list[Any]] | None = None
         self._state = ""
+        self._key: str | None = None
         self._guard: render.RenderGuard | None = None
         self._layer: Any = None
         self._legend: dict[str, dict[str, Any]] | None = None
@@ -148,7 +153,8 @@ class ShotRender:
     # -- the steps -------------------------------------------------------
 
     def restore_frame(self, scene: Any) -> None:
-        scene.frame_set(self._original[0], subframe=self._original[1])
+        if (scene.frame_current, scene.frame_subframe) != self._original:  # frame_set costs ~0.5 ms
+            scene.frame_set(self._original[0], subframe=self._original[1])
 
     def _release(self, scene: Any) -> None:
         if self._guard is not None:
@@ -157,19 +163,26 @@ class ShotRender:
         self.restore_frame(scene)
 
     def _step_hash(self, scene: Any) -> None:
-        # 2. Reuse the maps on disk when nothing they depend on has changed.
+        # 2. Reuse the maps on disk when nothing they depend on has changed: the state hash is
+        #    remembered by its inputs (on_disk.inputs_key), else computed a few frames per step.
         if self._hash is None:
-            self._hash = state_hash_begin(scene, self.camera, self.frames, self.width, self.height)
-            return
-        digest, objects = self._hash
-        deadline = time.perf_counter() + HASH_BUDGET_S
-        while self._next < len(self.frames) and time.perf_counter() < deadline:
-            state_hash_frame(digest, scene, objects, self.frames[self._next])
-            self._next += 1
-        if self._next < len(self.frames):
-            return
-        self._state = digest.hexdigest()
-        self._next = 0
+            objects = drawn_objects(scene, self.camera)
+            self._key = inputs_key(scene, self.camera, self.frames, self.width, self.height, objects)
+            self._state = remembered_state(self._key) or ""
+            if not self._state:
+                self._hash = state_hash_begin(scene, self.camera, self.frames, self.width, self.height)
+                return
+        else:
+            digest, objects = self._hash
+            deadline = time.perf_counter() + HASH_BUDGET_S
+            while self._next < len(self.frames) and time.perf_counter() < deadline:
+                state_hash_frame(digest, scene, objects, self.frames[self._next])
+                self._next += 1
+            if self._next < len(self.frames):
+                return
+            self._state = digest.hexdigest()
+            self._next = 0
+            remember_state(self._key, self._state)
         existing = read_meta(self.out_dir)
         if not self.force and existing is not None and existing.get("state") == self._state:
             log.info("conditioning for '%s' is current: %s", self.shot_name, self.out_dir)

@@ -97,6 +97,7 @@ class GenerationRun:
         self._latest: Progress | None = None
         self._fractions: dict[str, float] = {}
         self._engine_failed = False
+        self._synced = False
 
     # -- control ---------------------------------------------------------
 
@@ -187,6 +188,15 @@ class GenerationRun:
         if self.phase in ("connect", "maps") or self._engine is None:
             self._finish()
 
+    def _shot(self, scene: Any, name: str) -> Any:
+        """The shot's settings by name. The list is brought in line with the markers once per run
+        (a film of 100 shots: 0.2 s when done at every step); after that, the handlers keep it so."""
+        settings = scene.viewfinder
+        if not self._synced:
+            self._synced = True
+            return settings.shots.get(name)
+        return settings.shot_list.get(name)
+
     def _tick_maps(self, scene: Any) -> str:
         render = self._render
         if render is not None:
@@ -202,7 +212,7 @@ class GenerationRun:
             self._render = None
             self._index += 1
             try:
-                shot = scene.viewfinder.shots.get(name)
+                shot = self._shot(scene, name)
                 if shot is None:
                     raise RuntimeError("the shot was deleted while its control maps rendered")
                 with stepwise(render.result, hold_settings=self.hold_settings):
@@ -218,7 +228,7 @@ class GenerationRun:
         if self._index < len(self.shots):
             self.step_kind = "maps"
             name = self.shots[self._index]
-            shot = scene.viewfinder.shots.get(name)
+            shot = self._shot(scene, name)
             if shot is None:
                 self._index += 1
                 self._report("WARNING", f"Shot '{name}' disappeared while generating: skipped")

@@ -15,7 +15,7 @@ from ..jobs.request import DraftSpec, JobRequest
 from ..jobs.video import effective_generator, reference_uploads, video_settings
 from ..scene.resolution import MIN_EDGE, scene_size, smallest_long_edge
 from ..timeline import vse
-from ..timeline.paths import Project, frame_name
+from ..timeline.paths import Project, file_names, frame_name
 from ..timeline.takes import DRAFT, FINAL
 from .shot import GenerationError, ShotJob, TakeOutcome
 
@@ -110,7 +110,15 @@ def shot_maps(scene: bpy.types.Scene, shot: Any, conditioning_dir: Path, width: 
     except ConditioningError as exc:
         raise GenerationError(str(exc)) from exc
     maps = {frame: dict(files) for frame, files in result.maps.items()}
-    missing = [f for f, m in maps.items() if m["depth"] is None or not Path(m["depth"]).is_file()]
+    listed: dict[Path, set[str]] = {}  # one folder read, not a stat per frame
+
+    def present(path: Any) -> bool:
+        path = Path(path)
+        if path.parent not in listed:
+            listed[path.parent] = file_names(path.parent)
+        return path.name in listed[path.parent]
+
+    missing = [f for f, m in maps.items() if m["depth"] is None or not present(m["depth"])]
     if missing:
         raise GenerationError(
             f"Shot '{shot.name}': depth maps are missing for frames {missing[:5]}: render its control maps again"
@@ -262,10 +270,9 @@ def place_outcome(scene: bpy.types.Scene, outcome: TakeOutcome) -> Any:
     if not outcome.complete or outcome.take_dir is None or outcome.info is None:
         return None
     info = outcome.info
-    take_dir_text = str(outcome.take_dir)
-    existing = [s for s in vse.strips_of_shot(scene, outcome.shot) if s.get(vse.TAKE_KEY) == take_dir_text]
-    if existing:
-        return existing[0]
+    existing = vse.take_strip(scene, outcome.shot, info.take, outcome.take_dir)
+    if existing is not None:
+        return existing
     frames = sorted(info.frames_total)
     strip = vse.add_take_strip(
         scene, shot_name=outcome.shot, take_label=info.take, take_dir=outcome.take_dir,

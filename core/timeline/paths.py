@@ -97,3 +97,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)  # a full disk must not leave half-files behind
         raise
+
+
+def file_names(folder: Path) -> set[str]:
+    """The names of the plain files in ``folder`` (empty when it is missing), from one directory read:
+    checking a shot's thousand frames one by one costs a thousand stat calls."""
+    try:
+        with os.scandir(folder) as entries:
+            return {entry.name for entry in entries if entry.is_file()}
+    except OSError:
+        return set()

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .paths import atomic_write_bytes, frame_name, next_take_index, take_name
+from .paths import atomic_write_bytes, file_names, frame_name, next_take_index, take_name
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +166,8 @@ def find_complete_take(takes_dir: Path, wanted_hash: str) -> tuple[Path, TakeInf
     """An existing complete take made from exactly the same request, with all its frames on disk."""
     for folder, info in reversed(list_takes(takes_dir)):
         if info.complete and info.request_hash == wanted_hash:
-            if all((folder / frame_name(f)).is_file() for f in info.frames_total):
+            present = file_names(folder)
+            if all(frame_name(f) in present for f in info.frames_total):
                 return folder, info
     return None
 

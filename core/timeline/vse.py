@@ -69,6 +69,29 @@ def strips_of_shot(scene: bpy.types.Scene, shot_name: str, kind: str = "take") -
     ]
 
 
+def take_strip(scene: bpy.types.Scene, shot_name: str, take_label: str, take_dir: Path) -> Any:
+    """The strip that shows this take, or None. Looked up by the name `add_take_strip` gives first
+    (a Generate All over 100 unchanged shots would otherwise scan every strip once per shot), then
+    among the shot's strips, for a strip the user renamed."""
+    editor = scene.sequence_editor
+    if editor is None:
+        return None
+    take_dir_text = str(take_dir)
+
+    def shows(strip: Any) -> bool:
+        return (strip.get(KIND_KEY) == "take" and strip.get(SHOT_KEY) == shot_name
+                and strip.get(TAKE_KEY) == take_dir_text)
+
+    named = all_strips_of(editor).get(take_strip_name(shot_name, take_label))
+    if named is not None and shows(named):
+        return named
+    return next((s for s in strips_of_shot(scene, shot_name) if s.get(TAKE_KEY) == take_dir_text), None)
+
+
+def take_strip_name(shot_name: str, take_label: str) -> str:
+    return f"{shot_name} take {take_label}"
+
+
 def add_image_sequence(
     scene: bpy.types.Scene,
     *,
@@ -119,7 +142,7 @@ def add_take_strip(
     above = max((s.channel for s in older), default=1)
     channel = free_channel(scene, start, end, above=above)
     strip = add_image_sequence(
-        scene, name=f"{shot_name} take {take_label}", directory=take_dir, files=file_names,
+        scene, name=take_strip_name(shot_name, take_label), directory=take_dir, files=file_names,
         frame_start=start, channel=channel,
     )
     strip[KIND_KEY] = "take"

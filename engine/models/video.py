@@ -14,6 +14,7 @@ GPU for the rest of the shot.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,24 +42,40 @@ ANIMATEDIFF_CONTEXT = 16
 MAX_SEQUENCE_LENGTH = 512
 
 
+_available_lock = threading.Lock()
+_available: dict[str, str | None] = {}  # pipeline -> None (available) or the reason it is not
+
+
 def check_available(pipeline: str) -> None:
-    """Raise a 400 naming ``video.pipeline`` when this engine's diffusers/torch cannot run it."""
+    """Raise a 400 naming ``video.pipeline`` when this engine's diffusers/torch cannot run it.
+
+    Decided once per pipeline, under a lock: the answer cannot change while the engine runs, and
+    asking diffusers while a worker thread is in the middle of importing it (a pipeline loading)
+    once answered "unavailable" now and then (issue 22).
+    """
+    with _available_lock:
+        if pipeline not in _available:
+            _available[pipeline] = _unavailable_reason(pipeline)
+        reason = _available[pipeline]
+    if reason is not None:
+        raise BadRequest(reason, field="video.pipeline", code="pipeline_unavailable")
+
+
+def _unavailable_reason(pipeline: str) -> str | None:
     name, since = PIPELINE_CLASSES[pipeline]
     try:
         import diffusers
         import torch
     except ImportError as exc:  # pragma: no cover - the engine cannot start without them
-        raise BadRequest(f"video.pipeline: the engine lacks torch or diffusers ({exc})", field="video.pipeline",
-                         code="pipeline_unavailable") from exc
-    # ``dir`` lists diffusers' lazily imported names without importing them: this runs on the HTTP
-    # thread, and importing the pipeline module (transformers, UMT5) there could take longer than a request.
-    if name not in dir(diffusers):
-        raise BadRequest(
-            f"video.pipeline: {pipeline} needs diffusers.{name} (diffusers >= {since}), but this engine has "
+        return f"video.pipeline: the engine lacks torch or diffusers ({exc})"
+    # The lazily imported names, read without importing them: this runs on the HTTP thread, and
+    # importing the pipeline module (transformers, UMT5) there could take longer than a request.
+    names = set(getattr(diffusers, "__all__", ())) | set(dir(diffusers))
+    if name in names:
+        return None
+    return (f"video.pipeline: {pipeline} needs diffusers.{name} (diffusers >= {since}), but this engine has "
             f"diffusers {diffusers.__version__} with torch {torch.__version__}. Upgrade the engine's diffusers "
-            "(pip install -U diffusers in its environment) or generate this shot with the IMAGE generator.",
-            field="video.pipeline", code="pipeline_unavailable",
-        )
+            "(pip install -U diffusers in its environment) or generate this shot with the IMAGE generator.")
 
 
 @dataclass(frozen=True)

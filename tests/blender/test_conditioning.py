@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import types
 from pathlib import Path
 from types import ModuleType
 
@@ -15,40 +14,11 @@ import numpy as np
 import pytest
 
 bpy = pytest.importorskip("bpy")
-from blender_scenes import add_camera  # noqa: E402
-
-W, H = 128, 72
-
-
-def shot(name: str, camera, start: int = 1, end: int = 3) -> types.SimpleNamespace:
-    return types.SimpleNamespace(name=name, camera=camera, frame_start=start, frame_end=end)
-
-
-def add_plane(scene, name: str, size: float, location, rotation=(0.0, 0.0, 0.0)):
-    mesh = bpy.data.meshes.new(name)
-    s = size / 2
-    mesh.from_pydata([(-s, -s, 0), (s, -s, 0), (s, s, 0), (-s, s, 0)], [], [(0, 1, 2, 3)])
-    obj = bpy.data.objects.new(name, mesh)
-    obj.location = location
-    obj.rotation_euler = rotation
-    scene.collection.objects.link(obj)
-    return obj
+from blender_scenes import H, W, add_camera, add_plane, depth_scene, shot  # noqa: E402,F401
 
 
 def read_png(vf: ModuleType, path: Path) -> np.ndarray:
     return vf.core.conditioning.png.read_png(path)
-
-
-def depth_scene(scene, ortho: bool = False):
-    """Camera at the origin looking down -Z; a plane 4 units away over the left half, a backdrop at 10."""
-    cam = add_camera(scene, "Cam", location=(0, 0, 0), rotation=(0, 0, 0))
-    if ortho:
-        cam.data.type = "ORTHO"
-        cam.data.ortho_scale = 8.0
-    add_plane(scene, "Near", 4.0, (-2.0, 0.0, -4.0))
-    add_plane(scene, "Back", 60.0, (0.0, 0.0, -10.0))
-    scene.camera = cam
-    return cam
 
 
 @pytest.mark.parametrize("ortho", [False, True])

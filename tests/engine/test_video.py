@@ -186,13 +186,46 @@ def test_missing_pipeline_class_is_a_clear_error(monkeypatch: pytest.MonkeyPatch
     import types
 
     from engine.contract.errors import BadRequest
+    from engine.models import video
     from engine.models.video import check_available
 
+    monkeypatch.setattr(video, "_available", {})
     check_available("WAN_VACE")  # this engine's diffusers has it
-    # An engine with a diffusers from before Wan VACE.
+    # An engine with a diffusers from before Wan VACE (a new engine process: nothing remembered).
+    monkeypatch.setattr(video, "_available", {})
     monkeypatch.setitem(sys.modules, "diffusers", types.SimpleNamespace(__version__="0.30.0"))
     with pytest.raises(BadRequest) as info:
         check_available("WAN_VACE")
     assert info.value.field == "video.pipeline"
     assert "diffusers.WanVACEPipeline (diffusers >= 0.34)" in info.value.message
     assert "diffusers 0.30.0" in info.value.message and "IMAGE generator" in info.value.message
+
+
+def test_pipeline_availability_is_decided_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 22: "pipeline_unavailable" now and then while a pipeline loaded. The answer is decided
+    once, under a lock, and every request after it (from many threads at once) gets the same."""
+    import threading
+
+    from engine.models import video
+
+    monkeypatch.setattr(video, "_available", {})
+    asked: list[str] = []
+    real = video._unavailable_reason
+    monkeypatch.setattr(video, "_unavailable_reason", lambda p: (asked.append(p), real(p))[1])
+    errors: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            for _ in range(50):
+                video.check_available("WAN_VACE")
+                video.check_available("ANIMATEDIFF")
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and sorted(asked) == ["ANIMATEDIFF", "WAN_VACE"]
+
