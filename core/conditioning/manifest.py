@@ -9,11 +9,13 @@ from ..timeline.paths import frame_name
 
 
 def build_maps(conditioning_dir: Path, meta: dict[str, Any]) -> dict[int, dict[str, Path | None]]:
-    """Per frame, the control-map files the engine gets: depth, pose where someone is visible, backward flow.
+    """Per frame, the control-map files the engine gets: depth, pose where someone is visible, backward flow,
+    and the normal / line-art / seg maps meta.json's "maps" lists (keys only for the kinds rendered).
 
     Flow is the ``flow/NNNN.npy`` render_shot writes (flow.py); None where it is missing.
     """
     pose_frames = {str(k): bool(v) for k, v in (meta.get("pose_frames") or {}).items()}
+    extra = {kind: set(block.get("frames", meta["frames"])) for kind, block in (meta.get("maps") or {}).items()}
     maps: dict[int, dict[str, Path | None]] = {}
     for frame in meta["frames"]:
         depth = conditioning_dir / "depth" / frame_name(frame)
@@ -24,4 +26,7 @@ def build_maps(conditioning_dir: Path, meta: dict[str, Any]) -> dict[int, dict[s
             "pose": pose if pose_frames.get(str(frame)) and pose.is_file() else None,
             "flow": flow if flow.is_file() else None,
         }
+        for kind, frames in extra.items():
+            path = conditioning_dir / kind / frame_name(frame)
+            maps[frame][kind] = path if frame in frames and path.is_file() else None
     return maps

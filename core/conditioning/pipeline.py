@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from . import depth, flow, masks, openpose_draw, pose, render
+from .geometry_maps import GeometryMaps, MapOptions
 from .errors import ConditioningCancelled, ConditioningError, ConditioningResult
 from .on_disk import (
     FORMAT_VERSION,
@@ -77,7 +78,7 @@ class ShotRender:
     """
 
     def __init__(self, scene: Any, shot: Any, out_dir: Path, *, width: int, height: int, force: bool = False,
-                 hold_settings: bool = False) -> None:
+                 hold_settings: bool = False, maps: MapOptions | None = None) -> None:
         # 1. Check inputs.
         self.camera = _check_inputs(scene, shot, width, height)
         self.shot_name = shot.name
@@ -87,6 +88,8 @@ class ShotRender:
         self.hold_settings = hold_settings
         self.frames = list(range(shot.frame_start, shot.frame_end + 1))
         self.people, self.warnings = pose.find_people(scene)
+        # Normal, line art, segmentation: only what `maps` asks for (geometry_maps.py).
+        self.geo = GeometryMaps(maps or MapOptions(), shot.name, has_world=scene.world is not None)
         self.result: ConditioningResult | None = None
         self.phase = "hash"  # hash → render → depth → finish → done (or aborted)
         self._original = (scene.frame_current, scene.frame_subframe)
@@ -159,7 +162,12 @@ class ShotRender:
     def _step_hash(self, scene: Any) -> None:
         # 2. Reuse the maps on disk when nothing they depend on has changed.
         if self._hash is None:
+            ids, _legend = masks.assign_ids(scene)
+            self.geo.prepare(ids, masks.owner_of)
             self._hash = state_hash_begin(scene, self.camera, self.frames, self.width, self.height)
+            extra = self.geo.state()
+            if extra:  # only with normal / line art / seg on: depth + pose shots keep their hash
+                self._hash[0].update(extra)
             return
         digest, objects = self._hash
         deadline = time.perf_counter() + HASH_BUDGET_S
@@ -173,21 +181,22 @@ class ShotRender:
         existing = read_meta(self.out_dir)
         if not self.force and existing is not None and existing.get("state") == self._state:
             log.info("conditioning for '%s' is current: %s", self.shot_name, self.out_dir)
-            self.result = shot_result(self.out_dir, existing, self.warnings, reused=True)
+            self.result = shot_result(self.out_dir, existing, self.warnings + self.geo.warnings, reused=True)
             self._release(scene)
             self.phase = "done"
             return
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
         clean_stale(self.out_dir)
-        for sub in ("depth", "pose", "masks", "flow/forward", ".exr"):
+        for sub in ("depth", "pose", "masks", "flow/forward", ".exr", *self.geo.folders()):
             (self._tmp / sub).mkdir(parents=True, exist_ok=True)
         self.phase = "render"
 
     def _configure(self, scene: Any) -> None:
         # 3. Minimal render settings and mask ids, restored by the guard whatever happens.
         self._guard = render.RenderGuard()
-        self._layer = render.configure(self._guard, scene, self.camera, self.width, self.height)
-        ids, legend = masks.assign_ids(scene)
+        self._layer = render.configure(self._guard, scene, self.camera, self.width, self.height,
+                                       normal=self.geo.options.normal_pass)
+        _ids, legend = masks.assign_ids(scene)
         if self._legend is None:
             self._legend = legend
         elif legend != self._legend:
@@ -195,8 +204,7 @@ class ShotRender:
                 f"Objects were added, removed or renamed while the control maps of '{self.shot_name}' were "
                 "rendering: generate again"
             )
-        for obj, number in ids.items():
-            self._guard.set(obj, "pass_index", number)
+        self.geo.assign(self._guard)
         names = {entry["name"]: int(key) for key, entry in legend.items()}
         for person in self.people:
             person.mask_id = names.get(person.armature.name, -1)
@@ -210,7 +218,8 @@ class ShotRender:
         tmp, scratch, frame = self._tmp, self._tmp / ".exr", self.frames[self._next]
         width, height = self.width, self.height
         passes = render.render_frame(scene, self._layer, frame, scratch)
-        z, vec, index = passes["z"], passes["vector"], passes["index"]
+        # The masks' ids: the pass itself, or mapped back from per-object numbers (geometry_maps.py).
+        z, vec, index = passes["z"], passes["vector"], self.geo.groups(passes["index"])
         forward, backward = flow.flows_from_vector_pass(vec[..., 0], vec[..., 1], vec[..., 2], vec[..., 3])
         name = f"{frame:04d}"
         np.save(tmp / "flow" / "forward" / f"{name}.npy", forward)
@@ -218,7 +227,11 @@ class ShotRender:
         ids = np.clip(index, 0, 65535).astype(np.uint16)
         write_png(tmp / "masks" / f"{name}.png", ids)
         # Which ids each frame shows: characters not in a shot are then known without reading its masks.
-        self._ids_per_frame[str(frame)] = [int(v) for v in np.unique(ids) if v]
+        # (A count per id, not np.unique: no sort of every pixel.)
+        self._ids_per_frame[str(frame)] = [int(v) for v in np.flatnonzero(np.bincount(ids.ravel())) if v]
+        if self.geo.options.kinds:
+            self.geo.frame(tmp, frame, passes, render.camera_at_frame(self.camera, width, height), (width, height))
+        self.geo.check_topology(scene, render.depsgraph())
         if self.people:
             found, drawn = pose.frame_people(scene, self.camera, self.people, width, height, z, index)
             self._pose_frames[str(frame)] = bool(found)
@@ -236,7 +249,9 @@ class ShotRender:
             self._next = 0
             self._span = depth.merge_ranges(self._ranges)
             if self._span is None:
-                self.warnings.append(f"Shot '{self.shot_name}': the camera sees no geometry, so the depth maps are empty")
+                more = "".join(f", {k}" for k in self.geo.options.kinds)
+                self.warnings.append(f"Shot '{self.shot_name}': the camera sees no geometry, so its depth{more} maps "
+                                     "are empty (aim the camera at the set, or move the set in front of it)")
             self.phase = "depth"
 
     def _step_depth(self) -> None:
@@ -278,9 +293,10 @@ class ShotRender:
             "masks": {"path": "masks/NNNN.png", "format": "png 16-bit grayscale, value = id, 0 = background",
                       "legend": self._legend or {}, "ids_per_frame": self._ids_per_frame},
             "flow": flow.CONVENTION,
+            **({"maps": self.geo.meta()} if self.geo.options.kinds else {}),
             "state": self._state,
             "render_seconds": round(time.perf_counter() - self._started, 3),
-            "warnings": self.warnings,
+            "warnings": self.warnings + self.geo.warnings,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         meta["complete"] = True
@@ -288,7 +304,7 @@ class ShotRender:
         swap_into_place(tmp, self.out_dir)
         log.info("conditioning for '%s': %d frames in %.1fs → %s", self.shot_name, len(self.frames),
                  meta["render_seconds"], self.out_dir)
-        self.result = shot_result(self.out_dir, meta, self.warnings, reused=False)
+        self.result = shot_result(self.out_dir, meta, self.warnings + self.geo.warnings, reused=False)
         self.phase = "done"
 
 
@@ -328,7 +344,7 @@ def stepwise(result: ConditioningResult | None = None, *, hold_settings: bool = 
 def render_shot_impl(
     scene: Any, shot: Any, out_dir: Path, *, width: int, height: int,
     progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
-    force: bool = False,
+    force: bool = False, maps: MapOptions | None = None,
 ) -> ConditioningResult:
     """The whole shot in one call: a loop over `ShotRender`'s steps, settings held throughout."""
     mode = _STEPWISE.get()
@@ -336,8 +352,8 @@ def render_shot_impl(
         if mode.result is not None and mode.result.out_dir == Path(out_dir):
             return mode.result
         raise RenderNeeded(ShotRender(scene, shot, out_dir, width=width, height=height, force=force,
-                                      hold_settings=mode.hold_settings))
-    job = ShotRender(scene, shot, out_dir, width=width, height=height, force=force, hold_settings=True)
+                                      hold_settings=mode.hold_settings, maps=maps))
+    job = ShotRender(scene, shot, out_dir, width=width, height=height, force=force, hold_settings=True, maps=maps)
     try:
         while not job.done:
             if job.phase == "render":
