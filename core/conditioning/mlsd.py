@@ -5,10 +5,12 @@ white on black. Our lines come from the scene (lineart.py), so the segments are 
 them, never detected in an image:
 
 1. each line pixel gets its local direction: the principal axis of the line pixels around it
-   (a 7x7 window, moments from integral images);
-2. pixels are grouped by direction (4-degree bins), then by their offset from the origin across
-   that direction (a new group where consecutive offsets jump by more than 0.75 px: parallel
-   lines at least a pixel apart stay apart), then into runs along it (gaps over 2.5 px split);
+   (a 9x9 window, moments from integral images);
+2. each pixel votes for the 3-degree direction bins within 9 degrees of its own; in each bin the
+   pixels are grouped by their offset across that direction (a new group where consecutive
+   offsets jump by more than 0.75 px: parallel lines a pixel apart stay apart), then into runs
+   along it (gaps over 2.5 px split); runs are taken longest first while most of their pixels
+   are unclaimed;
 3. a run becomes a segment when it has at least MIN_LENGTH pixels, covers most of its span,
    and every pixel lies within MAX_RESIDUAL of the fitted line: curves give no segment unless
    a piece of them is that straight, as M-LSD would see them;
@@ -24,8 +26,9 @@ import numpy as np
 
 MIN_LENGTH = 8
 MAX_RESIDUAL = 1.0
-BIN_DEG = 4.0
-_WINDOW = 3  # half-size of the direction window
+BIN_DEG = 3.0
+SPREAD_DEG = 9.0  # a pixel votes for the direction bins this close to its own direction
+_WINDOW = 4  # half-size of the direction window
 
 
 def _box_sums(field: np.ndarray, radius: int) -> np.ndarray:
@@ -63,33 +66,47 @@ def _runs(keys: np.ndarray, gaps: np.ndarray) -> np.ndarray:
     return np.cumsum(new) - 1
 
 
+def _candidate_runs(xs: np.ndarray, ys: np.ndarray, angle: np.ndarray) -> list[np.ndarray]:
+    """Pixel index arrays of every run with MIN_LENGTH pixels or more, in every direction bin a pixel votes for."""
+    width = np.radians(BIN_DEG)
+    bins_total = int(round(np.pi / width))
+    spread = int(np.ceil(SPREAD_DEG / BIN_DEG))
+    offsets = np.arange(-spread, spread + 1)
+    pixel = np.repeat(np.arange(xs.size), offsets.size)
+    bins = ((np.floor(angle / width).astype(np.int64)[:, None] + offsets[None, :]) % bins_total).ravel()
+    centre = (bins + 0.5) * width
+    x, y = xs[pixel].astype(np.float64), ys[pixel].astype(np.float64)
+    along = x * np.cos(centre) + y * np.sin(centre)
+    across = -x * np.sin(centre) + y * np.cos(centre)
+    # Group: direction bin, then offset across (gaps split), then position along (gaps split).
+    order = np.lexsort((across, bins))
+    group = np.empty(pixel.size, dtype=np.int64)
+    group[order] = _runs(bins[order], np.diff(across[order], prepend=-np.inf) > 0.75)
+    order = np.lexsort((along, group))
+    run = _runs(group[order], np.diff(along[order], prepend=-np.inf) > 2.5)
+    bounds = np.flatnonzero(np.diff(run, prepend=-1, append=-1))
+    return [pixel[order[a:b]] for a, b in zip(bounds[:-1], bounds[1:]) if b - a >= MIN_LENGTH]
+
+
 def straight_segments(lines: np.ndarray) -> list[tuple[float, float, float, float]]:
-    """Segments (x0, y0, x1, y1) in pixel coordinates fitted to the straight parts of `lines`."""
+    """Segments (x0, y0, x1, y1) in pixel coordinates fitted to the straight parts of `lines`.
+
+    Every pixel votes for the direction bins within SPREAD_DEG of its own direction (a stair-stepped
+    line's local directions wander); runs are then taken longest first, each only while most of its
+    pixels are not yet part of a segment, so one line gives one segment, not one per bin.
+    """
     ys, xs, angle = directions(lines)
     if ys.size < MIN_LENGTH:
         return []
-    bins = np.floor(angle / np.radians(BIN_DEG)).astype(np.int64)
-    centre = (bins + 0.5) * np.radians(BIN_DEG)
-    along = xs * np.cos(centre) + ys * np.sin(centre)
-    across = -xs * np.sin(centre) + ys * np.cos(centre)
-    # 2. Group: direction bin, then offset across (gaps split), then position along (gaps split).
-    order = np.lexsort((across, bins))
-    group = np.empty(ys.size, dtype=np.int64)
-    group[order] = _runs(bins[order], np.diff(across[order], prepend=-np.inf) > 0.75)
-    order = np.lexsort((along, group))
-    run = np.empty(ys.size, dtype=np.int64)
-    run[order] = _runs(group[order], np.diff(along[order], prepend=-np.inf) > 2.5)
-    # 3. Fit each long-enough run.
-    counts = np.bincount(run)
+    candidates = sorted(_candidate_runs(xs, ys, angle), key=len, reverse=True)
+    claimed = np.zeros(ys.size, dtype=bool)
     segments = []
-    sorted_runs = run[order]
-    bounds = np.flatnonzero(np.diff(sorted_runs, prepend=-1, append=-1))
-    for start, stop in zip(bounds[:-1], bounds[1:]):
-        if counts[sorted_runs[start]] < MIN_LENGTH:
+    for picked in candidates:
+        if (~claimed[picked]).sum() < max(MIN_LENGTH, 0.5 * picked.size):
             continue
-        picked = order[start:stop]
         segment = _fit(xs[picked].astype(np.float64), ys[picked].astype(np.float64))
         if segment is not None:
+            claimed[picked] = True
             segments.append(_extend(segment, xs, ys))
     return segments
 

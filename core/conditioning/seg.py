@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -188,6 +189,23 @@ def preview_colours(classes: np.ndarray) -> np.ndarray:
     out = (np.clip(rgb, 0.0, 1.0) * 200.0 + 40.0).astype(np.uint8)
     out[classes == UNLABELED] = 0
     return out
+
+
+def write_previews(source: Path, target: Path, names: list[str]) -> list[str]:
+    """Write `preview_colours` of the class maps `source/<name>` to `target/<name>`; the names written.
+
+    For the Preview operator and the storyboard only: a grey class map (values up to 149) is
+    near-black on screen.
+    """
+    from .png import read_png, write_png
+
+    target.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in names:
+        if (source / name).is_file():
+            write_png(target / name, preview_colours(read_png(source / name)))
+            written.append(name)
+    return written
 
 
 def object_infos(objects: dict[Any, int], owner_of: Any) -> dict[int, ObjectInfo]:
