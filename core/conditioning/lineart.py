@@ -66,62 +66,79 @@ class CameraRays:
             ay, by = -2.0 / (height * p[1, 1]), (1.0 + p[1, 2]) / p[1, 1]
         return cls(bool(ortho), ax, bx, ay, by, float(abs(ax)))
 
-    def positions(self, z: np.ndarray) -> np.ndarray:
-        """(H, W, 3) camera-space points of a Z pass (background rows hold garbage; mask them)."""
+    def positions(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Camera-space X, Y, Z (each H x W, float32) of a Z pass (background pixels hold garbage; mask them)."""
         h, w = z.shape
-        x = (np.arange(w, dtype=np.float64) + 0.5) * self.ax + self.bx
-        y = (np.arange(h, dtype=np.float64) + 0.5) * self.ay + self.by
-        out = np.empty((h, w, 3), dtype=np.float64)
+        z = z.astype(np.float32, copy=False)
+        x = ((np.arange(w) + 0.5) * self.ax + self.bx).astype(np.float32)
+        y = ((np.arange(h) + 0.5) * self.ay + self.by).astype(np.float32)
         if self.ortho:
-            out[..., 0] = x[None, :]
-            out[..., 1] = y[:, None]
-        else:
-            out[..., 0] = z * x[None, :]
-            out[..., 1] = z * y[:, None]
-        out[..., 2] = -z
-        return out
+            return np.broadcast_to(x[None, :], (h, w)), np.broadcast_to(y[:, None], (h, w)), -z
+        return z * x[None, :], z * y[:, None], -z
 
-    def footprints(self, z: np.ndarray) -> np.ndarray:
-        return np.full(z.shape, self.footprint) if self.ortho else z * self.footprint
+    def footprints(self, z: np.ndarray) -> np.ndarray | float:
+        return self.footprint if self.ortho else z * np.float32(self.footprint)
 
 
 def _pair(a: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """The two sides of every neighbour pair along `axis` (0: top/bottom, 1: left/right)."""
-    if axis == 0:
-        return a[:-1], a[1:]
-    return a[:, :-1], a[:, 1:]
+    """The two sides of every neighbour pair along the image `axis` (0: top/bottom, 1: left/right); a
+    leading channel axis (3, H, W) is kept."""
+    if a.ndim == 3:
+        return (a[:, :-1], a[:, 1:]) if axis == 0 else (a[:, :, :-1], a[:, :, 1:])
+    return (a[:-1], a[1:]) if axis == 0 else (a[:, :-1], a[:, 1:])
+
+
+def _dot(n: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    return n[0] * x + n[1] * y + n[2] * z
+
+
+def _depth_steps(pairs: list[tuple[np.ndarray, np.ndarray]], normals: tuple[np.ndarray, np.ndarray],
+                 foot: np.ndarray | float) -> np.ndarray:
+    """Which of the given neighbour pairs (positions X, Y, Z of each side, already picked) are depth steps."""
+    (xa, xb), (ya, yb), (za, zb) = pairs
+    dx, dy, dz = xb - xa, yb - ya, zb - za
+    na, nb = normals
+    off_plane = np.maximum(np.abs(_dot(na, dx, dy, dz)), np.abs(_dot(nb, dx, dy, dz)))
+    return off_plane > np.maximum(DEPTH_STEP * foot, DEPTH_SHARE * np.sqrt(dx * dx + dy * dy + dz * dz))
 
 
 def edge_pixels(index: np.ndarray, z: np.ndarray, normals: np.ndarray, rays: CameraRays,
                 crease_deg: float = DEFAULT_CREASE_DEG) -> np.ndarray:
-    """(H, W) bool: the 1-pixel lines (outlines, depth steps, creases), each on the nearer pixel of its pair."""
+    """(H, W) bool: the 1-pixel lines (outlines, depth steps, creases), each on the nearer pixel of its pair.
+
+    ``normals``: (3, H, W) camera-space unit normals. float32 throughout, and the tangent-plane test
+    only where the depth changes by more than a pixel footprint between the two pixels (elsewhere
+    the step is under DEPTH_STEP footprints for any lens up to a 100-degree field of view): this
+    runs on every frame of every shot with line art.
+    """
     hit = index > 0
-    depth = np.where(hit, z, np.inf)
-    points = rays.positions(np.where(hit, z, 0.0))
-    feet = rays.footprints(np.where(hit, z, 0.0))
-    cos_crease = float(np.cos(np.radians(crease_deg)))
+    depth = np.where(hit, z, np.inf).astype(np.float32)
+    zero = np.where(hit, z, 0.0).astype(np.float32)
+    points = rays.positions(zero)
+    feet = rays.footprints(zero)
+    cos_crease = np.float32(np.cos(np.radians(crease_deg)))
     lines = np.zeros(index.shape, dtype=bool)
     for axis in (0, 1):
         ia, ib = _pair(index, axis)
         na, nb = _pair(normals, axis)
-        pa, pb = _pair(points, axis)
-        same = (ia == ib) & (ia > 0)
-        step = pb - pa
-        off_plane = np.maximum(np.abs(np.einsum("...k,...k->...", na, step)),
-                               np.abs(np.einsum("...k,...k->...", nb, step)))
-        foot = np.minimum(*_pair(feet, axis))
-        jump = off_plane > np.maximum(DEPTH_STEP * foot, DEPTH_SHARE * np.linalg.norm(step, axis=-1))
-        crease = np.einsum("...k,...k->...", na, nb) < cos_crease
-        edge = (ia != ib) | (same & (jump | crease))
         da, db = _pair(depth, axis)
-        near_a = edge & (da <= db)
-        near_b = edge & ~(da <= db)
+        foot = feet if np.isscalar(feet) else np.minimum(*_pair(feet, axis))
+        edge = ia != ib
+        same = ~edge & (ia > 0)
+        edge |= same & (_dot(na, nb[0], nb[1], nb[2]) < cos_crease)
+        za, zb = _pair(zero, axis)
+        maybe = same & ~edge & (np.abs(zb - za) > foot)
+        if maybe.any():
+            picked = [tuple(side[maybe] for side in _pair(p, axis)) for p in points]
+            foot_picked = foot if np.isscalar(foot) else foot[maybe]
+            edge[maybe] = _depth_steps(picked, (na[:, maybe], nb[:, maybe]), foot_picked)
+        near_a = da <= db
         if axis == 0:
-            lines[:-1] |= near_a
-            lines[1:] |= near_b
+            lines[:-1] |= edge & near_a
+            lines[1:] |= edge & ~near_a
         else:
-            lines[:, :-1] |= near_a
-            lines[:, 1:] |= near_b
+            lines[:, :-1] |= edge & near_a
+            lines[:, 1:] |= edge & ~near_a
     return lines
 
 

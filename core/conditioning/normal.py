@@ -56,24 +56,28 @@ def world_to_camera_rotation(camera_matrix_world: np.ndarray) -> np.ndarray:
 
 
 def camera_normals(world_normals: np.ndarray, rotation: np.ndarray) -> np.ndarray:
-    """(H, W, 3) world-space normals -> unit camera-space normals; zero vectors stay zero (background)."""
-    cam = world_normals.reshape(-1, 3).astype(np.float32) @ rotation.T.astype(np.float32)
-    length = np.linalg.norm(cam, axis=1, keepdims=True)
-    np.divide(cam, length, out=cam, where=length > 1e-6)
-    cam[length[:, 0] <= 1e-6] = 0.0
-    return cam.reshape(world_normals.shape)
+    """(3, H, W) world-space normals (channels first, as the passes come) -> camera-space, float32.
+
+    Cycles' Normal pass holds unit vectors (zero where nothing was hit); a rotation keeps them so,
+    so nothing is renormalized: nine multiply-adds per pixel.
+    """
+    r = rotation.astype(np.float32)
+    x, y, z = (world_normals[i].astype(np.float32, copy=False) for i in range(3))
+    return np.stack([r[k, 0] * x + r[k, 1] * y + r[k, 2] * z for k in range(3)])
 
 
 def encode(normals_cam: np.ndarray, hit: np.ndarray) -> np.ndarray:
-    """uint8 (H, W, 3) normalbae map of camera-space normals; background (not `hit`) faces the camera."""
-    channels = normals_cam * AXIS_SIGNS
-    out = np.rint((np.clip(channels, -1.0, 1.0) * 0.5 + 0.5) * 255.0).astype(np.uint8)
-    out[~hit] = BACKGROUND
-    return out
+    """uint8 (H, W, 3) normalbae map of (3, H, W) camera-space normals; background (not `hit`) faces the camera.
+
+    round((c * 0.5 + 0.5) * 255) for c in [-1, 1], as floor(c * 127.5 + 128) (halves round up).
+    """
+    channels = [np.where(hit, (np.clip(normals_cam[i] * AXIS_SIGNS[i], -1.0, 1.0) * 127.5 + 128.0).astype(np.uint8),
+                         np.uint8(BACKGROUND[i])) for i in range(3)]
+    return np.stack(channels, axis=-1)
 
 
 def decode(png: np.ndarray) -> np.ndarray:
-    """Camera-space unit normals (Blender camera axes) back from a normalbae map (tests, previews)."""
+    """(H, W, 3) camera-space unit normals (Blender camera axes) back from a normalbae map (tests, previews)."""
     channels = png.astype(np.float64) / 255.0 * 2.0 - 1.0
     cam = channels * AXIS_SIGNS
     return cam / np.maximum(np.linalg.norm(cam, axis=-1, keepdims=True), 1e-9)

@@ -267,7 +267,7 @@ def _configure_layer(guard: RenderGuard, scene: bpy.types.Scene, normal: bool) -
 
 
 def render_frame(scene: bpy.types.Scene, layer: bpy.types.ViewLayer, frame: int, folder: Path) -> dict[str, np.ndarray]:
-    """Render one frame's passes; returns {"z", "vector" (H, W, 4), "index"[, "normal" (H, W, 3)]}, row 0 at the top.
+    """Render one frame's passes; returns {"z", "vector" (H, W, 4), "index"[, "normal" (3, H, W)]}, row 0 at the top.
 
     The caller holds a RenderGuard with `configure` applied.
     """
@@ -295,7 +295,7 @@ def render_frame(scene: bpy.types.Scene, layer: bpy.types.ViewLayer, frame: int,
         "index": np.rint(channel("IndexOB.X", "Object Index.X")).astype(np.int32),
     }
     if prefix + "Normal.X" in channels:  # world space, the shading normal of the first surface hit
-        passes["normal"] = np.stack([channels[prefix + f"Normal.{c}"] for c in "XYZ"], axis=-1)
+        passes["normal"] = np.stack([channels[prefix + f"Normal.{c}"] for c in "XYZ"])  # (3, H, W)
     return passes
 
 

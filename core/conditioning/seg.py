@@ -160,8 +160,11 @@ def background_class(has_world: bool) -> SegClass:
 
 
 def lookup(classes: dict[int, SegClass], background: SegClass) -> np.ndarray:
-    """uint8 table: Object Index pass value -> class index (index 0, the background, -> `background`)."""
-    table = np.full(max(classes, default=0) + 1, UNLABELED, dtype=np.uint8)
+    """uint8 table: Object Index pass value -> class index (0, the background, -> `background`).
+
+    One entry past the highest id stays unlabelled: `encode` clips every other value to it.
+    """
+    table = np.full(max(classes, default=0) + 2, UNLABELED, dtype=np.uint8)
     table[0] = background.index
     for number, seg_class in classes.items():
         table[number] = seg_class.index
@@ -170,10 +173,7 @@ def lookup(classes: dict[int, SegClass], background: SegClass) -> np.ndarray:
 
 def encode(index: np.ndarray, table: np.ndarray) -> np.ndarray:
     """uint8 (H, W) class map of an Object Index pass through a `lookup` table (unknown ids unlabelled)."""
-    safe = np.where((index >= 0) & (index < table.size), index, 0)
-    out = table[safe]
-    out[(index < 0) | (index >= table.size)] = UNLABELED
-    return out
+    return table[np.clip(index, 0, table.size - 1)]
 
 
 def preview_colours(classes: np.ndarray) -> np.ndarray:

@@ -70,9 +70,9 @@ def test_guess_from_the_data_and_the_order_of_sources() -> None:
 def test_encode_through_the_lookup_table() -> None:
     classes = {1: seg.SegClass(12, "person", "guess"), 3: seg.SegClass(4, "tree", "user")}
     table = seg.lookup(classes, seg.background_class(True))
-    index = np.array([[0, 1, 2, 3, 7, -1]])
+    index = np.array([[0, 1, 2, 3, 7, 1000]])
     assert seg.encode(index, table).tolist() == [[2, 12, 255, 4, 255, 255]]
-    assert seg.lookup({}, seg.background_class(False)).tolist() == [255]
+    assert seg.lookup({}, seg.background_class(False)).tolist() == [255, 255]
     preview = seg.preview_colours(np.array([[12, 12, 4, 255]], np.uint8))
     assert preview[0, 0].tolist() == preview[0, 1].tolist() != preview[0, 2].tolist()
     assert preview[0, 3].tolist() == [0, 0, 0]
