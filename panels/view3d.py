@@ -6,9 +6,9 @@ import bpy
 
 from ..core.jobs.request import MAP_KINDS
 from ..core.scene import shots as shots_core
+from ..core.scene.resolution import scene_size
 
 MAP_LABELS = {"depth": "Depth", "pose": "Pose", "normal": "Normal", "lineart": "Line Art", "seg": "Segmentation"}
-from ..core.scene.resolution import scene_size
 
 
 class VIEWFINDER_UL_shots(bpy.types.UIList):

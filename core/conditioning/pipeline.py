@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from . import depth, flow, masks, openpose_draw, pose, render
-from .geometry_maps import GeometryMaps, MapOptions
 from .errors import ConditioningCancelled, ConditioningError, ConditioningResult
+from .geometry_maps import GeometryMaps, MapOptions
 from .on_disk import (
     FORMAT_VERSION,
     clean_stale,

@@ -23,10 +23,9 @@ from .shot import GenerationError, ShotJob, TakeOutcome
 if TYPE_CHECKING:
     import bpy
 
-    from .map_plan import MapPlan
-
     from ..prefs import Prefs
     from ..scene.characters import ShotCast
+    from .map_plan import MapPlan
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,6 @@ Bad input: no geometry in view, a modifier that changes the topology per frame.
 
 from __future__ import annotations
 
-import math
 import types
 from pathlib import Path
 from typing import Any

@@ -83,6 +83,10 @@ def test_seg_class_per_object_and_the_engines_colours(vfmod: Any, tmp_path: Path
         pixels = masks == legend[owners.get(name, name)]
         assert pixels.sum() > 20 and set(np.unique(seg_map[pixels])) == {index}, name
     assert set(np.unique(seg_map[masks == 0])) == {2}
+    # The Object Properties panel shows the class the render uses, and where it comes from.
+    in_use = vfmod("panels.seg").class_in_use
+    assert [(c.label, c.source) for c in map(in_use, (bpy.data.objects["Shed"], bpy.data.objects["Rock"]))] == [
+        ("building", "collection"), ("car", "user")]
     colours = palette()
     if colours is None:
         pytest.skip("no engine venv with controlnet-aux to colour the map with")
@@ -198,3 +202,23 @@ def test_preview_shows_every_map(vfmod: Any, tmp_path: Path) -> None:
     assert bpy.ops.viewfinder.render_conditioning(shot="Street") == {"FINISHED"}
     with pytest.raises(RuntimeError, match="Normal Weight"):
         bpy.ops.viewfinder.preview_conditioning(shot="Street", kind="NORMAL")
+
+
+def test_own_ranges_are_animatable_and_checked(vfmod: Any, tmp_path: Path) -> None:
+    scene = seg_scene(tmp_path)
+    scene.frame_end = 3
+    shot = scene.viewfinder.shots["Street"]
+    shot.normal_weight = 1.0
+    shot.use_normal_range, shot.use_depth_range = True, True
+    shot.depth_start, shot.depth_end = 0.0, 0.5
+    shot.normal_end = 0.6
+    shot.keyframe_insert("normal_end", frame=1)
+    shot.normal_end = 0.9
+    shot.keyframe_insert("normal_end", frame=3)
+    job = collect(scene, vfmod, "Street")
+    assert job.request.to_dict()["control_ranges"] == {"depth": [0.0, 0.5], "normal": [0.0, 0.6]}
+    assert job.frame_values[3]["control_ranges"] == {"normal": [0.0, 0.9]}
+    assert "control_ranges" in job.frame_values[2] and "depth" not in job.frame_values[2]["control_ranges"]
+    shot.normal_start = 0.95  # above its end on every frame: refused with the map named
+    with pytest.raises(vfmod("core.generate.shot").GenerationError, match="Normal Start is not below Normal End"):
+        collect(scene, vfmod, "Street")
