@@ -1,6 +1,7 @@
 """Milliseconds per frame of the control maps on a demo street, against a monocular depth estimator.
 
     .venv/bin/python benchmarks/bench_conditioning.py [--frames 24] [--objects 40] [--no-estimator] [--quick]
+                                                      [--repeat N] [--threads N]
 
 Times the real code path, `render_shot` (what Generate runs), first call included, on the
 demo's dolly shot with street props added up to --objects objects (two rigged walkers
@@ -20,7 +21,8 @@ add-on renders one frame per UI tick).
 Targets (issue 12, then issue 23): at 512×288 the control maps at most 1/5 of the time of the
 Depth Anything Small architecture at 294×518 with every map on, and at most 1/10 with depth and
 pose only (random weights; `depth_estimator_time.py`, run in the engine venv
-in a subprocess, torch threads = the machine's cores), same machine, same run. Not a test:
+in a subprocess, torch threads = the machine's cores, or --threads for Cycles and torch alike),
+same machine, same run. Not a test:
 timings depend on the machine and its load (printed), so this only prints them.
 """
 
@@ -112,19 +114,22 @@ def timed(times: dict[str, float], patches: list[tuple[Any, str, Callable[..., s
 
 def stage_patches() -> list[tuple[Any, str, Callable[..., str]]]:
     """Where render_shot's per-frame stages are timed: (module, function, stage of a call)."""
-    pipeline, geometry = load("core.conditioning.pipeline"), load("core.conditioning.geometry_maps")
+    pipeline, work, geometry = (load(f"core.conditioning.{m}") for m in ("pipeline", "frame_work", "geometry_maps"))
     render, flow, pose, draw, depth, normal, lineart, seg = (load(f"core.conditioning.{m}") for m in (
         "render", "flow", "pose", "openpose_draw", "depth", "normal", "lineart", "seg"))
     by_folder = {"depth": "depth", "masks": "masks", "pose": "pose", "normal": "normal", "lineart": "lineart",
                  "seg": "seg"}
     return [
-        (render, "render_frame", lambda *a: "render"),
+        (render, "render_exr", lambda *a: "render"),
         (flow, "flows_from_vector_pass", lambda *a: "flow"),
-        (pose, "frame_people", lambda *a: "pose"),
+        (pose, "project_people", lambda *a: "pose"),
+        (pose, "people_in_frame", lambda *a: "pose"),
         (draw, "draw_people", lambda *a: "pose"),
         (depth, "z_range", lambda *a: "depth"),
         (depth, "encode", lambda *a: "depth"),
         (pipeline, "write_png", lambda path, *a: by_folder.get(Path(path).parent.name, "other")),
+        (work, "write_png", lambda path, *a: by_folder.get(Path(path).parent.name, "other")),
+        (work, "read_passes", lambda *a: "render"),
         (render, "camera_at_frame", lambda *a: "lineart"),
         (normal, "camera_normals", lambda *a: "normal"),  # shared by normal and line art: counted as normal
         (normal, "encode", lambda *a: "normal"),
@@ -154,7 +159,9 @@ def bench(scene: bpy.types.Scene, width: int, height: int, frames: list[int], ou
             total, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     finally:
         render.why_materials_matter = reason
-    times["other"] = total - sum(v for k, v in times.items() if k != "other")
+    # The stages run on two threads (a frame's maps on a worker while Cycles renders the next), so
+    # they can add up to more than the total: "other" is then 0.
+    times["other"] = max(0.0, total - sum(v for k, v in times.items() if k != "other"))
     result = {k: v * 1000.0 / len(frames) for k, v in times.items()}
     result["total"] = total * 1000.0 / len(frames)
     result["cpu"] = cpu * 1000.0 / len(frames)
@@ -177,16 +184,17 @@ def bench_animation_job(scene: bpy.types.Scene, width: int, height: int, frames:
     return elapsed * 1000.0 / len(frames)
 
 
-def depth_estimator(frames: int) -> dict[str, Any] | None:
-    """Depth Anything Small at 294×518 in the engine venv (a subprocess), torch threads = cores."""
+def depth_estimator(frames: int, threads: int = 0) -> dict[str, Any] | None:
+    """Depth Anything Small at 294×518 in the engine venv (a subprocess), torch threads = cores (or `threads`)."""
     python = os.environ.get("VIEWFINDER_TEST_ENGINE_PYTHON") or str(ROOT / ".venv-engine" / "bin" / "python")
     if not Path(python).exists():
         print(f"no engine python at {python}: set VIEWFINDER_TEST_ENGINE_PYTHON to compare with the depth estimator")
         return None
-    threads = str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    count = str(threads or cores)
+    env = dict(os.environ, OMP_NUM_THREADS=count, MKL_NUM_THREADS=count)
     proc = subprocess.run(
-        [python, str(ROOT / "benchmarks" / "depth_estimator_time.py"), "--frames", str(frames)],
+        [python, str(ROOT / "benchmarks" / "depth_estimator_time.py"), "--frames", str(frames), "--threads", count],
         env=env, capture_output=True, text=True, check=False,
     )
     if proc.returncode != 0:
@@ -244,8 +252,12 @@ def main() -> None:
     parser.add_argument("--no-estimator", action="store_true", help="skip the depth estimator comparison")
     parser.add_argument("--quick", action="store_true", help="512x288 only, no own-materials or animation-job rows")
     parser.add_argument("--repeat", type=int, default=1, help="512x288 runs per row, the fastest kept (busy machines)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="Cycles and torch threads alike (default: all cores; 1 on a shared machine)")
     args = parser.parse_args()
     scene = demo_scene(args.objects)
+    if args.threads:  # the user's own setting, which the data-pass render keeps
+        scene.render.threads_mode, scene.render.threads = "FIXED", args.threads
     frames = list(range(1, 1 + args.frames))
     render = load("core.conditioning.render")
     rigs = sum(o.type == "ARMATURE" for o in scene.objects)
@@ -256,7 +268,7 @@ def main() -> None:
     print(load_text())
     if args.no_estimator:
         return
-    est = depth_estimator(args.frames)
+    est = depth_estimator(args.frames, args.threads)
     if est is not None:
         print_ratios(rows, est)
 

@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from . import depth, flow, masks, openpose_draw, pose, render
+from . import depth, flow, masks, pose, render
 from .errors import ConditioningCancelled, ConditioningError, ConditioningResult
+from .frame_work import FrameJob, FrameResult, FrameWorker
 from .geometry_maps import GeometryMaps, MapOptions
 from .on_disk import (
     FORMAT_VERSION,
@@ -66,8 +67,9 @@ class ShotRender:
     """A shot's control maps, one bounded step at a time (main thread, bpy).
 
     Steps: hash the scene state a few frames at a time (maps that are current are reused);
-    render one frame's passes; encode one frame's depth once the whole shot's near/far is
-    known; finish (meta.json, `complete` last, one rename into place). `abort()` removes the
+    render one frame's passes (its maps are made on a worker thread while the next frame renders,
+    frame_work.py); encode one frame's depth once the whole shot's near/far is known; finish
+    (meta.json, `complete` last, one rename into place). `abort()` removes the
     temporary folder and restores the user's settings. Nothing claims completeness before
     the rename, whatever step an abort or a crash lands on.
 
@@ -90,6 +92,7 @@ class ShotRender:
         self.people, self.warnings = pose.find_people(scene)
         # Normal, line art, segmentation: only what `maps` asks for (geometry_maps.py).
         self.geo = GeometryMaps(maps or MapOptions(), shot.name, has_world=scene.world is not None)
+        self._worker = FrameWorker(self.geo)
         self.result: ConditioningResult | None = None
         self.phase = "hash"  # hash → render → depth → finish → done (or aborted)
         self._original = (scene.frame_current, scene.frame_subframe)
@@ -144,6 +147,7 @@ class ShotRender:
         if self.done:
             return
         self.phase = "aborted"
+        self._worker.close()  # its frame in flight writes into the folder about to go
         self._release(scene)
         if self._tmp.exists():
             shutil.rmtree(self._tmp, ignore_errors=True)
@@ -210,41 +214,21 @@ class ShotRender:
             person.mask_id = names.get(person.armature.name, -1)
 
     def _step_render(self, scene: Any) -> None:
-        # 4. One frame: passes → flow, masks, pose now; depth after, once near/far of the whole shot is known.
-        # Z buffers wait on disk, not in memory: a two-minute shot must not need gigabytes
-        # before its depth maps can be normalized.
+        # 4. One frame: Cycles renders it here; the worker makes its maps (flow, masks, pose, normal,
+        # line art, seg) while the next frame renders. Depth waits for the whole shot's near/far.
         if self._guard is None:
             self._configure(scene)
-        tmp, scratch, frame = self._tmp, self._tmp / ".exr", self.frames[self._next]
-        width, height = self.width, self.height
-        passes = render.render_frame(scene, self._layer, frame, scratch)
-        # The masks' ids: the pass itself, or mapped back from per-object numbers (geometry_maps.py).
-        z, vec, index = passes["z"], passes["vector"], self.geo.groups(passes["index"])
-        forward, backward = flow.flows_from_vector_pass(vec[..., 0], vec[..., 1], vec[..., 2], vec[..., 3])
-        name = f"{frame:04d}"
-        np.save(tmp / "flow" / "forward" / f"{name}.npy", forward)
-        np.save(tmp / "flow" / f"{name}.npy", backward)
-        ids = np.clip(index, 0, 65535).astype(np.uint16)
-        write_png(tmp / "masks" / f"{name}.png", ids)
-        # Which ids each frame shows: characters not in a shot are then known without reading its masks.
-        # (A count per id, not np.unique: no sort of every pixel.)
-        self._ids_per_frame[str(frame)] = [int(v) for v in np.flatnonzero(np.bincount(ids.ravel())) if v]
-        if self.geo.options.kinds:
-            self.geo.frame(tmp, frame, passes, render.camera_at_frame(self.camera, width, height), (width, height))
+        frame, size = self.frames[self._next], (self.width, self.height)
+        exr = render.render_exr(scene, self._layer, frame, self._tmp / ".exr")
+        # What needs Blender is read now, on this frame: the keypoints, the camera, the topology.
+        people = pose.project_people(scene, self.camera, self.people, *size) if self.people else None
+        camera = render.camera_at_frame(self.camera, *size) if self.geo.options.kinds else None
         self.geo.check_topology(scene, render.depsgraph())
-        if self.people:
-            found, drawn = pose.frame_people(scene, self.camera, self.people, width, height, z, index)
-            self._pose_frames[str(frame)] = bool(found)
-            if found:
-                doc = {"version": 1.3, "canvas_width": width, "canvas_height": height, "people": found}
-                (tmp / "pose" / f"{name}.json").write_text(json.dumps(doc))
-                write_png(tmp / "pose" / f"{name}.png", openpose_draw.draw_people(height, width, drawn))
-        else:
-            self._pose_frames[str(frame)] = False
-        np.save(scratch / f"z{name}.npy", z)
-        self._ranges.append(depth.z_range(z))
+        self._record(self._worker.submit(FrameJob(frame, exr, self._layer.name, self._tmp, size, people, camera)))
         self._next += 1
         if self._next == len(self.frames):
+            self._record(self._worker.collect())
+            self._worker.close()
             self._release(scene)
             self._next = 0
             self._span = depth.merge_ranges(self._ranges)
@@ -253,6 +237,14 @@ class ShotRender:
                 self.warnings.append(f"Shot '{self.shot_name}': the camera sees no geometry, so its depth{more} maps "
                                      "are empty (aim the camera at the set, or move the set in front of it)")
             self.phase = "depth"
+
+    def _record(self, result: FrameResult | None) -> None:
+        """Keep what a finished frame tells meta.json (frames finish in order: one worker, one in flight)."""
+        if result is None:
+            return
+        self._ranges.append(result.z_range)
+        self._pose_frames[str(result.frame)] = result.pose
+        self._ids_per_frame[str(result.frame)] = result.ids
 
     def _step_depth(self) -> None:
         # 5. One depth map with the whole shot's near/far.

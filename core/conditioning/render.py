@@ -266,10 +266,11 @@ def _configure_layer(guard: RenderGuard, scene: bpy.types.Scene, normal: bool) -
     return layer
 
 
-def render_frame(scene: bpy.types.Scene, layer: bpy.types.ViewLayer, frame: int, folder: Path) -> dict[str, np.ndarray]:
-    """Render one frame's passes; returns {"z", "vector" (H, W, 4), "index"[, "normal" (3, H, W)]}, row 0 at the top.
+def render_exr(scene: bpy.types.Scene, layer: bpy.types.ViewLayer, frame: int, folder: Path) -> Path:
+    """Render one frame's passes into `folder`/NNNN.exr and return the file. Main thread.
 
-    The caller holds a RenderGuard with `configure` applied.
+    The caller holds a RenderGuard with `configure` applied. Blender releases the GIL while Cycles
+    renders, so a worker thread can finish the previous frame's maps meanwhile (pipeline.py).
     """
     scene.frame_set(frame)
     path = folder / f"{frame:04d}"
@@ -277,10 +278,15 @@ def render_frame(scene: bpy.types.Scene, layer: bpy.types.ViewLayer, frame: int,
     result = bpy.ops.render.render(write_still=True, scene=scene.name, layer=layer.name)
     if result != {"FINISHED"}:
         raise RuntimeError(f"Cycles did not finish rendering frame {frame}: {result}")
-    exr_path = path.with_suffix(".exr")
+    return path.with_suffix(".exr")
+
+
+def read_passes(exr_path: Path, layer_name: str) -> dict[str, np.ndarray]:
+    """{"z", "vector" (H, W, 4), "index"[, "normal" (3, H, W)]} of a rendered frame, row 0 at the top; the
+    file is deleted. Plain numpy: any thread."""
     channels = read_exr(exr_path)
     exr_path.unlink()
-    prefix = f"{layer.name}."
+    prefix = f"{layer_name}."
 
     def channel(*names: str) -> np.ndarray:
         for name in names:
@@ -297,6 +303,11 @@ def render_frame(scene: bpy.types.Scene, layer: bpy.types.ViewLayer, frame: int,
     if prefix + "Normal.X" in channels:  # world space, the shading normal of the first surface hit
         passes["normal"] = np.stack([channels[prefix + f"Normal.{c}"] for c in "XYZ"])  # (3, H, W)
     return passes
+
+
+def render_frame(scene: bpy.types.Scene, layer: bpy.types.ViewLayer, frame: int, folder: Path) -> dict[str, np.ndarray]:
+    """`render_exr` then `read_passes`: one frame's passes, in one call. Main thread."""
+    return read_passes(render_exr(scene, layer, frame, folder), layer.name)
 
 
 def depsgraph() -> Any:
