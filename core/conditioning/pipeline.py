@@ -116,7 +116,8 @@ class ShotRender:
 
     @property
     def frames_rendered(self) -> int:
-        return len(self._ranges)
+        """Frames Cycles has rendered (the worker may still be making the last one's maps)."""
+        return self._next if self.phase == "render" else len(self._ranges)
 
     @property
     def depth_done(self) -> int:

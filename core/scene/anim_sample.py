@@ -105,12 +105,7 @@ def sample_shot(scene: bpy.types.Scene, shot: Any, frames: Sequence[int], maps: 
     # 1. Which properties carry curves (F-curves or drivers) on this shot.
     prefix = shot_prefix(scene, shot)
     curves = anim_paths.curves_under(scene, prefix)
-    names = list(FIELDS) + ["seed"] + [f"{k}_weight" for k in maps]
-    names += [f"{k}_{end}" for k in own_ranges(shot, maps) for end in ("start", "end")]
-    if not shot.use_guidance_scale:
-        names.remove("guidance_scale")
-    if shot.coherence != "FLOW":
-        names.remove("flow_strength")
+    names = sampled_names(shot, maps)
     keys = [(i, k) for i, k in enumerate(shot.prompt_keys)]
     warnings: list[str] = []
     empty = [i for i, k in keys if not k.prompt.strip()]
@@ -145,6 +140,29 @@ def sample_shot(scene: bpy.types.Scene, shot: Any, frames: Sequence[int], maps: 
     _pair_ranges(shot.name, rows)
 
     # 4. Job values (the first frame) and, per frame, only what differs from them.
+    job_values, per_frame = _job_and_frames(rows, frames, weights if keys else None)
+    if keys:
+        zero = [f for f in frames if not any(weights[f])]
+        if zero:
+            warnings.append(f"Shot '{shot.name}': every prompt key's weight is 0 on frames {frame_runs(zero)}, so "
+                            "they use the shot prompt; key a weight above 0 there to keep the prompt travel going")
+    return ShotSamples(job_values, per_frame, [k.prompt for _, k in keys], warnings, animated)
+
+
+def sampled_names(shot: Any, maps: Sequence[str]) -> list[str]:
+    """The shot properties sampled per frame: the base fields, the sent maps' weights, the own ranges on."""
+    names = list(FIELDS) + ["seed"] + [f"{k}_weight" for k in maps]
+    names += [f"{k}_{end}" for k in own_ranges(shot, maps) for end in ("start", "end")]
+    if not shot.use_guidance_scale:
+        names.remove("guidance_scale")
+    if shot.coherence != "FLOW":
+        names.remove("flow_strength")
+    return names
+
+
+def _job_and_frames(rows: dict[int, dict[str, Any]], frames: Sequence[int], weights: dict[int, list[float]] | None,
+                    ) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+    """Engine fields of the first frame, and per frame those that differ from it (prompt weights always)."""
     first = rows[frames[0]]
     job_values = {_field(n): v for n, v in first.items()}
     per_frame: dict[int, dict[str, Any]] = {}
@@ -153,16 +171,11 @@ def sample_shot(scene: bpy.types.Scene, shot: Any, frames: Sequence[int], maps: 
         ranges = {k: r for k, r in rows[frame].get("control_ranges", {}).items() if r != first["control_ranges"][k]}
         if ranges:
             own["control_ranges"] = ranges
-        if keys:
+        if weights is not None:
             own["prompt_weights"] = weights[frame]
         if own:
             per_frame[frame] = own
-    if keys:
-        zero = [f for f in frames if not any(weights[f])]
-        if zero:
-            warnings.append(f"Shot '{shot.name}': every prompt key's weight is 0 on frames {frame_runs(zero)}, so "
-                            "they use the shot prompt; key a weight above 0 there to keep the prompt travel going")
-    return ShotSamples(job_values, per_frame, [k.prompt for _, k in keys], warnings, animated)
+    return job_values, per_frame
 
 
 def _field(name: str) -> str:
