@@ -18,8 +18,9 @@ def register() -> None:
     from . import handlers, operators, panels, preferences
     from .props import pose as props_pose
     from .props import scene as props
+    from .props import seg as props_seg
 
-    for module in (preferences, props, props_pose, operators, panels, handlers):
+    for module in (preferences, props, props_pose, props_seg, operators, panels, handlers):
         module.register()
         _registered.append(module)
 

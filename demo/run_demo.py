@@ -4,7 +4,10 @@
    would (into a throwaway Blender user folder under demo/out/blender-user).
 2. Build the demo film: a small set, two walking characters who pass each other
    in the Pan shot, three shots with different camera moves, and a sound strip
-   made locally. The character bible holds both, with different descriptions;
+   made locally. The Orbit shot uses normal and line-art maps, the Pan shot a
+   segmentation map, beside depth and pose; the storyboard shows them under the
+   frames. They are sent to the engine only where the models have a net for them
+   (the toy world's do not: there they are rendered and shown, not sent). The character bible holds both, with different descriptions;
    the traveller's reference image is rendered here (VIEWFINDER_DEMO_BIBLE=0
    builds the same film without the bible, for the identity comparison).
 3. Generate every shot with the engine (a child process, as in the UI).
@@ -97,6 +100,8 @@ def choose_models(settings) -> bool:
         settings.model = override
         settings.controlnet_depth = os.environ.get("VIEWFINDER_DEMO_CONTROLNET_DEPTH", settings.controlnet_depth)
         settings.controlnet_pose = os.environ.get("VIEWFINDER_DEMO_CONTROLNET_POSE", settings.controlnet_pose)
+        for kind in ("normal", "lineart", "seg"):  # local folders only: unnamed, the map is shown, not sent
+            setattr(settings, f"controlnet_{kind}", os.environ.get(f"VIEWFINDER_DEMO_CONTROLNET_{kind.upper()}", ""))
         say(f"using the models you named: {settings.model}")
         return True
     if os.environ.get("VIEWFINDER_DEMO_MODELS") == "real":
@@ -112,11 +117,31 @@ def choose_models(settings) -> bool:
     settings.controlnet_depth = str(toy / "controlnet-depth")
     settings.controlnet_pose = str(toy / "controlnet-pose")
     settings.ip_adapter = ""  # the toy world has no IP-Adapter: references stay in the bible, unsent
+    # Normal, line-art and seg nets where the model folder has them (tiny models do, the toy world's do not):
+    # without a net the shots still render those maps (storyboard, Preview) and send depth and pose only.
+    missing = []
+    for kind in ("normal", "lineart", "seg"):
+        net = toy / f"controlnet-{kind}"
+        setattr(settings, f"controlnet_{kind}", str(net) if net.is_dir() else "")
+        if not net.is_dir():
+            missing.append(kind)
+    if missing:
+        say(f"the toy world has no {', '.join(missing)} ControlNet: those maps are rendered and shown, not sent")
     say("using the toy-world models (engine/testing/toy/MODEL_CARD.md): trained here on shapes and mannequins,")
     say("         64-pixel frames in the toy world's look, prompts in its words. For real frames, point the demo")
     say("         at local models: VIEWFINDER_DEMO_MODEL=/path/to/sd15 VIEWFINDER_DEMO_CONTROLNET_DEPTH=/path/to/depth "
         "VIEWFINDER_DEMO_CONTROLNET_POSE=/path/to/openpose make demo (or VIEWFINDER_DEMO_MODELS=real online)")
     return False
+
+
+def use_exact_maps(settings) -> None:
+    """Beyond depth and pose: the Orbit shot holds the buildings with normals and line art, the Pan shot
+    gets a segmentation map (a class per object: buildings, people, the floor)."""
+    orbit, pan = settings.shots["Orbit"], settings.shots["Pan"]
+    orbit.normal_weight, orbit.lineart_weight = 0.8, 0.8
+    orbit.lineart_form, orbit.line_weight = "LINEART", 1
+    pan.seg_weight = 0.6
+    say("exact maps: Orbit uses normal + line art, Pan a segmentation map (see the storyboard's map rows)")
 
 
 def write_tone(path: Path, seconds: float, rate: int = 48000) -> None:
@@ -200,6 +225,7 @@ def main() -> int:
         shot.prompt = prompts.get(shot.name, "a street at dusk")
         shot.negative_prompt = "blurry, deformed, text, watermark" if real else ""
         shot.coherence = os.environ.get("VIEWFINDER_DEMO_COHERENCE", "FLOW")
+    use_exact_maps(settings)
     film = OUT / "film.blend"
     bpy.ops.wm.save_as_mainfile(filepath=str(film))
     scene = bpy.context.scene

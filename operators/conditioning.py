@@ -11,6 +11,8 @@ import bpy
 from bpy.props import BoolProperty, EnumProperty, StringProperty
 
 from ..core.conditioning import ConditioningError, render_shot
+from ..core.conditioning.seg import write_previews
+from ..core.generate.map_plan import render_options
 from ..core.scene.resolution import scene_size
 from ..core.timeline import vse
 from ..core.timeline.paths import frame_name
@@ -21,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 class VIEWFINDER_OT_render_conditioning(NeedsScene, bpy.types.Operator):
-    """Render depth, pose, masks and motion for every frame of a shot from its camera (CPU, headless)"""
+    """Render depth, pose, masks and motion (and the normal, line-art and seg maps a shot weights) for every frame of a shot from its camera (CPU, headless)"""
 
     bl_idname = "viewfinder.render_conditioning"
     bl_label = "Render Control Maps"
@@ -46,7 +48,8 @@ class VIEWFINDER_OT_render_conditioning(NeedsScene, bpy.types.Operator):
                 continue
             try:
                 result = render_shot(
-                    scene, shot, project.conditioning_dir(shot.name), width=width, height=height, force=self.force
+                    scene, shot, project.conditioning_dir(shot.name), width=width, height=height, force=self.force,
+                    maps=render_options(scene, shot),
                 )
             except ConditioningError as exc:
                 report(self, "ERROR", str(exc))
@@ -61,9 +64,27 @@ class VIEWFINDER_OT_render_conditioning(NeedsScene, bpy.types.Operator):
         return {"FINISHED"}
 
 
+# Map kind -> (label, why it may be missing).
+MAP_ITEMS = {
+    "DEPTH": ("Depth", "render them first (Render Control Maps)"),
+    "POSE": ("Pose", "nobody visible?"),
+    "NORMAL": ("Normal", "raise the shot's Normal Weight above 0, then render"),
+    "LINEART": ("Line Art", "raise the shot's Line Art Weight above 0, then render"),
+    "SEG": ("Segmentation", "raise the shot's Segmentation Weight above 0, then render"),
+}
+
+
 def load_preview(scene: bpy.types.Scene, shot: Any, folder: Path, kind: str) -> list[Any]:
-    """Put a shot's depth or pose maps on the VSE, on a channel of their own above everything else."""
+    """Put one kind of a shot's maps on the VSE, on a channel of their own above everything else.
+
+    Segmentation maps hold class indices (near-black on screen): their preview colours are written
+    beside the shot's folder first (seg.write_previews; preview only, never sent).
+    """
     frames = [f for f in range(shot.frame_start, shot.frame_end + 1) if (folder / frame_name(f)).is_file()]
+    if kind == "SEG":
+        shown = folder.parent.parent / "seg-preview"
+        write_previews(folder, shown, [frame_name(f) for f in frames])
+        folder = shown
     return vse.add_control_strips(scene, shot_name=shot.name, kind=kind, directory=folder, frames=frames)
 
 
@@ -75,14 +96,18 @@ def _meta(conditioning: Path) -> dict[str, Any]:
 
 
 class VIEWFINDER_OT_preview_conditioning(NeedsScene, bpy.types.Operator):
-    """Show the active shot's depth or pose maps on the sequencer, on their own channel"""
+    """Show the active shot's control maps (depth, pose, normal, line art, segmentation, or all) on the sequencer, each on its own channel"""
 
     bl_idname = "viewfinder.preview_conditioning"
     bl_label = "Preview Control Maps"
     bl_options = {"REGISTER", "UNDO"}
 
     kind: EnumProperty(
-        name="Map", items=[("DEPTH", "Depth", "Depth maps"), ("POSE", "Pose", "OpenPose drawings")], default="DEPTH"
+        name="Map", default="DEPTH",
+        items=[("DEPTH", "Depth", "Depth maps"), ("POSE", "Pose", "OpenPose drawings"),
+               ("NORMAL", "Normal", "Normal maps (normalbae colours)"), ("LINEART", "Line Art", "Line maps"),
+               ("SEG", "Segmentation", "Segmentation maps, in preview colours (the engine uses ADE20K's)"),
+               ("ALL", "All", "Every map the shot has, each on its own channel")],
     )
     shot: StringProperty(name="Shot", description="Shot name; empty: the active shot")
 
@@ -102,19 +127,36 @@ class VIEWFINDER_OT_preview_conditioning(NeedsScene, bpy.types.Operator):
             return {"CANCELLED"}
         shot = shots[0]
         conditioning = project_of(context).conditioning_dir(shot.name)
-        folder = conditioning / self.kind.lower()
-        if self.kind == "POSE" and _meta(conditioning).get("people") == []:
+        if self.kind == "ALL":
+            return self._show_all(scene, shot, conditioning)
+        return self._show(scene, shot, conditioning, self.kind)
+
+    def _show(self, scene: bpy.types.Scene, shot: Any, conditioning: Path, kind: str) -> set[str]:
+        label, hint = MAP_ITEMS[kind]
+        folder = conditioning / kind.lower()
+        if kind == "POSE" and _meta(conditioning).get("people") == []:
             report(self, "ERROR", f"'{shot.name}' has no person (no armature mapped to OpenPose), so no pose maps")
             return {"CANCELLED"}
         if not folder.is_dir():
-            report(self, "ERROR", f"No {self.kind.lower()} maps for '{shot.name}' in {folder.parent}: "
-                   "render them first (Render Control Maps)")
+            report(self, "ERROR", f"No {label.lower()} maps for '{shot.name}' in {folder.parent}: {hint}")
             return {"CANCELLED"}
-        strips = load_preview(scene, shot, folder, self.kind)
+        strips = load_preview(scene, shot, folder, kind)
         if not strips:
-            report(self, "WARNING", f"'{shot.name}' has no {self.kind.lower()} maps (nobody visible?)")
+            report(self, "WARNING", f"'{shot.name}' has no {label.lower()} maps ({hint})")
             return {"CANCELLED"}
-        report(self, "INFO", f"{self.kind.title()} maps of '{shot.name}' on channel {strips[0].channel}")
+        report(self, "INFO", f"{label} maps of '{shot.name}' on channel {strips[0].channel}")
+        return {"FINISHED"}
+
+    def _show_all(self, scene: bpy.types.Scene, shot: Any, conditioning: Path) -> set[str]:
+        shown = []
+        for kind in MAP_ITEMS:
+            if (conditioning / kind.lower()).is_dir() and load_preview(scene, shot, conditioning / kind.lower(), kind):
+                shown.append(MAP_ITEMS[kind][0])
+        if not shown:
+            report(self, "ERROR", f"No control maps for '{shot.name}' in {conditioning}: render them first "
+                                  "(Render Control Maps)")
+            return {"CANCELLED"}
+        report(self, "INFO", f"Maps of '{shot.name}' on the sequencer: {', '.join(shown)}")
         return {"FINISHED"}
 
 

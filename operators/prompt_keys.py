@@ -20,6 +20,15 @@ TARGET_ITEMS = [
     ("pose_weight", "Pose Weight", "ControlNet OpenPose weight"),
     ("control_start", "Control Start", "ControlNet guidance start"),
     ("control_end", "Control End", "ControlNet guidance end"),
+    ("normal_weight", "Normal Weight", "ControlNet normal weight"),
+    ("lineart_weight", "Line Art Weight", "ControlNet line art (lineart, canny, MLSD) weight"),
+    ("seg_weight", "Segmentation Weight", "ControlNet segmentation weight"),
+    ("normal_start", "Normal Start", "Normal ControlNet guidance start (the map's own range)"),
+    ("normal_end", "Normal End", "Normal ControlNet guidance end (the map's own range)"),
+    ("lineart_start", "Line Art Start", "Line-art ControlNet guidance start (the map's own range)"),
+    ("lineart_end", "Line Art End", "Line-art ControlNet guidance end (the map's own range)"),
+    ("seg_start", "Segmentation Start", "Segmentation ControlNet guidance start (the map's own range)"),
+    ("seg_end", "Segmentation End", "Segmentation ControlNet guidance end (the map's own range)"),
 ]
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from . import characters, menus, prompt_keys, sequencer, view3d
+from . import characters, menus, prompt_keys, seg, sequencer, view3d
 
-modules = (view3d, prompt_keys, characters, sequencer, menus)
+modules = (view3d, prompt_keys, characters, sequencer, menus, seg)
 
 
 def register() -> None:

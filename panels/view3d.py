@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import bpy
 
+from ..core.jobs.request import MAP_KINDS
 from ..core.scene import shots as shots_core
 from ..core.scene.resolution import scene_size
+
+MAP_LABELS = {"depth": "Depth", "pose": "Pose", "normal": "Normal", "lineart": "Line Art", "seg": "Segmentation"}
 
 
 class VIEWFINDER_UL_shots(bpy.types.UIList):
@@ -71,8 +74,15 @@ class VIEWFINDER_PT_shot(ViewfinderPanel, bpy.types.Panel):
         layout.use_property_split = True
         layout.prop(shot, "seed")
         col = layout.column(align=True)
-        col.prop(shot, "depth_weight")
-        col.prop(shot, "pose_weight")
+        for kind in MAP_KINDS:
+            col.prop(shot, f"{kind}_weight")
+        if shot.lineart_weight > 0.0:
+            col = layout.column(align=True)
+            col.prop(shot, "lineart_form")
+            sub = col.row(align=True)
+            sub.active = shot.lineart_form != "CANNY"
+            sub.prop(shot, "line_weight")
+            col.prop(shot, "crease_angle")
         col = layout.column(align=True)
         col.prop(shot, "control_start")
         col.prop(shot, "control_end")
@@ -92,10 +102,33 @@ class VIEWFINDER_PT_shot(ViewfinderPanel, bpy.types.Panel):
         row.operator("viewfinder.render_conditioning", text="Control Maps", icon="IMAGE_ZDEPTH").shot = shot.name
         row.operator("viewfinder.generate", text="Generate Shot", icon="RENDER_STILL").shot = shot.name
         row = layout.row(align=True)
-        for kind, icon in (("DEPTH", "IMAGE_ZDEPTH"), ("POSE", "ARMATURE_DATA")):
+        for kind, icon in (("DEPTH", "IMAGE_ZDEPTH"), ("POSE", "ARMATURE_DATA"), ("ALL", "SEQ_SEQUENCER")):
             op = row.operator("viewfinder.preview_conditioning", text=f"Preview {kind.title()}", icon=icon)
             op.kind = kind
             op.shot = shot.name
+
+
+class VIEWFINDER_PT_map_ranges(ViewfinderPanel, bpy.types.Panel):
+    """Each map's own share of the denoising steps (off: the shot's Control Start/End)."""
+
+    bl_label = "Map Ranges"
+    bl_idname = "VIEWFINDER_PT_map_ranges"
+    bl_parent_id = "VIEWFINDER_PT_shot"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context: bpy.types.Context) -> None:
+        settings = context.scene.viewfinder
+        if not settings.shot_list:
+            return
+        shot = settings.shot_list[min(settings.active_shot_index, len(settings.shot_list) - 1)]
+        col = self.layout.column(align=True)
+        for kind in MAP_KINDS:
+            row = col.row(align=True)
+            row.prop(shot, f"use_{kind}_range", text=MAP_LABELS[kind])
+            sub = row.row(align=True)
+            sub.active = getattr(shot, f"use_{kind}_range")
+            sub.prop(shot, f"{kind}_start", text="")
+            sub.prop(shot, f"{kind}_end", text="")
 
 
 class VIEWFINDER_PT_film(ViewfinderPanel, bpy.types.Panel):
@@ -112,6 +145,9 @@ class VIEWFINDER_PT_film(ViewfinderPanel, bpy.types.Panel):
         layout.prop(settings, "model")
         layout.prop(settings, "controlnet_depth")
         layout.prop(settings, "controlnet_pose")
+        layout.prop(settings, "controlnet_normal")
+        layout.prop(settings, "controlnet_lineart")
+        layout.prop(settings, "controlnet_seg")
         layout.prop(settings, "lora")
         if settings.lora:
             layout.prop(settings, "lora_scale")
@@ -184,5 +220,6 @@ def _wrap(text: str, width: int) -> list[str]:
     return lines + ([line] if line else [])
 
 
-classes = (VIEWFINDER_UL_shots, VIEWFINDER_PT_shots, VIEWFINDER_PT_shot, VIEWFINDER_PT_film, VIEWFINDER_PT_pose)
+classes = (VIEWFINDER_UL_shots, VIEWFINDER_PT_shots, VIEWFINDER_PT_shot, VIEWFINDER_PT_map_ranges, VIEWFINDER_PT_film,
+           VIEWFINDER_PT_pose)
 register, unregister = bpy.utils.register_classes_factory(classes)

@@ -7,6 +7,9 @@ The stored collection is `shot_list`, which UI lists draw.
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import bpy
 from bpy.props import (
     BoolProperty,
@@ -21,7 +24,10 @@ from bpy.props import (
 from ..core.jobs.request import (
     DEFAULT_BASE,
     DEFAULT_CONTROLNET_DEPTH,
+    DEFAULT_CONTROLNET_LINEART,
+    DEFAULT_CONTROLNET_NORMAL,
     DEFAULT_CONTROLNET_POSE,
+    DEFAULT_CONTROLNET_SEG,
     DEFAULT_IMAGE_ENCODER,
     DEFAULT_IP_ADAPTER,
     DEFAULT_MOTION_ADAPTER,
@@ -60,6 +66,29 @@ DRAFT_SCHEDULER_ITEMS = [
     ("TCD", "TCD", "TCD LoRA with the TCD scheduler (h1t/TCD-*): more detail at the same steps"),
 ]
 
+LINEART_FORM_ITEMS = [
+    ("LINEART", "Line Art", "Lines drawn Line Weight pixels wide, for the line-art ControlNet"),
+    ("CANNY", "Canny", "Thin 1-pixel lines, like Canny edges, for the canny ControlNet"),
+    ("MLSD", "MLSD", "Straight segments only (curves dropped), for the M-LSD ControlNet"),
+]
+
+
+def _map_weight(label: str, what: str) -> dict[str, Any]:
+    return {"name": f"{label} Weight", "default": 0.0, "min": 0.0, "soft_max": 2.0,
+            "description": f"How strongly frames follow the {what} (0: not rendered, not sent)"}
+
+
+def _own_range(label: str) -> dict[str, Any]:
+    return {"name": f"{label} Own Range", "default": False,
+            "description": f"Give the {label.lower()} map its own start/end instead of Control Start/End"}
+
+
+def _range_end(label: str, end: str) -> dict[str, Any]:
+    return {"name": f"{label} {end.title()}", "default": 0.0 if end == "start" else 1.0, "min": 0.0, "max": 1.0,
+            "subtype": "FACTOR", "description": f"Fraction of denoising steps {'before' if end == 'start' else 'after'} "
+            f"which the {label.lower()} map {'applies' if end == 'start' else 'stops applying'} (its own range)"}
+
+
 COHERENCE_ITEMS = [
     ("FLOW", "Flow", "Carry each generated frame into the next with the scene's exact motion vectors"),
     ("INDEPENDENT", "Independent", "Generate each frame on its own with the shot's seed"),
@@ -97,6 +126,32 @@ class ViewfinderShot(bpy.types.PropertyGroup):
     pose_weight: FloatProperty(
         name="Pose Weight", default=1.0, min=0.0, soft_max=2.0, description="How strongly people follow the pose map"
     )
+    # Issue 23: maps beyond depth and pose (0 = off: existing shots render and send what they did).
+    normal_weight: FloatProperty(**_map_weight("Normal", "normal map (camera-space surface directions)"))
+    lineart_weight: FloatProperty(**_map_weight("Line Art", "line art (outlines, depth steps, creases)"))
+    seg_weight: FloatProperty(**_map_weight("Segmentation", "segmentation map (a class per object)"))
+    lineart_form: EnumProperty(name="Line Form", items=LINEART_FORM_ITEMS, default="LINEART",
+                               description="Which line map (and so which ControlNet preset) the shot uses")
+    line_weight: IntProperty(name="Line Weight", default=1, min=1, max=8,
+                             description="Line width in pixels (Line Art and MLSD forms; Canny is always 1)")
+    crease_angle: FloatProperty(name="Crease Angle", default=math.radians(30.0), min=0.0, max=math.pi,
+                                subtype="ANGLE", description="Draw a line where the surface folds by more than this")
+    # Per-map ranges: off, a map follows Control Start/End.
+    use_depth_range: BoolProperty(**_own_range("Depth"))
+    depth_start: FloatProperty(**_range_end("Depth", "start"))
+    depth_end: FloatProperty(**_range_end("Depth", "end"))
+    use_pose_range: BoolProperty(**_own_range("Pose"))
+    pose_start: FloatProperty(**_range_end("Pose", "start"))
+    pose_end: FloatProperty(**_range_end("Pose", "end"))
+    use_normal_range: BoolProperty(**_own_range("Normal"))
+    normal_start: FloatProperty(**_range_end("Normal", "start"))
+    normal_end: FloatProperty(**_range_end("Normal", "end"))
+    use_lineart_range: BoolProperty(**_own_range("Line Art"))
+    lineart_start: FloatProperty(**_range_end("Line Art", "start"))
+    lineart_end: FloatProperty(**_range_end("Line Art", "end"))
+    use_seg_range: BoolProperty(**_own_range("Segmentation"))
+    seg_start: FloatProperty(**_range_end("Segmentation", "start"))
+    seg_end: FloatProperty(**_range_end("Segmentation", "end"))
     control_start: FloatProperty(
         name="Control Start", default=0.0, min=0.0, max=1.0, subtype="FACTOR",
         description="Fraction of denoising steps before the control maps apply",
@@ -151,6 +206,19 @@ class ViewfinderSettings(bpy.types.PropertyGroup):
     )
     controlnet_pose: StringProperty(
         name="Pose ControlNet", default=DEFAULT_CONTROLNET_POSE, description="Hugging Face id or local folder"
+    )
+    controlnet_normal: StringProperty(
+        name="Normal ControlNet", default=DEFAULT_CONTROLNET_NORMAL,
+        description="Hugging Face id or local folder; empty: normal maps are rendered (to preview) but not sent",
+    )
+    controlnet_lineart: StringProperty(
+        name="Line Art ControlNet", default=DEFAULT_CONTROLNET_LINEART,
+        description="Hugging Face id or local folder. A ControlNet 1.1 line preset (lineart, canny, mlsd) follows "
+        "each shot's Line Form; empty: line maps are rendered but not sent",
+    )
+    controlnet_seg: StringProperty(
+        name="Segmentation ControlNet", default=DEFAULT_CONTROLNET_SEG,
+        description="Hugging Face id or local folder; empty: segmentation maps are rendered but not sent",
     )
     lora: StringProperty(name="LoRA", subtype="FILE_PATH", description="Optional LoRA (.safetensors)")
     lora_scale: FloatProperty(name="LoRA Scale", default=1.0, soft_min=0.0, soft_max=2.0)

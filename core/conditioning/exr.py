@@ -43,7 +43,10 @@ def _channels(value: bytes) -> list[tuple[str, int]]:
 
 
 def read_exr(path: Path) -> dict[str, np.ndarray]:
-    """All channels of an uncompressed scanline EXR: name → float32 array (H, W), row 0 at the top."""
+    """All channels of an uncompressed scanline EXR: name → float32 array (H, W), row 0 at the top.
+
+    Float32 channels are read-only views into the file's bytes; copy one before writing to it.
+    """
     data = Path(path).read_bytes()
     magic, version = struct.unpack_from("<ii", data, 0)
     if magic != _MAGIC:
@@ -84,4 +87,7 @@ def read_exr(path: Path) -> dict[str, np.ndarray]:
     if not np.all(rows["size"] == len(channels) * width * pixel.itemsize):
         raise ExrError(f"{path}: unexpected scanline block size")
     pixels = rows["px"]  # (H, C, W); channels are stored in alphabetical order
-    return {name: pixels[:, i, :].astype(np.float32) for i, (name, _t) in enumerate(channels)}
+    # 32-bit channels come back as read-only views of the file's bytes: no copy of the passes nobody
+    # reads (Combined), and one copy fewer of those that are.
+    return {name: pixels[:, i, :] if pixel == np.dtype("<f4") else pixels[:, i, :].astype(np.float32)
+            for i, (name, _t) in enumerate(channels)}

@@ -9,11 +9,13 @@ from ..timeline.paths import file_names, frame_name
 
 
 def build_maps(conditioning_dir: Path, meta: dict[str, Any]) -> dict[int, dict[str, Path | None]]:
-    """Per frame, the control-map files the engine gets: depth, pose where someone is visible, backward flow.
+    """Per frame, the control-map files the engine gets: depth, pose where someone is visible, backward flow,
+    and the normal / line-art / seg maps meta.json's "maps" lists (keys only for the kinds rendered).
 
     Flow is the ``flow/NNNN.npy`` render_shot writes (flow.py); None where it is missing.
     """
     pose_frames = {str(k): bool(v) for k, v in (meta.get("pose_frames") or {}).items()}
+    extra = {kind: set(block.get("frames", meta["frames"])) for kind, block in (meta.get("maps") or {}).items()}
     maps: dict[int, dict[str, Path | None]] = {}
     folders = {kind: conditioning_dir / kind for kind in ("depth", "pose", "flow")}
     poses, flows = file_names(folders["pose"]), file_names(folders["flow"])
@@ -24,4 +26,7 @@ def build_maps(conditioning_dir: Path, meta: dict[str, Any]) -> dict[int, dict[s
             "pose": folders["pose"] / png if pose_frames.get(str(frame)) and png in poses else None,
             "flow": folders["flow"] / npy if npy in flows else None,
         }
+        for kind, frames in extra.items():
+            path = conditioning_dir / kind / frame_name(frame)
+            maps[frame][kind] = path if frame in frames and path.is_file() else None
     return maps

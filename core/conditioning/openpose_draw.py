@@ -14,6 +14,7 @@ None is a keypoint that is not visible. Plain numpy; runs on any thread.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -195,26 +196,7 @@ def fill_convex_poly(img: np.ndarray, v: Sequence[tuple[int, int]], color: Seque
     npts = len(v)
     delta = 1 << shift >> 1
     delta1 = delta2 = _XY_ONE >> 1
-    xmin = xmax = v[0][0]
-    ymin = ymax = v[0][1]
-    imin = 0
-    p0 = (v[-1][0] << (_XY_SHIFT - shift), v[-1][1] << (_XY_SHIFT - shift))
-    for i, (px, py) in enumerate(v):
-        if py < ymin:
-            ymin, imin = py, i
-        ymax, xmax, xmin = max(ymax, py), max(xmax, px), min(xmin, px)
-        p = (px << (_XY_SHIFT - shift), py << (_XY_SHIFT - shift))
-        if shift == 0:
-            a, b = (p0[0] >> _XY_SHIFT, p0[1] >> _XY_SHIFT), (p[0] >> _XY_SHIFT, p[1] >> _XY_SHIFT)
-            if abs(a[0] - b[0]) <= 1 and abs(a[1] - b[1]) <= 1 and 0 <= min(a[0], b[0]) and max(a[0], b[0]) < w \
-                    and 0 <= min(a[1], b[1]) and max(a[1], b[1]) < h:
-                img[a[1], a[0]] = col  # a one-step edge covers exactly its two ends (fast path, same pixels)
-                img[b[1], b[0]] = col
-            else:
-                _line8(img, a, b, col)
-        else:
-            _line2(img, [p0[0], p0[1]], [p[0], p[1]], col)
-        p0 = p
+    xmin, xmax, ymin, ymax, imin = _outline(img, v, col, shift)
     xmin, xmax = (xmin + delta) >> shift, (xmax + delta) >> shift
     ymin, ymax = (ymin + delta) >> shift, (ymax + delta) >> shift
     if npts < 3 or xmax < 0 or ymax < 0 or xmin >= w or ymin >= h:
@@ -240,7 +222,8 @@ def fill_convex_poly(img: np.ndarray, v: Sequence[tuple[int, int]], color: Seque
                         xs = v[idx0][0] << (_XY_SHIFT - shift)
                         xe = v[idx][0] << (_XY_SHIFT - shift)
                         e_ye[i] = ty
-                        e_dx[i] = _floor_div_c((xe - xs) * 2 + (ty - y), 2 * (ty - y))
+                        num, den = (xe - xs) * 2 + (ty - y), 2 * (ty - y)  # den > 0: C division, inlined
+                        e_dx[i] = num // den if num >= 0 else -(-num // den)
                         e_x[i] = xs
                         e_idx[i] = idx
                         break
@@ -263,28 +246,48 @@ def fill_convex_poly(img: np.ndarray, v: Sequence[tuple[int, int]], color: Seque
             break
 
 
-def _floor_div_c(num: int, den: int) -> int:
-    return _trunc_div(num, den)
+def _outline(img: np.ndarray, v: Sequence[tuple[int, int]], col: np.ndarray, shift: int
+             ) -> tuple[int, int, int, int, int]:
+    """FillConvexPoly's first loop: draw the polygon's edges; return (xmin, xmax, ymin, ymax, imin).
 
-
-def circle_filled(img: np.ndarray, center: tuple[int, int], radius: int, color: Sequence[int]) -> None:
-    """cv2.circle(img, center, radius, color, thickness=-1) with LINE_8 (OpenCV's Bresenham circle)."""
-    col = np.asarray(color, dtype=img.dtype)
+    For pixel polygons (shift 0, the limbs' ellipses: hundreds of vertices a step apart) the edges
+    whose two ends are neighbours inside the image cover exactly those two pixels, so they are set
+    in one numpy assignment; the same pixels in the same colour as edge-by-edge, faster. imin is
+    the first vertex with the smallest y, as OpenCV's strict `<` finds it.
+    """
+    points = np.asarray(v, dtype=np.int64)
+    xs, ys = points[:, 0], points[:, 1]
+    bounds = (int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max()), int(np.argmin(ys)))
+    if shift != 0:
+        p0 = (v[-1][0] << (_XY_SHIFT - shift), v[-1][1] << (_XY_SHIFT - shift))
+        for px, py in v:
+            p = (px << (_XY_SHIFT - shift), py << (_XY_SHIFT - shift))
+            _line2(img, [p0[0], p0[1]], [p[0], p[1]], col)
+            p0 = p
+        return bounds
     h, w = img.shape[:2]
-    cx, cy = center
+    ax, ay = np.concatenate([xs[-1:], xs[:-1]]), np.concatenate([ys[-1:], ys[:-1]])  # edges from the previous vertex
+    inside = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h) & (ax >= 0) & (ax < w) & (ay >= 0) & (ay < h)
+    fast = inside & (np.abs(ax - xs) <= 1) & (np.abs(ay - ys) <= 1)
+    img[np.concatenate([ay[fast], ys[fast]]), np.concatenate([ax[fast], xs[fast]])] = col
+    for i in np.flatnonzero(~fast).tolist():
+        _line8(img, (int(ax[i]), int(ay[i])), (int(xs[i]), int(ys[i])), col)
+    return bounds
+
+
+@functools.lru_cache(maxsize=16)
+def _disc(radius: int) -> np.ndarray:
+    """The pixels OpenCV's filled Bresenham circle covers around (0, 0): a (2r+1)^2 boolean stamp.
+
+    cv::Circle fills horizontal spans centred on the centre, row by row; the tests in its loop
+    only skip spans wholly outside the image, so the covered pixels are the same stamp wherever
+    the centre is, clipped to the image.
+    """
+    stamp = np.zeros((2 * radius + 1, 2 * radius + 1), dtype=bool)
     err, dx, dy, plus, minus = 0, radius, 0, 1, (radius << 1) - 1
-
-    def hline(y: int, x1: int, x2: int) -> None:
-        if 0 <= y < h and x2 >= 0 and x1 < w:
-            img[y, max(x1, 0) : min(x2, w - 1) + 1] = col
-
     while dx >= dy:
-        if cx - dx < w and cx + dx >= 0 and cy - dx < h and cy + dx >= 0:
-            hline(cy - dy, cx - dx, cx + dx)
-            hline(cy + dy, cx - dx, cx + dx)
-            if cx - dy < w and cx + dy >= 0:
-                hline(cy - dx, cx - dy, cx + dy)
-                hline(cy + dx, cx - dy, cx + dy)
+        stamp[radius - dy, radius - dx:radius + dx + 1] = stamp[radius + dy, radius - dx:radius + dx + 1] = True
+        stamp[radius - dx, radius - dy:radius + dy + 1] = stamp[radius + dx, radius - dy:radius + dy + 1] = True
         dy += 1
         err += plus
         plus += 2
@@ -292,6 +295,18 @@ def circle_filled(img: np.ndarray, center: tuple[int, int], radius: int, color: 
         err -= minus & mask
         dx += mask
         minus -= mask & 2
+    return stamp
+
+
+def circle_filled(img: np.ndarray, center: tuple[int, int], radius: int, color: Sequence[int]) -> None:
+    """cv2.circle(img, center, radius, color, thickness=-1) with LINE_8 (OpenCV's Bresenham circle)."""
+    h, w = img.shape[:2]
+    cx, cy = center
+    x0, y0, x1, y1 = max(cx - radius, 0), max(cy - radius, 0), min(cx + radius + 1, w), min(cy + radius + 1, h)
+    if x0 >= x1 or y0 >= y1:
+        return
+    stamp = _disc(radius)[y0 - (cy - radius):y1 - (cy - radius), x0 - (cx - radius):x1 - (cx - radius)]
+    img[y0:y1, x0:x1][stamp] = np.asarray(color, dtype=img.dtype)
 
 
 def thick_line(img: np.ndarray, pt0: tuple[int, int], pt1: tuple[int, int], color: Sequence[int], thickness: int) -> None:

@@ -5,6 +5,7 @@ Runs on Blender's main thread (renders with bpy). See __init__.py for the contra
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -19,8 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from . import depth, flow, masks, openpose_draw, pose, render
+from . import depth, flow, masks, pose, render
 from .errors import ConditioningCancelled, ConditioningError, ConditioningResult
+from .frame_work import FrameJob, FrameResult, FrameWorker
+from .geometry_maps import GeometryMaps, MapOptions
 from .on_disk import (
     FORMAT_VERSION,
     clean_stale,
@@ -69,8 +72,9 @@ class ShotRender:
     """A shot's control maps, one bounded step at a time (main thread, bpy).
 
     Steps: hash the scene state a few frames at a time (maps that are current are reused);
-    render one frame's passes; encode one frame's depth once the whole shot's near/far is
-    known; finish (meta.json, `complete` last, one rename into place). `abort()` removes the
+    render one frame's passes (its maps are made on a worker thread while the next frame renders,
+    frame_work.py); encode one frame's depth once the whole shot's near/far is known; finish
+    (meta.json, `complete` last, one rename into place). `abort()` removes the
     temporary folder and restores the user's settings. Nothing claims completeness before
     the rename, whatever step an abort or a crash lands on.
 
@@ -81,7 +85,7 @@ class ShotRender:
     """
 
     def __init__(self, scene: Any, shot: Any, out_dir: Path, *, width: int, height: int, force: bool = False,
-                 hold_settings: bool = False) -> None:
+                 hold_settings: bool = False, maps: MapOptions | None = None) -> None:
         # 1. Check inputs.
         self.camera = _check_inputs(scene, shot, width, height)
         self.shot_name = shot.name
@@ -91,6 +95,9 @@ class ShotRender:
         self.hold_settings = hold_settings
         self.frames = list(range(shot.frame_start, shot.frame_end + 1))
         self.people, self.warnings = pose.find_people(scene)
+        # Normal, line art, segmentation: only what `maps` asks for (geometry_maps.py).
+        self.geo = GeometryMaps(maps or MapOptions(), shot.name, has_world=scene.world is not None)
+        self._worker = FrameWorker(self.geo)
         self.result: ConditioningResult | None = None
         self.phase = "hash"  # hash → render → depth → finish → done (or aborted)
         self._original = (scene.frame_current, scene.frame_subframe)
@@ -115,7 +122,8 @@ class ShotRender:
 
     @property
     def frames_rendered(self) -> int:
-        return len(self._ranges)
+        """Frames Cycles has rendered (the worker may still be making the last one's maps)."""
+        return self._next if self.phase == "render" else len(self._ranges)
 
     @property
     def depth_done(self) -> int:
@@ -146,6 +154,7 @@ class ShotRender:
         if self.done:
             return
         self.phase = "aborted"
+        self._worker.close()  # its frame in flight writes into the folder about to go
         self._release(scene)
         if self._tmp.exists():
             shutil.rmtree(self._tmp, ignore_errors=True)
@@ -166,11 +175,17 @@ class ShotRender:
         # 2. Reuse the maps on disk when nothing they depend on has changed: the state hash is
         #    remembered by its inputs (on_disk.inputs_key), else computed a few frames per step.
         if self._hash is None:
+            ids, _legend = masks.assign_ids(scene)
+            self.geo.prepare(ids, masks.owner_of)
+            extra = self.geo.state()  # only with normal / line art / seg on: depth + pose shots keep their hash
             objects = drawn_objects(scene, self.camera)
-            self._key = inputs_key(scene, self.camera, self.frames, self.width, self.height, objects)
+            key = inputs_key(scene, self.camera, self.frames, self.width, self.height, objects)
+            self._key = hashlib.sha256(key.encode() + extra).hexdigest() if key is not None and extra else key
             self._state = remembered_state(self._key) or ""
             if not self._state:
                 self._hash = state_hash_begin(scene, self.camera, self.frames, self.width, self.height)
+                if extra:
+                    self._hash[0].update(extra)
                 return
         else:
             digest, objects = self._hash
@@ -186,21 +201,22 @@ class ShotRender:
         existing = read_meta(self.out_dir)
         if not self.force and existing is not None and existing.get("state") == self._state:
             log.info("conditioning for '%s' is current: %s", self.shot_name, self.out_dir)
-            self.result = shot_result(self.out_dir, existing, self.warnings, reused=True)
+            self.result = shot_result(self.out_dir, existing, self.warnings + self.geo.warnings, reused=True)
             self._release(scene)
             self.phase = "done"
             return
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
         clean_stale(self.out_dir)
-        for sub in ("depth", "pose", "masks", "flow/forward", ".exr"):
+        for sub in ("depth", "pose", "masks", "flow/forward", ".exr", *self.geo.folders()):
             (self._tmp / sub).mkdir(parents=True, exist_ok=True)
         self.phase = "render"
 
     def _configure(self, scene: Any) -> None:
         # 3. Minimal render settings and mask ids, restored by the guard whatever happens.
         self._guard = render.RenderGuard()
-        self._layer = render.configure(self._guard, scene, self.camera, self.width, self.height)
-        ids, legend = masks.assign_ids(scene)
+        self._layer = render.configure(self._guard, scene, self.camera, self.width, self.height,
+                                       normal=self.geo.options.normal_pass)
+        _ids, legend = masks.assign_ids(scene)
         if self._legend is None:
             self._legend = legend
         elif legend != self._legend:
@@ -208,49 +224,43 @@ class ShotRender:
                 f"Objects were added, removed or renamed while the control maps of '{self.shot_name}' were "
                 "rendering: generate again"
             )
-        for obj, number in ids.items():
-            self._guard.set(obj, "pass_index", number)
+        self.geo.assign(self._guard)
         names = {entry["name"]: int(key) for key, entry in legend.items()}
         for person in self.people:
             person.mask_id = names.get(person.armature.name, -1)
 
     def _step_render(self, scene: Any) -> None:
-        # 4. One frame: passes → flow, masks, pose now; depth after, once near/far of the whole shot is known.
-        # Z buffers wait on disk, not in memory: a two-minute shot must not need gigabytes
-        # before its depth maps can be normalized.
+        # 4. One frame: Cycles renders it here; the worker makes its maps (flow, masks, pose, normal,
+        # line art, seg) while the next frame renders. Depth waits for the whole shot's near/far.
         if self._guard is None:
             self._configure(scene)
-        tmp, scratch, frame = self._tmp, self._tmp / ".exr", self.frames[self._next]
-        width, height = self.width, self.height
-        passes = render.render_frame(scene, self._layer, frame, scratch)
-        z, vec, index = passes["z"], passes["vector"], passes["index"]
-        forward, backward = flow.flows_from_vector_pass(vec[..., 0], vec[..., 1], vec[..., 2], vec[..., 3])
-        name = f"{frame:04d}"
-        np.save(tmp / "flow" / "forward" / f"{name}.npy", forward)
-        np.save(tmp / "flow" / f"{name}.npy", backward)
-        ids = np.clip(index, 0, 65535).astype(np.uint16)
-        write_png(tmp / "masks" / f"{name}.png", ids)
-        # Which ids each frame shows: characters not in a shot are then known without reading its masks.
-        self._ids_per_frame[str(frame)] = [int(v) for v in np.unique(ids) if v]
-        if self.people:
-            found, drawn = pose.frame_people(scene, self.camera, self.people, width, height, z, index)
-            self._pose_frames[str(frame)] = bool(found)
-            if found:
-                doc = {"version": 1.3, "canvas_width": width, "canvas_height": height, "people": found}
-                (tmp / "pose" / f"{name}.json").write_text(json.dumps(doc))
-                write_png(tmp / "pose" / f"{name}.png", openpose_draw.draw_people(height, width, drawn))
-        else:
-            self._pose_frames[str(frame)] = False
-        np.save(scratch / f"z{name}.npy", z)
-        self._ranges.append(depth.z_range(z))
+        frame, size = self.frames[self._next], (self.width, self.height)
+        exr = render.render_exr(scene, self._layer, frame, self._tmp / ".exr")
+        # What needs Blender is read now, on this frame: the keypoints, the camera, the topology.
+        people = pose.project_people(scene, self.camera, self.people, *size) if self.people else None
+        camera = render.camera_at_frame(self.camera, *size) if self.geo.options.kinds else None
+        self.geo.check_topology(scene, render.depsgraph())
+        self._record(self._worker.submit(FrameJob(frame, exr, self._layer.name, self._tmp, size, people, camera)))
         self._next += 1
         if self._next == len(self.frames):
+            self._record(self._worker.collect())
+            self._worker.close()
             self._release(scene)
             self._next = 0
             self._span = depth.merge_ranges(self._ranges)
             if self._span is None:
-                self.warnings.append(f"Shot '{self.shot_name}': the camera sees no geometry, so the depth maps are empty")
+                more = "".join(f", {k}" for k in self.geo.options.kinds)
+                self.warnings.append(f"Shot '{self.shot_name}': the camera sees no geometry, so its depth{more} maps "
+                                     "are empty (aim the camera at the set, or move the set in front of it)")
             self.phase = "depth"
+
+    def _record(self, result: FrameResult | None) -> None:
+        """Keep what a finished frame tells meta.json (frames finish in order: one worker, one in flight)."""
+        if result is None:
+            return
+        self._ranges.append(result.z_range)
+        self._pose_frames[str(result.frame)] = result.pose
+        self._ids_per_frame[str(result.frame)] = result.ids
 
     def _step_depth(self) -> None:
         # 5. One depth map with the whole shot's near/far.
@@ -291,9 +301,10 @@ class ShotRender:
             "masks": {"path": "masks/NNNN.png", "format": "png 16-bit grayscale, value = id, 0 = background",
                       "legend": self._legend or {}, "ids_per_frame": self._ids_per_frame},
             "flow": flow.CONVENTION,
+            **({"maps": self.geo.meta()} if self.geo.options.kinds else {}),
             "state": self._state,
             "render_seconds": round(time.perf_counter() - self._started, 3),
-            "warnings": self.warnings,
+            "warnings": self.warnings + self.geo.warnings,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         meta["complete"] = True
@@ -301,7 +312,7 @@ class ShotRender:
         swap_into_place(tmp, self.out_dir)
         log.info("conditioning for '%s': %d frames in %.1fs → %s", self.shot_name, len(self.frames),
                  meta["render_seconds"], self.out_dir)
-        self.result = shot_result(self.out_dir, meta, self.warnings, reused=False)
+        self.result = shot_result(self.out_dir, meta, self.warnings + self.geo.warnings, reused=False)
         self.phase = "done"
 
 
@@ -341,7 +352,7 @@ def stepwise(result: ConditioningResult | None = None, *, hold_settings: bool = 
 def render_shot_impl(
     scene: Any, shot: Any, out_dir: Path, *, width: int, height: int,
     progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
-    force: bool = False,
+    force: bool = False, maps: MapOptions | None = None,
 ) -> ConditioningResult:
     """The whole shot in one call: a loop over `ShotRender`'s steps, settings held throughout."""
     mode = _STEPWISE.get()
@@ -349,8 +360,8 @@ def render_shot_impl(
         if mode.result is not None and mode.result.out_dir == Path(out_dir):
             return mode.result
         raise RenderNeeded(ShotRender(scene, shot, out_dir, width=width, height=height, force=force,
-                                      hold_settings=mode.hold_settings))
-    job = ShotRender(scene, shot, out_dir, width=width, height=height, force=force, hold_settings=True)
+                                      hold_settings=mode.hold_settings, maps=maps))
+    job = ShotRender(scene, shot, out_dir, width=width, height=height, force=force, hold_settings=True, maps=maps)
     try:
         while not job.done:
             if job.phase == "render":

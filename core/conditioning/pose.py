@@ -72,25 +72,59 @@ def _world_point(obj: Any, end: rigs.BoneEnd) -> Any:
     return obj.matrix_world @ (bone.tail if end[1] == "tail" else bone.head)
 
 
-def project_points(
-    scene: Any, camera: Any, person: Person, ends: list[rigs.BoneEnd | None], width: int, height: int,
-    z: np.ndarray, index: np.ndarray,
-) -> list[tuple[float, float] | None]:
-    """Pixel coordinates (x right, y down) of each bone end, None where not visible."""
+# A keypoint projected into the image: (x, y, depth along the view axis), None where it has no bone.
+Projected = tuple[float, float, float] | None
+
+
+@dataclass
+class ProjectedPerson:
+    """One person's keypoints projected on the current frame, before the occlusion test: plain data
+    (no Blender object), so a worker thread can finish the frame while Blender renders the next."""
+
+    name: str  # the armature's
+    mask_id: int
+    body: list[Projected]
+    hands: list[list[Projected] | None]
+
+
+def project_points(scene: Any, camera: Any, person: Person, ends: list[rigs.BoneEnd | None], width: int,
+                   height: int) -> list[Projected]:
+    """Pixel coordinates (x right, y down) and depth of each bone end on the current frame. Main thread (bpy)."""
     from bpy_extras.object_utils import world_to_camera_view
 
-    out: list[tuple[float, float] | None] = []
+    out: list[Projected] = []
     for end in ends:
         if end is None:
             out.append(None)
             continue
         ndc = world_to_camera_view(scene, camera, _world_point(person.armature, end))
-        px, py, depth = ndc.x * width, (1.0 - ndc.y) * height, ndc.z
+        out.append((ndc.x * width, (1.0 - ndc.y) * height, ndc.z))
+    return out
+
+
+def project_people(scene: Any, camera: Any, people: list[Person], width: int, height: int) -> list[ProjectedPerson]:
+    """Every person's keypoints on the current frame. Main thread (reads pose bones)."""
+    return [ProjectedPerson(person.armature.name, person.mask_id,
+                            project_points(scene, camera, person, person.rig.body, width, height),
+                            [project_points(scene, camera, person, ends, width, height) if ends is not None else None
+                             for ends in (person.rig.left_hand, person.rig.right_hand)])
+            for person in people]
+
+
+def visible_points(points: list[Projected], mask_id: int, width: int, height: int, z: np.ndarray,
+                   index: np.ndarray) -> list[tuple[float, float] | None]:
+    """(x, y) of each keypoint that is in front of the camera, in the frame and not hidden; None otherwise."""
+    out: list[tuple[float, float] | None] = []
+    for point in points:
+        if point is None:
+            out.append(None)
+            continue
+        px, py, depth = point
         if depth <= 0.0 or not (0.0 <= px < width and 0.0 <= py < height):
             out.append(None)
             continue
         row, col = int(py), int(px)
-        hidden = index[row, col] != person.mask_id and z[row, col] < depth * (1.0 - OCCLUSION_TOLERANCE)
+        hidden = index[row, col] != mask_id and z[row, col] < depth * (1.0 - OCCLUSION_TOLERANCE)
         out.append(None if hidden else (px, py))
     return out
 
@@ -102,35 +136,41 @@ def _flat(points: list[tuple[float, float] | None]) -> list[float]:
     return flat
 
 
-def frame_people(
-    scene: Any, camera: Any, people: list[Person], width: int, height: int, z: np.ndarray, index: np.ndarray
+def people_in_frame(
+    projected: list[ProjectedPerson], width: int, height: int, z: np.ndarray, index: np.ndarray
 ) -> tuple[list[dict[str, Any]], list[tuple[list, list | None, list | None]]]:
-    """(OpenPose JSON people, normalized points for drawing) for the current frame; only people with a visible keypoint."""
+    """(OpenPose JSON people, normalized points for drawing) from projected keypoints and the frame's Z and
+    mask ids; only people with a visible keypoint. Plain numpy: runs on any thread."""
     json_people: list[dict[str, Any]] = []
     drawn: list[tuple[list, list | None, list | None]] = []
-    for person in people:
-        body = project_points(scene, camera, person, person.rig.body, width, height, z, index)
-        hands = [
-            project_points(scene, camera, person, ends, width, height, z, index) if ends is not None else None
-            for ends in (person.rig.left_hand, person.rig.right_hand)
-        ]
+
+    def norm(points: list | None) -> list | None:
+        if points is None:
+            return None
+        return [(p[0] / width, p[1] / height) if p is not None else None for p in points]
+
+    for item in projected:
+        mask_id = item.mask_id
+        body = visible_points(item.body, mask_id, width, height, z, index)
+        hands = [visible_points(h, mask_id, width, height, z, index) if h is not None else None for h in item.hands]
         if all(p is None for p in body):
             continue
         json_people.append(
             {
                 "person_id": [-1],
-                "armature": person.armature.name,
+                "armature": item.name,
                 "pose_keypoints_2d": _flat(body),
                 "face_keypoints_2d": [],
                 "hand_left_keypoints_2d": _flat(hands[0]) if hands[0] is not None else [],
                 "hand_right_keypoints_2d": _flat(hands[1]) if hands[1] is not None else [],
             }
         )
-
-        def norm(points: list | None) -> list | None:
-            if points is None:
-                return None
-            return [(p[0] / width, p[1] / height) if p is not None else None for p in points]
-
         drawn.append((norm(body), norm(hands[0]), norm(hands[1])))  # type: ignore[arg-type]
     return json_people, drawn
+
+
+def frame_people(
+    scene: Any, camera: Any, people: list[Person], width: int, height: int, z: np.ndarray, index: np.ndarray
+) -> tuple[list[dict[str, Any]], list[tuple[list, list | None, list | None]]]:
+    """`project_people` then `people_in_frame`, on the current frame. Main thread."""
+    return people_in_frame(project_people(scene, camera, people, width, height), width, height, z, index)

@@ -1,4 +1,4 @@
-"""Render the data passes (Z, Vector, Object Index) with Cycles on the CPU, leaving the user's settings as they were.
+"""Render the data passes (Z, Vector, Object Index, and Normal when asked) with Cycles on the CPU, leaving the user's settings as they were.
 
 One Cycles render per frame at 1 sample with bounces, denoising and pixel
 filtering off gives exact per-pixel data (no colour is needed). Almost all of a
@@ -162,11 +162,16 @@ def _flat_material() -> bpy.types.Material:
     return material
 
 
-def configure(guard: RenderGuard, scene: bpy.types.Scene, camera: bpy.types.Object, width: int, height: int) -> bpy.types.ViewLayer:
-    """Switch the scene to the minimal data-pass render. Every change goes through `guard`."""
+def configure(guard: RenderGuard, scene: bpy.types.Scene, camera: bpy.types.Object, width: int, height: int,
+              *, normal: bool = False) -> bpy.types.ViewLayer:
+    """Switch the scene to the minimal data-pass render. Every change goes through `guard`.
+
+    ``normal`` adds Cycles' Normal pass (normal and line-art maps): one more pass of the same
+    render, not another render.
+    """
     _configure_output(guard, scene, camera, width, height)
     _configure_cycles(guard, scene)
-    return _configure_layer(guard, scene)
+    return _configure_layer(guard, scene, normal)
 
 
 def _configure_output(guard: RenderGuard, scene: bpy.types.Scene, camera: bpy.types.Object, width: int,
@@ -235,8 +240,8 @@ def _configure_cycles(guard: RenderGuard, scene: bpy.types.Scene) -> None:
         guard.set(cycles, name, value)
 
 
-def _configure_layer(guard: RenderGuard, scene: bpy.types.Scene) -> bpy.types.ViewLayer:
-    """The one view layer rendered, its Z, vector and object-index passes, and the flat material."""
+def _configure_layer(guard: RenderGuard, scene: bpy.types.Scene, normal: bool) -> bpy.types.ViewLayer:
+    """The one view layer rendered, its Z, vector and object-index (and normal) passes, and the flat material."""
     layer = view_layer_of(scene)
     for other in scene.view_layers:
         guard.set(other, "use", other == layer)
@@ -245,6 +250,7 @@ def _configure_layer(guard: RenderGuard, scene: bpy.types.Scene) -> bpy.types.Vi
         ("use_pass_z", True),
         ("use_pass_vector", True),
         ("use_pass_object_index", True),
+        ("use_pass_normal", normal),
         ("samples", 0),
     ):
         guard.set(layer, name, value)
@@ -260,10 +266,11 @@ def _configure_layer(guard: RenderGuard, scene: bpy.types.Scene) -> bpy.types.Vi
     return layer
 
 
-def render_frame(scene: bpy.types.Scene, layer: bpy.types.ViewLayer, frame: int, folder: Path) -> dict[str, np.ndarray]:
-    """Render one frame's passes; returns {"z", "vector" (H, W, 4), "index"} with row 0 at the top.
+def render_exr(scene: bpy.types.Scene, layer: bpy.types.ViewLayer, frame: int, folder: Path) -> Path:
+    """Render one frame's passes into `folder`/NNNN.exr and return the file. Main thread.
 
-    The caller holds a RenderGuard with `configure` applied.
+    The caller holds a RenderGuard with `configure` applied. Blender releases the GIL while Cycles
+    renders, so a worker thread can finish the previous frame's maps meanwhile (pipeline.py).
     """
     scene.frame_set(frame)
     path = folder / f"{frame:04d}"
@@ -271,10 +278,15 @@ def render_frame(scene: bpy.types.Scene, layer: bpy.types.ViewLayer, frame: int,
     result = bpy.ops.render.render(write_still=True, scene=scene.name, layer=layer.name)
     if result != {"FINISHED"}:
         raise RuntimeError(f"Cycles did not finish rendering frame {frame}: {result}")
-    exr_path = path.with_suffix(".exr")
+    return path.with_suffix(".exr")
+
+
+def read_passes(exr_path: Path, layer_name: str) -> dict[str, np.ndarray]:
+    """{"z", "vector" (H, W, 4), "index"[, "normal" (3, H, W)]} of a rendered frame, row 0 at the top; the
+    file is deleted. Plain numpy: any thread."""
     channels = read_exr(exr_path)
     exr_path.unlink()
-    prefix = f"{layer.name}."
+    prefix = f"{layer_name}."
 
     def channel(*names: str) -> np.ndarray:
         for name in names:
@@ -282,9 +294,33 @@ def render_frame(scene: bpy.types.Scene, layer: bpy.types.ViewLayer, frame: int,
                 return channels[prefix + name]
         raise RuntimeError(f"pass {names[0]} missing from the render (got {sorted(channels)})")
 
-    return {
+    passes = {
         "z": channel("Depth.Z"),
         "vector": np.stack([channel(f"Vector.{c}") for c in "XYZW"], axis=-1),
         # The pass is "IndexOB" before 5.0 and "Object Index" from 5.0.
         "index": np.rint(channel("IndexOB.X", "Object Index.X")).astype(np.int32),
     }
+    if prefix + "Normal.X" in channels:  # world space, the shading normal of the first surface hit
+        passes["normal"] = np.stack([channels[prefix + f"Normal.{c}"] for c in "XYZ"])  # (3, H, W)
+    return passes
+
+
+def render_frame(scene: bpy.types.Scene, layer: bpy.types.ViewLayer, frame: int, folder: Path) -> dict[str, np.ndarray]:
+    """`render_exr` then `read_passes`: one frame's passes, in one call. Main thread."""
+    return read_passes(render_exr(scene, layer, frame, folder), layer.name)
+
+
+def depsgraph() -> Any:
+    """The evaluated depsgraph of the current frame (the objects as rendered)."""
+    return bpy.context.evaluated_depsgraph_get()
+
+
+def camera_at_frame(camera: bpy.types.Object, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """(world matrix, projection matrix) of the camera on the current frame, as numpy 4x4 arrays.
+
+    The projection is Blender's own for this resolution (sensor fit, shift, orthographic scale),
+    so pixels map to rays exactly as Cycles cast them.
+    """
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    projection = camera.calc_matrix_camera(depsgraph, x=width, y=height)
+    return np.array(camera.matrix_world, dtype=np.float64), np.array(projection, dtype=np.float64)

@@ -17,6 +17,7 @@ from ..scene.resolution import MIN_EDGE, scene_size, smallest_long_edge
 from ..timeline import vse
 from ..timeline.paths import Project, file_names, frame_name
 from ..timeline.takes import DRAFT, FINAL
+from .map_plan import plan_maps
 from .shot import GenerationError, ShotJob, TakeOutcome
 
 if TYPE_CHECKING:
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
     from ..prefs import Prefs
     from ..scene.characters import ShotCast
+    from .map_plan import MapPlan
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +55,14 @@ def collect_shot(
     conditioning_dir = project.conditioning_dir(shot.name)
     if [width, height] != final_size:
         conditioning_dir = project.shot_dir(shot.name) / f"conditioning-{width}x{height}"
-    # 3. Control maps, rendered or reused.
-    meta, maps = shot_maps(scene, shot, conditioning_dir, width, height, progress, cancel)
+    # 3. Control maps, rendered or reused: normal, line art, seg as the shot asks (map_plan.py).
+    nets = {kind: model_path(getattr(settings, f"controlnet_{kind}")) for kind in ("normal", "lineart", "seg")}
+    plan = plan_maps(scene, shot, nets, video=effective_generator(settings, shot) == "VIDEO")
+    meta, maps = shot_maps(scene, shot, conditioning_dir, width, height, progress, cancel, plan)
     # 4. The request's parts, with the character bible and film look (core/scene/characters.py).
-    models = scene_models(settings)
+    models = {**scene_models(settings), **plan.models}
     prompts = {"prompt": shot.prompt, "style_prompt": settings.style_prompt, "negative_prompt": shot.negative_prompt}
-    job_settings = shot_settings(settings, shot, width, height, meta)
+    job_settings = shot_settings(settings, shot, width, height, meta, plan.sent)
     cast = _characters(scene, shot, conditioning_dir, meta, project)
     uploads: list[Path] = []
     if effective_generator(settings, shot) == "VIDEO":
@@ -70,7 +74,8 @@ def collect_shot(
             frame_maps["mask"] = conditioning_dir / "masks" / frame_name(frame)
     # 5. Animated settings sampled per frame, then the typed request.
     frames = sorted(maps)
-    animated = apply_animation(scene, shot, frames, prompts, job_settings)
+    animated = apply_animation(scene, shot, frames, prompts, job_settings, plan.sent)
+    drop_unweighted(maps, plan.sent, job_settings, animated.per_frame)
     request = JobRequest.from_parts(shot.name, models, prompts, job_settings, batch_size=int(settings.batch_size),
                                     **prefs_fields(prefs))
     if tier == DRAFT:  # final takes keep the settings (and so the request hash) they always had
@@ -80,7 +85,7 @@ def collect_shot(
     return ShotJob(
         shot=shot.name, frames=frames, conditioning_dir=conditioning_dir, takes_dir=project.takes_dir(shot.name),
         maps=maps, request=request, models=models, prompts=prompts, settings=job_settings, uploads=uploads,
-        frame_values=animated.per_frame, warnings=[*tier_warnings, *animated.warnings],
+        frame_values=animated.per_frame, warnings=[*tier_warnings, *plan.warnings, *animated.warnings],
         blobs=cast.blobs, characters=cast.characters, tier=tier,
     )
 
@@ -100,16 +105,20 @@ def checked_size(scene: bpy.types.Scene, shot: Any) -> tuple[int, int]:
 
 def shot_maps(scene: bpy.types.Scene, shot: Any, conditioning_dir: Path, width: int, height: int,
               progress: Callable[[int, int], None] | None, cancel: Callable[[], bool] | None,
-              ) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
-    """(meta.json, per-frame map files) of the shot's control maps, rendered or reused."""
+              plan: MapPlan | None = None) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+    """(meta.json, per-frame map files) of the shot's control maps, rendered or reused.
+
+    The files are those the engine gets: normal, line-art and seg maps only where `plan` sends them.
+    """
     from ..conditioning import ConditioningError, render_shot  # deferred: heavier module
 
     try:
         result = render_shot(scene, shot, conditioning_dir, width=width, height=height, progress=progress,
-                             cancel=cancel)
+                             cancel=cancel, maps=plan.options if plan is not None else None)
     except ConditioningError as exc:
         raise GenerationError(str(exc)) from exc
-    maps = {frame: dict(files) for frame, files in result.maps.items()}
+    sent = ("depth", "pose", "flow", *(plan.sent if plan is not None else ()))
+    maps = {frame: {k: v for k, v in files.items() if k in sent} for frame, files in result.maps.items()}
     listed: dict[Path, set[str]] = {}  # one folder read, not a stat per frame
 
     def present(path: Any) -> bool:
@@ -118,16 +127,32 @@ def shot_maps(scene: bpy.types.Scene, shot: Any, conditioning_dir: Path, width: 
             listed[path.parent] = file_names(path.parent)
         return path.name in listed[path.parent]
 
-    missing = [f for f, m in maps.items() if m["depth"] is None or not present(m["depth"])]
-    if missing:
-        raise GenerationError(
-            f"Shot '{shot.name}': depth maps are missing for frames {missing[:5]}: render its control maps again"
-        )
+    for kind in ("depth", *(plan.sent if plan is not None else ())):
+        missing = [f for f, m in maps.items() if m.get(kind) is None or not present(m[kind])]
+        if missing:
+            raise GenerationError(
+                f"Shot '{shot.name}': {kind} maps are missing for frames {missing[:5]}: render its control maps again"
+            )
     return result.meta, maps
 
 
-def shot_settings(settings: Any, shot: Any, width: int, height: int, meta: dict[str, Any]) -> dict[str, Any]:
-    """The job's generation settings from the film and the shot (take.json keeps the same dict)."""
+def drop_unweighted(maps: dict[int, dict[str, Any]], sent: tuple[str, ...], job_settings: dict[str, Any],
+                    per_frame: dict[int, dict[str, Any]]) -> None:
+    """A sent map stays off the frames where its (animated) weight is 0: weight 0 is "not sent"."""
+    for kind in sent:
+        for frame, files in maps.items():
+            weight = per_frame.get(frame, {}).get(f"{kind}_weight", job_settings.get(f"{kind}_weight", 1.0))
+            if weight == 0.0:
+                files[kind] = None
+
+
+def shot_settings(settings: Any, shot: Any, width: int, height: int, meta: dict[str, Any],
+                  sent: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The job's generation settings from the film and the shot (take.json keeps the same dict).
+
+    The weights of normal, line art and seg are there only for the maps `sent` (map_plan.py).
+    """
+    extra = {f"{kind}_weight": round(float(getattr(shot, f"{kind}_weight")), 4) for kind in sent}
     return {
         "seed": int(shot.seed),
         "steps": int(settings.steps),
@@ -136,6 +161,7 @@ def shot_settings(settings: Any, shot: Any, width: int, height: int, meta: dict[
         "height": height,
         "depth_weight": round(float(shot.depth_weight), 4),
         "pose_weight": round(float(shot.pose_weight), 4),
+        **extra,
         "control_start": round(float(shot.control_start), 4),
         "control_end": round(float(shot.control_end), 4),
         "coherence": coherence_settings(shot, meta),
@@ -189,7 +215,7 @@ def draft_block(settings: Any) -> dict[str, Any]:
 
 
 def apply_animation(scene: bpy.types.Scene, shot: Any, frames: list[int], prompts: dict[str, Any],
-                    job_settings: dict[str, Any]) -> Any:
+                    job_settings: dict[str, Any], maps: tuple[str, ...] = ()) -> Any:
     """Sample the shot's animated settings and prompt keys into the job's parts (core/scene/anim_sample.py).
 
     Job-level values become the shot's first frame's; the take's identity (prompts and
@@ -198,7 +224,7 @@ def apply_animation(scene: bpy.types.Scene, shot: Any, frames: list[int], prompt
     from ..scene.anim_sample import SampleError, sample_shot
 
     try:
-        samples = sample_shot(scene, shot, frames)
+        samples = sample_shot(scene, shot, frames, maps)
     except SampleError as exc:
         raise GenerationError(str(exc)) from exc
     for name, value in samples.job_values.items():

@@ -117,6 +117,7 @@ def collect_finalize(scene: bpy.types.Scene, take_dir: Path, project: Project, p
                      upscaler: str = "", detail_strength: float = DETAIL_STRENGTH) -> FinalizePlan:
     """Describe the finalize job of the approved take in ``take_dir``. Main thread (renders maps)."""
     from ..conditioning import ConditioningError, render_shot  # deferred: heavier module
+    from ..conditioning.geometry_maps import KINDS, options_from_shot
 
     # 1. The upscaler (checked again by the engine) and the approved take: complete, frames on disk.
     check_upscaler(upscaler)
@@ -134,8 +135,11 @@ def collect_finalize(scene: bpy.types.Scene, take_dir: Path, project: Project, p
     if gone:
         notes.append(f"Shot '{info.shot}': control maps of frames {gone[:5]} at {new_w}×{new_h} were deleted: "
                      "re-rendered")
+    # The take's normal / line-art / seg maps (those it sent carry a weight in its settings), at the new size.
+    sent = tuple(k for k in KINDS if f"{k}_weight" in info.settings)
     try:
-        result = render_shot(scene, shot, conditioning_dir, width=new_w, height=new_h, force=bool(gone))
+        result = render_shot(scene, shot, conditioning_dir, width=new_w, height=new_h, force=bool(gone),
+                             maps=options_from_shot(shot, sent) if sent else None)
     except ConditioningError as exc:
         raise GenerationError(str(exc)) from exc
     meta = result.meta
@@ -155,8 +159,9 @@ def collect_finalize(scene: bpy.types.Scene, take_dir: Path, project: Project, p
     request = JobRequest(
         shot=info.shot, models=ModelSpec(**info.models), prompt=info.prompt, style_prompt=info.style_prompt,
         negative_prompt=info.negative_prompt, seed=int(info.seed),
-        **{k: info.settings[k] for k in ("steps", "guidance_scale", "depth_weight", "pose_weight",
-                                         "control_start", "control_end") if k in info.settings},
+        **{k: info.settings[k] for k in ("steps", "guidance_scale", "depth_weight", "pose_weight", "normal_weight",
+                                         "lineart_weight", "seg_weight", "control_start", "control_end",
+                                         "control_ranges") if k in info.settings},
         width=new_w, height=new_h, coherence=CoherenceSpec(**coherence), finalize=FinalizeSpec(**finalize),
         batch_size=1, **prefs_fields(prefs),
     )

@@ -25,6 +25,17 @@ from typing import Any
 DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_CONTROLNET_DEPTH = "lllyasviel/control_v11f1p_sd15_depth"
 DEFAULT_CONTROLNET_POSE = "lllyasviel/control_v11p_sd15_openpose"
+DEFAULT_CONTROLNET_NORMAL = "lllyasviel/control_v11p_sd15_normalbae"
+DEFAULT_CONTROLNET_LINEART = "lllyasviel/control_v11p_sd15_lineart"
+DEFAULT_CONTROLNET_SEG = "lllyasviel/control_v11p_sd15_seg"
+# The line-art ControlNet follows the shot's line-art form (engine/contract/schema.py LINEART_PRESETS).
+LINEART_PRESETS = {
+    "lineart": DEFAULT_CONTROLNET_LINEART,
+    "canny": "lllyasviel/control_v11p_sd15_canny",
+    "mlsd": "lllyasviel/control_v11p_sd15_mlsd",
+}
+# The control maps a frame can carry, in the engine's order (engine NET_ORDER).
+MAP_KINDS = ("depth", "pose", "normal", "lineart", "seg")
 DEFAULT_MOTION_ADAPTER = "guoyww/animatediff-motion-adapter-v1-5-3"
 DEFAULT_VIDEO_MODEL = "Wan-AI/Wan2.1-VACE-1.3B-diffusers"
 DEFAULT_IP_ADAPTER = "h94/IP-Adapter/models/ip-adapter-plus_sd15.safetensors"
@@ -60,6 +71,10 @@ class ModelSpec(_Spec):
     base: str = DEFAULT_BASE
     controlnet_depth: str | None = DEFAULT_CONTROLNET_DEPTH  # None is sent: no depth ControlNet
     controlnet_pose: str | None = DEFAULT_CONTROLNET_POSE
+    # Sent only with the map (a shot without normal, line-art or seg maps sends none of these).
+    controlnet_normal: str | None = field(default=None, metadata=_OMIT)
+    controlnet_lineart: str | None = field(default=None, metadata=_OMIT)
+    controlnet_seg: str | None = field(default=None, metadata=_OMIT)
     lora: str | None = None
     lora_scale: float = 1.0
     ip_adapter: str | None = field(default=None, metadata=_OMIT)
@@ -133,8 +148,14 @@ class JobRequest(_Spec):
     height: int = 512
     depth_weight: float = 1.0
     pose_weight: float = 1.0
+    # Sent only with their maps, so depth + pose requests stay what they were.
+    normal_weight: float | None = field(default=None, metadata=_OMIT)
+    lineart_weight: float | None = field(default=None, metadata=_OMIT)
+    seg_weight: float | None = field(default=None, metadata=_OMIT)
     control_start: float = 0.0
     control_end: float = 1.0
+    # Per-map [start, end] where a map has its own range ({} is not sent: every map uses control_start/end).
+    control_ranges: dict[str, list[float]] | None = field(default=None, metadata=_OMIT)
     coherence: CoherenceSpec = field(default_factory=CoherenceSpec)
     generator: str | None = field(default=None, metadata=_OMIT)  # "VIDEO"; not sent for IMAGE
     video: VideoSpec | None = field(default=None, metadata=_OMIT)

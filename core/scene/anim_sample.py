@@ -1,7 +1,9 @@
 """Sample a shot's animated settings per frame, with Blender's own evaluation.
 
 Prompt key weights, depth/pose weights, control start/end, FLOW strength, the shot's
-guidance scale and the seed may carry F-curves or drivers (on the Scene, paths like
+guidance scale and the seed may carry F-curves or drivers; so may the normal, line-art and seg
+weights and each map's own start/end (sampled only for the maps the shot sends, `maps`, and the
+ranges switched on, so a depth + pose shot samples what it always did) (on the Scene, paths like
 `viewfinder.shot_list[2].depth_weight`). When any of them does, the scene is stepped
 through the shot's frames (`frame_set`, which evaluates F-curves, NLA and drivers and
 writes the values back to the settings) and each value read. The seed holds between
@@ -38,9 +40,20 @@ FIELDS: dict[str, tuple[str, float, float]] = {
     "guidance_scale": ("guidance_scale", 0.0, 50.0),
     "flow_strength": ("strength", 0.05, 1.0),
 }
+# The maps beyond depth and pose: their weights, sampled only when the shot sends the map.
+MAP_WEIGHTS: dict[str, tuple[str, float, float]] = {
+    f"{kind}_weight": (f"{kind}_weight", 0.0, 2.0) for kind in ("normal", "lineart", "seg")}
+# Each map's own [start, end] (the request's control_ranges), sampled where the map's own range is on.
+RANGE_KINDS = ("depth", "pose", "normal", "lineart", "seg")
+RANGES: dict[str, tuple[str, float, float]] = {
+    f"{kind}_{end}": ("control_ranges", 0.0, 1.0) for kind in RANGE_KINDS for end in ("start", "end")}
+LIMITS = {**FIELDS, **MAP_WEIGHTS, **RANGES}
 LABELS = {"depth_weight": "Depth Weight", "pose_weight": "Pose Weight", "control_start": "Control Start",
           "control_end": "Control End", "guidance_scale": "Guidance", "flow_strength": "Flow Strength",
-          "seed": "Seed"}
+          "seed": "Seed", "normal_weight": "Normal Weight", "lineart_weight": "Line Art Weight",
+          "seg_weight": "Segmentation Weight",
+          **{f"{k}_{e}": f"{k.replace('lineart', 'line art').title()} {e.title()}" for k in RANGE_KINDS
+             for e in ("start", "end")}}
 
 
 class SampleError(ValueError):
@@ -79,16 +92,20 @@ def frame_runs(frames: Sequence[int]) -> str:
     return ", ".join(runs)
 
 
-def sample_shot(scene: bpy.types.Scene, shot: Any, frames: Sequence[int]) -> ShotSamples:
-    """Every animatable shot setting at every frame of ``frames``; see the module docstring."""
+def own_ranges(shot: Any, maps: Sequence[str] = ()) -> list[str]:
+    """The map kinds (depth, pose and the sent ``maps``) whose own start/end is on."""
+    return [k for k in RANGE_KINDS if (k in ("depth", "pose") or k in maps) and getattr(shot, f"use_{k}_range", False)]
+
+
+def sample_shot(scene: bpy.types.Scene, shot: Any, frames: Sequence[int], maps: Sequence[str] = ()) -> ShotSamples:
+    """Every animatable shot setting at every frame of ``frames``; see the module docstring.
+
+    ``maps``: the kinds beyond depth and pose the shot sends ("normal", "lineart", "seg").
+    """
     # 1. Which properties carry curves (F-curves or drivers) on this shot.
     prefix = shot_prefix(scene, shot)
     curves = anim_paths.curves_under(scene, prefix)
-    names = list(FIELDS) + ["seed"]
-    if not shot.use_guidance_scale:
-        names.remove("guidance_scale")
-    if shot.coherence != "FLOW":
-        names.remove("flow_strength")
+    names = sampled_names(shot, maps)
     keys = [(i, k) for i, k in enumerate(shot.prompt_keys)]
     warnings: list[str] = []
     empty = [i for i, k in keys if not k.prompt.strip()]
@@ -120,17 +137,10 @@ def sample_shot(scene: bpy.types.Scene, shot: Any, frames: Sequence[int]) -> Sho
             rows[frame]["seed"] = _held_key(seed_curve[0], frame)
     warnings += _clamp(shot.name, rows)
     _check_control_range(shot.name, rows)
+    _pair_ranges(shot.name, rows)
 
     # 4. Job values (the first frame) and, per frame, only what differs from them.
-    first = rows[frames[0]]
-    job_values = {_field(n): v for n, v in first.items()}
-    per_frame: dict[int, dict[str, Any]] = {}
-    for frame in frames:
-        own = {_field(n): v for n, v in rows[frame].items() if v != first[n]}
-        if keys:
-            own["prompt_weights"] = weights[frame]
-        if own:
-            per_frame[frame] = own
+    job_values, per_frame = _job_and_frames(rows, frames, weights if keys else None)
     if keys:
         zero = [f for f in frames if not any(weights[f])]
         if zero:
@@ -139,8 +149,55 @@ def sample_shot(scene: bpy.types.Scene, shot: Any, frames: Sequence[int]) -> Sho
     return ShotSamples(job_values, per_frame, [k.prompt for _, k in keys], warnings, animated)
 
 
+def sampled_names(shot: Any, maps: Sequence[str]) -> list[str]:
+    """The shot properties sampled per frame: the base fields, the sent maps' weights, the own ranges on."""
+    names = list(FIELDS) + ["seed"] + [f"{k}_weight" for k in maps]
+    names += [f"{k}_{end}" for k in own_ranges(shot, maps) for end in ("start", "end")]
+    if not shot.use_guidance_scale:
+        names.remove("guidance_scale")
+    if shot.coherence != "FLOW":
+        names.remove("flow_strength")
+    return names
+
+
+def _job_and_frames(rows: dict[int, dict[str, Any]], frames: Sequence[int], weights: dict[int, list[float]] | None,
+                    ) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+    """Engine fields of the first frame, and per frame those that differ from it (prompt weights always)."""
+    first = rows[frames[0]]
+    job_values = {_field(n): v for n, v in first.items()}
+    per_frame: dict[int, dict[str, Any]] = {}
+    for frame in frames:
+        own = {_field(n): v for n, v in rows[frame].items() if v != first[n] and n != "control_ranges"}
+        ranges = {k: r for k, r in rows[frame].get("control_ranges", {}).items() if r != first["control_ranges"][k]}
+        if ranges:
+            own["control_ranges"] = ranges
+        if weights is not None:
+            own["prompt_weights"] = weights[frame]
+        if own:
+            per_frame[frame] = own
+    return job_values, per_frame
+
+
 def _field(name: str) -> str:
-    return FIELDS[name][0] if name in FIELDS else name
+    return LIMITS[name][0] if name in LIMITS and name not in RANGES else name
+
+
+def _pair_ranges(shot_name: str, rows: dict[int, dict[str, Any]]) -> None:
+    """Fold each map's sampled `<kind>_start`/`<kind>_end` into the row's control_ranges {kind: [start, end]}."""
+    bad: dict[str, list[int]] = {}
+    for frame, row in rows.items():
+        ranges: dict[str, list[float]] = {}
+        for kind in RANGE_KINDS:
+            if f"{kind}_start" in row:
+                ranges[kind] = [row.pop(f"{kind}_start"), row.pop(f"{kind}_end")]
+                if ranges[kind][0] >= ranges[kind][1]:
+                    bad.setdefault(kind, []).append(frame)
+        if ranges:
+            row["control_ranges"] = ranges
+    for kind, frames in bad.items():
+        label = LABELS[f"{kind}_start"].rsplit(" ", 1)[0]
+        raise SampleError(f"Shot '{shot_name}': {label} Start is not below {label} End on frames "
+                          f"{frame_runs(frames)}: fix them (or their keys in the Graph Editor)")
 
 
 def _held_key(fcurve: Any, frame: int) -> float:
@@ -164,7 +221,7 @@ def _clamp(shot_name: str, rows: dict[int, dict[str, Any]]) -> list[str]:
                 raw = int(round(value))
                 clamped: Any = min(max(raw, 0), SEED_MAX)
             else:
-                low, high = FIELDS[name][1], FIELDS[name][2]
+                low, high = LIMITS[name][1], LIMITS[name][2]
                 raw = round(float(value), 4)
                 clamped = min(max(raw, low), high)
             if clamped != raw:
@@ -173,7 +230,7 @@ def _clamp(shot_name: str, rows: dict[int, dict[str, Any]]) -> list[str]:
     warnings = []
     for name, hits in outside.items():
         frames = [h[0] for h in hits]
-        low, high = (0, SEED_MAX) if name == "seed" else FIELDS[name][1:]
+        low, high = (0, SEED_MAX) if name == "seed" else LIMITS[name][1:]
         warnings.append(f"Shot '{shot_name}': {LABELS[name]} is {hits[0][1]} on frame {hits[0][0]}"
                         f"{' (and frames ' + frame_runs(frames[1:]) + ')' if len(hits) > 1 else ''}, outside "
                         f"{low}–{high}: clamped to {hits[0][2]}; fix the keys in the Graph Editor")

@@ -27,7 +27,9 @@ from typing import Any
 # A settings key -> the shot property it keys (ControlNet units are matched by their model).
 VALUE_KEYS = {"strength_schedule": "flow_strength", "cfg_scale_schedule": "guidance_scale", "seed_schedule": "seed"}
 PROMPT_KEYS = ("prompts", "cond_prompts", "animation_prompts")
-TARGETS = ("flow_strength", "guidance_scale", "seed", "depth_weight", "pose_weight", "control_start", "control_end")
+TARGETS = ("flow_strength", "guidance_scale", "seed", "depth_weight", "pose_weight", "control_start", "control_end",
+           "normal_weight", "lineart_weight", "seg_weight", "normal_start", "normal_end", "lineart_start",
+           "lineart_end", "seg_start", "seg_end")
 
 _ENTRY_RE = re.compile(r"^\s*(-?\d+)\s*:\s*\((.*)\)\s*$", re.S)
 _PROMPT_LINE_RE = re.compile(r"""^\s*["']?(-?\d+)["']?\s*:\s*(.*?)\s*,?\s*$""")
@@ -151,21 +153,32 @@ def parse_settings(data: dict[str, Any]) -> Schedule:
         if target == "flow_strength":
             schedule.notes.append("Deforum strength is how much of the previous frame is kept; FLOW strength is "
                                   "keyed to 1 - strength")
-    # 3. ControlNet units: depth and OpenPose units key the depth and pose weights and the control range.
+    # 3. ControlNet units: depth and OpenPose units key the depth and pose weights and the control range;
+    #    normal, line (lineart, canny, mlsd) and seg units key their map's weight and its own range.
     for unit in sorted({m.group(1) for k in data if (m := re.match(r"^cn_(\d+)_", str(k)))}):
         if data.get(f"cn_{unit}_enabled") is False:
             continue
         model = f"{data.get(f'cn_{unit}_module', '')} {data.get(f'cn_{unit}_model', '')}".lower()
-        kind = "depth" if "depth" in model else "pose" if "pose" in model else None
+        kind = unit_kind(model)
         if kind is None:
-            schedule.notes.append(f"ControlNet unit {unit} ('{model.strip()}') is neither depth nor OpenPose: skipped")
+            schedule.notes.append(f"ControlNet unit {unit} ('{model.strip()}') is not depth, OpenPose, normal, "
+                                  "line art or segmentation: skipped")
             continue
-        for suffix, target in (("weight", f"{kind}_weight"), ("guidance_start", "control_start"),
-                               ("guidance_end", "control_end")):
+        start, end = ("control_start", "control_end") if kind in ("depth", "pose") else (f"{kind}_start", f"{kind}_end")
+        for suffix, target in (("weight", f"{kind}_weight"), ("guidance_start", start), ("guidance_end", end)):
             key = f"cn_{unit}_{suffix}"
             if key in data:
                 schedule.values[target] = parse_values(str(data[key]), key, target, schedule.problems)
     return _sorted(schedule)
+
+
+def unit_kind(model: str) -> str | None:
+    """The map a Deforum ControlNet unit's module/model names: "depth", "pose", "normal", "lineart", "seg" or None."""
+    for kind, words in (("depth", ("depth",)), ("pose", ("pose",)), ("normal", ("normal",)),
+                        ("lineart", ("lineart", "canny", "mlsd", "line")), ("seg", ("seg",))):
+        if any(word in model for word in words):
+            return kind
+    return None
 
 
 def _split_entries(text: str) -> list[str]:

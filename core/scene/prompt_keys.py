@@ -100,6 +100,8 @@ def import_schedule(scene: bpy.types.Scene, shot: Any, schedule: Schedule, *, sw
             continue
         if prop == "guidance_scale":
             shot.use_guidance_scale = True
+        if prop.endswith(("_start", "_end")) and not prop.startswith("control_"):  # a map's own range
+            setattr(shot, f"use_{prop.rsplit('_', 1)[0]}_range", True)
         key_values(scene, shot, prop, [(start + f, v) for f, v in keys], "CONSTANT" if prop == "seed" else
                    interpolation)
         result.curves.append(prop)

@@ -9,6 +9,7 @@ output; every output setting it changes is restored. Main thread only.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,6 +46,10 @@ class StoryboardRow:
     duration: str
     prompt: str
     characters: list[str] = field(default_factory=list)  # the bible's characters sent with the take
+    # The middle frame's control maps under the frames when the shot has normal, line-art or seg maps:
+    # (label, image), at most three (depth fills in when fewer than three exist).
+    maps: list[tuple[str, Path]] = field(default_factory=list)
+    map_note: str = ""
 
 
 def _length_kwargs(length: int) -> dict[str, int]:
@@ -53,7 +58,8 @@ def _length_kwargs(length: int) -> dict[str, int]:
 
 
 def storyboard_rows(scene: bpy.types.Scene, project: Project) -> list[StoryboardRow]:
-    """One row per shot: the frames of the take in use (else the newest take, else the depth maps)."""
+    """One row per shot: the frames of the take in use (else the newest take, else the depth maps), and the
+    middle frame's control maps when the shot has normal, line-art or seg maps (`map_thumbnails`)."""
     rows = []
     fps = scene.render.fps / scene.render.fps_base
     for shot in scene.viewfinder.shots:
@@ -74,11 +80,45 @@ def storyboard_rows(scene: bpy.types.Scene, project: Project) -> list[Storyboard
             lens = f"{cam.lens:.0f}mm"
         count = last - first + 1
         info = read_take(folder)
+        maps, note = map_thumbnails(project, shot.name, picks[1])
         rows.append(StoryboardRow(
             shot.name, picks, images, lens, f"{count} frames ({count / fps:.1f} s)", shot.prompt or "(no prompt)",
-            [c["name"] for c in info.characters] if info is not None else [],
+            [c["name"] for c in info.characters] if info is not None else [], maps, note,
         ))
     return rows
+
+
+MAP_LABELS = {"depth": "depth", "normal": "normal", "lineart": "line art", "seg": "segmentation"}
+
+
+def map_thumbnails(project: Project, shot_name: str, frame: int) -> tuple[list[tuple[str, Path]], str]:
+    """The shot's normal, line-art and seg maps of `frame` (its depth map first when fewer than three), and a caption.
+
+    None when the shot has none of them: a depth + pose shot's row stays as it was. Segmentation
+    shows in its preview colours (seg.write_previews; the map itself holds class indices).
+    """
+    from ..conditioning.seg import write_previews  # deferred: numpy work only when a shot has maps
+
+    conditioning = project.conditioning_dir(shot_name)
+    try:
+        meta = json.loads((conditioning / "meta.json").read_text())
+    except (OSError, ValueError):
+        return [], ""
+    kinds = [k for k in ("normal", "lineart", "seg") if frame in (meta.get("maps") or {}).get(k, {}).get("frames", [])]
+    if not kinds:
+        return [], ""
+    name = frame_name(frame)
+    shown = (["depth"] if len(kinds) < 3 else []) + kinds
+    maps = []
+    for kind in shown:
+        image = conditioning / kind / name
+        if kind == "seg":
+            preview = project.shot_dir(shot_name) / "seg-preview"
+            image = preview / name if write_previews(conditioning / "seg", preview, [name]) else image
+        maps.append((MAP_LABELS[kind], image))
+    form = meta["maps"].get("lineart", {}).get("form")
+    note = f"control maps, frame {frame}: {', '.join(label for label, _ in maps)}"
+    return maps, note + (f" ({form} form)" if form else "")
 
 
 def _take_folder_in_use(scene: bpy.types.Scene, shot_name: str) -> Path | None:
@@ -94,14 +134,15 @@ def _newest_take(project: Project, shot_name: str) -> Path | None:
 
 
 def export_storyboard(scene: bpy.types.Scene, project: Project, output: Path) -> Path:
-    """Write the contact sheet PNG: one row per shot (first, middle, last frame + caption)."""
+    """Write the contact sheet PNG: one row per shot (first, middle, last frame + caption), and under it a row
+    of the middle frame's control maps when the shot has normal, line-art or seg maps."""
     rows = storyboard_rows(scene, project)
     if not rows:
         raise ExportError("No shots to put on a storyboard: bind cameras to timeline markers first")
     aspect = scene.render.resolution_y * scene.render.pixel_aspect_y / (scene.render.resolution_x * scene.render.pixel_aspect_x)
     thumb_h = int(round(THUMB_WIDTH * aspect))
     row_h = thumb_h + MARGIN
-    height = TITLE_HEIGHT + len(rows) * row_h + MARGIN
+    height = TITLE_HEIGHT + sum(row_h * (2 if row.maps else 1) for row in rows) + MARGIN
     sheet = bpy.data.scenes.new("Viewfinder Storyboard")
     try:
         sheet.render.resolution_x, sheet.render.resolution_y = SHEET_WIDTH, height
@@ -118,22 +159,18 @@ def export_storyboard(scene: bpy.types.Scene, project: Project, output: Path) ->
         background = strips.new_effect(name="bg", type="COLOR", channel=next(channel), frame_start=1, **_length_kwargs(1))
         background.color = (0.06, 0.06, 0.06)
         captions = [(f"{Path(bpy.data.filepath).stem or scene.name}: storyboard", MARGIN, MARGIN, 32, None)]
-        for index, row in enumerate(rows):
-            top = TITLE_HEIGHT + index * row_h
-            for col, image in enumerate(row.images):
-                left = MARGIN + col * (THUMB_WIDTH + MARGIN)
-                if image.is_file():
-                    _thumbnail(strips, next(channel), image, left, top, THUMB_WIDTH, thumb_h, (SHEET_WIDTH, height))
-                else:
-                    box = strips.new_effect(name="missing", type="COLOR", channel=next(channel), frame_start=1,
-                                            **_length_kwargs(1))
-                    box.color = (0.2, 0.05, 0.05)
-                    box.blend_type = "ALPHA_OVER"
-                    _place(box, left, top, THUMB_WIDTH, thumb_h, (SHEET_WIDTH, height), source=(SHEET_WIDTH, height))
+        top = TITLE_HEIGHT
+        for row in rows:
+            _thumbnails(strips, channel, row.images, top, thumb_h, (SHEET_WIDTH, height))
             caption = f"{row.shot}\n{row.lens}, {row.duration}\nframes {row.frames[0]}, {row.frames[1]}, {row.frames[2]}\n{row.prompt}"
             if row.characters:
                 caption += f"\nwith {', '.join(row.characters)}"
             captions.append((caption, MARGIN + 3 * (THUMB_WIDTH + MARGIN), top, 20, CAPTION_WIDTH - 2 * MARGIN))
+            top += row_h
+            if row.maps:
+                _thumbnails(strips, channel, [image for _label, image in row.maps], top, thumb_h, (SHEET_WIDTH, height))
+                captions.append((row.map_note, MARGIN + 3 * (THUMB_WIDTH + MARGIN), top, 18, CAPTION_WIDTH - 2 * MARGIN))
+                top += row_h
         # Text goes on channels above every thumbnail so nothing covers it.
         for text, x, y, size, wrap in captions:
             _text(strips, next(channel), text, x=x, y=y, size=size, sheet=(SHEET_WIDTH, height), wrap=wrap)
@@ -146,6 +183,19 @@ def export_storyboard(scene: bpy.types.Scene, project: Project, output: Path) ->
     if not output.is_file():
         raise ExportError(f"Blender did not write {output}: is the folder writable?")
     return output
+
+
+def _thumbnails(strips: Any, channel: Any, images: list[Path], top: int, thumb_h: int, sheet: tuple[int, int]) -> None:
+    """One row of thumbnails from the left; a dark red box where a file is missing."""
+    for col, image in enumerate(images):
+        left = MARGIN + col * (THUMB_WIDTH + MARGIN)
+        if image.is_file():
+            _thumbnail(strips, next(channel), image, left, top, THUMB_WIDTH, thumb_h, sheet)
+            continue
+        box = strips.new_effect(name="missing", type="COLOR", channel=next(channel), frame_start=1, **_length_kwargs(1))
+        box.color = (0.2, 0.05, 0.05)
+        box.blend_type = "ALPHA_OVER"
+        _place(box, left, top, THUMB_WIDTH, thumb_h, sheet, source=sheet)
 
 
 def _place(strip: Any, left: int, top: int, width: int, height: int, sheet: tuple[int, int], source: tuple[int, int]) -> None:

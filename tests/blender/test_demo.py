@@ -39,17 +39,20 @@ def test_demo_writes_film_storyboard_and_animatic(tmp_path, vf, vfmod):
     clip = bpy.data.movieclips.load(str(out / "animatic.mp4"))
     assert clip.frame_duration == 72
 
-    # The storyboard shows three rows of thumbnails (one per shot).
+    # The storyboard shows a row of thumbnails per shot, and a row of control maps under the shots that
+    # have normal, line-art or seg maps (Pan: seg, Orbit: normal + line art).
     image = bpy.data.images.load(str(out / "storyboard.png"))
     width, height = image.size
     pixels = np.empty(width * height * 4, dtype=np.float32)
     image.pixels.foreach_get(pixels)
-    column = pixels.reshape(height, width, 4)[::-1, 30:300, :3]  # the first thumbnail column, top row first
+    # The second thumbnail column, top row first (the first holds depth maps, whose far ground is as dark as
+    # the sheet).
+    column = pixels.reshape(height, width, 4)[::-1, 410:740, :3]
     background = column[2, 0]
     filled = (np.abs(column - background).max(axis=2) > 0.02).mean(axis=1) > 0.5
     edges = np.flatnonzero(np.diff(np.concatenate([[0], filled.astype(np.int8), [0]])))
     runs = [end - start for start, end in zip(edges[::2], edges[1::2])]
-    assert len([r for r in runs if r >= 20]) == 3, runs  # thumbnails, not the title's text
+    assert len([r for r in runs if r >= 20]) == 5, runs  # thumbnails, not the title's text
 
     # Two characters from the bible: both in the Pan shot's take (and so its storyboard caption), the
     # traveller with a reference image rendered locally.
@@ -69,3 +72,10 @@ def test_demo_writes_film_storyboard_and_animatic(tmp_path, vf, vfmod):
     (traveller,) = [c for c in take["settings"]["characters"] if c["name"] == "Traveller"]
     # The toy world has no IP-Adapter: the reference stays in the bible and is not sent.
     assert traveller["references"] == []
+    # The exact maps: rendered for the storyboard, not sent to toy models that have no net for them.
+    assert [label for label, _ in rows["Orbit"].maps] == ["depth", "normal", "line art"]
+    assert [label for label, _ in rows["Pan"].maps] == ["depth", "segmentation"] and not rows["Dolly"].maps
+    assert all(image.is_file() for row in rows.values() for _, image in row.maps)
+    orbit = json.loads((rows["Orbit"].images[0].parent / "take.json").read_text())
+    assert "normal_weight" not in orbit["settings"] and "controlnet_normal" not in orbit["models"]
+    assert "rendered and shown, not sent" in result.stdout

@@ -84,3 +84,20 @@ def test_bad_json_and_duplicate_frames() -> None:
     assert twice.prompts == [(0, "b")]
     assert twice.problems == ["prompt frame 0 is given twice: the last one ('b') is kept"]
     assert deforum.parse('{"0": "a", "12": "b"}').prompts == [(0, "a"), (12, "b")]
+
+
+def test_normal_line_and_seg_units_key_their_map_and_its_own_range() -> None:
+    settings = {
+        "cn_1_enabled": True, "cn_1_module": "normal_bae", "cn_1_model": "control_v11p_sd15_normalbae",
+        "cn_1_weight": "0:(0.7), 24:(0)", "cn_1_guidance_start": "0:(0.2)", "cn_1_guidance_end": "0:(0.8)",
+        "cn_2_enabled": True, "cn_2_module": "canny", "cn_2_weight": "0:(1)",
+        "cn_3_enabled": True, "cn_3_module": "seg_ofade20k", "cn_3_guidance_end": "0:(0.5)",
+        "cn_4_enabled": True, "cn_4_module": "tile_resample", "cn_4_weight": "0:(1)",
+    }
+    schedule = deforum.parse(json.dumps(settings))
+    assert schedule.values == {
+        "normal_weight": [(0, 0.7), (24, 0.0)], "normal_start": [(0, 0.2)], "normal_end": [(0, 0.8)],
+        "lineart_weight": [(0, 1.0)], "seg_end": [(0, 0.5)],
+    }
+    assert any("unit 4" in note and "skipped" in note for note in schedule.notes)
+    assert deforum.parse("0:(0.3)", target="lineart_weight").values == {"lineart_weight": [(0, 0.3)]}
