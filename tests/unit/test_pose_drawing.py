@@ -14,9 +14,12 @@ import pytest
 from helpers import load
 
 
-def _matplotlib_stub() -> None:
+@pytest.fixture(autouse=True)
+def _matplotlib_stub(monkeypatch: pytest.MonkeyPatch) -> None:
     """controlnet-aux's draw_handpose imports matplotlib only for `colors.hsv_to_rgb`; the engine
-    venv does not ship matplotlib, so provide that one function (matplotlib's own algorithm)."""
+    venv does not ship matplotlib, so provide that one function (matplotlib's own algorithm), for
+    each test only: a stub left in sys.modules breaks diffusers' import in later tests of the same
+    process (it asks importlib for matplotlib's spec)."""
     try:
         import matplotlib.colors  # noqa: F401
         return
@@ -34,15 +37,15 @@ def _matplotlib_stub() -> None:
     colors.hsv_to_rgb = hsv_to_rgb  # type: ignore[attr-defined]
     package = types.ModuleType("matplotlib")
     package.colors = colors  # type: ignore[attr-defined]
-    sys.modules.setdefault("matplotlib", package)
-    sys.modules.setdefault("matplotlib.colors", colors)
+    monkeypatch.setitem(sys.modules, "matplotlib", package)
+    monkeypatch.setitem(sys.modules, "matplotlib.colors", colors)
+
 
 util = pytest.importorskip("controlnet_aux.open_pose.util")
 pytest.importorskip("cv2")
 body_mod = pytest.importorskip("controlnet_aux.open_pose.body")
 draw = load("core.conditioning.openpose_draw")
 Keypoint = body_mod.Keypoint
-_matplotlib_stub()
 
 
 def random_people(rng: np.random.Generator, count: int, spread: float) -> list:
