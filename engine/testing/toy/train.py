@@ -381,15 +381,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="share of ControlNet samples drawn from the noisier 70%% of the schedule")
     parser.add_argument("--continue-nets", action="store_true",
                         help="with --resume: go on training that folder's ControlNets instead of starting them anew")
+    parser.add_argument("--keep-unet", action="store_true",
+                        help="with --resume: save the resumed UNet, not the one tuned beside the nets (run 3: the "
+                             "tuned UNet drew grain under FLOW, the nets trained beside it serve the resumed one)")
     parser.add_argument("--unet-rate", type=float, default=0.1,
                         help="the UNet's rate beside the depth net, as a share of --cn-lr")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     import torch
 
-    if args.continue_nets and args.resume is None:
+    if (args.continue_nets or args.keep_unet) and args.resume is None:
         parser.error("--continue-nets goes on from the nets of --resume FOLDER: give --resume")
     started_nets: dict[str, Any] = {}
+    kept_unet: Any = None
     started = time.perf_counter()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -403,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
         vae, unet, text, tokenizer = resume(args.resume, out, report)
         ids, empty = tokenize(tokenizer, arrays["captions"]), tokenize(tokenizer, [""])[0]
         latents = encode_latents(vae, arrays)
+        kept_unet = copy.deepcopy(unet) if args.keep_unet else None
+        report["unet_kept"] = args.keep_unet
         if args.continue_nets:
             started_nets = {name: _load_net(args.resume / name) for name in ("controlnet-depth", "controlnet-pose")}
     else:
@@ -420,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
                              args.seed + 2, report, tune_unet=True, lr=args.cn_lr, zero_lr=args.zero_lr,
                              high_noise=args.high_noise, start=started_nets.get("controlnet-depth"),
                              unet_rate=args.unet_rate)
-    save(out, vae, unet, text, tokenizer, {"controlnet-depth": depth})
+    save(out, vae, unet if kept_unet is None else kept_unet, text, tokenizer, {"controlnet-depth": depth})
     # 4. Pose ControlNet, the depth net beside it.
     people = np.flatnonzero(arrays["has_pose"])
     pose = train_controlnet("controlnet-pose", unet, text, latents, ids, empty,
@@ -429,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
                             beside=(depth, lambda idx: control_maps(arrays, idx, "depth")), lr=args.cn_lr,
                             zero_lr=args.zero_lr, high_noise=args.high_noise,
                             start=started_nets.get("controlnet-pose"))
-    save(out, vae, unet, text, tokenizer, {"controlnet-depth": depth, "controlnet-pose": pose})
+    save(out, vae, unet if kept_unet is None else kept_unet, text, tokenizer, {"controlnet-depth": depth, "controlnet-pose": pose})
     report["params"] = {k: sum(p.numel() for p in m.parameters()) for k, m in
                         (("vae", vae), ("unet", unet), ("text_encoder", text), ("controlnet-depth", depth),
                          ("controlnet-pose", pose))}
