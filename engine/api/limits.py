@@ -61,7 +61,8 @@ def blob_limit() -> int:
     return max(MAX_BLOB_BYTES, MAX_SIDE * MAX_SIDE * 2 * 4 + _NPY_HEADER_SLACK)
 
 
-KEYS_PER_FRAME = 24  # a frame object has at most 14 keys (schema.FrameSpec)
+# A frame object has at most 21 keys and 5 more in its control_ranges (schema.FrameSpec); room to spare.
+KEYS_PER_FRAME = 40
 KEYS_BESIDE_FRAMES = 1024  # the request's own, models, characters, video, finalize, draft
 
 

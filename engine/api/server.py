@@ -24,6 +24,7 @@ from ..contract.errors import BadRequest, EngineFault, NotFound, QuotaFull
 from ..contract.schema import SHA256_RE, JobRequest, field_path
 from ..jobs.job import Job
 from ..jobs.manager import JobManager
+from ..models.codecs import check_map_image
 from . import limits
 from .auth import DEFAULT_OWNER, Tokens
 from .front_door import LOOPBACK_HOSTS, FrontDoor, fault_from_exception
@@ -164,6 +165,8 @@ class OwnedJobs:
                 elif kind in ("depth", "pose"):
                     images.check(path, size=(job.width, job.height), max_pixels=pixels, field=field,
                                  what=f"{kind} map")
+                elif kind in ("normal", "lineart", "seg"):  # their modes too, and seg's class indices
+                    check_map_image(path, kind, (job.width, job.height), field)
                 elif kind == "source":
                     images.check(path, max_pixels=pixels, field=field, what="finalize source")
                 else:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -18,6 +18,23 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_DEPTH = "lllyasviel/control_v11f1p_sd15_depth"
 DEFAULT_POSE = "lllyasviel/control_v11p_sd15_openpose"
+# Issue 23: the ControlNet 1.1 checkpoints of the exact maps the add-on renders beside depth and pose.
+DEFAULT_NORMAL = "lllyasviel/control_v11p_sd15_normalbae"
+DEFAULT_LINEART = "lllyasviel/control_v11p_sd15_lineart"
+DEFAULT_SEG = "lllyasviel/control_v11p_sd15_seg"
+# The line-art map's form (a per-shot setting in meta.json) picks the ControlNet trained on that form;
+# the engine itself feeds the image as it is, whichever form it is.
+LINEART_PRESETS: dict[str, str] = {
+    "lineart": DEFAULT_LINEART,
+    "canny": "lllyasviel/control_v11p_sd15_canny",
+    "mlsd": "lllyasviel/control_v11p_sd15_mlsd",
+}
+# Every per-frame control map a ControlNet reads, in the order nets are stacked (models/pipelines.py NET_ORDER).
+MAP_KINDS = ("depth", "pose", "normal", "lineart", "seg")
+ControlKind = Literal["depth", "pose", "normal", "lineart", "seg"]
+# A ControlNet's active share of the denoising steps: [start, end], each in 0..1 (start < end: check_ranges).
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+ControlRanges = dict[ControlKind, tuple[Fraction, Fraction]]
 DEFAULT_VIDEO_MODEL = "Wan-AI/Wan2.1-VACE-1.3B-diffusers"
 DEFAULT_MOTION_ADAPTER = "guoyww/animatediff-motion-adapter-v1-5-3"
 
@@ -38,6 +55,10 @@ class ModelSpec(_Strict):
     base: str = Field(DEFAULT_BASE, min_length=1)
     controlnet_depth: str | None = DEFAULT_DEPTH
     controlnet_pose: str | None = DEFAULT_POSE
+    # Loaded only when some frame of the job carries that map (a depth+pose job never loads them).
+    controlnet_normal: str | None = DEFAULT_NORMAL
+    controlnet_lineart: str | None = DEFAULT_LINEART
+    controlnet_seg: str | None = DEFAULT_SEG
     lora: str | None = None
     lora_scale: float = Field(1.0, ge=0.0, le=4.0)
     # Issue 9 (engine/IDENTITY.md): an IP-Adapter (.safetensors file, or "<owner>/<repo>/<path>.safetensors"
@@ -50,11 +71,20 @@ class FrameSpec(_Strict):
     frame: int
     depth: str | None = None
     pose: str | None = None
+    # Issue 23 (API.md "Normal, line-art and segmentation maps"): RGB normals, grey line art, grey ADE20K ids.
+    normal: str | None = None
+    lineart: str | None = None
+    seg: str | None = None
     flow: str | None = None
     # Per-frame values (animated in Blender); None = the job's value (engine/contract/schedule.py).
     prompt_weights: list[float] | None = None
     depth_weight: float | None = Field(None, ge=0.0, le=2.0)
     pose_weight: float | None = Field(None, ge=0.0, le=2.0)
+    normal_weight: float | None = Field(None, ge=0.0, le=2.0)
+    lineart_weight: float | None = Field(None, ge=0.0, le=2.0)
+    seg_weight: float | None = Field(None, ge=0.0, le=2.0)
+    # Per-map [start, end] of this frame; a kind missing here takes the job's (schedule.control_range).
+    control_ranges: ControlRanges | None = None
     control_start: float | None = Field(None, ge=0.0, le=1.0)
     control_end: float | None = Field(None, ge=0.0, le=1.0)
     guidance_scale: float | None = Field(None, ge=0.0, le=50.0)
@@ -65,7 +95,7 @@ class FrameSpec(_Strict):
     # Finalize Take only: the approved take's frame (PNG blob) to enlarge and detail.
     source: str | None = None
 
-    _sha = field_validator("depth", "pose", "flow", "mask", "source")(_check_sha)
+    _sha = field_validator("depth", "pose", "normal", "lineart", "seg", "flow", "mask", "source")(_check_sha)
 
     @field_validator("prompt_weights")
     @classmethod
@@ -217,8 +247,13 @@ class JobRequest(_Strict):
     batch_size: int = Field(1, ge=1, le=64)
     depth_weight: float = Field(1.0, ge=0.0, le=2.0)
     pose_weight: float = Field(1.0, ge=0.0, le=2.0)
+    normal_weight: float = Field(1.0, ge=0.0, le=2.0)
+    lineart_weight: float = Field(1.0, ge=0.0, le=2.0)
+    seg_weight: float = Field(1.0, ge=0.0, le=2.0)
     control_start: float = Field(0.0, ge=0.0, le=1.0)
     control_end: float = Field(1.0, ge=0.0, le=1.0)
+    # Per-map [start, end]; a kind missing here uses control_start/control_end.
+    control_ranges: ControlRanges = Field(default_factory=dict)
     coherence: CoherenceSpec = Field(default_factory=CoherenceSpec)
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     attention_slicing: bool = False
@@ -255,6 +290,7 @@ class JobRequest(_Strict):
             raise ValueError(
                 f"control_start: {self.control_start} must be smaller than control_end ({self.control_end})"
             )
+        check_ranges(self.control_ranges, "control_ranges")
         seen: set[int] = set()
         for i, frame in enumerate(self.frames):
             if frame.frame in seen:
@@ -285,7 +321,7 @@ class JobRequest(_Strict):
     def map_kinds(self) -> tuple[str, ...]:
         """The control maps the job reads per frame: FLOW reads the flow maps too (INDEPENDENT accepts
         and ignores them)."""
-        return ("depth", "pose", "flow") if self.coherence.mode == "FLOW" else ("depth", "pose")
+        return (*MAP_KINDS, "flow") if self.coherence.mode == "FLOW" else MAP_KINDS
 
     def job_kind(self) -> Literal["video", "finalize", "flow", "batch"]:
         """Which runner makes this job's frames (engine/jobs/runners.py): a VIDEO job, Finalize Take,
@@ -314,7 +350,7 @@ def field_path(loc: tuple[int | str, ...]) -> str:
     """Turn a pydantic location ('body', 'frames', 3, 'depth') into 'frames[3].depth'."""
     out = ""
     for part in loc:
-        if part == "body" and not out:
+        if (part == "body" and not out) or part == "[key]":  # "[key]": pydantic's mark of a bad dict key
             continue
         if isinstance(part, int):
             out += f"[{part}]"
@@ -334,8 +370,18 @@ def check_frame_values(request: JobRequest) -> None:
             if len(frame.prompt_weights) != keys:
                 raise ValueError(f"frames[{i}].prompt_weights has {len(frame.prompt_weights)} weights but "
                                  f"prompt_keys has {keys} prompts: send one weight per prompt key")
+        if frame.control_ranges:
+            check_ranges(frame.control_ranges, f"frames[{i}].control_ranges")
         start = request.control_start if frame.control_start is None else frame.control_start
         end = request.control_end if frame.control_end is None else frame.control_end
         if (frame.control_start is not None or frame.control_end is not None) and start >= end:
             raise ValueError(f"frames[{i}].control_start ({start}) must be smaller than control_end ({end}) "
                              f"on frame {frame.frame}")
+
+
+def check_ranges(ranges: dict[str, tuple[float, float]], field: str) -> None:
+    """Each map's start below its end (pydantic checked each is in 0..1); ValueError naming the map's field."""
+    for kind, (start, end) in ranges.items():
+        if start >= end:
+            raise ValueError(f"{field}.{kind}: start {start} must be smaller than end {end} (the share of the "
+                             "denoising steps the map's ControlNet acts on)")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..contract.errors import EngineFault
-from ..models.codecs import decode_depth, decode_rgb
+from ..models.codecs import DECODERS
 
 if TYPE_CHECKING:
     from ..coherence.strategies import Carried, FlowCoherence
@@ -62,10 +62,11 @@ class RunContext:
         return False
 
     def decode(self, name: str, sha: str, request: JobRequest) -> Any:
-        """A control map blob as the pipeline takes it (depth from 16 bits, the others as RGB), decoded
-        within the job's size (engine/images.py)."""
+        """A control map blob as the pipeline takes it (depth from 16 bits, line art grey in three
+        channels, seg indices in ADE20K colours, the others as RGB: codecs.DECODERS), decoded within
+        the job's size (engine/images.py)."""
         data, size = self.storage.read_blob(sha), (request.width, request.height)
-        return decode_depth(data, size) if name == "depth" else decode_rgb(data, size)
+        return DECODERS[name](data, size)
 
     def read_frame(self, job: Job, frame: FrameSpec) -> np.ndarray:
         """A finished frame of ``job``: from the writer while it is on its way to disk, else from the cache."""

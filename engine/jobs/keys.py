@@ -12,7 +12,7 @@ from typing import Any
 
 from .. import ALGORITHM_VERSION
 from ..coherence.strategies import CoherenceStrategy
-from ..contract.schedule import frame_values
+from ..contract.schedule import EXTRA_MAPS, frame_nets, frame_values
 from ..contract.schema import FrameSpec, JobRequest
 from ..models.draft import cache_inputs as draft_inputs
 from ..models.pipelines import PipelineKey
@@ -36,11 +36,14 @@ def frame_key(request: JobRequest, key: PipelineKey, strategy: CoherenceStrategy
     ``request_digest`` computed once for the job; a prompt's text enters by its digest,
     computed once per distinct text (a long prompt is not hashed once per frame).
     Per-frame values (engine/contract/schedule.py) replace the job's under the same names.
+    A normal, line-art or segmentation map enters only on a frame that runs with it, with its net's
+    identity: a frame without one keys as it did before issue 23, whatever else the job carries.
     ``identity`` (characters.identity_cache_inputs) and the frame's mask enter only
     when the job has characters or film references, so other jobs keep their keys.
     """
     values = frame_values(request, frame)
-    own = values.cache_inputs()
+    nets = frame_nets(frame, values, key.net_kinds())
+    own = values.cache_inputs(nets)
     if isinstance(own["prompt"], str):
         own["prompt"] = text_digest(own["prompt"])
     coherence = request.coherence.cache_dump()
@@ -54,6 +57,7 @@ def frame_key(request: JobRequest, key: PipelineKey, strategy: CoherenceStrategy
         **own,
         "coherence": coherence,
         "depth": frame.depth if key.depth else None, "pose": frame.pose if key.pose else None,
+        **{kind: {"map": getattr(frame, kind), "model": getattr(key, kind)} for kind in EXTRA_MAPS if kind in nets},
         **strategy.cache_inputs(frame, previous_key),
         **extra,
         **({"finalize": finalize_inputs(request, frame)} if request.finalize is not None else {}),

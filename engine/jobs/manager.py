@@ -32,7 +32,8 @@ logger = logging.getLogger(__name__)
 def request_blobs(request: JobRequest) -> set[str]:
     """The blob ids a request names: its frames' maps and sources, and every reference image."""
     shas = {sha for frame in request.frames
-            for sha in (frame.depth, frame.pose, frame.flow, frame.mask, frame.source) if sha}
+            for sha in (frame.depth, frame.pose, frame.normal, frame.lineart, frame.seg, frame.flow, frame.mask,
+                        frame.source) if sha}
     shas.update(sha for character in request.characters for sha in character.references)
     shas.update(sha for sha in (request.style_reference, request.palette_reference) if sha)
     shas.update(request.video.references)

@@ -10,7 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..characters.inputs import FrameRegions, frame_regions
-from ..contract.schedule import FrameValues, frame_values
+from ..contract.schedule import FrameValues, frame_nets, frame_values
 from ..models.batch import BatchSettings
 from ..models.pipelines import NET_ORDER
 from ..models.prompt_blend import PromptEmbeddings
@@ -38,19 +38,22 @@ class Shot:
         self._visible: dict[int, tuple[int, ...]] = {}
 
     def settings(self, batch: list[FrameSpec]) -> BatchSettings:
+        """The call's settings, from the batch's first frame (a batch shares its ``batch_group``)."""
         request = self.job.request
         first = self.values[batch[0].frame]
         return BatchSettings(
             prompt=first.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
             guidance_scale=first.guidance_scale, width=request.width, height=request.height,
-            weights={"depth": first.depth_weight, "pose": first.pose_weight},
+            weights={kind: first.weight(kind) for kind in NET_ORDER},
             control_start=first.control_start, control_end=first.control_end,
+            ranges={kind: first.control_range(kind) for kind in NET_ORDER},
             prompt_embeds=(self.embeddings.batch([self.values[f.frame] for f in batch])
                            if first.blend is not None else None),
         )
 
     def nets(self, frame: FrameSpec) -> tuple[str, ...]:
-        return tuple(n for n in NET_ORDER if n in self.models.nets and getattr(frame, n) is not None)
+        """The nets ``frame`` runs with: the loaded ones whose map it carries (schedule.frame_nets)."""
+        return frame_nets(frame, self.values[frame.frame], self.models.nets)
 
     def group(self, frame: FrameSpec) -> tuple[Any, ...]:
         """Frames batch with frames that show the same characters: a frame nobody is in costs nothing extra."""

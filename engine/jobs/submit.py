@@ -14,8 +14,8 @@ from ..characters.inputs import check_characters, identity_cache_inputs
 from ..characters.ip_adapter import IpAdapterRef, resolve_ip_adapter
 from ..coherence.strategies import CoherenceStrategy, make_strategy
 from ..contract.errors import BadRequest
-from ..contract.schedule import job_warnings
-from ..contract.schema import JobRequest
+from ..contract.schedule import job_extra_maps, job_warnings
+from ..contract.schema import MAP_KINDS, JobRequest
 from ..models.draft import check_draft, draft_request
 from ..models.pipelines import PipelineKey, SpeedOptions
 from ..models.refs import ModelRef, resolve_ref
@@ -60,13 +60,17 @@ def submit_image(request: JobRequest, storage: Storage, resolve_device: Callable
 
 
 def resolve_models(request: JobRequest) -> tuple[dict[str, ModelRef | None], ModelRef | None]:
-    """The base model and ControlNets by role, and the LoRA; 400 naming the field for a wrong one."""
+    """The base model and ControlNets by role, and the LoRA; 400 naming the field for a wrong one.
+
+    Depth and pose are resolved as they always were; the normal, line-art and segmentation nets only
+    when some frame runs with that map (``job_extra_maps``), so their default Hub ids are never looked
+    up, let alone loaded, for a job that sends no such map.
+    """
     spec = request.models
     refs: dict[str, ModelRef | None] = {"base": resolve_ref(spec.base, "models.base", "base")}
-    refs["depth"] = resolve_ref(spec.controlnet_depth, "models.controlnet_depth", "controlnet") \
-        if spec.controlnet_depth else None
-    refs["pose"] = resolve_ref(spec.controlnet_pose, "models.controlnet_pose", "controlnet") \
-        if spec.controlnet_pose else None
+    for kind in ("depth", "pose", *job_extra_maps(request)):
+        value = getattr(spec, f"controlnet_{kind}")
+        refs[kind] = resolve_ref(value, f"models.controlnet_{kind}", "controlnet") if value else None
     lora = resolve_ref(spec.lora, "models.lora", "lora") if spec.lora else None
     return refs, lora
 
@@ -74,7 +78,7 @@ def resolve_models(request: JobRequest) -> tuple[dict[str, ModelRef | None], Mod
 def check_blobs(request: JobRequest, storage: Storage) -> None:
     """Every map the job reads is on the engine (``JobRequest.map_kinds``); Finalize Take
     (engine/jobs/finalize.py) reads the flow and the approved frames too."""
-    names = ("depth", "pose", "flow", "source") if request.finalize is not None else request.map_kinds()
+    names = (*MAP_KINDS, "flow", "source") if request.finalize is not None else request.map_kinds()
     for i, frame in enumerate(request.frames):
         for name in names:
             sha = getattr(frame, name)
@@ -108,11 +112,12 @@ def pipeline_key(request: JobRequest, refs: dict[str, ModelRef | None], lora: Mo
                  speed: SpeedOptions) -> PipelineKey:
     """What the loaded pipeline is (jobs with equal keys share it)."""
     spec = request.models
-    base, depth, pose = refs["base"], refs["depth"], refs["pose"]
+    base = refs["base"]
     assert base is not None
     offload = request.cpu_offload and device == "cuda"
+    nets = {kind: ref.identity() if (ref := refs.get(kind)) is not None else None for kind in MAP_KINDS}
     return PipelineKey(
-        base=base.identity(), depth=depth.identity() if depth else None, pose=pose.identity() if pose else None,
+        base=base.identity(), **nets,
         lora=lora.identity() if lora else None, lora_scale=spec.lora_scale if lora else 0.0,
         device=device, attention_slicing=request.attention_slicing, cpu_offload=offload,
         **speed.key_fields(device, offload),

@@ -6,7 +6,7 @@ Worker thread.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .callbacks import CancelCallback, LatentBlendCallback
@@ -29,6 +29,8 @@ class BatchSettings:
     weights: dict[str, float]
     control_start: float
     control_end: float
+    # Per-map (start, end) (request/frame ``control_ranges``); a net missing here uses control_start/end.
+    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     # Per-frame text embeddings (prompt travel, engine/models/prompt_blend.py): when set they
     # replace prompt/negative_prompt, one row per frame of the batch.
     prompt_embeds: dict[str, Any] | None = None
@@ -128,16 +130,20 @@ def _control_kwargs(active_nets: tuple[str, ...], images: list[Any], settings: B
                     image_key: str) -> dict[str, Any]:
     """The ControlNet arguments of a diffusers call: one net passes single values, several pass lists.
 
-    ``image_key`` is "image" for text-to-image and "control_image" for img2img.
+    ``image_key`` is "image" for text-to-image and "control_image" for img2img. Start and end are one
+    value while every net shares them (the call every job made before per-map ranges), else one per
+    net in ``active_nets`` order, as diffusers takes them with a MultiControlNetModel.
     """
     if not active_nets:
         return {}
     scales = [settings.weights[name] for name in active_nets]
+    ranges = [settings.ranges.get(name, (settings.control_start, settings.control_end)) for name in active_nets]
+    shared = len(set(ranges)) == 1
     return {
         image_key: images[0] if len(images) == 1 else images,
         "controlnet_conditioning_scale": scales[0] if len(scales) == 1 else scales,
-        "control_guidance_start": settings.control_start,
-        "control_guidance_end": settings.control_end,
+        "control_guidance_start": ranges[0][0] if shared else [start for start, _ in ranges],
+        "control_guidance_end": ranges[0][1] if shared else [end for _, end in ranges],
     }
 
 

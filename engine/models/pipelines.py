@@ -1,9 +1,12 @@
 """Loaded pipelines, kept in memory between jobs and keyed by their model settings.
 
 One base pipeline plus its ControlNets make a ``LoadedModels``. Frames are run with
-the variant that uses exactly the control maps they have: depth + pose, depth only,
-pose only, or none, so a frame with nobody in it runs without the pose net rather
-than with a black pose map. Variants share every module, so they cost no memory.
+the variant that uses exactly the control maps they have (any subset of ``NET_ORDER``,
+engine/contract/schedule.py ``frame_nets``): a frame with nobody in it runs without the
+pose net rather than with a black pose map, a frame without a normal map without the
+normal net. Variants share every module, so they cost no memory. The normal, line-art
+and segmentation nets are loaded only for a job where some frame has that map, so a
+depth + pose job's key and memory are what they were before issue 23.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ logger = logging.getLogger(__name__)
 
 Loaded = TypeVar("Loaded")  # what a PipelineCache holds: LoadedModels, or a video model
 
-NET_ORDER = ("depth", "pose")
+# The order ControlNets are stacked in a MultiControlNetModel, and the per-net lists passed with it.
+NET_ORDER = ("depth", "pose", "normal", "lineart", "seg")
 
 
 def resolve_device(requested: str) -> str:
@@ -132,6 +136,14 @@ class PipelineKey:
     channels_last: bool = False
     fused_qkv: bool = False
     compile: str = ""
+    # Issue 23: set only when some frame of the job runs that map, so other keys are unchanged.
+    normal: str | None = None
+    lineart: str | None = None
+    seg: str | None = None
+
+    def net_kinds(self) -> tuple[str, ...]:
+        """The ControlNets this pipeline holds, in NET_ORDER."""
+        return tuple(kind for kind in NET_ORDER if getattr(self, kind) is not None)
 
 
 @dataclass

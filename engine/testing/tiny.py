@@ -1,7 +1,8 @@
 """Random-weight models in the SD 1.5 layout, built offline.
 
 ``python -m engine make-tiny-models DIR`` writes ``DIR/sd15`` (a diffusers pipeline
-folder), ``DIR/controlnet-depth``, ``DIR/controlnet-pose``, ``DIR/lora.safetensors``,
+folder), ``DIR/controlnet-depth``, ``DIR/controlnet-pose``, the issue-23 map nets
+``DIR/controlnet-normal``, ``DIR/controlnet-lineart``, ``DIR/controlnet-seg``, ``DIR/lora.safetensors``,
 ``DIR/ip-adapter.safetensors`` (and ``ip-adapter-plus.safetensors``, the resampler layout) with their
 image encoder ``DIR/image-encoder``, and the draft tier's ``DIR/lcm-lora.safetensors`` (kohya layout, as
 latent-consistency/lcm-lora-sdv1-5) and ``DIR/tiny-vae`` (an AutoencoderTiny). They are saved with
@@ -111,7 +112,7 @@ def write_tokenizer(folder: Path) -> None:
 def build_components(preset: Preset, seed: int = 0) -> dict[str, object]:
     """Build random-weight SD 1.5-layout components; runs on the calling thread."""
     import torch
-    from diffusers import AutoencoderKL, ControlNetModel, PNDMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     down, up = _block_types(len(preset.unet_channels))
@@ -124,16 +125,8 @@ def build_components(preset: Preset, seed: int = 0) -> dict[str, object]:
     unet = UNet2DConditionModel(
         **unet_kwargs, out_channels=4, up_block_types=up, sample_size=preset.sample_size
     )
-    controlnets = {}
-    for offset, name in enumerate(("controlnet-depth", "controlnet-pose"), start=1):
-        torch.manual_seed(seed + offset)
-        net = ControlNetModel(**unet_kwargs, conditioning_embedding_out_channels=preset.conditioning_channels)
-        # A new ControlNet starts with zero convolutions, so it would not change the
-        # image at all; random ones make the control maps visible in the frames.
-        for module in (net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out):
-            for param in module.parameters():
-                torch.nn.init.normal_(param, std=0.2)
-        controlnets[name] = net
+    controlnets = {name: random_controlnet(preset, seed + offset)
+                   for offset, name in enumerate(("controlnet-depth", "controlnet-pose"), start=1)}
     torch.manual_seed(seed + 3)
     n_vae = len(preset.vae_channels)
     vae = AutoencoderKL(
@@ -156,6 +149,45 @@ def build_components(preset: Preset, seed: int = 0) -> dict[str, object]:
         skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False,
     )
     return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "scheduler": scheduler, **controlnets}
+
+
+def random_controlnet(preset: Preset, seed: int) -> object:
+    """A ControlNet of the preset's UNet shape with random weights from ``seed``; calling thread."""
+    import torch
+    from diffusers import ControlNetModel
+
+    down, _ = _block_types(len(preset.unet_channels))
+    torch.manual_seed(seed)
+    net = ControlNetModel(
+        block_out_channels=preset.unet_channels, layers_per_block=preset.layers_per_block, in_channels=4,
+        down_block_types=down, cross_attention_dim=preset.cross_attention_dim,
+        attention_head_dim=preset.attention_head_dim, norm_num_groups=preset.norm_num_groups,
+        conditioning_embedding_out_channels=preset.conditioning_channels,
+    )
+    # A new ControlNet starts with zero convolutions, so it would not change the
+    # image at all; random ones make the control maps visible in the frames.
+    for module in (net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out):
+        for param in module.parameters():
+            torch.nn.init.normal_(param, std=0.2)
+    return net
+
+
+# Issue 23's map nets and their seeds' offsets: past every offset build_components and the writers
+# below use (1..10), so the depth/pose nets and the other models stay what they always were.
+MAP_NETS = {"normal": ("controlnet-normal", 11), "lineart": ("controlnet-lineart", 12),
+            "seg": ("controlnet-seg", 13)}
+
+
+def write_map_controlnets(preset: Preset, out: Path, seed: int = 0) -> dict[str, Path]:
+    """``out/controlnet-normal``, ``-lineart``, ``-seg``: tiny random ControlNets like the depth and pose
+    ones, each from its own seed, built and saved one at a time (the sd15 preset's are 1.4 GB each)."""
+    paths: dict[str, Path] = {}
+    for kind, (folder, offset) in MAP_NETS.items():
+        net = random_controlnet(preset, seed + offset)
+        net.save_pretrained(out / folder, safe_serialization=True)  # type: ignore[attr-defined]
+        paths[kind] = out / folder
+        del net
+    return paths
 
 
 def write_lora(pipe: object, path: Path, seed: int = 0, rank: int = 4) -> None:
@@ -304,6 +336,7 @@ def make_tiny_models(out_dir: str | Path, preset: str = "tiny", seed: int = 0) -
     write_tiny_vae(PRESETS[preset], paths["tiny_vae"], seed=seed)
     components["controlnet-depth"].save_pretrained(paths["depth"], safe_serialization=True)
     components["controlnet-pose"].save_pretrained(paths["pose"], safe_serialization=True)
+    paths.update(write_map_controlnets(PRESETS[preset], out, seed=seed))
     from .upscalers import write_upscalers
 
     paths.update(write_upscalers(out, preset="full" if preset == "sd15" else "tiny", seed=seed))

@@ -65,7 +65,8 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
             "motion_adapter": str(out / "motion-adapter"), "ip_adapter": str(out / "ip-adapter.safetensors"),
             "ip_adapter_plus": str(out / "ip-adapter-plus.safetensors"),
             "image_encoder": str(out / "image-encoder"), "draft_lora": str(out / "lcm-lora.safetensors"),
-            "tiny_vae": str(out / "tiny-vae")}
+            "tiny_vae": str(out / "tiny-vae"), "normal": str(out / "controlnet-normal"),
+            "lineart": str(out / "controlnet-lineart"), "seg": str(out / "controlnet-seg")}
 
 
 @pytest.fixture(scope="session")
