@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .callbacks import CancelCallback, LatentBlendCallback
+from .loaders import denoiser
 from .pipelines import LoadedModels, call_params, failure_line
+from .variants import control_call
 
 if TYPE_CHECKING:
     import torch
@@ -60,13 +62,14 @@ def run_batch(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[str
     """
     import torch
 
-    # 1. Pick the variant that has exactly the nets these frames have maps for.
-    pipe = models.variant(active_nets)
+    # 1. The variant with exactly the nets these frames have maps for, and its ControlNet arguments
+    #    (per-map nets, or the family's union net in each map's control mode: engine/models/variants.py).
+    pipe, kwargs = control_call(models, active_nets, [torch.stack(maps[name]) for name in active_nets], settings,
+                                img2img=False)
     n = len(seeds)
     # 2. One CPU generator per frame: a frame's noise depends on its seed only, not on
     #    the batch it lands in or the device, which keeps frames reproducible.
     generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
-    kwargs = _control_kwargs(active_nets, [torch.stack(maps[name]) for name in active_nets], settings, "image")
     # 3. Denoise and decode.
     started = time.perf_counter()
     prompts = _prompt_kwargs(extra, settings.prompt_kwargs(n))
@@ -88,7 +91,7 @@ def _call_models(models: LoadedModels, pipe: Any, cancel: CancelCallback, **kwar
     """
     # Separate projections while LoRA adapters are loaded (set_fused); regional and IP-Adapter
     # processors (engine/characters/regional.py) read to_q/to_k/to_v themselves, which stay in place.
-    models.set_fused(not getattr(models.base.unet, "peft_config", None))
+    models.set_fused(not getattr(denoiser(models.base), "peft_config", None))
     if not models.compiled_modules():
         return cancel.call(pipe, **kwargs)
     gens = kwargs.get("generator")
@@ -126,27 +129,6 @@ def _prompt_kwargs(extra: dict[str, Any] | None, prompts: dict[str, Any]) -> dic
     return {**prompts, **(extra or {})}
 
 
-def _control_kwargs(active_nets: tuple[str, ...], images: list[Any], settings: BatchSettings,
-                    image_key: str) -> dict[str, Any]:
-    """The ControlNet arguments of a diffusers call: one net passes single values, several pass lists.
-
-    ``image_key`` is "image" for text-to-image and "control_image" for img2img. Start and end are one
-    value while every net shares them (the call every job made before per-map ranges), else one per
-    net in ``active_nets`` order, as diffusers takes them with a MultiControlNetModel.
-    """
-    if not active_nets:
-        return {}
-    scales = [settings.weights[name] for name in active_nets]
-    ranges = [settings.ranges.get(name, (settings.control_start, settings.control_end)) for name in active_nets]
-    shared = len(set(ranges)) == 1
-    return {
-        image_key: images[0] if len(images) == 1 else images,
-        "controlnet_conditioning_scale": scales[0] if len(scales) == 1 else scales,
-        "control_guidance_start": ranges[0][0] if shared else [start for start, _ in ranges],
-        "control_guidance_end": ranges[0][1] if shared else [end for _, end in ranges],
-    }
-
-
 def run_img2img(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[str, torch.Tensor],
                 init: Image.Image | Sequence[Image.Image], strength: float, seed: int | Sequence[int],
                 settings: BatchSettings, on_step: Callable[[int], bool], keep: Any = None,
@@ -170,13 +152,12 @@ def run_img2img(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[s
     seeds = [int(seed)] if single else [int(s) for s in seed]  # type: ignore[union-attr, arg-type]
     keeps = [keep] if single else list(keep or [None] * len(inits))
     n = len(inits)
-    # 1. The img2img variant with exactly these nets.
-    pipe = models.img2img_variant(active_nets)
+    # 1. The img2img variant with exactly these nets, and its ControlNet arguments.
+    images = [maps[name].unsqueeze(0) if single else torch.stack(maps[name]) for name in active_nets]
+    pipe, kwargs = control_call(models, active_nets, images, settings, img2img=True)
     generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
     # img2img runs int(steps * strength) steps; at least one, or diffusers refuses.
     strength = min(1.0, max(float(strength), (1.0 + 1e-6) / settings.steps))
-    images = [maps[name].unsqueeze(0) if single else torch.stack(maps[name]) for name in active_nets]
-    kwargs = _control_kwargs(active_nets, images, settings, "control_image")
     # 2. Latent blending: the warped frames' latents and a fixed noise, on the latent grid.
     callbacks = []
     if keep_until > 0.0 and any(k is not None for k in keeps):

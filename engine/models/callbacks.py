@@ -81,7 +81,7 @@ class CancelCallback(PipelineCallback):
         so a later call of a shared module is not stopped."""
         handles = []
         if self.should_stop is not None:
-            for name in ("unet", "controlnet"):
+            for name in ("unet", "transformer", "controlnet"):
                 model = getattr(pipe, name, None)
                 nets = getattr(model, "nets", None) or ([model] if model is not None else [])
                 for net in nets:
@@ -89,7 +89,8 @@ class CancelCallback(PipelineCallback):
                         # Python hooks inside a compiled graph would break it at every block and
                         # recompile at every call: compiled nets stop at the end of a step instead.
                         continue
-                    for attribute in ("down_blocks", "mid_block", "up_blocks", "controlnet_down_blocks"):
+                    for attribute in ("down_blocks", "mid_block", "up_blocks", "controlnet_down_blocks",
+                                      "transformer_blocks", "single_transformer_blocks"):
                         blocks = getattr(net, attribute, None)
                         if blocks is None:
                             continue
