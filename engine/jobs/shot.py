@@ -86,4 +86,7 @@ def identity_batch(context: RunContext, job: Job, models: LoadedModels, plan: Id
         embeds = extra["prompt_embeds"].clone()
         embeds[:, : blended.shape[1]] = blended.to(device=embeds.device, dtype=embeds.dtype)
         extra["prompt_embeds"] = embeds
+        if "pooled_prompt_embeds" in extra:  # SDXL: the pooled embedding is the (blended) shot prompt's
+            pooled = settings.prompt_embeds["pooled_prompt_embeds"]
+            extra["pooled_prompt_embeds"] = pooled.to(device=embeds.device, dtype=embeds.dtype)
     return extra, processors

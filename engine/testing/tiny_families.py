@@ -119,6 +119,9 @@ def sdxl_union(seed: int = 0) -> Any:
     net = ControlNetUnionModel(**SDXL_UNET, conditioning_embedding_out_channels=(16, 32, 32),
                                num_control_type=UNION_MODES_SDXL, num_trans_channel=32, num_trans_head=2,
                                num_trans_layer=1, num_proj_channel=32)
+    # The projection from the control-type transformer to the spatial features is also zero at first: random,
+    # so a map's control mode changes the frame (5.7 levels of 255 between modes 1 and 0 on one depth map).
+    torch.nn.init.normal_(net.spatial_ch_projs.weight, std=0.5)
     return _visible(net, [net.controlnet_down_blocks, net.controlnet_mid_block,
                           net.controlnet_cond_embedding.conv_out])
 
