@@ -272,9 +272,9 @@ def check_lora(ref: ModelRef, fam: Family, base_width: int | None) -> None:
 def _check_found(ref: ModelRef, what: str, found: Identified, fam: Family, base_width: int | None, fix: str) -> None:
     if found.family is not None and found.family != fam.name:
         raise _wrong_family(ref.field, ref.value, what, found, fam, fix)
+    if found.width is not None and base_width is not None and found.width != base_width:
+        raise _width_mismatch(ref.field, ref.value, what, found.width, base_width, fam, fix)
     if found.family is None and found.candidates and fam.name not in found.candidates:
         raise BadRequest(f"{ref.field}: '{shown(ref.value)}' is {what} for {' or '.join(map(label, found.candidates))} "
                          f"({found.evidence}), but models.family is '{fam.name}' ({fam.label}); {fix}",
                          field=ref.field, code="incompatible_model")
-    if found.width is not None and base_width is not None and found.width != base_width:
-        raise _width_mismatch(ref.field, ref.value, what, found.width, base_width, fam, fix)

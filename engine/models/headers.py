@@ -122,8 +122,10 @@ def lora_family(shapes: Shapes) -> Identified:
         return Identified("sdxl", width, evidence=key)
     if key := _first(shapes, "lora_te_", "lora_unet_down_blocks_", "lora_unet_up_blocks_", "lora_unet_mid_block_",
                      "unet.", "text_encoder."):
+        # The width tells the rest: compared with the base model's when that is known (checks.py), else named.
         guess = {768: "sd15", 2048: "sdxl"}.get(width or 0)
-        return Identified(guess, width, evidence=key, candidates=() if guess else ("sd15", "sdxl"))
+        return Identified(None, width, evidence=f"its cross-attention width {width}" if guess else key,
+                          candidates=(guess,) if guess else ("sd15", "sdxl"))
     return Identified(None, width)
 
 

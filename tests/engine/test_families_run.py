@@ -186,3 +186,186 @@ def test_sdxl_prompt_travel_blends_both_encoders_and_the_pooled_embedding(manage
     between = difference({2: made[2]}, {2: a[2]}) + difference({2: made[2]}, {2: b[2]}) + difference(
         {2: a[2]}, {2: b[2]})
     assert between == pytest.approx([0.14, 0.13, 0.27], abs=0.03), between
+
+
+# Flux.1 with its union ControlNet --------------------------------------------------------------------------
+
+
+def test_flux_union_takes_depth_pose_and_line_art(manager: JobManager, tiny_models: dict[str, str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each map a pass of the union net in its mode (depth 2, pose 4, line art as canny 0) with its own weight;
+    prompt travel blends the T5 and pooled CLIP embeddings (a frame on one key is that prompt's frame)."""
+    put = upload(manager)
+    frames = [{**f, "lineart": put(png(lineart_array(i)))} for i, f in enumerate(depth_pose(put, 2))]
+    calls = spy_calls(monkeypatch)
+    mapped = run(manager, family_job(tiny_models, frames, "flux", seed=21, lineart_weight=0.5))
+    bare = run(manager, family_job(tiny_models, [{"frame": f["frame"]} for f in frames], "flux", seed=21))
+    assert [{k: c[k] for k in ("pipe", "net", "passes", "control_mode", "controlnet_conditioning_scale")}
+            for c in calls] == [
+        {"pipe": "FluxControlNetPipeline", "net": "FluxMultiControlNetModel", "passes": 1, "control_mode": [2, 4, 0],
+         "controlnet_conditioning_scale": [1.0, 1.0, 0.5]},
+        {"pipe": "FluxPipeline", "net": "NoneType", "passes": 1, "control_mode": None,
+         "controlnet_conditioning_scale": None}]
+    assert difference(pixels(manager, mapped), pixels(manager, bare)) == pytest.approx([42.87, 43.25], abs=0.3)
+    travel = [{**f, "prompt_weights": w} for f, w in zip(frames, ([1.0, 0.0], [0.5, 0.5]), strict=True)]
+    blended = run(manager, family_job(tiny_models, travel, "flux", seed=21, lineart_weight=0.5,
+                                      prompt_keys=["a red car on a street", "a blue boat"]))
+    made, plain = pixels(manager, blended), pixels(manager, mapped)
+    assert difference(made, plain) == pytest.approx([0.0, 0.72], abs=0.1)
+
+
+# Over HTTP, a real engine process: a job, its frames, the cache, cancel --------------------------------------
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("family", ["sdxl", "flux"])
+def test_family_end_to_end_cache_and_cancel(client: Any, tiny_models: dict[str, str], tmp_path: Path,
+                                            family: str) -> None:
+    frames = depth_pose(client.upload_blob, 3)
+    job = family_job(tiny_models, frames, family, seed=31)
+    status = wait_for(client, client.submit(job))
+    assert status["status"] == "done" and status["frames"] == [1, 2, 3], status
+    made = [read_png(client.fetch_frame(status["id"], n, str(tmp_path / f"{n}.png"))) for n in (1, 2, 3)]
+    assert all(frame.shape == (64, 64, 3) for frame in made)
+    # A repeat is answered from the cache, whatever the batch size.
+    again = client.submit_full({**job, "batch_size": 1})
+    assert again["status"] == "done" and again["cached_frames"] == [1, 2, 3]
+    # Cancel mid-job: finished frames kept, a resubmit makes only the rest.
+    long = {**job, "seed": 32, "steps": 30, "batch_size": 1}
+    job_id = client.submit(long)
+    deadline = time.monotonic() + 120
+    while client.status(job_id)["frames_done"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    client.cancel(job_id)
+    cancelled = wait_for(client, job_id)
+    assert cancelled["status"] == "cancelled" and 1 <= cancelled["frames_done"] < 3, cancelled
+    resumed = client.submit_full(long)
+    assert resumed["cached_frames"] == cancelled["frames"]
+    assert wait_for(client, resumed["id"])["status"] == "done"
+
+
+# Single files, LoRAs ----------------------------------------------------------------------------------------
+
+
+def fake_hub_cache(root: Path, repo: str, folder: str) -> Path:
+    """A Hugging Face cache holding ``repo``'s configs and tokenizers (copied from ``folder``), no weights."""
+    import shutil
+
+    snapshot = root / f"models--{repo.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    shutil.copytree(folder, snapshot, ignore=shutil.ignore_patterns("*.safetensors"))
+    (root / f"models--{repo.replace('/', '--')}" / "refs").mkdir()
+    (root / f"models--{repo.replace('/', '--')}" / "refs" / "main").write_text("0" * 40)
+    return root
+
+
+@pytest.mark.parametrize("family, file, folder", [("sd15", "sd15_file", "base"), ("sdxl", "sdxl_file", "sdxl")])
+def test_single_files_load_offline_and_make_the_folders_frames(manager: JobManager, tiny_models: dict[str, str],
+                                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               family: str, file: str, folder: str) -> None:
+    """A checkpoint in the original key layout makes exactly the frames of the diffusers folder it was written
+    from: with ``models.base_config`` naming a config folder, and with none, from the family's reference
+    repository in the Hugging Face cache (configs only, no weights: nothing is downloaded)."""
+    from huggingface_hub import constants
+
+    from engine.models.loaders import REFERENCE_REPOS
+
+    frames = depth_pose(upload(manager), 2)
+    job = family_job(tiny_models, frames, family, seed=41)
+    from_folder = pixels(manager, run(manager, job))
+    given = {**job, "models": {**job["models"], "base": tiny_models[file], "base_config": tiny_models[folder]}}
+    assert difference(pixels(manager, run(manager, given)), from_folder) == [0.0, 0.0]
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(fake_hub_cache(tmp_path, REFERENCE_REPOS[family],
+                                                                      tiny_models[folder])))
+    cached = {**job, "models": {**job["models"], "base": tiny_models[file]}, "seed": 42}
+    again = {**job, "seed": 42}
+    assert difference(pixels(manager, run(manager, cached)), pixels(manager, run(manager, again))) == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("family, lora, change", [
+    ("sd15", "lora", [26.23, 26.31]), ("sd15", "draft_lora", [0.52, 0.52]),  # diffusers, kohya layouts
+    ("sdxl", "sdxl_lora", [2.66, 2.67]), ("sdxl", "sdxl_lora_kohya", [1.45, 1.45]),
+    ("flux", "flux_lora", [0.32, 0.32])])
+def test_loras_in_kohya_and_diffusers_layouts(manager: JobManager, tiny_models: dict[str, str], family: str,
+                                              lora: str, change: list[float]) -> None:
+    """The film's LoRA (fused at load) changes the frames, in either layout, on each family."""
+    frames = depth_pose(upload(manager), 2)
+    job = family_job(tiny_models, frames, family, seed=43)
+    with_lora = {**job, "models": {**job["models"], "lora": tiny_models[lora], "lora_scale": 1.0}}
+    assert difference(pixels(manager, run(manager, with_lora)), pixels(manager, run(manager, job))) == \
+        pytest.approx(change, rel=0.1)
+
+
+# Characters and the draft tier on SDXL ----------------------------------------------------------------------
+
+
+def sdxl_character_job(tiny_models: dict[str, str], put: Any, description: str, **fields: Any) -> dict[str, Any]:
+    """One frame, two characters (A a left band, B a right band of the id mask), the SDXL IP-Adapter, with A's
+    reference image and the film's style reference."""
+    from engine_testlib import A_ID, B_ID, noise_image, png_bytes, two_character_mask
+
+    frame = {"frame": 1, "depth": put(depth_png(0.5)), "mask": put(png_bytes(two_character_mask()))}
+    job = family_job(tiny_models, [frame], "sdxl", seed=51, steps=6, batch_size=1, **fields)
+    job["models"]["ip_adapter"] = tiny_models["sdxl_ip_adapter"]
+    job["characters"] = [{"name": "Traveller", "description": description, "mask_ids": [A_ID],
+                          "references": [put(noise_image(1))], "identity_strength": 1.0},
+                         {"name": "Guard", "description": "a tall man in a grey cloak", "mask_ids": [B_ID]}]
+    job["style_reference"] = put(noise_image(2))
+    return job
+
+
+def test_sdxl_regional_characters_and_masked_ip_adapter(manager: JobManager, tiny_models: dict[str, str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A character's description acts inside its mask: changing A's moves A's pixels more than the rest. Blocks
+    are both encoders' outputs (80 wide here, 2048 on SDXL), three of 77 tokens; the pooled embedding is the
+    shot prompt's alone; the IP-Adapter gets A's slot and the style slot."""
+    from engine_testlib import A_ID, two_character_mask
+
+    seen: list[dict[str, Any]] = []
+    real = model_batch._call_models
+
+    def spy(models: Any, pipe: Any, cancel: Any, **kwargs: Any) -> Any:
+        seen.append({k: tuple(v.shape) for k, v in kwargs.items() if k.endswith("prompt_embeds")}
+                    | {"ip": tuple(kwargs["ip_adapter_image_embeds"][0].shape)})
+        return real(models, pipe, cancel, **kwargs)
+
+    monkeypatch.setattr(model_batch, "_call_models", spy)
+    put = upload(manager)
+    red = run(manager, sdxl_character_job(tiny_models, put, "a woman in a bright red coat"))
+    blue = run(manager, sdxl_character_job(tiny_models, put, "a robot made of blue glass"))
+    assert seen[0] == {"prompt_embeds": (1, 231, 80), "negative_prompt_embeds": (1, 231, 80),
+                       "pooled_prompt_embeds": (1, 32), "negative_pooled_prompt_embeds": (1, 32), "ip": (2, 2, 32)}
+    assert red.identity["regional_batches"] == 1 and red.identity["images_encoded"] == 2
+    change = np.abs(pixels(manager, red)[1] - pixels(manager, blue)[1]).mean(axis=2)
+    mask = two_character_mask()
+    inside, outside = float(change[mask == A_ID].mean()), float(change[mask != A_ID].mean())
+    assert (round(inside, 2), round(outside, 2)) == pytest.approx((0.23, 0.11), abs=0.03)
+    assert inside > 1.8 * outside  # the change is A's: outside it only what A's pixels pass on through the UNet
+
+
+def test_sdxl_draft_tier_runs_the_lcm_lora_and_gives_the_pipeline_back(manager: JobManager,
+                                                                       tiny_models: dict[str, str],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[dict[str, Any]] = []
+    real = model_batch._call_models
+
+    def spy(models: Any, pipe: Any, cancel: Any, **kwargs: Any) -> Any:
+        seen.append({"scheduler": type(pipe.scheduler).__name__, "steps": kwargs["num_inference_steps"],
+                     "adapters": list(models.base.get_active_adapters())})
+        return real(models, pipe, cancel, **kwargs)
+
+    frames = depth_pose(upload(manager), 2)
+    final = family_job(tiny_models, frames, "sdxl", seed=61, steps=8)
+    first = run(manager, final)
+    before = pixels(manager, first)
+    monkeypatch.setattr(model_batch, "_call_models", spy)
+    draft = run(manager, {**final, "tier": "draft", "draft": {"lora": tiny_models["sdxl_draft_lora"]}})
+    assert seen[0]["scheduler"] == "LCMScheduler" and seen[0]["steps"] == 4
+    assert len(seen[0]["adapters"]) == 1 and seen[0]["adapters"][0].startswith("vf_draft_")
+    assert difference(pixels(manager, draft), before) == pytest.approx([11.36, 11.36], abs=0.3)
+    models = next(m for m in manager.pipelines._items.values() if m.family == "sdxl")
+    assert type(models.base.scheduler).__name__ == "UniPCMultistepScheduler"
+    assert not getattr(models.base.unet, "peft_config", {})
+    # The next final job is bit-exact: its frames, taken out of the cache and made again, equal the first ones.
+    for key in first.done.values():
+        manager.storage.frame_path(key).unlink()
+    assert difference(pixels(manager, run(manager, final)), before) == [0.0, 0.0]
