@@ -67,7 +67,9 @@ def test_the_add_on_model_defaults_are_the_engines():
         schema.DEFAULT_VIDEO_MODEL, schema.DEFAULT_MOTION_ADAPTER)
     # What an empty ModelSpec sends is what the engine assumes when nothing is sent.
     assert schema.ModelSpec().model_dump() == {**request.ModelSpec().to_dict(), "ip_adapter": None,
-                                               "image_encoder": None}
+                                               "image_encoder": None,
+                                               # Issue 24: not sent for SD 1.5, which the engine assumes.
+                                               "family": "sd15", "controlnet_union": None, "base_config": None}
 
 
 def test_every_typed_spec_has_only_fields_the_engine_knows():
