@@ -37,6 +37,11 @@ class BatchSettings:
     # replace prompt/negative_prompt, one row per frame of the batch.
     prompt_embeds: dict[str, Any] | None = None
 
+    def controls(self, nets: tuple[str, ...]) -> tuple[list[float], list[tuple[float, float]]]:
+        """Each net's weight and [start, end] (its own range, else control_start/end), in ``nets`` order."""
+        return ([self.weights[kind] for kind in nets],
+                [self.ranges.get(kind, (self.control_start, self.control_end)) for kind in nets])
+
     def prompt_kwargs(self, n: int | None) -> dict[str, Any]:
         """The pipeline's prompt arguments: lists for ``n`` frames, or plain strings when ``n`` is None."""
         if self.prompt_embeds is not None:
@@ -64,8 +69,8 @@ def run_batch(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[str
 
     # 1. The variant with exactly the nets these frames have maps for, and its ControlNet arguments
     #    (per-map nets, or the family's union net in each map's control mode: engine/models/variants.py).
-    pipe, kwargs = control_call(models, active_nets, [torch.stack(maps[name]) for name in active_nets], settings,
-                                img2img=False)
+    pipe, kwargs = control_call(models, active_nets, [torch.stack(maps[name]) for name in active_nets],
+                                *settings.controls(active_nets), img2img=False)
     n = len(seeds)
     # 2. One CPU generator per frame: a frame's noise depends on its seed only, not on
     #    the batch it lands in or the device, which keeps frames reproducible.
@@ -154,7 +159,7 @@ def run_img2img(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[s
     n = len(inits)
     # 1. The img2img variant with exactly these nets, and its ControlNet arguments.
     images = [maps[name].unsqueeze(0) if single else torch.stack(maps[name]) for name in active_nets]
-    pipe, kwargs = control_call(models, active_nets, images, settings, img2img=True)
+    pipe, kwargs = control_call(models, active_nets, images, *settings.controls(active_nets), img2img=True)
     generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
     # img2img runs int(steps * strength) steps; at least one, or diffusers refuses.
     strength = min(1.0, max(float(strength), (1.0 + 1e-6) / settings.steps))

@@ -211,24 +211,8 @@ class LoadedModels:
     # Other modules loaded beside this pipeline (the draft tier's tiny VAEs: engine/models/draft.py).
     extras: dict[str, Any] = field(default_factory=dict)
 
-    def img2img_variant(self, nets: tuple[str, ...]) -> Any:
-        """The img2img pipeline (FLOW coherence) around ``nets`` (engine/models/variants.py); worker thread."""
-        if nets not in self.img2img_variants:
-            from .variants import build
-
-            self.img2img_variants[nets] = build(self, nets, img2img=True)
-        return self._activate(self.img2img_variants[nets])
-
-    def variant(self, nets: tuple[str, ...]) -> Any:
-        """The text-to-image pipeline around ``nets`` (map kinds, or ``("union",) * n``); worker thread."""
-        if nets not in self.variants:
-            from .variants import build
-
-            self.variants[nets] = build(self, nets, img2img=False)
-        return self._activate(self.variants[nets])
-
-    def _activate(self, pipe: Any) -> Any:
-        """Make ``pipe`` the one about to run; worker thread."""
+    def activate(self, pipe: Any) -> Any:
+        """Make ``pipe`` (a variant: engine/models/variants.py) the one about to run; worker thread."""
         if self.key.cpu_offload and self.active is not pipe:
             # Offload hooks live on the shared modules: re-attach them for the variant
             # about to run so its ControlNets are moved on and off the GPU too.

@@ -22,12 +22,25 @@ from typing import TYPE_CHECKING, Any
 from .families import FAMILIES
 
 if TYPE_CHECKING:
-    from .batch import BatchSettings
     from .pipelines import LoadedModels
 
 
 def _init_params(cls: type) -> set[str]:
     return set(inspect.signature(cls.__init__).parameters)
+
+
+def variant(models: LoadedModels, nets: tuple[str, ...]) -> Any:
+    """The text-to-image pipeline around ``nets`` (map kinds, or ``("union",) * n``), built once."""
+    if nets not in models.variants:
+        models.variants[nets] = build(models, nets, img2img=False)
+    return models.activate(models.variants[nets])
+
+
+def img2img_variant(models: LoadedModels, nets: tuple[str, ...]) -> Any:
+    """The img2img pipeline (FLOW coherence) around ``nets``, built once."""
+    if nets not in models.img2img_variants:
+        models.img2img_variants[nets] = build(models, nets, img2img=True)
+    return models.activate(models.img2img_variants[nets])
 
 
 def build(models: LoadedModels, nets: tuple[str, ...], img2img: bool) -> Any:
@@ -73,27 +86,25 @@ def _controlnet(models: LoadedModels, nets: tuple[str, ...]) -> Any:
     return union if len(nets) == 1 else MultiControlNetUnionModel([union] * len(nets))
 
 
-def control_call(models: LoadedModels, active: tuple[str, ...], images: list[Any], settings: BatchSettings,
-                 img2img: bool) -> tuple[Any, dict[str, Any]]:
-    """The variant to run and its ControlNet keyword arguments, for maps ``active`` (NET_ORDER) and their
-    ``images`` (one tensor per map, a row per frame)."""
-    variant = models.img2img_variant if img2img else models.variant
+def control_call(models: LoadedModels, active: tuple[str, ...], images: list[Any], scales: list[float],
+                 ranges: list[tuple[float, float]], img2img: bool) -> tuple[Any, dict[str, Any]]:
+    """The variant to run and its ControlNet keyword arguments, for maps ``active`` (NET_ORDER), their ``images``
+    (one tensor per map, a row per frame), weights and [start, end] ranges."""
+    pick = img2img_variant if img2img else variant
     if not active:
-        return variant(()), {}
-    scales = [settings.weights[kind] for kind in active]
-    ranges = [settings.ranges.get(kind, (settings.control_start, settings.control_end)) for kind in active]
+        return pick(models, ()), {}
     if models.key.union is None:
         key = "control_image" if img2img else "image"
-        return variant(active), _per_net(key, images, scales, ranges)
+        return pick(models, active), _per_net(key, images, scales, ranges)
     modes = [FAMILIES[models.family].union_modes[kind] for kind in active]
     if models.family == "flux" or len(set(zip(scales, ranges, strict=True))) > 1:
         # One pass per map: its own weight and range.
         nets = ("union",) if models.family == "flux" else ("union",) * len(active)
-        return variant(nets), {"control_image": images, "control_mode": modes,
+        return pick(models, nets), {"control_image": images, "control_mode": modes,
                                "controlnet_conditioning_scale": scales,
                                "control_guidance_start": [s for s, _ in ranges],
                                "control_guidance_end": [e for _, e in ranges]}
-    return variant(("union",)), {"control_image": images, "control_mode": modes,
+    return pick(models, ("union",)), {"control_image": images, "control_mode": modes,
                                  "controlnet_conditioning_scale": scales[0],
                                  "control_guidance_start": ranges[0][0], "control_guidance_end": ranges[0][1]}
 

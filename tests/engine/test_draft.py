@@ -20,6 +20,7 @@ from engine.contract.schema import JobRequest
 from engine.jobs import batch as batch_runner
 from engine.jobs.keys import request_digest
 from engine.jobs.manager import JobManager
+from engine.models import variants
 from engine.models.draft import DEFAULT_LORAS, draft_request, resolve_lora
 from engine.storage import Storage
 
@@ -75,7 +76,7 @@ def test_draft_runs_through_run_batch_in_4_steps(manager: JobManager, tiny_model
     real = batch_runner.run_batch
 
     def spy(models: Any, active: Any, maps: Any, seeds: Any, settings: Any, *args: Any, **kwargs: Any) -> Any:
-        pipe = models.variant(active)
+        pipe = variants.variant(models, active)
         seen.append({"scheduler": type(pipe.scheduler).__name__, "vae": type(pipe.vae).__name__,
                      "adapters": list(models.base.get_active_adapters()), "steps": settings.steps,
                      "guidance": settings.guidance_scale, "seeds": list(seeds), "nets": active})
