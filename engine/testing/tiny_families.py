@@ -272,3 +272,47 @@ def make_family_models(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
     shutil.rmtree(out / "_t5", ignore_errors=True)
     logger.info("Wrote tiny SDXL and Flux models to %s", out)
     return paths
+
+
+# Full size (the benchmark, benchmarks/bench_families.py): SDXL base 1.0's UNet and VAE, and xinsir's union
+# ControlNet (controlnet-union-sdxl-1.0 promax's config), random weights. The text encoders have SDXL's widths
+# (768 and 1280, pooled 1280) but two layers each: a prompt is encoded once per job, not per frame.
+SDXL_FULL_UNET: dict[str, Any] = dict(
+    block_out_channels=(320, 640, 1280), layers_per_block=2, in_channels=4,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"), attention_head_dim=(5, 10, 20),
+    use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+    transformer_layers_per_block=(1, 2, 10), projection_class_embeddings_input_dim=2816, cross_attention_dim=2048,
+)
+
+
+def write_sdxl_full(out: Path, seed: int = 0, dtype: str = "float16") -> dict[str, Path]:
+    """``out/sdxl-full`` and ``out/controlnet-union-sdxl-full``: full-size random SDXL + union net (in ``dtype``)."""
+    import torch
+    from diffusers import (AutoencoderKL, ControlNetUnionModel, EulerDiscreteScheduler, StableDiffusionXLPipeline,
+                           UNet2DConditionModel)
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    paths = {"sdxl_full": out / "sdxl-full", "union_sdxl_full": out / "controlnet-union-sdxl-full"}
+    torch.manual_seed(seed + 50)
+    unet = UNet2DConditionModel(**SDXL_FULL_UNET, sample_size=128, out_channels=4,
+                                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"))
+    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), in_channels=3, out_channels=3, latent_channels=4,
+                        layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, sample_size=1024, scaling_factor=0.13025)
+    text = dict(CLIP_TEXT, num_hidden_layers=2, intermediate_size=3072)
+    encoder = CLIPTextModel(CLIPTextConfig(**{**text, "hidden_size": 768, "num_attention_heads": 12}))
+    encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**{**text, "hidden_size": 1280, "num_attention_heads": 20,
+                                                              "projection_dim": 1280}))
+    tokenizer = _tokenizer(out / "_tokenizer")
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       timestep_spacing="leading", steps_offset=1)
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=encoder, text_encoder_2=encoder_2, tokenizer=tokenizer,
+                                     tokenizer_2=tokenizer, unet=unet, scheduler=scheduler, add_watermarker=False)
+    pipe.to(getattr(torch, dtype)).save_pretrained(paths["sdxl_full"], safe_serialization=True)
+    del pipe, unet
+    torch.manual_seed(seed + 51)
+    net = ControlNetUnionModel(**SDXL_FULL_UNET, conditioning_embedding_out_channels=(16, 32, 96, 256),
+                               num_control_type=UNION_MODES_SDXL)
+    torch.nn.init.normal_(net.spatial_ch_projs.weight, std=0.02)
+    net.to(getattr(torch, dtype)).save_pretrained(paths["union_sdxl_full"], safe_serialization=True)
+    return paths

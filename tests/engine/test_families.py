@@ -258,3 +258,20 @@ def test_a_union_file_needs_its_config_beside_it(tiny_models: dict[str, str], st
     fault = refused(storage, body(tiny_models, storage, "sdxl", controlnet_union=str(alone)))
     assert (fault.code, fault.field) == ("model_unavailable", "models.controlnet_union")
     assert "needs the config.json of its repository in the same folder" in fault.message
+
+
+def test_the_benchmarks_full_size_sdxl_is_sdxls_size() -> None:
+    """benchmarks/bench_families.py's random-weight SDXL UNet has SDXL base 1.0's 2,567,463,684 parameters; the
+    union net the 1.26 billion of xinsir's (built on the meta device: no memory, no weights)."""
+    from accelerate import init_empty_weights
+    from diffusers import ControlNetUnionModel, UNet2DConditionModel
+
+    from engine.testing.tiny_families import SDXL_FULL_UNET, UNION_MODES_SDXL
+
+    with init_empty_weights():
+        unet = UNet2DConditionModel(**SDXL_FULL_UNET, sample_size=128, out_channels=4,
+                                    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"))
+        union = ControlNetUnionModel(**SDXL_FULL_UNET, conditioning_embedding_out_channels=(16, 32, 96, 256),
+                                     num_control_type=UNION_MODES_SDXL)
+    assert (sum(p.numel() for p in unet.parameters()), sum(p.numel() for p in union.parameters())) == (
+        2_567_463_684, 1_256_614_800)
