@@ -48,8 +48,6 @@ WHY_NOT: dict[str, dict[str, str]] = {
         "regional_characters": _FLUX_JOINT_ATTENTION,
         "ip_adapter_masks": "no Flux IP-Adapter is wired to per-character masks (" + _FLUX_JOINT_ATTENTION + ")",
         "draft": "there is no LCM/TCD LoRA for Flux.1; use FLUX.1-schnell as the base for a few-step draft",
-        "flow": "FLOW holds carried regions in the latents (LatentBlendCallback), written for unpacked latents "
-                "and add_noise schedulers; Flux packs 2x2 latents into tokens and uses flow matching: not built",
         "single_file": "single-file Flux checkpoints need their T5 and VAE from elsewhere; give a diffusers "
                        "folder (or Hub id) instead",
     },

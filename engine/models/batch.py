@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .callbacks import CancelCallback, LatentBlendCallback
+from .callbacks import CancelCallback, FlowMatchBlendCallback, LatentBlendCallback
 from .loaders import denoiser
 from .pipelines import LoadedModels, call_params, failure_line
 from .variants import control_call
@@ -77,7 +77,7 @@ def run_batch(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[str
     generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
     # 3. Denoise and decode.
     started = time.perf_counter()
-    prompts = _prompt_kwargs(extra, settings.prompt_kwargs(n))
+    prompts = _prompt_kwargs(pipe, extra, settings.prompt_kwargs(n))
     result = _call_models(
         models, pipe, CancelCallback(on_step, should_stop), **prompts, num_inference_steps=settings.steps,
         guidance_scale=settings.guidance_scale, width=settings.width, height=settings.height, generator=generators,
@@ -126,12 +126,18 @@ def _call_models(models: LoadedModels, pipe: Any, cancel: CancelCallback, **kwar
     return result
 
 
-def _prompt_kwargs(extra: dict[str, Any] | None, prompts: dict[str, Any]) -> dict[str, Any]:
+def _prompt_kwargs(pipe: Any, extra: dict[str, Any] | None, prompts: dict[str, Any]) -> dict[str, Any]:
     """The batch's prompts (text, or prompt-travel embeddings), unless ``extra`` brings its own
-    embeddings (regional prompts, engine/characters/identity.py); ``extra``'s other arguments are added."""
+    embeddings (regional prompts, engine/characters/identity.py); ``extra``'s other arguments are added.
+
+    Flux's guidance is distilled into the model: the engine runs it without true classifier-free guidance, so
+    a negative prompt does nothing there, and its img2img pipelines do not take one: it is left out."""
     if extra and "prompt_embeds" in extra:
         return dict(extra)
-    return {**prompts, **(extra or {})}
+    out = {**prompts, **(extra or {})}
+    if "negative_prompt" not in call_params(type(pipe)):
+        out.pop("negative_prompt", None)
+    return out
 
 
 def run_img2img(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[str, torch.Tensor],
@@ -172,7 +178,7 @@ def run_img2img(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[s
     # Plain img2img takes its size from ``init``; the ControlNet ones also accept width/height.
     if {"width", "height"} <= call_params(type(pipe)):
         kwargs.update(width=settings.width, height=settings.height)
-    prompts = _prompt_kwargs(extra, settings.prompt_kwargs(None if single else n))
+    prompts = _prompt_kwargs(pipe, extra, settings.prompt_kwargs(None if single else n))
     result = _call_models(
         models, pipe, CancelCallback(on_step, should_stop), **prompts, image=inits[0] if single else inits, strength=strength,
         num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
@@ -186,26 +192,46 @@ def run_img2img(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[s
 
 def _latent_blend(pipe: Any, inits: list[Image.Image], keeps: list[Any], seeds: list[int],
                   until: float) -> LatentBlendCallback:
-    """The blend callback for a batch: each frame's latents, mask (all 0 where it has none) and noise."""
+    """The blend callback for a batch: each frame's latents, mask (all 0 where it has none) and noise.
+
+    Flux (a pipeline that packs its latents) holds them packed, 2x2 latent cells to a token, and noises them
+    the flow-matching way (``FlowMatchBlendCallback``).
+    """
+    import torch
+
+    packed = hasattr(pipe, "_pack_latents")
+    rows: dict[str, list[Any]] = {"latents": [], "mask": [], "noise": []}
+    for init, keep, seed in zip(inits, keeps, seeds, strict=True):
+        latents, mask = _held_latents(pipe, init, keep)
+        if packed:
+            b, c, h, w = latents.shape
+            latents = pipe._pack_latents(latents, b, c, h, w)
+            # A token is held only when all four of its latent cells are.
+            mask = -torch.nn.functional.max_pool2d(-mask, kernel_size=2).flatten(2).transpose(1, 2)
+        noise = torch.randn(latents.shape, generator=torch.Generator(device="cpu").manual_seed(int(seed) + 1))
+        rows["latents"].append(latents)
+        rows["mask"].append(mask.to(device=latents.device, dtype=latents.dtype))
+        rows["noise"].append(noise.to(device=latents.device, dtype=latents.dtype))
+    kind = FlowMatchBlendCallback if packed else LatentBlendCallback
+    return kind(**{name: torch.cat(parts) for name, parts in rows.items()}, until=until)
+
+
+def _held_latents(pipe: Any, init: Image.Image, keep: Any) -> tuple[Any, Any]:
+    """``init``'s latents as the pipeline scales them, and the latent cells to hold (all of whose pixels were
+    carried: 8x8 on SD's VAE)."""
     import numpy as np
     import torch
 
     vae = pipe.vae
     device = getattr(vae, "device", torch.device("cpu"))
-    rows: dict[str, list[Any]] = {"latents": [], "mask": [], "noise": []}
-    for init, keep, seed in zip(inits, keeps, seeds, strict=True):
-        pixels = torch.from_numpy(np.asarray(init.convert("RGB"), dtype=np.float32) / 127.5 - 1.0)
-        pixels = pixels.permute(2, 0, 1).unsqueeze(0).to(device=device, dtype=vae.dtype)
-        with torch.no_grad():
-            encoded = vae.encode(pixels)
-            # AutoencoderTiny (draft tier) returns latents, not a distribution.
-            latents = (encoded.latent_dist.mean if hasattr(encoded, "latent_dist") else encoded.latents) \
-                * vae.config.scaling_factor
-        # A latent cell is held only when all of its 8x8 pixels were carried.
-        held = np.zeros(init.size[::-1], dtype=np.float32) if keep is None else np.asarray(keep, dtype=np.float32)
-        mask = -torch.nn.functional.max_pool2d(-torch.from_numpy(held)[None, None], kernel_size=pipe.vae_scale_factor)
-        noise = torch.randn(latents.shape, generator=torch.Generator(device="cpu").manual_seed(int(seed) + 1))
-        rows["latents"].append(latents)
-        rows["mask"].append(mask.to(device=device, dtype=latents.dtype))
-        rows["noise"].append(noise.to(device=device, dtype=latents.dtype))
-    return LatentBlendCallback(**{name: torch.cat(parts) for name, parts in rows.items()}, until=until)
+    pixels = torch.from_numpy(np.asarray(init.convert("RGB"), dtype=np.float32) / 127.5 - 1.0)
+    pixels = pixels.permute(2, 0, 1).unsqueeze(0).to(device=device, dtype=vae.dtype)
+    with torch.no_grad():
+        encoded = vae.encode(pixels)
+        # AutoencoderTiny (draft tier) returns latents, not a distribution.
+        latents = encoded.latent_dist.mean if hasattr(encoded, "latent_dist") else encoded.latents
+    shift = getattr(vae.config, "shift_factor", None) or 0.0  # Flux's VAE centres its latents
+    latents = (latents - shift) * vae.config.scaling_factor
+    held = np.zeros(init.size[::-1], dtype=np.float32) if keep is None else np.asarray(keep, dtype=np.float32)
+    mask = -torch.nn.functional.max_pool2d(-torch.from_numpy(held)[None, None], kernel_size=pipe.vae_scale_factor)
+    return latents, mask

@@ -97,8 +97,9 @@ FAMILIES: dict[str, Family] = {
     ),
     "flux": Family(
         name="flux", label="Flux.1", base_pipeline="FluxPipeline", per_map_pipeline="",
-        union_pipeline="FluxControlNetPipeline", img2img_pipeline="", per_map_img2img_pipeline="",
-        union_img2img_pipeline="", union_net="FluxControlNetModel", union_modes=FLUX_UNION_MODES,
+        union_pipeline="FluxControlNetPipeline", img2img_pipeline="FluxImg2ImgPipeline", per_map_img2img_pipeline="",
+        union_img2img_pipeline="FluxControlNetImg2ImgPipeline", union_net="FluxControlNetModel",
+        union_modes=FLUX_UNION_MODES,
         default_size=(1024, 1024), side_multiple=16, cross_attention_dim=4096,
         union_example="Shakker-Labs/FLUX.1-dev-ControlNet-Union-Pro",
         why_not={
@@ -106,8 +107,6 @@ FAMILIES: dict[str, Family] = {
             "regional_characters": FLUX_JOINT_ATTENTION,
             "ip_adapter_masks": "no Flux IP-Adapter is wired to per-character masks (" + FLUX_JOINT_ATTENTION + ")",
             "draft": "there is no LCM/TCD LoRA for Flux.1; use FLUX.1-schnell as the base for a few-step draft",
-            "flow": "FLOW holds carried regions in the latents (LatentBlendCallback), written for unpacked latents "
-                    "and add_noise schedulers; Flux packs 2x2 latents into tokens and uses flow matching: not built",
             "single_file": "single-file Flux checkpoints need their T5 and VAE from elsewhere; give a diffusers "
                            "folder (or Hub id) instead",
         },

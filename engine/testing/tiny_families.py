@@ -288,8 +288,13 @@ SDXL_FULL_UNET: dict[str, Any] = dict(
 def write_sdxl_full(out: Path, seed: int = 0, dtype: str = "float16") -> dict[str, Path]:
     """``out/sdxl-full`` and ``out/controlnet-union-sdxl-full``: full-size random SDXL + union net (in ``dtype``)."""
     import torch
-    from diffusers import (AutoencoderKL, ControlNetUnionModel, EulerDiscreteScheduler, StableDiffusionXLPipeline,
-                           UNet2DConditionModel)
+    from diffusers import (
+        AutoencoderKL,
+        ControlNetUnionModel,
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     paths = {"sdxl_full": out / "sdxl-full", "union_sdxl_full": out / "controlnet-union-sdxl-full"}

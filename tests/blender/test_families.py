@@ -101,7 +101,7 @@ def test_the_film_panel_shows_what_the_family_supports_and_why_not(scene: Any, v
     assert refused == {
         "SD15": ["Union ControlNet: not with this family"], "SDXL": [],
         "FLUX": [f"{name}: not with this family" for name in ("One ControlNet per map", "Characters",
-                                                             "Reference images", "Draft tier", "FLOW coherence",
+                                                             "Reference images", "Draft tier",
                                                              "Single-file checkpoints")]}
     assert ("label", "Flux.1 is made for 1024 px frames; Long Edge is 512") in shown["FLUX"]
     assert any("joint" in text for kind, text in shown["FLUX"] if kind == "label")

@@ -45,7 +45,7 @@ def test_capability_table() -> None:
         "sd15": {**dict.fromkeys(CAPABILITIES, True), "union_controlnet": False},
         "sdxl": dict.fromkeys(CAPABILITIES, True),
         "flux": {"per_map_controlnets": False, "union_controlnet": True, "regional_characters": False,
-                 "ip_adapter_masks": False, "lora": True, "draft": False, "flow": False, "prompt_travel": True,
+                 "ip_adapter_masks": False, "lora": True, "draft": False, "flow": True, "prompt_travel": True,
                  "single_file": False},
     }
     assert "joint" in FAMILIES["flux"].why_not["regional_characters"]
@@ -190,7 +190,8 @@ CASES = [
      "is a LoRA for SDXL (lora_unet_input_blocks_"),
     ("flux", {"lora": "lora"}, {}, "models.lora", "incompatible_model", "is a LoRA for SD 1.5 or SDXL (unet."),
     ("sdxl", {"lora": "flux_lora"}, {}, "models.lora", "incompatible_model", "is a LoRA for Flux.1 (transformer."),
-    ("flux", {}, {"coherence": {"mode": "FLOW"}}, "coherence.mode", "unsupported_by_family", "flow matching"),
+    ("flux", {}, {"prompt_keys": ["a"], "characters": [{"name": "A", "mask_ids": [1]}], "frames": None},
+     "characters", "unsupported_by_family", "joint"),
     ("flux", {}, {"tier": "draft"}, "tier", "unsupported_by_family", "FLUX.1-schnell"),
     ("flux", {}, {"width": 72}, "width", "unsupported_by_family", "multiples of 16, got 72; use 64 or 80"),
 ]
@@ -202,7 +203,13 @@ def test_a_model_of_another_family_is_refused_at_submit(tiny_models: dict[str, s
                                                         code: str, words: str) -> None:
     job = body(tiny_models, storage, family, **{k: tiny_models.get(v, v) if isinstance(v, str) else v
                                                 for k, v in models.items()})
-    job.update(fields)
+    job.update({k: v for k, v in fields.items() if k != "frames"})
+    if "characters" in fields:  # a mask for them, or the characters check stops first
+        from engine_testlib import png_bytes, two_character_mask
+
+        data = png_bytes(two_character_mask())
+        storage.put_blob(sha := hashlib.sha256(data).hexdigest(), data)
+        job["frames"] = [{**f, "mask": sha} for f in job["frames"]]
     if code == "unsupported_by_family" and field == "width":
         code = "bad_request"
     fault = refused(storage, job)

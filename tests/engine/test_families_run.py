@@ -369,3 +369,55 @@ def test_sdxl_draft_tier_runs_the_lcm_lora_and_gives_the_pipeline_back(manager: 
     for key in first.done.values():
         manager.storage.frame_path(key).unlink()
     assert difference(pixels(manager, run(manager, final)), before) == [0.0, 0.0]
+
+
+def test_flux_flow_holds_carried_regions_in_packed_latents(manager: JobManager, tiny_models: dict[str, str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """FLOW on Flux: FluxControlNetImg2ImgPipeline from the warped frame, the carried regions held in its packed
+    latents (FlowMatchBlendCallback). The hold changes the frames (with it and without); that it holds them
+    nearer the previous frame does not show on random tiny models, where the free last steps move a frame as
+    far (SD 1.5's tiny models neither: test_sdxl_flow_runs_the_union_img2img)."""
+    from engine.models.callbacks import FlowMatchBlendCallback
+
+    put = upload(manager)
+    frames = [{**f, "flow": put(flow_npy(0.0))} for f in depth_pose(put, 3)]
+    calls = spy_calls(monkeypatch)
+    holds: list[Any] = []
+    real_blend = model_batch._latent_blend
+    monkeypatch.setattr(model_batch, "_latent_blend", lambda *a: holds.append(real_blend(*a)) or holds[-1])
+    body = family_job(tiny_models, frames, "flux", seed=15, steps=6, coherence={"mode": "FLOW"})
+    flow = run(manager, body)
+    assert [c["pipe"] for c in calls] == ["FluxControlNetPipeline", "FluxControlNetImg2ImgPipeline",
+                                          "FluxControlNetImg2ImgPipeline"]
+    assert flow.detail["keyframes"] == [1] and [type(h) for h in holds] == [FlowMatchBlendCallback] * 2
+    assert tuple(holds[0].latents.shape) == (1, 64, 16) and tuple(holds[0].mask.shape) == (1, 64, 1)
+    held = pixels(manager, flow)
+    # The same job with the hold switched off, its frames taken out of the cache first.
+    for key in flow.done.values():
+        manager.storage.frame_path(key).unlink()
+    monkeypatch.setattr(FlowMatchBlendCallback, "__call__", lambda self, pipe, step, t, tensors: tensors)
+    free = pixels(manager, run(manager, body))
+    steps = [round(float(np.abs(made[n] - made[n - 1]).mean()), 2) for made in (held, free) for n in (2, 3)]
+    assert steps == pytest.approx([18.88, 13.99, 18.0, 11.81], abs=0.3), steps
+
+
+def test_flow_match_hold_is_diffusers_forward_process() -> None:
+    """The held latents after a step are the warped frame's noised to the schedule's next sigma exactly as
+    diffusers' own ``FlowMatchEulerDiscreteScheduler.scale_noise`` noises them; only where the mask is 1."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from engine.models.callbacks import FlowMatchBlendCallback
+
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    scheduler.set_timesteps(6)
+    scheduler.set_begin_index(0)
+    generator = torch.Generator().manual_seed(0)
+    warped, noise, current = (torch.randn(1, 4, 8, generator=generator) for _ in range(3))
+    mask = torch.tensor([1.0, 1.0, 0.0, 1.0])[None, :, None]
+    hold = FlowMatchBlendCallback(warped, mask, noise, until=0.9)
+    pipe = type("Pipe", (), {"scheduler": scheduler, "num_timesteps": 6})()
+    scheduler.step(torch.zeros_like(current), scheduler.timesteps[0], current)  # step 0 done: index 1
+    out = hold(pipe, 0, scheduler.timesteps[0], {"latents": current.clone()})["latents"]
+    expected = scheduler.scale_noise(warped, scheduler.timesteps[1:2], noise)
+    assert torch.allclose(out[:, [0, 1, 3]], expected[:, [0, 1, 3]]) and torch.equal(out[:, 2], current[:, 2])

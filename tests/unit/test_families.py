@@ -50,7 +50,7 @@ def test_what_the_family_settings_send():
 def test_unavailable_features_come_with_their_reasons():
     assert families.unavailable("sdxl") == []
     flux = dict(families.unavailable("flux"))
-    assert list(flux) == ["One ControlNet per map", "Characters", "Reference images", "Draft tier", "FLOW coherence",
+    assert list(flux) == ["One ControlNet per map", "Characters", "Reference images", "Draft tier",
                           "Single-file checkpoints"]
     assert "joint" in flux["Characters"]
     assert all(len(line) <= 52 for line in families.wrap(flux["Characters"]))
