@@ -7,6 +7,7 @@ import bpy
 from ..core.jobs.request import MAP_KINDS
 from ..core.scene import shots as shots_core
 from ..core.scene.resolution import scene_size
+from .families import draw_family
 
 MAP_LABELS = {"depth": "Depth", "pose": "Pose", "normal": "Normal", "lineart": "Line Art", "seg": "Segmentation"}
 
@@ -143,6 +144,7 @@ class VIEWFINDER_PT_film(ViewfinderPanel, bpy.types.Panel):
         layout.prop(settings, "style_prompt", text="Style")
         layout.use_property_split = True
         layout.prop(settings, "model")
+        draw_family(layout, settings)  # issue 24: the family, its union ControlNet, what it cannot do
         layout.prop(settings, "controlnet_depth")
         layout.prop(settings, "controlnet_pose")
         layout.prop(settings, "controlnet_normal")

@@ -21,6 +21,7 @@ from bpy.props import (
     StringProperty,
 )
 
+from ..core.jobs.families import FAMILY_ITEMS
 from ..core.jobs.request import (
     DEFAULT_BASE,
     DEFAULT_CONTROLNET_DEPTH,
@@ -219,6 +220,23 @@ class ViewfinderSettings(bpy.types.PropertyGroup):
     controlnet_seg: StringProperty(
         name="Segmentation ControlNet", default=DEFAULT_CONTROLNET_SEG,
         description="Hugging Face id or local folder; empty: segmentation maps are rendered but not sent",
+    )
+    # Issue 24 (core/jobs/families.py, core/generate/shot_job.family_models; the Film panel's family block).
+    model_family: EnumProperty(
+        name="Model Family", items=FAMILY_ITEMS, default="SD15",
+        description="What the base model is: SD 1.5, SDXL or Flux.1 (the engine checks it before loading)",
+    )
+    controlnet_union: StringProperty(
+        name="Union ControlNet",
+        description="One ControlNet for every map, each in its control mode (SDXL: xinsir/controlnet-union-sdxl-1.0; "
+                    "Flux: Shakker-Labs/FLUX.1-dev-ControlNet-Union-Pro): Hub id, local folder, or a file beside "
+                    "its config.json. When set, the per-map ControlNets are not used",
+    )
+    base_config: StringProperty(
+        name="Base Config", subtype="DIR_PATH",
+        description="For a single-file base model: a diffusers folder of the same family whose configs and "
+                    "tokenizers build it (its weights are not read). Empty: the family's one in the Hugging Face "
+                    "cache on the engine machine",
     )
     lora: StringProperty(name="LoRA", subtype="FILE_PATH", description="Optional LoRA (.safetensors)")
     lora_scale: FloatProperty(name="LoRA Scale", default=1.0, soft_min=0.0, soft_max=2.0)

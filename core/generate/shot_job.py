@@ -272,7 +272,24 @@ def scene_models(settings: Any) -> dict[str, Any]:
         "controlnet_pose": model_path(settings.controlnet_pose) or None,
         "lora": model_path(settings.lora) or None,
         "lora_scale": round(float(settings.lora_scale), 4),
+        **family_models(settings),
     }
+
+
+def family_models(settings: Any) -> dict[str, Any]:
+    """Issue 24: the model family, its union ControlNet and a single file's config folder, each only when it
+    is not SD 1.5's default, so an SD 1.5 film's requests and take.json models stay exactly as they were."""
+    from ..jobs.families import request_name, supports
+
+    family = request_name(settings)
+    out: dict[str, Any] = {} if family == "sd15" else {"family": family}
+    union = model_path(settings.controlnet_union)
+    if union and supports(family, "union_controlnet"):
+        out["controlnet_union"] = union
+    config = model_path(settings.base_config)
+    if config:
+        out["base_config"] = config
+    return out
 
 
 def prefs_fields(prefs: Prefs) -> dict[str, Any]:

@@ -79,6 +79,10 @@ class ModelSpec(_Spec):
     lora_scale: float = 1.0
     ip_adapter: str | None = field(default=None, metadata=_OMIT)
     image_encoder: str | None = field(default=None, metadata=_OMIT)
+    # Issue 24 (core/jobs/families.py): sent only off SD 1.5, so SD 1.5 requests and takes stay as they were.
+    family: str | None = field(default=None, metadata=_OMIT)  # "sdxl" | "flux"
+    controlnet_union: str | None = field(default=None, metadata=_OMIT)
+    base_config: str | None = field(default=None, metadata=_OMIT)
 
 
 @dataclass

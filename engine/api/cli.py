@@ -110,6 +110,10 @@ def cmd_make_tiny_models(args: argparse.Namespace) -> int:
     from ..testing.tiny import make_tiny_models
 
     paths = make_tiny_models(args.dir, preset=args.preset, seed=args.seed)
+    if args.preset == "tiny" and not args.no_families:
+        from ..testing.tiny_families import make_family_models
+
+        paths.update(make_family_models(args.dir, seed=args.seed))
     if args.preset == "tiny" and not args.no_video:
         from ..testing.tiny_video import make_tiny_video_models
 
@@ -267,11 +271,14 @@ def add_cache(sub: Any) -> None:
 
 def add_make_tiny_models(sub: Any) -> None:
     """``make-tiny-models DIR``: random-weight models for tests and the demo (engine/testing/)."""
-    tiny = sub.add_parser("make-tiny-models", help="write random-weight SD 1.5-layout models (tiny: also Wan VACE + motion adapter), offline")
+    tiny = sub.add_parser("make-tiny-models", help="write random-weight SD 1.5-layout models (tiny: also SDXL, Flux.1, Wan VACE + motion "
+                                                   "adapter), offline")
     tiny.add_argument("dir")
     tiny.add_argument("--preset", default="tiny", choices=["tiny", "mid", "sd15"])
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("--no-video", action="store_true", help="skip the tiny Wan VACE and motion adapter")
+    tiny.add_argument("--no-families", action="store_true",
+                      help="skip the tiny SDXL and Flux.1 models, their union ControlNets, LoRAs and single files")
     tiny.add_argument("--wan-preset", default=None, choices=["tiny", "wan-1.3b"],
                       help="also write a random-weight Wan VACE of this size (wan-1.3b: GPU throughput)")
     tiny.set_defaults(func=cmd_make_tiny_models)

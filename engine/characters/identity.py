@@ -22,6 +22,7 @@ import numpy as np
 from ..coherence.strategies import ColorStats, color_stats
 from ..contract.errors import BadRequest, EngineFault, is_out_of_memory
 from ..contract.schema import JobRequest
+from ..models.families import FAMILIES
 from ..models.refs import ModelRef, Progress
 from ..storage import Storage
 from .inputs import FrameRegions, read_image
@@ -57,10 +58,10 @@ class IdentityPlan:
         """Load what the job needs and encode its references once. Worker thread."""
         request = self.request
         base, device = models.base, models.key.device
-        if request.characters and models.family != "sd15":
-            raise BadRequest("characters: regional prompts are implemented and tested for SD 1.5 base models only; "
-                             "use an SD 1.5 base model for shots with characters", field="characters",
-                             code="incompatible_model")
+        family = FAMILIES[models.family]
+        if request.characters and not family.supports("regional_characters"):  # refused at submit already
+            raise BadRequest(f"characters: {family.label} cannot do this: {family.why_not['regional_characters']}",
+                             field="characters", code="unsupported_by_family")
         # 1. Palette: the colour anchor of every frame of the film.
         if request.palette_reference:
             self.palette = color_stats(np.asarray(read_image(storage, request.palette_reference)))
@@ -129,8 +130,7 @@ class IdentityPlan:
         blocks = [request.characters[k].region_prompt() or prompt for k in visible]
         device = base._execution_device
         if blocks:
-            kwargs["prompt_embeds"], kwargs["negative_prompt_embeds"] = regional_embeds(
-                base, prompt, negative, blocks, n, device)
+            kwargs.update(regional_embeds(base, prompt, negative, blocks, n, device))
         # 3. IP-Adapter slots of the visible characters and the style.
         slots: list[IpSlot] = []
         indices: list[int] = []

@@ -240,11 +240,23 @@ def installed(unet: Any, nets: list[Any], state: RegionState, ip: Any = None) ->
 
 
 def regional_embeds(pipe: Any, prompt: str, negative: str, blocks: list[str], n: int,
-                    device: Any) -> tuple[Any, Any]:
-    """(prompt_embeds, negative_prompt_embeds) for ``n`` frames: the shot block, then one per text."""
+                    device: Any) -> dict[str, Any]:
+    """The text arguments for ``n`` frames: the shot block, then one 77-token block per text in ``blocks``.
+
+    SD 1.5 gives (prompt_embeds, negative_prompt_embeds). SDXL's blocks are its two encoders' outputs side
+    by side (2048 wide), the same layout, and it also takes pooled embeddings, which condition the whole
+    frame through the time embedding, not per region: they stay the shot prompt's (and the negative's).
+    """
     import torch
 
-    positive, negative_embeds = pipe.encode_prompt(prompt, device, 1, True, negative)
-    parts = [positive] + [pipe.encode_prompt(text, device, 1, False)[0] for text in blocks]
-    return (torch.cat(parts, dim=1).repeat(n, 1, 1),
-            torch.cat([negative_embeds] * len(parts), dim=1).repeat(n, 1, 1))
+    sdxl = getattr(pipe, "text_encoder_2", None) is not None
+    shot = pipe.encode_prompt(prompt=prompt, device=device, num_images_per_prompt=1,
+                              do_classifier_free_guidance=True, negative_prompt=negative)
+    parts = [shot[0]] + [pipe.encode_prompt(prompt=text, device=device, num_images_per_prompt=1,
+                                            do_classifier_free_guidance=False)[0] for text in blocks]
+    out = {"prompt_embeds": torch.cat(parts, dim=1).repeat(n, 1, 1),
+           "negative_prompt_embeds": torch.cat([shot[1]] * len(parts), dim=1).repeat(n, 1, 1)}
+    if sdxl:
+        out["pooled_prompt_embeds"] = shot[2].repeat(n, 1)
+        out["negative_pooled_prompt_embeds"] = shot[3].repeat(n, 1)
+    return out

@@ -65,6 +65,14 @@ class ModelSpec(_Strict):
     # on the Hub) and its CLIP vision image encoder (folder, or "<owner>/<repo>[/<subfolder>]").
     ip_adapter: str | None = None
     image_encoder: str | None = None
+    # Issue 24 (engine/models/families.py): the base model's family; "sd15" keeps every older request as it was.
+    family: Literal["sd15", "sdxl", "flux"] = "sd15"
+    # A union ControlNet (SDXL: ControlNetUnionModel, Flux: a FluxControlNetModel with modes): when set it serves
+    # every map the frames carry, each in its control mode, and the per-map nets above are not used.
+    controlnet_union: str | None = None
+    # A diffusers folder whose configs and tokenizers build a single-file base (its weights are not read);
+    # None: the family's reference repository in the Hugging Face cache. Never downloaded at load.
+    base_config: str | None = None
 
 
 class FrameSpec(_Strict):

@@ -42,7 +42,8 @@ def frame_key(request: JobRequest, key: PipelineKey, strategy: CoherenceStrategy
     when the job has characters or film references, so other jobs keep their keys.
     """
     values = frame_values(request, frame)
-    nets = frame_nets(frame, values, key.net_kinds())
+    kinds = key.net_kinds()
+    nets = frame_nets(frame, values, kinds)
     own = values.cache_inputs(nets)
     if isinstance(own["prompt"], str):
         own["prompt"] = text_digest(own["prompt"])
@@ -56,8 +57,8 @@ def frame_key(request: JobRequest, key: PipelineKey, strategy: CoherenceStrategy
         "request": shared or request_digest(request, key),
         **own,
         "coherence": coherence,
-        "depth": frame.depth if key.depth else None, "pose": frame.pose if key.pose else None,
-        **{kind: {"map": getattr(frame, kind), "model": getattr(key, kind)} for kind in EXTRA_MAPS if kind in nets},
+        "depth": frame.depth if "depth" in kinds else None, "pose": frame.pose if "pose" in kinds else None,
+        **{kind: {"map": getattr(frame, kind), "model": key.net_identity(kind)} for kind in EXTRA_MAPS if kind in nets},
         **strategy.cache_inputs(frame, previous_key),
         **extra,
         **({"finalize": finalize_inputs(request, frame)} if request.finalize is not None else {}),
@@ -65,10 +66,16 @@ def frame_key(request: JobRequest, key: PipelineKey, strategy: CoherenceStrategy
 
 def request_digest(request: JobRequest, key: PipelineKey) -> str:
     """Hash of the job-wide part of every frame key (what no frame can change)."""
+    models: dict[str, Any] = {"base": key.base, "depth": key.depth, "pose": key.pose, "lora": key.lora,
+                              "lora_scale": key.lora_scale}
+    # Issue 24: only another family, or a union net, adds to the models: SD 1.5 jobs keep their keys.
+    if key.family != "sd15":
+        models["family"] = key.family
+    if key.union is not None:
+        models["union"] = key.union
     return canonical_hash({
         "algorithm": ALGORITHM_VERSION,
-        "models": {"base": key.base, "depth": key.depth, "pose": key.pose, "lora": key.lora,
-                   "lora_scale": key.lora_scale},
+        "models": models,
         "device": key.device, "dtype": key.dtype,
         "negative_prompt": text_digest(request.negative_prompt), "steps": request.steps,
         "width": request.width, "height": request.height,

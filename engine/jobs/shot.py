@@ -32,7 +32,7 @@ class Shot:
         job.phase, job.detail = "generating", {}
         # Per-frame values (engine/contract/schedule.py); prompts encoded once per job when blended.
         self.values: dict[int, FrameValues] = {f.frame: frame_values(request, f) for f in request.frames}
-        self.embeddings = PromptEmbeddings(models.base, request.negative_prompt)
+        self.embeddings = PromptEmbeddings(models.base, request.negative_prompt, models.family)
         self.run_started = time.perf_counter()
         self.generated = 0
         self._visible: dict[int, tuple[int, ...]] = {}
@@ -53,7 +53,7 @@ class Shot:
 
     def nets(self, frame: FrameSpec) -> tuple[str, ...]:
         """The nets ``frame`` runs with: the loaded ones whose map it carries (schedule.frame_nets)."""
-        return frame_nets(frame, self.values[frame.frame], self.models.nets)
+        return frame_nets(frame, self.values[frame.frame], self.models.key.net_kinds())
 
     def group(self, frame: FrameSpec) -> tuple[Any, ...]:
         """Frames batch with frames that show the same characters: a frame nobody is in costs nothing extra."""
@@ -86,4 +86,7 @@ def identity_batch(context: RunContext, job: Job, models: LoadedModels, plan: Id
         embeds = extra["prompt_embeds"].clone()
         embeds[:, : blended.shape[1]] = blended.to(device=embeds.device, dtype=embeds.dtype)
         extra["prompt_embeds"] = embeds
+        if "pooled_prompt_embeds" in extra:  # SDXL: the pooled embedding is the (blended) shot prompt's
+            pooled = settings.prompt_embeds["pooled_prompt_embeds"]
+            extra["pooled_prompt_embeds"] = pooled.to(device=embeds.device, dtype=embeds.dtype)
     return extra, processors

@@ -16,7 +16,9 @@ from ..coherence.strategies import CoherenceStrategy, make_strategy
 from ..contract.errors import BadRequest
 from ..contract.schedule import job_extra_maps, job_warnings
 from ..contract.schema import MAP_KINDS, JobRequest
+from ..models.checks import check_family
 from ..models.draft import check_draft, draft_request
+from ..models.loaders import single_file_config, union_file_config
 from ..models.pipelines import PipelineKey, SpeedOptions
 from ..models.refs import ModelRef, resolve_ref
 from ..models.upscale import check_upscaler_path
@@ -41,8 +43,12 @@ def submit_image(request: JobRequest, storage: Storage, resolve_device: Callable
     # 2b. Characters, references, masks and the film look (engine/characters/inputs.py).
     char_loras = check_characters(request, storage)
     ip_ref = identity_adapter(request)
+    # 2c. Every model of the family, every feature and map one the family has (engine/models/checks.py),
+    #     told from configs and file headers before anything is loaded; a single file's config found.
+    check_family(request, refs, lora, char_loras, ip_ref.weights if ip_ref else None)
+    refs["base"] = single_file_config(refs["base"], request.models)  # type: ignore[arg-type]
     identity = identity_cache_inputs(request, char_loras, ip_ref.identity() if ip_ref else None)
-    # 2c. Where it runs and how its frames are linked.
+    # 2d. Where it runs and how its frames are linked.
     try:
         device = resolve_device(request.device)
     except ValueError as exc:
@@ -64,10 +70,16 @@ def resolve_models(request: JobRequest) -> tuple[dict[str, ModelRef | None], Mod
 
     Depth and pose are resolved as they always were; the normal, line-art and segmentation nets only
     when some frame runs with that map (``job_extra_maps``), so their default Hub ids are never looked
-    up, let alone loaded, for a job that sends no such map.
+    up, let alone loaded, for a job that sends no such map. A union ControlNet (issue 24) serves every
+    map: then the per-map nets are not resolved at all.
     """
     spec = request.models
     refs: dict[str, ModelRef | None] = {"base": resolve_ref(spec.base, "models.base", "base")}
+    if spec.controlnet_union:
+        refs["union"] = resolve_ref(spec.controlnet_union, "models.controlnet_union", "controlnet")
+        union_file_config(refs["union"])
+        lora = resolve_ref(spec.lora, "models.lora", "lora") if spec.lora else None
+        return refs, lora
     for kind in ("depth", "pose", *job_extra_maps(request)):
         value = getattr(spec, f"controlnet_{kind}")
         refs[kind] = resolve_ref(value, f"models.controlnet_{kind}", "controlnet") if value else None
@@ -116,11 +128,12 @@ def pipeline_key(request: JobRequest, refs: dict[str, ModelRef | None], lora: Mo
     assert base is not None
     offload = request.cpu_offload and device == "cuda"
     nets = {kind: ref.identity() if (ref := refs.get(kind)) is not None else None for kind in MAP_KINDS}
+    union = refs.get("union")
     return PipelineKey(
         base=base.identity(), **nets,
         lora=lora.identity() if lora else None, lora_scale=spec.lora_scale if lora else 0.0,
         device=device, attention_slicing=request.attention_slicing, cpu_offload=offload,
-        **speed.key_fields(device, offload),
+        **speed.key_fields(device, offload), family=spec.family, union=union.identity() if union else None,
     )
 
 

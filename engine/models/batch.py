@@ -9,8 +9,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .callbacks import CancelCallback, LatentBlendCallback
+from .callbacks import CancelCallback, FlowMatchBlendCallback, LatentBlendCallback
+from .loaders import denoiser
 from .pipelines import LoadedModels, call_params, failure_line
+from .variants import control_call
 
 if TYPE_CHECKING:
     import torch
@@ -34,6 +36,11 @@ class BatchSettings:
     # Per-frame text embeddings (prompt travel, engine/models/prompt_blend.py): when set they
     # replace prompt/negative_prompt, one row per frame of the batch.
     prompt_embeds: dict[str, Any] | None = None
+
+    def controls(self, nets: tuple[str, ...]) -> tuple[list[float], list[tuple[float, float]]]:
+        """Each net's weight and [start, end] (its own range, else control_start/end), in ``nets`` order."""
+        return ([self.weights[kind] for kind in nets],
+                [self.ranges.get(kind, (self.control_start, self.control_end)) for kind in nets])
 
     def prompt_kwargs(self, n: int | None) -> dict[str, Any]:
         """The pipeline's prompt arguments: lists for ``n`` frames, or plain strings when ``n`` is None."""
@@ -60,16 +67,17 @@ def run_batch(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[str
     """
     import torch
 
-    # 1. Pick the variant that has exactly the nets these frames have maps for.
-    pipe = models.variant(active_nets)
+    # 1. The variant with exactly the nets these frames have maps for, and its ControlNet arguments
+    #    (per-map nets, or the family's union net in each map's control mode: engine/models/variants.py).
+    pipe, kwargs = control_call(models, active_nets, [torch.stack(maps[name]) for name in active_nets],
+                                *settings.controls(active_nets), img2img=False)
     n = len(seeds)
     # 2. One CPU generator per frame: a frame's noise depends on its seed only, not on
     #    the batch it lands in or the device, which keeps frames reproducible.
     generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
-    kwargs = _control_kwargs(active_nets, [torch.stack(maps[name]) for name in active_nets], settings, "image")
     # 3. Denoise and decode.
     started = time.perf_counter()
-    prompts = _prompt_kwargs(extra, settings.prompt_kwargs(n))
+    prompts = _prompt_kwargs(pipe, extra, settings.prompt_kwargs(n))
     result = _call_models(
         models, pipe, CancelCallback(on_step, should_stop), **prompts, num_inference_steps=settings.steps,
         guidance_scale=settings.guidance_scale, width=settings.width, height=settings.height, generator=generators,
@@ -88,7 +96,7 @@ def _call_models(models: LoadedModels, pipe: Any, cancel: CancelCallback, **kwar
     """
     # Separate projections while LoRA adapters are loaded (set_fused); regional and IP-Adapter
     # processors (engine/characters/regional.py) read to_q/to_k/to_v themselves, which stay in place.
-    models.set_fused(not getattr(models.base.unet, "peft_config", None))
+    models.set_fused(not getattr(denoiser(models.base), "peft_config", None))
     if not models.compiled_modules():
         return cancel.call(pipe, **kwargs)
     gens = kwargs.get("generator")
@@ -118,33 +126,18 @@ def _call_models(models: LoadedModels, pipe: Any, cancel: CancelCallback, **kwar
     return result
 
 
-def _prompt_kwargs(extra: dict[str, Any] | None, prompts: dict[str, Any]) -> dict[str, Any]:
+def _prompt_kwargs(pipe: Any, extra: dict[str, Any] | None, prompts: dict[str, Any]) -> dict[str, Any]:
     """The batch's prompts (text, or prompt-travel embeddings), unless ``extra`` brings its own
-    embeddings (regional prompts, engine/characters/identity.py); ``extra``'s other arguments are added."""
+    embeddings (regional prompts, engine/characters/identity.py); ``extra``'s other arguments are added.
+
+    Flux's guidance is distilled into the model: the engine runs it without true classifier-free guidance, so
+    a negative prompt does nothing there, and its img2img pipelines do not take one: it is left out."""
     if extra and "prompt_embeds" in extra:
         return dict(extra)
-    return {**prompts, **(extra or {})}
-
-
-def _control_kwargs(active_nets: tuple[str, ...], images: list[Any], settings: BatchSettings,
-                    image_key: str) -> dict[str, Any]:
-    """The ControlNet arguments of a diffusers call: one net passes single values, several pass lists.
-
-    ``image_key`` is "image" for text-to-image and "control_image" for img2img. Start and end are one
-    value while every net shares them (the call every job made before per-map ranges), else one per
-    net in ``active_nets`` order, as diffusers takes them with a MultiControlNetModel.
-    """
-    if not active_nets:
-        return {}
-    scales = [settings.weights[name] for name in active_nets]
-    ranges = [settings.ranges.get(name, (settings.control_start, settings.control_end)) for name in active_nets]
-    shared = len(set(ranges)) == 1
-    return {
-        image_key: images[0] if len(images) == 1 else images,
-        "controlnet_conditioning_scale": scales[0] if len(scales) == 1 else scales,
-        "control_guidance_start": ranges[0][0] if shared else [start for start, _ in ranges],
-        "control_guidance_end": ranges[0][1] if shared else [end for _, end in ranges],
-    }
+    out = {**prompts, **(extra or {})}
+    if "negative_prompt" not in call_params(type(pipe)):
+        out.pop("negative_prompt", None)
+    return out
 
 
 def run_img2img(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[str, torch.Tensor],
@@ -170,13 +163,12 @@ def run_img2img(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[s
     seeds = [int(seed)] if single else [int(s) for s in seed]  # type: ignore[union-attr, arg-type]
     keeps = [keep] if single else list(keep or [None] * len(inits))
     n = len(inits)
-    # 1. The img2img variant with exactly these nets.
-    pipe = models.img2img_variant(active_nets)
+    # 1. The img2img variant with exactly these nets, and its ControlNet arguments.
+    images = [maps[name].unsqueeze(0) if single else torch.stack(maps[name]) for name in active_nets]
+    pipe, kwargs = control_call(models, active_nets, images, *settings.controls(active_nets), img2img=True)
     generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
     # img2img runs int(steps * strength) steps; at least one, or diffusers refuses.
     strength = min(1.0, max(float(strength), (1.0 + 1e-6) / settings.steps))
-    images = [maps[name].unsqueeze(0) if single else torch.stack(maps[name]) for name in active_nets]
-    kwargs = _control_kwargs(active_nets, images, settings, "control_image")
     # 2. Latent blending: the warped frames' latents and a fixed noise, on the latent grid.
     callbacks = []
     if keep_until > 0.0 and any(k is not None for k in keeps):
@@ -186,7 +178,7 @@ def run_img2img(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[s
     # Plain img2img takes its size from ``init``; the ControlNet ones also accept width/height.
     if {"width", "height"} <= call_params(type(pipe)):
         kwargs.update(width=settings.width, height=settings.height)
-    prompts = _prompt_kwargs(extra, settings.prompt_kwargs(None if single else n))
+    prompts = _prompt_kwargs(pipe, extra, settings.prompt_kwargs(None if single else n))
     result = _call_models(
         models, pipe, CancelCallback(on_step, should_stop), **prompts, image=inits[0] if single else inits, strength=strength,
         num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
@@ -200,26 +192,46 @@ def run_img2img(models: LoadedModels, active_nets: tuple[str, ...], maps: dict[s
 
 def _latent_blend(pipe: Any, inits: list[Image.Image], keeps: list[Any], seeds: list[int],
                   until: float) -> LatentBlendCallback:
-    """The blend callback for a batch: each frame's latents, mask (all 0 where it has none) and noise."""
+    """The blend callback for a batch: each frame's latents, mask (all 0 where it has none) and noise.
+
+    Flux (a pipeline that packs its latents) holds them packed, 2x2 latent cells to a token, and noises them
+    the flow-matching way (``FlowMatchBlendCallback``).
+    """
+    import torch
+
+    packed = hasattr(pipe, "_pack_latents")
+    rows: dict[str, list[Any]] = {"latents": [], "mask": [], "noise": []}
+    for init, keep, seed in zip(inits, keeps, seeds, strict=True):
+        latents, mask = _held_latents(pipe, init, keep)
+        if packed:
+            b, c, h, w = latents.shape
+            latents = pipe._pack_latents(latents, b, c, h, w)
+            # A token is held only when all four of its latent cells are.
+            mask = -torch.nn.functional.max_pool2d(-mask, kernel_size=2).flatten(2).transpose(1, 2)
+        noise = torch.randn(latents.shape, generator=torch.Generator(device="cpu").manual_seed(int(seed) + 1))
+        rows["latents"].append(latents)
+        rows["mask"].append(mask.to(device=latents.device, dtype=latents.dtype))
+        rows["noise"].append(noise.to(device=latents.device, dtype=latents.dtype))
+    kind = FlowMatchBlendCallback if packed else LatentBlendCallback
+    return kind(**{name: torch.cat(parts) for name, parts in rows.items()}, until=until)
+
+
+def _held_latents(pipe: Any, init: Image.Image, keep: Any) -> tuple[Any, Any]:
+    """``init``'s latents as the pipeline scales them, and the latent cells to hold (all of whose pixels were
+    carried: 8x8 on SD's VAE)."""
     import numpy as np
     import torch
 
     vae = pipe.vae
     device = getattr(vae, "device", torch.device("cpu"))
-    rows: dict[str, list[Any]] = {"latents": [], "mask": [], "noise": []}
-    for init, keep, seed in zip(inits, keeps, seeds, strict=True):
-        pixels = torch.from_numpy(np.asarray(init.convert("RGB"), dtype=np.float32) / 127.5 - 1.0)
-        pixels = pixels.permute(2, 0, 1).unsqueeze(0).to(device=device, dtype=vae.dtype)
-        with torch.no_grad():
-            encoded = vae.encode(pixels)
-            # AutoencoderTiny (draft tier) returns latents, not a distribution.
-            latents = (encoded.latent_dist.mean if hasattr(encoded, "latent_dist") else encoded.latents) \
-                * vae.config.scaling_factor
-        # A latent cell is held only when all of its 8x8 pixels were carried.
-        held = np.zeros(init.size[::-1], dtype=np.float32) if keep is None else np.asarray(keep, dtype=np.float32)
-        mask = -torch.nn.functional.max_pool2d(-torch.from_numpy(held)[None, None], kernel_size=pipe.vae_scale_factor)
-        noise = torch.randn(latents.shape, generator=torch.Generator(device="cpu").manual_seed(int(seed) + 1))
-        rows["latents"].append(latents)
-        rows["mask"].append(mask.to(device=device, dtype=latents.dtype))
-        rows["noise"].append(noise.to(device=device, dtype=latents.dtype))
-    return LatentBlendCallback(**{name: torch.cat(parts) for name, parts in rows.items()}, until=until)
+    pixels = torch.from_numpy(np.asarray(init.convert("RGB"), dtype=np.float32) / 127.5 - 1.0)
+    pixels = pixels.permute(2, 0, 1).unsqueeze(0).to(device=device, dtype=vae.dtype)
+    with torch.no_grad():
+        encoded = vae.encode(pixels)
+        # AutoencoderTiny (draft tier) returns latents, not a distribution.
+        latents = encoded.latent_dist.mean if hasattr(encoded, "latent_dist") else encoded.latents
+    shift = getattr(vae.config, "shift_factor", None) or 0.0  # Flux's VAE centres its latents
+    latents = (latents - shift) * vae.config.scaling_factor
+    held = np.zeros(init.size[::-1], dtype=np.float32) if keep is None else np.asarray(keep, dtype=np.float32)
+    mask = -torch.nn.functional.max_pool2d(-torch.from_numpy(held)[None, None], kernel_size=pipe.vae_scale_factor)
+    return latents, mask

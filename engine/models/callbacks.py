@@ -11,7 +11,8 @@ set from ``tensor_inputs``). Callbacks read the pipeline's public attributes onl
   stops the call when asked; while a step runs it checks before every UNet and ControlNet
   block (at large sizes on a CPU one step can take minutes). The check is a host-side
   flag: no host-device sync.
-- ``LatentBlendCallback``: FLOW's latent blending (RePaint-style), per frame of the batch.
+- ``LatentBlendCallback``: FLOW's latent blending (RePaint-style), per frame of the batch;
+  ``FlowMatchBlendCallback`` the same for Flux's packed, flow-matching latents.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class CancelCallback(PipelineCallback):
         so a later call of a shared module is not stopped."""
         handles = []
         if self.should_stop is not None:
-            for name in ("unet", "controlnet"):
+            for name in ("unet", "transformer", "controlnet"):
                 model = getattr(pipe, name, None)
                 nets = getattr(model, "nets", None) or ([model] if model is not None else [])
                 for net in nets:
@@ -89,7 +90,8 @@ class CancelCallback(PipelineCallback):
                         # Python hooks inside a compiled graph would break it at every block and
                         # recompile at every call: compiled nets stop at the end of a step instead.
                         continue
-                    for attribute in ("down_blocks", "mid_block", "up_blocks", "controlnet_down_blocks"):
+                    for attribute in ("down_blocks", "mid_block", "up_blocks", "controlnet_down_blocks",
+                                      "transformer_blocks", "single_transformer_blocks"):
                         blocks = getattr(net, attribute, None)
                         if blocks is None:
                             continue
@@ -138,5 +140,21 @@ class LatentBlendCallback(PipelineCallback):
         if 0 <= index < len(timesteps) - 1 and (step + 1) < self.until * run:
             held = pipeline.scheduler.add_noise(self.latents, self.noise, timesteps[index + 1:index + 2])
             current = tensors["latents"]
+            tensors["latents"] = self.mask * held.to(current.dtype) + (1 - self.mask) * current
+        return tensors
+
+
+class FlowMatchBlendCallback(LatentBlendCallback):
+    """``LatentBlendCallback`` for flow-matching pipelines with packed latents (Flux): the warped frame's packed
+    latents are noised to the schedule's next sigma, ``sigma * noise + (1 - sigma) * latents``, the forward
+    process of flow matching (add_noise's counterpart). ``mask`` is one value per token."""
+
+    def __call__(self, pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        scheduler = pipeline.scheduler
+        index = scheduler.step_index  # already moved past this step: the sigma the latents now have
+        if index is not None and index < len(scheduler.sigmas) - 1 and (step + 1) < self.until * pipeline.num_timesteps:
+            current = tensors["latents"]
+            sigma = scheduler.sigmas[index].to(device=current.device, dtype=current.dtype)
+            held = sigma * self.noise + (1 - sigma) * self.latents
             tensors["latents"] = self.mask * held.to(current.dtype) + (1 - self.mask) * current
         return tensors

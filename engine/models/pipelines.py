@@ -15,12 +15,11 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-from .refs import ModelRef, Progress, load_base, load_controlnet, load_lora
-
-if TYPE_CHECKING:
-    pass
+from .families import FAMILIES
+from .loaders import denoiser, load_base, load_controlnet, load_lora, load_union, text_width
+from .refs import ModelRef, Progress
 
 logger = logging.getLogger(__name__)
 
@@ -140,10 +139,22 @@ class PipelineKey:
     normal: str | None = None
     lineart: str | None = None
     seg: str | None = None
+    # Issue 24: the family (engine/models/families.py) and the union ControlNet serving every map it has a
+    # mode for (then the per-map fields above are None). The defaults are every older job's pipeline.
+    family: str = "sd15"
+    union: str | None = None
 
     def net_kinds(self) -> tuple[str, ...]:
-        """The ControlNets this pipeline holds, in NET_ORDER."""
+        """The maps this pipeline's ControlNets take, in NET_ORDER."""
+        if self.union is not None:
+            return tuple(kind for kind in NET_ORDER if kind in FAMILIES[self.family].union_modes)
         return tuple(kind for kind in NET_ORDER if getattr(self, kind) is not None)
+
+    def net_identity(self, kind: str) -> str | None:
+        """The identity of the net that takes map ``kind`` (the union's, when there is one)."""
+        if self.union is not None:
+            return self.union if kind in self.net_kinds() else None
+        return getattr(self, kind)
 
 
 @dataclass
@@ -153,7 +164,7 @@ class LoadedModels:
     key: PipelineKey
     base: Any
     family: str
-    nets: dict[str, Any]
+    nets: dict[str, Any]  # by map kind, or {"union": net}
     variants: dict[tuple[str, ...], Any] = field(default_factory=dict)
     img2img_variants: dict[tuple[str, ...], Any] = field(default_factory=dict)
     active: Any = None
@@ -196,77 +207,18 @@ class LoadedModels:
             module._compiled_call_impl = None
 
     def compiled_modules(self) -> list[Any]:
-        return [m for m in [self.base.unet, *self.nets.values()] if getattr(m, "_compiled_call_impl", None)]
+        return [m for m in [denoiser(self.base), *self.nets.values()] if getattr(m, "_compiled_call_impl", None)]
     # Other modules loaded beside this pipeline (the draft tier's tiny VAEs: engine/models/draft.py).
     extras: dict[str, Any] = field(default_factory=dict)
 
-    def img2img_variant(self, active_nets: tuple[str, ...]) -> Any:
-        """The img2img pipeline (FLOW coherence) with exactly ``active_nets``; worker thread.
-
-        Built from the text-to-image variant's modules, so it costs no memory.
-        """
-        if active_nets not in self.img2img_variants:
-            from diffusers import (
-                StableDiffusionControlNetImg2ImgPipeline,
-                StableDiffusionImg2ImgPipeline,
-                StableDiffusionXLControlNetImg2ImgPipeline,
-                StableDiffusionXLImg2ImgPipeline,
-            )
-
-            components = dict(self.variant(active_nets).components)
-            if not active_nets:
-                components.pop("controlnet", None)
-                cls = StableDiffusionXLImg2ImgPipeline if self.family == "sdxl" else StableDiffusionImg2ImgPipeline
-            else:
-                cls = (StableDiffusionXLControlNetImg2ImgPipeline if self.family == "sdxl"
-                       else StableDiffusionControlNetImg2ImgPipeline)
-            if self.family != "sdxl":
-                components["requires_safety_checker"] = False
-            pipe = cls(**{k: v for k, v in components.items() if k in _init_params(cls)})
-            pipe.set_progress_bar_config(disable=True)
-            self.img2img_variants[active_nets] = pipe
-        return self._activate(self.img2img_variants[active_nets])
-
-    def variant(self, active_nets: tuple[str, ...]) -> Any:
-        """The pipeline that runs with exactly ``active_nets``; worker thread."""
-        if active_nets not in self.variants:
-            if not active_nets:
-                self.variants[active_nets] = self.base
-            else:
-                from diffusers import (
-                    MultiControlNetModel,
-                    StableDiffusionControlNetPipeline,
-                    StableDiffusionXLControlNetPipeline,
-                )
-
-                nets = [self.nets[name] for name in active_nets]
-                controlnet = nets[0] if len(nets) == 1 else MultiControlNetModel(nets)
-                components = dict(self.base.components)
-                components.pop("controlnet", None)
-                if self.family == "sdxl":
-                    pipe = StableDiffusionXLControlNetPipeline(**components, controlnet=controlnet)
-                else:
-                    pipe = StableDiffusionControlNetPipeline(
-                        **components, controlnet=controlnet, requires_safety_checker=False
-                    )
-                pipe.set_progress_bar_config(disable=True)
-                self.variants[active_nets] = pipe
-        return self._activate(self.variants[active_nets])
-
-    def _activate(self, pipe: Any) -> Any:
-        """Make ``pipe`` the one about to run; worker thread."""
+    def activate(self, pipe: Any) -> Any:
+        """Make ``pipe`` (a variant: engine/models/variants.py) the one about to run; worker thread."""
         if self.key.cpu_offload and self.active is not pipe:
             # Offload hooks live on the shared modules: re-attach them for the variant
             # about to run so its ControlNets are moved on and off the GPU too.
             pipe.enable_model_cpu_offload(device=self.key.device)
         self.active = pipe
         return pipe
-
-
-def _init_params(cls: type) -> set[str]:
-    import inspect
-
-    return set(inspect.signature(cls.__init__).parameters)
 
 
 def call_params(cls: type) -> set[str]:
@@ -277,22 +229,29 @@ def call_params(cls: type) -> set[str]:
 
 def load_models(key: PipelineKey, refs: dict[str, ModelRef | None], lora_ref: ModelRef | None,
                 progress: Progress) -> LoadedModels:
-    """Load the base model and the ControlNets named in ``refs``; worker thread."""
+    """Load the base model of ``key.family`` and the ControlNets named in ``refs``; worker thread."""
     import torch
     from diffusers import UniPCMultistepScheduler
 
     dtype = getattr(torch, key.dtype)
     base_ref = refs["base"]
     assert base_ref is not None
-    base, family = load_base(base_ref, dtype, progress)
-    # UniPC reaches a clean image in 20 steps or fewer, the usual ControlNet recipe.
-    base.scheduler = UniPCMultistepScheduler.from_config(base.scheduler.config)
+    fam = FAMILIES[key.family]
+    base, family = load_base(base_ref, dtype, progress, family=fam.name)
+    if fam.name != "flux":
+        # UniPC reaches a clean image in 20 steps or fewer, the usual ControlNet recipe. Flux keeps its
+        # flow-matching scheduler (UniPC would need its flow settings).
+        base.scheduler = UniPCMultistepScheduler.from_config(base.scheduler.config)
     base.set_progress_bar_config(disable=True)
+    width = text_width(base)
     nets: dict[str, Any] = {}
-    for name in NET_ORDER:
+    union_ref = refs.get("union")
+    if key.union is not None and union_ref is not None:
+        nets["union"] = load_union(union_ref, fam, dtype, width, progress)
+    for name in NET_ORDER if key.union is None else ():
         ref = refs.get(name)
         if ref is not None:
-            nets[name] = load_controlnet(ref, dtype, base.unet.config.cross_attention_dim, progress)
+            nets[name] = load_controlnet(ref, dtype, width, progress)
     if lora_ref is not None:
         load_lora(base, lora_ref, key.lora_scale)
     if key.attention_slicing:
@@ -321,7 +280,7 @@ def speed_up(models: LoadedModels) -> None:
     import torch
 
     key = models.key
-    modules = [models.base.unet, *models.nets.values()]
+    modules = [denoiser(models.base), *models.nets.values()]
     # 1. Scaled-dot-product attention (flash / memory-efficient kernels), diffusers' default:
     #    checked, and set where a model came with the plain processor. Slicing keeps its own.
     if not key.attention_slicing:
@@ -341,8 +300,8 @@ def speed_up(models: LoadedModels) -> None:
 
         for module in modules:
             saved = module.attn_processors
-            if any("Added" in type(p).__name__ for p in saved.values()):
-                continue  # diffusers cannot fuse added KV projections
+            if any("Added" in type(p).__name__ or "Flux" in type(p).__name__ for p in saved.values()):
+                continue  # diffusers cannot fuse added KV projections, nor Flux's joint attention this way
             for sub in module.modules():
                 if isinstance(sub, Attention):
                     sub.fuse_projections(fuse=True)

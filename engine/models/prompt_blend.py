@@ -2,7 +2,8 @@
 
 A blend is a weighted sum of the prompts' text-encoder outputs (Deforum's prompt
 interpolation). The negative prompt is constant over a job. For SDXL the pooled
-embeddings blend the same way. Worker thread (runs the text encoder).
+embeddings blend the same way; Flux has no negative prompt (its guidance is distilled into the
+model), and its T5 and pooled CLIP embeddings blend. Worker thread (runs the text encoder).
 """
 
 from __future__ import annotations
@@ -21,14 +22,16 @@ logger = logging.getLogger(__name__)
 # encode_prompt's outputs, in order, under the names the pipelines' __call__ takes.
 SD_NAMES = ("prompt_embeds", "negative_prompt_embeds")
 SDXL_NAMES = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
+FLUX_NAMES = ("prompt_embeds", "pooled_prompt_embeds")  # its third output, text_ids, the pipeline remakes
 
 
 class PromptEmbeddings:
     """Text embeddings of one job: each distinct prompt encoded once, blends are sums."""
 
-    def __init__(self, pipe: Any, negative_prompt: str) -> None:
+    def __init__(self, pipe: Any, negative_prompt: str, family: str = "sd15") -> None:
         self.pipe = pipe
         self.negative_prompt = negative_prompt
+        self.family = family
         self._encoded: dict[str, dict[str, torch.Tensor]] = {}
         self.encode_calls = 0
 
@@ -38,11 +41,15 @@ class PromptEmbeddings:
             import torch
 
             with torch.no_grad():
-                outputs = self.pipe.encode_prompt(
-                    prompt=text, device=self.pipe._execution_device, num_images_per_prompt=1,
-                    do_classifier_free_guidance=True, negative_prompt=self.negative_prompt,
-                )
-            names = SDXL_NAMES if len(outputs) == 4 else SD_NAMES
+                if self.family == "flux":
+                    outputs = self.pipe.encode_prompt(prompt=text, prompt_2=None, device=self.pipe._execution_device,
+                                                      num_images_per_prompt=1)[:2]
+                else:
+                    outputs = self.pipe.encode_prompt(
+                        prompt=text, device=self.pipe._execution_device, num_images_per_prompt=1,
+                        do_classifier_free_guidance=True, negative_prompt=self.negative_prompt,
+                    )
+            names = FLUX_NAMES if self.family == "flux" else SDXL_NAMES if len(outputs) == 4 else SD_NAMES
             self._encoded[text] = dict(zip(names, outputs, strict=True))
             self.encode_calls += 1
         return self._encoded[text]

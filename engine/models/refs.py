@@ -1,4 +1,4 @@
-"""Where models come from and how they are loaded: one code path for tiny and real ones.
+"""Where models come from: a reference resolved on the HTTP thread, fetched (offline first) on the worker.
 
 A model reference is a Hugging Face Hub id, a local diffusers folder, or a single
 ``.safetensors`` file. Pickle-based weights (``.ckpt``, ``.bin``, ``.pt``) are refused:
@@ -15,12 +15,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from ..contract.errors import BadRequest, EngineFault, ModelUnavailable, is_out_of_memory
-
-if TYPE_CHECKING:
-    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +35,16 @@ class ModelRef:
     value: str
     field: str
     fingerprint: str = ""
+    # A single-file base model's config folder (engine/models/loaders.py ``single_file_config``) and, when the
+    # request named it (``models.base_config``), its fingerprint; the family's reference repository from the
+    # Hugging Face cache is the one diffusers always used, so it leaves the identity as it was.
+    config: str = ""
+    config_print: str = ""
 
     def identity(self) -> str:
         """What the cache key and the pipeline key see: changes when the weights change."""
-        return f"{self.kind}:{self.value}:{self.fingerprint}"
+        own = f"{self.kind}:{self.value}:{self.fingerprint}"
+        return f"{own}|config:{self.config}:{self.config_print}" if self.config_print else own
 
 
 def fingerprint(path: Path) -> str:
@@ -276,86 +279,3 @@ def load_with_fallback(ref: ModelRef, load: Callable[[bool], Any], progress: Pro
         if is_out_of_memory(exc) or isinstance(exc, EngineFault):
             raise
         raise _unavailable(ref, exc) from exc
-
-
-def detect_family(ref: ModelRef, progress: Progress) -> Literal["sd15", "sdxl"]:
-    """SD 1.5 or SDXL, from model_index.json or from the keys of a single-file checkpoint."""
-    if ref.kind == "file":
-        from safetensors import safe_open
-
-        with safe_open(ref.value, framework="pt") as f:
-            keys = f.keys()
-            return "sdxl" if any(k.startswith("conditioner.embedders.1") for k in keys) else "sd15"
-    from diffusers import DiffusionPipeline
-
-    config = load_with_fallback(
-        ref, lambda offline: DiffusionPipeline.load_config(ref.value, local_files_only=offline), progress
-    )
-    return "sdxl" if "XL" in str(config.get("_class_name", "")) else "sd15"
-
-
-def load_base(ref: ModelRef, dtype: torch.dtype, progress: Progress) -> tuple[Any, str]:
-    """Load the base text-to-image pipeline; returns (pipeline, family). Worker thread."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    family = detect_family(ref, progress)
-    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
-    # No safety checker: previs frames are for the director, and the checker both
-    # blacks out frames at random on blocking shots and costs a second model load.
-    extra: dict[str, Any] = {} if family == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
-    progress("loading", {"model": ref.value})
-    if ref.kind == "file":
-        pipe = load_with_fallback(
-            ref, lambda offline: cls.from_single_file(ref.value, dtype=dtype, local_files_only=offline, **extra),
-            progress,
-        )
-    else:
-        pipe = load_with_fallback(
-            ref, lambda offline: cls.from_pretrained(
-                ref.value, dtype=dtype, use_safetensors=True, local_files_only=offline, **extra
-            ),
-            progress,
-        )
-    return pipe, family
-
-
-def load_controlnet(ref: ModelRef, dtype: torch.dtype, cross_attention_dim: int, progress: Progress) -> Any:
-    """Load one ControlNet and check it fits the base UNet. Worker thread."""
-    from diffusers import ControlNetModel
-
-    progress("loading", {"model": ref.value})
-    if ref.kind == "file":
-        net = load_with_fallback(
-            ref, lambda offline: ControlNetModel.from_single_file(ref.value, dtype=dtype,
-                                                                  local_files_only=offline), progress)
-    else:
-        net = load_with_fallback(
-            ref, lambda offline: ControlNetModel.from_pretrained(
-                ref.value, dtype=dtype, use_safetensors=True, local_files_only=offline), progress)
-    if net.config.cross_attention_dim != cross_attention_dim:
-        raise BadRequest(
-            f"{ref.field}: ControlNet '{ref.value}' was trained for a base model with "
-            f"cross_attention_dim={net.config.cross_attention_dim}, but the base model has "
-            f"{cross_attention_dim} (SD 1.5 is 768, SDXL 2048). Pick a ControlNet made for the base "
-            "model's family.", field=ref.field, code="incompatible_model",
-        )
-    return net
-
-
-def load_lora(pipe: Any, ref: ModelRef, scale: float) -> None:
-    """Fuse a LoRA into ``pipe`` at ``scale``. The pipeline key includes the LoRA, so a
-    fused pipeline is never reused for a request with another LoRA. Worker thread."""
-    try:
-        pipe.load_lora_weights(ref.value, adapter_name="viewfinder")
-        pipe.fuse_lora(lora_scale=scale, adapter_names=["viewfinder"])
-        # Keep the fused weights, drop the adapter layers: character LoRAs (engine/characters/identity.py)
-        # are mixed per job with set_adapters, which would otherwise unmerge this one.
-        pipe.unload_lora_weights()
-    except Exception as exc:  # noqa: BLE001
-        if is_out_of_memory(exc):
-            raise
-        raise BadRequest(
-            f"{ref.field}: could not apply LoRA '{ref.value}' ({str(exc).splitlines()[0][:200]}). "
-            "Check that it was trained for this base model's family.", field=ref.field,
-            code="incompatible_model",
-        ) from exc

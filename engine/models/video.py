@@ -132,7 +132,7 @@ def load_video(key: VideoKey, refs: dict[str, ModelRef | None], progress: Progre
     else:
         from diffusers import AnimateDiffControlNetPipeline, DDIMScheduler, MotionAdapter, MultiControlNetModel
 
-        from .refs import load_base, load_controlnet
+        from .loaders import load_base, load_controlnet
 
         adapter_ref = refs["motion_adapter"]
         assert adapter_ref is not None

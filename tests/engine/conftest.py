@@ -66,7 +66,15 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
             "ip_adapter_plus": str(out / "ip-adapter-plus.safetensors"),
             "image_encoder": str(out / "image-encoder"), "draft_lora": str(out / "lcm-lora.safetensors"),
             "tiny_vae": str(out / "tiny-vae"), "normal": str(out / "controlnet-normal"),
-            "lineart": str(out / "controlnet-lineart"), "seg": str(out / "controlnet-seg")}
+            "lineart": str(out / "controlnet-lineart"), "seg": str(out / "controlnet-seg"),
+            # Issue 24 (engine/testing/tiny_families.py): SDXL and Flux.1, union nets, LoRAs, single files.
+            "sdxl": str(out / "sdxl"), "union_sdxl": str(out / "controlnet-union-sdxl"),
+            "sdxl_depth": str(out / "controlnet-depth-sdxl"), "flux": str(out / "flux"),
+            "union_flux": str(out / "controlnet-union-flux"), "sdxl_lora_kohya": str(out / "sdxl-lora-kohya.safetensors"),
+            "sdxl_lora": str(out / "sdxl-lora.safetensors"), "sdxl_draft_lora": str(out / "sdxl-lcm-lora.safetensors"),
+            "sdxl_ip_adapter": str(out / "ip-adapter-sdxl" / "ip-adapter.safetensors"),
+            "flux_lora": str(out / "flux-lora.safetensors"), "sd15_file": str(out / "sd15.safetensors"),
+            "sdxl_file": str(out / "sdxl.safetensors")}
 
 
 @pytest.fixture(scope="session")

@@ -217,8 +217,11 @@ def test_character_lora_is_a_named_adapter_removed_after_the_job(engine: Any, cl
     assert np.array_equal(before, after)
 
 
-def test_wrong_family_lora_fails_the_job_naming_the_character(client: Any, tiny_models: dict[str, str],
-                                                               shot: dict[str, Any], tmp_path: Path) -> None:
+def test_wrong_family_lora_is_refused_at_submit_naming_the_character(core: Any, client: Any,
+                                                                     tiny_models: dict[str, str],
+                                                                     shot: dict[str, Any], tmp_path: Path) -> None:
+    """Another family's LoRA is told from its header at submit (engine/models/checks.py, issue 24), before anything
+    loads: a 400 naming the character, where it used to fail the job once loaded."""
     import torch
     from safetensors.torch import save_file
 
@@ -230,12 +233,10 @@ def test_wrong_family_lora_fails_the_job_naming_the_character(client: Any, tiny_
                "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.lora_B.weight": torch.zeros(32, 4)},
               str(wrong))
     for path in (sdxl, wrong):
-        job = character_job(tiny_models, [shot], a_and_b(lora=str(path)), seed=401)
-        status = wait_for(client, client.submit(job))
-        assert status["status"] == "failed", status
-        error = status["error"]
-        assert error["code"] == "incompatible_model" and error["field"] == "characters[0].lora"
-        assert error["message"].startswith("Character 'Traveller':") and "family" in error["message"]
+        error = submit_error(core, client, character_job(tiny_models, [shot], a_and_b(lora=str(path)), seed=401))
+        assert (error.status, error.code, error.field) == (400, "incompatible_model", "characters[0].lora")
+        assert error.message.startswith("Character 'Traveller':") and "family" in error.message
+        assert path.name in error.message
     # The engine stays usable for the next job.
     assert wait_for(client, client.submit(character_job(tiny_models, [shot], a_and_b(), seed=402)))["status"] == "done"
 

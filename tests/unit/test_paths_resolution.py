@@ -69,12 +69,12 @@ def test_generation_size_rejects_nonsense():
         resolution.generation_size(1920, 1080, 1, 1, 0)
 
 
-def scene_of(width, height, long_edge, aspect=(1.0, 1.0)):
+def scene_of(width, height, long_edge, aspect=(1.0, 1.0), family="SD15"):
     from types import SimpleNamespace
 
     render = SimpleNamespace(resolution_x=width, resolution_y=height, pixel_aspect_x=aspect[0],
                              pixel_aspect_y=aspect[1])
-    return SimpleNamespace(render=render, viewfinder=SimpleNamespace(long_edge=long_edge))
+    return SimpleNamespace(render=render, viewfinder=SimpleNamespace(long_edge=long_edge, model_family=family))
 
 
 def test_scene_size_reads_the_scene_and_names_the_smallest_long_edge_that_works():
@@ -85,3 +85,10 @@ def test_scene_size_reads_the_scene_and_names_the_smallest_long_edge_that_works(
     assert resolution.scene_size(wide) == (128, 32)
     assert resolution.smallest_long_edge(wide) == 240 and resolution.scene_size(wide, 240) == (240, 64)
     assert min(resolution.scene_size(wide, 232)) < resolution.MIN_EDGE  # one step less is too thin
+
+
+def test_flux_frames_have_sides_in_multiples_of_16():
+    """Flux packs 2x2 latents into one token (core/jobs/families.py): 1920x1080 at 1000 gives 1008x560, not 1000x560."""
+    assert resolution.scene_size(scene_of(1920, 1080, 1000)) == (1000, 560)
+    assert resolution.scene_size(scene_of(1920, 1080, 1000, family="FLUX")) == (1008, 560)
+    assert resolution.scene_size(scene_of(1920, 1080, 1000, family="SDXL")) == (1000, 560)

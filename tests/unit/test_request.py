@@ -99,7 +99,9 @@ def test_the_add_on_model_defaults_are_the_engines():
     # What an empty ModelSpec sends is what the engine assumes when nothing is sent (the issue-23 nets
     # are not sent without their maps, and the engine loads none of them then).
     engine_defaults = {k: v for k, v in schema.ModelSpec().model_dump().items() if k not in ISSUE_23}
-    assert engine_defaults == {**request.ModelSpec().to_dict(), "ip_adapter": None, "image_encoder": None}
+    assert engine_defaults == {**request.ModelSpec().to_dict(), "ip_adapter": None, "image_encoder": None,
+                               # Issue 24: not sent for SD 1.5, which the engine assumes.
+                               "family": "sd15", "controlnet_union": None, "base_config": None}
     if has_issue_23(schema):
         fields = schema.ModelSpec.model_fields
         assert [fields[f"controlnet_{k}"].default for k in ("normal", "lineart", "seg")] == [
