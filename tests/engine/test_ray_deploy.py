@@ -60,7 +60,7 @@ def test_a_unit_goes_to_serve_only_when_a_replica_is_free(tmp_path: Path, tiny_m
     class Call:
         """A Serve call: the 'replica' makes the unit's frames in 0.1 s."""
 
-        def __init__(self, unit_id: str, payload: dict[str, Any]) -> None:
+        def __init__(self, unit_id: str, payload: dict[str, Any], model: str | None) -> None:
             self.unit_id = unit_id
             with lock:
                 in_flight[0] += 1
