@@ -9,6 +9,7 @@ reason when ray[serve] is not installed.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 import time
@@ -182,6 +183,56 @@ def test_killed_replica_mid_job_still_gives_a_complete_correct_take(ray_client: 
     ray_frames, one_frames = frames_of(ray_client, status, tmp_path), frames_of(client, one, tmp_path)
     for number in range(1, 6):
         assert np.array_equal(ray_frames[number], one_frames[number]), f"frame {number} differs"
+
+
+def test_killed_flow_unit_resumes_after_its_last_frame_with_the_same_frames(ray_client: Any, client: Any,
+                                                                           tiny_models: dict[str, str],
+                                                                           tmp_path: Path) -> None:
+    """A FLOW shot is one unit, each frame made from the one before: killed mid-shot, the next
+    replica starts from the last finished frame (read back from the cache), and the take is the
+    one an uninterrupted run makes."""
+    job = {**make_job(tiny_models, flow_shot(ray_client, 6), shot="flowkill", steps=8, batch_size=1, seed=17),
+           "coherence": {"mode": "FLOW", "strength": 0.5, "keyframe_interval": 0}}
+    job_id = ray_client.submit(job)
+    before = wait_until(ray_client, job_id, lambda s: s["frames_done"] >= 2 and s["replicas"][0]["pid"])
+    assert before["frames"] == list(range(1, before["frames_done"] + 1))  # in order
+    os.kill(before["replicas"][0]["pid"], signal.SIGKILL)
+    status = wait_for(ray_client, job_id, timeout=300)
+    assert status["status"] == "done" and status["frames"] == [1, 2, 3, 4, 5, 6], status
+    (unit,) = status["replicas"]
+    assert unit["attempts"] >= 2 and unit["pid"] != before["replicas"][0]["pid"], unit
+    # Resumed after the last frame finished before the kill: those came from the cache, not made again.
+    assert set(before["frames"]) <= set(unit["from_cache"]), (before["frames"], unit)
+    assert any("was lost" in e for e in status["events"]), status["events"]
+    # An uninterrupted run (the single engine) makes the very same frames.
+    flow_shot(client, 6)
+    one = wait_for(client, client.submit(job), timeout=300)
+    ray_frames, one_frames = frames_of(ray_client, status, tmp_path), frames_of(client, one, tmp_path)
+    for number in range(1, 7):
+        assert np.array_equal(ray_frames[number], one_frames[number]), f"frame {number} differs"
+
+
+def test_units_go_to_the_replica_that_holds_their_model(ray_client: Any, tiny_models: dict[str, str],
+                                                        tmp_path: Path) -> None:
+    """Two checkpoints new to both replicas, alternating, one job at a time: the second goes to the
+    replica with fewer models; after that each job finds its model loaded (Serve's multiplexing,
+    by the pipeline key). Without the routing a job lands on either replica (1 in 16 to pass;
+    failed with --no-model-routing when this test was written)."""
+    copies = []
+    for name in ("route-b", "route-c"):
+        shutil.copytree(tiny_models["base"], tmp_path / name)
+        copies.append({**tiny_models, "base": str(tmp_path / name)})
+    units = []
+    for i in range(6):
+        job = make_job(copies[i % 2], independent_shot(ray_client, 1, phase=0.1 * i), shot=f"route{i}", seed=60 + i,
+                       steps=2)
+        (unit,) = wait_for(ray_client, ray_client.submit(job), timeout=300)["replicas"]
+        units.append(unit)
+    assert [u["loaded"] for u in units] == [True, True, False, False, False, False], units
+    replica_b, replica_c = units[0]["replica"], units[1]["replica"]
+    assert replica_b != replica_c
+    assert [u["replica"] for u in units] == [replica_b, replica_c] * 3
+    assert units[0]["model"] != units[1]["model"] and {u["model"] for u in units[2:]} == {u["model"] for u in units[:2]}
 
 
 def test_out_of_memory_fails_that_job_only(ray_client: Any, tiny_models: dict[str, str]) -> None:
