@@ -4,8 +4,8 @@ The ingress runs every job at once on a thread of its own, so its job queue (Fai
 holds anything back; what is scarce is replicas. A unit goes to Serve only when a replica is
 free (Serve's router would hold it and look again after a backoff, leaving the replica idle),
 and the units waiting for one wait here: each token (artist) in its own FIFO, the next free
-slot to the token after the one served last. One artist's 40-shot Generate All then takes
-every third replica while two others have work, not all of them until it is done.
+slot to the token served least recently. One artist's 40-shot Generate All then takes every
+third replica while two others have work, not all of them until it is done.
 
 Any thread. Imports no ray.
 """
@@ -13,17 +13,26 @@ Any thread. Imports no ray.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 
 
 class FairSlots:
-    """``slots`` replica slots; ``acquire`` waits its token's turn, ``release`` frees a slot."""
+    """``slots`` replica slots; ``acquire`` waits its token's turn, ``release`` frees a slot.
+
+    The turn is the least recently served token's: tokens that keep units waiting take turns
+    (round robin), and one that arrives, or comes back after a while, goes first instead of
+    behind everyone who was just served: an artist's single shot waits for one free replica,
+    not for a round of the others' units.
+    """
 
     def __init__(self, slots: int) -> None:
         self.slots = max(1, slots)
         self._free = self.slots
-        self._waiting: OrderedDict[str, deque[object]] = OrderedDict()  # rotation order: next first
+        self._waiting: dict[str, deque[object]] = {}
+        self._served: dict[str, int] = {}  # owner -> when it was last served (a counter)
+        self._arrived: dict[object, int] = {}  # ticket -> arrival order, for ties
+        self._count = 0
         self._ready = threading.Condition()
         self.order: deque[str] = deque(maxlen=10_000)  # owners in the order they were served
 
@@ -32,6 +41,8 @@ class FairSlots:
         ``cancelled`` turned true first (checked every ``poll_s``)."""
         ticket = object()
         with self._ready:
+            self._count += 1
+            self._arrived[ticket] = self._count
             self._waiting.setdefault(owner, deque()).append(ticket)
             while not (self._free > 0 and self._next() is ticket):
                 if cancelled():
@@ -40,10 +51,9 @@ class FairSlots:
                 self._ready.wait(poll_s)
             self._free -= 1
             self._leave(owner, ticket)
-            if owner in self._waiting:
-                self._waiting.move_to_end(owner)  # served: to the back of the rotation
+            self._count += 1
+            self._served[owner] = self._count
             self.order.append(owner)
-            self._ready.notify_all()
             return True
 
     def release(self) -> None:
@@ -57,14 +67,16 @@ class FairSlots:
             return {owner: len(tickets) for owner, tickets in self._waiting.items()}
 
     def _next(self) -> object | None:
-        """The ticket served next: the first of the owner first in the rotation."""
-        for tickets in self._waiting.values():
-            return tickets[0]
-        return None
+        """The ticket served next: the first of the least recently served owner (earliest ticket on a tie)."""
+        if not self._waiting:
+            return None
+        owner = min(self._waiting, key=lambda o: (self._served.get(o, 0), self._arrived[self._waiting[o][0]]))
+        return self._waiting[owner][0]
 
     def _leave(self, owner: str, ticket: object) -> None:
         tickets = self._waiting[owner]
         tickets.remove(ticket)
+        del self._arrived[ticket]
         if not tickets:
             del self._waiting[owner]
         self._ready.notify_all()

@@ -48,6 +48,23 @@ def test_free_slots_go_round_robin_across_tokens_fifo_within_one() -> None:
     assert slots.waiting() == {}
 
 
+def test_a_token_arriving_goes_before_those_just_served() -> None:
+    """ana holds the only slot and queues two more units; ben's one unit, queued after them,
+    goes next: a single shot waits for one free replica, not for a round of the others."""
+    slots = FairSlots(1)
+    assert slots.acquire("ana")
+    threads = []
+    for owner in ("ana", "ana", "ben"):
+        queued = sum(slots.waiting().values())
+        threads.append(threading.Thread(target=lambda o=owner: slots.acquire(o) and slots.release()))
+        threads[-1].start()
+        wait(lambda q=queued: sum(slots.waiting().values()) == q + 1)
+    slots.release()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert list(slots.order) == ["ana", "ben", "ana", "ana"]
+
+
 def test_a_cancelled_unit_leaves_the_queue_and_keeps_no_slot() -> None:
     slots = FairSlots(1)
     assert slots.acquire("ana")
