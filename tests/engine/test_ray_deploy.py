@@ -140,6 +140,12 @@ def test_rayservice_manifest_runs_this_engine() -> None:
     assert set(app["args"]) <= fields, set(app["args"]) - fields
     cfg = RayEngineConfig(**app["args"])
     assert cfg.autoscaling() is not None and cfg.planned_replicas() == cfg.max_replicas
+    # Serve's own check of the autoscaling fields; units routed by model, one pipeline per GPU.
+    from ray.serve.config import AutoscalingConfig
+
+    scaling = AutoscalingConfig(**cfg.autoscaling())
+    assert (scaling.min_replicas, scaling.max_replicas, scaling.target_ongoing_requests) == (1, 4, 1)
+    assert cfg.model_routing and cfg.max_pipelines == 1
     # 2. The cluster: the pinned Ray version; one GPU per worker pod, as many pods as replicas.
     cluster = service["spec"]["rayClusterConfig"]
     pinned = re.search(r"ray\[serve\]==([\d.]+)", (ROOT / "engine/requirements-ray.txt").read_text())
