@@ -9,9 +9,12 @@ Protocol, per replica count N (``--counts``, default 1 2 4 8 16), each on a fres
 1. Throughput: N warm-up jobs (every replica loads the checkpoint), then ``--shots-per-replica``
    x N shots of ``--frames`` frames submitted at once; frames per second from the first submit
    to the last job done, and its ratio to one replica's (goal >= 0.9 x N).
-2. Latency: the same big Generate All again from one token while another token, like an artist
-   iterating, submits a 2-frame shot, waits for it, and submits the next (up to ``--small``
-   of them, while the big one runs): p50 and p95 of submit-to-done, beside the shot's own 1 s.
+2. Latency: a big Generate All twice as long from one token while another token, like an artist
+   iterating, submits a 2-frame shot, waits for it, pauses up to a big shot's time (uniformly, so
+   it arrives anywhere in the big shots' units) and submits the next (up to
+   ``--small`` of them, while the big one runs): p50 and p95 of submit-to-done, beside the
+   shot's own time (2 frames). A unit is not preempted: the wait is for the first replica to
+   finish its unit (a big shot's 8 frames), which the small shot then gets before the big one.
 3. Model loads: 4 artists (tokens), each on their own checkpoint, each iterating over
    ``--artist-shots`` 4-frame shots; the pipeline loads the units report, with model routing on,
    then on a fresh cluster with ``--no-model-routing``. One pipeline per replica (``--max-pipelines 1``).
@@ -25,9 +28,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
+import statistics
 import sys
 import tempfile
 import threading
@@ -51,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pool.add_argument("--counts", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="replica counts")
     pool.add_argument("--frame-s", type=float, default=0.5, help="the stand-in's seconds per frame")
     pool.add_argument("--load-s", type=float, default=2.0, help="the stand-in's seconds per pipeline load")
-    pool.add_argument("--sim-frames", type=int, default=8, help="frames per shot of the big Generate All")
+    pool.add_argument("--sim-frames", type=int, default=16, help="frames per shot of the big Generate All")
     pool.add_argument("--shots-per-replica", type=int, default=4, help="big Generate All: shots per replica")
     pool.add_argument("--small", type=int, default=20, help="most small shots measured while the big one runs")
     pool.add_argument("--artist-shots", type=int, default=6, help="shots per artist in the model-load run")
@@ -77,14 +82,21 @@ class Pool:
                 "models": {"base": models["base"], "controlnet_depth": models["depth"], "controlnet_pose": None},
                 "frames": [{"frame": k + 1, "depth": self._maps[token, k]} for k in range(frames)]}
 
-    def wait(self, token: str, ids: list[str], poll_s: float = 0.05) -> dict[str, dict[str, Any]]:
-        """Every job's last status, polled as the add-on does (one request for up to 100 jobs)."""
+    def wait(self, token: str, ids: list[str], poll_s: float = 0.1,
+             forgotten_ok: bool = False) -> dict[str, dict[str, Any]]:
+        """Every job's last status, polled as the add-on does (one request for up to 100 jobs).
+
+        The ingress keeps the last 200 jobs: with ``forgotten_ok``, a job it no longer knows (it
+        ended and others came after) counts as ended, without a status."""
         ended: dict[str, dict[str, Any]] = {}
         while len(ended) < len(ids):
             pending = [i for i in ids if i not in ended]
             for start in range(0, len(pending), 100):
-                found = self.clients[token].statuses(pending[start:start + 100]) or {}
+                asked = pending[start:start + 100]
+                found = self.clients[token].statuses(asked) or {}
                 ended.update({i: s for i, s in found.items() if s["status"] not in ("queued", "running")})
+                if forgotten_ok:
+                    ended.update({i: {"status": "forgotten"} for i in asked if i not in found})
             time.sleep(poll_s)
         return ended
 
@@ -122,22 +134,45 @@ def generate_all(pool: Pool, token: str, shots: int, frames: int, seed: int) -> 
     return [pool.clients[token].submit(body) for body in bodies], started
 
 
-def measure_throughput(pool: Pool, args: argparse.Namespace, n: int) -> float:
-    """Frames per second of the big Generate All, after every replica loaded the checkpoint."""
+def measure_throughput(pool: Pool, args: argparse.Namespace, n: int, seed: int = 20_000) -> dict[str, float]:
+    """Frames per second of the big Generate All, after every replica loaded the checkpoint, and
+    where the replicas were idle (``idle``)."""
     warm, _ = generate_all(pool, "bench", n, 1, seed=10_000)
     pool.wait("bench", warm)
-    ids, started = generate_all(pool, "bench", args.shots_per_replica * n, args.sim_frames, seed=20_000)
+    epoch = time.time()
+    ids, started = generate_all(pool, "bench", args.shots_per_replica * n, args.sim_frames, seed=seed)
+    submitted = time.perf_counter() - started
     ended = pool.wait("bench", ids)
     wall = time.perf_counter() - started
     assert all(s["status"] == "done" for s in ended.values()), "a throughput job did not end done"
-    return args.shots_per_replica * n * args.sim_frames / wall
+    return {"fps": args.shots_per_replica * n * args.sim_frames / wall, "wall_s": wall, "submit_s": submitted,
+            **idle(ended, epoch)}
+
+
+def idle(ended: dict[str, dict[str, Any]], epoch: float) -> dict[str, float]:
+    """When each replica took its first unit (after the first submit), and its gaps between units
+    (a unit's end as the ingress saw it to the next one's start on the replica), in seconds."""
+    by_replica: dict[str, list[dict[str, Any]]] = {}
+    for status in ended.values():
+        for unit in status["replicas"]:
+            by_replica.setdefault(unit["replica"], []).append(unit)
+    firsts, gaps = [], []
+    for units in by_replica.values():
+        units.sort(key=lambda u: u["started"])
+        firsts.append(units[0]["started"] - epoch)
+        gaps += [b["started"] - a["finished"] for a, b in zip(units, units[1:])]
+    return {"first_unit_s_max": max(firsts), "gap_s_median": statistics.median(gaps) if gaps else 0.0,
+            "gap_s_max": max(gaps, default=0.0)}
 
 
 def measure_latency(pool: Pool, args: argparse.Namespace, n: int) -> list[float]:
-    """Seconds from submit to done of 2-frame shots, one after another, while the big one runs."""
-    ids, _ = generate_all(pool, "big", args.shots_per_replica * n, args.sim_frames, seed=30_000)
+    """Seconds from submit to done of 2-frame shots, one after another with a pause of up to one big
+    unit's time (so they arrive at any point of the big shots' units), while the big one runs."""
+    ids, _ = generate_all(pool, "big", 2 * args.shots_per_replica * n, args.sim_frames, seed=30_000)
+    pauses = random.Random(n)
     latencies: list[float] = []
     for i in range(args.small):
+        time.sleep(pauses.uniform(0.0, args.sim_frames * args.frame_s))
         body = pool.shot("small", 2, seed=40_000 + i)
         started = time.perf_counter()
         job_id = pool.clients["small"].submit(body)
@@ -145,7 +180,7 @@ def measure_latency(pool: Pool, args: argparse.Namespace, n: int) -> list[float]
         latencies.append(time.perf_counter() - started)
         if ended(pool, "big", ids):
             break  # the big one has ended: later shots would not wait behind it
-    pool.wait("big", ids)
+    pool.wait("big", ids, forgotten_ok=True)  # its first shots may have left the job table
     return latencies
 
 
@@ -208,7 +243,7 @@ def run_count(client_mod: Any, args: argparse.Namespace, work: Path, n: int,
     figures: dict[str, Any] = {"replicas": n}
     pool = start_pool(client_mod, args, work / f"on-{n}", n, models)
     try:
-        figures["fps"] = measure_throughput(pool, args, n)
+        figures.update(measure_throughput(pool, args, n))
         figures["small_latency_s"] = measure_latency(pool, args, n)
         figures["loads_routing_on"] = measure_loads(pool, args)
         if n == args.kill_at:
@@ -234,7 +269,10 @@ def report(figures: dict[str, Any], one_fps: float, args: argparse.Namespace) ->
             f"{'met' if ratio >= 0.9 * n else 'NOT met'}); small shot while a big one runs: p50 "
             f"{percentile(latency, 0.5):.2f} s, p95 {percentile(latency, 0.95):.2f} s (n={len(latency)}, its own "
             f"frames {2 * args.frame_s:.1f} s); pipeline loads, 4 artists x {args.artist_shots} shots on 4 "
-            f"checkpoints: routing on {figures['loads_routing_on']}, off {figures['loads_routing_off']}")
+            f"checkpoints: routing on {figures['loads_routing_on']}, off {figures['loads_routing_off']}"
+            f"\n   big run {figures['wall_s']:.2f} s (all submitted in {figures['submit_s']:.2f} s); last replica's "
+            f"first unit at {figures['first_unit_s_max']:.2f} s; between units a replica waited "
+            f"{1000 * figures['gap_s_median']:.0f} ms (median), {1000 * figures['gap_s_max']:.0f} ms (longest)")
     if "kill" in figures:
         kill = figures["kill"]
         line += (f"\n   one of {n} replicas killed (SIGKILL) a quarter of the way: frames lost {kill['frames_lost']} "

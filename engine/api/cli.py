@@ -107,7 +107,8 @@ def cmd_serve_ray(args: argparse.Namespace) -> int:
         data_dir=str(args.data_dir or default_data_dir()), token=token,
         token_file=os.path.abspath(args.token_file) if args.token_file else None, replicas=args.replicas,
         gpus_per_replica=args.gpus_per_replica, cpus_per_replica=args.cpus_per_replica, device=args.device,
-        max_pipelines=args.max_pipelines, model_routing=args.model_routing, split_min_frames=args.split_min_frames,
+        max_pipelines=args.max_pipelines, model_routing=args.model_routing, route_retry_s=args.route_retry_s,
+        split_min_frames=args.split_min_frames,
         job_quota=args.job_quota, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
         target_ongoing_requests=args.target_ongoing_requests, upscale_delay_s=args.upscale_delay_s,
         downscale_delay_s=args.downscale_delay_s, look_back_period_s=args.look_back_period_s,
@@ -260,6 +261,8 @@ def add_serve_ray(sub: Any) -> None:
     ray.add_argument("--no-model-routing", dest="model_routing", action="store_false",
                      help="send units to any free replica, not preferably to one holding their model")
     ray.add_argument("--job-quota", type=positive_int, default=16, help="queued + running jobs per token")
+    ray.add_argument("--route-retry-s", type=float, default=0.01,
+                     help="how often Serve's router looks again for a free replica (its default doubles to 0.5 s)")
     ray.add_argument("--split-min-frames", type=int, default=8,
                      help="INDEPENDENT shots with at least twice this many frames are split across replicas")
     ray.add_argument("--min-replicas", type=int, default=0, help="autoscaling: fewest replicas")

@@ -24,6 +24,10 @@ class RayEngineConfig:
     # Each unit carries its pipeline key as Serve's multiplexed model id, so Serve sends it to a
     # replica that already holds the model (engine/ray/routing.py). False: any free replica.
     model_routing: bool = True
+    # How often Serve's router looks again for a free replica. It probes two replicas at random:
+    # with one free replica among N (a unit is sent when one frees) that takes ~N/2 looks, and
+    # Serve's default pause, doubling to 0.5 s, left a replica idle for seconds at 16 replicas.
+    route_retry_s: float = 0.01
     split_min_frames: int = 8
     job_quota: int = 16  # queued + running jobs per token (GET /limits, 429 past it)
     # Autoscaling: used when max_replicas > 0 (min..max replicas, by ongoing units per replica).

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ray import serve
+from ray.serve.config import RequestRouterConfig
 from ray.serve.handle import DeploymentHandle
 
 from ..api.auth import Tokens
@@ -169,8 +170,12 @@ def build_app(args: dict[str, Any]) -> Any:
     cfg = RayEngineConfig(**args)
     cfg.data_dir = str(Path(cfg.data_dir).expanduser().resolve())
     Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
-    options: dict[str, Any] = {"ray_actor_options": {"num_cpus": cfg.cpus_per_replica,
-                                                     "num_gpus": cfg.gpus_per_replica}}
+    options: dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica},
+        # Serve's router, in the ingress, looks for a free replica every route_retry_s (config.py).
+        "request_router_config": RequestRouterConfig(initial_backoff_s=cfg.route_retry_s, backoff_multiplier=1.0,
+                                                     max_backoff_s=cfg.route_retry_s),
+    }
     autoscaling = cfg.autoscaling()
     if autoscaling:
         options["autoscaling_config"] = autoscaling
