@@ -25,7 +25,7 @@ from test_coherence import depth_map as flow_depth_map
 from test_coherence import flow_map, npy, png16
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ray_engine import RayEngine, ray_missing_reason  # noqa: E402
+from ray_engine import RayEngine, ray_missing_reason, session_processes  # noqa: E402
 
 pytestmark = pytest.mark.engine
 _MISSING = ray_missing_reason(sys.executable)
@@ -289,6 +289,46 @@ def test_generate_all_places_takes_in_the_order_jobs_finish(ray_client: Any, cor
     for outcome, frames in zip(outcomes, (1, 6)):
         assert outcome.complete and not outcome.error, outcome
         assert sorted(p.name for p in outcome.take_dir.glob("*.png")) == [f"{k:04d}.png" for k in range(1, frames + 1)]
+
+
+def test_a_job_resumes_with_the_same_frames_after_the_ingress_restarts(ray_engine: RayEngine, ray_client: Any,
+                                                                       client: Any, tiny_models: dict[str, str],
+                                                                       tmp_path: Path) -> None:
+    """Last in this module: the ingress killed (SIGKILL) mid-job. Serve starts another, which takes
+    the job back from its journal and resumes it after the frames in the cache; the take is the
+    one the single engine makes."""
+    job = make_job(tiny_models, independent_shot(ray_client, 5, phase=0.35), shot="restart", seed=131, steps=8,
+                   batch_size=1)
+    job_id = ray_client.submit(job)
+    before = wait_until(ray_client, job_id, lambda s: s["frames_done"] >= 1)
+    ingress = [pid for pid in session_processes(ray_engine.process.pid)
+               if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::ServeReplica:viewfinder:Ingress")]
+    assert len(ingress) == 1
+    os.kill(ingress[0], signal.SIGKILL)
+    status = ended_through_restart(ray_client, job_id)
+    assert status["status"] == "done" and status["frames"] == [1, 2, 3, 4, 5], status
+    assert any("ingress restarted" in e for e in status["events"]), status["events"]
+    assert set(before["frames"]) <= set(status["cached_frames"]), (before["frames"], status["cached_frames"])
+    independent_shot(client, 5, phase=0.35)
+    one = wait_for(client, client.submit(job), timeout=300)
+    ray_frames, one_frames = frames_of(ray_client, status, tmp_path), frames_of(client, one, tmp_path)
+    for number in range(1, 6):
+        assert np.array_equal(ray_frames[number], one_frames[number]), f"frame {number} differs"
+
+
+def ended_through_restart(client: Any, job_id: str, timeout: float = 240.0) -> dict[str, Any]:
+    """The job's last status; while the ingress restarts, requests fail (connection refused, 503) and
+    are asked again: a job must never hang."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status = client.status(job_id)
+        except Exception:  # noqa: BLE001 - the ingress is restarting
+            status = {"status": "restarting"}
+        if status["status"] in ("done", "failed", "cancelled"):
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} had not ended {timeout} s after the ingress was killed")
 
 
 class PollRecorder:
