@@ -24,6 +24,8 @@ ray-1 / ray-2; the reference single / 2x-single (what two processes get from the
 Targets on a 2-core CPU: ray-1 within 15% of single; ray-2 >= 1.6x ray-1.
 
 CPU:  .venv-engine/bin/python benchmarks/bench_scale.py
+Pool: .venv-engine/bin/python benchmarks/bench_scale.py --simulate   (1-16 replicas of a stand-in model
+      that sleeps per frame: throughput, fair share, model routing, a replica killed; bench_pool.py)
 GPU:  .venv-engine/bin/python benchmarks/bench_scale.py --preset sd15 --size 512 --steps 20 \
           --frames 16 --batch-size 4 --device cuda --gpus-per-replica 1 --replicas 1 2 4 ...
       (N replicas on N GPUs of one machine; see docs/shared-engine.md "Many GPUs: the engine on Ray Serve")
@@ -50,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import ROOT, load_core, make_tiny_models, model_paths, png  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "tests"))
+import bench_pool  # noqa: E402
 from ray_engine import RayEngine, free_port, ray_missing_reason  # noqa: E402
 
 
@@ -221,6 +224,7 @@ def main() -> int:
     parser.add_argument("--gpus-per-replica", type=float, default=0.0)
     parser.add_argument("--models-dir", default=None, help="reuse models written earlier (default: a temp dir)")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
+    bench_pool.add_arguments(parser)
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -228,6 +232,8 @@ def main() -> int:
     if missing:
         print(f"error: {missing}", file=sys.stderr)
         return 2
+    if args.simulate:
+        return bench_pool.run(args)
     client_mod, _ = load_core("vf_core_scale")
     work = Path(tempfile.mkdtemp(prefix="vf-bench-scale-"))
     # 1. Models.

@@ -78,7 +78,15 @@ def cmd_cache(args: argparse.Namespace) -> int:
 def cmd_serve_ray(args: argparse.Namespace) -> int:
     """The same HTTP engine on Ray Serve: worker replicas on GPUs, shots in parallel (engine/ray/serve.py)."""
     token = args.token or os.environ.get("VIEWFINDER_ENGINE_TOKEN") or None
-    if not is_loopback(args.host) and not token:
+    if args.token_file:
+        from .auth import Tokens
+
+        try:
+            Tokens.from_file(args.token_file)  # checked here; each ingress replica reads it again
+        except (OSError, ValueError) as exc:
+            print(f"error: --token-file: {exc}", file=sys.stderr)
+            return 2
+    if not is_loopback(args.host) and not (token or args.token_file):
         print(f"error: --host {args.host} is reachable from other machines; remote engines require a "
               "token: add --token <secret> (or set VIEWFINDER_ENGINE_TOKEN)", file=sys.stderr)
         return 2
@@ -96,12 +104,16 @@ def cmd_serve_ray(args: argparse.Namespace) -> int:
               "-c engine/constraints.txt -c engine/constraints-ray.txt", file=sys.stderr)
         return 2
     cfg = RayEngineConfig(
-        data_dir=str(args.data_dir or default_data_dir()), token=token, replicas=args.replicas,
+        data_dir=str(args.data_dir or default_data_dir()), token=token,
+        token_file=os.path.abspath(args.token_file) if args.token_file else None, replicas=args.replicas,
         gpus_per_replica=args.gpus_per_replica, cpus_per_replica=args.cpus_per_replica, device=args.device,
-        max_pipelines=args.max_pipelines, split_min_frames=args.split_min_frames, job_quota=args.job_quota,
-        min_replicas=args.min_replicas, max_replicas=args.max_replicas,
-        target_ongoing_requests=args.target_ongoing_requests,
-        upscale_delay_s=args.upscale_delay_s, downscale_delay_s=args.downscale_delay_s,
+        max_pipelines=args.max_pipelines, model_routing=args.model_routing, route_retry_s=args.route_retry_s,
+        split_min_frames=args.split_min_frames,
+        job_quota=args.job_quota, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+        target_ongoing_requests=args.target_ongoing_requests, upscale_delay_s=args.upscale_delay_s,
+        downscale_delay_s=args.downscale_delay_s, look_back_period_s=args.look_back_period_s,
+        metrics_interval_s=args.metrics_interval_s, simulate_frame_s=args.simulate_frame_s,
+        simulate_load_s=args.simulate_load_s,
     )
     return serve_forever(cfg, args.host, args.port, address=args.address, num_cpus=args.num_cpus)
 
@@ -236,6 +248,8 @@ def add_serve_ray(sub: Any) -> None:
     ray.add_argument("--host", default="127.0.0.1")
     ray.add_argument("--port", type=int, default=8765)
     ray.add_argument("--token", default=None, help="required for non-loopback hosts")
+    ray.add_argument("--token-file", default=None, help="a 'name:token' per line: a token per artist, each with "
+                     "its own jobs, quota and fair share of the replicas (a file every node can read)")
     ray.add_argument("--data-dir", default=None,
                      help="blobs and frame cache, a folder every replica sees (default ~/.cache/viewfinder-engine)")
     ray.add_argument("--address", default=None,
@@ -246,8 +260,13 @@ def add_serve_ray(sub: Any) -> None:
                      help="CPUs per replica (also its torch threads on CPU replicas)")
     ray.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local cluster (default: all)")
     ray.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
-    ray.add_argument("--max-pipelines", type=int, default=1, help="loaded model sets kept per replica")
+    ray.add_argument("--max-pipelines", type=positive_int, default=1,
+                     help="loaded model sets kept per replica (least recently used unloaded first)")
+    ray.add_argument("--no-model-routing", dest="model_routing", action="store_false",
+                     help="send units to any free replica, not preferably to one holding their model")
     ray.add_argument("--job-quota", type=positive_int, default=16, help="queued + running jobs per token")
+    ray.add_argument("--route-retry-s", type=float, default=0.01,
+                     help="how often Serve's router looks again for a free replica (its default doubles to 0.5 s)")
     ray.add_argument("--split-min-frames", type=int, default=8,
                      help="INDEPENDENT shots with at least twice this many frames are split across replicas")
     ray.add_argument("--min-replicas", type=int, default=0, help="autoscaling: fewest replicas")
@@ -256,6 +275,15 @@ def add_serve_ray(sub: Any) -> None:
                      help="autoscaling: units per replica it aims for")
     ray.add_argument("--upscale-delay-s", type=float, default=5.0)
     ray.add_argument("--downscale-delay-s", type=float, default=300.0)
+    ray.add_argument("--look-back-period-s", type=float, default=30.0,
+                     help="autoscaling: the window ongoing units are averaged over")
+    ray.add_argument("--metrics-interval-s", type=float, default=10.0,
+                     help="autoscaling: how often replicas and the ingress report ongoing units")
+    ray.add_argument("--simulate-frame-s", type=float, default=0.0,
+                     help="the stand-in model (engine/ray/standin.py): every frame takes this long, by "
+                     "sleeping; for measuring the pool without GPUs (0: real models)")
+    ray.add_argument("--simulate-load-s", type=float, default=0.0,
+                     help="the stand-in model: seconds a pipeline load takes")
     ray.set_defaults(func=cmd_serve_ray)
 
 

@@ -133,7 +133,8 @@ class OwnedJobs:
     def own_job(self, request: Request, job_id: str) -> Job:
         """The job, if the caller's token submitted it; someone else's job is 'unknown'."""
         job = self.manager.get(job_id)
-        if self.owners.get(job_id, DEFAULT_OWNER) != owner_of(request):
+        # A job the Ray ingress resumed after a restart (engine/ray/journal.py) carries its owner.
+        if self.owners.get(job_id, job.owner) != owner_of(request):
             raise NotFound(f"no job with id '{job_id}' for this token", code="unknown_job")
         return job
 
@@ -183,9 +184,8 @@ class OwnedJobs:
     def active_jobs(self, owner: str) -> int:
         """The token's jobs queued or running: what its quota counts. Reads a snapshot, so the
         event loop may call it without the lock (a thread's submit may add a job meanwhile)."""
-        jobs = self.manager.jobs
-        return sum(1 for j, o in list(self.owners.items())
-                   if o == owner and (job := jobs.get(j)) is not None and job.status in ("queued", "running"))
+        return sum(1 for job in list(self.manager.jobs.values())
+                   if job.owner == owner and job.status in ("queued", "running"))
 
     def check_quota(self, owner: str) -> None:
         """429 with Retry-After past the token's quota (under the lock where it must be exact)."""

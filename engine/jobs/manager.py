@@ -82,18 +82,20 @@ class JobManager:
     ``executor``: where groups run (``LocalExecutor``: here, one at a time; the Ray ingress
     injects its own). ``job_class``: the job type kept (the Ray ingress keeps more per job).
     ``on_end``: called with every job that ends (a Ray replica wakes its caller with it).
+    ``pipelines``: where loaded pipelines are kept (default: ``max_pipelines`` of them here).
     """
 
     def __init__(self, storage: Storage, default_device: str = "auto", max_pipelines: int = 1,
                  max_jobs_kept: int = 200, speed: SpeedOptions | None = None, executor: Executor | None = None,
-                 job_class: type[Job] = Job) -> None:
+                 job_class: type[Job] = Job, pipelines: PipelineCache | None = None) -> None:
         self.storage = storage
         self.executor: Executor = executor or LocalExecutor()
         self.job_class = job_class
         self.on_end: list[Callable[[Job], None]] = []
         self.speed = speed or SpeedOptions()  # the GPU path's options (engine/models/pipelines.py)
         self.default_device = resolve_device(default_device)
-        self.pipelines = PipelineCache(max_pipelines)
+        # A Ray replica passes its own: the loaded pipelines Serve's multiplexer holds (engine/ray/routing.py).
+        self.pipelines = pipelines if pipelines is not None else PipelineCache(max_pipelines)
         self.max_jobs_kept = max_jobs_kept
         self.jobs: dict[str, Job] = {}
         # Round robin across tokens with work waiting (engine/jobs/fair_queue.py), FIFO within one.

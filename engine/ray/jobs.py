@@ -7,16 +7,18 @@ INDEPENDENT shots of at least ``split_min_frames`` frames into up to one unit pe
 one unit, since each frame is made from the one before. Workers write frames to the shared
 frame cache; the ingress reads progress from there and from small per-unit status files.
 
-A unit whose replica dies is sent again: the new replica takes every finished frame from
-the cache and goes on from there, so no frame is lost or made twice. This module does not
-import ray at the top, so the planning can be tested without it.
+A unit waits for a free replica in ``FairSlots`` (round robin across tokens, engine/ray/fair.py)
+and goes to Serve with its pipeline as the multiplexed model id (engine/ray/routing.py), so it
+lands on a replica that holds its model. A unit whose replica dies is sent again: the new
+replica takes every finished frame from the cache and goes on from there, so no frame is lost
+or made twice. The job table is journaled (engine/ray/journal.py): a restarted ingress resumes
+its jobs. This module does not import ray at the top, so the planning can be tested without it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -26,18 +28,24 @@ from typing import Any
 
 from ..coherence.strategies import make_strategy
 from ..contract.errors import EngineFault, OutOfMemory
-from ..contract.schema import FrameSpec
+from ..contract.schema import FrameSpec, JobRequest
 from ..jobs.context import RunContext
 from ..jobs.job import Job
 from ..jobs.manager import JobManager
+from ..jobs.runners import submit_job
 from ..models.pipelines import NET_ORDER
 from ..storage import Storage, atomic_write
+from .fair import FairSlots
+from .journal import ENDED, JobJournal, restored_job
+from .routing import model_id
 
 logger = logging.getLogger(__name__)
 
 POLL_S = 0.2
-# Attempts per unit: a replica death (or a node lost) sends the unit to another replica.
-MAX_ATTEMPTS = 4
+# Attempts per unit: a replica death (or a node lost) sends the unit to another replica, after
+# a pause that doubles from RETRY_S (Serve needs a moment to see a lost node's replicas gone).
+MAX_ATTEMPTS = 6
+RETRY_S = 0.5
 
 
 @dataclass
@@ -57,11 +65,13 @@ class Unit:
     from_cache: list[int] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     response: Any = None
+    model: str | None = None  # the multiplexed model id: the job's pipeline key (engine/ray/routing.py)
+    loaded: bool | None = None  # whether the replica had to load the pipeline for this unit
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "frames": list(self.frames), "status": self.status, "replica": self.replica,
                 "pid": self.pid, "attempts": self.attempts, "started": self.started, "finished": self.finished,
-                "from_cache": list(self.from_cache)}
+                "from_cache": list(self.from_cache), "model": self.model, "loaded": self.loaded}
 
 
 @dataclass
@@ -131,25 +141,31 @@ def is_request_cancelled(exc: BaseException) -> bool:
     return isinstance(exc, TaskCancelledError)
 
 
+CallUnit = Callable[[str, dict[str, Any], "str | None"], Any]
+
+
 class RayExecutor:
     """The executor of the Ray ingress's JobManager: every job on a thread of its own, cut into
-    units sent to worker replicas (``call_unit(unit_id, request_json)`` starts one unit on some
-    replica and returns a Serve DeploymentResponse: ``result()``, ``cancel()``)."""
+    units sent to worker replicas (``call_unit(unit_id, request_json, model_id)`` starts one unit
+    on some replica, routed by ``model_id`` unless None, and returns a Serve DeploymentResponse:
+    ``result()``, ``cancel()``)."""
 
     interleave = False  # jobs run side by side on replicas; FLOW shots are not batched together here
 
-    def __init__(self, storage: Storage, call_unit: Callable[[str, dict[str, Any]], Any], worker_device: str,
-                 replicas: int, split_min_frames: int = 8) -> None:
+    def __init__(self, storage: Storage, call_unit: CallUnit, worker_device: str, replicas: int,
+                 split_min_frames: int = 8, model_routing: bool = True) -> None:
         self.storage = storage
         self.call_unit = call_unit
         self.worker_device = worker_device
         self.replicas = replicas
         self.split_min_frames = split_min_frames
-        self._pool = ThreadPoolExecutor(max_workers=256, thread_name_prefix="vf-ray-job")
+        self.model_routing = model_routing
+        self._pool = ThreadPoolExecutor(max_workers=512, thread_name_prefix="vf-ray-job")
         # One unit in Serve per replica: a unit is sent when a replica is free. Serve's router
         # holds the others and looks again after a backoff that grows to 0.5 s, leaving the
-        # replica idle between units (docs/shared-engine.md "Many GPUs").
-        self._slots = threading.Semaphore(max(1, replicas))
+        # replica idle between units (docs/shared-engine.md "Many GPUs"). The units waiting for a
+        # replica are served round robin across tokens (engine/ray/fair.py).
+        self.slots = FairSlots(replicas)
 
     def dispatch(self, work: Callable[[], None]) -> None:
         self._pool.submit(work)
@@ -185,7 +201,7 @@ class RayExecutor:
         sequential = strategy.sequential or chained
         batches = [todo] if chained else list(strategy.batches(todo, request.batch_size, active_nets))
         plan = plan_units(batches, sequential, self.replicas, self.split_min_frames)
-        job.units = [Unit(id=f"{job.id}-{i}", frames=frames) for i, frames in enumerate(plan)]
+        job.units = [Unit(id=f"{job.id}-{i}", frames=frames, model=model_id(job.key)) for i, frames in enumerate(plan)]
         # Running from here on (a cancel now stops the units); the phase stays "queued" until a
         # replica takes a unit.
         job.status, job.started = "running", time.time()
@@ -233,6 +249,7 @@ class RayExecutor:
                         job.timings[key] = max(job.timings[key], float(record["timings"][key]))
                 if record.get("pipeline_reused") is not None:
                     job.pipeline_reused = bool(record["pipeline_reused"])
+                    unit.loaded = not job.pipeline_reused
         # Only frames of units a replica took (or finished): queued jobs cost no disk look-ups.
         for unit in job.units:
             if unit.started is None and unit.finished is None:
@@ -253,7 +270,8 @@ class RayExecutor:
         job.update_eta(run_started, generated)
 
     def _run_unit(self, job: RayJob, unit: Unit) -> None:
-        """Unit thread: one Serve call per attempt; a lost replica means another attempt."""
+        """Unit thread: one Serve call per attempt, each after its token's turn for a free replica;
+        a lost replica means another attempt, after a pause."""
         request = job.request
         frames = set(unit.frames)
         sequential = make_strategy(request.coherence).sequential or request.job_kind() in ("video", "finalize")
@@ -261,62 +279,107 @@ class RayExecutor:
             update={"frames": [f for f in request.frames if f.frame in frames]})
         payload = body.model_dump(mode="json")
         while unit.attempts < MAX_ATTEMPTS:
-            if job.cancel_event.is_set():
+            if not self.slots.acquire(job.owner, job.cancel_event.is_set, POLL_S):
                 unit.status = "cancelled"
                 return
-            if not self._slots.acquire(timeout=POLL_S):
-                continue
             unit.attempts += 1
             unit.status = "running"
             try:
-                unit.response = self.call_unit(unit.id, payload)
-                result: dict[str, Any] = unit.response.result()
-            except Exception as exc:  # noqa: BLE001 - sorted below
-                if is_request_cancelled(exc) or job.cancel_event.is_set() and not is_replica_lost(exc):
-                    unit.status, unit.finished = "cancelled", time.time()
-                    return
-                if not is_replica_lost(exc):
-                    unit.status, unit.finished = "failed", time.time()
-                    raise
-                missing = sorted(n for n in unit.frames if n not in job.done
-                                 and not self.storage.has_frame(job.frame_keys[n]))
-                event = (f"replica {unit.replica or '?'} (pid {unit.pid or '?'}) was lost during frames "
-                         f"{unit.frames[0]}-{unit.frames[-1]} ({type(exc).__name__}); {len(missing)} unfinished "
-                         f"frame(s) sent to another replica, finished frames kept")
-                logger.warning("Job %s: %s", job.id, event)
-                job.events.append(event)
-                unit.replica = unit.pid = None
-                continue
+                result = self._call(job, unit, payload)
             finally:
-                self._slots.release()
-            unit.status, unit.finished = result.get("status", "failed"), time.time()
-            unit.replica, unit.pid = result.get("replica", unit.replica), result.get("pid", unit.pid)
-            # Frames the replica found finished (by an earlier attempt or another job) and did not redo.
-            unit.from_cache = [n for n in result.get("cached_frames", []) if n in set(unit.frames)]
-            unit.timings = {k: float(v) for k, v in (result.get("timings") or {}).items()}
-            if result.get("status") == "failed":
-                error = result.get("error") or {}
-                code = error.get("code", "engine_error")
-                message = error.get("message", "the replica failed on this job")
-                raise OutOfMemory(message) if code == "out_of_memory" else EngineFault(
-                    message, code=code, status=int(result.get("http_status", 500)), field=error.get("field"))
-            return
+                self.slots.release()
+            if result is not None:
+                self._unit_result(unit, result)
+                return
+            # The replica was lost: Serve replaces it meanwhile (a lost node's, once it sees it gone).
+            job.cancel_event.wait(RETRY_S * 2 ** (unit.attempts - 1))
         unit.status = "failed"
         raise EngineFault(f"replicas were lost {MAX_ATTEMPTS} times on frames {unit.frames[0]}-{unit.frames[-1]}; "
                           "finished frames are kept: check the Ray cluster (ray status) and resubmit",
                           code="replica_lost")
+
+    def _call(self, job: RayJob, unit: Unit, payload: dict[str, Any]) -> dict[str, Any] | None:
+        """One attempt: the unit's result; None when its replica was lost (an event says so)."""
+        try:
+            unit.response = self.call_unit(unit.id, payload, unit.model if self.model_routing else None)
+            return dict(unit.response.result())
+        except Exception as exc:  # noqa: BLE001 - sorted below
+            if is_request_cancelled(exc) or job.cancel_event.is_set() and not is_replica_lost(exc):
+                unit.status, unit.finished = "cancelled", time.time()
+                return {"status": "cancelled"}
+            if not is_replica_lost(exc):
+                unit.status, unit.finished = "failed", time.time()
+                raise
+            lost = type(exc).__name__
+        missing = sorted(n for n in unit.frames if n not in job.done and not self.storage.has_frame(job.frame_keys[n]))
+        event = (f"replica {unit.replica or '?'} (pid {unit.pid or '?'}) was lost during frames "
+                 f"{unit.frames[0]}-{unit.frames[-1]} ({lost}); {len(missing)} unfinished "
+                 f"frame(s) sent to another replica, finished frames kept")
+        logger.warning("Job %s: %s", job.id, event)
+        job.events.append(event)
+        unit.replica = unit.pid = None
+        return None
+
+    def _unit_result(self, unit: Unit, result: dict[str, Any]) -> None:
+        """What the replica answered: where it ran, whether it loaded; a failed unit raises."""
+        if result.get("status") == "cancelled" and "replica" not in result:
+            return  # cancelled before the replica answered (``_call``)
+        unit.status, unit.finished = result.get("status", "failed"), time.time()
+        unit.replica, unit.pid = result.get("replica", unit.replica), result.get("pid", unit.pid)
+        unit.model, unit.loaded = result.get("model", unit.model), result.get("loaded", unit.loaded)
+        # Frames the replica found finished (by an earlier attempt or another job) and did not redo.
+        unit.from_cache = [n for n in result.get("cached_frames", []) if n in set(unit.frames)]
+        unit.timings = {k: float(v) for k, v in (result.get("timings") or {}).items()}
+        if result.get("status") == "failed":
+            error = result.get("error") or {}
+            code = error.get("code", "engine_error")
+            message = error.get("message", "the replica failed on this job")
+            raise OutOfMemory(message) if code == "out_of_memory" else EngineFault(
+                message, code=code, status=int(result.get("http_status", 500)), field=error.get("field"))
 
 
 class RayJobManager(JobManager):
     """Jobs validated and keyed here (same code as one engine), generated on worker replicas.
 
     A JobManager with a ``RayExecutor`` injected; the data folder is shared with the workers.
+    Every job is journaled there too (engine/ray/journal.py), so that a restarted ingress
+    resumes them (``restore``).
     """
 
-    def __init__(self, storage: Storage, call_unit: Callable[[str, dict[str, Any]], Any], worker_device: str,
-                 replicas: int, split_min_frames: int = 8, max_jobs_kept: int = 200) -> None:
-        executor = RayExecutor(storage, call_unit, worker_device, replicas, split_min_frames)
+    def __init__(self, storage: Storage, call_unit: CallUnit, worker_device: str, replicas: int,
+                 split_min_frames: int = 8, max_jobs_kept: int = 200, model_routing: bool = True) -> None:
+        executor = RayExecutor(storage, call_unit, worker_device, replicas, split_min_frames, model_routing)
         super().__init__(storage, default_device="cpu", max_pipelines=0, max_jobs_kept=max_jobs_kept,
                          executor=executor, job_class=RayJob)
         # The device the engine reports (GET /health): the workers'.
         self.default_device = worker_device
+        self.journal = JobJournal(storage)
+        self.on_end.append(self.journal.record)
+
+    def submit(self, request: JobRequest, owner: str = "default") -> Job:
+        job = super().submit(request, owner)
+        self.journal.record(job)
+        return job
+
+    def restore(self) -> int:
+        """At the ingress's start: the journaled jobs back in the table, the unfinished ones queued
+        to resume after the frames the cache holds. How many resume."""
+
+        def build(request: JobRequest) -> Job:
+            return submit_job(request, self.storage, self.resolve_job_device, self.speed, self.job_class)
+
+        jobs = [restored_job(entry, build, self.job_class, self.storage.has_frame) for entry in self.journal.entries()]
+        with self._lock:  # all of them first: queueing one may forget the oldest ended ones
+            self.jobs.update((job.id, job) for job in jobs)
+        resumed = [job for job in jobs if job.status not in ENDED]
+        for job in resumed:
+            assert isinstance(job, RayJob)
+            job.events.append("the engine's ingress restarted; the job was resumed, taking the frames finished "
+                              "before from the cache")
+            self._register(job, job.owner)
+        logger.info("Journal: %d job(s) restored, %d resumed", len(jobs), len(resumed))
+        return len(resumed)
+
+    def _forget_old_jobs(self, owner: str = "default") -> None:
+        super()._forget_old_jobs(owner)
+        self.journal.keep_only(set(self.jobs))

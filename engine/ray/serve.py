@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from ray import serve
+from ray.serve.config import RequestRouterConfig
 from ray.serve.handle import DeploymentHandle
 
+from ..api.auth import Tokens
 from ..api.server import create_app
 from ..contract.errors import EngineFault
 from ..contract.schema import JobRequest
@@ -30,6 +32,8 @@ from ..jobs.manager import JobManager
 from ..storage import Storage
 from .config import RayEngineConfig
 from .jobs import RayJobManager, write_unit_status
+from .routing import ServePipelines, model_id
+from .standin import StandInExecutor
 
 logger = logging.getLogger(__name__)
 
@@ -45,23 +49,29 @@ class Worker:
 
     def __init__(self, config: dict[str, Any]) -> None:
         cfg = RayEngineConfig(**config)
-        device = cfg.device
-        if device == "auto" and cfg.gpus_per_replica <= 0:
-            device = "cpu"
-        if cfg.gpus_per_replica <= 0:
+        simulated = cfg.simulate_frame_s > 0
+        device = "cpu" if simulated or cfg.device == "auto" and cfg.gpus_per_replica <= 0 else cfg.device
+        if cfg.gpus_per_replica <= 0 and not simulated:
             import torch
 
             # One torch thread per reserved CPU: replicas on one machine do not fight for cores.
             torch.set_num_threads(max(1, int(cfg.cpus_per_replica)))
         self.storage = Storage(cfg.data_dir)
-        self.manager = JobManager(self.storage, default_device=device, max_pipelines=cfg.max_pipelines)
+        # Pipelines load through Serve's model multiplexer (kept here as an attribute, where Serve
+        # looks for it): it reports which models this replica holds, for routing.
+        self.pipelines = ServePipelines(cfg.max_pipelines)
+        self.load_pipeline = self.pipelines.multiplexed
+        executor = StandInExecutor(cfg.simulate_frame_s, cfg.simulate_load_s) if simulated else None
+        self.manager = JobManager(self.storage, default_device=device, max_pipelines=cfg.max_pipelines,
+                                  executor=executor, pipelines=self.pipelines)
         # A job's end wakes the call waiting on it, so the replica returns its unit at once
         # without looking every few milliseconds.
         self.ended: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Event]] = {}
         self.manager.on_end.append(self._wake)
         self.manager.start()
         self.replica = serve.get_replica_context().replica_id.unique_id
-        logger.info("Worker replica %s (pid %d) on %s", self.replica, os.getpid(), self.manager.default_device)
+        logger.info("Worker replica %s (pid %d) on %s%s", self.replica, os.getpid(), self.manager.default_device,
+                    f", stand-in model ({cfg.simulate_frame_s} s a frame)" if simulated else "")
 
     def info(self) -> dict[str, Any]:
         return {"device": self.manager.default_device, "pid": os.getpid(), "replica": self.replica}
@@ -73,8 +83,10 @@ class Worker:
             waiter[0].call_soon_threadsafe(waiter[1].set)
 
     async def run_unit(self, unit_id: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """Generate the unit's frames into the shared cache; returns the local job's status."""
+        """Generate the unit's frames into the shared cache; returns the local job's status, with
+        where it ran and whether this replica had to load the pipeline (``loaded``)."""
         # 1. Same checks as one engine; frames already in the shared cache are skipped.
+        self.pipelines.loop = asyncio.get_running_loop()
         try:
             job = self.manager.submit(JobRequest.model_validate(payload))
         except EngineFault as exc:
@@ -83,11 +95,15 @@ class Worker:
         started = time.time()
         ended = asyncio.Event()
         self.ended[job.id] = (asyncio.get_running_loop(), ended)
+        model = model_id(job.key)
+        routed = serve.get_multiplexed_model_id()
+        if routed and routed != model:
+            logger.warning("Unit %s was routed as model %s but its pipeline is %s", unit_id, routed, model)
 
         def record() -> None:
             write_unit_status(self.storage, unit_id, {
                 "replica": self.replica, "pid": os.getpid(), "started": started, "status": job.status,
-                "phase": job.phase, "step": job.step, "frames_done": len(job.done),
+                "phase": job.phase, "step": job.step, "frames_done": len(job.done), "model": model,
                 "timings": job.timings, "pipeline_reused": job.pipeline_reused})
 
         # 2. Wait on the local worker thread, publishing progress for the ingress every
@@ -109,10 +125,17 @@ class Worker:
         finally:
             self.ended.pop(job.id, None)
         record()
-        return {**job.to_json(), "replica": self.replica, "pid": os.getpid()}
+        return {**job.to_json(), "replica": self.replica, "pid": os.getpid(), "model": model,
+                "loaded": job.pipeline_reused is False}
 
 
-@serve.deployment(num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
+# On the head node, with Ray's own state and Serve's controller: a worker node removed (a GPU pod
+# scaled down, a machine lost) never takes the job table with it. Should the ingress restart
+# anyway, it resumes its jobs from the journal (engine/ray/journal.py).
+HEAD_NODE = {"num_cpus": 0, "resources": {"node:__internal_head__": 0.001}}
+
+
+@serve.deployment(num_replicas=1, max_ongoing_requests=1000, ray_actor_options=HEAD_NODE)
 @serve.ingress()
 class Ingress:
     """The HTTP contract (engine/api/server.py's app) around a RayJobManager; holds the job table."""
@@ -120,17 +143,26 @@ class Ingress:
     async def __init__(self, workers: DeploymentHandle, config: dict[str, Any]) -> None:
         cfg = RayEngineConfig(**config)
         # A RayService passes the token through the environment (a Kubernetes secret), not its args.
-        self.token = cfg.token or os.environ.get("VIEWFINDER_ENGINE_TOKEN") or None
+        self.tokens: Tokens | str | None = Tokens.from_file(cfg.token_file) if cfg.token_file else (
+            cfg.token or os.environ.get("VIEWFINDER_ENGINE_TOKEN") or None)
         info = await workers.info.remote()
+
+        def call_unit(unit_id: str, payload: dict[str, Any], model: str | None) -> Any:
+            """A unit to Serve; with ``model``, Serve prefers a replica that holds that pipeline."""
+            handle = workers.options(multiplexed_model_id=model) if model else workers
+            return handle.run_unit.remote(unit_id, payload)
+
         self.manager = RayJobManager(
-            Storage(cfg.data_dir), call_unit=lambda unit_id, payload: workers.run_unit.remote(unit_id, payload),
-            worker_device=info["device"], replicas=cfg.planned_replicas(), split_min_frames=cfg.split_min_frames,
+            Storage(cfg.data_dir), call_unit=call_unit, worker_device=info["device"],
+            replicas=cfg.planned_replicas(), split_min_frames=cfg.split_min_frames, model_routing=cfg.model_routing,
         )
+        # Jobs a previous ingress took (before Serve restarted it) resume from the shared cache.
+        resumed = self.manager.restore()
         self.job_quota = cfg.job_quota
-        logger.info("Ingress: workers on %s, data in %s", info["device"], cfg.data_dir)
+        logger.info("Ingress: workers on %s, data in %s, %d job(s) resumed", info["device"], cfg.data_dir, resumed)
 
     def __serve_build_asgi_app__(self) -> Any:
-        return create_app(self.manager, self.token, max_jobs_per_token=self.job_quota)
+        return create_app(self.manager, self.tokens, max_jobs_per_token=self.job_quota)
 
 
 def build_app(args: dict[str, Any]) -> Any:
@@ -138,8 +170,12 @@ def build_app(args: dict[str, Any]) -> Any:
     cfg = RayEngineConfig(**args)
     cfg.data_dir = str(Path(cfg.data_dir).expanduser().resolve())
     Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
-    options: dict[str, Any] = {"ray_actor_options": {"num_cpus": cfg.cpus_per_replica,
-                                                     "num_gpus": cfg.gpus_per_replica}}
+    options: dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica},
+        # Serve's router, in the ingress, looks for a free replica every route_retry_s (config.py).
+        "request_router_config": RequestRouterConfig(initial_backoff_s=cfg.route_retry_s, backoff_multiplier=1.0,
+                                                     max_backoff_s=cfg.route_retry_s),
+    }
     autoscaling = cfg.autoscaling()
     if autoscaling:
         options["autoscaling_config"] = autoscaling
@@ -167,8 +203,12 @@ def serve_forever(cfg: RayEngineConfig, host: str, port: int, address: str | Non
     else:
         # Ray runs its workers at nice 15 below its own agents; here the replicas are the work.
         os.environ.setdefault("RAY_worker_niceness", "0")
-        ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=100 * 1024 * 1024,
-                 runtime_env=runtime_env, log_to_driver=False)
+        # "local": a new cluster even where `ray start` left an address in /tmp/ray/ray_current_cluster
+        # (ray.init() would join that one, or fail if it is gone).
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                 object_store_memory=100 * 1024 * 1024, runtime_env=runtime_env, log_to_driver=False)
+    # Other machines join this cluster with `ray start --address <this>` (docs/shared-engine.md).
+    print(f"Ray cluster at {ray.get_runtime_context().gcs_address}", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

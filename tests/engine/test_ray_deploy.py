@@ -60,7 +60,7 @@ def test_a_unit_goes_to_serve_only_when_a_replica_is_free(tmp_path: Path, tiny_m
     class Call:
         """A Serve call: the 'replica' makes the unit's frames in 0.1 s."""
 
-        def __init__(self, unit_id: str, payload: dict[str, Any]) -> None:
+        def __init__(self, unit_id: str, payload: dict[str, Any], model: str | None) -> None:
             self.unit_id = unit_id
             with lock:
                 in_flight[0] += 1
@@ -140,6 +140,12 @@ def test_rayservice_manifest_runs_this_engine() -> None:
     assert set(app["args"]) <= fields, set(app["args"]) - fields
     cfg = RayEngineConfig(**app["args"])
     assert cfg.autoscaling() is not None and cfg.planned_replicas() == cfg.max_replicas
+    # Serve's own check of the autoscaling fields; units routed by model, one pipeline per GPU.
+    from ray.serve.config import AutoscalingConfig
+
+    scaling = AutoscalingConfig(**cfg.autoscaling())
+    assert (scaling.min_replicas, scaling.max_replicas, scaling.target_ongoing_requests) == (1, 4, 1)
+    assert cfg.model_routing and cfg.max_pipelines == 1
     # 2. The cluster: the pinned Ray version; one GPU per worker pod, as many pods as replicas.
     cluster = service["spec"]["rayClusterConfig"]
     pinned = re.search(r"ray\[serve\]==([\d.]+)", (ROOT / "engine/requirements-ray.txt").read_text())

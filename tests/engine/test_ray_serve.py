@@ -9,6 +9,7 @@ reason when ray[serve] is not installed.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 import time
@@ -24,7 +25,7 @@ from test_coherence import depth_map as flow_depth_map
 from test_coherence import flow_map, npy, png16
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ray_engine import RayEngine, ray_missing_reason  # noqa: E402
+from ray_engine import RayEngine, ray_missing_reason, session_processes  # noqa: E402
 
 pytestmark = pytest.mark.engine
 _MISSING = ray_missing_reason(sys.executable)
@@ -184,6 +185,56 @@ def test_killed_replica_mid_job_still_gives_a_complete_correct_take(ray_client: 
         assert np.array_equal(ray_frames[number], one_frames[number]), f"frame {number} differs"
 
 
+def test_killed_flow_unit_resumes_after_its_last_frame_with_the_same_frames(ray_client: Any, client: Any,
+                                                                           tiny_models: dict[str, str],
+                                                                           tmp_path: Path) -> None:
+    """A FLOW shot is one unit, each frame made from the one before: killed mid-shot, the next
+    replica starts from the last finished frame (read back from the cache), and the take is the
+    one an uninterrupted run makes."""
+    job = {**make_job(tiny_models, flow_shot(ray_client, 6), shot="flowkill", steps=8, batch_size=1, seed=17),
+           "coherence": {"mode": "FLOW", "strength": 0.5, "keyframe_interval": 0}}
+    job_id = ray_client.submit(job)
+    before = wait_until(ray_client, job_id, lambda s: s["frames_done"] >= 2 and s["replicas"][0]["pid"])
+    assert before["frames"] == list(range(1, before["frames_done"] + 1))  # in order
+    os.kill(before["replicas"][0]["pid"], signal.SIGKILL)
+    status = wait_for(ray_client, job_id, timeout=300)
+    assert status["status"] == "done" and status["frames"] == [1, 2, 3, 4, 5, 6], status
+    (unit,) = status["replicas"]
+    assert unit["attempts"] >= 2 and unit["pid"] != before["replicas"][0]["pid"], unit
+    # Resumed after the last frame finished before the kill: those came from the cache, not made again.
+    assert set(before["frames"]) <= set(unit["from_cache"]), (before["frames"], unit)
+    assert any("was lost" in e for e in status["events"]), status["events"]
+    # An uninterrupted run (the single engine) makes the very same frames.
+    flow_shot(client, 6)
+    one = wait_for(client, client.submit(job), timeout=300)
+    ray_frames, one_frames = frames_of(ray_client, status, tmp_path), frames_of(client, one, tmp_path)
+    for number in range(1, 7):
+        assert np.array_equal(ray_frames[number], one_frames[number]), f"frame {number} differs"
+
+
+def test_units_go_to_the_replica_that_holds_their_model(ray_client: Any, tiny_models: dict[str, str],
+                                                        tmp_path: Path) -> None:
+    """Two checkpoints new to both replicas, alternating, one job at a time: each loads once (on
+    the replica holding the fewest models: the same or another, after the earlier tests); after
+    that every job goes where its model is (Serve's multiplexing, by the pipeline key). Without
+    the routing a job lands on either replica (1 in 16 to pass; failed with --no-model-routing
+    when this test was written)."""
+    copies = []
+    for name in ("route-b", "route-c"):
+        shutil.copytree(tiny_models["base"], tmp_path / name)
+        copies.append({**tiny_models, "base": str(tmp_path / name)})
+    units = []
+    for i in range(6):
+        job = make_job(copies[i % 2], independent_shot(ray_client, 1, phase=0.1 * i), shot=f"route{i}", seed=60 + i,
+                       steps=2)
+        (unit,) = wait_for(ray_client, ray_client.submit(job), timeout=300)["replicas"]
+        units.append(unit)
+    assert [u["loaded"] for u in units] == [True, True, False, False, False, False], units
+    replica_b, replica_c = units[0]["replica"], units[1]["replica"]
+    assert [u["replica"] for u in units] == [replica_b, replica_c] * 3
+    assert units[0]["model"] != units[1]["model"] and {u["model"] for u in units[2:]} == {u["model"] for u in units[:2]}
+
+
 def test_out_of_memory_fails_that_job_only(ray_client: Any, tiny_models: dict[str, str]) -> None:
     oom = make_job(tiny_models, [{"frame": OOM_FRAME, "depth": ray_client.upload_blob(depth_png(0.1)), "pose": None}],
                    shot="oom", seed=5)
@@ -238,6 +289,46 @@ def test_generate_all_places_takes_in_the_order_jobs_finish(ray_client: Any, cor
     for outcome, frames in zip(outcomes, (1, 6)):
         assert outcome.complete and not outcome.error, outcome
         assert sorted(p.name for p in outcome.take_dir.glob("*.png")) == [f"{k:04d}.png" for k in range(1, frames + 1)]
+
+
+def test_a_job_resumes_with_the_same_frames_after_the_ingress_restarts(ray_engine: RayEngine, ray_client: Any,
+                                                                       client: Any, tiny_models: dict[str, str],
+                                                                       tmp_path: Path) -> None:
+    """Last in this module: the ingress killed (SIGKILL) mid-job. Serve starts another, which takes
+    the job back from its journal and resumes it after the frames in the cache; the take is the
+    one the single engine makes."""
+    job = make_job(tiny_models, independent_shot(ray_client, 5, phase=0.35), shot="restart", seed=131, steps=8,
+                   batch_size=1)
+    job_id = ray_client.submit(job)
+    before = wait_until(ray_client, job_id, lambda s: s["frames_done"] >= 1)
+    ingress = [pid for pid in session_processes(ray_engine.process.pid)
+               if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::ServeReplica:viewfinder:Ingress")]
+    assert len(ingress) == 1
+    os.kill(ingress[0], signal.SIGKILL)
+    status = ended_through_restart(ray_client, job_id)
+    assert status["status"] == "done" and status["frames"] == [1, 2, 3, 4, 5], status
+    assert any("ingress restarted" in e for e in status["events"]), status["events"]
+    assert set(before["frames"]) <= set(status["cached_frames"]), (before["frames"], status["cached_frames"])
+    independent_shot(client, 5, phase=0.35)
+    one = wait_for(client, client.submit(job), timeout=300)
+    ray_frames, one_frames = frames_of(ray_client, status, tmp_path), frames_of(client, one, tmp_path)
+    for number in range(1, 6):
+        assert np.array_equal(ray_frames[number], one_frames[number]), f"frame {number} differs"
+
+
+def ended_through_restart(client: Any, job_id: str, timeout: float = 240.0) -> dict[str, Any]:
+    """The job's last status; while the ingress restarts, requests fail (connection refused, 503) and
+    are asked again: a job must never hang."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status = client.status(job_id)
+        except Exception:  # noqa: BLE001 - the ingress is restarting
+            status = {"status": "restarting"}
+        if status["status"] in ("done", "failed", "cancelled"):
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} had not ended {timeout} s after the ingress was killed")
 
 
 class PollRecorder:
