@@ -9,7 +9,6 @@ map, mode or LoRA that stops reaching the frames is seen.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,9 @@ from typing import Any
 import numpy as np
 import pytest
 from engine_testlib import depth_png, make_job, pose_png, read_png, wait_for
-from test_maps import all_maps, lineart_array, png
+from test_maps import all_maps, lineart_array, png, run
+from test_maps import put as upload
 
-from engine.contract.schema import JobRequest
 from engine.jobs.manager import JobManager
 from engine.models import batch as model_batch
 from engine.storage import Storage
@@ -32,24 +31,6 @@ def manager(tmp_path_factory: pytest.TempPathFactory) -> Any:
     jm.start()
     yield jm
     jm.stop()
-
-
-def upload(jm: JobManager) -> Any:
-    def put(data: bytes) -> str:
-        sha = hashlib.sha256(data).hexdigest()
-        jm.storage.put_blob(sha, data)
-        return sha
-    return put
-
-
-def run(jm: JobManager, body: dict[str, Any], status: str = "done") -> Any:
-    job = jm.submit(JobRequest.model_validate(body))
-    deadline = time.monotonic() + 300
-    while job.status not in ("done", "failed", "cancelled"):
-        assert time.monotonic() < deadline, job.to_json()
-        time.sleep(0.05)
-    assert job.status == status, job.to_json()
-    return job
 
 
 def pixels(jm: JobManager, job: Any) -> dict[int, np.ndarray]:

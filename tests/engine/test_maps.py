@@ -246,13 +246,14 @@ def put(jm: JobManager) -> Any:
     return upload
 
 
-def run(jm: JobManager, body: dict[str, Any]) -> Any:
+def run(jm: JobManager, body: dict[str, Any], status: str = "done") -> Any:
+    """Submit ``body`` to the in-process engine and wait (at most 300 s) until it ends in ``status``."""
     job = jm.submit(JobRequest.model_validate(body))
     deadline = time.monotonic() + 300
     while job.status not in ("done", "failed", "cancelled"):
         assert time.monotonic() < deadline, job.to_json()
         time.sleep(0.05)
-    assert job.status == "done", job.to_json()
+    assert job.status == status, job.to_json()
     return job
 
 
