@@ -255,8 +255,20 @@ class EngineShot:
         fresh = [f for f in status["frames"] if f not in self._done and f in self._asked]
         if fresh:
             frame = fresh[0]
-            client.fetch_frame(self.job_id, frame, take_dir / frame_name(frame), size=self._size,
-                               should_cancel=self.cancelled)
+            try:
+                client.fetch_frame(self.job_id, frame, take_dir / frame_name(frame), size=self._size,
+                                   should_cancel=self.cancelled)
+            except Exception as exc:
+                if getattr(exc, "code", "") != "cancelled" or not self.cancelled():
+                    raise
+                # Esc in the middle of a frame's download: the user's cancel, not a failure. The
+                # frame is not kept (never half written); the job stops and the finished ones stay.
+                try:
+                    self._send_cancel()
+                except Exception:  # noqa: BLE001 - best effort: the job is cancelled on our side either way
+                    log.debug("cancelling %s failed", self.job_id, exc_info=True)
+                self._end(cancelled=True)
+                return True
             log.info("shot '%s': frame %d fetched", job.shot, frame)
             self._done.add(frame)
             info.frames_done = sorted(self._done)
@@ -286,10 +298,14 @@ class EngineShot:
             message = error.get("message") if isinstance(error, dict) else str(error)
             self._end(error=message or "the engine reported a failure")
             return True
-        if self.cancelled() and not self._cancel_sent:
-            client.cancel(self.job_id)
-            self._cancel_sent = True
+        if self.cancelled():
+            self._send_cancel()
         return bool(fresh)
+
+    def _send_cancel(self) -> None:
+        if not self._cancel_sent:
+            self.client.cancel(self.job_id)
+            self._cancel_sent = True
 
     def _end(self, *, cancelled: bool = False, error: str = "") -> None:
         assert self._take_dir is not None and self._info is not None

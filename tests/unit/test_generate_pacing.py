@@ -135,3 +135,44 @@ def test_a_shot_refused_for_the_quota_waits_retry_after_and_is_not_a_failure(tmp
 ])
 def test_retry_after_is_read_and_bounded(header, seconds) -> None:
     assert client_mod.retry_after_s(header) == seconds
+
+
+class CancelMidFetch(QuotaEngine):
+    """Esc pressed while the second frame downloads: the client's fetch ends with code "cancelled"."""
+
+    def __init__(self, cancel) -> None:
+        super().__init__(quota=4, polls=1)
+        self.cancel_event, self.cancelled_jobs = cancel, []
+
+    def fetch_frame(self, job_id: str, frame: int, dest: str, **bounds: object) -> str:
+        if frame == 2:
+            self.cancel_event.set()
+            assert bounds["should_cancel"]()  # the shot hands the fetch its cancel
+            raise client_mod.EngineError(f"Frame {frame} from the engine was refused: cancelled; it was not saved",
+                                         code="cancelled")
+        return super().fetch_frame(job_id, frame, dest)
+
+    def cancel(self, job_id: str) -> dict:
+        self.cancelled_jobs.append(job_id)
+        return super().cancel(job_id)
+
+
+def test_a_frame_download_cut_by_cancel_ends_the_shot_cancelled_with_its_finished_frames(tmp_path: Path) -> None:
+    import threading
+
+    cancel = threading.Event()
+    engine = CancelMidFetch(cancel)
+    stage = generate_all.ShotsOnEngine(engine, should_cancel=cancel.is_set)
+    stage.add(shot_job(tmp_path, "Shot00"))
+    ended = []
+    for _ in range(200):
+        if stage.finished:
+            break
+        _worked, outcome = stage.step()
+        if outcome is not None:
+            ended.append(outcome)
+    assert len(ended) == 1 and isinstance(ended[0], generate.TakeOutcome), ended  # not a ShotFailure
+    outcome = ended[0]
+    assert outcome.cancelled and not outcome.complete and not outcome.error
+    assert outcome.frames == [1] and engine.cancelled_jobs == ["job0"]
+    assert sorted(p.name for p in outcome.take_dir.glob("*.png")) == ["0001.png"]
