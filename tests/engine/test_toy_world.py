@@ -217,3 +217,34 @@ def test_a_short_training_run_lowers_the_loss() -> None:
     train.train_unet(latents, ids, ids[0], 24, 4, 0, 300, report, every=6)
     first, last = report["unet"]["loss"][0][1], report["unet"]["loss"][-1][1]
     assert last < first, report["unet"]["loss"]
+
+
+@pytest.mark.parametrize("joint", [False, True])
+def test_the_depth_stage_tunes_the_text_encoder_only_when_joint(joint: bool) -> None:
+    """Stage 3 with ``--joint``: the text encoder learns beside the UNet and the net, and both end as their
+    moving averages (not the last step's raw weights); without it the text encoder stays as stage 2 left it."""
+    import torch
+
+    from engine.testing.toy import train
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    rows = [json.loads(line) for line in (DATA / "records.jsonl").read_text().splitlines()]
+    arrays = {"rgb": np.stack([read(DATA / r["rgb"]) for r in rows]),
+              "depth": np.stack([read(DATA / r["depth"]) for r in rows])}
+    vae = train.build_vae().eval()
+    vae.register_to_config(scaling_factor=1.0)
+    latents = train.encode_latents(vae, arrays)
+    unet, text = train.build_unet(), train.build_text_encoder(300)
+    ids = torch.randint(0, 300, (len(rows), 77))
+    text_before = [p.detach().clone() for p in text.parameters()]
+    unet_before = [p.detach().clone() for p in unet.parameters()]
+    report: dict[str, Any] = {}
+    train.train_controlnet("controlnet-depth", unet, text, latents, ids, ids[0],
+                           lambda idx: train.control_maps(arrays, idx, "depth"), 6, 4, 0, report,
+                           tune_unet=True, unet_rate=0.5, joint=joint)
+    text_moved = max(float((a - b).abs().max()) for a, b in zip(text_before, text.parameters()))
+    unet_moved = max(float((a - b).abs().max()) for a, b in zip(unet_before, unet.parameters()))
+    assert report["controlnet-depth"]["joint"] is joint
+    assert unet_moved > 0 and not unet.training and not text.training
+    assert (text_moved > 0) is joint, text_moved

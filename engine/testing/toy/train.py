@@ -249,13 +249,16 @@ def train_controlnet(name: str, unet: Any, text: Any, latents: Any, ids: Any, em
                      steps: int, batch: int, seed: int, report: dict[str, Any], *, subset: np.ndarray | None = None,
                      tune_unet: bool = False, beside: tuple[Any, Callable[[np.ndarray], Any]] | None = None,
                      lr: float = 5e-4, zero_lr: float | None = None, high_noise: float = 0.0,
-                     start: Any | None = None, unet_rate: float = 0.1) -> Any:
+                     start: Any | None = None, unet_rate: float = 0.1, joint: bool = False) -> Any:
     """Stage 3/4: a ControlNet from the UNet's encoder. ``tune_unet``: the UNet learns beside it at a
     tenth of the rate, and 20 % of batches run without control. ``beside``: a trained net (and its
     maps) applied too, frozen, as the engine applies several nets at once. ``zero_lr``: the rate of
     the zero convolutions and the map's embedding (they start at zero and must grow before the net
     does anything). ``start``: a trained net to go on training instead of a fresh copy of the
-    encoder; ``unet_rate``: the tuned UNet's rate as a share of ``lr``. Returns the EMA net."""
+    encoder; ``unet_rate``: the tuned UNet's rate as a share of ``lr``. ``joint`` (with ``tune_unet``):
+    the text encoder learns too, and the UNet and text encoder end as their moving averages (the
+    raw weights of a UNet tuned beside a net draw grain where FLOW denoises lightly: run 3).
+    Returns the EMA net."""
     import torch
     from diffusers import ControlNetModel
 
@@ -268,7 +271,9 @@ def train_controlnet(name: str, unet: Any, text: Any, latents: Any, ids: Any, em
         net.requires_grad_(True)
     ema = Ema(net, 0.998)
     unet.requires_grad_(tune_unet).train(tune_unet)
-    text.requires_grad_(False).eval()
+    joint = joint and tune_unet
+    text.requires_grad_(joint).train(joint)
+    averaged = [(unet, Ema(unet, 0.999)), (text, Ema(text, 0.999))] if joint else []
     fresh = [p for n, p in net.named_parameters() if n.startswith(("controlnet_down_blocks", "controlnet_mid_block",
                                                                    "controlnet_cond_embedding"))]
     ids_fresh = {id(p) for p in fresh}
@@ -276,6 +281,8 @@ def train_controlnet(name: str, unet: Any, text: Any, latents: Any, ids: Any, em
               {"params": fresh, "lr": zero_lr or lr}]
     if tune_unet:
         groups.append({"params": list(unet.parameters()), "lr": lr * unet_rate})
+    if joint:
+        groups.append({"params": list(text.parameters()), "lr": lr * unet_rate})
     opt = torch.optim.AdamW(groups, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100))
     diffusion = Diffusion(seed, high_noise)
@@ -287,7 +294,7 @@ def train_controlnet(name: str, unet: Any, text: Any, latents: Any, ids: Any, em
         tokens = ids[idx].clone()
         tokens[torch.from_numpy(rng.random(len(idx)) < 0.1)] = empty
         noisy, noise, t, weight = diffusion.noised(latents[idx])
-        with torch.no_grad():
+        with torch.set_grad_enabled(joint):
             hidden = text(tokens)[0]
         off = tune_unet and rng.random() < 0.2
         down, mid = None, None
@@ -307,13 +314,18 @@ def train_controlnet(name: str, unet: Any, text: Any, latents: Any, ids: Any, em
         opt.step()
         sched.step()
         ema.update(net, step)
+        for module, average in averaged:
+            average.update(module, step)
         return float(loss.detach())
 
     wall = _loop(name, steps, step_fn, curve)
+    for module, average in averaged:  # the averages are what is saved and what later stages see
+        module.load_state_dict(average.shadow.state_dict())
     unet.requires_grad_(False).eval()
+    text.requires_grad_(False).eval()
     report[name] = {"steps": steps, "batch": batch, "wall_s": round(wall, 1), "loss": curve, "lr": lr,
                     "zero_lr": zero_lr or lr, "high_noise": high_noise, "unet_tuned": tune_unet,
-                    "unet_rate": unet_rate if tune_unet else 0.0, "continued": start is not None,
+                    "unet_rate": unet_rate if tune_unet else 0.0, "continued": start is not None, "joint": joint,
                     "frames": int(len(latents) if subset is None else len(subset))}
     return ema.shadow
 
@@ -386,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
                              "tuned UNet drew grain under FLOW, the nets trained beside it serve the resumed one)")
     parser.add_argument("--unet-rate", type=float, default=0.1,
                         help="the UNet's rate beside the depth net, as a share of --cn-lr")
+    parser.add_argument("--joint", action="store_true",
+                        help="stage 3 trains the text encoder too and keeps moving averages of the UNet and text "
+                             "encoder (saved instead of their raw weights)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     import torch
@@ -425,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
                              lambda idx: control_maps(arrays, idx, "depth"), args.depth_steps, args.small_batch,
                              args.seed + 2, report, tune_unet=True, lr=args.cn_lr, zero_lr=args.zero_lr,
                              high_noise=args.high_noise, start=started_nets.get("controlnet-depth"),
-                             unet_rate=args.unet_rate)
+                             unet_rate=args.unet_rate, joint=args.joint)
     save(out, vae, unet if kept_unet is None else kept_unet, text, tokenizer, {"controlnet-depth": depth})
     # 4. Pose ControlNet, the depth net beside it.
     people = np.flatnonzero(arrays["has_pose"])
