@@ -101,6 +101,9 @@ class RayEngine:
                 "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
                 # A lost node is declared dead after ~3 s, not ~15 s: one machine, no network between.
                 "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",
+                # The joined node's replicas at normal priority too, as serve-ray sets for the head's
+                # (Ray's default is nice 15): on a busy machine the two would not be alike.
+                "RAY_worker_niceness": "0",
                 **self.env}
             if "RAY_TMPDIR" not in self.env:
                 # The cluster's own temp folder: `ray start` records the cluster it joined in
@@ -139,23 +142,31 @@ class RayEngine:
                 except RuntimeError:
                     self.stop()
                     raise
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=5) as response:
-                    if json.loads(response.read()).get("status") == "ok":
-                        return self
-            except OSError:
-                pass
+            # Ready once serve.run has returned (every replica of the deployment up, a joined node's
+            # too): the ingress answers /health as soon as one replica is.
+            if self._log_has("Viewfinder engine (Ray Serve) ready on"):
+                try:
+                    with urllib.request.urlopen(self.url + "/health", timeout=5) as response:
+                        if json.loads(response.read()).get("status") == "ok":
+                            return self
+                except OSError:
+                    pass
             time.sleep(1.0)
         self.stop()
         raise RuntimeError(f"serve-ray did not answer within {self.startup_timeout} s:\n{self.log_tail()}")
 
+    def _log_lines(self) -> list[str]:
+        try:
+            return self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+
+    def _log_has(self, start: str) -> bool:
+        return any(line.startswith(start) for line in self._log_lines())
+
     def cluster_address(self) -> str | None:
         """The head's GCS address, once serve-ray has printed it."""
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return None
-        return next((line.split()[-1] for line in lines if line.startswith("Ray cluster at ")), None)
+        return next((line.split()[-1] for line in self._log_lines() if line.startswith("Ray cluster at ")), None)
 
     def _join(self, address: str, index: int, deadline: float) -> subprocess.Popen[bytes]:
         """One more node (`ray start --address`, one CPU, no GPU) in a session of its own."""
@@ -203,10 +214,7 @@ class RayEngine:
         return self._watch.latest().get(deployment)
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return "\n".join(self._log_lines()[-lines:]) or "(no log)"
 
     def stop(self) -> None:
         """SIGTERM (the engine takes its local cluster down), then SIGKILL whatever of that cluster

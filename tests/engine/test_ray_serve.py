@@ -2,7 +2,7 @@
 (the head and a second ``ray start`` joined to it, one CPU each), one CPU replica on each, tiny
 models, driven over HTTP by the add-on's own client.
 
-One cluster for the whole session (it takes ~30 s to start), stopped with its nodes at the end
+One cluster for the module (it takes ~30 s to start), stopped with its nodes at the module's end
 (other Ray clusters on the machine are left alone); the worker node is removed by the last test.
 Skipped with the reason when ray[serve] is not installed.
 """
@@ -34,7 +34,7 @@ if _MISSING:
     pytest.skip(_MISSING, allow_module_level=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayEngine]:
     """serve-ray with two replicas, one on the head and one on a worker node; long INDEPENDENT
     shots split from 3 frames a unit on."""
