@@ -1,9 +1,10 @@
-"""The engine on Ray Serve (engine/ray/serve.py): a real local Ray cluster with two CPU
-replicas and tiny models, driven over HTTP by the add-on's own client.
+"""The engine on Ray Serve (engine/ray/serve.py): a real Ray cluster of two nodes on this machine
+(the head and a second ``ray start`` joined to it, one CPU each), one CPU replica on each, tiny
+models, driven over HTTP by the add-on's own client.
 
-One cluster for the whole session (it takes ~30 s to start), stopped with its whole local
-cluster at the end (other Ray clusters on the machine are left alone). Skipped with the
-reason when ray[serve] is not installed.
+One cluster for the module (it takes ~30 s to start), stopped with its nodes at the module's end
+(other Ray clusters on the machine are left alone); the worker node is removed by the last test.
+Skipped with the reason when ray[serve] is not installed.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from test_coherence import depth_map as flow_depth_map
 from test_coherence import flow_map, npy, png16
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ray_engine import RayEngine, ray_missing_reason, session_processes  # noqa: E402
+from ray_engine import RayEngine, ray_missing_reason  # noqa: E402
 
 pytestmark = pytest.mark.engine
 _MISSING = ray_missing_reason(sys.executable)
@@ -33,10 +34,11 @@ if _MISSING:
     pytest.skip(_MISSING, allow_module_level=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayEngine]:
-    """serve-ray with two replicas; long INDEPENDENT shots split from 3 frames a unit on."""
-    engine = RayEngine(sys.executable, tmp_path_factory.mktemp("ray-engine"), replicas=2,
+    """serve-ray with two replicas, one on the head and one on a worker node; long INDEPENDENT
+    shots split from 3 frames a unit on."""
+    engine = RayEngine(sys.executable, tmp_path_factory.mktemp("ray-engine"), replicas=2, worker_nodes=1,
                        extra_args=("--split-min-frames", "3", "--job-quota", "12"),
                        env=fault_env())
     engine.start()
@@ -294,15 +296,14 @@ def test_generate_all_places_takes_in_the_order_jobs_finish(ray_client: Any, cor
 def test_a_job_resumes_with_the_same_frames_after_the_ingress_restarts(ray_engine: RayEngine, ray_client: Any,
                                                                        client: Any, tiny_models: dict[str, str],
                                                                        tmp_path: Path) -> None:
-    """Last in this module: the ingress killed (SIGKILL) mid-job. Serve starts another, which takes
-    the job back from its journal and resumes it after the frames in the cache; the take is the
-    one the single engine makes."""
+    """The ingress killed (SIGKILL) mid-job. Serve starts another, which takes the job back from its
+    journal and resumes it after the frames in the cache; the take is the one the single engine
+    makes."""
     job = make_job(tiny_models, independent_shot(ray_client, 5, phase=0.35), shot="restart", seed=131, steps=8,
                    batch_size=1)
     job_id = ray_client.submit(job)
     before = wait_until(ray_client, job_id, lambda s: s["frames_done"] >= 1)
-    ingress = [pid for pid in session_processes(ray_engine.process.pid)
-               if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::ServeReplica:viewfinder:Ingress")]
+    ingress = list(ray_engine.replica_pids("Ingress"))
     assert len(ingress) == 1
     os.kill(ingress[0], signal.SIGKILL)
     status = ended_through_restart(ray_client, job_id)
@@ -313,6 +314,46 @@ def test_a_job_resumes_with_the_same_frames_after_the_ingress_restarts(ray_engin
     one = wait_for(client, client.submit(job), timeout=300)
     ray_frames, one_frames = frames_of(ray_client, status, tmp_path), frames_of(client, one, tmp_path)
     for number in range(1, 6):
+        assert np.array_equal(ray_frames[number], one_frames[number]), f"frame {number} differs"
+
+
+def test_a_worker_node_removed_mid_job_loses_no_frame(ray_engine: RayEngine, ray_client: Any, client: Any,
+                                                      tiny_models: dict[str, str], tmp_path: Path) -> None:
+    """Last in this module: the worker node pulled out (its raylet and its replica killed at once)
+    while a shot split over both nodes is half made there. The lost unit goes to the head's
+    replica, which takes the finished frames from the shared cache; the job ends done with every
+    frame, each the very frame the single engine makes."""
+    (node,) = ray_engine.nodes
+    replicas = ray_engine.replica_pids()
+    # The replicas spread across both nodes: one on the head, one on the worker node.
+    assert sorted(replicas.values()) == sorted([ray_engine.process.pid, node.pid]), replicas
+    on_node = next(pid for pid, session in replicas.items() if session == node.pid)
+    # 12 frames, one a batch: two units of 6, one per replica.
+    job = make_job(tiny_models, independent_shot(ray_client, 12, phase=0.45), shot="node", seed=141, steps=8,
+                   batch_size=1)
+    job_id = ray_client.submit(job)
+
+    def half_made_on_node(status: dict[str, Any]) -> bool:
+        unit = next((u for u in status["replicas"] if u["pid"] == on_node), None)
+        return unit is not None and bool(set(unit["frames"]) & set(status["frames"]))
+
+    before = wait_until(ray_client, job_id, half_made_on_node)
+    unit_before = next(u for u in before["replicas"] if u["pid"] == on_node)
+    made_on_node = sorted(set(unit_before["frames"]) & set(before["frames"]))
+    ray_engine.remove_node(node)
+    status = ended_through_restart(ray_client, job_id, timeout=300)
+    assert status["status"] == "done" and status["frames"] == list(range(1, 13)), status
+    (unit,) = [u for u in status["replicas"] if u["id"] == unit_before["id"]]
+    assert unit["status"] == "done" and unit["attempts"] >= 2 and unit["pid"] != on_node, unit
+    assert any("was lost" in e for e in status["events"]), status["events"]
+    # No frame lost or made twice: those made on the removed node came from the cache.
+    assert set(made_on_node) <= set(unit["from_cache"]), (made_on_node, unit)
+    # Every frame fetched and decoded, and each one the single engine's.
+    independent_shot(client, 12, phase=0.45)
+    one = wait_for(client, client.submit(job), timeout=300)
+    ray_frames, one_frames = frames_of(ray_client, status, tmp_path), frames_of(client, one, tmp_path)
+    assert sorted(ray_frames) == list(range(1, 13))
+    for number in range(1, 13):
         assert np.array_equal(ray_frames[number], one_frames[number]), f"frame {number} differs"
 
 
