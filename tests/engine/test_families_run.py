@@ -183,7 +183,8 @@ def test_flux_union_takes_depth_pose_and_line_art(manager: JobManager, tiny_mode
     bare = run(manager, family_job(tiny_models, [{"frame": f["frame"]} for f in frames], "flux", seed=21))
     assert [{k: c[k] for k in ("pipe", "net", "passes", "control_mode", "controlnet_conditioning_scale")}
             for c in calls] == [
-        {"pipe": "FluxControlNetPipeline", "net": "FluxMultiControlNetModel", "passes": 1, "control_mode": [2, 4, 0],
+        {"pipe": "FluxControlNetPipeline", "net": "BatchedFluxMultiControlNetModel", "passes": 1,
+         "control_mode": [2, 4, 0],
          "controlnet_conditioning_scale": [1.0, 1.0, 0.5]},
         {"pipe": "FluxPipeline", "net": "NoneType", "passes": 1, "control_mode": None,
          "controlnet_conditioning_scale": None}]
@@ -380,6 +381,48 @@ def test_flux_flow_holds_carried_regions_in_packed_latents(manager: JobManager, 
     free = pixels(manager, run(manager, body))
     steps = [round(float(np.abs(made[n] - made[n - 1]).mean()), 2) for made in (held, free) for n in (2, 3)]
     assert steps == pytest.approx([18.88, 13.99, 18.0, 11.81], abs=0.3), steps
+
+
+def test_flux_flow_shots_interleave_in_one_img2img_call(manager: JobManager, tiny_models: dict[str, str],
+                                                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two FLOW shots queued together on Flux share each pipeline call, two frames a call (the demo film's three
+    shots do). diffusers' Flux img2img pipeline gives the union net's control mode to one frame only, so without
+    ``variants.flux_multi`` the second frame's mode is missing and the call fails (``torch.cat``: sizes 1 and 2).
+    The frames are the shots' run one after the other: on stock CPU kernels within the rounding of batching
+    (test_interleave.py measures it for SD 1.5: at most 3 levels)."""
+    from engine.contract.schema import JobRequest
+
+    together = JobManager(Storage(tmp_path / "together"), default_device="cpu", max_pipelines=1)
+
+    def both(data: bytes) -> str:  # the maps in both engines' stores
+        upload(manager)(data)
+        return upload(together)(data)
+
+    frames = [{"frame": 1 + i, "depth": both(depth_png(0.2 * i)), "pose": both(pose_png(shift=i)),
+               "flow": both(flow_npy(1.0))} for i in range(3)]
+    bodies = [family_job(tiny_models, frames, "flux", seed=71 + i, steps=4, coherence={"mode": "FLOW"})
+              for i in range(2)]
+    calls = spy_calls(monkeypatch)
+    jobs = [together.submit(JobRequest.model_validate(body)) for body in bodies]  # queued before the worker starts
+    together.start()
+    try:
+        deadline = time.monotonic() + 300
+        while any(j.status not in ("done", "failed", "cancelled") for j in jobs):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        together.stop()
+    assert [j.status for j in jobs] == ["done", "done"], [j.error for j in jobs]
+    assert [(c["pipe"], c["images"]) for c in calls] == [("FluxControlNetPipeline", 2)] + [
+        ("FluxControlNetImg2ImgPipeline", 2)] * 2
+    assert {j.detail["shots_interleaved"] for j in jobs} == {2}
+    for body, job in zip(bodies, jobs, strict=True):
+        alone = run(manager, body)
+        assert alone.frame_keys == job.frame_keys
+        worst = max(int(np.abs(read_png(together.storage.frame_path(k)).astype(np.int16)
+                               - read_png(manager.storage.frame_path(k)).astype(np.int16)).max())
+                    for k in job.frame_keys.values())
+        assert worst <= 3, worst
 
 
 def test_flow_match_hold_is_diffusers_forward_process() -> None:
