@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -324,7 +325,7 @@ def test_sdxl_regional_characters_and_masked_ip_adapter(manager: JobManager, tin
     assert inside > 1.8 * outside  # the change is A's: outside it only what A's pixels pass on through the UNet
 
 
-def test_sdxl_draft_tier_runs_the_lcm_lora_and_gives_the_pipeline_back(manager: JobManager,
+def test_sdxl_draft_tier_runs_the_lcm_and_tcd_loras_and_gives_the_pipeline_back(manager: JobManager,
                                                                        tiny_models: dict[str, str],
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[dict[str, Any]] = []
@@ -344,6 +345,12 @@ def test_sdxl_draft_tier_runs_the_lcm_lora_and_gives_the_pipeline_back(manager: 
     assert seen[0]["scheduler"] == "LCMScheduler" and seen[0]["steps"] == 4
     assert len(seen[0]["adapters"]) == 1 and seen[0]["adapters"][0].startswith("vf_draft_")
     assert difference(pixels(manager, draft), before) == pytest.approx([11.36, 11.36], abs=0.3)
+    # TCD: the same path with TCDScheduler (h1t/TCD-SDXL-LoRA; the tiny distillation LoRA stands in for it).
+    tcd = run(manager, {**final, "tier": "draft", "draft": {"lora": tiny_models["sdxl_draft_lora"],
+                                                            "scheduler": "TCD"}})
+    assert (seen[1]["scheduler"], seen[1]["steps"], seen[1]["adapters"]) == ("TCDScheduler", 4, seen[0]["adapters"])
+    assert difference(pixels(manager, tcd), before) == pytest.approx([3.57, 3.57], abs=0.3)
+    assert set(tcd.frame_keys.values()).isdisjoint(draft.frame_keys.values())
     models = next(m for m in manager.pipelines._items.values() if m.family == "sdxl")
     assert type(models.base.scheduler).__name__ == "UniPCMultistepScheduler"
     assert not getattr(models.base.unet, "peft_config", {})
@@ -423,6 +430,32 @@ def test_flux_flow_shots_interleave_in_one_img2img_call(manager: JobManager, tin
                                - read_png(manager.storage.frame_path(k)).astype(np.int16)).max())
                     for k in job.frame_keys.values())
         assert worst <= 3, worst
+
+
+@pytest.mark.parametrize("family, pipe", [("sdxl", "StableDiffusionXLControlNetUnionImg2ImgPipeline"),
+                                          ("flux", "FluxControlNetImg2ImgPipeline")])
+def test_finalize_take_on_each_family(manager: JobManager, tiny_models: dict[str, str],
+                                      monkeypatch: pytest.MonkeyPatch, family: str, pipe: str) -> None:
+    """Finalize Take (the final tier's 2x pass, engine/jobs/finalize.py) on SDXL and Flux.1: the family's union
+    img2img pipeline details each enlarged approved frame with the depth map at 128 px, in timeline order; the
+    low-strength pass keeps the approved content (the 2x frame, shrunk back, follows the approved one, as
+    test_finalize.py asks of SD 1.5)."""
+    from PIL import Image
+    from test_finalize import BIG, FRAMES, SMALL, approved_frame, finalize_job, maps
+
+    put = SimpleNamespace(upload_blob=upload(manager))
+    calls = spy_calls(monkeypatch)
+    body = finalize_job(tiny_models, [maps(put, n) for n in range(1, FRAMES + 1)], None)
+    body["models"] = family_job(tiny_models, [], family)["models"]
+    if family == "flux":
+        body["guidance_scale"] = 3.5
+    job = run(manager, body)
+    assert job.detail["keyframes"] == [1] and job.detail["upscaler"] == "Lanczos resize"
+    assert {c["pipe"] for c in calls} == {pipe} and len(calls) == FRAMES
+    for n, image in pixels(manager, job).items():
+        assert image.shape == (BIG, BIG, 3)
+        shrunk = np.asarray(Image.fromarray(image.astype(np.uint8)).resize((SMALL, SMALL), Image.Resampling.BOX))
+        assert np.corrcoef(shrunk.astype(float).ravel(), approved_frame(n).astype(float).ravel())[0, 1] > 0.6
 
 
 def test_flow_match_hold_is_diffusers_forward_process() -> None:
