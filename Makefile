@@ -1,6 +1,6 @@
 # Viewfinder: two commands on a fresh clone.
 #   make test   sets up everything and runs all tests
-#   make demo   sets up everything and builds the demo film end to end
+#   make demo   sets up everything and builds the demo film end to end (FAMILY=sdxl|flux: on that family)
 # Setup makes three virtual environments at the repository root:
 #   .venv         Blender 5.0 as a Python module (bpy 5.0.1) for the add-on's tests and the demo
 #   .venv-bpy42   Blender 4.2 LTS (bpy 4.2.23): the add-on's tests again on the oldest supported line
@@ -54,8 +54,9 @@ test-blender42: setup
 build: .venv/.installed
 	.venv/bin/python -c "import bpy, pathlib, subprocess, sys; cli = pathlib.Path(bpy.utils.system_resource('SCRIPTS')) / 'addons_core/bl_pkg/cli/blender_ext.py'; subprocess.run([sys.executable, str(cli), 'validate', '.'], check=True); subprocess.run([sys.executable, str(cli), 'build', '--source-dir', '.', '--output-dir', 'dist'], check=True)"
 
+# FAMILY=sdxl or FAMILY=flux: the same film on that model family (tiny random-weight models offline).
 demo: setup
-	.venv/bin/python demo/run_demo.py
+	.venv/bin/python demo/run_demo.py $(if $(FAMILY),--family $(FAMILY))
 
 # The toy-world models (engine/testing/toy/MODEL_CARD.md): the dataset, rendered in Blender, then
 # the training that reproduces the committed weights from seed 0 (about an hour on 2 CPU cores).

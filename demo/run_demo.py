@@ -18,10 +18,19 @@ engine/testing/toy/MODEL_CARD.md): offline, small, and the frames show the film'
 people and blocks following each shot's camera, in the toy world's look and words.
 Real models when asked: VIEWFINDER_DEMO_MODEL=... (local folders), or
 VIEWFINDER_DEMO_MODELS=real (the defaults, downloaded on first use).
+
+Model family (issue 24): `--family sd15|sdxl|flux` (or VIEWFINDER_DEMO_FAMILY; `make demo
+FAMILY=sdxl`). SD 1.5 is the default and the toy world's. SDXL and Flux.1 have no toy-world models:
+offline they run on the tiny random-weight models of `python -m engine make-tiny-models` (their frames
+are noise: the run shows the film going end to end on that family, every map, character and take);
+with VIEWFINDER_DEMO_MODEL=... and VIEWFINDER_DEMO_CONTROLNET_UNION=... (local folders), or
+VIEWFINDER_DEMO_MODELS=real, on real ones. On Flux.1 the film is the same; what Flux cannot take (the
+characters, the traveller's reference, normal and seg maps) is left unsent, each with the reason.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import shutil
@@ -51,6 +60,10 @@ sys.path.insert(0, str(ROOT))
 from demo.scene import build_demo_scene, dress, render_reference  # noqa: E402
 
 BIBLE = os.environ.get("VIEWFINDER_DEMO_BIBLE", "1") != "0"
+FAMILIES = {"sd15": "SD15", "sdxl": "SDXL", "flux": "FLUX"}  # --family -> scene.viewfinder.model_family
+# VIEWFINDER_DEMO_MODELS=real on SDXL and Flux.1: each family's base model and union ControlNet.
+REAL_MODELS = {"sdxl": ("stabilityai/stable-diffusion-xl-base-1.0", "xinsir/controlnet-union-sdxl-1.0"),
+               "flux": ("black-forest-labs/FLUX.1-dev", "Shakker-Labs/FLUX.1-dev-ControlNet-Union-Pro")}
 CAST = {
     # character name: (armature, description, coat colour)
     "Traveller": ("Hero", "a tall young woman with short black hair in a long red coat", (0.7, 0.08, 0.05, 1.0)),
@@ -93,8 +106,10 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def choose_models(settings) -> bool:
-    """Set the scene's models; True when they are real, False for the toy-world models."""
+def choose_models(settings, family: str) -> bool:
+    """Set the scene's model family and models; True when they are real, False for the toy-world models
+    (SD 1.5) or the tiny random-weight ones (SDXL, Flux.1)."""
+    settings.model_family = FAMILIES[family]
     override = os.environ.get("VIEWFINDER_DEMO_MODEL")
     if override:
         settings.model = override
@@ -102,14 +117,20 @@ def choose_models(settings) -> bool:
         settings.controlnet_pose = os.environ.get("VIEWFINDER_DEMO_CONTROLNET_POSE", settings.controlnet_pose)
         for kind in ("normal", "lineart", "seg"):  # local folders only: unnamed, the map is shown, not sent
             setattr(settings, f"controlnet_{kind}", os.environ.get(f"VIEWFINDER_DEMO_CONTROLNET_{kind.upper()}", ""))
+        settings.controlnet_union = os.environ.get("VIEWFINDER_DEMO_CONTROLNET_UNION", "")
         say(f"using the models you named: {settings.model}")
         return True
     if os.environ.get("VIEWFINDER_DEMO_MODELS") == "real":
         if not hub_reachable():
             raise SystemExit("VIEWFINDER_DEMO_MODELS=real needs the Hugging Face Hub, which cannot be reached: "
                              "name local folders with VIEWFINDER_DEMO_MODEL=..., or leave it unset for the toy world")
+        if family in REAL_MODELS:
+            settings.model, settings.controlnet_union = REAL_MODELS[family]
         say(f"using the default models (downloaded on first use): {settings.model}")
         return True
+    if family != "sd15":
+        use_tiny_models(settings, family)
+        return False
     toy = OUT / "toy-models"
     subprocess.run([ENGINE_PYTHON, "-m", "engine", "make-toy-models", str(toy)], cwd=ROOT, check=True,
                    stdout=subprocess.DEVNULL)
@@ -132,6 +153,27 @@ def choose_models(settings) -> bool:
     say("         at local models: VIEWFINDER_DEMO_MODEL=/path/to/sd15 VIEWFINDER_DEMO_CONTROLNET_DEPTH=/path/to/depth "
         "VIEWFINDER_DEMO_CONTROLNET_POSE=/path/to/openpose make demo (or VIEWFINDER_DEMO_MODELS=real online)")
     return False
+
+
+def use_tiny_models(settings, family: str) -> None:
+    """SDXL or Flux.1 offline: the tiny random-weight models of make-tiny-models, with the family's union
+    ControlNet (every map it has a mode for) and, on SDXL, its IP-Adapter for the traveller's reference."""
+    given = os.environ.get("VIEWFINDER_DEMO_TINY_MODELS")  # the tests' own, made once per session
+    tiny = Path(given) if given else OUT / "tiny-models"
+    if not given:
+        subprocess.run([ENGINE_PYTHON, "-m", "engine", "make-tiny-models", str(tiny)], cwd=ROOT, check=True,
+                       stdout=subprocess.DEVNULL)
+    settings.model = str(tiny / family)
+    settings.controlnet_union = str(tiny / f"controlnet-union-{family}")
+    for kind in ("normal", "lineart", "seg"):  # the union net serves them: no net of their own
+        setattr(settings, f"controlnet_{kind}", "")
+    if family == "sdxl":
+        settings.ip_adapter = str(tiny / "ip-adapter-sdxl" / "ip-adapter.safetensors")
+        settings.image_encoder = str(tiny / "ip-adapter-sdxl" / "image-encoder")
+    say(f"using the tiny random-weight {settings.model_family} models (python -m engine make-tiny-models): "
+        "no toy world for this family, so the frames are noise; the film runs end to end on it. For real frames: "
+        f"VIEWFINDER_DEMO_MODEL=/path/to/{family} VIEWFINDER_DEMO_CONTROLNET_UNION=/path/to/union make demo "
+        f"FAMILY={family}")
 
 
 def use_exact_maps(settings) -> None:
@@ -182,7 +224,7 @@ def add_cast(scene, toy: bool) -> None:
     say(f"character bible: {', '.join(scene.viewfinder.characters.keys())}; the traveller's reference: {reference}")
 
 
-def main() -> int:
+def main(family: str) -> int:
     started = time.time()
     if OUT.exists():
         for name in ("film.blend", "film.blend1", "storyboard.png", "animatic.mp4", "viewfinder",
@@ -205,25 +247,27 @@ def main() -> int:
     scene = bpy.context.scene
     build_demo_scene(scene)
     settings = scene.viewfinder
-    real = choose_models(settings)
+    real = choose_models(settings, family)
+    toy = not real and family == "sd15"
     # The toy models were trained on 64-pixel squares; 112 is the long edge whose 16:9 short edge
-    # reaches the engine's 64-pixel minimum.
-    settings.long_edge = 768 if real else 112
-    settings.steps = 20 if real else (4 if QUICK else 20)
+    # reaches the engine's 64-pixel minimum (the tiny models' too). Real SDXL and Flux.1: their 1024.
+    settings.long_edge = (768 if family == "sd15" else 1024) if real else 112
+    # Quick mode (tests): four steps on the toy world, two on the tiny models (whose frames are noise anyway).
+    settings.steps = 20 if real else (20 if not QUICK else 4 if toy else 2)
     settings.batch_size = 4
     if real:
         settings.style_prompt = "cinematic still, overcast light, muted colours, 35mm film grain"
     else:
         settings.guidance_scale = 5.0
-    add_cast(scene, toy=not real)
-    prompts = {
+    add_cast(scene, toy=toy)
+    prompts = TOY_PROMPTS if toy else {
         "Dolly": "a lone traveller walks down an empty street between old brick buildings",
         "Pan": "the street seen from the corner, the traveller and a stranger pass each other, shop signs",
         "Orbit": "close on the traveller, buildings behind, dramatic sky",
-    } if real else TOY_PROMPTS
+    }
     for shot in settings.shots:
         shot.prompt = prompts.get(shot.name, "a street at dusk")
-        shot.negative_prompt = "blurry, deformed, text, watermark" if real else ""
+        shot.negative_prompt = "" if toy else "blurry, deformed, text, watermark"
         shot.coherence = os.environ.get("VIEWFINDER_DEMO_COHERENCE", "FLOW")
     use_exact_maps(settings)
     film = OUT / "film.blend"
@@ -257,12 +301,21 @@ def main() -> int:
     for name in ("film.blend", "storyboard.png", "animatic.mp4"):
         say(f"  {OUT / name}")
     if not real:
-        say("(toy-world models: see above for how to use real models)")
+        say(f"({'toy-world' if toy else 'tiny random-weight'} models: see above for how to use real models)")
     return 0
 
 
+def parse_family(argv: list[str]) -> str:
+    parser = argparse.ArgumentParser(description="Build the demo film and generate every shot (make demo).")
+    parser.add_argument("--family", choices=sorted(FAMILIES),
+                        default=os.environ.get("VIEWFINDER_DEMO_FAMILY") or "sd15",
+                        help="the image model family (default sd15: the toy-world models; sdxl, flux: tiny models "
+                             "offline, or the ones VIEWFINDER_DEMO_MODEL names)")
+    return parser.parse_args(argv).family
+
+
 if __name__ == "__main__":
-    code = main()
+    code = main(parse_family(sys.argv[1:]))
     # Stop the engine child before Blender's module shuts down.
     bpy.ops.preferences.addon_disable(module="bl_ext.user_default.viewfinder")
     sys.exit(code)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bpy
 
 from ..core.scene.characters import problem_of
+from .families import draw_unavailable
 from .view3d import ViewfinderPanel
 
 THUMBNAIL_SCALE = 5.0
@@ -41,6 +42,12 @@ class VIEWFINDER_PT_characters(ViewfinderPanel, bpy.types.Panel):
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
         settings = context.scene.viewfinder
+        # A family without regional characters (Flux.1): the reason, and the bible greyed out but kept,
+        # for a switch back (Image shots leave it unsent, with a warning; Video shots still use it).
+        unavailable = draw_unavailable(layout, settings, "regional_characters")
+        if unavailable:
+            layout = layout.column()
+            layout.active = False
         row = layout.row()
         row.template_list("VIEWFINDER_UL_characters", "", settings, "characters", settings,
                           "active_character_index", rows=3)
@@ -69,6 +76,9 @@ class VIEWFINDER_PT_characters(ViewfinderPanel, bpy.types.Panel):
 
         # References: a list, and a large preview of the active one.
         layout.label(text="References")
+        if not unavailable and draw_unavailable(layout, settings, "ip_adapter_masks"):
+            layout = layout.column()
+            layout.active = False
         row = layout.row()
         row.template_list("VIEWFINDER_UL_references", "", character, "references", character,
                           "active_reference_index", rows=2)
@@ -104,17 +114,21 @@ class VIEWFINDER_PT_film_look(ViewfinderPanel, bpy.types.Panel):
         settings = context.scene.viewfinder
         layout.prop(settings, "style_prompt", text="Style")
         layout.use_property_split = True
-        layout.template_ID(settings, "style_reference", open="image.open")
+        # The style reference goes through the IP-Adapter; the palette is matched after, on every family.
+        references = layout.column()
+        if draw_unavailable(references, settings, "ip_adapter_masks"):
+            references.active = False
+        references.template_ID(settings, "style_reference", open="image.open")
         if settings.style_reference is not None:
-            layout.template_icon(icon_value=layout.icon(settings.style_reference), scale=THUMBNAIL_SCALE)
-            layout.prop(settings, "style_strength")
+            references.template_icon(icon_value=layout.icon(settings.style_reference), scale=THUMBNAIL_SCALE)
+            references.prop(settings, "style_strength")
+        references.prop(settings, "ip_adapter")
+        references.prop(settings, "image_encoder")
+        if not settings.ip_adapter:
+            references.label(text="No IP-Adapter: reference images are not used", icon="INFO")
         layout.template_ID(settings, "palette_reference", open="image.open")
         if settings.palette_reference is not None:
             layout.template_icon(icon_value=layout.icon(settings.palette_reference), scale=THUMBNAIL_SCALE / 2)
-        layout.prop(settings, "ip_adapter")
-        layout.prop(settings, "image_encoder")
-        if not settings.ip_adapter:
-            layout.label(text="No IP-Adapter: reference images are not used", icon="INFO")
 
 
 classes = (VIEWFINDER_UL_characters, VIEWFINDER_UL_references, VIEWFINDER_PT_characters, VIEWFINDER_PT_film_look)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import bpy
 
+from ..core.jobs.families import map_why_not, request_name, supports, wrap
 from ..core.jobs.request import MAP_KINDS
 from ..core.scene import shots as shots_core
 from ..core.scene.resolution import scene_size
-from .families import draw_family
+from .families import draw_family, draw_unavailable
 
 MAP_LABELS = {"depth": "Depth", "pose": "Pose", "normal": "Normal", "lineart": "Line Art", "seg": "Segmentation"}
 
@@ -74,9 +75,17 @@ class VIEWFINDER_PT_shot(ViewfinderPanel, bpy.types.Panel):
         layout.prop(shot, "negative_prompt", text="", icon="REMOVE")
         layout.use_property_split = True
         layout.prop(shot, "seed")
+        family = request_name(settings)
         col = layout.column(align=True)
         for kind in MAP_KINDS:
-            col.prop(shot, f"{kind}_weight")
+            row = col.row(align=True)
+            row.active = not map_why_not(family, kind)  # rendered and shown, not sent: the reason below
+            row.prop(shot, f"{kind}_weight")
+        refused = map_why_not(family, *(kind for kind in MAP_KINDS if getattr(shot, f"{kind}_weight") > 0.0))
+        if refused:
+            sub = layout.column(align=True)
+            for index, line in enumerate(wrap(refused)):
+                sub.label(text=line, icon="INFO" if index == 0 else "BLANK1")
         if shot.lineart_weight > 0.0:
             col = layout.column(align=True)
             col.prop(shot, "lineart_form")
@@ -90,7 +99,11 @@ class VIEWFINDER_PT_shot(ViewfinderPanel, bpy.types.Panel):
         layout.prop(shot, "generator")
         generator = settings.generator if shot.generator == "DEFAULT" else shot.generator
         if generator != "VIDEO":
-            layout.prop(shot, "tier")
+            row = layout.row()
+            row.active = supports(family, "draft")
+            row.prop(shot, "tier")
+            if (settings.tier if shot.tier == "DEFAULT" else shot.tier) == "DRAFT":
+                draw_unavailable(layout, settings, "draft")  # generated at the final tier
         if generator == "VIDEO":
             layout.prop(shot, "reference_image")
         else:
@@ -122,9 +135,11 @@ class VIEWFINDER_PT_map_ranges(ViewfinderPanel, bpy.types.Panel):
         if not settings.shot_list:
             return
         shot = settings.shot_list[min(settings.active_shot_index, len(settings.shot_list) - 1)]
+        family = request_name(settings)
         col = self.layout.column(align=True)
         for kind in MAP_KINDS:
             row = col.row(align=True)
+            row.active = not map_why_not(family, kind)
             row.prop(shot, f"use_{kind}_range", text=MAP_LABELS[kind])
             sub = row.row(align=True)
             sub.active = getattr(shot, f"use_{kind}_range")
@@ -145,11 +160,10 @@ class VIEWFINDER_PT_film(ViewfinderPanel, bpy.types.Panel):
         layout.use_property_split = True
         layout.prop(settings, "model")
         draw_family(layout, settings)  # issue 24: the family, its union ControlNet, what it cannot do
-        layout.prop(settings, "controlnet_depth")
-        layout.prop(settings, "controlnet_pose")
-        layout.prop(settings, "controlnet_normal")
-        layout.prop(settings, "controlnet_lineart")
-        layout.prop(settings, "controlnet_seg")
+        family = request_name(settings)
+        if supports(family, "per_map_controlnets"):  # else the family block says why
+            for kind in MAP_KINDS:
+                layout.prop(settings, f"controlnet_{kind}")
         layout.prop(settings, "lora")
         if settings.lora:
             layout.prop(settings, "lora_scale")
@@ -160,16 +174,17 @@ class VIEWFINDER_PT_film(ViewfinderPanel, bpy.types.Panel):
         layout.prop(settings, "guidance_scale")
         layout.prop(settings, "batch_size")
         layout.prop(settings, "generator")
-        col = layout.column(heading="Draft")
-        col.prop(settings, "tier")
-        col.prop(settings, "draft_scheduler")
-        col.prop(settings, "draft_steps")
-        col.prop(settings, "draft_guidance")
-        col.prop(settings, "draft_half_size")
-        col.prop(settings, "draft_tiny_vae")
-        col.prop(settings, "draft_lora")
-        if settings.draft_tiny_vae:
-            col.prop(settings, "draft_tiny_vae_model")
+        if supports(family, "draft"):  # else the family block says why
+            col = layout.column(heading="Draft")
+            col.prop(settings, "tier")
+            col.prop(settings, "draft_scheduler")
+            col.prop(settings, "draft_steps")
+            col.prop(settings, "draft_guidance")
+            col.prop(settings, "draft_half_size")
+            col.prop(settings, "draft_tiny_vae")
+            col.prop(settings, "draft_lora")
+            if settings.draft_tiny_vae:
+                col.prop(settings, "draft_tiny_vae_model")
         col = layout.column(heading="Video")
         col.prop(settings, "video_model_preset")
         if settings.video_model_preset == "CUSTOM":

@@ -11,6 +11,11 @@ shot says so in a warning. This is how the demo's toy models, which have no norm
 nets, keep showing the maps: the demo leaves those ControlNets empty (it sets each one to the
 model folder's net where the folder has it), nothing else changes.
 
+On SDXL and Flux.1 with a union ControlNet set (`scene.viewfinder.controlnet_union`, issue 24), the
+union net serves every map its family has a control mode for: those are sent without a net of their
+own; a map the family's union has no mode for (Flux.1: normal, seg) is rendered and shown, not sent,
+with a warning saying why (core/jobs/families.map_why_not).
+
 The line-art net follows the shot's Line Form when the setting holds one of ControlNet 1.1's
 line presets (lineart, canny, mlsd: `request.LINEART_PRESETS`); any other id or folder is sent as
 it is, whatever the form.
@@ -24,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..conditioning.geometry_maps import KINDS, MapOptions, options_from_shot
+from ..jobs.families import map_why_not
 from ..jobs.request import LINEART_PRESETS
 from ..scene import anim_paths
 from ..scene.anim_sample import shot_prefix
@@ -69,11 +75,13 @@ def render_options(scene: bpy.types.Scene, shot: Any) -> MapOptions:
     return options_from_shot(shot, tuple(k for k in KINDS if weight_used(scene, shot, k)))
 
 
-def plan_maps(scene: bpy.types.Scene, shot: Any, nets: dict[str, str], *, video: bool = False) -> MapPlan:
+def plan_maps(scene: bpy.types.Scene, shot: Any, nets: dict[str, str], *, video: bool = False,
+              family: str = "sd15", union: bool = False) -> MapPlan:
     """The shot's MapPlan (see the module docstring).
 
     ``nets``: the film's ControlNet per kind ("" none), paths already made absolute;
-    ``video``: the shot uses the Video generator.
+    ``video``: the shot uses the Video generator; ``family``: the request's ``models.family``;
+    ``union``: a union ControlNet of the family is set, serving every map it has a mode for.
     """
     plan = MapPlan(render_options(scene, shot))
     sent = []
@@ -82,6 +90,10 @@ def plan_maps(scene: bpy.types.Scene, shot: Any, nets: dict[str, str], *, video:
         if video:
             plan.warnings.append(f"Shot '{shot.name}': {LABELS[kind]} maps are rendered but the Video generator "
                                  "takes depth or pose only: they are not sent")
+        elif map_why_not(family, kind):
+            plan.warnings.append(f"Shot '{shot.name}': {LABELS[kind]} maps: {map_why_not(family, kind)}")
+        elif union:
+            sent.append(kind)  # the union ControlNet takes it in its control mode: no net of its own
         elif not net:
             plan.warnings.append(f"Shot '{shot.name}': {LABELS[kind]} maps are rendered (Preview, storyboard) but "
                                  f"not sent: no {LABELS[kind]} ControlNet is set (Viewfinder ▸ Film)")

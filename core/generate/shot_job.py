@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..jobs.families import label, request_name, supports, why_not
 from ..jobs.request import DraftSpec, JobRequest
 from ..jobs.video import effective_generator, reference_uploads, video_settings
 from ..scene.resolution import MIN_EDGE, scene_size, smallest_long_edge
@@ -57,15 +58,18 @@ def collect_shot(
         conditioning_dir = project.shot_dir(shot.name) / f"conditioning-{width}x{height}"
     # 3. Control maps, rendered or reused: normal, line art, seg as the shot asks (map_plan.py).
     nets = {kind: model_path(getattr(settings, f"controlnet_{kind}")) for kind in ("normal", "lineart", "seg")}
-    plan = plan_maps(scene, shot, nets, video=effective_generator(settings, shot) == "VIDEO")
+    video = effective_generator(settings, shot) == "VIDEO"
+    family_parts = family_models(settings)
+    plan = plan_maps(scene, shot, nets, video=video, family=request_name(settings),
+                     union="controlnet_union" in family_parts)
     meta, maps = shot_maps(scene, shot, conditioning_dir, width, height, progress, cancel, plan)
     # 4. The request's parts, with the character bible and film look (core/scene/characters.py).
     models = {**scene_models(settings), **plan.models}
     prompts = {"prompt": shot.prompt, "style_prompt": settings.style_prompt, "negative_prompt": shot.negative_prompt}
     job_settings = shot_settings(settings, shot, width, height, meta, plan.sent)
-    cast = _characters(scene, shot, conditioning_dir, meta, project)
+    cast = _characters(scene, shot, conditioning_dir, meta, project, video)
     uploads: list[Path] = []
-    if effective_generator(settings, shot) == "VIDEO":
+    if video:
         uploads, cast = video_parts(settings, shot, meta, cast, job_settings)
     models.update(cast.models)
     job_settings.update(cast.settings)
@@ -85,7 +89,8 @@ def collect_shot(
     return ShotJob(
         shot=shot.name, frames=frames, conditioning_dir=conditioning_dir, takes_dir=project.takes_dir(shot.name),
         maps=maps, request=request, models=models, prompts=prompts, settings=job_settings, uploads=uploads,
-        frame_values=animated.per_frame, warnings=[*tier_warnings, *plan.warnings, *animated.warnings],
+        frame_values=animated.per_frame,
+        warnings=[*tier_warnings, *plan.warnings, *cast.warnings, *animated.warnings],
         blobs=cast.blobs, characters=cast.characters, tier=tier,
     )
 
@@ -187,11 +192,16 @@ def video_parts(settings: Any, shot: Any, meta: dict[str, Any], cast: ShotCast,
 def effective_tier(settings: Any, shot: Any) -> tuple[str, list[str]]:
     """("draft" or "final", warnings): the shot's tier, or the scene's for Scene Default.
 
-    The draft tier is a path of the Image generator: a Video shot runs at the final tier, with a warning.
+    The draft tier is a path of the Image generator: a Video shot runs at the final tier, with a warning;
+    so does a shot on a model family without a draft tier (Flux.1), with the reason.
     """
     tier = (settings.tier if shot.tier == "DEFAULT" else shot.tier).lower()
     if tier == DRAFT and effective_generator(settings, shot) == "VIDEO":
         return FINAL, [f"Shot '{shot.name}': the draft tier is for the Image generator; this Video shot is "
+                       "generated at the final tier"]
+    family = request_name(settings)
+    if tier == DRAFT and why_not(family, "draft"):
+        return FINAL, [f"Shot '{shot.name}': {label(family)} has no draft tier ({why_not(family, 'draft')}); "
                        "generated at the final tier"]
     return tier, []
 
@@ -240,11 +250,14 @@ def apply_animation(scene: bpy.types.Scene, shot: Any, frames: list[int], prompt
 
 
 def _characters(scene: bpy.types.Scene, shot: Any, conditioning_dir: Path, meta: dict[str, Any],
-                project: Project) -> ShotCast:
-    from ..scene.characters import collect_characters
+                project: Project, video: bool) -> ShotCast:
+    """The shot's cast; on the Image generator, without what its model family cannot take (Flux.1: regional
+    characters and masked references), each left out with a warning saying why."""
+    from ..scene.characters import cast_for_family, collect_characters
 
     try:
-        return collect_characters(scene, conditioning_dir, meta, project.root / "references")
+        cast = collect_characters(scene, conditioning_dir, meta, project.root / "references")
+        return cast if video else cast_for_family(cast, request_name(scene.viewfinder), shot.name)
     except ValueError as exc:  # CharacterError: names the character and the fix
         text = str(exc)
         raise GenerationError(text if text.startswith(f"Shot '{shot.name}'") else f"Shot '{shot.name}': {text}") from exc
@@ -279,8 +292,6 @@ def scene_models(settings: Any) -> dict[str, Any]:
 def family_models(settings: Any) -> dict[str, Any]:
     """Issue 24: the model family, its union ControlNet and a single file's config folder, each only when it
     is not SD 1.5's default, so an SD 1.5 film's requests and take.json models stay exactly as they were."""
-    from ..jobs.families import request_name, supports
-
     family = request_name(settings)
     out: dict[str, Any] = {} if family == "sd15" else {"family": family}
     union = model_path(settings.controlnet_union)

@@ -63,6 +63,26 @@ def supports(family: str, capability: str) -> bool:
     return capability not in WHY_NOT[family]
 
 
+def why_not(family: str, capability: str) -> str:
+    """Why ``family`` cannot do ``capability``, or "" when it can: what a panel shows in place of the feature."""
+    return WHY_NOT[family].get(capability, "")
+
+
+def map_why_not(family: str, *kinds: str) -> str:
+    """Why ``family``'s ControlNets cannot take those of ``kinds`` maps they cannot, or "" when they take them
+    all (Flux.1's union has no normal or seg mode)."""
+    refused = [kind for kind in kinds if kind not in MAPS[family]]
+    if not refused:
+        return ""
+    return (f"{label(family)}'s union ControlNet has no {' or '.join(refused)} mode (it takes "
+            f"{', '.join(MAPS[family])}): rendered and shown, not sent")
+
+
+def label(family: str) -> str:
+    """The family's name as the UI says it ("Flux.1")."""
+    return next(name for item, name, _ in FAMILY_ITEMS if REQUEST_NAMES[item] == family)
+
+
 def unavailable(family: str) -> list[tuple[str, str]]:
     """(label, reason) of every feature ``family`` lacks, for the Film panel."""
     return [(CAPABILITY_LABELS[c], reason) for c, reason in WHY_NOT[family].items()]

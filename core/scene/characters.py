@@ -213,6 +213,7 @@ class ShotCast:
     blobs: dict[str, Path] = field(default_factory=dict)  # sha -> the file to upload
     characters: list[dict[str, Any]] = field(default_factory=list)  # [{name, mask_ids}] for take.json
     masks: bool = False  # whether frames need their mask
+    warnings: list[str] = field(default_factory=list)  # what was left out for the model family, and why
 
 
 def collect_characters(scene: Any, conditioning_dir: Path, meta: dict[str, Any], cache_dir: Path) -> ShotCast:
@@ -237,12 +238,7 @@ def collect_characters(scene: Any, conditioning_dir: Path, meta: dict[str, Any],
     out.settings.update(look)
     # 3. The IP-Adapter only where a reference image is sent: other shots keep their cache keys.
     if not settings.ip_adapter.strip():  # no IP-Adapter: reference images would be ignored, so none are sent
-        for character in out.settings.get("characters", ()):
-            character["references"] = []
-        out.settings.pop("style_reference", None)
-        out.settings.pop("style_strength", None)
-        palette = out.settings.get("palette_reference")
-        out.blobs = {sha: path for sha, path in out.blobs.items() if sha == palette}
+        _drop_references(out)
     uses_images = "style_reference" in look or any(c["references"] for c in out.settings.get("characters", ()))
     if uses_images and settings.ip_adapter.strip():
         out.models = {
@@ -250,6 +246,41 @@ def collect_characters(scene: Any, conditioning_dir: Path, meta: dict[str, Any],
             "image_encoder": _model_value(settings.image_encoder) or None,
         }
     return out
+
+
+def _drop_references(cast: ShotCast) -> bool:
+    """Take the reference images (characters' and the style reference) out of ``cast``; the palette stays (it
+    is matched, not an IP-Adapter input). True when there were some."""
+    had = "style_reference" in cast.settings or any(c["references"] for c in cast.settings.get("characters", ()))
+    for character in cast.settings.get("characters", ()):
+        character["references"] = []
+    cast.settings.pop("style_reference", None)
+    cast.settings.pop("style_strength", None)
+    cast.models = {}
+    palette = cast.settings.get("palette_reference")
+    cast.blobs = {sha: path for sha, path in cast.blobs.items() if sha == palette}
+    return had
+
+
+def cast_for_family(cast: ShotCast, family: str, shot_name: str) -> ShotCast:
+    """``cast`` without what ``family`` cannot take, each left out with a warning giving the reason
+    (core/jobs/families.WHY_NOT): on Flux.1, regional characters and the IP-Adapter's reference images.
+
+    The bible stays as it is: switching the film back to SD 1.5 or SDXL sends it again. The engine refuses
+    the same parts with the same reasons (engine/models/checks.check_features), so a request from elsewhere
+    is told, and the add-on never sends a job it would refuse.
+    """
+    from ..jobs.families import label, why_not
+
+    if why_not(family, "ip_adapter_masks") and _drop_references(cast):
+        cast.warnings.append(f"Shot '{shot_name}': reference images are not used on {label(family)}: "
+                             f"{why_not(family, 'ip_adapter_masks')}")
+    if why_not(family, "regional_characters") and cast.settings.get("characters"):
+        names = ", ".join(c["name"] for c in cast.settings.pop("characters"))
+        cast.warnings.append(f"Shot '{shot_name}': characters ({names}) are not used on {label(family)}: "
+                             f"{why_not(family, 'regional_characters')}")
+        cast.characters, cast.masks = [], False
+    return cast
 
 
 def _model_value(value: str) -> str:

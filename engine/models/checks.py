@@ -159,7 +159,8 @@ def check_family(request: JobRequest, refs: dict[str, ModelRef | None], lora: Mo
                 raise BadRequest(who + exc.message, field=exc.field, code=exc.code) from None
     if ip_weights is not None and ip_weights.kind == "file":
         found = headers.ip_adapter_family(_shapes(ip_weights, "IP-Adapter"))
-        _check_found(ip_weights, "an IP-Adapter", found, fam, base_width, "use the IP-Adapter made for it")
+        _check_found(ip_weights, "an IP-Adapter", found, fam, base_width,
+                     f"use an IP-Adapter made for {fam.label} (models.ip_adapter, the add-on: Film Look)")
 
 
 def check_features(request: JobRequest, fam: Family) -> None:

@@ -11,11 +11,12 @@ How maps reach a union net (``control_call``):
   net (``MultiControlNetUnionModel`` holding it once per map), so every map keeps its own weight and
   range exactly as with per-map nets.
 - Flux (``FluxControlNetModel`` with modes) runs once per map inside ``FluxMultiControlNetModel``,
-  which takes a weight and a range per map.
+  which takes a weight and a range per map (``flux_multi``: each map's mode given to every frame).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import TYPE_CHECKING, Any
 
@@ -74,7 +75,7 @@ def build(models: LoadedModels, nets: tuple[str, ...], img2img: bool) -> Any:
 
 def _controlnet(models: LoadedModels, nets: tuple[str, ...]) -> Any:
     """The ``controlnet`` module of a variant: one net, several stacked, or the union net (repeated)."""
-    from diffusers import FluxMultiControlNetModel, MultiControlNetModel
+    from diffusers import MultiControlNetModel
     from diffusers.models import MultiControlNetUnionModel
 
     if nets[0] != "union":
@@ -82,8 +83,30 @@ def _controlnet(models: LoadedModels, nets: tuple[str, ...]) -> Any:
         return loaded[0] if len(loaded) == 1 else MultiControlNetModel(loaded)
     union = models.nets["union"]
     if models.family == "flux":
-        return FluxMultiControlNetModel([union])
+        return flux_multi()([union])
     return union if len(nets) == 1 else MultiControlNetUnionModel([union] * len(nets))
+
+
+@functools.cache
+def flux_multi() -> type:
+    """``FluxMultiControlNetModel`` that gives each map's control mode to every frame of the call.
+
+    diffusers' Flux img2img ControlNet pipeline (0.36) passes one mode per map (``reshape([-1, 1])``), where its
+    text-to-image pipeline expands each to the batch: with two or more frames in one img2img call (FLOW shots
+    interleaved, engine/jobs/flow.py) the mode embedding has a batch of 1 against the prompt's and Flux's
+    ``torch.cat`` fails. Expanding here serves both pipelines (the text-to-image one's modes are already
+    expanded, so nothing changes for it).
+    """
+    from diffusers import FluxMultiControlNetModel
+
+    class BatchedFluxMultiControlNetModel(FluxMultiControlNetModel):
+        def forward(self, hidden_states: Any, controlnet_cond: Any, controlnet_mode: Any, *args: Any,
+                    **kwargs: Any) -> Any:
+            if controlnet_mode is not None:
+                controlnet_mode = [mode.reshape(-1)[:1].expand(hidden_states.shape[0]) for mode in controlnet_mode]
+            return super().forward(hidden_states, controlnet_cond, controlnet_mode, *args, **kwargs)
+
+    return BatchedFluxMultiControlNetModel
 
 
 def control_call(models: LoadedModels, active: tuple[str, ...], images: list[Any], scales: list[float],

@@ -1,5 +1,7 @@
-"""Model families in Blender (issue 24): the Film panel's family block, what a shot sends for each family, and a
-two-shot film generated end to end on SDXL and on Flux.1 with tiny models against a real engine process."""
+"""Model families in Blender (issue 24): the panels show what the family supports and say why the rest is not
+available, what a shot sends for each family (and leaves out, with the reason), and a two-shot film generated end
+to end on SDXL and on Flux.1 with tiny models against a real engine process (the demo film per family:
+test_demo.py)."""
 
 from __future__ import annotations
 
@@ -7,12 +9,13 @@ import importlib
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import bpy
 import pytest
 from blender_scenes import add_camera, bind_marker, needs_engine
-from cast_scenes import ROOT, collect
+from cast_scenes import ROOT, add_reference, build_cast, collect, save_png
 
 
 def film(tmp_path: Path, models: Path, family: str) -> Any:
@@ -70,41 +73,163 @@ def test_a_shot_sends_its_family_and_union_net(tmp_path: Path, vfmod: Any, schem
 
 
 class Layout:
-    """Records what the panel draws: ("prop", name) and ("label", text)."""
+    """A stand-in for a panel's layout: records what is drawn as (what, name or text, shown active)."""
 
-    def __init__(self, calls: list[tuple[str, str]] | None = None) -> None:
+    def __init__(self, calls: list[tuple[str, str, bool]] | None = None, parent: Layout | None = None) -> None:
         self.calls = [] if calls is None else calls
+        self.parent = parent
+        self.active = self.enabled = True
+
+    def shown(self) -> bool:
+        return self.active and self.enabled and (self.parent is None or self.parent.shown())
 
     def prop(self, data: Any, name: str, **_: Any) -> None:
-        self.calls.append(("prop", name))
+        self.calls.append(("prop", name, self.shown()))
+
+    template_ID = prop
 
     def label(self, text: str = "", **_: Any) -> None:
-        self.calls.append(("label", text))
+        self.calls.append(("label", text, self.shown()))
 
-    def column(self, **_: Any) -> Layout:
-        return Layout(self.calls)
+    def operator(self, idname: str, **_: Any) -> Any:
+        self.calls.append(("operator", idname, self.shown()))
+        return SimpleNamespace()
+
+    def child(self, *_: Any, **__: Any) -> Layout:
+        return Layout(self.calls, self)
+
+    row = column = box = split = grid_flow = child
+
+    def ignore(self, *_: Any, **__: Any) -> None:
+        return None
+
+    template_list = template_icon = separator = prop_search = ignore
+
+    def icon(self, *_: Any) -> int:
+        return 0
+
+
+def draw(vfmod: Any, module: str, panel: str) -> list[tuple[str, str, bool]]:
+    """What ``panel`` draws for the current scene."""
+    layout = Layout()
+    getattr(vfmod(module), panel).draw(SimpleNamespace(layout=layout), bpy.context)
+    return layout.calls
+
+
+def props(calls: list[tuple[str, str, bool]]) -> dict[str, bool]:
+    return {name: active for kind, name, active in calls if kind == "prop"}
+
+
+def labels(calls: list[tuple[str, str, bool]]) -> list[str]:
+    return [text for kind, text, _ in calls if kind == "label"]
 
 
 def test_the_film_panel_shows_what_the_family_supports_and_why_not(scene: Any, vfmod: Any) -> None:
-    draw = vfmod("panels.families").draw_family
     settings = scene.viewfinder
-    shown: dict[str, list[tuple[str, str]]] = {}
+    shown: dict[str, list[tuple[str, str, bool]]] = {}
     for family in ("SD15", "SDXL", "FLUX"):
         settings.model_family = family
-        shown[family] = Layout().calls
-        draw(Layout(shown[family]), settings)
-    props = {family: [name for kind, name in calls if kind == "prop"] for family, calls in shown.items()}
-    assert props == {"SD15": ["model_family"], "SDXL": ["model_family", "controlnet_union"],
+        shown[family] = draw(vfmod, "panels.view3d", "VIEWFINDER_PT_film")
+    block = {family: [name for name in props(calls) if name in ("model_family", "controlnet_union")]
+             for family, calls in shown.items()}
+    assert block == {"SD15": ["model_family"], "SDXL": ["model_family", "controlnet_union"],
                      "FLUX": ["model_family", "controlnet_union"]}
-    refused = {family: [text for kind, text in calls if kind == "label" and text.endswith("not with this family")]
+    refused = {family: [text for text in labels(calls) if text.endswith("not with this family")]
                for family, calls in shown.items()}
     assert refused == {
         "SD15": ["Union ControlNet: not with this family"], "SDXL": [],
         "FLUX": [f"{name}: not with this family" for name in ("One ControlNet per map", "Characters",
                                                              "Reference images", "Draft tier",
                                                              "Single-file checkpoints")]}
-    assert ("label", "Flux.1 is made for 1024 px frames; Long Edge is 512") in shown["FLUX"]
-    assert any("joint" in text for kind, text in shown["FLUX"] if kind == "label")
+    assert "Flux.1 is made for 1024 px frames; Long Edge is 512" in labels(shown["FLUX"])
+    assert any("joint" in text for text in labels(shown["FLUX"]))
+    # Per-map nets and the draft settings: shown where the family has them, gone on Flux (the block says why).
+    nets = [f"controlnet_{kind}" for kind in ("depth", "pose", "normal", "lineart", "seg")]
+    drafts = ["tier", "draft_scheduler", "draft_steps", "draft_lora"]
+    for family, calls in shown.items():
+        drawn = props(calls)
+        assert all((name in drawn) == (family != "FLUX") for name in nets + drafts), (family, drawn)
+        assert drawn["lora"] and drawn["long_edge"]  # LoRA on every family
+
+
+def test_the_shot_panels_grey_out_what_the_family_cannot_take(tmp_path: Path, vfmod: Any) -> None:
+    """Flux.1: the normal and seg weights greyed with the reason; a Draft shot says it is generated final."""
+    scene = film(tmp_path, tmp_path / "models", "FLUX")
+    shot = scene.viewfinder.shot_list[0]
+    shot.normal_weight, shot.seg_weight, shot.tier = 0.5, 0.5, "DRAFT"
+    seen = {}
+    for family in ("SDXL", "FLUX"):
+        scene.viewfinder.model_family = family
+        seen[family] = (draw(vfmod, "panels.view3d", "VIEWFINDER_PT_shot"),
+                        draw(vfmod, "panels.view3d", "VIEWFINDER_PT_map_ranges"))
+    weights = {family: {k: v for k, v in props(shot_calls).items() if k.endswith("_weight") or k == "tier"}
+               for family, (shot_calls, _) in seen.items()}
+    assert weights == {
+        "SDXL": {"depth_weight": True, "pose_weight": True, "normal_weight": True, "lineart_weight": True,
+                 "seg_weight": True, "tier": True},
+        "FLUX": {"depth_weight": True, "pose_weight": True, "normal_weight": False, "lineart_weight": True,
+                 "seg_weight": False, "tier": False}}
+    ranges = {family: props(range_calls) for family, (_, range_calls) in seen.items()}
+    assert ranges["SDXL"]["use_normal_range"] and ranges["SDXL"]["use_seg_range"]
+    assert (ranges["FLUX"]["use_normal_range"], ranges["FLUX"]["use_seg_range"], ranges["FLUX"]["use_depth_range"]) \
+        == (False, False, True)
+    flux = " ".join(labels(seen["FLUX"][0]))
+    assert "Flux.1's union ControlNet has no normal or seg mode (it takes depth, pose, lineart): rendered and " \
+           "shown, not sent" in flux
+    assert "Not used with Flux.1:" in flux and "FLUX.1-schnell" in flux  # the draft tier's reason
+    sdxl = " ".join(labels(seen["SDXL"][0]))
+    assert "not sent" not in sdxl and "Not used with" not in sdxl
+
+
+def test_the_characters_and_film_look_panels_say_why_not_on_flux(tmp_path: Path, vfmod: Any) -> None:
+    """The bible stays editable but greyed, under the reason; the palette (matched after) stays active."""
+    scene = build_cast(tmp_path)
+    seen = {}
+    for family in ("SDXL", "FLUX"):
+        scene.viewfinder.model_family = family
+        seen[family] = (draw(vfmod, "panels.characters", "VIEWFINDER_PT_characters"),
+                        draw(vfmod, "panels.characters", "VIEWFINDER_PT_film_look"))
+    characters, look = seen["FLUX"]
+    assert labels(characters)[0] == "Not used with Flux.1:" and "joint" in " ".join(labels(characters)[1:4])
+    assert props(characters) == {"description": False, "armature": False, "collection": False,
+                                 "identity_strength": False, "lora": False}
+    assert props(look) == {"style_prompt": True, "style_reference": False, "ip_adapter": False,
+                           "image_encoder": False, "palette_reference": True}
+    assert labels(look)[0] == "Not used with Flux.1:" and "IP-Adapter" in " ".join(labels(look)[1:3])
+    characters, look = seen["SDXL"]
+    assert all(props(characters).values()) and all(props(look).values())
+    assert not any(text.startswith("Not used with") for text in labels(characters) + labels(look))
+
+
+def test_a_flux_shot_leaves_out_what_flux_cannot_take_and_says_why(tmp_path: Path, vfmod: Any) -> None:
+    """Characters, their references and the normal map stay unsent on Flux.1 (the engine would refuse them),
+    a Draft shot goes at the final tier; each with a warning naming the reason. SDXL's union net takes the
+    normal map without a net of its own, and the characters and references go."""
+    scene = build_cast(tmp_path)
+    add_reference(scene.viewfinder.characters["Hero"], save_png(tmp_path / "hero.png", 64, 64))
+    settings = scene.viewfinder
+    settings.controlnet_union, settings.ip_adapter = "/models/union", "/models/ip-adapter.safetensors"
+    shot = settings.shots["Both"]
+    shot.normal_weight, shot.tier = 0.5, "DRAFT"
+    sent = {}
+    for family in ("SDXL", "FLUX"):
+        settings.model_family = family
+        sent[family] = collect(scene, vfmod, "Both")
+    sdxl, flux = sent["SDXL"], sent["FLUX"]
+    body = {family: job.request.body([{"frame": 1}]) for family, job in sent.items()}
+    assert sorted(c["name"] for c in body["SDXL"]["characters"]) == ["Hero", "Stranger"]
+    assert body["SDXL"]["models"]["ip_adapter"] == "/models/ip-adapter.safetensors"
+    assert "normal_weight" in sdxl.settings and "controlnet_normal" not in sdxl.models
+    assert all(m.get("normal") and m.get("mask") for m in sdxl.maps.values())
+    assert (sdxl.tier, sdxl.warnings) == ("draft", [])
+    assert "characters" not in body["FLUX"] and "ip_adapter" not in body["FLUX"]["models"]
+    assert "normal_weight" not in flux.settings and not any(m.get("normal") or m.get("mask")
+                                                           for m in flux.maps.values())
+    assert flux.tier == "final" and flux.characters == []
+    assert [w.split(":")[1].strip() for w in flux.warnings] == [
+        "Flux.1 has no draft tier (there is no LCM/TCD LoRA for Flux.1; use FLUX.1-schnell as the base for a "
+        "few-step draft); generated at the final tier",
+        "Normal maps", "reference images are not used on Flux.1", "characters (Hero, Stranger) are not used on Flux.1"]
 
 
 ENGINE, ENGINE_PYTHON, LOCAL_ENGINE = needs_engine()

@@ -135,8 +135,24 @@ def maps(storage: Storage, n: int = 2) -> list[dict[str, Any]]:
 
 
 def refused(storage: Storage, body: dict[str, Any]) -> EngineFault:
-    with pytest.raises(EngineFault) as info:
-        submit_job(JobRequest.model_validate(body), storage, lambda d: "cpu", SpeedOptions())
+    """The submit's refusal, with nothing loaded meanwhile: no pipeline, model or weight file opened, no module
+    moved to a device (each fails the test if called)."""
+    import diffusers
+    import safetensors.torch
+    import torch
+    from diffusers.loaders import FromOriginalModelMixin, FromSingleFileMixin
+
+    def loads(*_: Any, **__: Any) -> None:
+        raise AssertionError("a model was loaded at submit")
+
+    with pytest.MonkeyPatch.context() as patch:
+        for owner, name in ((diffusers.DiffusionPipeline, "from_pretrained"), (diffusers.ModelMixin, "from_pretrained"),
+                            (FromSingleFileMixin, "from_single_file"), (FromOriginalModelMixin, "from_single_file"),
+                            (safetensors.torch, "load_file"),
+                            (torch.nn.Module, "to")):
+            patch.setattr(owner, name, loads)
+        with pytest.raises(EngineFault) as info:
+            submit_job(JobRequest.model_validate(body), storage, lambda d: "cpu", SpeedOptions())
     return info.value
 
 
@@ -190,6 +206,12 @@ CASES = [
      "is a LoRA for SDXL (lora_unet_input_blocks_"),
     ("flux", {"lora": "lora"}, {}, "models.lora", "incompatible_model", "is a LoRA for SD 1.5 or SDXL (unet."),
     ("sdxl", {"lora": "flux_lora"}, {}, "models.lora", "incompatible_model", "is a LoRA for Flux.1 (transformer."),
+    ("sdxl", {"ip_adapter": "ip_adapter", "image_encoder": "image_encoder"}, {"style_reference": True},
+     "models.ip_adapter", "incompatible_model", "is an IP-Adapter made for another model family (cross-attention width "
+                                                "32), but the base model is SDXL (width 80); use an IP-Adapter made "
+                                                "for SDXL"),
+    ("sd15", {"ip_adapter": "sdxl_ip_adapter"}, {"style_reference": True}, "models.ip_adapter", "incompatible_model",
+     "(width 32); use an IP-Adapter made for SD 1.5"),
     ("flux", {}, {"prompt_keys": ["a"], "characters": [{"name": "A", "mask_ids": [1]}], "frames": None},
      "characters", "unsupported_by_family", "joint"),
     ("flux", {}, {"tier": "draft"}, "tier", "unsupported_by_family", "FLUX.1-schnell"),
@@ -203,7 +225,13 @@ def test_a_model_of_another_family_is_refused_at_submit(tiny_models: dict[str, s
                                                         code: str, words: str) -> None:
     job = body(tiny_models, storage, family, **{k: tiny_models.get(v, v) if isinstance(v, str) else v
                                                 for k, v in models.items()})
-    job.update({k: v for k, v in fields.items() if k != "frames"})
+    job.update({k: v for k, v in fields.items() if k not in ("frames", "style_reference")})
+    if "style_reference" in fields:  # a reference image, so that the IP-Adapter is used (and checked)
+        from engine_testlib import noise_image
+
+        data = noise_image(1)
+        storage.put_blob(sha := hashlib.sha256(data).hexdigest(), data)
+        job["style_reference"] = sha
     if "characters" in fields:  # a mask for them, or the characters check stops first
         from engine_testlib import png_bytes, two_character_mask
 
@@ -216,6 +244,10 @@ def test_a_model_of_another_family_is_refused_at_submit(tiny_models: dict[str, s
     assert (fault.status, fault.code, fault.field) == (400, code, field), fault.message
     assert words in fault.message, fault.message
     assert fault.message.startswith(field + ": "), fault.message
+    given = models.get(field.removeprefix("models."))
+    if code == "incompatible_model" and given in tiny_models:  # the file or folder is named, as given
+        assert f"'{tiny_models[given]}'" in fault.message or Path(tiny_models[given]).name in fault.message, \
+            fault.message
 
 
 def test_a_map_the_family_has_no_mode_for_names_the_frame(tiny_models: dict[str, str], storage: Storage) -> None:

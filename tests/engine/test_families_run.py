@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -183,7 +184,8 @@ def test_flux_union_takes_depth_pose_and_line_art(manager: JobManager, tiny_mode
     bare = run(manager, family_job(tiny_models, [{"frame": f["frame"]} for f in frames], "flux", seed=21))
     assert [{k: c[k] for k in ("pipe", "net", "passes", "control_mode", "controlnet_conditioning_scale")}
             for c in calls] == [
-        {"pipe": "FluxControlNetPipeline", "net": "FluxMultiControlNetModel", "passes": 1, "control_mode": [2, 4, 0],
+        {"pipe": "FluxControlNetPipeline", "net": "BatchedFluxMultiControlNetModel", "passes": 1,
+         "control_mode": [2, 4, 0],
          "controlnet_conditioning_scale": [1.0, 1.0, 0.5]},
         {"pipe": "FluxPipeline", "net": "NoneType", "passes": 1, "control_mode": None,
          "controlnet_conditioning_scale": None}]
@@ -323,7 +325,7 @@ def test_sdxl_regional_characters_and_masked_ip_adapter(manager: JobManager, tin
     assert inside > 1.8 * outside  # the change is A's: outside it only what A's pixels pass on through the UNet
 
 
-def test_sdxl_draft_tier_runs_the_lcm_lora_and_gives_the_pipeline_back(manager: JobManager,
+def test_sdxl_draft_tier_runs_the_lcm_and_tcd_loras_and_gives_the_pipeline_back(manager: JobManager,
                                                                        tiny_models: dict[str, str],
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[dict[str, Any]] = []
@@ -343,6 +345,12 @@ def test_sdxl_draft_tier_runs_the_lcm_lora_and_gives_the_pipeline_back(manager: 
     assert seen[0]["scheduler"] == "LCMScheduler" and seen[0]["steps"] == 4
     assert len(seen[0]["adapters"]) == 1 and seen[0]["adapters"][0].startswith("vf_draft_")
     assert difference(pixels(manager, draft), before) == pytest.approx([11.36, 11.36], abs=0.3)
+    # TCD: the same path with TCDScheduler (h1t/TCD-SDXL-LoRA; the tiny distillation LoRA stands in for it).
+    tcd = run(manager, {**final, "tier": "draft", "draft": {"lora": tiny_models["sdxl_draft_lora"],
+                                                            "scheduler": "TCD"}})
+    assert (seen[1]["scheduler"], seen[1]["steps"], seen[1]["adapters"]) == ("TCDScheduler", 4, seen[0]["adapters"])
+    assert difference(pixels(manager, tcd), before) == pytest.approx([3.57, 3.57], abs=0.3)
+    assert set(tcd.frame_keys.values()).isdisjoint(draft.frame_keys.values())
     models = next(m for m in manager.pipelines._items.values() if m.family == "sdxl")
     assert type(models.base.scheduler).__name__ == "UniPCMultistepScheduler"
     assert not getattr(models.base.unet, "peft_config", {})
@@ -380,6 +388,74 @@ def test_flux_flow_holds_carried_regions_in_packed_latents(manager: JobManager, 
     free = pixels(manager, run(manager, body))
     steps = [round(float(np.abs(made[n] - made[n - 1]).mean()), 2) for made in (held, free) for n in (2, 3)]
     assert steps == pytest.approx([18.88, 13.99, 18.0, 11.81], abs=0.3), steps
+
+
+def test_flux_flow_shots_interleave_in_one_img2img_call(manager: JobManager, tiny_models: dict[str, str],
+                                                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two FLOW shots queued together on Flux share each pipeline call, two frames a call (the demo film's three
+    shots do). diffusers' Flux img2img pipeline gives the union net's control mode to one frame only, so without
+    ``variants.flux_multi`` the second frame's mode is missing and the call fails (``torch.cat``: sizes 1 and 2).
+    The frames are the shots' run one after the other: on stock CPU kernels within the rounding of batching
+    (test_interleave.py measures it for SD 1.5: at most 3 levels)."""
+    from engine.contract.schema import JobRequest
+
+    together = JobManager(Storage(tmp_path / "together"), default_device="cpu", max_pipelines=1)
+
+    def both(data: bytes) -> str:  # the maps in both engines' stores
+        upload(manager)(data)
+        return upload(together)(data)
+
+    frames = [{"frame": 1 + i, "depth": both(depth_png(0.2 * i)), "pose": both(pose_png(shift=i)),
+               "flow": both(flow_npy(1.0))} for i in range(3)]
+    bodies = [family_job(tiny_models, frames, "flux", seed=71 + i, steps=4, coherence={"mode": "FLOW"})
+              for i in range(2)]
+    calls = spy_calls(monkeypatch)
+    jobs = [together.submit(JobRequest.model_validate(body)) for body in bodies]  # queued before the worker starts
+    together.start()
+    try:
+        deadline = time.monotonic() + 300
+        while any(j.status not in ("done", "failed", "cancelled") for j in jobs):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        together.stop()
+    assert [j.status for j in jobs] == ["done", "done"], [j.error for j in jobs]
+    assert [(c["pipe"], c["images"]) for c in calls] == [("FluxControlNetPipeline", 2)] + [
+        ("FluxControlNetImg2ImgPipeline", 2)] * 2
+    assert {j.detail["shots_interleaved"] for j in jobs} == {2}
+    for body, job in zip(bodies, jobs, strict=True):
+        alone = run(manager, body)
+        assert alone.frame_keys == job.frame_keys
+        worst = max(int(np.abs(read_png(together.storage.frame_path(k)).astype(np.int16)
+                               - read_png(manager.storage.frame_path(k)).astype(np.int16)).max())
+                    for k in job.frame_keys.values())
+        assert worst <= 3, worst
+
+
+@pytest.mark.parametrize("family, pipe", [("sdxl", "StableDiffusionXLControlNetUnionImg2ImgPipeline"),
+                                          ("flux", "FluxControlNetImg2ImgPipeline")])
+def test_finalize_take_on_each_family(manager: JobManager, tiny_models: dict[str, str],
+                                      monkeypatch: pytest.MonkeyPatch, family: str, pipe: str) -> None:
+    """Finalize Take (the final tier's 2x pass, engine/jobs/finalize.py) on SDXL and Flux.1: the family's union
+    img2img pipeline details each enlarged approved frame with the depth map at 128 px, in timeline order; the
+    low-strength pass keeps the approved content (the 2x frame, shrunk back, follows the approved one, as
+    test_finalize.py asks of SD 1.5)."""
+    from PIL import Image
+    from test_finalize import BIG, FRAMES, SMALL, approved_frame, finalize_job, maps
+
+    put = SimpleNamespace(upload_blob=upload(manager))
+    calls = spy_calls(monkeypatch)
+    body = finalize_job(tiny_models, [maps(put, n) for n in range(1, FRAMES + 1)], None)
+    body["models"] = family_job(tiny_models, [], family)["models"]
+    if family == "flux":
+        body["guidance_scale"] = 3.5
+    job = run(manager, body)
+    assert job.detail["keyframes"] == [1] and job.detail["upscaler"] == "Lanczos resize"
+    assert {c["pipe"] for c in calls} == {pipe} and len(calls) == FRAMES
+    for n, image in pixels(manager, job).items():
+        assert image.shape == (BIG, BIG, 3)
+        shrunk = np.asarray(Image.fromarray(image.astype(np.uint8)).resize((SMALL, SMALL), Image.Resampling.BOX))
+        assert np.corrcoef(shrunk.astype(float).ravel(), approved_frame(n).astype(float).ravel())[0, 1] > 0.6
 
 
 def test_flow_match_hold_is_diffusers_forward_process() -> None:

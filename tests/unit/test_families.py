@@ -54,3 +54,18 @@ def test_unavailable_features_come_with_their_reasons():
                           "Single-file checkpoints"]
     assert "joint" in flux["Characters"]
     assert all(len(line) <= 52 for line in families.wrap(flux["Characters"]))
+
+
+def test_what_a_panel_shows_in_place_of_a_feature():
+    """``why_not``: "" where the family has the feature, else the engine's reason; ``map_why_not``: the maps a
+    family's ControlNets have no mode for (Flux.1's union: normal, seg), named together."""
+    assert [families.why_not(f, "regional_characters") for f in ("sd15", "sdxl")] == ["", ""]
+    assert families.why_not("flux", "regional_characters") == families.WHY_NOT["flux"]["regional_characters"]
+    assert families.why_not("flux", "lora") == ""
+    assert families.why_not("sd15", "union_controlnet").startswith("no union")
+    assert [families.map_why_not(f, *families.MAPS["sd15"]) for f in ("sd15", "sdxl")] == ["", ""]
+    assert families.map_why_not("flux", "depth", "pose", "lineart") == ""
+    assert families.map_why_not("flux", "depth", "normal", "seg") == (
+        "Flux.1's union ControlNet has no normal or seg mode (it takes depth, pose, lineart): rendered and shown, "
+        "not sent")
+    assert [families.label(f) for f in ("sd15", "sdxl", "flux")] == ["SD 1.5", "SDXL", "Flux.1"]
