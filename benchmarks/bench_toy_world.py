@@ -48,6 +48,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 BLENDER_PYTHON = ROOT / ".venv" / "bin" / "python"
 SPLITS = {"heldout": (60, 4), "cast": (12, 3), "moves": (5, 48)}  # shots, frames per shot
+# A thing is judged for its silhouette only where the measure finds it in the real render with at
+# least this IoU (60 held-out shots: 80 % of the separable things; their renders' mean 0.76 with
+# every thing kept, so an unreachable goal measured the measure, not the model).
+MEASURABLE = 0.75
 
 from engine.testing.toy import measure  # noqa: E402
 from engine.testing.toy.run import ToyEngine, read  # noqa: E402
@@ -121,9 +125,14 @@ def blocking_and_colour(engine: ToyEngine, data: Path, pal: dict[str, np.ndarray
         for r in rows:
             depth, mask, truth = read(data / r["depth"]), read(data / r["mask"]), read(data / r["rgb"])
             keep = [t for t in r["things"] if separable(r, t) and t["pixels"] >= 20]
+            # The measure's own reach: a thing it cannot find in the real render (a thin mannequin, a
+            # dark thing at night, shading near the ground's colour) is not judged in the model's frame.
+            every = [t["id"] for t in r["things"]]
+            on_render = measure.object_ious(measure.foreground(truth, depth, mask, every), mask, [t["id"] for t in keep])
+            seen = [i for i, v in on_render.items() if v == v and v >= MEASURABLE]
+            scores["measurable"] += [float(i in seen) for i, v in on_render.items() if v == v]
             for name, image in (("model", drawn[r["frame"]]), ("weight0", blind[r["frame"]]), ("renders", truth)):
-                fg = measure.foreground(image, depth, mask, [t["id"] for t in r["things"]])
-                ious = measure.object_ious(fg, mask, [t["id"] for t in keep])
+                ious = measure.object_ious(measure.foreground(image, depth, mask, every), mask, seen)
                 scores[f"iou_{name}"] += [v for v in ious.values() if v == v]
                 scores[f"iou_median_{name}"] += [v for v in ious.values() if v == v]
                 for t in r["things"]:
@@ -251,6 +260,8 @@ def table(results: dict[str, dict[str, Any]], settings: str) -> str:
              f"(ControlNet weights 0) | {f(b, 'iou_renders')} | >= 0.85 |",
              f"| blocking: the same, median | {f(b, 'iou_median_model')} | {f(b, 'iou_median_weight0')} "
              f"| {f(b, 'iou_median_renders')} | |",
+             f"| blocking: things the measure finds in the render (IoU >= {MEASURABLE}), share | "
+             f"{f(b, 'measurable')} | | | |",
              f"| colour: nearest to the prompted colour | {f(b, 'colour_model')} | {f(b, 'colour_weight0')} "
              f"(weights 0) | {f(b, 'colour_renders')} | >= 0.90 |",
              f"| bible: each character its own colour | {f(c, 'own_bible')} | {f(c, 'own_global')} "
