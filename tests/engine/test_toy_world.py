@@ -7,8 +7,8 @@ weights (``make-toy-models``). Measures: engine/testing/toy/measure.py.
 
 The thresholds pin what the committed models do on these frames (the figures are in each
 assertion's message), with a margin for other CPUs' kernels. They are below issue 21's goals
-(benchmarks/bench_toy_world.py prints both): the models were trained for 90 CPU minutes and draw
-silhouettes where the depth map puts them, but weakly. A better-trained model raises every figure;
+(benchmarks/bench_toy_world.py prints both): the models were trained for about three CPU hours and
+draw silhouettes where the depth map puts them, but as blurred blobs. A better-trained model raises every figure;
 a broken map, mask or weight path drops it to the control's.
 """
 
@@ -28,7 +28,7 @@ from engine.testing.toy.run import ToyEngine, read
 from engine.testing.toy.vocab import words
 
 DATA = Path(__file__).resolve().parent / "data" / "toy"
-CONCENTRATION = 2.5  # A's pixels changed over the rest when A's description changes: 3.38 here (goal 5)
+CONCENTRATION = 5.0  # A's pixels changed over the rest when A's description changes: 17.1 here (the goal: 5)
 
 
 def records(split: str) -> list[dict[str, Any]]:
@@ -105,20 +105,26 @@ def test_frames_follow_the_blocking_and_fail_without_the_depth_net(toy: ToyEngin
             drawn += ious(on[r["frame"]], r)
             blind += ious(off[r["frame"]], r)
     assert len(drawn) >= 6
-    # 0.176 with the nets, 0.017 with their weights at 0 (16 things).
+    # 0.260 with the nets, 0.000 with their weights at 0 (16 things).
     figures = f"silhouette IoU {np.mean(drawn):.3f} over {len(drawn)} things, weights 0: {np.mean(blind):.3f}"
-    assert np.mean(drawn) >= 0.12, figures
+    assert np.mean(drawn) >= 0.18, figures
     assert np.mean(drawn) >= 4 * np.mean(blind), figures
 
 
 def test_an_animated_controlnet_weight_takes_effect_per_frame(toy: ToyEngine) -> None:
-    """One job, depth weight 1 on one frame and 0 on the same maps as another frame number."""
-    r = next(r for r in records("heldout") if r["things"] and max(t["pixels"] for t in r["things"]) >= 60)
-    frames = [toy.frame(1, DATA / r["depth"], depth_weight=1.0, pose_weight=0.0),
-              toy.frame(2, DATA / r["depth"], depth_weight=0.0, pose_weight=0.0)]
-    images = toy.run(frames, r["caption"], 5)
-    on, off = np.mean(ious(images[1], r)), np.mean(ious(images[2], r))
-    assert on >= off + 0.15, f"IoU with weight 1: {on:.3f}, with weight 0: {off:.3f}"  # 0.309, 0.070
+    """One job: each of several held-out stills twice, depth weight 1 on one frame number and 0 on the other
+    (the same maps). One still alone is a coin toss at 64 pixels (one thing's IoU ranged 0.04-0.31 between
+    models of like quality); the mean over the stills is what the weight does."""
+    rows = [r for r in records("heldout") if r["things"] and max(t["pixels"] for t in r["things"]) >= 60][:6]
+    assert len(rows) >= 4
+    frames = []
+    for k, r in enumerate(rows):
+        frames += [toy.frame(2 * k + 1, DATA / r["depth"], depth_weight=1.0, pose_weight=0.0),
+                   toy.frame(2 * k + 2, DATA / r["depth"], depth_weight=0.0, pose_weight=0.0)]
+    images = toy.run(frames, rows[0]["caption"], 5)
+    on = np.mean([np.mean(ious(images[2 * k + 1], r) or [0.0]) for k, r in enumerate(rows)])
+    off = np.mean([np.mean(ious(images[2 * k + 2], r) or [0.0]) for k, r in enumerate(rows)])
+    assert on >= off + 0.15, f"IoU with weight 1: {on:.3f}, with weight 0: {off:.3f}"  # 0.290, 0.004
 
 
 def test_the_bible_colours_each_character_inside_its_own_mask(toy: ToyEngine, palette: dict[str, np.ndarray]) -> None:
@@ -163,40 +169,53 @@ def test_prompt_travel_carries_a_colour_from_red_to_blue(toy: ToyEngine, palette
     names = [measure.nearest(measure.mean_colour(images[n], region), palette) for n in (1, 2)]
     red_minus_blue = [float(measure.mean_colour(images[n], region) @ np.array([1.0, 0.0, -1.0])) for n in (1, 2)]
     # The goal is names == ["red", "blue"]; these models read ['black', 'black'] but the travel's
-    # direction holds: the red end is redder than the blue end (-0.053 against -0.089).
-    assert red_minus_blue[0] >= red_minus_blue[1] + 0.02, f"{names}, red minus blue {red_minus_blue}"
+    # direction holds: the red end is redder than the blue end (0.064 against -0.216).
+    assert red_minus_blue[0] >= red_minus_blue[1] + 0.1, f"{names}, red minus blue {red_minus_blue}"
+
+
+FLOW_SEEDS = (13, 14, 15, 16)
 
 
 def test_flow_is_steadier_than_independent_frames_and_keeps_the_checkers(toy: ToyEngine, tmp_path: Path) -> None:
+    """FLOW against INDEPENDENT on the 12-frame move, over four seeds: the checkers' high-frequency energy in
+    the last frames over the keyframe's, one seed alone, ranged 0.42-2.27 for the same weights (one
+    thin checkered mannequin at 64 pixels), so the median of four is guarded, on both sides: blur below,
+    grain above."""
     from engine.metrics.take import measure_take
 
     rows = records("moves")
     cond = DATA / Path(rows[0]["depth"]).parent.parent
     meta = json.loads((cond / "meta.json").read_text())
     checker = next(t for t in rows[0]["things"] if t["pattern"] == "checkered")
-    figures = {}
-    for mode in ("INDEPENDENT", "FLOW"):
-        spec = {"mode": mode} if mode == "INDEPENDENT" else {
-            "mode": "FLOW", "strength": 0.55, "keyframe_interval": 0, "depth_range": [meta["near"], meta["far"]]}
-        images = toy.run([frame_of(toy, r, flow=mode == "FLOW") for r in rows], rows[0]["caption"], 13,
-                         coherence=spec)
-        take = tmp_path / mode / "takes" / "001"
-        take.mkdir(parents=True)
-        (take.parent.parent / "conditioning").symlink_to(cond)
-        from PIL import Image
+    ratios, energies_kept = [], []
+    for seed in FLOW_SEEDS:
+        figures = {}
+        for mode in ("INDEPENDENT", "FLOW"):
+            spec = {"mode": mode} if mode == "INDEPENDENT" else {
+                "mode": "FLOW", "strength": 0.55, "keyframe_interval": 0, "depth_range": [meta["near"], meta["far"]]}
+            images = toy.run([frame_of(toy, r, flow=mode == "FLOW") for r in rows], rows[0]["caption"], seed,
+                             coherence=spec)
+            take = tmp_path / f"{mode}-{seed}" / "takes" / "001"
+            take.mkdir(parents=True)
+            (take.parent.parent / "conditioning").symlink_to(cond)
+            from PIL import Image
 
-        for n, image in images.items():
-            Image.fromarray(image).save(take / f"{n:04d}.png")
-        (take / "take.json").write_text(json.dumps({"shot": "moves", "take": "001", "keyframes": [],
-                                                    "settings": {"coherence": spec}}))
-        energies = [measure.region_hf_energy(images[r["frame"]], read(DATA / r["mask"]) == checker["id"])
-                    for r in rows]
-        figures[mode] = (measure_take(take).warp_error, float(np.nanmean(energies[-3:]) / energies[0]))
-    (flow_warp, flow_hf), (ind_warp, _) = figures["FLOW"], figures["INDEPENDENT"]
-    assert flow_warp <= 0.7 * ind_warp, figures
-    # Goal 0.9-1.1; these models' FLOW keeps 0.60 of the checkers' detail over these 12 frames
-    # (blur; the benchmark's 48-frame move ends at 1.74, grain): pinned so it cannot fall further.
-    assert flow_hf >= 0.5, f"checkers' HF energy, last frames over the keyframe: {flow_hf:.2f}"
+            for n, image in images.items():
+                Image.fromarray(image).save(take / f"{n:04d}.png")
+            (take / "take.json").write_text(json.dumps({"shot": "moves", "take": "001", "keyframes": [],
+                                                        "settings": {"coherence": spec}}))
+            energies = [measure.region_hf_energy(images[r["frame"]], read(DATA / r["mask"]) == checker["id"])
+                        for r in rows]
+            figures[mode] = (measure_take(take).warp_error, float(np.nanmean(energies[-3:]) / energies[0]))
+        ratios.append(figures["FLOW"][0] / figures["INDEPENDENT"][0])
+        energies_kept.append(figures["FLOW"][1])
+    summary = (f"FLOW's warp error over INDEPENDENT's: {np.round(ratios, 2).tolist()}; checkers' HF energy, last "
+               f"frames over the keyframe: {np.round(energies_kept, 2).tolist()}")
+    # These models: warp [0.47, 0.42, 0.44, 0.53], energy [1.23, 1.59, 0.83, 1.39] (the run before them:
+    # warp [0.39, 0.29, 0.30, 0.41], energy [0.60, 2.27, 0.60, 0.42]).
+    assert np.median(ratios) <= 0.6, summary
+    # Goal 0.9-1.1 (issue 21). Pinned on both sides so that neither blur nor grain grows.
+    assert 0.5 <= np.median(energies_kept) <= 1.6, summary
 
 
 def test_a_short_training_run_lowers_the_loss() -> None:
@@ -248,3 +267,19 @@ def test_the_depth_stage_tunes_the_text_encoder_only_when_joint(joint: bool) -> 
     assert report["controlnet-depth"]["joint"] is joint
     assert unet_moved > 0 and not unet.training and not text.training
     assert (text_moved > 0) is joint, text_moved
+
+
+def test_the_model_card_names_the_commands_the_makefile_runs() -> None:
+    """The card's reproduce commands are the Makefile's toy-models recipe (one list, so neither drifts)."""
+    import re
+
+    from engine.testing.toy import card
+
+    recipe = (Path(__file__).resolve().parents[2] / "Makefile").read_text().split("toy-models:")[1].split("\n\n")[0]
+    made = [re.sub(r"\s+", " ", c).strip() for c in recipe.replace("\\\n", " ").splitlines()[1:] if "train" in c]
+    said = [re.sub(r"\s+", " ", c.replace("\\\n", " ")).strip().replace("build/toyworld", "$(TOY_DATA)")
+            for c in card.REPRODUCE if "engine.testing.toy.train" in c]
+    assert made == said and len(said) == 4
+    text = card.card(json.loads((WEIGHTS / "training.json").read_text()))
+    assert all(c in text for c in card.REPRODUCE) and text.count("| 4. Pose ControlNet |") == len(card.runs(
+        json.loads((WEIGHTS / "training.json").read_text())))

@@ -27,24 +27,76 @@ def _curve(points: list[list[float]], rows: int = 8) -> str:
     return " → ".join(f"{points[i][1]:.4f} @{int(points[i][0])}" for i in picks)
 
 
+# The commands that reproduce the committed weights (the Makefile's toy-models target runs the same).
+REPRODUCE = (
+    ".venv/bin/python toyworld/generate.py --out build/toyworld --split train --shots 800 --frames 8 --workers 2",
+    "OMP_NUM_THREADS=1 .venv-engine/bin/python -m engine.testing.toy.train --data build/toyworld \\\n"
+    "    --out build/toy-run1 --seed 0",
+    "OMP_NUM_THREADS=1 .venv-engine/bin/python -m engine.testing.toy.train --data build/toyworld \\\n"
+    "    --out build/toy-run2 --resume build/toy-run1 --depth-steps 900 --pose-steps 250 \\\n"
+    "    --zero-lr 3e-3 --high-noise 0.7",
+    "OMP_NUM_THREADS=1 .venv-engine/bin/python -m engine.testing.toy.train --data build/toyworld \\\n"
+    "    --out build/toy-run3 --resume build/toy-run2 --continue-nets --joint --unet-rate 0.5 \\\n"
+    "    --zero-lr 1e-3 --high-noise 0.3 --depth-steps 2000 --pose-steps 200 --seed 4",
+    "OMP_NUM_THREADS=1 .venv-engine/bin/python -m engine.testing.toy.train --data build/toyworld \\\n"
+    "    --out engine/testing/toy/weights --resume build/toy-run3 --continue-nets --joint --unet-rate 0.5 \\\n"
+    "    --zero-lr 1e-3 --high-noise 0.3 --depth-steps 2500 --pose-steps 250 --seed 5",
+)
+
+
+def runs(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The training runs behind the weights, first to last (each later run resumed the one before)."""
+    chain = [report]
+    while "resumed_from" in chain[-1]:
+        chain.append(chain[-1]["resumed_from"])
+    return chain[::-1]
+
+
+def _how(stage: dict[str, Any]) -> str:
+    """How a ControlNet stage trained, in a few words."""
+    if "lr" not in stage:
+        return ""
+    parts = ["continued" if stage.get("continued") else "new"]
+    if stage.get("joint"):
+        parts.append(f"UNet and text encoder beside it at {stage.get('unet_rate', 0.1)} of the rate, averages kept")
+    elif stage.get("unet_tuned"):
+        parts.append(f"UNet beside it at {stage.get('unet_rate', 0.1)} of the rate")
+    parts.append(f"zero convolutions at {stage.get('zero_lr', stage['lr']):g}")
+    if stage.get("high_noise"):
+        parts.append(f"{stage['high_noise']:.0%} high-noise samples")
+    return "; ".join(parts)
+
+
+def _stages(report: dict[str, Any]) -> list[str]:
+    """One table row per stage of every run (a resumed run shows only the stages it trained)."""
+    rows = ["| run | stage | steps | batch | wall | how | loss (start → end, every 25 steps averaged) |",
+            "|---:|---|---:|---:|---:|---|---|"]
+    chain = runs(report)
+    for number, run in enumerate(chain, 1):
+        trained = STAGES if number == 1 else STAGES[2:]
+        for key, title in trained:
+            stage = run.get(key)
+            if stage:
+                rows.append(f"| {number} | {title} | {stage['steps']} | {stage['batch']} | "
+                            f"{stage['wall_s'] / 60:.1f} min | {_how(stage)} | {_curve(stage['loss'])} |")
+    return rows
+
+
 def _closing(report: dict[str, Any]) -> list[str]:
     """The card's last part: how each stage trained, the commands that reproduce it, where it is measured."""
     lines: list[str] = []
     lines += [
         "", f"VAE reconstruction: {report['vae']['psnr_db']} dB PSNR on 512 training frames.",
         "Stage 2 uses 10 % empty captions (classifier-free guidance), min-SNR weighting (gamma 5) and saves EMA "
-        "weights (0.999). Stage 3 trains the depth net with the UNet fine-tuned beside it at a tenth of the rate and "
-        "20 % of batches without control, so the UNet alone still draws scenes; stage 4 trains the pose net on "
-        "frames with people, the depth net applied beside it as the engine applies both. Full curves: "
+        "weights (0.999). Stage 3 trains the depth net with the UNet fine-tuned beside it and 20 % of batches "
+        "without control, so the UNet alone still draws scenes (with `--joint` the text encoder learns too, and "
+        "the UNet and text encoder are saved as their moving averages); stage 4 trains the pose net on "
+        "frames with people, the depth net applied beside it as the engine applies both. Each later run resumed "
+        "the one before with `--resume` (and `--continue-nets`: its ControlNets go on training). Full curves: "
         "`weights/training.json`.", "",
         "## Reproduce", "```",
-        "make toy-models            # = the three commands below",
-        ".venv/bin/python toyworld/generate.py --out build/toyworld --split train --shots 800 --frames 8 --workers 2",
-        "OMP_NUM_THREADS=1 .venv-engine/bin/python -m engine.testing.toy.train --data build/toyworld \\",
-        "    --out build/toy-run1 --seed 0",
-        "OMP_NUM_THREADS=1 .venv-engine/bin/python -m engine.testing.toy.train --data build/toyworld \\",
-        "    --out engine/testing/toy/weights --resume build/toy-run1 --depth-steps 900 --pose-steps 250 \\",
-        "    --zero-lr 3e-3 --high-noise 0.7",
+        f"make toy-models            # = the {len(REPRODUCE)} commands below",
+        *REPRODUCE,
         ".venv-engine/bin/python -m engine.testing.toy.card   # this card, from weights/training.json",
         "```",
         "Same seed, same data and same torch build give the same weights; other CPUs' kernels may differ in the "
@@ -92,19 +144,13 @@ def card(report: dict[str, Any]) -> str:
         "\"a red checkered cube and a blue person on grass under a sunset sky\"; each thing's phrase is kept beside "
         "its mask id. Held-out splits (`heldout`, `cast`, `moves`) use other seeds.", "",
         "## Training",
-        f"Seed {report['seed']}, CPU, {report['torch_threads']} torch thread(s), "
-        f"{(report['wall_s'] + report.get('resumed_from', {}).get('wall_s', 0)) / 60:.0f} min in all on the "
-        "project's 2-core machine while other work ran beside it"
-        + (" (two runs: stages 1-4, then stages 3-4 again from the first run's UNet with faster zero "
-           "convolutions and more high-noise samples; the first run's ControlNets were discarded)."
-           if "resumed_from" in report else "."), "",
-        "| stage | steps | batch | wall | loss (start → end, every 25 steps averaged) |", "|---|---:|---:|---:|---|",
+        f"Seeds {', '.join(str(run['seed']) for run in runs(report))} (a run each), CPU, {report['torch_threads']} torch thread(s), "
+        f"{sum(run['wall_s'] for run in runs(report)) / 60:.0f} min in all on the "
+        f"project's 2-core machine while other work ran beside it, in {len(runs(report))} run(s): stages 1-4, "
+        "then each later run stages 3-4 again from the run before (run 2 started new ControlNets from run 1's "
+        "UNet; runs 3 on went on training run 2's).", "",
+        *_stages(report),
     ]
-    for key, title in STAGES:
-        stage = report.get(key)
-        if stage:
-            lines.append(f"| {title} | {stage['steps']} | {stage['batch']} | {stage['wall_s'] / 60:.1f} min | "
-                         f"{_curve(stage['loss'])} |")
     lines += _closing(report)
     return "\n".join(lines) + "\n"
 
