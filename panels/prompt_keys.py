@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bpy
 
-from .view3d import ViewfinderPanel
+from .view3d import ViewfinderPanel, active_shot
 
 
 class VIEWFINDER_UL_prompt_keys(bpy.types.UIList):
@@ -34,7 +34,7 @@ class VIEWFINDER_PT_prompt_keys(ViewfinderPanel, bpy.types.Panel):
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
         settings = context.scene.viewfinder
-        shot = settings.shot_list[min(settings.active_shot_index, len(settings.shot_list) - 1)]
+        shot = active_shot(settings)
         row = layout.row()
         row.template_list("VIEWFINDER_UL_prompt_keys", "", shot, "prompt_keys", shot, "active_prompt_key_index",
                           rows=3)

@@ -25,6 +25,12 @@ class VIEWFINDER_UL_shots(bpy.types.UIList):
         sub.label(text=item.camera.name if item.camera else "—", icon="CAMERA_DATA")
 
 
+def active_shot(settings: bpy.types.PropertyGroup) -> bpy.types.PropertyGroup | None:
+    """The shot the Shots list has selected (the last one when the index runs past the list), or None."""
+    shots = settings.shot_list
+    return shots[min(settings.active_shot_index, len(shots) - 1)] if len(shots) else None
+
+
 class ViewfinderPanel:
     bl_space_type = "VIEW_3D"
     bl_region_type = "UI"
@@ -63,10 +69,10 @@ class VIEWFINDER_PT_shot(ViewfinderPanel, bpy.types.Panel):
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
         settings = context.scene.viewfinder
-        if not settings.shot_list:
+        shot = active_shot(settings)
+        if shot is None:
             layout.label(text="Bind a camera to a marker to make a shot")
             return
-        shot = settings.shot_list[min(settings.active_shot_index, len(settings.shot_list) - 1)]
         if shot.problem:
             box = layout.box()
             for index, line in enumerate(_wrap(shot.problem, 48)):
@@ -132,9 +138,9 @@ class VIEWFINDER_PT_map_ranges(ViewfinderPanel, bpy.types.Panel):
 
     def draw(self, context: bpy.types.Context) -> None:
         settings = context.scene.viewfinder
-        if not settings.shot_list:
+        shot = active_shot(settings)
+        if shot is None:
             return
-        shot = settings.shot_list[min(settings.active_shot_index, len(settings.shot_list) - 1)]
         family = request_name(settings)
         col = self.layout.column(align=True)
         for kind in MAP_KINDS:
