@@ -19,13 +19,18 @@ def class_in_use(obj: Any) -> seg.SegClass:
     return seg.classify(info)[0]
 
 
-class VIEWFINDER_PT_object_seg(bpy.types.Panel):
+class SegPanel:
+    """A closed "Viewfinder" panel in the Properties editor (``bl_context``: the tab it sits in)."""
+
     bl_label = "Viewfinder"
-    bl_idname = "VIEWFINDER_PT_object_seg"
     bl_space_type = "PROPERTIES"
     bl_region_type = "WINDOW"
-    bl_context = "object"
     bl_options = {"DEFAULT_CLOSED"}
+
+
+class VIEWFINDER_PT_object_seg(SegPanel, bpy.types.Panel):
+    bl_idname = "VIEWFINDER_PT_object_seg"
+    bl_context = "object"
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
@@ -42,13 +47,9 @@ class VIEWFINDER_PT_object_seg(bpy.types.Panel):
                           icon="ERROR" if used.source == "default" else "INFO")
 
 
-class VIEWFINDER_PT_collection_seg(bpy.types.Panel):
-    bl_label = "Viewfinder"
+class VIEWFINDER_PT_collection_seg(SegPanel, bpy.types.Panel):
     bl_idname = "VIEWFINDER_PT_collection_seg"
-    bl_space_type = "PROPERTIES"
-    bl_region_type = "WINDOW"
     bl_context = "collection"
-    bl_options = {"DEFAULT_CLOSED"}
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
