@@ -128,11 +128,13 @@ def blocking_and_colour(engine: ToyEngine, data: Path, pal: dict[str, np.ndarray
             # The measure's own reach: a thing it cannot find in the real render (a thin mannequin, a
             # dark thing at night, shading near the ground's colour) is not judged in the model's frame.
             every = [t["id"] for t in r["things"]]
-            on_render = measure.object_ious(measure.foreground(truth, depth, mask, every), mask, [t["id"] for t in keep])
+            found = measure.foreground(truth, depth, mask, every)
+            on_render = measure.object_ious(found, mask, [t["id"] for t in keep])
             seen = [i for i, v in on_render.items() if v == v and v >= MEASURABLE]
             scores["measurable"] += [float(i in seen) for i, v in on_render.items() if v == v]
             for name, image in (("model", drawn[r["frame"]]), ("weight0", blind[r["frame"]]), ("renders", truth)):
-                ious = measure.object_ious(measure.foreground(image, depth, mask, every), mask, seen)
+                fg = found if image is truth else measure.foreground(image, depth, mask, every)
+                ious = measure.object_ious(fg, mask, seen)
                 scores[f"iou_{name}"] += [v for v in ious.values() if v == v]
                 scores[f"iou_median_{name}"] += [v for v in ious.values() if v == v]
                 for t in r["things"]:
