@@ -257,8 +257,8 @@ def train_controlnet(name: str, unet: Any, text: Any, latents: Any, ids: Any, em
     does anything). ``start``: a trained net to go on training instead of a fresh copy of the
     encoder; ``unet_rate``: the tuned UNet's rate as a share of ``lr``. ``joint`` (with ``tune_unet``):
     the text encoder learns too, and the UNet and text encoder end as their moving averages (the
-    raw weights of a UNet tuned beside a net draw grain where FLOW denoises lightly: run 3).
-    Returns the EMA net."""
+    raw weights of a UNet tuned beside a net draw grain where FLOW denoises lightly: the unadopted
+    experiment in docs/benchmarks.md). Returns the EMA net."""
     import torch
     from diffusers import ControlNetModel
 
@@ -394,8 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--continue-nets", action="store_true",
                         help="with --resume: go on training that folder's ControlNets instead of starting them anew")
     parser.add_argument("--keep-unet", action="store_true",
-                        help="with --resume: save the resumed UNet, not the one tuned beside the nets (run 3: the "
-                             "tuned UNet drew grain under FLOW, the nets trained beside it serve the resumed one)")
+                        help="with --resume: save the resumed UNet, not the one tuned beside the nets (the "
+                             "unadopted experiment in docs/benchmarks.md: the tuned UNet drew grain under FLOW, "
+                             "the nets trained beside it serve the resumed one)")
     parser.add_argument("--unet-rate", type=float, default=0.1,
                         help="the UNet's rate beside the depth net, as a share of --cn-lr")
     parser.add_argument("--joint", action="store_true",
