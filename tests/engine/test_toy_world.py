@@ -283,3 +283,31 @@ def test_the_model_card_names_the_commands_the_makefile_runs() -> None:
     text = card.card(json.loads((WEIGHTS / "training.json").read_text()))
     assert all(c in text for c in card.REPRODUCE) and text.count("| 4. Pose ControlNet |") == len(card.runs(
         json.loads((WEIGHTS / "training.json").read_text())))
+
+
+def test_thing_weights_follow_the_things_masks_and_keep_the_loss_scale(tmp_path: Path) -> None:
+    """``--thing-weight``: the dataset keeps each frame's captioned things' mask, the weights reach 1 + w
+    where a latent pixel is all thing and 1 where it is none, and the weighted loss grows with the error
+    on the things while a uniform weight changes nothing."""
+    import torch
+
+    from engine.testing.toy import data, train
+
+    rows = records("heldout")
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "heldout").symlink_to(DATA / "heldout")
+    arrays = data.load_dataset(tmp_path)
+    for i, r in enumerate(rows):
+        exact = np.isin(read(DATA / r["mask"]), [t["id"] for t in r["things"]])
+        assert np.array_equal(arrays["things"][i], exact) and exact.sum() >= min(t["pixels"] for t in r["things"])
+    weights = data.thing_weights(arrays, np.arange(len(rows)), 4.0)
+    assert weights.shape == (len(rows), 1, 16, 16)
+    pooled = arrays["things"].reshape(len(rows), 16, 4, 16, 4).mean(axis=(2, 4))
+    assert np.allclose(weights[:, 0].numpy(), 1.0 + 4.0 * pooled)
+    assert float(weights.min()) == 1.0 and float(weights.max()) == 5.0
+    # The loss: an error only on the things counts more with the weights; a uniform weight is no weight.
+    on_things = torch.from_numpy(pooled[:, None].repeat(4, axis=1).astype(np.float32))
+    zero, ones = torch.zeros_like(on_things), torch.ones(len(rows))
+    plain = float(train.Diffusion.loss(on_things, zero, ones))
+    assert float(train.Diffusion.loss(on_things, zero, ones, weights)) > 1.5 * plain
+    assert float(train.Diffusion.loss(on_things, zero, ones, torch.full_like(weights, 3.0))) == pytest.approx(plain)

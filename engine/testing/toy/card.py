@@ -64,6 +64,8 @@ def _how(stage: dict[str, Any]) -> str:
     parts.append(f"zero convolutions at {stage.get('zero_lr', stage['lr']):g}")
     if stage.get("high_noise"):
         parts.append(f"{stage['high_noise']:.0%} high-noise samples")
+    if stage.get("thing_weight"):
+        parts.append(f"the things' pixels weighed up to {1 + stage['thing_weight']:g}x")
     return "; ".join(parts)
 
 
