@@ -201,7 +201,10 @@ class ShotRender:
         existing = read_meta(self.out_dir)
         if not self.force and existing is not None and existing.get("state") == self._state:
             log.info("conditioning for '%s' is current: %s", self.shot_name, self.out_dir)
-            self.result = shot_result(self.out_dir, existing, self.warnings + self.geo.warnings, reused=True)
+            # The render's own warnings (no geometry in view, a topology change) come from meta.json: a reused
+            # folder says what the render that made it said.
+            said = list(dict.fromkeys([*existing.get("warnings", []), *self.warnings, *self.geo.warnings]))
+            self.result = shot_result(self.out_dir, existing, said, reused=True)
             self._release(scene)
             self.phase = "done"
             return

@@ -222,3 +222,24 @@ def test_own_ranges_are_animatable_and_checked(vfmod: Any, tmp_path: Path) -> No
     shot.normal_start = 0.95  # above its end on every frame: refused with the map named
     with pytest.raises(vfmod("core.generate.shot").GenerationError, match="Normal Start is not below Normal End"):
         collect(scene, vfmod, "Street")
+
+
+def test_generate_reports_the_maps_bad_input_rendered_and_reused(vfmod: Any, tmp_path: Path) -> None:
+    """The maps' bad-input messages (an object with no class, a modifier changing topology) reach Generate's
+    reports (the job's warnings), not only meta.json: when the maps render and when the maps on disk are reused."""
+    scene = seg_scene(tmp_path)
+    bpy.ops.mesh.primitive_uv_sphere_add(segments=16, ring_count=8, radius=0.6, location=(0.0, 0.0, 3.0))
+    growing = bpy.context.object
+    growing.name = "Growing"
+    build = growing.modifiers.new("Build", "BUILD")
+    build.frame_start, build.frame_duration = 1, 3
+    scene.viewfinder.shots["Street"].seg_weight = 1.0
+    first = collect(scene, vfmod, "Street")
+    meta_file = first.conditioning_dir / "meta.json"
+    written = meta_file.stat().st_mtime_ns
+    again = collect(scene, vfmod, "Street")
+    assert meta_file.stat().st_mtime_ns == written  # the maps on disk were reused, not rendered again
+    for job in (first, again):
+        assert any("'Cube.004'" in w and "default" in w for w in job.warnings), job.warnings
+        assert any("'Growing'" in w and "topology" in w and "'Build'" in w for w in job.warnings), job.warnings
+        assert len(job.warnings) == len(set(job.warnings))  # each said once
