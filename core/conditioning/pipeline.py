@@ -97,6 +97,12 @@ class ShotRender:
         self.people, self.warnings = pose.find_people(scene)
         # Normal, line art, segmentation: only what `maps` asks for (geometry_maps.py).
         self.geo = GeometryMaps(maps or MapOptions(), shot.name, has_world=scene.world is not None)
+        if self.geo.options.kinds and self.camera.data.type == "ORTHO":  # issue 23's bad input: said, not refused
+            kinds = ", ".join(self.geo.options.kinds)
+            self.geo.warnings.append(
+                f"Shot '{shot.name}': camera '{self.camera.name}' is orthographic: its {kinds} maps are exact for its "
+                "parallel view, but the ControlNets were trained on perspective photographs, so the frames may not "
+                "keep the flat, orthographic look")
         self._worker = FrameWorker(self.geo)
         self.result: ConditioningResult | None = None
         self.phase = "hash"  # hash → render → depth → finish → done (or aborted)

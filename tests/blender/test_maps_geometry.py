@@ -107,6 +107,9 @@ def test_sphere_normals_match_the_analytic_normal_at_every_pixel(vf: Any, vfmod:
     top = (rows.min(), cols[rows.argmin()])
     assert image[left][0] > 200 and image[top][1] > 200
     assert result.meta["maps"]["normal"]["background"] == [128, 128, 255]
+    # Bad input: an orthographic camera gets a message naming the shot and the camera (the maps stay exact).
+    said = [w for w in result.warnings if "orthographic" in w]
+    assert len(said) == ortho and all("'Shot'" in w and "'Cam'" in w and "normal" in w for w in said), said
 
 
 def visible_edges(cam: bpy.types.Object, cube: bpy.types.Object, scene: bpy.types.Scene) -> list[np.ndarray]:
