@@ -350,6 +350,51 @@ def test_the_queue_takes_turns_between_tokens() -> None:
     assert queue.get() is None and queue.get() == "a6" and queue.qsize() == 0
 
 
+def test_the_engines_worker_takes_turns_between_tokens(tmp_path: Path) -> None:
+    """The queue above is the one the job manager's worker takes jobs from, in the turns it gives
+    (a FIFO there ran alice's five jobs before bob's and carol's first)."""
+    from types import SimpleNamespace
+
+    from engine.jobs.manager import JobManager
+    from engine.storage import Storage
+
+    ran: list[str] = []
+    all_ran = threading.Event()
+
+    class Recording:  # an executor that runs nothing: it records the order jobs reach it
+        interleave = False
+
+        def dispatch(self, work: Any) -> None:
+            work()
+
+        def run(self, context: Any, group: list[Any]) -> None:
+            ran.append(group[0].id)
+            group[0].status = "done"
+            if len(ran) == 8:
+                all_ran.set()
+
+        def resolve_device(self, requested: str, default_device: str) -> str:
+            return "cpu"
+
+        def stop(self) -> None:
+            pass
+
+    manager = JobManager(Storage(tmp_path), default_device="cpu", executor=Recording())
+    manager.pin_blobs = lambda: None  # type: ignore[method-assign]  # the stand-in jobs name no blobs
+    for job_id, owner in [(f"a{n}", "alice") for n in range(1, 6)] + [("b1", "bob"), ("c1", "carol"),
+                                                                       ("b2", "bob")]:
+        manager._register(SimpleNamespace(id=job_id, status="queued", created=time.time(), done={}, cached=[],
+                                          cancel_event=threading.Event(),
+                                          frame_keys={1: f"{job_id:0<64}"},
+                                          request=SimpleNamespace(shot=job_id, generator="IMAGE")), owner)
+    manager.start()
+    try:
+        assert all_ran.wait(10), ran
+    finally:
+        manager.stop()
+    assert ran == ["a1", "b1", "c1", "a2", "b2", "a3", "a4", "a5"]
+
+
 def test_cheap_submits_of_one_token_never_push_out_anothers_finished_job(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
