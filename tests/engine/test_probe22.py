@@ -152,6 +152,43 @@ def test_a_finalize_source_larger_than_the_job_is_refused_at_submit(core: Any, c
     assert (error.status, error.code, error.field) == (400, "image_too_large", "frames[0].source"), error.message
 
 
+@pytest.mark.parametrize("image", ["lying", "one_bit"])
+@pytest.mark.parametrize("field", ["frames[0].mask", "characters[0].references[0]", "style_reference",
+                                   "palette_reference", "frames[0].normal", "frames[0].lineart", "frames[0].seg"])
+def test_every_other_image_a_job_names_is_bounded_at_submit(core: Any, client: Any, tiny_models: dict[str, str],
+                                                             field: str, image: str) -> None:
+    """The rest of "every image the engine opens": masks, character, style and palette references,
+    the normal, line-art and seg maps, each with a second header that lies or a tiny 1-bit PNG
+    of 6000² pixels: past both the job's size and the reference limit, short of PIL's own backstop."""
+    bomb = client.upload_blob(lying_png((6000, 6000)) if image == "lying" else one_bit_png(6000))
+    frame: dict[str, Any] = {"frame": 1, "depth": client.upload_blob(depth_png(0.1)), "pose": None}
+    overrides: dict[str, Any] = {}
+    character = {"name": "Ann", "mask_ids": [3], "references": []}
+    if field.startswith("frames[0]."):
+        kind = field.split(".")[1]
+        frame[kind] = bomb
+        if kind == "mask":
+            overrides["characters"] = [character]
+        else:
+            overrides["models_extra"] = {f"controlnet_{kind}": tiny_models[kind]}
+    else:
+        mask = client.upload_blob(depth_png(0.0))
+        frame["mask"] = mask
+        overrides["characters"] = [{**character, "references": [bomb] if field.startswith("characters") else []}]
+        if field != "palette_reference":
+            overrides["models_extra"] = {"ip_adapter": tiny_models["ip_adapter"],
+                                         "image_encoder": tiny_models["image_encoder"]}
+        if field in ("style_reference", "palette_reference"):
+            overrides[field] = bomb
+    extra = overrides.pop("models_extra", {})
+    job = make_job(tiny_models, [frame], **overrides)
+    job["models"].update(extra)
+    error = submit_error(core, client, job)
+    assert error.status == 400 and error.field == field, (error.code, error.field, error.message)
+    assert error.code in ("map_size_mismatch", "mask_size_mismatch", "image_too_large", "reference_too_large"), \
+        error.message
+
+
 def test_a_damaged_map_is_bad_map_at_submit_not_an_engine_error(core: Any, client: Any,
                                                                tiny_models: dict[str, str]) -> None:
     depth = bytearray(depth_png(0.6))
