@@ -1,9 +1,12 @@
 """Slowloris (issue 22, finding 1): idle and dripping sockets can neither stall the engine nor
-outlive its deadlines (engine/api/guard.py). Loopback only, 300 sockets, about 20 s."""
+outlive its deadlines (engine/api/guard.py), over plain http and over TLS. Loopback only, 300
+sockets, about 20 s each."""
 
 from __future__ import annotations
 
 import socket
+import ssl
+import subprocess
 import sys
 import threading
 import time
@@ -41,7 +44,7 @@ class Attack:
 
     def __enter__(self) -> Attack:
         for i in range(self.count):
-            s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+            s = self.connect()
             kind = ("idle", "head", "body")[i % 3]
             if kind == "head":
                 s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-")
@@ -51,6 +54,9 @@ class Attack:
             self.sockets.append((kind, s))
         self.thread.start()
         return self
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=5)
 
     def _drip(self) -> None:
         while not self.stop.wait(0.3):
@@ -76,7 +82,7 @@ class Attack:
                 while s.recv(65536):
                     pass
                 closed[kind] = closed.get(kind, 0) + 1
-            except ConnectionResetError:
+            except (ConnectionResetError, ssl.SSLError):  # reset, or TLS closed without its close_notify
                 closed[kind] = closed.get(kind, 0) + 1
             except (TimeoutError, OSError):
                 pass
@@ -102,3 +108,58 @@ def test_health_and_an_authenticated_job_are_served_while_300_sockets_idle_or_dr
         closed = attack.closed_by_engine(within_s=2 * HEAD_TIMEOUT_S + 3)
         assert closed == {"idle": 100, "head": 100, "body": 100}, closed
     assert requests.get(guarded.url + "/health", timeout=5).status_code == 200
+
+
+class TlsAttack(Attack):
+    """The same three kinds over TLS: each socket shakes hands first, so the engine's guard (not
+    the TLS layer) is what must close it."""
+
+    def __init__(self, port: int, token: str, count: int, cert: Path) -> None:
+        super().__init__(port, token, count)
+        self.context = ssl.create_default_context(cafile=str(cert))
+
+    def connect(self) -> socket.socket:
+        raw = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        return self.context.wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+@pytest.fixture(scope="module")
+def guarded_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from test_shared_engine import make_cert, serve, wait_health
+
+    folder = tmp_path_factory.mktemp("guarded-tls")
+    cert, key = make_cert(folder)
+    served = serve(folder, "--token", TLS_TOKEN, "--tls-cert", str(cert), "--tls-key", str(key),
+                   "--head-timeout", str(HEAD_TIMEOUT_S), scheme="https")
+    served.cert = cert  # type: ignore[attr-defined]
+    wait_health(served)
+    yield served
+    served.process.terminate()
+    try:
+        served.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        served.process.kill()
+        served.process.wait(timeout=30)
+
+
+TLS_TOKEN = "tls-token-0123456789abcdef"
+
+
+def test_over_tls_too(core: Any, guarded_tls: Any, tiny_models: dict[str, str], tmp_path: Path,
+                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 22: the engine stalled "with or without TLS"; the guard runs behind the handshake."""
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(guarded_tls.cert))
+    client = core.client.EngineClient(guarded_tls.url, TLS_TOKEN, timeout=20)
+    with TlsAttack(guarded_tls.port, TLS_TOKEN, 300, guarded_tls.cert) as attack:
+        for _ in range(3):
+            started = time.monotonic()
+            answer = requests.get(guarded_tls.url + "/health", timeout=5, verify=str(guarded_tls.cert))
+            assert answer.status_code == 200 and answer.json()["status"] == "ok", answer.text
+            assert time.monotonic() - started < 2.0
+        sha = client.upload_blob(depth_png(0.3))
+        job_id = client.submit(make_job(tiny_models, [{"frame": 1, "depth": sha, "pose": None}], steps=2,
+                                        batch_size=1))
+        assert wait_for(client, job_id, timeout=120)["status"] == "done"
+        assert read_png(client.fetch_frame(job_id, 1, str(tmp_path / "1.png"))).shape == (64, 64, 3)
+        closed = attack.closed_by_engine(within_s=2 * HEAD_TIMEOUT_S + 3)
+        assert closed == {"idle": 100, "head": 100, "body": 100}, closed
