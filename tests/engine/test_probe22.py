@@ -187,6 +187,10 @@ def test_every_other_image_a_job_names_is_bounded_at_submit(core: Any, client: A
     assert error.status == 400 and error.field == field, (error.code, error.field, error.message)
     assert error.code in ("map_size_mismatch", "mask_size_mismatch", "image_too_large", "reference_too_large"), \
         error.message
+    # The message names the image in plain words, and the size it found.
+    named = {"style_reference": "the film's style reference", "palette_reference": "the film's palette reference",
+             "characters[0].references[0]": "the reference image 1 of Character 'Ann'"}.get(field, "the ")
+    assert named in error.message and "the The" not in error.message and "6000" in error.message, error.message
 
 
 def test_a_damaged_map_is_bad_map_at_submit_not_an_engine_error(core: Any, client: Any,
