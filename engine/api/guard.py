@@ -239,6 +239,7 @@ class TlsGate(asyncio.Protocol):
         self.early: list[bytes] = []  # data decrypted before the h11 protocol took over
         self.lost = False
         self.in_tls = False  # start_tls has the transport
+        self.http: GuardedProtocol | None = None  # the h11 protocol, once handed over
         self.task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -268,15 +269,15 @@ class TlsGate(asyncio.Protocol):
             # within the head timeout (the loop's defaults are 60 s and 30 s).
             tls = await self.loop.start_tls(raw, self, self.context, server_side=True,
                                             ssl_handshake_timeout=limit, ssl_shutdown_timeout=limit)
-        except (OSError, ssl.SSLError, asyncio.TimeoutError) as exc:  # timed out, closed, or not TLS
+        except Exception as exc:  # timed out, closed, or not TLS (OSError, ssl.SSLError mostly)
             logger.debug("TLS handshake with %s did not complete: %r", self.peer, exc)
             self._gone()
             return
         self._gone()
-        if self.lost or tls is None or tls.is_closing():
+        if self.lost or tls is None or tls.is_closing() or raw.is_closing():
             return
-        http = self.http_class(config=self.config, server_state=self.server_state, app_state=self.app_state,
-                               _loop=self.loop)
+        self.http = http = self.http_class(config=self.config, server_state=self.server_state,
+                                           app_state=self.app_state, _loop=self.loop)
         tls.set_protocol(http)
         http.connection_made(tls)  # admitted by the guard afresh; the head deadline starts here
         for data in self.early:
@@ -302,6 +303,8 @@ class TlsGate(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self._gone()
+        if self.http is not None:  # lost in the moment of the handover: the TLS layer had called us
+            self.http.connection_lost(exc)
 
     # What the guard and uvicorn's shutdown need.
     def waiting_for_head(self) -> bool:
