@@ -54,7 +54,7 @@ def _open_checked(source: bytes | Path, *, max_pixels: int, size: tuple[int, int
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # type: ignore[attr-defined]
             img = Image.open(stream, formats=list(formats))  # type: ignore[attr-defined]
     except Image.DecompressionBombError:  # type: ignore[attr-defined]
-        wanted = f"the job's {size[0]}x{size[1]}" if size else f"the {max_pixels} pixels this job takes"
+        wanted = f"the job's {size[0]}x{size[1]}" if size else f"the {max_pixels} pixels allowed"
         raise BadRequest(f"{field}: the {what} is far larger than {wanted} (over {2 * BACKSTOP_PIXELS} pixels)",
                          field=field, code="map_size_mismatch" if size else "image_too_large") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
@@ -67,8 +67,8 @@ def _open_checked(source: bytes | Path, *, max_pixels: int, size: tuple[int, int
                          "render it at the job's size", field=field, code="map_size_mismatch")
     if width * height > max_pixels:
         img.close()
-        raise BadRequest(f"{field}: the {what} is {width}x{height} pixels, more than the {max_pixels} this job "
-                         "takes; scale it down", field=field, code="image_too_large")
+        raise BadRequest(f"{field}: the {what} is {width}x{height} pixels, more than the {max_pixels} allowed "
+                         "here; scale it down", field=field, code="image_too_large")
     return img
 
 

@@ -25,6 +25,7 @@ from .downloads import (
     stream_to_file,
 )
 from .frame_check import png_problem
+from .watchdog import Watch, WatchedAdapter
 
 logger = logging.getLogger(__name__)
 
@@ -107,25 +108,37 @@ class EngineClient:
     # Transport ----------------------------------------------------------------
 
     def _request(self, method: str, path: str, *, ok: tuple[int, ...] = (200,), stream: bool = False,
-                 timeout: Any = None, **kwargs: Any) -> requests.Response:
+                 timeout: Any = None, deadline: float | None = None, should_cancel: Any = None,
+                 **kwargs: Any) -> requests.Response:
         """One request. Redirects are not followed (the body and token would go to another host);
         the answer is read here, within MAX_JSON_ANSWER_BYTES and ANSWER_DEADLINE_S, unless
-        ``stream`` (then the caller reads it, bounded) and the status is one of ``ok``."""
+        ``stream`` (then the caller reads it, bounded) and the status is one of ``ok``. Its head
+        must arrive by ``deadline`` too (ANSWER_DEADLINE_S from now), and ``should_cancel()``
+        ends the wait for it (core/client/watchdog.py): socket timeouts alone let a dripped
+        head hold a request forever."""
         headers = dict(kwargs.pop("headers", {}) or {})
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         url = self.base_url + path
-        deadline = time.monotonic() + ANSWER_DEADLINE_S
+        if deadline is None:
+            deadline = time.monotonic() + ANSWER_DEADLINE_S
+        what = f"{method} {path.split('?')[0]}"
         try:
-            response = requests.request(method, url, headers=headers, timeout=timeout or self.timeout,
-                                        allow_redirects=False, stream=True, **kwargs)
-            if not (stream and response.status_code in ok):
+            with Watch(deadline, should_cancel) as watch:
                 try:
-                    response._content = read_capped(response, limit=MAX_JSON_ANSWER_BYTES, deadline=deadline)
-                except DownloadRefused as exc:
-                    response.close()
-                    raise EngineError(f"The Viewfinder engine at {self.base_url} sent an answer to {method} "
-                                      f"{path.split('?')[0]} that was not read: {exc}", code="bad_answer") from None
+                    response = self._send(method, url, headers=headers, timeout=timeout or self.timeout, **kwargs)
+                    if not (stream and response.status_code in ok):
+                        try:
+                            response._content = read_capped(response, limit=MAX_JSON_ANSWER_BYTES,
+                                                            deadline=deadline)
+                        except DownloadRefused as exc:
+                            response.close()
+                            raise EngineError(f"The Viewfinder engine at {self.base_url} sent an answer to {what} "
+                                              f"that was not read: {exc}", code="bad_answer") from None
+                except Exception:
+                    if watch.fired is None:
+                        raise
+                self._check_watch(watch, what)
         except requests.exceptions.SSLError as exc:
             raise EngineError(f"The TLS connection to the Viewfinder engine at {self.base_url} failed "
                               f"({_tls_reason(exc)}): check its certificate, or set REQUESTS_CA_BUNDLE to the "
@@ -145,6 +158,24 @@ class EngineClient:
                               "engine URL to the address the engine really serves", code="redirect",
                               status=response.status_code)
         raise self._error_from(response)
+
+    @staticmethod
+    def _send(method: str, url: str, **kwargs: Any) -> requests.Response:
+        """``requests.request``, through connections the thread's Watch can shut down."""
+        with requests.Session() as session:
+            adapter = WatchedAdapter()
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            return session.request(method, url, allow_redirects=False, stream=True, **kwargs)
+
+    def _check_watch(self, watch: Watch, what: str) -> None:
+        if watch.fired == "cancelled":
+            raise EngineError(f"The answer to {what} from the Viewfinder engine at {self.base_url}: cancelled",
+                              code="cancelled")
+        if watch.fired is not None:
+            raise EngineError(f"The Viewfinder engine at {self.base_url} did not send its answer to {what} in time "
+                              f"({max(0.0, watch.deadline - watch.started):.3g} s); it was not read",
+                              code="timeout")
 
     def _error_from(self, response: requests.Response) -> EngineError:
         status = response.status_code
@@ -250,7 +281,8 @@ class EngineClient:
             problem: str | None = None
             for _ in range(max(1, attempts)):
                 response = self._request("GET", f"/jobs/{job_id}/frames/{frame}", stream=True,
-                                         timeout=(self.timeout, FRAME_READ_TIMEOUT_S))
+                                         timeout=(self.timeout, FRAME_READ_TIMEOUT_S), deadline=deadline,
+                                         should_cancel=should_cancel)
                 try:
                     with open(tmp, "wb") as f:
                         stream_to_file(response, f, limit=limit, deadline=deadline, should_cancel=should_cancel,

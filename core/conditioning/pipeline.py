@@ -97,6 +97,12 @@ class ShotRender:
         self.people, self.warnings = pose.find_people(scene)
         # Normal, line art, segmentation: only what `maps` asks for (geometry_maps.py).
         self.geo = GeometryMaps(maps or MapOptions(), shot.name, has_world=scene.world is not None)
+        if self.geo.options.kinds and self.camera.data.type == "ORTHO":  # issue 23's bad input: said, not refused
+            kinds = ", ".join(self.geo.options.kinds)
+            self.geo.warnings.append(
+                f"Shot '{shot.name}': camera '{self.camera.name}' is orthographic: its {kinds} maps are exact for its "
+                "parallel view, but the ControlNets were trained on perspective photographs, so the frames may not "
+                "keep the flat, orthographic look")
         self._worker = FrameWorker(self.geo)
         self.result: ConditioningResult | None = None
         self.phase = "hash"  # hash → render → depth → finish → done (or aborted)
@@ -201,7 +207,10 @@ class ShotRender:
         existing = read_meta(self.out_dir)
         if not self.force and existing is not None and existing.get("state") == self._state:
             log.info("conditioning for '%s' is current: %s", self.shot_name, self.out_dir)
-            self.result = shot_result(self.out_dir, existing, self.warnings + self.geo.warnings, reused=True)
+            # The render's own warnings (no geometry in view, a topology change) come from meta.json: a reused
+            # folder says what the render that made it said.
+            said = list(dict.fromkeys([*existing.get("warnings", []), *self.warnings, *self.geo.warnings]))
+            self.result = shot_result(self.out_dir, existing, said, reused=True)
             self._release(scene)
             self.phase = "done"
             return

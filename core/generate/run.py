@@ -221,7 +221,7 @@ class GenerationRun:
                 self.failures += 1
                 self._report("ERROR", shot_message(name, exc))
                 return WORK
-            for warning in job.warnings:  # animated settings: clamped values, all-zero weights
+            for warning in job.warnings:  # the maps' bad input, animated settings' clamped values, ...
                 self._report("WARNING", warning)
             self._jobs.append(job)
             return WORK

@@ -62,7 +62,7 @@ def collect_shot(
     family_parts = family_models(settings)
     plan = plan_maps(scene, shot, nets, video=video, family=request_name(settings),
                      union="controlnet_union" in family_parts)
-    meta, maps = shot_maps(scene, shot, conditioning_dir, width, height, progress, cancel, plan)
+    meta, maps, map_warnings = shot_maps(scene, shot, conditioning_dir, width, height, progress, cancel, plan)
     # 4. The request's parts, with the character bible and film look (core/scene/characters.py).
     models = {**scene_models(settings), **plan.models}
     prompts = {"prompt": shot.prompt, "style_prompt": settings.style_prompt, "negative_prompt": shot.negative_prompt}
@@ -90,7 +90,7 @@ def collect_shot(
         shot=shot.name, frames=frames, conditioning_dir=conditioning_dir, takes_dir=project.takes_dir(shot.name),
         maps=maps, request=request, models=models, prompts=prompts, settings=job_settings, uploads=uploads,
         frame_values=animated.per_frame,
-        warnings=[*tier_warnings, *plan.warnings, *cast.warnings, *animated.warnings],
+        warnings=[*tier_warnings, *plan.warnings, *map_warnings, *cast.warnings, *animated.warnings],
         blobs=cast.blobs, characters=cast.characters, tier=tier,
     )
 
@@ -110,10 +110,12 @@ def checked_size(scene: bpy.types.Scene, shot: Any) -> tuple[int, int]:
 
 def shot_maps(scene: bpy.types.Scene, shot: Any, conditioning_dir: Path, width: int, height: int,
               progress: Callable[[int, int], None] | None, cancel: Callable[[], bool] | None,
-              plan: MapPlan | None = None) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
-    """(meta.json, per-frame map files) of the shot's control maps, rendered or reused.
+              plan: MapPlan | None = None) -> tuple[dict[str, Any], dict[int, dict[str, Any]], list[str]]:
+    """(meta.json, per-frame map files, warnings) of the shot's control maps, rendered or reused.
 
     The files are those the engine gets: normal, line-art and seg maps only where `plan` sends them.
+    The warnings are the render's (an object with no class, no geometry in view, a topology change, a rig
+    without OpenPose bones), so Generate shows them as Render Control Maps does.
     """
     from ..conditioning import ConditioningError, render_shot  # deferred: heavier module
 
@@ -138,7 +140,7 @@ def shot_maps(scene: bpy.types.Scene, shot: Any, conditioning_dir: Path, width: 
             raise GenerationError(
                 f"Shot '{shot.name}': {kind} maps are missing for frames {missing[:5]}: render its control maps again"
             )
-    return result.meta, maps
+    return result.meta, maps, list(result.warnings)
 
 
 def drop_unweighted(maps: dict[int, dict[str, Any]], sent: tuple[str, ...], job_settings: dict[str, Any],

@@ -14,8 +14,15 @@ authenticated or not, answered 503 (the slowloris attack). Here, on the event lo
   nothing); only when every connection is serving a request is the new one refused, with
   the contract's JSON 503.
 
-So idle and dripping sockets can neither hold the engine's capacity nor outlive a few
-seconds, and ``/health`` and authenticated jobs are served meanwhile
+With TLS the guard sees a connection from its first byte too, not from the end of its handshake:
+the engine's protocol (``TlsGate``) takes the raw TCP connection, counts it against both caps (as
+one waiting for its head, so it is the first to make room), and upgrades it with the event loop's
+``start_tls`` bounded by ``head_timeout_s``. A socket that never finishes its handshake (silent,
+or dripping a ClientHello) is closed at that deadline, instead of after the loop's default 60 s
+uncounted, and is closed at once when the engine stops.
+
+So idle and dripping sockets, with or without TLS, can neither hold the engine's capacity nor
+outlive a few seconds, and ``/health`` and authenticated jobs are served meanwhile
 (tests/engine/test_slowloris.py). It runs as uvicorn's HTTP protocol class (h11), the one
 the engine already used (httptools is not among its requirements).
 """
@@ -25,9 +32,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -62,12 +70,27 @@ BUSY = raw_error(503, "Service Unavailable", "engine_busy",
                  "the engine is serving as many connections as it takes; try again in a moment")
 
 
+class Guarded(Protocol):
+    """What the guard needs of a connection: an HTTP one (GuardedProtocol) or one still in its
+    TLS handshake (TlsGate)."""
+
+    loop: asyncio.AbstractEventLoop
+    peer: str
+    idle_since: float
+    body_since: float | None
+
+    def waiting_for_head(self) -> bool: ...
+    def overdue(self, now: float, limits: GuardLimits) -> bytes | None: ...
+    def behind_on_body(self, now: float, limits: GuardLimits) -> bool: ...
+    def close_with(self, answer: bytes | None) -> None: ...
+
+
 class ConnectionGuard:
     """Every open connection of one server, its deadlines and caps. Event-loop thread only."""
 
     def __init__(self, limits: GuardLimits) -> None:
         self.limits = limits
-        self.open: dict[GuardedProtocol, None] = {}  # insertion-ordered: oldest first
+        self.open: dict[Guarded, None] = {}  # insertion-ordered: oldest first
         self._sweeping = False
         self.closed_slow = 0
         self.evicted = 0
@@ -75,7 +98,7 @@ class ConnectionGuard:
 
     # -- admission -------------------------------------------------------------
 
-    def admit(self, conn: GuardedProtocol) -> bool:
+    def admit(self, conn: Guarded) -> bool:
         """Take a new connection in, making room by evicting one waiting for its head; False: refuse."""
         self._start_sweeping(conn.loop)
         peer = conn.peer
@@ -89,10 +112,10 @@ class ConnectionGuard:
         self.open[conn] = None
         return True
 
-    def forget(self, conn: GuardedProtocol) -> None:
+    def forget(self, conn: Guarded) -> None:
         self.open.pop(conn, None)
 
-    def _evict(self, among: list[GuardedProtocol]) -> bool:
+    def _evict(self, among: list[Guarded]) -> bool:
         """Close the connection that has waited longest for its head, else the one longest
         behind the body rate; False when every connection is busy with a request."""
         now = time.monotonic()
@@ -194,8 +217,132 @@ class GuardedProtocol(H11Protocol):
         transport.close()
 
 
-def protocol_class(limits: GuardLimits) -> tuple[type[GuardedProtocol], ConnectionGuard]:
-    """A protocol class for ``uvicorn.Config(http=...)`` with its own guard (one per server)."""
+class TlsGate(asyncio.Protocol):
+    """The protocol of one TLS connection from its TCP accept: counted by the guard and bounded by
+    its head deadline while the handshake runs (``loop.start_tls``), then handed to the h11
+    protocol. uvicorn gets no ssl context of its own: with one, the loop would run the handshake
+    first and call the protocol only after it, leaving a socket that never completes it
+    invisible to the guard for the loop's 60 s handshake timeout."""
+
+    guard: ConnectionGuard  # these three set on the subclass `protocol_class` makes
+    http_class: type[GuardedProtocol]
+    context: ssl.SSLContext
+
+    def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any],
+                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.config, self.server_state, self.app_state = config, server_state, app_state
+        self.loop = _loop or asyncio.get_event_loop()
+        self.raw: asyncio.Transport | None = None
+        self.peer = ""
+        self.idle_since = time.monotonic()
+        self.body_since: float | None = None
+        self.early: list[bytes] = []  # data decrypted before the h11 protocol took over
+        self.lost = False
+        self.in_tls = False  # start_tls has the transport
+        self.http: GuardedProtocol | None = None  # the h11 protocol, once handed over
+        self.task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.raw = transport
+        # No byte may reach this protocol before start_tls takes the transport over: asyncio's loop
+        # honours a pause made here (uvloop's does not: it starts reading after connection_made,
+        # which is why serve runs a TLS engine on asyncio's loop).
+        transport.pause_reading()
+        self.idle_since = time.monotonic()
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        # Among uvicorn's connections so that its shutdown closes this one at once.
+        self.server_state.connections.add(self)
+        if not self.guard.admit(self):
+            self.close_with(None)  # no HTTP answer can be read before the handshake
+            return
+        self.task = self.loop.create_task(self._handshake(transport))
+
+    async def _handshake(self, raw: asyncio.Transport) -> None:
+        if self.lost or raw.is_closing():
+            self._gone()
+            return
+        self.in_tls = True
+        try:
+            limit = self.guard.limits.head_timeout_s
+            # The handshake, and a closing TLS connection's wait for its peer's close_notify, both
+            # within the head timeout (the loop's defaults are 60 s and 30 s).
+            tls = await self.loop.start_tls(raw, self, self.context, server_side=True,
+                                            ssl_handshake_timeout=limit, ssl_shutdown_timeout=limit)
+        except Exception as exc:  # timed out, closed, or not TLS (OSError, ssl.SSLError mostly)
+            logger.debug("TLS handshake with %s did not complete: %r", self.peer, exc)
+            self._gone()
+            return
+        self._gone()
+        if self.lost or tls is None or tls.is_closing() or raw.is_closing():
+            return
+        self.http = http = self.http_class(config=self.config, server_state=self.server_state,
+                                           app_state=self.app_state, _loop=self.loop)
+        tls.set_protocol(http)
+        http.connection_made(tls)  # admitted by the guard afresh; the head deadline starts here
+        for data in self.early:
+            if not tls.is_closing():
+                http.data_received(data)
+        self.early.clear()
+
+    def _gone(self) -> None:
+        self.guard.forget(self)
+        self.server_state.connections.discard(self)
+
+    # As the TLS layer's app protocol until the handshake completes.
+    def data_received(self, data: bytes) -> None:
+        if not self.in_tls:  # a loop that ignored pause_reading: these bytes belong to the handshake
+            logger.error("the event loop read a TLS connection before its handshake began; closing it")
+            self.close_with(None)
+            return
+        self.early.append(data)
+
+    def eof_received(self) -> bool | None:
+        return None  # closes the connection: a client that stops sending before its request
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._gone()
+        if self.http is not None:  # lost in the moment of the handover: the TLS layer had called us
+            self.http.connection_lost(exc)
+
+    # What the guard and uvicorn's shutdown need.
+    def waiting_for_head(self) -> bool:
+        return True
+
+    def overdue(self, now: float, limits: GuardLimits) -> bytes | None:
+        # start_tls's timeout closes it first; this is the backstop should a loop not honour it.
+        if self.raw is None or self.raw.is_closing():
+            return None
+        return SLOW_HEAD if now - self.idle_since > limits.head_timeout_s + SWEEP_S else None
+
+    def behind_on_body(self, now: float, limits: GuardLimits) -> bool:
+        return False
+
+    def close_with(self, answer: bytes | None) -> None:
+        """Drop the TCP connection (nothing is written: the client expects a TLS record)."""
+        if self.raw is not None and not self.raw.is_closing():
+            self.raw.abort()
+        self._gone()
+
+    def shutdown(self) -> None:
+        self.close_with(None)
+
+
+def protocol_class(limits: GuardLimits, tls: ssl.SSLContext | None = None
+                   ) -> tuple[type[asyncio.Protocol], ConnectionGuard]:
+    """A protocol class for ``uvicorn.Config(http=...)`` with its own guard (one per server);
+    with ``tls`` it terminates TLS itself (give uvicorn no ssl_* options then)."""
     guard = ConnectionGuard(limits)
-    cls: Any = type("EngineHTTPProtocol", (GuardedProtocol,), {"guard": guard})
-    return cls, guard
+    http: Any = type("EngineHTTPProtocol", (GuardedProtocol,), {"guard": guard})
+    if tls is None:
+        return http, guard
+    gate: Any = type("EngineTLSProtocol", (TlsGate,), {"guard": guard, "http_class": http, "context": tls})
+    return gate, guard
+
+
+def server_tls_context(certfile: str, keyfile: str) -> ssl.SSLContext:
+    """The server's TLS context (what uvicorn would build from ssl_certfile/ssl_keyfile)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certfile, keyfile)
+    return context

@@ -42,6 +42,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          max_requests=args.max_connections, cache_quota=args.cache_quota)
         if args.parent_pid:
             watch_parent(args.parent_pid)
+        tls = tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
         # 4. Bind first, then report the port: no other process can take it in between.
         sock = listen(args.host, args.port)
     except UsageError as exc:
@@ -57,12 +58,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Connections are bounded by the guard (engine/api/guard.py: head and body deadlines, a cap per
     # client and in all, idle ones making room), not by uvicorn's limit_concurrency, which counted
     # idle sockets and then answered every request 503; requests in progress by the front door.
+    # With TLS the guard's protocol runs the handshake itself (loop.start_tls, bounded by the head
+    # timeout) so it counts and times a socket from its accept: uvicorn gets no ssl_* options, or
+    # the loop would hide a socket stuck in its handshake from the guard for 60 s. That protocol
+    # pauses the raw socket until start_tls has it, which asyncio's loop honours and uvloop's does
+    # not (it starts reading after connection_made), so a TLS engine runs on asyncio's loop.
     protocol, _guard = guard.protocol_class(guard.GuardLimits(
         head_timeout_s=args.head_timeout, body_grace_s=args.head_timeout, per_client=args.max_connections_per_client,
-        total=args.max_connections))
-    config = uvicorn.Config(app, log_level=args.log_level.lower(), access_log=False, ssl_certfile=args.tls_cert,
-                            ssl_keyfile=args.tls_key, timeout_keep_alive=5, h11_max_incomplete_event_size=16384,
-                            http=protocol, limit_concurrency=None)
+        total=args.max_connections), tls=tls)
+    config = uvicorn.Config(app, log_level=args.log_level.lower(), access_log=False, timeout_keep_alive=5,
+                            h11_max_incomplete_event_size=16384, http=protocol, limit_concurrency=None,
+                            loop="asyncio" if tls else "auto")
     uvicorn.Server(config).run(sockets=[sock])
     return 0
 
@@ -92,6 +98,18 @@ def serve_tokens(args: argparse.Namespace) -> tuple[Any, bool]:
                          "--tls-key KEY, or put the engine behind a TLS reverse proxy and add --allow-plain-http "
                          "(docs/shared-engine.md, 'Running a shared engine')")
     return tokens, loopback
+
+
+def tls_context(cert: str, key: str) -> Any:
+    """The server's TLS context, read before the socket is bound (a bad file is a usage error)."""
+    import ssl
+
+    from .guard import server_tls_context
+
+    try:
+        return server_tls_context(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(f"--tls-cert/--tls-key: cannot load {cert} with {key}: {exc}") from exc
 
 
 def set_model_policy(args: argparse.Namespace) -> None:

@@ -80,11 +80,11 @@ def check_characters(request: JobRequest, storage: Storage) -> dict[str, ModelRe
         for i, character in enumerate(characters):
             for j, sha in enumerate(character.references):
                 check_image_blob(storage, sha, f"characters[{i}].references[{j}]",
-                                 f"{_who(character)}: reference image {j + 1}")
+                                 f"reference image {j + 1} of {_who(character)}")
         if request.style_reference:
-            check_image_blob(storage, request.style_reference, "style_reference", "The film's style reference")
+            check_image_blob(storage, request.style_reference, "style_reference", "film's style reference")
     if request.palette_reference:
-        check_image_blob(storage, request.palette_reference, "palette_reference", "The film's palette reference")
+        check_image_blob(storage, request.palette_reference, "palette_reference", "film's palette reference")
     # 5. Character LoRAs: .safetensors files that exist (pickles refused like every model).
     loras: dict[str, ModelRef | None] = {}
     for i, character in enumerate(characters):
@@ -119,11 +119,12 @@ def check_mask_header(storage: Storage, sha: str, width: int, height: int, field
 
 
 def check_image_blob(storage: Storage, sha: str, field: str, what: str) -> None:
-    """A reference image exists, is at most MAX_REFERENCE_PIXELS (checked before decoding) and decodes."""
+    """A reference image exists, is at most MAX_REFERENCE_PIXELS (checked before decoding) and decodes.
+    ``what`` follows "the" in the messages ("film's style reference")."""
     from .. import images
 
     if not storage.has_blob(sha):
-        raise BadRequest(f"{field}: {what} ({sha[:12]}) is not on the engine; upload it with PUT /blobs/{sha} "
+        raise BadRequest(f"{field}: the {what} ({sha[:12]}) is not on the engine; upload it with PUT /blobs/{sha} "
                          "(the image file may be missing on the artist's machine)", field=field,
                          code="missing_blob")
     try:

@@ -1,7 +1,9 @@
 """Generate All past the engine's job quota (issue 22): a film of 3 × the quota of shots against a
 real engine started with ``--job-quota 2`` (tiny models), in real Blender (5.0 and 4.2 run this
 same file). Every take is placed, nothing fails, at most the quota is ever in flight, the
-status says the run waits for the engine, and Blender's memory stays flat from run to run.
+status says the run waits for the engine, and Blender's memory stays flat from run to run. A run
+that would send the token over plain http to another machine says so (the same engine, its URL
+seen as another host's).
 """
 
 from __future__ import annotations
@@ -146,3 +148,32 @@ def test_a_film_of_three_times_the_quota_generates_completely(tmp_path, tiny_mod
     growth = rss_mb() - memory_after_first
     print(f"Blender memory growth over two runs: {growth:.1f} MB")
     assert growth < 40, f"Blender grew {growth:.0f} MB over two more runs of {SHOTS} shots"
+
+
+def test_a_run_that_sends_the_token_in_clear_text_to_another_machine_says_so(tmp_path, tiny_models, on_quota_engine,
+                                                                             vfmod, monkeypatch):
+    """Issue 22 (low): the token sent over plain http to a non-loopback host is warned about, in
+    the run's reports, once per run, and the run goes on. No network: the engine is the loopback
+    one, and the client's URL check sees it as http://gpu-box.lan (the real check, only the host
+    name swapped); on loopback as it is, the other test's runs report no warning."""
+    http = vfmod("core.client.http")
+    real_check = http.plain_http_warning
+    monkeypatch.setattr(http, "plain_http_warning",
+                        lambda url, token: real_check(url.replace("127.0.0.1", "gpu-box.lan"), token))
+    bpy.ops.wm.read_homefile(use_empty=True)
+    scene = bpy.context.scene
+    scene.render.resolution_x = scene.render.resolution_y = 64
+    scene.frame_start, scene.frame_end = 1, 4
+    bpy.ops.mesh.primitive_cube_add(size=1.0)
+    for k in range(2):
+        bind_marker(scene, f"Shot{k}", 1 + 2 * k, add_camera(scene, f"Cam{k}", location=(0.5 * k, -8.0, 0.0)))
+    use_tiny_models(scene.viewfinder, tiny_models)
+    scene.viewfinder.long_edge, scene.viewfinder.steps, scene.viewfinder.batch_size = 64, 2, 2
+    for shot in scene.viewfinder.shots:
+        shot.prompt, shot.coherence = "a street", "INDEPENDENT"
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "clear.blend"))
+    run = make_run(vfmod, scene, background=True)
+    drive(vfmod, run, scene, limit=200_000)
+    warnings = [text for level, text in run.reports if level == "WARNING"]
+    assert len(warnings) == 1 and "clear text to gpu-box.lan" in warnings[0] and "https://" in warnings[0], run.reports
+    assert run.failures == 0 and len(run.outcomes) == 2 and all(o.complete for o in run.outcomes), run.reports

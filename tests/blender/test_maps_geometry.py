@@ -3,7 +3,8 @@
 A sphere in front of a perspective and an orthographic camera: every pixel's normal in the map
 against the sphere's analytic normal in the camera frame. A cube from a known camera: every line
 pixel within one pixel of a projected visible edge, every visible edge drawn, no line on a face.
-Bad input: no geometry in view, a modifier that changes the topology per frame.
+Bad input: no geometry in view, an orthographic camera (a message, the maps exact), a modifier or geometry
+nodes changing the topology per frame.
 """
 
 from __future__ import annotations
@@ -107,6 +108,9 @@ def test_sphere_normals_match_the_analytic_normal_at_every_pixel(vf: Any, vfmod:
     top = (rows.min(), cols[rows.argmin()])
     assert image[left][0] > 200 and image[top][1] > 200
     assert result.meta["maps"]["normal"]["background"] == [128, 128, 255]
+    # Bad input: an orthographic camera gets a message naming the shot and the camera (the maps stay exact).
+    said = [w for w in result.warnings if "orthographic" in w]
+    assert len(said) == ortho and all("'Shot'" in w and "'Cam'" in w and "normal" in w for w in said), said
 
 
 def visible_edges(cam: bpy.types.Object, cube: bpy.types.Object, scene: bpy.types.Scene) -> list[np.ndarray]:
@@ -208,3 +212,27 @@ def test_a_modifier_changing_topology_is_named_and_the_maps_stay_right(vf: Any, 
         assert png.read_png(result.out_dir / "lineart" / f"{frame:04d}.png").any()
         assert (png.read_png(result.out_dir / "seg" / f"{frame:04d}.png") != 255).any()
     assert result.meta["maps"]["lineart"]["frames"] == [1, 2, 3, 4]
+
+
+def test_geometry_nodes_changing_topology_are_named_too(vf: Any, vfmod: Any, tmp_path: Path) -> None:
+    """A geometry-nodes modifier whose grid gains a column of vertices every frame: named like a Build modifier."""
+    scene = new_scene()
+    scene.frame_start, scene.frame_end = 2, 4  # Vertices X = the frame: a grid of faces from frame 2
+    bpy.ops.mesh.primitive_plane_add(size=2.0)  # its mesh replaced by the tree's grid, in the XY plane
+    grid = bpy.context.object
+    grid.name = "Grid"
+    tree = bpy.data.node_groups.new("Growing grid", "GeometryNodeTree")
+    tree.interface.new_socket(name="Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+    output = tree.nodes.new("NodeGroupOutput")
+    mesh = tree.nodes.new("GeometryNodeMeshGrid")
+    time = tree.nodes.new("GeometryNodeInputSceneTime")
+    tree.links.new(time.outputs["Frame"], mesh.inputs["Vertices X"])
+    tree.links.new(mesh.outputs["Mesh"], output.inputs["Geometry"])
+    grid.modifiers.new("Grow", "NODES").node_group = tree
+    look_at(scene, (0.0, 0.0, 6.0), (0.0, 0.0, 0.0))
+    result = render(vfmod, scene, tmp_path, normal=True, lineart=True, seg=True)
+    assert any("'Grid'" in w and "topology" in w and "'Grow'" in w for w in result.warnings), result.warnings
+    png = vfmod("core.conditioning.png")
+    for frame in (2, 3, 4):  # the grid is in view on every frame: every map still drawn
+        assert (png.read_png(result.out_dir / "seg" / f"{frame:04d}.png") != 255).any()
+        assert png.read_png(result.out_dir / "lineart" / f"{frame:04d}.png").any()

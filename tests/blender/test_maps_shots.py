@@ -222,3 +222,73 @@ def test_own_ranges_are_animatable_and_checked(vfmod: Any, tmp_path: Path) -> No
     shot.normal_start = 0.95  # above its end on every frame: refused with the map named
     with pytest.raises(vfmod("core.generate.shot").GenerationError, match="Normal Start is not below Normal End"):
         collect(scene, vfmod, "Street")
+
+
+def test_generate_reports_the_maps_bad_input_rendered_and_reused(vfmod: Any, tmp_path: Path) -> None:
+    """The maps' bad-input messages (an object with no class, a modifier changing topology) reach Generate's
+    reports (the job's warnings), not only meta.json: when the maps render and when the maps on disk are reused."""
+    scene = seg_scene(tmp_path)
+    bpy.ops.mesh.primitive_uv_sphere_add(segments=16, ring_count=8, radius=0.6, location=(0.0, 0.0, 3.0))
+    growing = bpy.context.object
+    growing.name = "Growing"
+    build = growing.modifiers.new("Build", "BUILD")
+    build.frame_start, build.frame_duration = 1, 3
+    scene.viewfinder.shots["Street"].seg_weight = 1.0
+    first = collect(scene, vfmod, "Street")
+    meta_file = first.conditioning_dir / "meta.json"
+    written = meta_file.stat().st_mtime_ns
+    again = collect(scene, vfmod, "Street")
+    assert meta_file.stat().st_mtime_ns == written  # the maps on disk were reused, not rendered again
+    for job in (first, again):
+        assert any("'Cube.004'" in w and "default" in w for w in job.warnings), job.warnings
+        assert any("'Growing'" in w and "topology" in w and "'Build'" in w for w in job.warnings), job.warnings
+        assert len(job.warnings) == len(set(job.warnings))  # each said once
+
+
+class Recording:
+    """A stand-in for a panel's layout: what it draws, as (kind, property name or label text, icon)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str]] = []
+
+    def prop(self, data: Any, name: str, **_: Any) -> None:
+        self.calls.append(("prop", f"{data.name}.{name}", ""))
+
+    def label(self, text: str = "", icon: str = "NONE", **_: Any) -> None:
+        self.calls.append(("label", text, icon))
+
+
+def test_the_properties_panels_override_the_class_per_object_and_per_collection(vfmod: Any, tmp_path: Path) -> None:
+    """Object Properties ▸ Viewfinder and Collection Properties ▸ Viewfinder: the field, and for an object the
+    class in use and where it comes from (the default flagged)."""
+    from types import SimpleNamespace
+
+    seg_scene(tmp_path)
+    panels = vfmod("panels.seg")
+    houses = bpy.data.collections["Houses"]
+    drawn = {}
+    for name in ("Shed", "Rock", "Tree", "Cube.004", "Walker.Body"):
+        context = SimpleNamespace(object=bpy.data.objects[name], collection=houses)
+        assert panels.VIEWFINDER_PT_object_seg.poll(context)
+        layout = Recording()
+        panels.VIEWFINDER_PT_object_seg.draw(SimpleNamespace(layout=layout), context)
+        drawn[name] = layout.calls
+    assert drawn["Shed"] == [("prop", "Shed.viewfinder_seg_class", ""),
+                             ("label", "Segmentation: building (from its collection)", "INFO")]
+    assert drawn["Rock"][1] == ("label", "Segmentation: car (set here)", "INFO")
+    assert drawn["Tree"][1] == ("label", "Segmentation: tree (guessed from its name or shape)", "INFO")
+    assert drawn["Walker.Body"][1] == ("label", "Segmentation: person (guessed from its name or shape)", "INFO")
+    assert drawn["Cube.004"][1] == ("label", "Segmentation: wall (the default: set one)", "ERROR")
+    context = SimpleNamespace(object=None, collection=houses)
+    assert panels.VIEWFINDER_PT_collection_seg.poll(context)
+    layout = Recording()
+    panels.VIEWFINDER_PT_collection_seg.draw(SimpleNamespace(layout=layout), context)
+    assert layout.calls[0] == ("prop", "Houses.viewfinder_seg_class", "")
+    # Set in the panels' fields: the object's own class wins over its collection's.
+    bpy.data.objects["Shed"].viewfinder_seg_class = "tower"
+    assert panels.class_in_use(bpy.data.objects["Shed"]) == vfmod("core.conditioning.seg").SegClass(84, "tower", "user")
+    houses.viewfinder_seg_class = "house"
+    assert panels.class_in_use(bpy.data.objects["Shed"]).label == "tower"
+    bpy.data.objects["Shed"].viewfinder_seg_class = ""
+    assert panels.class_in_use(bpy.data.objects["Shed"]) == vfmod("core.conditioning.seg").SegClass(25, "house",
+                                                                                                     "collection")

@@ -1,14 +1,18 @@
 """The add-on's client against a stand-in hostile engine (issue 22, finding 4 and its Medium and
 Low kin): frames checked against the job's size before anything decodes them, every download
-capped in bytes and in time, Esc ending a dripped one, redirects not followed, TLS failures named.
+capped in bytes and in time (its head as well as its body), Esc ending a dripped one, redirects not
+followed, TLS failures named.
 Loopback stand-in servers only; each case bounded to a few seconds."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import struct
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -193,3 +197,64 @@ def test_a_tls_failure_is_named_not_called_unreachable(core: Any) -> None:
         with pytest.raises(core.client.EngineError) as info:
             core.client.EngineClient(url.replace("http://", "https://"), "t", timeout=5).health()
     assert info.value.code == "tls_error" and "not reachable" not in info.value.message
+
+
+@contextlib.contextmanager
+def dripping_server(start: bytes, drip_s: float = 0.2) -> Iterator[str]:
+    """A raw stand-in that, to whatever it is sent, answers ``start`` and then one more byte every
+    ``drip_s``, never finishing: a response head (or a TLS handshake) that is still arriving."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def drip(conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.recv(65536)
+                conn.sendall(start)
+                while not stop.wait(drip_s):
+                    conn.sendall(b"X")
+            except OSError:
+                pass
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        listener.close()
+
+
+# A status line and then a header dripped forever; a TLS record header announcing 16 kB of
+# handshake and then its bytes dripped: in both the answer never starts, so the body's own
+# deadline (above) is never reached, and every read gets its byte long before its timeout.
+@pytest.mark.parametrize("scheme, start", [("http", b"HTTP/1.1 200 OK\r\nX-Drip: "),
+                                           ("https", b"\x16\x03\x03\x40\x00")])
+def test_an_answer_whose_head_drips_times_out_and_esc_ends_it(core: Any, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch, scheme: str,
+                                                              start: bytes) -> None:
+    monkeypatch.setattr(core.client, "ANSWER_DEADLINE_S", 1.5)
+    with dripping_server(start) as address:
+        client = core.client.EngineClient(f"{scheme}://{address}", "t", timeout=5)
+        for call in (lambda: client.status("job"),
+                     lambda: client.fetch_frame("job", 1, str(tmp_path / "0001.png"), size=SIZE)):
+            started = time.monotonic()
+            with pytest.raises(core.client.EngineError) as info:
+                call()
+            assert info.value.code == "timeout" and "in time" in info.value.message, info.value.message
+            assert time.monotonic() - started < 4
+        monkeypatch.setattr(core.client, "ANSWER_DEADLINE_S", 600.0)
+        pressed = threading.Event()
+        threading.Timer(0.5, pressed.set).start()
+        started = time.monotonic()
+        with pytest.raises(core.client.EngineError) as info:  # Esc while the head drips
+            client.fetch_frame("job", 1, str(tmp_path / "0001.png"), size=SIZE, should_cancel=pressed.is_set)
+        assert info.value.code == "cancelled" and time.monotonic() - started < 3
+    assert list(tmp_path.iterdir()) == []

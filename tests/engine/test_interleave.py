@@ -3,9 +3,10 @@ one pipeline call, with the cache keys and frames of the shots run one after ano
 
 On a CPU, torch's kernels are not batch-invariant: oneDNN picks a convolution algorithm by
 batch size, and MKL's sgemm takes another path for a handful of rows (the time-embedding
-layers: 2 rows for one frame with guidance, 2k for k frames), so a frame differs in the last
+layers: 2 rows for one frame with guidance, 2k for k frames), and on some CPUs (AVX2 AMD EPYC)
+the native convolution and group norm vary with the batch too, so a frame differs in the last
 float bits with the batch it ran in (measured: at most 1 in 255 in a few pixels). With
-those two kernels made batch-invariant (``batch_invariant``), the frames are byte-identical:
+those kernels made batch-invariant (``batch_invariant``), the frames are byte-identical:
 everything the engine controls (per-frame noise, latents, masks, prompts, order, keys) is exact.
 """
 
@@ -29,7 +30,7 @@ SHOTS, FRAMES, STEPS, SIZE = 3, 3, 3, 64
 
 @contextlib.contextmanager
 def batch_invariant() -> Iterator[None]:
-    """oneDNN off (convolutions by the batch-invariant native kernel) and 2-D linear layers one row at a time."""
+    """oneDNN off, 2-D linear layers one row at a time, convolutions and group norms one sample at a time."""
     import torch
 
     forward = torch.nn.Linear.forward
@@ -39,12 +40,23 @@ def batch_invariant() -> Iterator[None]:
             return forward(self, x)
         return torch.cat([forward(self, row) for row in x.split(1)])
 
+    per_sample = {cls: cls.forward for cls in (torch.nn.Conv2d, torch.nn.GroupNorm)}
+
+    def by_samples(original: Any) -> Any:
+        def forward_each(self: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([original(self, sample.contiguous()) for sample in x.split(1)])
+        return forward_each
+
     torch.nn.Linear.forward = by_rows  # type: ignore[method-assign]
+    for cls, original in per_sample.items():
+        cls.forward = by_samples(original)  # type: ignore[method-assign]
     try:
         with torch.backends.mkldnn.flags(enabled=False):
             yield
     finally:
         torch.nn.Linear.forward = forward  # type: ignore[method-assign]
+        for cls, original in per_sample.items():
+            cls.forward = original  # type: ignore[method-assign]
 
 
 def run_both(tmp: Path, models: dict[str, str], calls: list[tuple[str, int]]) -> tuple[dict[str, bytes], ...]:

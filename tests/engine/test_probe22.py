@@ -152,6 +152,47 @@ def test_a_finalize_source_larger_than_the_job_is_refused_at_submit(core: Any, c
     assert (error.status, error.code, error.field) == (400, "image_too_large", "frames[0].source"), error.message
 
 
+@pytest.mark.parametrize("image", ["lying", "one_bit"])
+@pytest.mark.parametrize("field", ["frames[0].mask", "characters[0].references[0]", "style_reference",
+                                   "palette_reference", "frames[0].normal", "frames[0].lineart", "frames[0].seg"])
+def test_every_other_image_a_job_names_is_bounded_at_submit(core: Any, client: Any, tiny_models: dict[str, str],
+                                                             field: str, image: str) -> None:
+    """The rest of "every image the engine opens": masks, character, style and palette references,
+    the normal, line-art and seg maps, each with a second header that lies or a tiny 1-bit PNG
+    of 6000² pixels: past both the job's size and the reference limit, short of PIL's own backstop."""
+    bomb = client.upload_blob(lying_png((6000, 6000)) if image == "lying" else one_bit_png(6000))
+    frame: dict[str, Any] = {"frame": 1, "depth": client.upload_blob(depth_png(0.1)), "pose": None}
+    overrides: dict[str, Any] = {}
+    character = {"name": "Ann", "mask_ids": [3], "references": []}
+    if field.startswith("frames[0]."):
+        kind = field.split(".")[1]
+        frame[kind] = bomb
+        if kind == "mask":
+            overrides["characters"] = [character]
+        else:
+            overrides["models_extra"] = {f"controlnet_{kind}": tiny_models[kind]}
+    else:
+        mask = client.upload_blob(depth_png(0.0))
+        frame["mask"] = mask
+        overrides["characters"] = [{**character, "references": [bomb] if field.startswith("characters") else []}]
+        if field != "palette_reference":
+            overrides["models_extra"] = {"ip_adapter": tiny_models["ip_adapter"],
+                                         "image_encoder": tiny_models["image_encoder"]}
+        if field in ("style_reference", "palette_reference"):
+            overrides[field] = bomb
+    extra = overrides.pop("models_extra", {})
+    job = make_job(tiny_models, [frame], **overrides)
+    job["models"].update(extra)
+    error = submit_error(core, client, job)
+    assert error.status == 400 and error.field == field, (error.code, error.field, error.message)
+    assert error.code in ("map_size_mismatch", "mask_size_mismatch", "image_too_large", "reference_too_large"), \
+        error.message
+    # The message names the image in plain words, and the size it found.
+    named = {"style_reference": "the film's style reference", "palette_reference": "the film's palette reference",
+             "characters[0].references[0]": "the reference image 1 of Character 'Ann'"}.get(field, "the ")
+    assert named in error.message and "the The" not in error.message and "6000" in error.message, error.message
+
+
 def test_a_damaged_map_is_bad_map_at_submit_not_an_engine_error(core: Any, client: Any,
                                                                tiny_models: dict[str, str]) -> None:
     depth = bytearray(depth_png(0.6))
@@ -348,6 +389,51 @@ def test_the_queue_takes_turns_between_tokens() -> None:
     queue.put("a6", "alice")
     queue.put(None)  # stop comes first
     assert queue.get() is None and queue.get() == "a6" and queue.qsize() == 0
+
+
+def test_the_engines_worker_takes_turns_between_tokens(tmp_path: Path) -> None:
+    """The queue above is the one the job manager's worker takes jobs from, in the turns it gives
+    (a FIFO there ran alice's five jobs before bob's and carol's first)."""
+    from types import SimpleNamespace
+
+    from engine.jobs.manager import JobManager
+    from engine.storage import Storage
+
+    ran: list[str] = []
+    all_ran = threading.Event()
+
+    class Recording:  # an executor that runs nothing: it records the order jobs reach it
+        interleave = False
+
+        def dispatch(self, work: Any) -> None:
+            work()
+
+        def run(self, context: Any, group: list[Any]) -> None:
+            ran.append(group[0].id)
+            group[0].status = "done"
+            if len(ran) == 8:
+                all_ran.set()
+
+        def resolve_device(self, requested: str, default_device: str) -> str:
+            return "cpu"
+
+        def stop(self) -> None:
+            pass
+
+    manager = JobManager(Storage(tmp_path), default_device="cpu", executor=Recording())
+    manager.pin_blobs = lambda: None  # type: ignore[method-assign]  # the stand-in jobs name no blobs
+    for job_id, owner in [(f"a{n}", "alice") for n in range(1, 6)] + [("b1", "bob"), ("c1", "carol"),
+                                                                       ("b2", "bob")]:
+        manager._register(SimpleNamespace(id=job_id, status="queued", created=time.time(), done={}, cached=[],
+                                          cancel_event=threading.Event(),
+                                          frame_keys={1: f"{job_id:0<64}"},
+                                          request=SimpleNamespace(shot=job_id, generator="IMAGE")), owner)
+    manager.start()
+    try:
+        assert all_ran.wait(10), ran
+    finally:
+        manager.stop()
+    assert ran == ["a1", "b1", "c1", "a2", "b2", "a3", "a4", "a5"]
 
 
 def test_cheap_submits_of_one_token_never_push_out_anothers_finished_job(tmp_path: Path) -> None:

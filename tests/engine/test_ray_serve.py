@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import requests
 from engine_testlib import OOM_FRAME, depth_png, fault_env, make_job, pose_png, read_png, wait_for
 from test_coherence import depth_map as flow_depth_map
 from test_coherence import flow_map, npy, png16
@@ -92,6 +93,50 @@ def test_same_contract_as_one_engine(ray_engine: RayEngine, ray_client: Any, cor
     with pytest.raises(core.client.EngineError) as info:
         ray_client.status("f" * 16)
     assert info.value.code == "unknown_job"
+
+
+def test_a_token_past_its_quota_is_refused_as_one_engine_refuses_it(ray_engine: RayEngine, ray_client: Any,
+                                                                    engine: Any, client: Any, core: types.SimpleNamespace,
+                                                                    tiny_models: dict[str, str]) -> None:
+    """Issue 22: Generate All paces itself by /limits and waits out a 429 the same way on Ray Serve
+    as on one engine. The token's 12 jobs (--job-quota 12) fill its quota; /limits says so; the
+    13th is a 429 with Retry-After and the very JSON body one engine gives at its own quota (16)."""
+    def fill(target: Any, quota: int) -> list[str]:
+        depth = target.upload_blob(depth_png(0.66))
+        slow = make_job(tiny_models, [{"frame": n, "depth": depth, "pose": None} for n in range(1, 41)],
+                        shot="quota", steps=40, batch_size=1)
+        ids = [target.submit({**slow, "seed": 900 + i}) for i in range(quota)]
+        published = target.limits()
+        assert (published["job_quota"], published["jobs_active"], published["retry_after_s"]) == (quota, quota, 1)
+        return ids
+
+    def refusal(url: str, token: str) -> tuple[int, str | None, str, dict[str, Any]]:
+        body = make_job(tiny_models, [{"frame": 1, "depth": "ab" * 32, "pose": None}], seed=999)
+        answer = requests.post(url + "/jobs", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        return answer.status_code, answer.headers.get("Retry-After"), answer.headers["content-type"], answer.json()
+
+    filled = {"ray": (ray_client, fill(ray_client, 12)), "one": (client, fill(client, 16))}
+    try:
+        on_ray, on_one = refusal(ray_engine.url, ray_engine.token), refusal(engine.url, engine.token)
+        assert on_ray[:3] == (429, "1", "application/json"), on_ray
+        assert on_ray[3]["error"]["code"] == "queue_full" and on_ray[3]["error"]["field"] is None, on_ray
+        assert "12 jobs queued or running (the limit is 12)" in on_ray[3]["error"]["message"], on_ray
+        # One engine's refusal word for word, but for its own quota.
+        on_one[3]["error"]["message"] = on_one[3]["error"]["message"].replace("16", "12")
+        assert on_ray == on_one, (on_ray, on_one)
+        # The add-on's client reads it as a wait, not a failure.
+        with pytest.raises(core.client.EngineError) as info:
+            ray_client.submit(make_job(tiny_models, [{"frame": 1, "depth": "ab" * 32, "pose": None}]))
+        assert (info.value.status, info.value.code, info.value.retry_after) == (429, "queue_full", 1.0)
+        assert info.value.quota_full
+    finally:
+        for target, ids in filled.values():
+            for job_id in ids:
+                target.cancel(job_id)
+        for target, ids in filled.values():
+            for job_id in ids:
+                assert wait_for(target, job_id, timeout=120)["status"] in ("cancelled", "done"), job_id
+    assert ray_client.limits()["jobs_active"] == 0  # room again: the next tests run at once
 
 
 def test_two_shots_run_at_once_on_two_replicas(ray_client: Any, tiny_models: dict[str, str]) -> None:

@@ -99,13 +99,14 @@ def run_film(tmp_path: Path, engine: QuotaEngine, shots: int) -> tuple[list, lis
     raise AssertionError("the film never finished")
 
 
-def test_a_film_of_three_times_the_published_quota_keeps_the_quota_in_flight(tmp_path: Path) -> None:
-    engine = QuotaEngine(quota=2)
-    ended, seen = run_film(tmp_path, engine, shots=6)
-    assert sorted(o.shot for o in ended) == [f"Shot{k:02d}" for k in range(6)]
+@pytest.mark.parametrize("quota", [2, 16])  # 16: issue 22's "done when", a 48-shot film under the default quota
+def test_a_film_of_three_times_the_published_quota_keeps_the_quota_in_flight(tmp_path: Path, quota: int) -> None:
+    engine = QuotaEngine(quota=quota)
+    ended, seen = run_film(tmp_path, engine, shots=3 * quota)
+    assert sorted(o.shot for o in ended) == [f"Shot{k:02d}" for k in range(3 * quota)]
     assert all(isinstance(o, generate.TakeOutcome) and o.complete and not o.error for o in ended), ended
-    assert engine.most_in_flight == 2 and engine.refused == 0  # paced by GET /limits, never refused
-    assert max(flight for flight, _ in seen) == 2
+    assert engine.most_in_flight == quota and engine.refused == 0  # paced by GET /limits, never refused
+    assert max(flight for flight, _ in seen) == quota
     assert any(held > 0 for _, held in seen)  # what the status bar shows as "waiting for the engine"
 
 
