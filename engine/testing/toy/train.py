@@ -353,6 +353,16 @@ def save(out: Path, vae: Any, unet: Any, text: Any, tokenizer: Any, nets: dict[s
     pipe.to(torch.float16).save_pretrained(out / "sd15", safe_serialization=True)
     for name, net in nets.items():
         net.to(torch.float16).save_pretrained(out / name, safe_serialization=True)
+    drop_local_paths(out)
+
+
+def drop_local_paths(out: Path) -> None:
+    """The saved configs without ``_name_or_path``: diffusers writes the folder a module was loaded
+    from there, a path on the training machine that means nothing in the repository."""
+    for config in out.glob("**/config.json"):
+        values = json.loads(config.read_text())
+        if values.pop("_name_or_path", None) is not None:
+            config.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
 
 
 def resume(folder: Path, out: Path, report: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
