@@ -39,8 +39,11 @@ REPRODUCE = (
     "    --out build/toy-run3 --resume build/toy-run2 --continue-nets --joint --unet-rate 0.5 \\\n"
     "    --zero-lr 1e-3 --high-noise 0.3 --depth-steps 2000 --pose-steps 200 --seed 4",
     "OMP_NUM_THREADS=1 .venv-engine/bin/python -m engine.testing.toy.train --data build/toyworld \\\n"
-    "    --out engine/testing/toy/weights --resume build/toy-run3 --continue-nets --joint --unet-rate 0.5 \\\n"
+    "    --out build/toy-run4 --resume build/toy-run3 --continue-nets --joint --unet-rate 0.5 \\\n"
     "    --zero-lr 1e-3 --high-noise 0.3 --depth-steps 2500 --pose-steps 250 --seed 5",
+    "OMP_NUM_THREADS=1 .venv-engine/bin/python -m engine.testing.toy.train --data build/toyworld \\\n"
+    "    --out engine/testing/toy/weights --resume build/toy-run4 --continue-nets --joint --unet-rate 1.0 \\\n"
+    "    --zero-lr 1e-3 --high-noise 0.3 --depth-steps 2000 --pose-steps 200 --seed 6",
 )
 
 
