@@ -39,8 +39,11 @@ REPRODUCE = (
     "    --out build/toy-run3 --resume build/toy-run2 --continue-nets --joint --unet-rate 0.5 \\\n"
     "    --zero-lr 1e-3 --high-noise 0.3 --depth-steps 2000 --pose-steps 200 --seed 4",
     "OMP_NUM_THREADS=1 .venv-engine/bin/python -m engine.testing.toy.train --data build/toyworld \\\n"
-    "    --out engine/testing/toy/weights --resume build/toy-run3 --continue-nets --joint --unet-rate 0.5 \\\n"
+    "    --out build/toy-run4 --resume build/toy-run3 --continue-nets --joint --unet-rate 0.5 \\\n"
     "    --zero-lr 1e-3 --high-noise 0.3 --depth-steps 2500 --pose-steps 250 --seed 5",
+    "OMP_NUM_THREADS=1 .venv-engine/bin/python -m engine.testing.toy.train --data build/toyworld \\\n"
+    "    --out engine/testing/toy/weights --resume build/toy-run4 --continue-nets --joint --unet-rate 1.0 \\\n"
+    "    --zero-lr 1e-3 --high-noise 0.3 --depth-steps 2000 --pose-steps 200 --seed 6",
 )
 
 
@@ -64,6 +67,8 @@ def _how(stage: dict[str, Any]) -> str:
     parts.append(f"zero convolutions at {stage.get('zero_lr', stage['lr']):g}")
     if stage.get("high_noise"):
         parts.append(f"{stage['high_noise']:.0%} high-noise samples")
+    if stage.get("thing_weight"):
+        parts.append(f"the things' pixels weighed up to {1 + stage['thing_weight']:g}x")
     return "; ".join(parts)
 
 

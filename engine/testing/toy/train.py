@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from . import vocab
-from .data import SIZE, batches, control_maps, images, load_dataset
+from .data import SIZE, batches, control_maps, images, load_dataset, thing_weights
 
 log = logging.getLogger(__name__)
 
@@ -206,8 +206,13 @@ class Diffusion:
         return self.scheduler.add_noise(latents, noise, t), noise, t, weight
 
     @staticmethod
-    def loss(pred: Any, noise: Any, weight: Any) -> Any:
-        return (((pred - noise) ** 2).mean(dim=(1, 2, 3)) * weight).mean()
+    def loss(pred: Any, noise: Any, weight: Any, spatial: Any | None = None) -> Any:
+        """Min-SNR weighted squared error. ``spatial`` (B, 1, h, w) weighs latent pixels, divided by its
+        mean over each frame: the things' share of the loss grows, the loss's scale does not."""
+        error = (pred - noise) ** 2
+        if spatial is not None:
+            error = error * spatial / spatial.mean(dim=(1, 2, 3), keepdim=True)
+        return (error.mean(dim=(1, 2, 3)) * weight).mean()
 
 
 def train_unet(latents: Any, ids: Any, empty: Any, steps: int, batch: int, seed: int, vocab_size: int,
@@ -249,7 +254,8 @@ def train_controlnet(name: str, unet: Any, text: Any, latents: Any, ids: Any, em
                      steps: int, batch: int, seed: int, report: dict[str, Any], *, subset: np.ndarray | None = None,
                      tune_unet: bool = False, beside: tuple[Any, Callable[[np.ndarray], Any]] | None = None,
                      lr: float = 5e-4, zero_lr: float | None = None, high_noise: float = 0.0,
-                     start: Any | None = None, unet_rate: float = 0.1, joint: bool = False) -> Any:
+                     start: Any | None = None, unet_rate: float = 0.1, joint: bool = False,
+                     spatial: Callable[[np.ndarray], Any] | None = None) -> Any:
     """Stage 3/4: a ControlNet from the UNet's encoder. ``tune_unet``: the UNet learns beside it at a
     tenth of the rate, and 20 % of batches run without control. ``beside``: a trained net (and its
     maps) applied too, frozen, as the engine applies several nets at once. ``zero_lr``: the rate of
@@ -258,7 +264,8 @@ def train_controlnet(name: str, unet: Any, text: Any, latents: Any, ids: Any, em
     encoder; ``unet_rate``: the tuned UNet's rate as a share of ``lr``. ``joint`` (with ``tune_unet``):
     the text encoder learns too, and the UNet and text encoder end as their moving averages (the
     raw weights of a UNet tuned beside a net draw grain where FLOW denoises lightly: the unadopted
-    experiment in docs/benchmarks.md). Returns the EMA net."""
+    experiment in docs/benchmarks.md). ``spatial``: a loss weight per latent pixel for a batch
+    (``thing_weights``). Returns the EMA net."""
     import torch
     from diffusers import ControlNetModel
 
@@ -308,7 +315,7 @@ def train_controlnet(name: str, unet: Any, text: Any, latents: Any, ids: Any, em
                 down, mid = [a + b for a, b in zip(down, d2)], mid + m2
         pred = unet(noisy, t, encoder_hidden_states=hidden, down_block_additional_residuals=down,
                     mid_block_additional_residual=mid).sample
-        loss = diffusion.loss(pred, noise, weight)
+        loss = diffusion.loss(pred, noise, weight, None if spatial is None else spatial(idx))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -346,6 +353,16 @@ def save(out: Path, vae: Any, unet: Any, text: Any, tokenizer: Any, nets: dict[s
     pipe.to(torch.float16).save_pretrained(out / "sd15", safe_serialization=True)
     for name, net in nets.items():
         net.to(torch.float16).save_pretrained(out / name, safe_serialization=True)
+    drop_local_paths(out)
+
+
+def drop_local_paths(out: Path) -> None:
+    """The saved configs without ``_name_or_path``: diffusers writes the folder a module was loaded
+    from there, a path on the training machine that means nothing in the repository."""
+    for config in out.glob("**/config.json"):
+        values = json.loads(config.read_text())
+        if values.pop("_name_or_path", None) is not None:
+            config.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
 
 
 def resume(folder: Path, out: Path, report: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
@@ -399,6 +416,9 @@ def main(argv: list[str] | None = None) -> int:
                              "the nets trained beside it serve the resumed one)")
     parser.add_argument("--unet-rate", type=float, default=0.1,
                         help="the UNet's rate beside the depth net, as a share of --cn-lr")
+    parser.add_argument("--thing-weight", type=float, default=0.0,
+                        help="stages 3-4: weigh the loss where the captioned things are up to 1 + this (their "
+                             "masks at the latents' resolution; 0: every pixel alike)")
     parser.add_argument("--joint", action="store_true",
                         help="stage 3 trains the text encoder too and keeps moving averages of the UNet and text "
                              "encoder (saved instead of their raw weights)")
@@ -437,11 +457,13 @@ def main(argv: list[str] | None = None) -> int:
         unet, text = train_unet(latents, ids, empty, args.unet_steps, args.batch, args.seed, len(tokenizer), report)
         save(out, vae, unet, text, tokenizer, {})
     # 3. Depth ControlNet (UNet fine-tuned beside it).
+    spatial = (lambda idx: thing_weights(arrays, idx, args.thing_weight)) if args.thing_weight > 0 else None
     depth = train_controlnet("controlnet-depth", unet, text, latents, ids, empty,
                              lambda idx: control_maps(arrays, idx, "depth"), args.depth_steps, args.small_batch,
                              args.seed + 2, report, tune_unet=True, lr=args.cn_lr, zero_lr=args.zero_lr,
                              high_noise=args.high_noise, start=started_nets.get("controlnet-depth"),
-                             unet_rate=args.unet_rate, joint=args.joint)
+                             unet_rate=args.unet_rate, joint=args.joint, spatial=spatial)
+    report["controlnet-depth"]["thing_weight"] = args.thing_weight
     save(out, vae, unet if kept_unet is None else kept_unet, text, tokenizer, {"controlnet-depth": depth})
     # 4. Pose ControlNet, the depth net beside it.
     people = np.flatnonzero(arrays["has_pose"])
@@ -450,7 +472,8 @@ def main(argv: list[str] | None = None) -> int:
                             args.seed + 3, report, subset=people,
                             beside=(depth, lambda idx: control_maps(arrays, idx, "depth")), lr=args.cn_lr,
                             zero_lr=args.zero_lr, high_noise=args.high_noise,
-                            start=started_nets.get("controlnet-pose"))
+                            start=started_nets.get("controlnet-pose"), spatial=spatial)
+    report["controlnet-pose"]["thing_weight"] = args.thing_weight
     save(out, vae, unet if kept_unet is None else kept_unet, text, tokenizer, {"controlnet-depth": depth, "controlnet-pose": pose})
     report["params"] = {k: sum(p.numel() for p in m.parameters()) for k, m in
                         (("vae", vae), ("unet", unet), ("text_encoder", text), ("controlnet-depth", depth),
