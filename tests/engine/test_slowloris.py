@@ -33,6 +33,21 @@ def guarded(core: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any
     engine.stop()
 
 
+def served_meanwhile(url: str, client: Any, tiny_models: dict[str, str], tmp_path: Path, depth: float,
+                     verify: str | bool = True) -> None:
+    """While an attack holds its sockets: /health answers in under 2 s, three times, and an
+    authenticated 1-frame job is submitted, run and fetched."""
+    for _ in range(3):
+        started = time.monotonic()
+        answer = requests.get(url + "/health", timeout=5, verify=verify)
+        assert answer.status_code == 200 and answer.json()["status"] == "ok", answer.text
+        assert time.monotonic() - started < 2.0
+    sha = client.upload_blob(depth_png(depth))
+    job_id = client.submit(make_job(tiny_models, [{"frame": 1, "depth": sha, "pose": None}], steps=2, batch_size=1))
+    assert wait_for(client, job_id, timeout=120)["status"] == "done"
+    assert read_png(client.fetch_frame(job_id, 1, str(tmp_path / "1.png"))).shape == (64, 64, 3)
+
+
 class Attack:
     """``count`` sockets: a third idle, a third dripping a request head, a third dripping a body
     (with the engine's token, so the body is one the engine would read), a byte each per round."""
@@ -94,16 +109,7 @@ def test_health_and_an_authenticated_job_are_served_while_300_sockets_idle_or_dr
         guarded: Any, tiny_models: dict[str, str], tmp_path: Path) -> None:
     client = guarded.client(timeout=20)
     with Attack(guarded.port, guarded.token, 300) as attack:
-        for _ in range(3):
-            started = time.monotonic()
-            answer = requests.get(guarded.url + "/health", timeout=5)
-            assert answer.status_code == 200 and answer.json()["status"] == "ok", answer.text
-            assert time.monotonic() - started < 2.0
-        sha = client.upload_blob(depth_png(0.2))
-        job = make_job(tiny_models, [{"frame": 1, "depth": sha, "pose": None}], steps=2, batch_size=1)
-        job_id = client.submit(job)
-        assert wait_for(client, job_id, timeout=120)["status"] == "done"
-        assert read_png(client.fetch_frame(job_id, 1, str(tmp_path / "1.png"))).shape == (64, 64, 3)
+        served_meanwhile(guarded.url, client, tiny_models, tmp_path, 0.2)
         # Every one of them is closed within its deadline: heads within HEAD_TIMEOUT_S, bodies
         # once they fall behind 4 KiB/s after the grace (HEAD_TIMEOUT_S here), or earlier to make room.
         closed = attack.closed_by_engine(within_s=2 * HEAD_TIMEOUT_S + 3)
@@ -152,16 +158,7 @@ def test_over_tls_too(core: Any, guarded_tls: Any, tiny_models: dict[str, str], 
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(guarded_tls.cert))
     client = core.client.EngineClient(guarded_tls.url, TLS_TOKEN, timeout=20)
     with TlsAttack(guarded_tls.port, TLS_TOKEN, 300, guarded_tls.cert) as attack:
-        for _ in range(3):
-            started = time.monotonic()
-            answer = requests.get(guarded_tls.url + "/health", timeout=5, verify=str(guarded_tls.cert))
-            assert answer.status_code == 200 and answer.json()["status"] == "ok", answer.text
-            assert time.monotonic() - started < 2.0
-        sha = client.upload_blob(depth_png(0.3))
-        job_id = client.submit(make_job(tiny_models, [{"frame": 1, "depth": sha, "pose": None}], steps=2,
-                                        batch_size=1))
-        assert wait_for(client, job_id, timeout=120)["status"] == "done"
-        assert read_png(client.fetch_frame(job_id, 1, str(tmp_path / "1.png"))).shape == (64, 64, 3)
+        served_meanwhile(guarded_tls.url, client, tiny_models, tmp_path, 0.3, verify=str(guarded_tls.cert))
         closed = attack.closed_by_engine(within_s=2 * HEAD_TIMEOUT_S + 3)
         assert closed == {"idle": 100, "head": 100, "body": 100}, closed
 
@@ -278,16 +275,7 @@ def test_tls_handshakes_that_never_finish_are_counted_and_closed(
             time.sleep(0.1)
         assert attack.still_open() <= PER_CLIENT, "sockets in their TLS handshake are not counted per client"
         attack.replenish.set()  # from here on, 200 keep trying
-        for _ in range(3):
-            started = time.monotonic()
-            answer = requests.get(tls_engine.url + "/health", timeout=5)
-            assert answer.status_code == 200 and answer.json()["status"] == "ok", answer.text
-            assert time.monotonic() - started < 2.0
-        sha = client.upload_blob(depth_png(0.4))
-        job_id = client.submit(make_job(tiny_models, [{"frame": 1, "depth": sha, "pose": None}], steps=2,
-                                        batch_size=1))
-        assert wait_for(client, job_id, timeout=120)["status"] == "done"
-        assert read_png(client.fetch_frame(job_id, 1, str(tmp_path / "1.png"))).shape == (64, 64, 3)
+        served_meanwhile(tls_engine.url, client, tiny_models, tmp_path, 0.4)
         attack.replenish.clear()
         attack.stop.set()
         attack.thread.join(5)
