@@ -124,7 +124,7 @@ class RayEngine:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [self.python, "-m", "engine", "serve-ray", "--replicas", str(self.replicas),
                "--num-cpus", str(self.head_cpus), "--cpus-per-replica", "1", "--device", self.device,
-               "--max-pipelines", "4", "--port", str(self.port), "--token", self.token,
+               "--max-pipelines", "4", "--port", str(self.port), f"--token={self.token}",
                "--data-dir", str(self.data_dir / "data"), *self.extra_args]
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(cmd, cwd=ROOT, env=self._env(), stdout=log, stderr=subprocess.STDOUT,

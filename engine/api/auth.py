@@ -52,7 +52,7 @@ class Tokens:
             if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
                 raise ValueError(f"{path}, line {number}: the token of '{name}' must be at least "
                                  f"{MIN_TOKEN_CHARS} characters without spaces (e.g. `python -c \"import "
-                                 "secrets; print(secrets.token_urlsafe(24))\"`)")
+                                 "secrets; print(secrets.token_hex(24))\"`)")
             if token in tokens:
                 raise ValueError(f"{path}, line {number}: the token of '{name}' is also the token of "
                                  f"'{tokens[token]}'; give each person their own")

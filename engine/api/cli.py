@@ -207,7 +207,7 @@ def add_serve(sub: Any) -> None:
     serve = sub.add_parser("serve", help="run the HTTP engine")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8765)
-    serve.add_argument("--token", default=None, help="required for non-loopback hosts")
+    serve.add_argument("--token", default=None, help="required for non-loopback hosts (a secret that starts with - goes as --token=SECRET)")
     serve.add_argument("--data-dir", default=None, help="blobs and frame cache (default ~/.cache/viewfinder-engine)")
     serve.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
     serve.add_argument("--max-pipelines", type=int, default=1, help="loaded model sets kept in memory")
@@ -247,7 +247,7 @@ def add_serve_ray(sub: Any) -> None:
     ray = sub.add_parser("serve-ray", help="run the HTTP engine on Ray Serve, across GPUs (engine/ray/serve.py)")
     ray.add_argument("--host", default="127.0.0.1")
     ray.add_argument("--port", type=int, default=8765)
-    ray.add_argument("--token", default=None, help="required for non-loopback hosts")
+    ray.add_argument("--token", default=None, help="required for non-loopback hosts (a secret that starts with - goes as --token=SECRET)")
     ray.add_argument("--token-file", default=None, help="a 'name:token' per line: a token per artist, each with "
                      "its own jobs, quota and fair share of the replicas (a file every node can read)")
     ray.add_argument("--data-dir", default=None,

@@ -350,3 +350,16 @@ def test_statuses_from_an_older_engine_falls_back_to_one_poll_per_job(core: Any)
         assert client.statuses(["a", "b"]) is None
         assert client.statuses(["a", "b"]) is None  # remembered: asked once only
         assert _OlderEngine.asked == ["/jobs?ids=a%2Cb"]
+
+
+@pytest.mark.parametrize("command", ["serve", "serve-ray"])
+def test_a_token_that_starts_with_a_dash_is_taken_as_a_value(command: str) -> None:
+    """secrets.token_urlsafe starts a token with '-' one time in 64: ``--token=SECRET`` takes it (the
+    help says so), and the token files' suggestion is hex, which never does. The Ray test engine
+    passed ``--token SECRET`` and failed one run in 64 with "expected one argument"."""
+    from engine.api.cli import build_parser
+
+    token = "-" + "k" * 23
+    args = build_parser().parse_args([command, f"--token={token}"])
+    assert args.token == token
+    assert "--token=SECRET" in build_parser()._subparsers._group_actions[0].choices[command].format_help()
