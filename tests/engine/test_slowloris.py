@@ -130,16 +130,21 @@ class TlsAttack(Attack):
         return self.context.wrap_socket(raw, server_hostname="127.0.0.1")
 
 
-@pytest.fixture(scope="module")
-def guarded_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def tls_served(folder: Path, head_timeout_s: float) -> Any:
+    """An engine over TLS (its own certificate, ``served.cert``) with the given head timeout, healthy."""
     from test_shared_engine import make_cert, serve, wait_health
 
-    folder = tmp_path_factory.mktemp("guarded-tls")
     cert, key = make_cert(folder)
     served = serve(folder, "--token", TLS_TOKEN, "--tls-cert", str(cert), "--tls-key", str(key),
-                   "--head-timeout", str(HEAD_TIMEOUT_S), scheme="https")
+                   "--head-timeout", str(head_timeout_s), scheme="https")
     served.cert = cert  # type: ignore[attr-defined]
     wait_health(served)
+    return served
+
+
+@pytest.fixture(scope="module")
+def guarded_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    served = tls_served(tmp_path_factory.mktemp("guarded-tls"), HEAD_TIMEOUT_S)
     yield served
     served.process.terminate()
     try:
@@ -242,19 +247,13 @@ class Handshakes(Attack):
 
 @pytest.fixture()
 def tls_engine(tmp_path: Path) -> Iterator[Any]:
-    from test_shared_engine import make_cert, serve, wait_health
-
     try:
         probe = socket.socket()
         probe.bind((ATTACKER, 0))
         probe.close()
     except OSError:
         pytest.skip(f"needs a second loopback address ({ATTACKER}) to attack from")
-    cert, key = make_cert(tmp_path)
-    served = serve(tmp_path, "--token", TLS_TOKEN, "--tls-cert", str(cert), "--tls-key", str(key),
-                   "--head-timeout", str(HANDSHAKE_TIMEOUT_S), scheme="https")
-    served.cert = cert  # type: ignore[attr-defined]
-    wait_health(served)
+    served = tls_served(tmp_path, HANDSHAKE_TIMEOUT_S)
     yield served
     if served.process.poll() is None:
         served.process.kill()
