@@ -33,29 +33,24 @@ def batch_invariant() -> Iterator[None]:
     """oneDNN off, 2-D linear layers one row at a time, convolutions and group norms one sample at a time."""
     import torch
 
-    forward = torch.nn.Linear.forward
-
-    def by_rows(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 2:
-            return forward(self, x)
-        return torch.cat([forward(self, row) for row in x.split(1)])
-
-    per_sample = {cls: cls.forward for cls in (torch.nn.Conv2d, torch.nn.GroupNorm)}
+    # Linear: its 2-D inputs only (the time embedding's rows); the attention projections' 3-D ones
+    # are batch-invariant as they are.
+    originals = {cls: cls.forward for cls in (torch.nn.Linear, torch.nn.Conv2d, torch.nn.GroupNorm)}
 
     def by_samples(original: Any) -> Any:
         def forward_each(self: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+            if isinstance(self, torch.nn.Linear) and x.dim() != 2:
+                return original(self, x)
             return torch.cat([original(self, sample.contiguous()) for sample in x.split(1)])
         return forward_each
 
-    torch.nn.Linear.forward = by_rows  # type: ignore[method-assign]
-    for cls, original in per_sample.items():
+    for cls, original in originals.items():
         cls.forward = by_samples(original)  # type: ignore[method-assign]
     try:
         with torch.backends.mkldnn.flags(enabled=False):
             yield
     finally:
-        torch.nn.Linear.forward = forward  # type: ignore[method-assign]
-        for cls, original in per_sample.items():
+        for cls, original in originals.items():
             cls.forward = original  # type: ignore[method-assign]
 
 
