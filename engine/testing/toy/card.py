@@ -115,6 +115,7 @@ def _closing(report: dict[str, Any]) -> list[str]:
 
 def card(report: dict[str, Any]) -> str:
     arch, params = report["architecture"], report.get("params", {})
+    chain = runs(report)
     mb = sum(p.stat().st_size for p in WEIGHTS.rglob("*.safetensors")) / 2**20 if WEIGHTS.is_dir() else 0.0
     lines = [
         "# Toy-world models: model card", "",
@@ -149,9 +150,9 @@ def card(report: dict[str, Any]) -> str:
         "\"a red checkered cube and a blue person on grass under a sunset sky\"; each thing's phrase is kept beside "
         "its mask id. Held-out splits (`heldout`, `cast`, `moves`) use other seeds.", "",
         "## Training",
-        f"Seeds {', '.join(str(run['seed']) for run in runs(report))} (a run each), CPU, {report['torch_threads']} torch thread(s), "
-        f"{sum(run['wall_s'] for run in runs(report)) / 60:.0f} min in all on the "
-        f"project's 2-core machine while other work ran beside it, in {len(runs(report))} run(s): stages 1-4, "
+        f"Seeds {', '.join(str(run['seed']) for run in chain)} (a run each), CPU, {report['torch_threads']} torch thread(s), "
+        f"{sum(run['wall_s'] for run in chain) / 60:.0f} min in all on the "
+        f"project's 2-core machine while other work ran beside it, in {len(chain)} run(s): stages 1-4, "
         "then each later run stages 3-4 again from the run before (run 2 started new ControlNets from run 1's "
         "UNet; runs 3 on went on training run 2's).", "",
         *_stages(report),
