@@ -339,10 +339,3 @@ def protocol_class(limits: GuardLimits, tls: ssl.SSLContext | None = None
         return http, guard
     gate: Any = type("EngineTLSProtocol", (TlsGate,), {"guard": guard, "http_class": http, "context": tls})
     return gate, guard
-
-
-def server_tls_context(certfile: str, keyfile: str) -> ssl.SSLContext:
-    """The server's TLS context (what uvicorn would build from ssl_certfile/ssl_keyfile)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(certfile, keyfile)
-    return context

@@ -101,13 +101,14 @@ def serve_tokens(args: argparse.Namespace) -> tuple[Any, bool]:
 
 
 def tls_context(cert: str, key: str) -> Any:
-    """The server's TLS context, read before the socket is bound (a bad file is a usage error)."""
+    """The server's TLS context (what uvicorn would build from ssl_certfile/ssl_keyfile), read before
+    the socket is bound (a bad file is a usage error)."""
     import ssl
 
-    from .guard import server_tls_context
-
     try:
-        return server_tls_context(cert, key)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        return context
     except (OSError, ssl.SSLError) as exc:
         raise UsageError(f"--tls-cert/--tls-key: cannot load {cert} with {key}: {exc}") from exc
 
